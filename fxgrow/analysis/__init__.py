@@ -1,0 +1,59 @@
+"""Analysis: shapes, then channel spaces united into groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+
+from ..errors import InputError
+from . import dependency
+from .context import AnalysisState
+from .group import ChannelGroup, Member, build_groups, find_group
+from .layout import Blocker
+from .shapes import propagate
+
+__all__ = ["Analysis", "ChannelGroup", "Member", "Blocker", "analyze"]
+
+
+@dataclass
+class Analysis:
+    """Result of analysing one GraphModule on one set of example inputs."""
+
+    gm: torch.fx.GraphModule
+    example_inputs: tuple
+    state: AnalysisState
+    groups: list[ChannelGroup]
+
+    def group(self, name: str) -> ChannelGroup:
+        """A group by its name or the name of a module with a member in it."""
+        return find_group(self.groups, name)
+
+    @property
+    def widenable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.widenable]
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise InputError("example_inputs must be a tensor or a tuple of positional inputs, got "
+                     f"{type(example_inputs).__name__}")
+
+
+def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence) -> Analysis:
+    """Shapes and channel groups of ``gm`` on ``example_inputs``."""
+    inputs = as_tuple(example_inputs)
+    try:
+        vals = propagate(gm, inputs)
+    except Exception as e:
+        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+                           for x in inputs)
+        raise InputError(f"the model does not run on the example inputs ({shapes}): "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                         ". Pass inputs of the shape, dtype and device the model expects.") from e
+    state = dependency.run(gm, vals)
+    return Analysis(gm, inputs, state, build_groups(state))

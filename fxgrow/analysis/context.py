@@ -1,0 +1,242 @@
+"""State of one analysis and the small API op rules use to read and constrain it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from .layout import Blocker, Fixed, Layout, SpaceTable
+from .values import SizeInfo, TensorInfo
+
+PRODUCE = "produce"  # writes the space: new unit j copies unit g(j)
+SCALE = "scale"      # per-channel parameter/buffer: copies with g
+CONSUME = "consume"  # reads the space: column j = column g(j) / c(g(j))
+
+SizeFn = Callable[[Layout], int]
+
+
+@dataclass
+class ParamAxis:
+    """One axis of a parameter or buffer that lies along channel spaces."""
+
+    target: str
+    axis: int
+    layout: Layout
+    roles: set = field(default_factory=set)
+    is_buffer: bool = False
+
+
+@dataclass
+class AttrRule:
+    """A module attribute that follows the new sizes (``in_channels``, ``num_features`` ...)."""
+
+    module: str
+    attr: str
+    compute: Callable[[SizeFn], Any]
+    layouts: tuple  # the layouts it depends on (for group membership)
+
+
+@dataclass
+class ArgRule:
+    """New (args, kwargs) for a node whose constants encode sizes (view, split, slices ...)."""
+
+    node: str
+    compute: Callable[[SizeFn, tuple, dict], tuple]
+    layouts: tuple
+
+
+@dataclass
+class AnalysisState:
+    gm: torch.fx.GraphModule
+    vals: dict  # node -> example value (meta tensors, ints ...)
+    spaces: SpaceTable = field(default_factory=SpaceTable)
+    values: dict = field(default_factory=dict)  # node -> Value
+    params: dict = field(default_factory=dict)  # (target, axis) -> ParamAxis
+    attrs: list = field(default_factory=list)
+    args: dict = field(default_factory=dict)  # node name -> ArgRule
+    uniform: list = field(default_factory=list)  # (layout, Blocker)
+    consumed: set = field(default_factory=set)  # (user node, get_attr node)
+    blocked_nodes: list = field(default_factory=list)  # (node, reason) for unknown ops
+
+    def __post_init__(self) -> None:
+        self.modules = dict(self.gm.named_modules())
+        self.tensors = {**dict(self.gm.named_parameters(remove_duplicate=False)),
+                        **dict(self.gm.named_buffers(remove_duplicate=False))}
+        self.buffer_names = {n for n, _ in self.gm.named_buffers(remove_duplicate=False)}
+        # tied parameters: every alias maps to the first name
+        seen: dict[int, str] = {}
+        self.canonical: dict[str, str] = {}
+        for name, t in self.tensors.items():
+            self.canonical[name] = seen.setdefault(id(t), name)
+
+
+class RuleError(Exception):
+    """A rule met a use it does not handle; the driver turns it into a blocker for the node."""
+
+
+class RuleContext:
+    """What a rule sees: the node, its example values, and constraint helpers."""
+
+    def __init__(self, state: AnalysisState, node: torch.fx.Node) -> None:
+        self.state = state
+        self.node = node
+        self.spaces = state.spaces
+        self.handled_sizes: set[int] = set()
+        self.module = state.modules.get(node.target) if node.op == "call_module" else None
+
+    # -- reading -------------------------------------------------------------------------------
+    def arg(self, i: int, name: str | None = None, default: Any = RuleError) -> Any:
+        """The raw argument at position ``i`` or keyword ``name``."""
+        if i is not None and i < len(self.node.args):
+            return self.node.args[i]
+        if name is not None and name in self.node.kwargs:
+            return self.node.kwargs[name]
+        if default is RuleError:
+            raise RuleError(f"missing argument {name or i}")
+        return default
+
+    def value(self, a: Any) -> Any:
+        """The analysis value of an argument (nodes looked up, containers mapped)."""
+        return pytree.tree_map(
+            lambda x: self.state.values[x] if isinstance(x, torch.fx.Node) else x, a)
+
+    def tensor(self, a: Any) -> TensorInfo:
+        v = self.value(a)
+        if not isinstance(v, TensorInfo):
+            raise RuleError(f"expected a tensor argument, got {type(v).__name__}")
+        return v
+
+    def example(self, a: Any = None) -> Any:
+        """The example value (meta tensor, int ...) of a node; of this node by default."""
+        a = self.node if a is None else a
+        return self.state.vals.get(a) if isinstance(a, torch.fx.Node) else a
+
+    def out_shape(self) -> tuple[int, ...]:
+        v = self.example()
+        if not isinstance(v, torch.Tensor):
+            raise RuleError("expected a tensor result")
+        return tuple(int(n) for n in v.shape)
+
+    def concrete(self, a: Any) -> Any:
+        """An argument's concrete value (example values for nodes), containers mapped."""
+        return pytree.tree_map(
+            lambda x: self.state.vals.get(x) if isinstance(x, torch.fx.Node) else x, a)
+
+    # -- building values -----------------------------------------------------------------------
+    def blocker(self, reason: str) -> Blocker:
+        return Blocker(self.node.name, reason)
+
+    def fixed(self, n: int, reason: str) -> Layout:
+        return (Fixed(int(n), self.blocker(reason)),)
+
+    def out(self, layouts) -> TensorInfo:
+        """This node's tensor value with the given per-axis layouts."""
+        shape = self.out_shape()
+        layouts = tuple(layouts)
+        if len(layouts) != len(shape):
+            raise RuleError(f"rule produced {len(layouts)} axes for a {len(shape)}-d result")
+        for lay, n in zip(layouts, shape):
+            if self.spaces.size(lay) != n:
+                raise RuleError(f"rule produced an axis of size {self.spaces.size(lay)}, "
+                                f"the result has {n}")
+        return TensorInfo(shape, layouts)
+
+    def info_for(self, t: Any, reason: str) -> Any:
+        """Fresh all-fixed values for an example value (tensor or container)."""
+        def conv(v):
+            if isinstance(v, torch.Tensor):
+                return TensorInfo(tuple(v.shape), tuple(self.fixed(n, reason) for n in v.shape))
+            return v
+        return pytree.tree_map(conv, t)
+
+    # -- constraints ---------------------------------------------------------------------------
+    def unify(self, a: Layout, b: Layout, reason: str = "incompatible channel structure") -> None:
+        self.spaces.unify(a, b, self.blocker(reason))
+
+    def block(self, layout: Layout, reason: str) -> None:
+        self.spaces.block(layout, self.blocker(reason))
+
+    def param(self, target: str, axis: int, role: str | None) -> Layout:
+        """The layout of ``target``'s axis (created on first use) and record how it is used."""
+        target = self.state.canonical.get(target, target)
+        key = (target, axis)
+        pa = self.state.params.get(key)
+        if pa is None:
+            size = self.state.tensors[target].shape[axis]
+            pa = ParamAxis(target, axis, self.spaces.new(int(size)),
+                           is_buffer=target in self.state.buffer_names)
+            self.state.params[key] = pa
+        if role is not None:
+            pa.roles.add(role)
+        return pa.layout
+
+    def module_param(self, name: str, axis: int, role: str) -> Layout | None:
+        """``param`` for a parameter of this call_module's module (None if absent)."""
+        if getattr(self.module, name, None) is None:
+            return None
+        return self.param(f"{self.node.target}.{name}", axis, role)
+
+    def consume(self, a: Any, axis: int, contracted: Layout) -> None:
+        """Operand ``a`` is contracted along ``axis`` (layout ``contracted``): if it is a
+        parameter read directly (through transposes), its slices are divided on rewrite;
+        otherwise a contraction of two activations over a channel space is not exact."""
+        src = self._param_source(a, axis)
+        if src is None:
+            self.block(contracted, "contraction between two activations over this axis is "
+                                   "not preserved by replication")
+            return
+        target, paxis, chain = src
+        self.param(target, paxis, CONSUME)
+        self.state.consumed.update(chain)
+
+    def _param_source(self, a: Any, axis: int):
+        chain = []
+        user = self.node
+        while isinstance(a, torch.fx.Node):
+            if a.op == "get_attr":
+                chain.append((user, a))
+                t = self.state.canonical.get(a.target, a.target)
+                return (t, axis, chain) if t in self.state.tensors else None
+            if len(a.users) != 1 or a.op not in ("call_method", "call_function"):
+                return None
+            name = a.target if a.op == "call_method" else getattr(a.target, "__name__", "")
+            if name == "t":
+                axis = 1 - axis
+            elif name == "transpose":
+                d0, d1 = a.args[1], a.args[2]
+                nd = self.example(a).dim()
+                d0, d1 = d0 % nd, d1 % nd
+                axis = d1 if axis == d0 else d0 if axis == d1 else axis
+            elif name == "permute":
+                dims = a.args[1:] if not isinstance(a.args[1], (tuple, list)) else a.args[1]
+                axis = dims[axis] % self.example(a).dim()
+            else:
+                return None
+            chain.append((user, a))
+            user, a = a, a.args[0]
+        return None
+
+    def set_attr(self, attr: str, compute: Callable[[SizeFn], Any], *layouts: Layout,
+                 module: str | None = None) -> None:
+        """Module attribute ``attr`` of this call_module (or ``module``) follows new sizes."""
+        self.state.attrs.append(AttrRule(module or self.node.target, attr, compute, layouts))
+
+    def size_attr(self, attr: str, layout: Layout) -> None:
+        self.set_attr(attr, lambda size: size(layout), layout)
+
+    def rewrite_args(self, compute: Callable[[SizeFn, tuple, dict], tuple], *layouts) -> None:
+        self.state.args[self.node.name] = ArgRule(self.node.name, compute, layouts)
+
+    def uniform(self, layout: Layout, reason: str) -> None:
+        """Statistics over ``layout`` are exact only if every position is replicated equally."""
+        if self.spaces.roots(layout):
+            self.state.uniform.append((layout, self.blocker(reason)))
+
+    def sizes_handled(self, *values: Any) -> None:
+        """The rule rewrites these size arguments itself (they may come from channel axes)."""
+        for v in pytree.tree_leaves(values):
+            if isinstance(v, SizeInfo):
+                self.handled_sizes.add(id(v))

@@ -1,0 +1,128 @@
+"""The dependency analysis: walk the graph once, apply each node's op rule, and collect the
+channel spaces that must share one replication map."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from . import rules  # noqa: F401  (registers every rule)
+from .context import CONSUME, SCALE, AnalysisState, RuleContext, RuleError
+from .layout import Blocker, Fixed
+from .rules.registry import lookup
+from .values import SizeInfo, TensorInfo
+
+
+def describe(node: torch.fx.Node, module: Any = None) -> str:
+    """A short, user-facing name of what a node calls."""
+    if node.op == "call_module":
+        return f"module {type(module).__module__}.{type(module).__qualname__}"
+    if node.op == "call_method":
+        return f"method Tensor.{node.target}"
+    t = node.target
+    mod = getattr(t, "__module__", None) or ""
+    return f"function {mod + '.' if mod else ''}{getattr(t, '__name__', repr(t))}"
+
+
+def run(gm: torch.fx.GraphModule, vals: dict) -> AnalysisState:
+    state = AnalysisState(gm, vals)
+    for node in gm.graph.nodes:
+        state.values[node] = _visit(state, node)
+    _finish_params(state)
+    return state
+
+
+def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
+    cx = RuleContext(state, node)
+    if node.op == "placeholder":
+        cause = Blocker(node.name, "model input (fixed boundary)", boundary=True)
+        return _fixed_values(state.vals.get(node), cause)
+    if node.op == "get_attr":
+        return _get_attr(cx)
+    if node.op == "output":
+        cause = Blocker(node.name, "model output (fixed boundary)", boundary=True)
+        for v in pytree.tree_leaves(cx.value(node.args)):
+            if isinstance(v, TensorInfo):
+                for lay in v.layouts:
+                    state.spaces.block(lay, cause)
+            elif isinstance(v, SizeInfo):
+                for lay in v.layouts:
+                    state.spaces.block(lay, cause)
+        return None
+    entry = lookup(node, cx.module)
+    if entry is None:
+        return unknown_op(cx, f"no rule for {describe(node, cx.module)}; fxgrow does not know "
+                              "how it treats channels")
+    try:
+        value = entry.fn(cx)
+    except RuleError as e:
+        return unknown_op(cx, f"{describe(node, cx.module)}: {e}")
+    _check_sizes(cx)
+    return value
+
+
+def unknown_op(cx: RuleContext, reason: str) -> Any:
+    """An op fxgrow cannot reason about: every channel space it reads is blocked and what it
+    returns is fixed."""
+    cx.state.blocked_nodes.append((cx.node.name, reason))
+    for v in pytree.tree_leaves(cx.value((cx.node.args, cx.node.kwargs))):
+        if isinstance(v, (TensorInfo, SizeInfo)):
+            for lay in v.layouts:
+                cx.block(lay, reason)
+    return _fixed_values(cx.example(), cx.blocker(reason))
+
+
+def _fixed_values(example: Any, cause: Blocker) -> Any:
+    def conv(v):
+        if isinstance(v, torch.Tensor):
+            return TensorInfo(tuple(v.shape), tuple((Fixed(int(n), cause),) for n in v.shape))
+        return v
+    return pytree.tree_map(conv, example)
+
+
+def _get_attr(cx: RuleContext) -> Any:
+    """A parameter, buffer or constant tensor read by name: every axis longer than one unit is
+    its own channel space until an op couples it; size-1 axes are fixed (they broadcast)."""
+    target = cx.node.target
+    example = cx.example()
+    if not isinstance(example, torch.Tensor):
+        return example
+    canon = cx.state.canonical.get(target, target)
+    if canon not in cx.state.tensors:  # a plain tensor attribute: constant, fixed
+        return _fixed_values(example, cx.blocker("constant tensor attribute"))
+    layouts = tuple(cx.param(canon, d, None) if n > 1 else cx.fixed(1, "size-1 axis")
+                    for d, n in enumerate(example.shape))
+    return TensorInfo(tuple(example.shape), layouts)
+
+
+def _check_sizes(cx: RuleContext) -> None:
+    """A size read from a channel axis may only flow into size arguments that a rule rewrites;
+    anywhere else (arithmetic on tensors, creation ops) the group must keep its width."""
+    for v in pytree.tree_leaves(cx.value((cx.node.args, cx.node.kwargs))):
+        if isinstance(v, SizeInfo) and id(v) not in cx.handled_sizes:
+            for lay in v.layouts:
+                cx.block(lay, "uses a size read from a channel axis; it would change with the "
+                              "width")
+
+
+def _finish_params(state: AnalysisState) -> None:
+    """Parameters read through get_attr and not contracted are per-channel (copied); a tensor
+    axis that is both copied and divided (tied weights) cannot follow one map."""
+    for node in state.gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        target = state.canonical.get(node.target, node.target)
+        for user in node.users:
+            if (user, node) not in state.consumed:
+                for (t, _axis), pa in state.params.items():
+                    if t == target:
+                        pa.roles.add(SCALE)
+    for pa in state.params.values():
+        if not pa.roles:
+            pa.roles.add(SCALE)
+        if CONSUME in pa.roles and len(pa.roles) > 1:
+            state.spaces.block(pa.layout, Blocker(
+                pa.target, "tensor is both copied (producer/per-channel) and divided "
+                           "(consumer): tied or shared weights; untie them to widen"))

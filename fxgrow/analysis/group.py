@@ -1,0 +1,145 @@
+"""Channel groups: the user-facing view of the analysis's classes of channel spaces."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from ..errors import UnknownGroupError
+from .context import CONSUME, PRODUCE, AnalysisState
+from .layout import Atom, Blocker, Fixed, Layout, SpaceTable
+
+
+@dataclass(frozen=True)
+class Member:
+    """One place a group lives: a parameter/buffer axis, a module attribute or a graph
+    constant.  ``offset`` is the group's first position on that axis, ``positions`` how many
+    positions of the axis belong to it."""
+
+    kind: str  # "parameter" | "buffer" | "attribute" | "constant"
+    target: str
+    axis: int | None
+    role: str  # "produce" | "scale" | "consume" | "size"
+    offset: int = 0
+    positions: int = 0
+
+    @property
+    def module(self) -> str:
+        if self.kind in ("parameter", "buffer", "attribute"):
+            return self.target.rpartition(".")[0]
+        return ""
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channel spaces that share one replication map.
+
+    ``width`` counts the group's positions on its naming member (the first producer), ``unit``
+    is the width of the replicated space itself (they differ for grouped convs, heads, ...:
+    ``width`` is always a multiple of ``unit``).  A group is widenable iff it has no blockers."""
+
+    name: str
+    width: int
+    unit: int
+    members: tuple[Member, ...]
+    blockers: tuple[Blocker, ...]
+    root: int = field(repr=False, compare=False, default=-1)
+
+    @property
+    def widenable(self) -> bool:
+        return not self.blockers
+
+    @property
+    def boundary(self) -> bool:
+        """Blocked only because it reaches the model's inputs or outputs."""
+        return bool(self.blockers) and all(b.boundary for b in self.blockers)
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.module for m in self.members if m.module))
+
+    @property
+    def multiplicity(self) -> int:
+        return self.width // self.unit
+
+
+def _positions(sp: SpaceTable, layout: Layout) -> dict[int, list[int]]:
+    """root -> [first offset, number of positions] over a layout."""
+    found: dict[int, list[int]] = {}
+    off = 0
+    for seg in sp.resolve(layout):
+        if isinstance(seg, Fixed):
+            off += seg.size
+        elif isinstance(seg, Atom):
+            w = sp.width[seg.id]
+            found.setdefault(sp.find(seg.id), [off, 0])[1] += w
+            off += w
+        else:
+            so, si = sp.size(seg.outer), sp.size(seg.inner)
+            for part, scale, mult in ((seg.outer, si, si), (seg.inner, 1, so)):
+                for r, (first, count) in _positions(sp, part).items():
+                    found.setdefault(r, [off + first * scale, 0])[1] += count * mult
+            off += so * si
+    return found
+
+
+def build_groups(state: AnalysisState) -> list[ChannelGroup]:
+    sp = state.spaces
+    members: dict[int, list[Member]] = {}
+    for pa in state.params.values():
+        role = PRODUCE if PRODUCE in pa.roles else CONSUME if CONSUME in pa.roles else "scale"
+        kind = "buffer" if pa.is_buffer else "parameter"
+        for r, (off, count) in _positions(sp, pa.layout).items():
+            members.setdefault(r, []).append(Member(kind, pa.target, pa.axis, role, off, count))
+    for rule in state.attrs:
+        for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
+            if r in members:
+                members[r].append(Member("attribute", f"{rule.module}.{rule.attr}", None, "size"))
+    for rule in state.args.values():
+        for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
+            if r in members:
+                members[r].append(Member("constant", rule.node, None, "size"))
+    groups: list[ChannelGroup] = []
+    used: set[str] = set()
+    for r, ms in members.items():
+        name, width = _name(ms, state)
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}#{k}", k + 1
+        used.add(name)
+        blockers = tuple(dict.fromkeys(sp.blockers[r]))
+        groups.append(ChannelGroup(name, width, sp.width[r], tuple(ms), blockers, r))
+    return groups
+
+
+def _name(ms: list[Member], state: AnalysisState) -> tuple[str, int]:
+    tensors = [m for m in ms if m.kind in ("parameter", "buffer")]
+    producers = [m for m in tensors if m.role == PRODUCE]
+    m = (producers or tensors)[0]
+    full = state.tensors[m.target].shape[m.axis]
+    module = m.module or m.target
+    name = module if producers else f"{module}[in]" if m.role == CONSUME else module
+    if m.positions != full and producers:
+        name = f"{module}[{m.offset}:{m.offset + m.positions}]"
+    return name, m.positions
+
+
+def find_group(groups: list[ChannelGroup], name: str) -> ChannelGroup:
+    """A group by its name or by the name of a module with a member in it."""
+    for g in groups:
+        if g.name == name:
+            return g
+    owning = [g for g in groups if name in g.modules]
+    producing = [g for g in owning
+                 if any(m.module == name and m.role == PRODUCE for m in g.members)]
+    for candidates in (owning, producing):
+        if len(candidates) == 1:
+            return candidates[0]
+    if len(producing) > 1 or len(owning) > 1:
+        options = ", ".join(g.name for g in (producing or owning))
+        raise UnknownGroupError(f"module {name!r} belongs to several channel groups ({options}); "
+                                f"name the group instead")
+    known = [g.name for g in groups] + [m for g in groups for m in g.modules]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+        "; `fxgrow.groups(model, inputs)` lists them"
+    raise UnknownGroupError(f"no channel group or module named {name!r}{hint}")

@@ -1,0 +1,432 @@
+"""Channel spaces and axis layouts.
+
+Every tensor axis the analysis sees has a *layout*: a tuple of segments laid end to end.
+
+* ``Fixed(size, cause)`` -- positions that never change (batch, spatial, a model input's channels).
+* ``Atom(id)`` -- the units of one channel space.  Atoms are united (union-find) when they must
+  share one replication map, and *refined* when an op looks inside them:
+  split at an offset (cat, split, slice) or factored as a row-major product ``a x b``
+  (reshape into heads, flatten of channel x spatial).  Refining an atom refines every atom of its
+  class the same way, and the corresponding pieces are united, so the invariant holds:
+  **all atoms of one class have the same width and the same structure, and share one map**.
+* ``Prod(outer, inner)`` -- index ``o * size(inner) + i``: a merged axis.  Resolved layouts are
+  normalised so that ``outer`` is a single Atom or Fixed segment.
+
+A class that meets a Fixed segment, or that an op cannot handle, is *blocked*: it keeps its width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Iterable, Union
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why a channel group cannot change width: the fx node and the reason."""
+
+    node: str
+    reason: str
+    boundary: bool = False  # True for the model's fixed inputs and outputs
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Fixed:
+    size: int
+    cause: Blocker
+
+
+@dataclass(frozen=True)
+class Atom:
+    id: int
+
+
+@dataclass(frozen=True)
+class Prod:
+    outer: "Layout"
+    inner: "Layout"
+
+
+Segment = Union[Fixed, Atom, Prod]
+Layout = tuple  # tuple[Segment, ...]
+
+
+class StructureError(Exception):
+    """Two layouts cannot be brought to a common structure (internal; turned into a blocker)."""
+
+
+class SpaceTable:
+    """Union-find over atoms with refinement; the state behind every layout of one analysis."""
+
+    def __init__(self) -> None:
+        self.width: list[int] = []
+        self.parent: list[int] = []
+        self.members: dict[int, list[int]] = {}
+        self.blockers: dict[int, list[Blocker]] = {}
+        self.refined: dict[int, Layout] = {}
+
+    # -- atoms and classes -------------------------------------------------------------------
+    def new(self, width: int) -> Layout:
+        """A fresh leaf atom of ``width`` units, as a one-segment layout."""
+        i = len(self.width)
+        self.width.append(width)
+        self.parent.append(i)
+        self.members[i] = [i]
+        self.blockers[i] = []
+        return (Atom(i),)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        assert self.width[ra] == self.width[rb], (self.width[ra], self.width[rb])
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members.pop(rb))
+        self.blockers[ra].extend(self.blockers.pop(rb))
+
+    def blockers_of(self, a: int) -> list[Blocker]:
+        return self.blockers[self.find(a)]
+
+    def _refine(self, atom: int, make) -> None:
+        """Refine the class of ``atom``: ``make(member)`` builds each member's structure from fresh
+        atoms and returns them; pieces at the same position are united."""
+        root = self.find(atom)
+        inherited = list(self.blockers[root])
+        pieces: list[list[int]] = []
+        for m in list(self.members[root]):
+            if m in self.refined:
+                continue
+            layout, fresh = make(m)
+            self.refined[m] = layout
+            pieces.append(fresh)
+        for column in zip(*pieces):
+            for a in column[1:]:
+                self._union(column[0], a)
+            self.blockers[self.find(column[0])].extend(inherited)
+
+    def _split_atom(self, atom: int, at: int) -> None:
+        w = self.width[atom]
+        assert 0 < at < w
+
+        def make(m):
+            (a,), (b,) = self.new(at), self.new(w - at)
+            return (a, b), [a.id, b.id]
+
+        self._refine(atom, make)
+
+    def _factor_atom(self, atom: int, outer: int, inner: int) -> None:
+        assert outer * inner == self.width[atom] and outer > 1 and inner > 1
+
+        def make(m):
+            (a,), (b,) = self.new(outer), self.new(inner)
+            return (Prod((a,), (b,)),), [a.id, b.id]
+
+        self._refine(atom, make)
+
+    # -- reading layouts -----------------------------------------------------------------------
+    def size(self, layout: Layout) -> int:
+        total = 0
+        for s in layout:
+            if isinstance(s, Fixed):
+                total += s.size
+            elif isinstance(s, Atom):
+                total += self.width[s.id]
+            else:
+                total += self.size(s.outer) * self.size(s.inner)
+        return total
+
+    def resolve(self, layout: Layout) -> Layout:
+        """The layout in terms of leaf atoms, normalised (see module docstring)."""
+        out: list = []
+        for s in layout:
+            if isinstance(s, Atom):
+                r = self.refined.get(s.id)
+                out.extend((s,) if r is None else self.resolve(r))
+            elif isinstance(s, Fixed):
+                if s.size:
+                    out.append(s)
+            else:
+                out.extend(self._prod(self.resolve(s.outer), self.resolve(s.inner)))
+        return _merge_fixed(out)
+
+    def _prod(self, outer: Layout, inner: Layout) -> list:
+        si = self.size(inner)
+        if si == 1 and all(isinstance(s, Fixed) for s in inner):
+            return list(outer)
+        out = []
+        for o in outer:
+            if isinstance(o, Fixed) and o.size == 1:
+                out.extend(inner)
+            elif isinstance(o, Prod):  # associativity: (a x b) x c = a x (b x c)
+                out.extend(self._prod(o.outer, self._prod(o.inner, inner)))
+            elif isinstance(o, Fixed) and all(isinstance(s, Fixed) for s in inner):
+                out.append(Fixed(o.size * si, o.cause))
+            else:
+                out.append(Prod((o,), tuple(inner)))
+        return out
+
+    def roots(self, layout: Layout) -> list[int]:
+        """Class roots of every atom in the layout, in order, without repeats."""
+        seen: dict[int, None] = {}
+        for s in self.resolve(layout):
+            for a in _atoms(s):
+                seen.setdefault(self.find(a), None)
+        return list(seen)
+
+    def is_fixed(self, layout: Layout) -> bool:
+        return all(isinstance(s, Fixed) for s in self.resolve(layout))
+
+    # -- constraints ---------------------------------------------------------------------------
+    def block(self, layout: Layout, blocker: Blocker) -> None:
+        for r in self.roots(layout):
+            if blocker not in self.blockers[r]:
+                self.blockers[r].append(blocker)
+
+    def unify(self, a: Layout, b: Layout, blocker: Blocker) -> None:
+        """Make two layouts of one size share channel spaces position by position.
+        Where their structures cannot be reconciled, both are blocked with ``blocker``."""
+        try:
+            self._unify(a, b)
+        except StructureError:
+            self.block(a, blocker)
+            self.block(b, blocker)
+
+    def _unify(self, a: Layout, b: Layout) -> None:
+        if self.size(a) != self.size(b):
+            raise StructureError("sizes differ")
+        left, right = list(self.resolve(a)), list(self.resolve(b))
+        left.reverse()
+        right.reverse()
+        while left and right:
+            x, y = self._head(left), self._head(right)
+            sx, sy = self.size((x,)), self.size((y,))
+            if sx == sy:
+                left.pop()
+                right.pop()
+                self._unify_segment(x, y)
+            elif sx > sy:
+                left.pop()
+                p, q = self._cut(x, sy)
+                left.extend(reversed(q))
+                left.extend(reversed(p))
+            else:
+                right.pop()
+                p, q = self._cut(y, sx)
+                right.extend(reversed(q))
+                right.extend(reversed(p))
+
+    def _head(self, stack: list) -> Segment:
+        """Top of a reversed segment stack, re-resolved (a refinement may have happened)."""
+        top = stack[-1]
+        r = self.resolve((top,))
+        if r != (top,):
+            stack.pop()
+            stack.extend(reversed(r))
+            return self._head(stack)
+        return top
+
+    def _unify_segment(self, x: Segment, y: Segment) -> None:
+        if isinstance(x, Fixed) and isinstance(y, Fixed):
+            return
+        if isinstance(x, Fixed) or isinstance(y, Fixed):
+            fixed, other = (x, y) if isinstance(x, Fixed) else (y, x)
+            self.block((other,), fixed.cause)
+            return
+        if isinstance(x, Atom) and isinstance(y, Atom):
+            self._union(x.id, y.id)
+            return
+        if isinstance(x, Atom) or isinstance(y, Atom):
+            atom, p = (x, y) if isinstance(x, Atom) else (y, x)
+            self._factor_atom(atom.id, self.size(p.outer), self.size(p.inner))
+            self._unify((atom,), (p,))
+            return
+        si, sj = self.size(x.inner), self.size(y.inner)
+        if si == sj:
+            self._unify(x.outer, y.outer)
+            self._unify(x.inner, y.inner)
+            return
+        if si > sj:
+            x, y, si, sj = y, x, sj, si
+        # x.inner is the smaller one: factor y.inner as (sj/si, si)
+        if sj % si:
+            raise StructureError("incompatible products")
+        ya, yb = self._split(y.inner, si)
+        self._unify(x.outer, tuple(self._prod(y.outer, ya)))
+        self._unify(x.inner, yb)
+
+    def _cut(self, seg: Segment, at: int) -> tuple[Layout, Layout]:
+        """Cut one resolved segment into [0, at) and [at, size)."""
+        if isinstance(seg, Fixed):
+            return (Fixed(at, seg.cause),), (Fixed(seg.size - at, seg.cause),)
+        if isinstance(seg, Atom):
+            self._split_atom(seg.id, at)
+            p, q = self.resolve((seg,))
+            return (p,), (q,)
+        si = self.size(seg.inner)
+        if at % si:
+            raise StructureError("cut inside a product")
+        (o,) = seg.outer
+        p, q = self._cut(o, at // si)
+        return tuple(self._prod(p, seg.inner)), tuple(self._prod(q, seg.inner))
+
+    def cut(self, layout: Layout, positions: Iterable[int], blocker: Blocker) -> list[Layout]:
+        """Pieces of ``layout`` between the given cut positions (refining atoms as needed).
+        Where a cut would fall inside a product, the layout is blocked and cut as fixed."""
+        positions = sorted(set(p for p in positions if 0 < p < self.size(layout)))
+        try:
+            return self._cut_layout(layout, positions)
+        except StructureError:
+            self.block(layout, blocker)
+            bounds = [0, *positions, self.size(layout)]
+            return [(Fixed(b - a, blocker),) for a, b in zip(bounds, bounds[1:])]
+
+    def _cut_layout(self, layout: Layout, positions: list[int]) -> list[Layout]:
+        stack = list(reversed(self.resolve(layout)))
+        pieces: list[Layout] = []
+        current: list = []
+        pos = 0
+        for cut_at in [*positions, None]:
+            while stack and (cut_at is None or pos < cut_at):
+                seg = self._head(stack)
+                s = self.size((seg,))
+                if cut_at is not None and pos + s > cut_at:
+                    stack.pop()
+                    p, q = self._cut(seg, cut_at - pos)
+                    stack.extend(reversed(q))
+                    stack.extend(reversed(p))
+                    continue
+                stack.pop()
+                current.append(seg)
+                pos += s
+            pieces.append(tuple(current))
+            current = []
+        return pieces
+
+    def split(self, layout: Layout, inner: int, blocker: Blocker) -> tuple[Layout, Layout]:
+        """Factor an axis of size n into (n // inner, inner), row-major, as a reshape does."""
+        n = self.size(layout)
+        assert n % inner == 0
+        if inner == 1:
+            return layout, (Fixed(1, blocker),)
+        if inner == n:
+            return (Fixed(1, blocker),), layout
+        try:
+            return self._split(layout, inner)
+        except StructureError:
+            self.block(layout, blocker)
+            return (Fixed(n // inner, blocker),), (Fixed(inner, blocker),)
+
+    def _split(self, layout: Layout, b: int) -> tuple[Layout, Layout]:
+        stack = list(reversed(self.resolve(layout)))
+        outer: list = []
+        rows: list[Layout] = []
+        row: list = []
+        row_size = 0
+        while stack:
+            seg = self._head(stack)
+            s = self.size((seg,))
+            if row_size == 0 and s % b == 0:
+                stack.pop()
+                o, i = self._split_segment(seg, b)
+                outer.extend(o)
+                rows.append(i)
+            elif row_size + s <= b:
+                stack.pop()
+                row.append(seg)
+                row_size += s
+                if row_size == b:
+                    outer.append(Fixed(1, Blocker("", "row of a reshape")))
+                    rows.append(tuple(row))
+                    row, row_size = [], 0
+            else:
+                stack.pop()
+                p, q = self._cut(seg, b - row_size)
+                stack.extend(reversed(q))
+                stack.extend(reversed(p))
+        for other in rows[1:]:
+            self._unify(rows[0], other)
+        return _merge_fixed(outer), self.resolve(rows[0])
+
+    def _split_segment(self, seg: Segment, b: int) -> tuple[Layout, Layout]:
+        s = self.size((seg,))
+        if isinstance(seg, Fixed):
+            return (Fixed(s // b, seg.cause),), (Fixed(b, seg.cause),)
+        if isinstance(seg, Atom):
+            if s == b:
+                return (Fixed(1, Blocker("", "row of a reshape")),), (seg,)
+            self._factor_atom(seg.id, s // b, b)
+            (p,) = self.resolve((seg,))
+            return p.outer, p.inner
+        si = self.size(seg.inner)
+        if si == b:
+            return seg.outer, seg.inner
+        if si > b:
+            if si % b:
+                raise StructureError("reshape does not align with a product")
+            ia, ib = self._split(seg.inner, b)
+            return tuple(self._prod(seg.outer, ia)), ib
+        if b % si:
+            raise StructureError("reshape does not align with a product")
+        oa, ob = self._split(seg.outer, b // si)
+        return oa, tuple(self._prod(ob, seg.inner))
+
+    def merge(self, outer: Layout, inner: Layout) -> Layout:
+        """The layout of two adjacent axes flattened into one (row-major)."""
+        return _merge_fixed(self._prod(self.resolve(outer), self.resolve(inner)))
+
+    # -- sizes under a plan --------------------------------------------------------------------
+    def new_size(self, layout: Layout, widths: dict[int, int]) -> int:
+        """Size of ``layout`` when class root r has width ``widths.get(r, old)``."""
+        total = 0
+        for s in self.resolve(layout):
+            total += self._new_size_seg(s, widths)
+        return total
+
+    def _new_size_seg(self, s: Segment, widths: dict[int, int]) -> int:
+        if isinstance(s, Fixed):
+            return s.size
+        if isinstance(s, Atom):
+            r = self.find(s.id)
+            return widths.get(r, self.width[r])
+        return self.new_size(s.outer, widths) * self.new_size(s.inner, widths)
+
+
+def _atoms(seg: Segment) -> Iterable[int]:
+    if isinstance(seg, Atom):
+        yield seg.id
+    elif isinstance(seg, Prod):
+        for s in (*seg.outer, *seg.inner):
+            yield from _atoms(s)
+
+
+def _merge_fixed(segs: list) -> Layout:
+    out: list = []
+    for s in segs:
+        if isinstance(s, Fixed) and out and isinstance(out[-1], Fixed):
+            out[-1] = Fixed(out[-1].size + s.size, out[-1].cause)
+        else:
+            out.append(s)
+    return tuple(out)
+
+
+def fixed(shape: Iterable[int], cause: Blocker) -> tuple[Layout, ...]:
+    """Layouts for a tensor whose every axis is fixed."""
+    return tuple((Fixed(int(n), cause),) for n in shape)
+
+
+def numel(shape) -> int:
+    return prod(int(n) for n in shape)

@@ -1,0 +1,149 @@
+"""Convolutions, module and functional.
+
+Weight ``[C_out, C_in / G, k...]`` (transposed: ``[C_in, C_out / G, k...]``).
+
+* G = 1: output channels are a new space (producer: rows copied); input channels are
+  contracted (consumer: column j = column g(j) / c(g(j))).
+* 1 < G < C_in: channel i lives in block i // (C_in / G).  Every block must grow equally and a
+  replica must stay in its source's block; fxgrow gives all G blocks one shared map (the blocks
+  are united), which satisfies both.  The same holds on the output side.
+* Depthwise (G = C_in, C_out = k C_in): output channel o reads input channel o // k only, so
+  the output space is the input space times a fixed multiplier k; nothing is divided.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..context import CONSUME, PRODUCE, SCALE, RuleContext, RuleError
+from ..layout import Layout
+from ..values import TensorInfo
+from .registry import rule
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+class _Weights:
+    """Access to a conv's weight/bias axes for the module and the functional form alike."""
+
+    def __init__(self, cx: RuleContext, weight, bias) -> None:
+        self.cx = cx
+        self.weight, self.bias = weight, bias
+
+    def axis(self, which: str, axis: int, role: str) -> Layout | None:
+        ref = self.weight if which == "weight" else self.bias
+        if ref is None:
+            return None
+        if isinstance(ref, str):  # module parameter name
+            return self.cx.module_param(ref, axis, role)
+        info = self.cx.value(ref)
+        if not isinstance(info, TensorInfo):
+            raise RuleError("conv weight is not a tensor")
+        if role == CONSUME:
+            self.cx.consume(ref, axis, info.layouts[axis])
+        return info.layouts[axis]
+
+
+def _blocks(cx: RuleContext, layout: Layout, groups: int, what: str) -> Layout:
+    """Cut a channel layout into ``groups`` equal blocks that share one map; return block 0."""
+    n = cx.spaces.size(layout)
+    step = n // groups
+    pieces = cx.spaces.cut(layout, range(step, n, step), cx.blocker(f"{what} blocks"))
+    for p in pieces[1:]:
+        cx.unify(pieces[0], p, f"{what}: every group of a grouped conv must grow alike")
+    return pieces[0]
+
+
+def conv_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int,
+                  cout: int) -> Layout:
+    """Couple the input channel layout ``x`` to the weights; return the output channel layout."""
+    if groups == 1:
+        cx.unify(x, w.axis("weight", 1, CONSUME), "input channels of a conv")
+        out = w.axis("weight", 0, PRODUCE)
+    elif groups == cin:
+        mult = cout // cin
+        out = cx.spaces.merge(x, cx.fixed(mult, "depthwise channel multiplier")) if mult > 1 else x
+        cx.unify(out, w.axis("weight", 0, SCALE), "depthwise conv")
+    else:
+        local = _blocks(cx, x, groups, "input channel")
+        cx.unify(local, w.axis("weight", 1, CONSUME), "input channels of a grouped conv")
+        out = w.axis("weight", 0, PRODUCE)
+        _blocks(cx, out, groups, "output channel")
+    b = w.axis("bias", 0, PRODUCE)
+    if b is not None:
+        cx.unify(out, b, "conv bias")
+    return out
+
+
+def conv_transpose_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int,
+                            cout: int) -> Layout:
+    if groups == 1:
+        cx.unify(x, w.axis("weight", 0, CONSUME), "input channels of a transposed conv")
+        out = w.axis("weight", 1, PRODUCE)
+    elif groups == cin == cout:
+        cx.unify(x, w.axis("weight", 0, SCALE), "depthwise transposed conv")
+        out = x
+    else:
+        raise RuleError("grouped transposed convolution (1 < groups, not depthwise) is not "
+                        "supported")
+    b = w.axis("bias", 0, PRODUCE)
+    if b is not None:
+        cx.unify(out, b, "conv bias")
+    return out
+
+
+@rule(*_CONV)
+def conv_module(cx: RuleContext):
+    """nn.ConvNd: see the module docstring."""
+    m = cx.module
+    x = cx.tensor(cx.arg(0))
+    shape = cx.out_shape()
+    unbatched = x.ndim == m.weight.dim() - 1
+    ch = 0 if unbatched else 1
+    w = _Weights(cx, "weight", "bias" if m.bias is not None else None)
+    out = conv_channels(cx, x.layouts[ch], w, m.groups, m.in_channels, m.out_channels)
+    xin = x.layouts[ch]
+    cx.size_attr("in_channels", xin)
+    cx.size_attr("out_channels", out)
+    if m.groups == m.in_channels and m.groups > 1:
+        cx.size_attr("groups", xin)
+    lead = () if unbatched else (x.layouts[0],)
+    return cx.out(lead + (out,) + tuple(cx.fixed(n, "spatial axis") for n in shape[ch + 1:]))
+
+
+@rule(*_CONV_T)
+def conv_transpose_module(cx: RuleContext):
+    """nn.ConvTransposeNd: input channels contracted (weight axis 0), outputs produced (axis 1)."""
+    m = cx.module
+    x = cx.tensor(cx.arg(0))
+    shape = cx.out_shape()
+    unbatched = x.ndim == m.weight.dim() - 1
+    ch = 0 if unbatched else 1
+    w = _Weights(cx, "weight", "bias" if m.bias is not None else None)
+    out = conv_transpose_channels(cx, x.layouts[ch], w, m.groups, m.in_channels, m.out_channels)
+    cx.size_attr("in_channels", x.layouts[ch])
+    cx.size_attr("out_channels", out)
+    if m.groups > 1:
+        cx.size_attr("groups", x.layouts[ch])
+    lead = () if unbatched else (x.layouts[0],)
+    return cx.out(lead + (out,) + tuple(cx.fixed(n, "spatial axis") for n in shape[ch + 1:]))
+
+
+@rule(F.conv1d, F.conv2d, F.conv3d)
+def conv_function(cx: RuleContext):
+    """F.convNd(x, weight, bias, stride, padding, dilation, groups)."""
+    x = cx.tensor(cx.arg(0, "input"))
+    wref, bref = cx.arg(1, "weight"), cx.arg(2, "bias", None)
+    groups = cx.concrete(cx.arg(6, "groups", 1))
+    wt = cx.example(wref)
+    unbatched = x.ndim == wt.dim() - 1
+    ch = 0 if unbatched else 1
+    cin, cout = x.shape[ch], wt.shape[0]
+    if groups == cin and groups > 1:
+        raise RuleError("functional depthwise conv: its groups argument would have to follow "
+                        "the width; use nn.Conv modules")
+    out = conv_channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
+    lead = () if unbatched else (x.layouts[0],)
+    return cx.out(lead + (out,) + tuple(cx.fixed(n, "spatial axis")
+                                        for n in cx.out_shape()[ch + 1:]))

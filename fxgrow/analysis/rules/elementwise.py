@@ -1,0 +1,132 @@
+"""Pointwise ops.
+
+A pointwise function f applied to a replicated activation gives the replicated result:
+f(x)[j] = f(x[g(j)]).  So unary pointwise ops pass every axis's space through, and n-ary ones
+unite the spaces of their operands (see ``common.broadcast``).  Ops whose result is random per
+element (bernoulli, RReLU in training) do not give equal replicas: they block.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..context import RuleContext
+from ..values import SizeInfo, TensorInfo
+from .common import broadcast, same_layouts
+from .registry import rule
+
+_ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.LogSigmoid, nn.Threshold, nn.Identity,
+)
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                    nn.FeatureAlphaDropout)
+_UNARY_FUNCTIONS = (
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu,
+    F.elu_, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+    F.hardtanh_, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign,
+    F.logsigmoid, F.tanhshrink, F.softshrink, F.hardshrink, F.threshold, torch.exp, torch.log,
+    torch.log1p, torch.expm1, torch.sqrt, torch.rsqrt, torch.abs, torch.neg, operator.neg,
+    operator.pos, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, torch.square,
+    torch.sin, torch.cos, torch.erf, torch.reciprocal, torch.sign, torch.floor, torch.ceil,
+    torch.round, torch.nan_to_num, torch.sigmoid_, torch.exp_,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+)
+_UNARY_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "log1p",
+    "sqrt", "rsqrt", "abs", "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "square",
+    "sin", "cos", "erf", "reciprocal", "sign", "floor", "ceil", "round", "nan_to_num",
+    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "cpu",
+    "cuda", "requires_grad_", "type_as", "zero_", "fill_", "hardswish", "softmax_",
+)
+
+
+@rule(*_ACTIVATION_MODULES, *_DROPOUT_MODULES, *_UNARY_FUNCTIONS, *_UNARY_METHODS)
+def unary(cx: RuleContext):
+    """Pointwise (activation, math, dropout, dtype/device moves): every axis passes through."""
+    return same_layouts(cx)
+
+
+@rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
+def constant_like(cx: RuleContext):
+    """A constant of the same shape: its replicas are equal, so it passes layouts through."""
+    return same_layouts(cx)
+
+
+@rule("bernoulli_", "bernoulli", torch.bernoulli, torch.rand_like, torch.randn_like,
+      "uniform_", "normal_", nn.RReLU, F.rrelu)
+def random_pointwise(cx: RuleContext):
+    """Random per element: replicas would differ, so channel spaces here are blocked."""
+    info = cx.tensor(cx.arg(0))
+    for lay in info.layouts:
+        cx.block(lay, "random per element: replicated units would diverge")
+    return cx.out(info.layouts)
+
+
+_BINARY = (
+    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
+    torch.true_divide, torch.floor_divide, torch.remainder, torch.fmod, torch.pow,
+    torch.maximum, torch.minimum, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge,
+    torch.logical_and, torch.logical_or, torch.logical_xor, torch.atan2, torch.lerp,
+    torch.where, torch.masked_fill, torch.addcmul, torch.addcdiv,
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+    operator.pow, operator.mod, operator.eq, operator.ne, operator.lt, operator.le, operator.gt,
+    operator.ge, operator.and_, operator.or_, operator.xor, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv,
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide", "pow", "pow_",
+    "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_",
+    "where", "lerp", "lerp_", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "logical_and",
+    "logical_or", "remainder", "fmod", "floor_divide", "__and__", "__or__",
+    "__radd__", "__rsub__", "__rmul__", "__rtruediv__",
+)
+
+
+@rule(*_BINARY)
+def binary(cx: RuleContext):
+    """Elementwise with broadcasting (add, mul, where, masked_fill, ...): operands of equal
+    size on an axis share its space; size-1 operands broadcast and stay size 1.  On plain
+    ints (sizes) it is arithmetic: the result carries the sizes it was derived from."""
+    operands = [*cx.node.args, *cx.node.kwargs.values()]
+    values = [cx.value(a) for a in operands]
+    if not any(isinstance(v, TensorInfo) for v in values):
+        return _int_arithmetic(cx, values)
+    return broadcast(cx, operands)
+
+
+def _int_arithmetic(cx: RuleContext, values):
+    sizes = [v for v in values if isinstance(v, SizeInfo)]
+    if not sizes:
+        return cx.example()
+    cx.sizes_handled(*sizes)
+    return SizeInfo(tuple(lay for s in sizes for lay in s.layouts))
+
+
+@rule(nn.PReLU, F.prelu, torch.prelu)
+def prelu(cx: RuleContext):
+    """PReLU: with one slope per channel (axis 1) the slopes are per-channel parameters."""
+    x = cx.tensor(cx.arg(0))
+    if cx.module is not None:
+        if cx.module.num_parameters > 1:
+            cx.unify(x.layouts[1], cx.module_param("weight", 0, "scale"))
+            cx.size_attr("num_parameters", x.layouts[1])
+        return cx.out(x.layouts)
+    w = cx.value(cx.arg(1, "weight"))
+    if isinstance(w, TensorInfo) and w.shape[0] > 1:
+        cx.unify(x.layouts[1], w.layouts[0])
+    return cx.out(x.layouts)
+
+
+@rule(nn.GLU, F.glu)
+def glu(cx: RuleContext):
+    """GLU: a * sigmoid(b) for the two halves along ``dim``; the halves are multiplied unit by
+    unit, so they share one map (the split point moves with the width)."""
+    x = cx.tensor(cx.arg(0))
+    d = cx.module.dim if cx.module is not None else cx.concrete(cx.arg(1, "dim", -1))
+    d = x.dim(d)
+    a, b = cx.spaces.cut(x.layouts[d], [x.shape[d] // 2], cx.blocker("GLU halves"))
+    cx.unify(a, b, "GLU halves must grow together")
+    return cx.out(x.layouts[:d] + (a,) + x.layouts[d + 1:])

@@ -1,0 +1,198 @@
+"""Linear maps, matrix products and embeddings.
+
+* Linear ``y = x W^T + b``, W ``[out, in]``: the last axis of x is contracted with W's columns
+  (consumer: divided by the replication count), W's rows produce the output space.
+* Matrix products (matmul, bmm, mm, einsum): contracted axes of the operands couple.  The
+  contraction is exact under replication only if one operand is a parameter whose slices are
+  divided; a contraction of two activations over a channel space blocks it.  Batch axes
+  broadcast like elementwise ops.
+* Embedding ``W[ids]``: W's columns produce the output space; its rows are indexed by ids and
+  never grow.
+"""
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..context import CONSUME, PRODUCE, RuleContext, RuleError
+from ..layout import Layout
+from ..values import TensorInfo
+from .registry import rule
+
+
+def _produce(cx: RuleContext, ref, axis: int) -> None:
+    """Mark a directly read parameter's axis as a producer (for naming and roles)."""
+    src = cx._param_source(ref, axis)
+    if src is not None:
+        target, paxis, _chain = src
+        cx.param(target, paxis, PRODUCE)
+
+
+def contract(cx: RuleContext, operands, layout: Layout) -> None:
+    """``operands``: (arg, axis) pairs contracted together along ``layout``.  One operand that
+    is a parameter takes the division; with none, a channel space here is blocked."""
+    for ref, axis in operands:
+        if cx._param_source(ref, axis) is not None:
+            cx.consume(ref, axis, layout)
+            return
+    cx.block(layout, "contraction between two activations over this axis is not preserved "
+                     "by replication")
+
+
+@rule(nn.Linear)
+def linear_module(cx: RuleContext):
+    """nn.Linear: in-features consumed, out-features produced, other axes pass through."""
+    x = cx.tensor(cx.arg(0))
+    cx.unify(x.layouts[-1], cx.module_param("weight", 1, CONSUME), "input features of a Linear")
+    out = cx.module_param("weight", 0, PRODUCE)
+    b = cx.module_param("bias", 0, PRODUCE)
+    if b is not None:
+        cx.unify(out, b)
+    cx.size_attr("in_features", x.layouts[-1])
+    cx.size_attr("out_features", out)
+    return cx.out(x.layouts[:-1] + (out,))
+
+
+@rule(F.linear)
+def linear_function(cx: RuleContext):
+    """F.linear(x, W, b): as nn.Linear, with W and b read from the graph."""
+    x = cx.tensor(cx.arg(0, "input"))
+    wref = cx.arg(1, "weight")
+    w = cx.tensor(wref)
+    cx.unify(x.layouts[-1], w.layouts[1], "input features of a linear")
+    contract(cx, [(wref, 1)], w.layouts[1])
+    _produce(cx, wref, 0)
+    bref = cx.arg(2, "bias", None)
+    if bref is not None:
+        cx.unify(w.layouts[0], cx.tensor(bref).layouts[0])
+    return cx.out(x.layouts[:-1] + (w.layouts[0],))
+
+
+def _broadcast_batch(cx: RuleContext, a: tuple, b: tuple, shape: tuple) -> tuple:
+    out = []
+    for k in range(1, len(shape) + 1):
+        n = shape[-k]
+        along = []
+        for lays, sizes in ((a, None), (b, None)):
+            if len(lays) >= k:
+                lay = lays[-k]
+                if cx.spaces.size(lay) == n:
+                    along.append(lay)
+                else:
+                    cx.block(lay, "broadcast against a wider axis: must stay of size 1")
+        for other in along[1:]:
+            cx.unify(along[0], other, "batch axes of a matrix product")
+        out.append(along[0] if along else cx.fixed(n, "broadcast batch axis"))
+    return tuple(reversed(out))
+
+
+@rule(torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm",
+      "__matmul__")
+def matmul(cx: RuleContext):
+    """a @ b: a's last axis and b's second-to-last are contracted; batch axes broadcast."""
+    aref, bref = cx.arg(0), cx.arg(1)
+    a, b = cx.tensor(aref), cx.tensor(bref)
+    if a.ndim == 0 or b.ndim == 0:
+        raise RuleError("matmul of a 0-d tensor")
+    one = cx.fixed(1, "vector operand")
+    al = ((one,) + a.layouts) if a.ndim == 1 else a.layouts
+    bl = (b.layouts + (one,)) if b.ndim == 1 else b.layouts
+    cx.unify(al[-1], bl[-2], "contracted axes of a matrix product")
+    contract(cx, [(bref, b.ndim - 2 if b.ndim > 1 else 0), (aref, a.ndim - 1)], al[-1])
+    if b.ndim > 1:
+        _produce(cx, bref, b.ndim - 1)
+    if a.ndim > 1:
+        _produce(cx, aref, a.ndim - 2)
+    batch_shape = torch.broadcast_shapes(
+        tuple(cx.spaces.size(x) for x in al[:-2]), tuple(cx.spaces.size(x) for x in bl[:-2]))
+    batch = _broadcast_batch(cx, al[:-2], bl[:-2], batch_shape)
+    out = batch + ((al[-2],) if a.ndim > 1 else ()) + ((bl[-1],) if b.ndim > 1 else ())
+    return cx.out(out)
+
+
+@rule(torch.addmm, "addmm")
+def addmm(cx: RuleContext):
+    """addmm(bias, a, b) = bias + a @ b (2-D); the bias broadcasts over rows."""
+    biasref, aref, bref = cx.arg(0), cx.arg(1), cx.arg(2)
+    a, b = cx.tensor(aref), cx.tensor(bref)
+    cx.unify(a.layouts[1], b.layouts[0], "contracted axes of a matrix product")
+    contract(cx, [(bref, 0), (aref, 1)], a.layouts[1])
+    _produce(cx, bref, 1)
+    bias = cx.tensor(biasref)
+    if bias.shape[-1] == b.shape[1]:
+        cx.unify(bias.layouts[-1], b.layouts[1], "bias of addmm")
+    else:
+        cx.block(bias.layouts[-1], "broadcast against a wider axis: must stay of size 1")
+    if bias.ndim == 2:
+        if bias.shape[0] == a.shape[0]:
+            cx.unify(bias.layouts[0], a.layouts[0])
+        else:
+            cx.block(bias.layouts[0], "broadcast against a wider axis: must stay of size 1")
+    return cx.out((a.layouts[0], b.layouts[1]))
+
+
+_EINSUM = re.compile(r"^[a-zA-Z,]*->[a-zA-Z]*$")
+
+
+@rule(torch.einsum)
+def einsum(cx: RuleContext):
+    """einsum: an index letter names one space in every operand it appears in; letters absent
+    from the output are contracted (one parameter operand takes the division)."""
+    eq = cx.concrete(cx.arg(0)).replace(" ", "")
+    refs = list(cx.node.args[1:])
+    if len(refs) == 1 and isinstance(refs[0], (list, tuple)):
+        refs = list(refs[0])
+    if not _EINSUM.match(eq):
+        raise RuleError(f"einsum equation {eq!r} (ellipsis or implicit output) is not supported")
+    ins, out = eq.split("->")
+    specs = ins.split(",")
+    infos = [cx.tensor(r) for r in refs]
+    seen: dict[str, Layout] = {}
+    where: dict[str, list] = {}
+    for spec, info, ref in zip(specs, infos, refs):
+        for axis, letter in enumerate(spec):
+            lay = info.layouts[axis]
+            if letter in seen:
+                cx.unify(seen[letter], lay, f"einsum index {letter}")
+            else:
+                seen[letter] = lay
+            where.setdefault(letter, []).append((ref, axis))
+    for letter, uses in where.items():
+        if letter not in out:
+            if len(uses) == 1:
+                cx.block(seen[letter], "summed over (a reduction over this axis)")
+            else:
+                contract(cx, uses, seen[letter])
+        else:
+            for ref, axis in uses:
+                _produce(cx, ref, axis)
+    return cx.out(tuple(seen[letter] for letter in out))
+
+
+@rule(nn.Embedding)
+def embedding_module(cx: RuleContext):
+    """nn.Embedding: W[ids]; W's columns produce the output space."""
+    if cx.module.max_norm is not None:
+        raise RuleError("max_norm renormalises over the embedding dimension")
+    ids = cx.tensor(cx.arg(0))
+    cx.block(cx.module_param("weight", 0, None), "vocabulary axis, indexed by ids")
+    out = cx.module_param("weight", 1, PRODUCE)
+    cx.size_attr("embedding_dim", out)
+    return cx.out(ids.layouts + (out,))
+
+
+@rule(F.embedding)
+def embedding_function(cx: RuleContext):
+    """F.embedding(ids, W): as nn.Embedding."""
+    if cx.arg(3, "max_norm", None) is not None:
+        raise RuleError("max_norm renormalises over the embedding dimension")
+    ids = cx.tensor(cx.arg(0, "input"))
+    wref = cx.arg(1, "weight")
+    w = cx.tensor(wref)
+    cx.block(w.layouts[0], "vocabulary axis, indexed by ids")
+    _produce(cx, wref, 1)
+    return cx.out(ids.layouts + (w.layouts[1],))

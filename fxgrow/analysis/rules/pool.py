@@ -1,0 +1,75 @@
+"""Spatial ops: pooling, resampling, padding.
+
+They act on each channel separately (max/avg over a spatial window, interpolation), so every
+leading axis passes through and the spatial axes are fixed.  Padding a channel axis would add
+units that are not replicas: it blocks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..context import RuleContext
+from ..values import TensorInfo
+from .registry import rule
+
+_SPATIAL = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
+    nn.AvgPool3d: 3, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.LPPool1d: 1,
+    nn.LPPool2d: 2, nn.LPPool3d: 3,
+    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,
+    F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
+    F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1, F.adaptive_max_pool2d: 2,
+    F.adaptive_max_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.lp_pool3d: 3,
+    F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3,
+    F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
+    F.adaptive_max_pool3d_with_indices: 3,
+    torch.max_pool1d: 1, torch.max_pool2d: 2, torch.max_pool3d: 3, torch.avg_pool1d: 1,
+    torch.adaptive_avg_pool1d: 1, torch.adaptive_max_pool1d: 1,
+}
+
+
+def _spatial_op(cx: RuleContext, k: int):
+    x = cx.tensor(cx.arg(0))
+    lead = x.layouts[:x.ndim - k]
+    example = cx.example()
+
+    def info(t: torch.Tensor) -> TensorInfo:
+        shape = tuple(int(n) for n in t.shape)
+        return TensorInfo(shape, lead + tuple(cx.fixed(n, "spatial axis")
+                                              for n in shape[len(lead):]))
+    if isinstance(example, (tuple, list)):  # values and indices
+        return tuple(info(t) for t in example)
+    return info(example)
+
+
+@rule(*_SPATIAL)
+def pool(cx: RuleContext):
+    """Pooling over the trailing spatial axes: per channel, so channels pass through."""
+    target = type(cx.module) if cx.module is not None else cx.node.target
+    return _spatial_op(cx, _SPATIAL[target])
+
+
+@rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample,
+      F.upsample_nearest, F.upsample_bilinear)
+def interpolate(cx: RuleContext):
+    """Resampling of the spatial axes (everything after batch and channel)."""
+    x = cx.tensor(cx.arg(0))
+    return _spatial_op(cx, x.ndim - 2)
+
+
+@rule(F.pad, torch.constant_pad_nd)
+def pad(cx: RuleContext):
+    """F.pad: padded axes get new fixed positions; padding a channel axis blocks it."""
+    x = cx.tensor(cx.arg(0))
+    widths = cx.concrete(cx.arg(1, "pad"))
+    shape = cx.out_shape()
+    layouts = list(x.layouts)
+    for i in range(len(widths) // 2):
+        d = x.ndim - 1 - i
+        if widths[2 * i] or widths[2 * i + 1]:
+            cx.block(layouts[d], "padded axis")
+            layouts[d] = cx.fixed(shape[d], "padded axis")
+    return cx.out(layouts)

@@ -1,0 +1,103 @@
+"""Reductions and normalisations along an axis.
+
+A sum, mean, max, softmax or norm over a channel axis changes when units are replicated (a
+replicated unit counts more than once): such an axis is blocked.  Over fixed axes (spatial
+mean, token softmax) they are exact and the remaining axes pass through.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..context import RuleContext
+from ..values import TensorInfo
+from .common import norm_dims
+from .elementwise import binary
+from .registry import rule
+
+_REDUCTIONS = (
+    torch.mean, torch.sum, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
+    torch.logsumexp, torch.all, torch.any, torch.argmax, torch.argmin, torch.nansum,
+    torch.nanmean, torch.norm, torch.linalg.vector_norm, torch.count_nonzero,
+    "mean", "sum", "amax", "amin", "prod", "std", "var", "logsumexp", "all", "any", "argmax",
+    "argmin", "nansum", "nanmean", "norm", "count_nonzero",
+)
+
+
+@rule(*_REDUCTIONS)
+def reduction(cx: RuleContext):
+    """Reduce over ``dim`` (all axes by default), optionally keeping size-1 axes."""
+    x = cx.tensor(cx.arg(0))
+    name = getattr(cx.node.target, "__name__", cx.node.target)
+    dim_pos = 2 if name in ("norm", "vector_norm") else 1
+    dims = cx.concrete(cx.arg(dim_pos, "dim", None))
+    dims = norm_dims(dims, x.ndim) if x.ndim else []
+    keep = len(cx.out_shape()) == x.ndim
+    layouts = []
+    for d, lay in enumerate(x.layouts):
+        if d in dims:
+            cx.block(lay, f"reduced over by {name}")
+            if keep:
+                layouts.append(cx.fixed(1, "reduced axis"))
+        else:
+            layouts.append(lay)
+    return cx.out(layouts)
+
+
+@rule(torch.max, torch.min, "max", "min", torch.median, "median")
+def max_min(cx: RuleContext):
+    """max/min: of two tensors it is elementwise; over ``dim`` it reduces (values, indices)."""
+    other = cx.arg(1, "other", None) if cx.node.target not in (torch.median, "median") else None
+    if isinstance(cx.value(other), TensorInfo):
+        return binary(cx)
+    x = cx.tensor(cx.arg(0))
+    d = cx.concrete(cx.arg(1, "dim", None))
+    if d is None:
+        for lay in x.layouts:
+            cx.block(lay, "reduced over by max/min")
+        return cx.out(())
+    d = x.dim(d)
+    cx.block(x.layouts[d], "reduced over by max/min")
+    keep = bool(cx.concrete(cx.arg(2, "keepdim", False)))
+    lay = list(x.layouts)
+    if keep:
+        lay[d] = cx.fixed(1, "reduced axis")
+    else:
+        del lay[d]
+    return tuple(TensorInfo(tuple(t.shape), tuple(lay)) for t in cx.example())
+
+
+@rule(F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, "softmax",
+      "log_softmax", torch.cumsum, "cumsum", torch.cumprod, "cumprod", F.normalize,
+      torch.nn.functional.local_response_norm)
+def along_axis(cx: RuleContext):
+    """softmax/log_softmax/cumsum/normalize along ``dim``: that axis mixes its positions, so a
+    channel space there is blocked; the shape is unchanged."""
+    x = cx.tensor(cx.arg(0))
+    name = getattr(cx.node.target, "__name__", cx.node.target)
+    if name == "local_response_norm":
+        d = 1
+    elif name == "normalize":
+        d = cx.concrete(cx.arg(2, "dim", 1))
+    else:
+        d = cx.concrete(cx.arg(1, "dim", None))
+    if d is None:
+        d = 0 if x.ndim in (0, 1, 3) else 1  # torch's legacy implicit softmax dim
+    cx.block(x.layouts[x.dim(d)], f"{name} along this axis mixes its positions")
+    return cx.out(x.layouts)
+
+
+@rule(nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.LocalResponseNorm)
+def along_axis_module(cx: RuleContext):
+    """nn.Softmax & co: as the functional forms, with the module's dim."""
+    x = cx.tensor(cx.arg(0))
+    m = cx.module
+    if isinstance(m, nn.Softmax2d):
+        d = -3
+    elif isinstance(m, nn.LocalResponseNorm):
+        d = 1
+    else:
+        d = m.dim if m.dim is not None else (0 if x.ndim in (0, 1, 3) else 1)
+    cx.block(x.layouts[x.dim(d)], f"{type(m).__name__} along this axis mixes its positions")
+    return cx.out(x.layouts)

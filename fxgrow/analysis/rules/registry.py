@@ -1,0 +1,76 @@
+"""The op-rule registry: one table from fx targets to the rule that knows their channel maths.
+
+A rule is ``fn(cx: RuleContext) -> value`` where the value describes the node's output
+(:class:`~fxgrow.analysis.values.TensorInfo` for tensors).  Rules are registered for
+
+* module classes (``call_module``), matched by exact type, or by an ancestor whose ``forward``
+  the class does not override -- a subclass with its own ``forward`` is *not* matched;
+* functions (``call_function``), matched by identity;
+* method names (``call_method``).
+
+Anything without a rule blocks every channel group it touches (see ``dependency.unknown_op``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch.fx
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    fn: Callable
+    kind: str  # "module" | "function" | "method"
+    target: Any
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip()
+
+
+MODULES: dict[type, RuleEntry] = {}
+FUNCTIONS: dict[Any, RuleEntry] = {}
+METHODS: dict[str, RuleEntry] = {}
+
+
+def rule(*targets: Any) -> Callable[[Callable], Callable]:
+    """Register ``fn`` for module classes, functions and method names (strings)."""
+
+    def register(fn: Callable) -> Callable:
+        for t in targets:
+            if isinstance(t, str):
+                METHODS[t] = RuleEntry(fn, "method", t)
+            elif isinstance(t, type):
+                MODULES[t] = RuleEntry(fn, "module", t)
+            else:
+                FUNCTIONS[t] = RuleEntry(fn, "function", t)
+        return fn
+
+    return register
+
+
+def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
+    if node.op == "call_function":
+        try:
+            return FUNCTIONS.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+    if node.op == "call_method":
+        return METHODS.get(node.target)
+    if node.op == "call_module":
+        cls = type(module)
+        entry = MODULES.get(cls)
+        if entry is not None:
+            return entry
+        for base in cls.__mro__[1:]:
+            entry = MODULES.get(base)
+            if entry is not None:
+                return entry if getattr(cls, "forward") is getattr(base, "forward") else None
+        return None
+    return None
+
+
+def all_rules() -> list[RuleEntry]:
+    """Every registered rule (for the generated op-rule reference)."""
+    return [*MODULES.values(), *FUNCTIONS.values(), *METHODS.values()]

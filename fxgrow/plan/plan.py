@@ -1,0 +1,216 @@
+"""Widening plans: plain, inspectable, serialisable descriptions of what will change."""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from numbers import Integral, Real
+from typing import Any, Mapping
+
+import torch
+
+from ..analysis import Analysis
+from ..analysis.group import ChannelGroup
+from ..errors import BlockedGroupError, InputError, WidthError
+from .index_map import expand
+
+
+@dataclass(frozen=True)
+class ReplicationMap:
+    """g: [0, new) -> [0, old) with g(j) = j for j < old.  ``source[j]`` is g(j)."""
+
+    old: int
+    new: int
+    source: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.source) != self.new or tuple(self.source[:self.old]) != tuple(range(self.old)):
+            raise InputError("a replication map must keep its first `old` units in place")
+        if any(not 0 <= s < self.old for s in self.source):
+            raise InputError("a replication map may only point at existing units")
+
+    @classmethod
+    def random(cls, old: int, new: int, generator: torch.Generator) -> "ReplicationMap":
+        extra = torch.randint(0, old, (new - old,), generator=generator).tolist()
+        return cls(old, new, tuple(range(old)) + tuple(extra))
+
+    @classmethod
+    def uniform(cls, old: int, new: int) -> "ReplicationMap":
+        """Every unit replicated new/old times: g(j) = j mod old."""
+        return cls(old, new, tuple(j % old for j in range(new)))
+
+    @cached_property
+    def counts(self) -> tuple[int, ...]:
+        """c(i) = |{j : g(j) = i}|."""
+        c = [0] * self.old
+        for s in self.source:
+            c[s] += 1
+        return tuple(c)
+
+    def source_tensor(self) -> torch.Tensor:
+        return self._source_tensor
+
+    @cached_property
+    def _source_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.source, dtype=torch.long)
+
+    def count_tensor(self) -> torch.Tensor:
+        return self._count_tensor
+
+    @cached_property
+    def _count_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.counts, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """One group's new width.  ``map`` acts on the group's unit (its replicated space)."""
+
+    group: str
+    old_width: int
+    new_width: int
+    map: ReplicationMap
+
+
+@dataclass(frozen=True)
+class WidenPlan:
+    """What ``widen`` will do: which groups grow, to what width, with which maps."""
+
+    changes: tuple[GroupChange, ...]
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "changes": [
+            {"group": c.group, "old_width": c.old_width, "new_width": c.new_width,
+             "map": {"old": c.map.old, "new": c.map.new, "source": list(c.map.source)}}
+            for c in self.changes]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "WidenPlan":
+        return cls(tuple(GroupChange(c["group"], c["old_width"], c["new_width"],
+                                     ReplicationMap(c["map"]["old"], c["map"]["new"],
+                                                    tuple(c["map"]["source"])))
+                         for c in d["changes"]), d.get("seed", 0))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, s: str) -> "WidenPlan":
+        return cls.from_dict(json.loads(s))
+
+    def __str__(self) -> str:
+        if not self.changes:
+            return "WidenPlan: no group changes"
+        w = max(len(c.group) for c in self.changes)
+        lines = [f"WidenPlan (seed {self.seed}): {len(self.changes)} groups"]
+        lines += [f"  {c.group:<{w}}  {c.old_width:>6} -> {c.new_width}" for c in self.changes]
+        return "\n".join(lines)
+
+
+def _uniform_roots(analysis: Analysis) -> set[int]:
+    sp = analysis.state.spaces
+    return {r for lay, _ in analysis.state.uniform for r in sp.roots(lay)}
+
+
+def _check_width(g: ChannelGroup, new: Any, uniform: bool) -> int:
+    if isinstance(new, bool) or not isinstance(new, Integral):
+        raise WidthError(f"width for group {g.name!r} must be an integer, got {new!r}")
+    new = int(new)
+    if new < g.width:
+        raise WidthError(f"group {g.name!r} has width {g.width}; fxgrow only grows, so the new "
+                         f"width must be >= {g.width} (got {new})")
+    step = g.width if uniform else g.multiplicity
+    if new % step:
+        lo, hi = new // step * step, (new // step + 1) * step
+        why = ("it passes through a normalisation over channels (LayerNorm/GroupNorm/RMSNorm), "
+               "whose statistics survive only whole-multiple replication") if uniform else \
+            f"its unit of {g.unit} channels repeats {g.multiplicity} times along {g.name}"
+        raise WidthError(f"group {g.name!r} cannot be widened exactly to {new}: {why}. "
+                         f"Nearest exact widths: {', '.join(str(v) for v in (lo, hi) if v >= g.width)}")
+    return new
+
+
+def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
+              factor: float | None = None, seed: int = 0) -> WidenPlan:
+    """Choose new widths and replication maps.
+
+    ``factor`` widens every widenable group (rounded up to what the group allows: a whole
+    multiple of its unit, or of its width when normalised over channels); ``widths`` names
+    groups (or their modules) and overrides the factor for them."""
+    if widths is None and factor is None:
+        raise InputError("give widths={group or module: new width} or factor=... to widen")
+    if factor is not None:
+        if isinstance(factor, bool) or not isinstance(factor, Real) or not math.isfinite(factor) \
+                or factor < 1:
+            raise WidthError(f"factor must be a number >= 1, got {factor!r}")
+    if widths is not None and not isinstance(widths, Mapping):
+        raise InputError("widths must be a mapping {group or module name: new width}")
+    uniform = _uniform_roots(analysis)
+    targets: dict[int, tuple[ChannelGroup, int]] = {}
+    if factor is not None:
+        for g in analysis.widenable:
+            if g.root in uniform:
+                unit = g.unit * math.ceil(factor - 1e-12)
+            else:
+                unit = math.ceil(g.unit * factor - 1e-9)
+            if unit > g.unit:
+                targets[g.root] = (g, unit)
+    for name, new in (widths or {}).items():
+        g = analysis.group(name)
+        if not g.widenable:
+            reasons = "; ".join(str(b) for b in g.blockers)
+            raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: {reasons}")
+        new = _check_width(g, new, g.root in uniform)
+        if new == g.width:
+            targets.pop(g.root, None)
+        else:
+            targets[g.root] = (g, new // g.multiplicity)
+    changes = []
+    for g, unit in sorted(targets.values(), key=lambda t: analysis.groups.index(t[0])):
+        if g.root in uniform:
+            m = ReplicationMap.uniform(g.unit, unit)
+        else:
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(g.name.encode()))
+                                                % (2 ** 63))
+            m = ReplicationMap.random(g.unit, unit, gen)
+        changes.append(GroupChange(g.name, g.width, unit * g.multiplicity, m))
+    plan = WidenPlan(tuple(changes), seed)
+    check_plan(analysis, plan)
+    return plan
+
+
+def root_maps(analysis: Analysis, plan: WidenPlan) -> dict[int, ReplicationMap]:
+    """Class root -> map, validating the plan against the analysis."""
+    by_name = {g.name: g for g in analysis.groups}
+    maps = {}
+    for c in plan.changes:
+        g = by_name.get(c.group)
+        if g is None:
+            raise InputError(f"the plan names group {c.group!r}, which this model does not have")
+        if not g.widenable:
+            raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: "
+                                    + "; ".join(str(b) for b in g.blockers))
+        if c.map.old != g.unit:
+            raise InputError(f"the plan's map for {g.name!r} starts from {c.map.old} units; "
+                             f"the group has {g.unit}")
+        maps[g.root] = c.map
+    return maps
+
+
+def check_plan(analysis: Analysis, plan: WidenPlan) -> None:
+    """Every normalised axis must be replicated uniformly (LayerNorm/GroupNorm statistics)."""
+    maps = root_maps(analysis, plan)
+    sp = analysis.state.spaces
+    names = {g.root: g.name for g in analysis.groups}
+    for lay, blocker in analysis.state.uniform:
+        roots = [r for r in sp.roots(lay) if r in maps]
+        if not roots:
+            continue
+        _, counts = expand(sp, lay, maps)
+        if counts.numel() and not bool((counts == counts[0]).all()):
+            involved = ", ".join(repr(names.get(r, r)) for r in sp.roots(lay))
+            raise WidthError(f"{blocker.node} normalises over groups {involved}: they must all "
+                             f"grow by the same whole factor (every unit replicated equally)")
