@@ -126,11 +126,12 @@ class RuleContext:
             lambda x: self.state.vals.get(x) if isinstance(x, torch.fx.Node) else x, a)
 
     # -- building values -----------------------------------------------------------------------
-    def blocker(self, reason: str) -> Blocker:
-        return Blocker(self.node.name, reason)
+    def blocker(self, reason: str, kind: str = "op") -> Blocker:
+        return Blocker(self.node.name, reason, kind)
 
     def fixed(self, n: int, reason: str) -> Layout:
-        return (Fixed(int(n), self.blocker(reason)),)
+        """``n`` positions that are not a channel space (spatial, batch, a new size-1 axis)."""
+        return (Fixed(int(n), self.blocker(reason, "structure")),)
 
     def out(self, layouts) -> TensorInfo:
         """This node's tensor value with the given per-axis layouts."""

@@ -37,12 +37,12 @@ def run(gm: torch.fx.GraphModule, vals: dict) -> AnalysisState:
 def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
     cx = RuleContext(state, node)
     if node.op == "placeholder":
-        cause = Blocker(node.name, "model input (fixed boundary)", boundary=True)
+        cause = Blocker(node.name, "model input (fixed boundary)", kind="boundary")
         return _fixed_values(state.vals.get(node), cause)
     if node.op == "get_attr":
         return _get_attr(cx)
     if node.op == "output":
-        cause = Blocker(node.name, "model output (fixed boundary)", boundary=True)
+        cause = Blocker(node.name, "model output (fixed boundary)", kind="boundary")
         for v in pytree.tree_leaves(cx.value(node.args)):
             if isinstance(v, TensorInfo):
                 for lay in v.layouts:

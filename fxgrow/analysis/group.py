@@ -54,6 +54,13 @@ class ChannelGroup:
         return bool(self.blockers) and all(b.boundary for b in self.blockers)
 
     @property
+    def fixed(self) -> bool:
+        """Blocked only by the model's boundaries or by being tied to non-channel axes
+        (spatial, batch): nothing about it is unknown to fxgrow."""
+        return bool(self.blockers) and all(b.kind in ("boundary", "structure")
+                                           for b in self.blockers)
+
+    @property
     def modules(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(m.module for m in self.members if m.module))
 
@@ -100,7 +107,13 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
                 members[r].append(Member("constant", rule.node, None, "size"))
     groups: list[ChannelGroup] = []
     used: set[str] = set()
-    for r, ms in members.items():
+
+    def structural(r: int) -> bool:
+        b = sp.blockers[r]
+        return bool(b) and all(x.kind == "structure" for x in b)
+    order = sorted(members, key=structural)  # stable: visible groups take plain names first
+    for r in order:
+        ms = members[r]
         name, width = _name(ms, state)
         base, k = name, 2
         while name in used:
@@ -108,7 +121,8 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
         used.add(name)
         blockers = tuple(dict.fromkeys(sp.blockers[r]))
         groups.append(ChannelGroup(name, width, sp.width[r], tuple(ms), blockers, r))
-    return groups
+    position = {r: i for i, r in enumerate(members)}
+    return sorted(groups, key=lambda g: position[g.root])
 
 
 def _name(ms: list[Member], state: AnalysisState) -> tuple[str, int]:

@@ -27,7 +27,11 @@ class Blocker:
 
     node: str
     reason: str
-    boundary: bool = False  # True for the model's fixed inputs and outputs
+    kind: str = "op"  # "boundary" (model input/output), "structure" (not a channel axis), "op"
+
+    @property
+    def boundary(self) -> bool:
+        return self.kind == "boundary"
 
     def __str__(self) -> str:
         return f"{self.node}: {self.reason}"
@@ -349,7 +353,7 @@ class SpaceTable:
                 row.append(seg)
                 row_size += s
                 if row_size == b:
-                    outer.append(Fixed(1, Blocker("", "row of a reshape")))
+                    outer.append(Fixed(1, Blocker("", "row of a reshape", "structure")))
                     rows.append(tuple(row))
                     row, row_size = [], 0
             else:
@@ -367,7 +371,7 @@ class SpaceTable:
             return (Fixed(s // b, seg.cause),), (Fixed(b, seg.cause),)
         if isinstance(seg, Atom):
             if s == b:
-                return (Fixed(1, Blocker("", "row of a reshape")),), (seg,)
+                return (Fixed(1, Blocker("", "row of a reshape", "structure")),), (seg,)
             self._factor_atom(seg.id, s // b, b)
             (p,) = self.resolve((seg,))
             return p.outer, p.inner

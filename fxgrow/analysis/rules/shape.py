@@ -95,18 +95,21 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
     for k in positions:
         cx.sizes_handled(cx.value(entries[k]))
 
-    def new_args(size, args, kwargs):
+    def replace(entries, size):
         new = list(entries)
         for k in positions:
-            if keep == "minus-one" and new[k] == -1:
+            if keep == "minus-one" and isinstance(new[k], int) and new[k] == -1:
                 continue
             new[k] = -1 if keep == "expand" else size(layouts[k])
+        return new
+
+    def new_args(size, args, kwargs):
+        for key in ("shape", "size"):
+            if key in kwargs:
+                return args, {**kwargs, key: tuple(replace(kwargs[key], size))}
         if varargs:
-            return (*args[:first], *new), kwargs
-        if "shape" in kwargs or "size" in kwargs:
-            key = "shape" if "shape" in kwargs else "size"
-            return args, {**kwargs, key: tuple(new)}
-        return (*args[:first], tuple(new), *args[first + 1:]), kwargs
+            return (*args[:first], *replace(args[first:], size)), kwargs
+        return (*args[:first], tuple(replace(args[first], size)), *args[first + 1:]), kwargs
 
     cx.rewrite_args(new_args, *layouts)
 
@@ -513,6 +516,18 @@ def getitem(cx: RuleContext):
     return cx.example()
 
 
+def _expand_ellipsis(raw, ndim: int, n_axes: int) -> list:
+    """Index items with ``...`` replaced by the full slices it stands for."""
+    items = list(raw) if isinstance(raw, tuple) else [raw]
+    out = []
+    for it in items:
+        if it is Ellipsis:
+            out += [slice(None)] * (ndim - n_axes)
+        else:
+            out.append(it)
+    return out
+
+
 def _index_tensor(cx: RuleContext, x: TensorInfo):
     """Basic indexing: ints select (the selected unit is fixed and its offset rewritten),
     slices cut (offsets rewritten; a step on a channel axis blocks), None adds an axis."""
@@ -523,15 +538,8 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     if any(isinstance(c, torch.Tensor) or isinstance(c, (list, bool)) for c in concrete):
         raise RuleError("advanced (tensor or list) indexing")
     n_axes = sum(1 for c in concrete if c is not None and c is not Ellipsis)
-    expanded_items, expanded = [], []
-    for it, c in zip(items, concrete):
-        if c is Ellipsis:
-            fill = x.ndim - n_axes
-            expanded_items += [slice(None)] * fill
-            expanded += [slice(None)] * fill
-        else:
-            expanded_items.append(it)
-            expanded.append(c)
+    expanded_items = _expand_ellipsis(raw, x.ndim, n_axes)
+    expanded = _expand_ellipsis(tuple(concrete), x.ndim, n_axes)
     out: list[Layout] = []
     rewrites: dict[int, Any] = {}
     axis = 0
@@ -570,7 +578,7 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
             cx.sizes_handled(*[cx.value(v) for v in vals])
 
         def new_args(size, args, kwargs):
-            new_items = list(expanded_items)
+            new_items = _expand_ellipsis(args[1], x.ndim, n_axes)
             for k, r in rewrites.items():
                 if r[0] == "int":
                     new_items[k] = size(r[1])
