@@ -26,7 +26,11 @@ stamp=.venv/.fxgrow-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import fxgrow" 2>/dev/null; then
     echo "[setup] installing fxgrow and its dependencies into .venv (first run: a few minutes)" >&2
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    log=.venv/install.log
+    if ! .venv/bin/python -m pip install -e ".[dev]" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "[setup] pip install failed; full log in $log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
