@@ -1,9 +1,10 @@
 """fxgrow: grow trained PyTorch models (Net2Net) as exact torch.fx graph rewrites."""
 from .analysis import Analysis, Blocker, ChannelGroup, Member
-from .api import analyze, groups, plan, widen
+from .api import analyze, deepen, groups, grow, plan, stages, widen
 from .errors import (BlockedGroupError, FxgrowError, InputError, PreservationError, TraceError,
                      UnknownGroupError, UnsupportedModelError, WidthError)
 from .frontend import trace
+from .rewrite.deepen import DeepenError
 from .plan import GroupChange, ReplicationMap, WidenPlan
 from .verify import Comparison, compare
 
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "Blocker", "ChannelGroup", "Member", "analyze", "groups", "plan", "widen",
+    "deepen", "grow", "stages", "DeepenError",
     "trace", "compare", "Comparison", "WidenPlan", "GroupChange", "ReplicationMap",
     "FxgrowError", "TraceError", "InputError", "UnknownGroupError", "WidthError",
     "BlockedGroupError", "UnsupportedModelError", "PreservationError",

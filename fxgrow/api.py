@@ -1,6 +1,7 @@
 """The public functions: trace -> groups -> plan -> widen -> verify."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -8,7 +9,7 @@ import torch.fx
 
 from .analysis import Analysis, ChannelGroup, as_tuple
 from .analysis import analyze as _analyze
-from .errors import InputError
+from .errors import InputError, UnknownGroupError
 from .frontend import trace
 from .plan import WidenPlan, make_plan
 from .rewrite import apply
@@ -65,4 +66,100 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     student = apply(analysis, plan)
     if verify:
         _verify(model, student, analysis.example_inputs)
+    return student
+
+
+def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
+    nodes = [n for n in gm.graph.nodes if n.name == name]
+    if not nodes:
+        nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
+    if not nodes:
+        import difflib
+        known = [n.name for n in gm.graph.nodes] + \
+            [n.target for n in gm.graph.nodes if n.op == "call_module"]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownGroupError(f"no node or module named {name!r} in the graph{hint}")
+    return nodes
+
+
+def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable[str],
+           kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
+           layer: str | None = None, seed: int = 0, verify: bool = True,
+           leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
+    """Net2DeeperNet: insert layers after the named nodes or modules.
+
+    ``kind="identity"``: an identity Linear (``[..., C]``) or k x k conv (``[N, C, ...]``),
+    optionally an identity BatchNorm (``batchnorm=True``; exact in eval mode only: in training
+    mode it normalises with batch statistics), and a copy of the node's activation if the node
+    is one -- refused unless that activation is idempotent (ReLU yes, GELU/SiLU no).
+    ``kind="residual"``: ``h + f(h)`` with f's last layer zero, exact for any activation."""
+    from .rewrite.deepen import deepen_node, node_values
+    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules)
+    student = copy.deepcopy(analysis.gm)
+    names = [after] if isinstance(after, str) else list(after)
+    if not names:
+        raise InputError("after= names no node or module")
+    targets = [n for name in names for n in _find_nodes(student, name)]
+    values = node_values(student, analysis.example_inputs, [n.name for n in targets])
+    teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}
+    sp = analysis.state.spaces
+    for node in targets:
+        info = analysis.state.values.get(teacher_nodes[node.name])
+        axis = None
+        if info is not None and getattr(info, "ndim", 0) == 3:
+            has = [d for d in (1, 2) if sp.roots(info.layouts[d])]
+            axis = has[0] if len(has) == 1 else None
+        deepen_node(student, node, values.get(node.name), axis, kind=kind,
+                    kernel_size=kernel_size, batchnorm=batchnorm, layer=layer, seed=seed)
+    student.recompile()
+    if verify:
+        _verify(model, student, analysis.example_inputs)
+    return student
+
+
+def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) -> list:
+    """Residual stages of the model: runs of blocks that ``grow(blocks=...)`` can extend."""
+    from .analysis.blocks import find_stages
+    from .analysis.shapes import propagate
+    gm = trace(model, **trace_options)
+    return find_stages(gm, propagate(gm, as_tuple(example_inputs)))
+
+
+def grow(model: torch.nn.Module, example_inputs: Any, *,
+         blocks: Mapping[str, int] | None = None,
+         width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,
+         leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
+    """Widen (``width``: a factor, or {group or module: width}) and deepen (``blocks``:
+    {stage: new block count}) in one call, then verify against the teacher."""
+    from .analysis.blocks import find_stages
+    from .analysis.shapes import propagate
+    from .rewrite.deepen import grow_stage
+    inputs = as_tuple(example_inputs)
+    if width is None:
+        _check_inputs(model, inputs)
+        student = copy.deepcopy(trace(model, leaf_modules=leaf_modules))
+    elif isinstance(width, Mapping):
+        student = widen(model, inputs, widths=width, seed=seed, verify=False,
+                        leaf_modules=leaf_modules)
+    else:
+        student = widen(model, inputs, factor=width, seed=seed, verify=False,
+                        leaf_modules=leaf_modules)
+    if blocks:
+        if not isinstance(blocks, Mapping):
+            raise InputError("blocks must map a stage name to its new block count")
+        found = {s.name: s for s in find_stages(student, propagate(student, inputs))}
+        for name, count in blocks.items():
+            if name not in found:
+                import difflib
+                close = difflib.get_close_matches(name, list(found), n=3)
+                raise UnknownGroupError(
+                    f"no residual stage named {name!r}; stages: {', '.join(found) or 'none'}"
+                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise InputError(f"block count for {name!r} must be an integer, got {count!r}")
+            grow_stage(student, found[name], count)
+        student.recompile()
+    if verify:
+        _verify(model, student, inputs)
     return student

@@ -1,0 +1,126 @@
+"""Residual blocks and stages, found in the graph.
+
+A *block* is the set of nodes recorded under one module path (fx's ``nn_module_stack``) that
+reads exactly one outside tensor I, hands exactly one tensor O to the rest of the graph, has
+O of I's shape, and adds I back (an add with I as an operand).  A *stage* is a run of
+consecutive blocks under one parent module (``layer1`` with ``layer1.0``, ``layer1.1``)."""
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+@dataclass(frozen=True)
+class Block:
+    path: str                 # module path, e.g. "layer1.1"
+    input: str                # node name of I
+    output: str               # node name of O
+    nodes: tuple[str, ...]    # node names inside, in graph order
+    residual: bool            # identity-shaped with I added back
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Consecutive blocks under ``parent``; ``template`` is the identity-shaped block that
+    growth copies (the last one)."""
+
+    name: str
+    parent: str
+    blocks: tuple[Block, ...]
+
+    @property
+    def template(self) -> Block:
+        return [b for b in self.blocks if b.residual][-1]
+
+    @property
+    def count(self) -> int:
+        return len(self.blocks)
+
+
+def _is_add(n: torch.fx.Node) -> bool:
+    return (n.op == "call_function" and n.target in _ADDS
+            or n.op == "call_method" and n.target in ("add", "add_"))
+
+
+def _paths(node: torch.fx.Node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    return [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+
+
+def _shape(vals: dict, node: torch.fx.Node):
+    v = vals.get(node)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def find_blocks(gm: torch.fx.GraphModule, vals: dict) -> list[Block]:
+    """Every module path whose nodes form a single-input, single-output subgraph."""
+    members: dict[str, list[torch.fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        for p in dict.fromkeys(_paths(node)):
+            members.setdefault(p, []).append(node)
+    blocks = []
+    for path, nodes in members.items():
+        inside = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes
+                  if a not in inside and a.op != "get_attr"}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            continue
+        (i,) = inputs
+        o = outputs[0]
+        if _shape(vals, i) is None or _shape(vals, i) != _shape(vals, o):
+            residual = False
+        else:
+            residual = any(_is_add(n) and i in n.args and _paths(n)[-1] == path
+                           for n in nodes)
+        blocks.append(Block(path, i.name, o.name, tuple(n.name for n in nodes), residual))
+    return blocks
+
+
+def find_stages(gm: torch.fx.GraphModule, vals: dict) -> list[Stage]:
+    """Runs of consecutive identity-shaped residual blocks under one parent module, each with
+    the block that leads into it (e.g. a downsampling block), if it has the same parent."""
+    blocks = find_blocks(gm, vals)
+    by_parent: dict[str, list[Block]] = {}
+    for b in blocks:
+        by_parent.setdefault(b.path.rpartition(".")[0], []).append(b)
+    stages = []
+    for parent, children in by_parent.items():
+        runs: list[list[Block]] = []
+        for k, b in enumerate(children):
+            if not b.residual:
+                continue
+            if runs and runs[-1][-1].output == b.input:
+                runs[-1].append(b)
+                continue
+            lead = children[k - 1] if k and children[k - 1].output == b.input \
+                and not children[k - 1].residual else None
+            runs.append([lead, b] if lead else [b])
+        for run in runs:
+            if len(runs) == 1:
+                name = parent
+            else:
+                first, last = run[0].path.rpartition(".")[2], run[-1].path.rpartition(".")[2]
+                name = f"{parent}.{first}-{last}"
+            stages.append(Stage(name, parent, tuple(run)))
+    return stages
+
+
+def next_names(existing: list[str], count: int) -> list[str]:
+    """Names continuing a sibling pattern: 0,1 -> 2,3; block2-0 -> block2-1; else name_k."""
+    pattern = re.compile(r"^(.*?)(\d+)$")
+    matches = [pattern.match(e) for e in existing]
+    if matches and all(matches) and len({m.group(1) for m in matches}) == 1:
+        prefix = matches[0].group(1)
+        start = max(int(m.group(2)) for m in matches) + 1
+        return [f"{prefix}{start + k}" for k in range(count)]
+    base = existing[-1] if existing else "block"
+    return [f"{base}_grown{k}" for k in range(count)]

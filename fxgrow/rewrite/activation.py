@@ -1,0 +1,87 @@
+"""Activations in the graph, and the rule that decides when repeating one is exact.
+
+Net2DeeperNet inserts h' = sigma(I h) after h = sigma(...).  That is exact iff sigma(sigma(x)) =
+sigma(x) for every x that reaches it, i.e. sigma is idempotent on its own range.  fxgrow does not
+keep a list of "safe" names: it evaluates the very module or function on a dense probe of inputs
+(and on the values seen at that node) and checks sigma(sigma(x)) == sigma(x) bit for bit.
+ReLU, ReLU6, Hardtanh pass; GELU, SiLU, LeakyReLU, Sigmoid fail.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
+    nn.PReLU, nn.Threshold, nn.LogSigmoid, nn.Tanhshrink,
+)
+ACTIVATION_FUNCTIONS = (
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+    F.hardswish, F.hardsigmoid, F.hardtanh, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
+    F.softplus, F.softsign,
+)
+ACTIVATION_METHODS = ("relu", "sigmoid", "tanh")
+
+
+def activation_module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
+    """A fresh module computing the activation ``node`` applies, or None if it is not one."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return copy.deepcopy(m) if isinstance(m, ACTIVATION_MODULES) else None
+    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS \
+            or node.op == "call_method" and node.target in ACTIVATION_METHODS:
+        return _FunctionActivation(node.target, node.args[1:], dict(node.kwargs),
+                                   node.op == "call_method")
+    return None
+
+
+class _FunctionActivation(nn.Module):
+    """A functional activation as a module (so it can be inserted as a graph leaf)."""
+
+    def __init__(self, fn, args, kwargs, method: bool) -> None:
+        super().__init__()
+        self.fn, self.args, self.kwargs, self.method = fn, tuple(args), kwargs, method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method:
+            return getattr(x, self.fn)(*self.args, **self.kwargs)
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "inplace"}
+        return self.fn(x, *self.args, **kwargs)
+
+
+def _as_module(act: nn.Module) -> nn.Module:
+    """Real torch.nn module for a functional activation, so later analysis knows it."""
+    if isinstance(act, _FunctionActivation) and not act.args:
+        table = {F.relu: nn.ReLU, torch.relu: nn.ReLU, "relu": nn.ReLU, F.gelu: nn.GELU,
+                 F.silu: nn.SiLU, F.relu6: nn.ReLU6, torch.sigmoid: nn.Sigmoid,
+                 F.sigmoid: nn.Sigmoid, "sigmoid": nn.Sigmoid, torch.tanh: nn.Tanh,
+                 F.tanh: nn.Tanh, "tanh": nn.Tanh, F.hardswish: nn.Hardswish,
+                 F.hardsigmoid: nn.Hardsigmoid, F.mish: nn.Mish}
+        cls = table.get(act.fn)
+        if cls is not None:
+            return cls(**({"approximate": act.kwargs["approximate"]}
+                          if "approximate" in act.kwargs else {}))
+    return act
+
+
+def is_idempotent(act: Callable[[torch.Tensor], torch.Tensor],
+                  seen: torch.Tensor | None = None, dtype=torch.float32) -> bool:
+    """sigma(sigma(x)) == sigma(x) on a dense probe and on the values seen at the node."""
+    probe = torch.cat([torch.linspace(-60, 60, 24001, dtype=dtype),
+                       torch.tensor([0.0, -0.0, 1e-6, -1e-6, 1e4, -1e4], dtype=dtype)])
+    with torch.no_grad():
+        xs = [probe] + ([seen.detach().reshape(-1).to(dtype)] if seen is not None else [])
+        for x in xs:
+            if isinstance(act, nn.PReLU):
+                x = x.reshape(1, -1) if act.num_parameters == 1 else None
+                if x is None:
+                    return False
+            y = act(x)
+            if not torch.equal(act(y), y):
+                return False
+    return True
