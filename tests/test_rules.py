@@ -585,16 +585,16 @@ class SoftmaxOverChannels(nn.Module):
         return self.conv3(torch.relu(self.conv2(torch.softmax(self.conv1(x), 1))))
 
 
-@pytest.mark.parametrize("model, target", [(SumOverChannels, "sum"),
-                                           (SoftmaxOverChannels, torch.softmax)])
-def test_reduction_over_channels_blocks(model, target):
+@pytest.mark.parametrize("model, target, why", [(SumOverChannels, "sum", "reduced over"),
+                                                (SoftmaxOverChannels, torch.softmax, "softmax")])
+def test_reduction_over_channels_blocks(model, target, why):
     m, x = f64(model()), rand(2, 3, 3, 3)
-    node = node_named(m, target)
+    node = node_named(m, target)  # "sum_1" (fx renames the method call), "softmax"
     gs = groups_of(m, x)
     g = the_group(gs, "conv1")
-    assert not g.widenable
-    assert any(b.node == node for b in g.blockers), g.blockers
-    assert all(node in str(b) for b in g.blockers if b.node == node)
+    assert not g.widenable and not g.boundary
+    assert [b.node for b in g.blockers] == [node], g.blockers
+    assert why in g.blockers[0].reason and str(g.blockers[0]).startswith(f"{node}: ")
     with pytest.raises(BlockedGroupError) as e:
         fxgrow.plan(m, x, widths={"conv1": 6})
     assert node in str(e.value)
@@ -785,7 +785,13 @@ def test_channel_shuffle(form):
     # every group that fxgrow reports as widenable widens exactly
     for g in widenable:
         exact(m, x, widths={g.name: g.width + g.multiplicity})
-    exact(m, x, factor=2)
+    # the plan's widths are the student's widths
+    plan = fxgrow.plan(m, x, factor=2)
+    s = exact(m, x, plan=plan)
+    names = {g.name for g in producing(gs, "conv1")}
+    for c in plan.changes:
+        if c.group in names:
+            assert c.new_width == s.conv1.out_channels, (str(plan), s.conv1.out_channels)
 
 
 # -- 17. transposed conv, PReLU, pixel_shuffle, repeat / expand -----------------------------------
