@@ -445,7 +445,7 @@ def test_depthwise_conv(mult):
     assert {"dw.in_channels", "dw.out_channels", "dw.groups", "post.in_channels"} <= attrs(g)
     # depthwise: the weight is per channel (copied with g), nothing of dw is divided
     assert not any(m.module == "dw" and m.role == "consume" for g in gs.values() for m in g.members)
-    assert {("dw.weight", 0, "scale"), ("dw.bias", 0, "produce")} <= roles(g)
+    assert {("dw.weight", 0, "scale"), ("dw.bias", 0, "scale")} <= roles(g)
     s = exact(m, x, widths={"pre": 7})
     assert s.dw.in_channels == 7 and s.dw.groups == 7 and s.dw.out_channels == 7 * mult
     assert s.dw.weight.shape == (7 * mult, 1, 3, 3) and s.post.in_channels == 7 * mult

@@ -12,7 +12,9 @@ from typing import Any, Mapping
 import torch
 
 from ..analysis import Analysis
+from ..analysis.context import PRODUCE
 from ..analysis.group import ChannelGroup
+from ..analysis.layout import Prod
 from ..errors import BlockedGroupError, InputError, WidthError
 from .index_map import expand
 
@@ -115,6 +117,27 @@ def _uniform_roots(analysis: Analysis) -> set[int]:
     return {r for lay, _ in analysis.state.uniform for r in sp.roots(lay)}
 
 
+def _inner_factors(analysis: Analysis) -> set[int]:
+    """Widenable classes that a producer lays out inside another widenable class (head dim
+    inside heads, per-group channels inside groups).  ``factor`` grows only the outer one, so
+    the axis grows by the factor and not by its square."""
+    sp = analysis.state.spaces
+    widenable = {g.root for g in analysis.widenable}
+    inner: set[int] = set()
+
+    def walk(layout) -> None:
+        for seg in sp.resolve(layout):
+            if isinstance(seg, Prod):
+                if any(r in widenable for r in sp.roots(seg.outer)):
+                    inner.update(r for r in sp.roots(seg.inner) if r in widenable)
+                walk(seg.outer)
+                walk(seg.inner)
+    for pa in analysis.state.params.values():
+        if PRODUCE in pa.roles:
+            walk(pa.layout)
+    return inner
+
+
 def _check_width(g: ChannelGroup, new: Any, uniform: bool) -> int:
     if isinstance(new, bool) or not isinstance(new, Integral):
         raise WidthError(f"width for group {g.name!r} must be an integer, got {new!r}")
@@ -151,7 +174,10 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
     uniform = _uniform_roots(analysis)
     targets: dict[int, tuple[ChannelGroup, int]] = {}
     if factor is not None:
+        inner = _inner_factors(analysis)
         for g in analysis.widenable:
+            if g.root in inner:
+                continue
             if g.root in uniform:
                 unit = g.unit * math.ceil(factor - 1e-12)
             else:

@@ -70,7 +70,7 @@ def conv_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int
         cx.unify(local, w.axis("weight", 1, CONSUME), "input channels of a grouped conv")
         out = w.axis("weight", 0, PRODUCE)
         _blocks(cx, out, groups, "output channel")
-    b = w.axis("bias", 0, PRODUCE)
+    b = w.axis("bias", 0, SCALE if groups == cin and groups > 1 else PRODUCE)
     if b is not None:
         cx.unify(out, b, "conv bias")
     return out
@@ -93,12 +93,32 @@ def conv_transpose_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int
     return out
 
 
+def spatial_axes(cx: RuleContext, x: TensorInfo, first: int, pointwise: bool) -> tuple:
+    """Output layouts of the spatial axes (from ``first`` on).  A pointwise window (kernel 1,
+    stride 1, no padding) keeps each position; any other window mixes or drops positions, so
+    the input's spatial axes must keep their size (blocked) and the output's are fixed."""
+    shape = cx.out_shape()
+    if pointwise and shape[first:] == x.shape[first:]:
+        return x.layouts[first:]
+    for lay in x.layouts[first:]:
+        cx.block(lay, "spatial axis read by a sliding window: its size is fixed")
+    return tuple(cx.fixed(n, "spatial axis") for n in shape[first:])
+
+
+def _pointwise(m) -> bool:
+    k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,)
+    st = m.stride if isinstance(m.stride, tuple) else (m.stride,)
+    pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
+    return all(v == 1 for v in (*k, *st)) and all(v in (0, "valid") for v in pad) and \
+        getattr(m, "padding_mode", "zeros") == "zeros" and \
+        all(v == 0 for v in getattr(m, "output_padding", (0,)))
+
+
 @rule(*_CONV)
 def conv_module(cx: RuleContext):
     """nn.ConvNd: see the module docstring."""
     m = cx.module
     x = cx.tensor(cx.arg(0))
-    shape = cx.out_shape()
     unbatched = x.ndim == m.weight.dim() - 1
     ch = 0 if unbatched else 1
     w = _Weights(cx, "weight", "bias" if m.bias is not None else None)
@@ -109,7 +129,7 @@ def conv_module(cx: RuleContext):
     if m.groups == m.in_channels and m.groups > 1:
         cx.size_attr("groups", xin)
     lead = () if unbatched else (x.layouts[0],)
-    return cx.out(lead + (out,) + tuple(cx.fixed(n, "spatial axis") for n in shape[ch + 1:]))
+    return cx.out(lead + (out,) + spatial_axes(cx, x, ch + 1, _pointwise(m)))
 
 
 @rule(*_CONV_T)
@@ -117,7 +137,6 @@ def conv_transpose_module(cx: RuleContext):
     """nn.ConvTransposeNd: input channels contracted (weight axis 0), outputs produced (axis 1)."""
     m = cx.module
     x = cx.tensor(cx.arg(0))
-    shape = cx.out_shape()
     unbatched = x.ndim == m.weight.dim() - 1
     ch = 0 if unbatched else 1
     w = _Weights(cx, "weight", "bias" if m.bias is not None else None)
@@ -127,7 +146,7 @@ def conv_transpose_module(cx: RuleContext):
     if m.groups > 1:
         cx.size_attr("groups", x.layouts[ch])
     lead = () if unbatched else (x.layouts[0],)
-    return cx.out(lead + (out,) + tuple(cx.fixed(n, "spatial axis") for n in shape[ch + 1:]))
+    return cx.out(lead + (out,) + spatial_axes(cx, x, ch + 1, _pointwise(m)))
 
 
 @rule(F.conv1d, F.conv2d, F.conv3d)
@@ -145,5 +164,4 @@ def conv_function(cx: RuleContext):
                         "the width; use nn.Conv modules")
     out = conv_channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
     lead = () if unbatched else (x.layouts[0],)
-    return cx.out(lead + (out,) + tuple(cx.fixed(n, "spatial axis")
-                                        for n in cx.out_shape()[ch + 1:]))
+    return cx.out(lead + (out,) + spatial_axes(cx, x, ch + 1, False))

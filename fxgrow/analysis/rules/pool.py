@@ -34,6 +34,8 @@ _SPATIAL = {
 def _spatial_op(cx: RuleContext, k: int):
     x = cx.tensor(cx.arg(0))
     lead = x.layouts[:x.ndim - k]
+    for lay in x.layouts[x.ndim - k:]:
+        cx.block(lay, "spatial axis read by pooling/resampling: its size is fixed")
     example = cx.example()
 
     def info(t: torch.Tensor) -> TensorInfo:

@@ -681,4 +681,5 @@ def channel_shuffle(cx: RuleContext):
     c = x.layouts[1]
     n = x.shape[1]
     g, per = cx.spaces.split(c, n // G, cx.blocker("channel_shuffle"))
+    cx.block(g, "number of channel_shuffle groups is fixed")
     return cx.out((x.layouts[0], cx.spaces.merge(per, g), *x.layouts[2:]))
