@@ -9,8 +9,8 @@ import torch.fx
 
 from .analysis import Analysis, ChannelGroup, as_tuple
 from .analysis import analyze as _analyze
-from .errors import InputError, UnknownGroupError
-from .frontend import trace
+from .errors import InputError, TraceError, UnknownGroupError
+from .frontend import export, trace
 from .plan import WidenPlan, make_plan
 from .rewrite import apply
 from .verify import verify as _verify
@@ -27,14 +27,39 @@ def _check_inputs(model: torch.nn.Module, inputs: tuple) -> None:
                              f"are on {device}; move one to the other")
 
 
-def analyze(model: torch.nn.Module, example_inputs: Any, *,
+def capture(model: torch.nn.Module, example_inputs: tuple, *, frontend: str = "auto",
             leaf_modules: Iterable[type | str] = (),
+            autowrap_functions: Iterable[Callable] = ()) -> torch.fx.GraphModule:
+    """The model as a GraphModule: fx symbolic tracing, or torch.export where fx fails
+    (``frontend="auto"``), or the one named ("fx" / "export")."""
+    if frontend not in ("auto", "fx", "export"):
+        raise InputError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
+    if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
+        return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+    if frontend == "export":
+        return export(model, example_inputs)
+    try:
+        return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+    except TraceError as fx_error:
+        try:
+            return export(model, example_inputs)
+        except TraceError as export_error:
+            raise TraceError(f"{fx_error}\nThen: {export_error}") from export_error
+
+
+def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "auto",
+            outputs: str = "fixed", leaf_modules: Iterable[type | str] = (),
             autowrap_functions: Iterable[Callable] = ()) -> Analysis:
-    """Trace ``model`` and find its channel groups on ``example_inputs``."""
+    """Capture ``model`` as a graph and find its channel groups on ``example_inputs``.
+
+    ``outputs="fixed"`` (default) keeps every output's shape; ``"grow"`` lets channel axes of
+    outputs widen (encoders whose output is a hidden state), and the teacher's outputs are then
+    compared with the student's at the positions the replication maps keep."""
     inputs = as_tuple(example_inputs)
     _check_inputs(model, inputs)
-    gm = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
-    return _analyze(gm, inputs)
+    gm = capture(model, inputs, frontend=frontend, leaf_modules=leaf_modules,
+                 autowrap_functions=autowrap_functions)
+    return _analyze(gm, inputs, outputs)
 
 
 def groups(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) -> list[ChannelGroup]:
@@ -53,17 +78,23 @@ def plan(model: torch.nn.Module | Analysis, example_inputs: Any = None, *,
 
 def widen(model: torch.nn.Module, example_inputs: Any, *,
           widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
-          verify: bool = True, plan: WidenPlan | None = None,
+          verify: bool = True, plan: WidenPlan | None = None, frontend: str = "auto",
+          outputs: str = "fixed", untie: bool = False,
           leaf_modules: Iterable[type | str] = (),
           autowrap_functions: Iterable[Callable] = ()) -> torch.fx.GraphModule:
     """Net2WiderNet on every group named in ``widths`` (group or module name -> new width) or,
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
-    modified); with ``verify`` (default) it is checked against the teacher on the inputs."""
-    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules,
-                       autowrap_functions=autowrap_functions)
+    modified); with ``verify`` (default) it is checked against the teacher on the inputs.
+
+    Tied weights (an embedding reused as the output projection) stay tied and exact: the
+    projection's input is divided by the replication counts; ``untie=True`` gives the
+    projection its own divided copy instead.  ``outputs="grow"`` lets output channel axes
+    widen (see ``analyze``)."""
+    analysis = analyze(model, example_inputs, frontend=frontend, outputs=outputs,
+                       leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     if plan is None:
         plan = make_plan(analysis, widths, factor, seed)
-    student = apply(analysis, plan)
+    student = apply(analysis, plan, untie=untie)
     if verify:
         _verify(model, student, analysis.example_inputs)
     return student
@@ -86,6 +117,7 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable[str],
            kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
            layer: str | None = None, seed: int = 0, verify: bool = True,
+           frontend: str = "auto",
            leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
     """Net2DeeperNet: insert layers after the named nodes or modules.
 
@@ -95,7 +127,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     is one -- refused unless that activation is idempotent (ReLU yes, GELU/SiLU no).
     ``kind="residual"``: ``h + f(h)`` with f's last layer zero, exact for any activation."""
     from .rewrite.deepen import deepen_node, node_values
-    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules)
+    analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
     student = copy.deepcopy(analysis.gm)
     names = [after] if isinstance(after, str) else list(after)
     if not names:
@@ -122,13 +154,15 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
     """Residual stages of the model: runs of blocks that ``grow(blocks=...)`` can extend."""
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
-    gm = trace(model, **trace_options)
-    return find_stages(gm, propagate(gm, as_tuple(example_inputs)))
+    inputs = as_tuple(example_inputs)
+    gm = capture(model, inputs, **trace_options)
+    return find_stages(gm, propagate(gm, inputs))
 
 
 def grow(model: torch.nn.Module, example_inputs: Any, *,
          blocks: Mapping[str, int] | None = None,
          width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,
+         frontend: str = "auto",
          leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
     """Widen (``width``: a factor, or {group or module: width}) and deepen (``blocks``:
     {stage: new block count}) in one call, then verify against the teacher."""
@@ -138,13 +172,14 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
     inputs = as_tuple(example_inputs)
     if width is None:
         _check_inputs(model, inputs)
-        student = copy.deepcopy(trace(model, leaf_modules=leaf_modules))
+        student = copy.deepcopy(capture(model, inputs, frontend=frontend,
+                                        leaf_modules=leaf_modules))
     elif isinstance(width, Mapping):
         student = widen(model, inputs, widths=width, seed=seed, verify=False,
-                        leaf_modules=leaf_modules)
+                        frontend=frontend, leaf_modules=leaf_modules)
     else:
         student = widen(model, inputs, factor=width, seed=seed, verify=False,
-                        leaf_modules=leaf_modules)
+                        frontend=frontend, leaf_modules=leaf_modules)
     if blocks:
         if not isinstance(blocks, Mapping):
             raise InputError("blocks must map a stage name to its new block count")

@@ -51,8 +51,12 @@ def as_tuple(example_inputs: Any) -> tuple:
                      f"{type(example_inputs).__name__}")
 
 
-def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence) -> Analysis:
-    """Shapes and channel groups of ``gm`` on ``example_inputs``."""
+def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence, outputs: str = "fixed") -> Analysis:
+    """Shapes and channel groups of ``gm`` on ``example_inputs``.  ``outputs="grow"`` lets
+    channel axes of the outputs widen (an encoder's hidden states); the teacher's outputs are
+    then found in the student's at the positions the replication maps keep."""
+    if outputs not in ("fixed", "grow"):
+        raise InputError(f"outputs must be 'fixed' or 'grow', got {outputs!r}")
     inputs = as_tuple(example_inputs)
     try:
         vals = propagate(gm, inputs)
@@ -62,5 +66,5 @@ def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence) -> Analysis:
         raise InputError(f"the model does not run on the example inputs ({shapes}): "
                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                          ". Pass inputs of the shape, dtype and device the model expects.") from e
-    state = dependency.run(gm, vals)
+    state = dependency.run(gm, vals, grow_outputs=outputs == "grow")
     return Analysis(gm, inputs, state, build_groups(state))

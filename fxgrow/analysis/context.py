@@ -27,6 +27,9 @@ class ParamAxis:
     layout: Layout
     roles: set = field(default_factory=set)
     is_buffer: bool = False
+    # contractions that divide this axis: (user node, (direct user, get_attr node) or None,
+    # activation node, activation axis) -- what a tied weight needs to compensate instead
+    consumers: list = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +63,9 @@ class AnalysisState:
     uniform: list = field(default_factory=list)  # (layout, Blocker)
     consumed: set = field(default_factory=set)  # (user node, get_attr node)
     blocked_nodes: list = field(default_factory=list)  # (node, reason) for unknown ops
+    outputs: list = field(default_factory=list)  # TensorInfo of each output tensor, in order
+    ties: list = field(default_factory=list)  # (ParamAxis, consumer record): see _finish_params
+    grow_outputs: bool = False  # outputs may widen (compared on the teacher's positions)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -157,8 +163,8 @@ class RuleContext:
     def unify(self, a: Layout, b: Layout, reason: str = "incompatible channel structure") -> None:
         self.spaces.unify(a, b, self.blocker(reason))
 
-    def block(self, layout: Layout, reason: str) -> None:
-        self.spaces.block(layout, self.blocker(reason))
+    def block(self, layout: Layout, reason: str, kind: str = "op") -> None:
+        self.spaces.block(layout, self.blocker(reason, kind))
 
     def param(self, target: str, axis: int, role: str | None) -> Layout:
         """The layout of ``target``'s axis (created on first use) and record how it is used."""
@@ -180,10 +186,12 @@ class RuleContext:
             return None
         return self.param(f"{self.node.target}.{name}", axis, role)
 
-    def consume(self, a: Any, axis: int, contracted: Layout) -> None:
-        """Operand ``a`` is contracted along ``axis`` (layout ``contracted``): if it is a
-        parameter read directly (through transposes), its slices are divided on rewrite;
-        otherwise a contraction of two activations over a channel space is not exact."""
+    def consume(self, a: Any, axis: int, contracted: Layout,
+                activation: tuple[Any, int] | None = None) -> None:
+        """Operand ``a`` is contracted along ``axis`` (layout ``contracted``) with
+        ``activation`` = (node, axis): if ``a`` is a parameter read directly (through
+        transposes), its slices are divided on rewrite; otherwise a contraction of two
+        activations over a channel space is not exact."""
         src = self._param_source(a, axis)
         if src is None:
             self.block(contracted, "contraction between two activations over this axis is "
@@ -192,6 +200,22 @@ class RuleContext:
         target, paxis, chain = src
         self.param(target, paxis, CONSUME)
         self.state.consumed.update(chain)
+        self.state.params[(target, paxis)].consumers.append(
+            (self.node, chain[-1], *(activation or (None, None))))
+
+    def produce(self, a: Any, axis: int) -> None:
+        """A directly read parameter's axis writes a new space (for naming and roles)."""
+        src = self._param_source(a, axis)
+        if src is not None:
+            self.param(src[0], src[1], PRODUCE)
+
+    def module_consume(self, name: str, axis: int, activation: tuple[Any, int]) -> Layout:
+        """``module_param(name, axis, CONSUME)``, remembering the activation it contracts."""
+        lay = self.module_param(name, axis, CONSUME)
+        key = (self.state.canonical.get(f"{self.node.target}.{name}",
+                                        f"{self.node.target}.{name}"), axis)
+        self.state.params[key].consumers.append((self.node, None, *activation))
+        return lay
 
     def _param_source(self, a: Any, axis: int):
         chain = []

@@ -26,8 +26,8 @@ def describe(node: torch.fx.Node, module: Any = None) -> str:
     return f"function {mod + '.' if mod else ''}{getattr(t, '__name__', repr(t))}"
 
 
-def run(gm: torch.fx.GraphModule, vals: dict) -> AnalysisState:
-    state = AnalysisState(gm, vals)
+def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False) -> AnalysisState:
+    state = AnalysisState(gm, vals, grow_outputs=grow_outputs)
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)
     _finish_params(state)
@@ -45,8 +45,10 @@ def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
         cause = Blocker(node.name, "model output (fixed boundary)", kind="boundary")
         for v in pytree.tree_leaves(cx.value(node.args)):
             if isinstance(v, TensorInfo):
-                for lay in v.layouts:
-                    state.spaces.block(lay, cause)
+                state.outputs.append(v)
+                if not state.grow_outputs:
+                    for lay in v.layouts:
+                        state.spaces.block(lay, cause)
             elif isinstance(v, SizeInfo):
                 for lay in v.layouts:
                     state.spaces.block(lay, cause)
@@ -123,6 +125,13 @@ def _finish_params(state: AnalysisState) -> None:
         if not pa.roles:
             pa.roles.add(SCALE)
         if CONSUME in pa.roles and len(pa.roles) > 1:
-            state.spaces.block(pa.layout, Blocker(
-                pa.target, "tensor is both copied (producer/per-channel) and divided "
-                           "(consumer): tied or shared weights; untie them to widen"))
+            # tied weights: one tensor cannot be both copied and divided.  It is copied, and
+            # each contraction divides its activation instead (x_j / c(g(j))), which is exact.
+            if pa.consumers and all(c[2] is not None for c in pa.consumers):
+                pa.roles.discard(CONSUME)
+                state.ties.extend((pa, c) for c in pa.consumers)
+            else:
+                state.spaces.block(pa.layout, Blocker(
+                    pa.target, "tensor is both copied (producer/per-channel) and divided "
+                               "(consumer), and fxgrow cannot find the activation to "
+                               "compensate; untie the weights to widen"))

@@ -105,6 +105,12 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
         for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
             if r in members:
                 members[r].append(Member("constant", rule.node, None, "size"))
+    for r, ms in members.items():
+        produced = any(m.role == PRODUCE for m in ms)
+        read = any(m.role == "scale" for m in ms) and any(m.role == CONSUME for m in ms)
+        if not (produced or read) and not sp.blockers[r]:
+            sp.blockers[r].append(Blocker(ms[0].target, "no layer produces this space (a kernel "
+                                          "axis, or an unused part of a tensor)", "structure"))
     groups: list[ChannelGroup] = []
     used: set[str] = set()
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..analysis.blocks import Stage, next_names
 from ..errors import InputError, UnsupportedModelError
+from ..modes import preserved, set_training
 from .activation import _as_module, activation_module, is_idempotent
 
 
@@ -42,14 +43,9 @@ def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -
             if n.name in wanted:
                 found[n.name] = r.detach().clone() if isinstance(r, torch.Tensor) else r
             return r
-    flags = {m: m.training for m in gm.modules()}
-    try:
-        gm.eval()
-        with torch.no_grad():
-            _Catch(gm).run(*inputs)
-    finally:
-        for m, f in flags.items():
-            m.training = f
+    with preserved(gm), torch.no_grad():
+        set_training(gm, False)
+        _Catch(gm).run(*inputs)
     return found
 
 

@@ -6,6 +6,7 @@ whose parameters are replaced (the teacher's tensors are only read)."""
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 import torch.fx
@@ -16,7 +17,10 @@ from ..plan.index_map import expand
 from ..plan.plan import WidenPlan, root_maps
 
 
-def apply(analysis: Analysis, plan: WidenPlan) -> torch.fx.GraphModule:
+def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.GraphModule:
+    """The student for ``plan``.  Tied weights (one tensor both copied and divided) stay tied:
+    each contraction that would divide them divides its activation instead; with ``untie``
+    the contraction gets its own, divided copy of the tensor."""
     state = analysis.state
     sp = state.spaces
     maps = root_maps(analysis, plan)
@@ -51,6 +55,7 @@ def apply(analysis: Analysis, plan: WidenPlan) -> torch.fx.GraphModule:
             memo[id(old)] = new
     student = copy.deepcopy(analysis.gm, memo)
 
+    _compensate_ties(student, analysis, maps, memo, untie)
     for rule in state.attrs:
         if any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
             setattr(student.get_submodule(rule.module), rule.attr, rule.compute(size))
@@ -60,7 +65,67 @@ def apply(analysis: Analysis, plan: WidenPlan) -> torch.fx.GraphModule:
         if rule is not None and any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
             node.args, node.kwargs = rule.compute(size, node.args, dict(node.kwargs))
             touched = True
-    if touched:
+    if touched or state.ties:
         student.graph.eliminate_dead_code()
     student.recompile()
+    if state.grow_outputs:
+        student.meta["fxgrow_output_positions"] = [
+            [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs]
     return student
+
+
+def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
+    state, sp = analysis.state, analysis.state.spaces
+    nodes = {n.name: n for n in student.graph.nodes}
+    for k, (pa, (user, link, act, act_axis)) in enumerate(state.ties):
+        if not any(r in maps for r in sp.roots(pa.layout)):
+            continue
+        _, cnt = expand(sp, pa.layout, maps)
+        user_node = nodes[user.name]
+        if untie:
+            widened = memo[id(state.tensors[pa.target])]
+            shape = [1] * widened.dim()
+            shape[pa.axis] = -1
+            own = torch.nn.Parameter((widened.detach() / cnt.to(widened).view(shape)).contiguous())
+            if link is None:
+                setattr(student.get_submodule(user_node.target), pa.target.rpartition(".")[2], own)
+                continue
+            direct, g = nodes[link[0].name], nodes[link[1].name]
+            name = f"{g.target}_untied{k}"
+            _set_attr(student, name, own)
+            with student.graph.inserting_before(direct):
+                own_node = student.graph.get_attr(name)
+            direct.replace_input_with(g, own_node)
+            continue
+        act_node = nodes[act.name]
+        example = state.vals[act]
+        like = memo[id(state.tensors[pa.target])]
+        scale = (1.0 / cnt.to(torch.float64)).to(like.dtype)
+        scale = scale.view([-1] + [1] * (example.dim() - 1 - act_axis)).to(like.device)
+        name = f"fxgrow_tie_scale{k}"
+        student.register_buffer(name, scale)
+        with student.graph.inserting_before(user_node):
+            factor = student.graph.get_attr(name)
+            scaled = student.graph.call_function(operator.mul, (act_node, factor))
+        user_node.replace_input_with(act_node, scaled)
+
+
+def _set_attr(root: torch.nn.Module, qualname: str, value) -> None:
+    parent, _, leaf = qualname.rpartition(".")
+    module = root.get_submodule(parent) if parent else root
+    if isinstance(value, torch.nn.Parameter):
+        module.register_parameter(leaf, value)
+    else:
+        setattr(module, leaf, value)
+
+
+def _first_positions(sp, layout, maps) -> torch.Tensor | None:
+    """For each old position of an output axis, the first new position that copies it."""
+    idx, _ = expand(sp, layout, maps)
+    n = sp.size(layout)
+    if idx.numel() == n:
+        return None
+    first = torch.full((n,), -1, dtype=torch.long)
+    positions = torch.arange(idx.numel())
+    first.scatter_reduce_(0, idx, positions, reduce="amin", include_self=False)
+    return first

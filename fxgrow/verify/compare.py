@@ -9,6 +9,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import InputError, PreservationError
+from ..modes import preserved, set_training
 
 _DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
             torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
@@ -33,22 +34,13 @@ class Comparison:
 @contextlib.contextmanager
 def _mode(model: torch.nn.Module, mode: str) -> Iterator[None]:
     """Put ``model`` in eval or train mode (dropout off) and restore modes and buffers after."""
-    flags = {m: m.training for m in model.modules()}
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    try:
-        model.train(mode == "train")
+    with preserved(model):
+        set_training(model, mode == "train")
         if mode == "train":
             for m in model.modules():
                 if isinstance(m, _DROPOUT):
-                    m.eval()
+                    m.training = False
         yield
-    finally:
-        for m, f in flags.items():
-            m.training = f
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                if k in buffers:
-                    v.copy_(buffers[k])
 
 
 def outputs(model: torch.nn.Module, example_inputs: tuple, mode: str = "eval") -> Any:
@@ -69,6 +61,9 @@ def compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
     s_out = pytree.tree_leaves(outputs(student, inputs, mode))
     t_out = [t for t in t_out if isinstance(t, torch.Tensor)]
     s_out = [s for s in s_out if isinstance(s, torch.Tensor)]
+    positions = getattr(student, "meta", {}).get("fxgrow_output_positions")
+    if positions is not None and len(positions) == len(s_out):
+        s_out = [_teacher_positions(s, p) for s, p in zip(s_out, positions)]
     if len(t_out) != len(s_out):
         raise PreservationError(f"teacher returns {len(t_out)} tensors, student {len(s_out)}")
     max_abs, scale = 0.0, 0.0
@@ -82,6 +77,14 @@ def compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
         max_abs = max(max_abs, float((t64 - s64).abs().max()))
         scale = max(scale, float(t64.abs().max()))
     return Comparison(max_abs, max_abs / scale if scale > 0 else max_abs, mode)
+
+
+def _teacher_positions(out: torch.Tensor, per_axis: list) -> torch.Tensor:
+    """A widened output read at the positions that copy the teacher's (see outputs="grow")."""
+    for axis, pos in enumerate(per_axis):
+        if pos is not None:
+            out = out.index_select(axis, pos.to(out.device))
+    return out
 
 
 def tolerance(example_inputs: tuple, model: torch.nn.Module) -> float:

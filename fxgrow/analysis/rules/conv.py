@@ -42,6 +42,8 @@ class _Weights:
             raise RuleError("conv weight is not a tensor")
         if role == CONSUME:
             self.cx.consume(ref, axis, info.layouts[axis])
+        elif role == PRODUCE:
+            self.cx.produce(ref, axis)
         return info.layouts[axis]
 
 
@@ -163,5 +165,7 @@ def conv_function(cx: RuleContext):
         raise RuleError("functional depthwise conv: its groups argument would have to follow "
                         "the width; use nn.Conv modules")
     out = conv_channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
+    for lay in cx.tensor(wref).layouts[2:]:
+        cx.block(lay, "kernel size of a convolution", "structure")
     lead = () if unbatched else (x.layouts[0],)
     return cx.out(lead + (out,) + spatial_axes(cx, x, ch + 1, False))

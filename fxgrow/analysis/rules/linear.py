@@ -25,19 +25,16 @@ from .registry import rule
 
 
 def _produce(cx: RuleContext, ref, axis: int) -> None:
-    """Mark a directly read parameter's axis as a producer (for naming and roles)."""
-    src = cx._param_source(ref, axis)
-    if src is not None:
-        target, paxis, _chain = src
-        cx.param(target, paxis, PRODUCE)
+    cx.produce(ref, axis)
 
 
 def contract(cx: RuleContext, operands, layout: Layout) -> None:
     """``operands``: (arg, axis) pairs contracted together along ``layout``.  One operand that
     is a parameter takes the division; with none, a channel space here is blocked."""
-    for ref, axis in operands:
+    for k, (ref, axis) in enumerate(operands):
         if cx._param_source(ref, axis) is not None:
-            cx.consume(ref, axis, layout)
+            others = [o for j, o in enumerate(operands) if j != k]
+            cx.consume(ref, axis, layout, others[0] if len(others) == 1 else None)
             return
     cx.block(layout, "contraction between two activations over this axis is not preserved "
                      "by replication")
@@ -47,7 +44,8 @@ def contract(cx: RuleContext, operands, layout: Layout) -> None:
 def linear_module(cx: RuleContext):
     """nn.Linear: in-features consumed, out-features produced, other axes pass through."""
     x = cx.tensor(cx.arg(0))
-    cx.unify(x.layouts[-1], cx.module_param("weight", 1, CONSUME), "input features of a Linear")
+    cx.unify(x.layouts[-1], cx.module_consume("weight", 1, (cx.arg(0), x.ndim - 1)),
+             "input features of a Linear")
     out = cx.module_param("weight", 0, PRODUCE)
     b = cx.module_param("bias", 0, PRODUCE)
     if b is not None:
@@ -64,7 +62,7 @@ def linear_function(cx: RuleContext):
     wref = cx.arg(1, "weight")
     w = cx.tensor(wref)
     cx.unify(x.layouts[-1], w.layouts[1], "input features of a linear")
-    contract(cx, [(wref, 1)], w.layouts[1])
+    contract(cx, [(wref, 1), (cx.arg(0, "input"), x.ndim - 1)], w.layouts[1])
     _produce(cx, wref, 0)
     bref = cx.arg(2, "bias", None)
     if bref is not None:

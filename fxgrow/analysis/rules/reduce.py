@@ -25,19 +25,49 @@ _REDUCTIONS = (
 )
 
 
+def op_name(target) -> str:
+    """'mean' for torch.mean, Tensor.mean and aten.mean.dim alike."""
+    name = getattr(target, "__name__", target)
+    return name.split(".")[0].lstrip("_") if isinstance(name, str) else str(name)
+
+
+def _exact_under(cx: RuleContext, name: str) -> str | None:
+    """How a reduction over replicated units can stay exact: "any" (max/min of a multiset
+    with duplicates), "uniform" (a mean, or a population variance, equals the original when
+    every unit is replicated the same number of times), or None (sums, norms ... block)."""
+    if name in ("amax", "amin"):
+        return "any"
+    if name in ("mean", "nanmean"):
+        return "uniform"
+    if name in ("var", "std"):
+        correction = cx.node.kwargs.get("correction", None)
+        unbiased = cx.node.kwargs.get("unbiased", None)
+        if correction == 0 or unbiased is False:
+            return "uniform"
+    return None
+
+
 @rule(*_REDUCTIONS)
 def reduction(cx: RuleContext):
-    """Reduce over ``dim`` (all axes by default), optionally keeping size-1 axes."""
+    """Reduce over ``dim`` (all axes by default), optionally keeping size-1 axes.  Over a
+    channel axis: max/min stay exact, means need uniform replication, anything else blocks."""
     x = cx.tensor(cx.arg(0))
-    name = getattr(cx.node.target, "__name__", cx.node.target)
+    name = op_name(cx.node.target)
     dim_pos = 2 if name in ("norm", "vector_norm") else 1
     dims = cx.concrete(cx.arg(dim_pos, "dim", None))
     dims = norm_dims(dims, x.ndim) if x.ndim else []
     keep = len(cx.out_shape()) == x.ndim
+    exact = _exact_under(cx, name)
+    if exact == "uniform" and dims:
+        merged = x.layouts[dims[0]]
+        for d in dims[1:]:
+            merged = cx.spaces.merge(merged, x.layouts[d])
+        cx.uniform(merged, f"averaged over by {name}")
     layouts = []
     for d, lay in enumerate(x.layouts):
         if d in dims:
-            cx.block(lay, f"reduced over by {name}")
+            if exact is None:
+                cx.block(lay, f"reduced over by {name}")
             if keep:
                 layouts.append(cx.fixed(1, "reduced axis"))
         else:
@@ -75,7 +105,7 @@ def along_axis(cx: RuleContext):
     """softmax/log_softmax/cumsum/normalize along ``dim``: that axis mixes its positions, so a
     channel space there is blocked; the shape is unchanged."""
     x = cx.tensor(cx.arg(0))
-    name = getattr(cx.node.target, "__name__", cx.node.target)
+    name = op_name(cx.node.target)
     if name == "local_response_norm":
         d = 1
     elif name == "normalize":

@@ -1,0 +1,33 @@
+"""The torch.export front end, for models fx cannot trace symbolically (Hugging Face models,
+data-dependent Python control flow on shapes).
+
+``torch.export`` captures an ATen-level graph with parameters lifted to inputs;
+``ExportedProgram.module()`` turns it back into a runnable GraphModule whose parameters are
+attributes under their original module paths (``model.layers.0.self_attn.q_proj.weight``), read
+by ``get_attr`` nodes.  fxgrow analyses and rewrites that GraphModule like any other; the
+student it returns is a GraphModule with trainable parameters."""
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from ..errors import TraceError
+
+
+def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    """``model`` captured by ``torch.export`` on ``example_inputs`` (static shapes)."""
+    try:
+        program = torch.export.export(model, tuple(example_inputs), strict=False)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if "Cache" in str(e):
+            hint = (" (a Hugging Face model returning its key/value cache: build it with "
+                    "use_cache=False in its config)")
+        raise TraceError(f"torch.export could not capture {type(model).__name__}: "
+                         f"{first}{hint}") from e
+    gm = program.module()
+    if not isinstance(gm, torch.fx.GraphModule):
+        raise TraceError(f"torch.export returned a {type(gm).__name__}, not a GraphModule")
+    gm.meta["fxgrow_frontend"] = "export"
+    return gm
