@@ -1,4 +1,4 @@
 """Every op rule fxgrow knows; importing this package registers them."""
 from . import (aten, attention, conv, elementwise, linear, norm, pool, reduce, shape,  # noqa: F401
-               vision)
+               timm_layers, vision)
 from .registry import all_rules, lookup, rule  # noqa: F401

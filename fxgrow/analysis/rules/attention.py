@@ -54,9 +54,9 @@ def sdpa(cx: RuleContext):
     gqa = bool(cx.concrete(cx.arg(7, "enable_gqa", False)))
     cx.unify(q.layouts[-1], k.layouts[-1], "query/key head dim")
     cx.block(q.layouts[-1], "head dim contracted between query and key (and it sets the "
-                            "softmax scale)")
+                            "softmax scale)", "structure")
     cx.unify(k.layouts[-2], v.layouts[-2], "key/value positions")
-    cx.block(k.layouts[-2], "softmax over key positions")
+    cx.block(k.layouts[-2], "softmax over key positions", "structure")
     qb, kb, vb = list(q.layouts[:-2]), list(k.layouts[:-2]), list(v.layouts[:-2])
     qs, ks, vs = list(q.shape[:-2]), list(k.shape[:-2]), list(v.shape[:-2])
     if gqa and q.ndim >= 3 and qs[-1] != ks[-1]:
@@ -99,7 +99,8 @@ def multihead_attention(cx: RuleContext):
     for p in pieces[1:]:
         cx.unify(pieces[0], p, "query, key and value heads correspond")
     heads, head_dim = cx.spaces.split(pieces[0], m.head_dim, cx.blocker("heads"))
-    cx.block(head_dim, "head dim of nn.MultiheadAttention (fixes the softmax scale)")
+    cx.block(head_dim, "head dim of nn.MultiheadAttention (fixes the softmax scale)",
+             "structure")
     inner = cx.spaces.merge(heads, head_dim)
     cols = cx.module_param("in_proj_weight", 1, CONSUME)
     for t in (q, k, v):

@@ -470,7 +470,7 @@ def unbind(cx: RuleContext):
     """unbind(dim): one tensor per position; the positions are fixed."""
     x = cx.tensor(cx.arg(0))
     d = x.dim(cx.concrete(cx.arg(1, "dim", 0)))
-    cx.block(x.layouts[d], "unbound into separate tensors")
+    cx.block(x.layouts[d], "unbound into separate tensors", "structure")
     rest = x.layouts[:d] + x.layouts[d + 1:]
     outs = cx.example()
     return tuple(TensorInfo(tuple(o.shape), rest) for o in outs)

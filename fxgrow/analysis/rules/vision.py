@@ -1,6 +1,9 @@
 """Rules for torchvision functions that fx keeps as calls (torchvision wraps them)."""
 from __future__ import annotations
 
+import torch
+import torch.fx
+
 from ..context import RuleContext
 from .common import same_layouts
 from .registry import rule
@@ -16,3 +19,103 @@ if _stochastic_depth is not None:
         """torchvision stochastic_depth: drops whole samples (mode "row") or the whole batch;
         the mask is shared by every channel, so replicas stay equal: pass-through."""
         return same_layouts(cx)
+
+
+try:
+    from torchvision.models import swin_transformer as _swin
+except Exception:  # torchvision absent
+    _swin = None
+
+
+def _heads_rows(cx: RuleContext, rows, head_dim: int, what: str):
+    """Rows [q | k | v] of a fused projection: the three parts share one map; each part is
+    heads x head_dim with the head dim blocked.  Returns (heads, heads x head_dim)."""
+    n = cx.spaces.size(rows)
+    pieces = cx.spaces.cut(rows, [n // 3, 2 * n // 3], cx.blocker(f"{what} q/k/v rows"))
+    for p in pieces[1:]:
+        cx.unify(pieces[0], p, "query, key and value heads correspond")
+    heads, dim = cx.spaces.split(pieces[0], head_dim, cx.blocker(f"{what} heads"))
+    cx.block(dim, "head dim contracted between query and key (and it sets the softmax scale)",
+             "structure")
+    return heads, cx.spaces.merge(heads, dim)
+
+
+if _swin is not None:
+    from ..context import CONSUME, PRODUCE
+    from ..values import TensorInfo
+
+    @rule(_swin.shifted_window_attention)
+    def shifted_window_attention(cx: RuleContext):
+        """torchvision Swin window attention (input [B, H, W, C], qkv_weight [3C, C], proj_weight
+        [C, C], relative position bias [1, heads, N, N]): heads grow whole; C = heads x head_dim
+        for the input, the attention and the output alike; ``num_heads`` is rewritten."""
+        x = cx.tensor(cx.arg(0, "input"))
+        qkv_w, proj_w = cx.arg(1, "qkv_weight"), cx.arg(2, "proj_weight")
+        H = cx.concrete(cx.arg(5, "num_heads"))
+        C = x.shape[-1]
+        rows = cx.tensor(qkv_w).layouts[0]
+        heads, inner = _heads_rows(cx, rows, C // H, "window attention")
+        cx.unify(x.layouts[-1], cx.tensor(qkv_w).layouts[1], "input of the qkv projection")
+        cx.consume(qkv_w, 1, x.layouts[-1], (cx.arg(0, "input"), x.ndim - 1))
+        cx.produce(qkv_w, 0)
+        cx.unify(x.layouts[-1], inner, "window attention: C = num_heads x head_dim")
+        pw = cx.tensor(proj_w)
+        cx.unify(pw.layouts[1], inner, "output projection reads whole heads")
+        cx.consume(proj_w, 1, pw.layouts[1])
+        cx.produce(proj_w, 0)
+        cx.unify(pw.layouts[0], inner, "window attention output has C channels")
+        bias = cx.value(cx.arg(3, "relative_position_bias"))
+        if isinstance(bias, TensorInfo):
+            cx.unify(bias.layouts[1], heads, "relative position bias per head")
+        for i, name, lay in ((9, "qkv_bias", rows), (10, "proj_bias", pw.layouts[0])):
+            b = cx.value(cx.arg(i, name, None))
+            if isinstance(b, TensorInfo):
+                cx.unify(b.layouts[0], lay)
+        scale = cx.value(cx.arg(11, "logit_scale", None))
+        if isinstance(scale, TensorInfo):
+            cx.unify(scale.layouts[0], heads, "logit scale per head")
+        cx.sizes_handled(cx.value(cx.arg(5, "num_heads")))
+
+        def new_args(size, args, kwargs):
+            if len(args) > 5:
+                return (*args[:5], size(heads), *args[6:]), kwargs
+            return args, {**kwargs, "num_heads": size(heads)}
+        cx.rewrite_args(new_args, heads)
+        for ref in (qkv_w, proj_w):
+            if isinstance(ref, torch.fx.Node) and ref.op == "get_attr":
+                module = ref.target.rpartition(".")[0]
+                lin = cx.state.modules.get(module)
+                if isinstance(lin, torch.nn.Linear):
+                    w = cx.tensor(ref)
+                    cx.set_attr("in_features", lambda size, lay=w.layouts[1]: size(lay),
+                                w.layouts[1], module=module)
+                    cx.set_attr("out_features", lambda size, lay=w.layouts[0]: size(lay),
+                                w.layouts[0], module=module)
+        owner = cx.state.modules.get(cx.node.meta.get("nn_module_stack", {}) and
+                                     list(cx.node.meta["nn_module_stack"].values())[-1][0])
+        if owner is not None and hasattr(owner, "num_heads"):
+            path = list(cx.node.meta["nn_module_stack"].values())[-1][0]
+            cx.set_attr("num_heads", lambda size: size(heads), heads, module=path)
+        return cx.out(x.layouts[:-1] + (pw.layouts[0],))
+
+    @rule(_swin._get_relative_position_bias)
+    def relative_position_bias(cx: RuleContext):
+        """Bias table [(2W-1)^2, heads] indexed by relative positions -> [1, heads, N, N]."""
+        table = cx.tensor(cx.arg(0))
+        cx.block(table.layouts[0], "relative positions, indexed", "structure")
+        shape = cx.out_shape()
+        return cx.out((cx.fixed(1, "batch axis"), table.layouts[1],
+                       cx.fixed(shape[2], "window positions"),
+                       cx.fixed(shape[3], "window positions")))
+
+    @rule(_swin._patch_merging_pad)
+    def patch_merging(cx: RuleContext):
+        """Swin patch merging: the four 2x2 neighbours concatenated on channels -> [C, C, C, C]
+        (one space four times); the spatial axes halve (fixed)."""
+        x = cx.tensor(cx.arg(0))
+        for lay in x.layouts[-3:-1]:
+            cx.block(lay, "spatial axis read by patch merging: its size is fixed")
+        shape = cx.out_shape()
+        c = x.layouts[-1]
+        return cx.out(x.layouts[:-3] + (cx.fixed(shape[-3], "spatial axis"),
+                                        cx.fixed(shape[-2], "spatial axis"), c + c + c + c))
