@@ -1,8 +1,9 @@
 """Residual blocks and stages, found in the graph.
 
 A *block* is the set of nodes recorded under one module path (fx's ``nn_module_stack``) that
-reads exactly one outside tensor I, hands exactly one tensor O to the rest of the graph, has
-O of I's shape, and adds I back (an add with I as an operand).  A *stage* is a run of
+hands exactly one tensor O to the rest of the graph.  It is *residual* when one of the tensors
+it reads, I, has O's shape and is added back to a branch computed inside (other inputs, such
+as attention masks or rotary tables, are shared and reused by copies).  A *stage* is a run of
 consecutive blocks under one parent module (``layer1`` with ``layer1.0``, ``layer1.1``)."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-_ADDS = (operator.add, operator.iadd, torch.add)
+_ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,46 @@ class Stage:
         return len(self.blocks)
 
 
+_ALIASES = ("to", "_to_copy", "alias", "contiguous", "clone", "detach", "type_as")
+_IGNORED = ("_assert_tensor_metadata",)
+
+
+def op_name(target) -> str:
+    name = getattr(target, "__name__", target)
+    return name.split(".")[0] if isinstance(name, str) else ""
+
+
+def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
+    """``node`` and what inside the block merely re-labels it (dtype moves, copies)."""
+    found, todo = [node], [node]
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            if u in inside and u.op in ("call_function", "call_method") and \
+                    op_name(u.target) in _ALIASES and u.args and u.args[0] is n:
+                found.append(u)
+                todo.append(u)
+    return found
+
+
+def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
+    return [u for u in node.users if u in inside
+            and not (u.op == "call_function" and op_name(u.target) in _IGNORED)]
+
+
+def residual_add(node: torch.fx.Node, inside: set, path: str | None = None):
+    """An add inside the block that adds (an alias of) ``node`` to a branch computed inside:
+    (add, the operand on the stream, the branch operand) or None."""
+    for a in aliases(node, inside):
+        for u in a.users:
+            if u in inside and _is_add(u) and a in u.args and \
+                    (path is None or _paths(u)[-1] == path):
+                others = [b for b in u.args if isinstance(b, torch.fx.Node) and b is not a]
+                if len(others) == 1 and others[0] in inside and others[0].op != "get_attr":
+                    return u, a, others[0]
+    return None
+
+
 def _is_add(n: torch.fx.Node) -> bool:
     return (n.op == "call_function" and n.target in _ADDS
             or n.op == "call_method" and n.target in ("add", "add_"))
@@ -69,19 +110,25 @@ def find_blocks(gm: torch.fx.GraphModule, vals: dict) -> list[Block]:
     blocks = []
     for path, nodes in members.items():
         inside = set(nodes)
-        inputs = {a for n in nodes for a in n.all_input_nodes
-                  if a not in inside and a.op != "get_attr"}
+        inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
+                                    if a not in inside and a.op != "get_attr"))
         outputs = [n for n in nodes if any(u not in inside for u in n.users)]
-        if len(inputs) != 1 or len(outputs) != 1:
+        if not inputs or len(outputs) != 1:
             continue
-        (i,) = inputs
         o = outputs[0]
-        if _shape(vals, i) is None or _shape(vals, i) != _shape(vals, o):
-            residual = False
-        else:
-            residual = any(_is_add(n) and i in n.args and _paths(n)[-1] == path
-                           for n in nodes)
-        blocks.append(Block(path, i.name, o.name, tuple(n.name for n in nodes), residual))
+        streams = [i for i in inputs if _shape(vals, i) is not None
+                   and _shape(vals, i) == _shape(vals, o)
+                   and residual_add(i, inside, path) is not None]
+        learned = any(n.op == "call_module" and any(True for _ in
+                                                      gm.get_submodule(n.target).parameters())
+                      or any(a.op == "get_attr" for a in n.all_input_nodes) for n in nodes)
+        if len(streams) == 1 and learned:  # residual: the stream is added back to a learned
+            # branch; other inputs (masks, rotary tables) are shared
+            blocks.append(Block(path, streams[0].name, o.name, tuple(n.name for n in nodes),
+                                True))
+        elif len(inputs) == 1 and len(streams) != 1:
+            blocks.append(Block(path, inputs[0].name, o.name, tuple(n.name for n in nodes),
+                                False))
     return blocks
 
 

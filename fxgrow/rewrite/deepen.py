@@ -22,7 +22,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..analysis.blocks import Stage, next_names
+from ..analysis.blocks import Block, Stage, aliases, next_names, residual_add, stream_users
 from ..errors import InputError, UnsupportedModelError
 from ..modes import preserved, set_training
 from .activation import _as_module, activation_module, is_idempotent
@@ -174,52 +174,166 @@ def _identity_batchnorm(value: torch.Tensor) -> nn.Module:
     return bn.eval()
 
 
-# -- stage growth ------------------------------------------------------------------------------
+# -- block copies ------------------------------------------------------------------------------
 _PASS_THROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
+_ADD_TARGETS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)
+_LINEAR_FUNCTIONS = (torch.nn.functional.linear, torch.ops.aten.linear.default,
+                     torch.nn.functional.conv1d, torch.nn.functional.conv2d,
+                     torch.nn.functional.conv3d, torch.ops.aten.conv2d.default,
+                     torch.ops.aten.conv1d.default)
+_ZERO_PRESERVING = ("stochastic_depth", "dropout", "view", "reshape", "_unsafe_view", "permute",
+                    "transpose", "contiguous", "clone", "flatten", "to", "_to_copy", "alias")
 
 
-def _last_scale(gm: torch.fx.GraphModule, add: torch.fx.Node, block_input: torch.fx.Node,
-                inside: set) -> str:
-    """The module whose output scales the residual branch at ``add`` (to be zeroed)."""
-    branch = [a for a in add.args if isinstance(a, torch.fx.Node) and a is not block_input]
-    if len(branch) != 1:
-        raise DeepenError(f"cannot tell the residual branch of {add.name!r}")
-    n = branch[0]
+def _is_add(n: torch.fx.Node) -> bool:
+    return (n.op == "call_function" and n.target in _ADD_TARGETS
+            or n.op == "call_method" and n.target in ("add", "add_"))
+
+
+def _name(target) -> str:
+    name = getattr(target, "__name__", target)
+    return name.split(".")[0] if isinstance(name, str) else ""
+
+
+def _last_scale(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside: set) -> list[str]:
+    """Qualified names of the tensors to zero so that the residual branch ending in ``branch``
+    outputs exactly zero: the last norm's or linear/conv's weight and bias."""
+    n = branch
     while n in inside:
         if n.op == "call_module":
             m = gm.get_submodule(n.target)
-            if getattr(m, "weight", None) is not None and isinstance(m.weight, torch.Tensor):
-                return n.target
+            if isinstance(getattr(m, "weight", None), torch.Tensor):
+                return [f"{n.target}.{p}" for p in ("weight", "bias")
+                        if isinstance(getattr(m, p, None), torch.Tensor)]
             if isinstance(m, _PASS_THROUGH_MODULES):
                 n = n.args[0]
                 continue
-        elif n.op == "call_function" and getattr(n.target, "__name__", "") in (
-                "stochastic_depth", "dropout"):
+        elif n.op == "call_function" and n.target is operator.getitem and \
+                n.args[0].op == "call_module" and isinstance(
+                    gm.get_submodule(n.args[0].target), nn.MultiheadAttention) and n.args[1] == 0:
+            out = f"{n.args[0].target}.out_proj"
+            m = gm.get_submodule(out)
+            return [f"{out}.{p}" for p in ("weight", "bias")
+                    if isinstance(getattr(m, p, None), torch.Tensor)]
+        elif n.op == "call_function" and n.target in _LINEAR_FUNCTIONS:
+            refs = [a for a in n.args[1:3] if isinstance(a, torch.fx.Node)]
+            if refs and all(r.op == "get_attr" for r in refs):
+                return [r.target for r in refs]
+        elif n.op == "call_function" and n.target in (torch.addmm, torch.ops.aten.addmm.default):
+            refs = [n.args[0], n.args[2]]
+            if all(isinstance(r, torch.fx.Node) and r.op == "get_attr" for r in refs):
+                return [r.target for r in refs]
+        elif n.op in ("call_function", "call_method") and _name(n.target) in _ZERO_PRESERVING:
             n = n.args[0]
             continue
-        elif n.op in ("call_function", "call_method") and \
-                getattr(n.target, "__name__", n.target) in ("mul", "mul_"):
+        elif n.op in ("call_function", "call_method") and _name(n.target) in ("mul", "mul_"):
             n = next(a for a in n.args if isinstance(a, torch.fx.Node) and a.op != "get_attr")
             continue
         break
-    raise DeepenError(f"cannot find a layer to zero on the residual branch of {add.name!r} "
-                      f"(stopped at {n.name!r}); this block cannot be copied exactly")
+    raise DeepenError(f"cannot find a layer to zero on the residual branch ending in "
+                      f"{branch.name!r} (stopped at {n.name!r}); this block cannot be copied "
+                      f"exactly")
 
 
-def _zero(module: nn.Module) -> None:
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            p = getattr(module, name, None)
-            if isinstance(p, torch.Tensor):
-                p.zero_()
+def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
+    """Walk the residual stream of ``block`` from its input to its output: every add on it
+    gets its branch zeroed; any other op on the stream must be an idempotent activation (a
+    post-norm block is refused).  Returns the tensors to zero."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    inside = {nodes[name] for name in block.nodes}
+    current, out = nodes[block.input], nodes[block.output]
+    zero: list[str] = []
+    while current is not out:
+        found = residual_add(current, inside)
+        if found is not None:
+            add, _, branch = found
+            zero += _last_scale(gm, branch, inside)
+            current = add
+            continue
+        users = stream_users(current, inside)
+        if len(users) != 1:
+            raise DeepenError(f"block {block.path!r}: the residual stream forks at "
+                              f"{current.name!r}; fxgrow cannot copy it exactly")
+        op = users[0]
+        if op in aliases(current, inside):
+            current = op
+            continue
+        act = activation_module(gm, op)
+        if act is None or not is_idempotent(act):
+            raise DeepenError(
+                f"block {block.path!r} applies {op.name!r} to the residual stream after an add "
+                f"(a post-norm or post-activation block); a zeroed copy would apply it twice, "
+                f"which is exact only for idempotent activations")
+        current = op
+    if not zero:
+        raise DeepenError(f"block {block.path!r} has no residual add on its stream")
+    return zero
 
 
 def _rename(path: str, old: str, new: str) -> str:
     return new + path[len(old):] if path == old or path.startswith(old + ".") else path
 
 
+def insert_copies(gm: torch.fx.GraphModule, block: Block, after: Block, names: list[str],
+                  parent: str) -> list[str]:
+    """Insert copies of ``block`` (branches zeroed: each copy is the identity) after the
+    output of ``after``, named ``parent.name``; returns their module paths."""
+    zero = residual_stream(gm, block)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    inside = {nodes[name] for name in block.nodes}
+    block_in = nodes[block.input]
+    block_out = nodes[block.output]
+    end = nodes[after.output]
+    users = list(end.users)
+    current = anchor = end
+    template = gm.get_submodule(block.path)
+    order = [n for n in gm.graph.nodes if n in inside]
+    prefix = f"{parent}." if parent else ""
+    new_paths = []
+    for name in names:
+        new_path = prefix + name
+        gm.add_submodule(new_path, copy.deepcopy(template))
+        with torch.no_grad():
+            for target in zero:
+                gm.get_parameter(_rename(target, block.path, new_path)).zero_() \
+                    if _is_param(gm, _rename(target, block.path, new_path)) else \
+                    gm.get_buffer(_rename(target, block.path, new_path)).zero_()
+        env = {block_in: current}
+        owned = dict.fromkeys(a for n in order for a in n.all_input_nodes
+                              if a.op == "get_attr" and a not in inside
+                              and _rename(a.target, block.path, new_path) != a.target)
+        for a in owned:  # parameters read by get_attr nodes outside the block's own nodes
+            with gm.graph.inserting_after(anchor):
+                env[a] = anchor = gm.graph.get_attr(_rename(a.target, block.path, new_path))
+        for n in order:
+            with gm.graph.inserting_after(anchor):
+                new = gm.graph.node_copy(n, lambda a: env.get(a, a))
+            if new.op in ("call_module", "get_attr"):
+                new.target = _rename(new.target, block.path, new_path)
+            stack = n.meta.get("nn_module_stack")
+            if stack:
+                new.meta["nn_module_stack"] = {
+                    _rename(k, block.path, new_path): (_rename(v[0], block.path, new_path), v[1])
+                    for k, v in stack.items()}
+            env[n] = new
+            anchor = new
+        current = env[block_out]
+        new_paths.append(new_path)
+    for u in users:
+        u.replace_input_with(end, current)
+    return new_paths
+
+
+def _is_param(gm: torch.fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
 def grow_stage(gm: torch.fx.GraphModule, stage: Stage, count: int) -> list[str]:
-    """Append ``count - stage.count`` copies of the stage's template block; returns their
+    """Append ``count - stage.count`` copies of the stage's last residual block; returns their
     module paths."""
     if count < stage.count:
         raise InputError(f"stage {stage.name!r} has {stage.count} blocks; fxgrow only grows "
@@ -227,62 +341,6 @@ def grow_stage(gm: torch.fx.GraphModule, stage: Stage, count: int) -> list[str]:
     extra = count - stage.count
     if extra == 0:
         return []
-    nodes = {n.name: n for n in gm.graph.nodes}
-    tpl = stage.template
-    inside = {nodes[name] for name in tpl.nodes}
-    block_in, block_out = nodes[tpl.input], nodes[tpl.output]
-    adds = [n for n in inside if n.op in ("call_function", "call_method") and block_in in n.args
-            and (n.target in (operator.add, operator.iadd, torch.add)
-                 or n.target in ("add", "add_"))]
-    scale = _last_scale(gm, adds[0], block_in, inside)
-    post = _post_add_ops(adds[0], block_out, inside)
-    for n in post:
-        act = activation_module(gm, n)
-        if act is None or not is_idempotent(act):
-            raise DeepenError(f"block {tpl.path!r} applies {n.name!r} after its residual add; a "
-                              f"copy computes it twice, which is exact only for idempotent "
-                              f"activations")
     parent = gm.get_submodule(stage.parent) if stage.parent else gm
-    siblings = [name for name, _ in parent.named_children()]
-    names = next_names(siblings, extra)
-    prefix = f"{stage.parent}." if stage.parent else ""
-    users = [u for u in block_out.users]
-    current = block_out
-    anchor = block_out
-    new_paths = []
-    template_module = gm.get_submodule(tpl.path)
-    order = [n for n in gm.graph.nodes if n in inside]
-    for name in names:
-        new_path = prefix + name
-        module = copy.deepcopy(template_module)
-        gm.add_submodule(new_path, module)
-        _zero(gm.get_submodule(_rename(scale, tpl.path, new_path)))
-        env = {block_in: current}
-        for n in order:
-            with gm.graph.inserting_after(anchor):
-                new = gm.graph.node_copy(n, lambda a: env.get(a, a))
-            if new.op in ("call_module", "get_attr"):
-                new.target = _rename(new.target, tpl.path, new_path)
-            stack = n.meta.get("nn_module_stack")
-            if stack:
-                new.meta["nn_module_stack"] = {
-                    _rename(k, tpl.path, new_path): (_rename(v[0], tpl.path, new_path), v[1])
-                    for k, v in stack.items()}
-            env[n] = new
-            anchor = new
-        current = env[block_out]
-        new_paths.append(new_path)
-    for u in users:
-        u.replace_input_with(block_out, current)
-    return new_paths
-
-
-def _post_add_ops(add: torch.fx.Node, out: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
-    chain, n = [], out
-    while n is not add:
-        chain.append(n)
-        preds = [a for a in n.all_input_nodes if a in inside]
-        if len(preds) != 1:
-            raise DeepenError(f"unexpected structure after the residual add {add.name!r}")
-        n = preds[0]
-    return list(reversed(chain))
+    names = next_names([name for name, _ in parent.named_children()], extra)
+    return insert_copies(gm, stage.template, stage.blocks[-1], names, stage.parent)
