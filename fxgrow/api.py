@@ -125,13 +125,33 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     optionally an identity BatchNorm (``batchnorm=True``; exact in eval mode only: in training
     mode it normalises with batch statistics), and a copy of the node's activation if the node
     is one -- refused unless that activation is idempotent (ReLU yes, GELU/SiLU no).
-    ``kind="residual"``: ``h + f(h)`` with f's last layer zero, exact for any activation."""
-    from .rewrite.deepen import deepen_node, node_values
+    ``kind="residual"``: ``h + f(h)`` with f's last layer zero, exact for any activation.
+    ``kind="block"``: ``after`` names residual blocks (``layer1.0``, ``model.layers.3``); a
+    copy of each, with the last layer of every residual branch zeroed, runs right after it
+    (pre-norm transformer blocks and ResNet blocks; post-norm blocks are refused)."""
+    from .rewrite.deepen import deepen_node, insert_block_after, node_values
     analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
     student = copy.deepcopy(analysis.gm)
     names = [after] if isinstance(after, str) else list(after)
     if not names:
         raise InputError("after= names no node or module")
+    if kind == "block":
+        from .analysis.blocks import find_blocks
+        blocks = {b.path: b for b in find_blocks(student, analysis.state.vals_by_name(student))
+                  if b.residual}
+        for name in names:
+            if name not in blocks:
+                import difflib
+                close = difflib.get_close_matches(name, list(blocks), n=3)
+                raise UnknownGroupError(
+                    f"no residual block named {name!r}"
+                    + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
+                       f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"))
+            insert_block_after(student, blocks[name])
+        student.recompile()
+        if verify:
+            _verify(model, student, analysis.example_inputs)
+        return student
     targets = [n for name in names for n in _find_nodes(student, name)]
     values = node_values(student, analysis.example_inputs, [n.name for n in targets])
     teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}

@@ -67,6 +67,11 @@ class AnalysisState:
     ties: list = field(default_factory=list)  # (ParamAxis, consumer record): see _finish_params
     grow_outputs: bool = False  # outputs may widen (compared on the teacher's positions)
 
+    def vals_by_name(self, gm: torch.fx.GraphModule) -> dict:
+        """Example values keyed by the nodes of ``gm`` (a copy of this graph)."""
+        by_name = {n.name: v for n, v in self.vals.items()}
+        return {n: by_name[n.name] for n in gm.graph.nodes if n.name in by_name}
+
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
         self.tensors = {**dict(self.gm.named_parameters(remove_duplicate=False)),

@@ -344,3 +344,13 @@ def grow_stage(gm: torch.fx.GraphModule, stage: Stage, count: int) -> list[str]:
     parent = gm.get_submodule(stage.parent) if stage.parent else gm
     names = next_names([name for name, _ in parent.named_children()], extra)
     return insert_copies(gm, stage.template, stage.blocks[-1], names, stage.parent)
+
+
+def insert_block_after(gm: torch.fx.GraphModule, block: Block) -> str:
+    """A zeroed copy of residual ``block`` right after it; returns its module path."""
+    parent, _, leaf = block.path.rpartition(".")
+    existing = {name for name, _ in (gm.get_submodule(parent) if parent else gm).named_children()}
+    k = 0
+    while f"{leaf}_deepen{k}" in existing:
+        k += 1
+    return insert_copies(gm, block, block, [f"{leaf}_deepen{k}"], parent)[0]
