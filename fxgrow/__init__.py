@@ -6,13 +6,15 @@ from .errors import (BlockedGroupError, FxgrowError, InputError, PreservationErr
 from .frontend import trace
 from .rewrite.deepen import DeepenError
 from .plan import GroupChange, ReplicationMap, WidenPlan
+from .training import grow_during_training, map_tensor, transfer_optimizer
 from .verify import Comparison, compare
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "Blocker", "ChannelGroup", "Member", "analyze", "groups", "plan", "widen",
-    "deepen", "grow", "stages", "DeepenError",
+    "deepen", "grow", "stages", "DeepenError", "transfer_optimizer", "grow_during_training",
+    "map_tensor",
     "trace", "compare", "Comparison", "WidenPlan", "GroupChange", "ReplicationMap",
     "FxgrowError", "TraceError", "InputError", "UnknownGroupError", "WidthError",
     "BlockedGroupError", "UnsupportedModelError", "PreservationError",

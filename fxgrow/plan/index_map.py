@@ -1,19 +1,31 @@
-"""Index maps: where each position of a grown axis comes from, and its replication count."""
+"""Index maps: where each position of a grown axis comes from, and how much of it it takes."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from ..analysis.layout import Atom, Fixed, Layout, SpaceTable
 
 
-def expand(sp: SpaceTable, layout: Layout, maps: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each new position of ``layout``: the old position it copies and how many new
-    positions copy that old one (the divisor for consumers).  ``maps``: root -> ReplicationMap."""
-    idx_parts, cnt_parts = [], []
+class Expansion(NamedTuple):
+    """Per new position of an axis: the old position it copies (``index``), the share of the
+    old unit it carries (``fraction``: 1/c(g(j)) for an equal split, or a random split; the
+    shares of one unit's copies sum to 1), and how many copies that unit has (``count``)."""
+
+    index: torch.Tensor
+    fraction: torch.Tensor
+    count: torch.Tensor
+
+
+def expand(sp: SpaceTable, layout: Layout, maps: dict) -> Expansion:
+    """The expansion of ``layout`` under ``maps`` (class root -> ReplicationMap)."""
+    idx_parts, frac_parts, cnt_parts = [], [], []
     off = 0
     for seg in sp.resolve(layout):
         if isinstance(seg, Fixed):
             idx_parts.append(torch.arange(off, off + seg.size))
+            frac_parts.append(torch.ones(seg.size, dtype=torch.float64))
             cnt_parts.append(torch.ones(seg.size, dtype=torch.long))
             off += seg.size
         elif isinstance(seg, Atom):
@@ -21,19 +33,22 @@ def expand(sp: SpaceTable, layout: Layout, maps: dict) -> tuple[torch.Tensor, to
             m = maps.get(sp.find(seg.id))
             if m is None:
                 idx_parts.append(torch.arange(off, off + w))
+                frac_parts.append(torch.ones(w, dtype=torch.float64))
                 cnt_parts.append(torch.ones(w, dtype=torch.long))
             else:
                 src = m.source_tensor()
                 idx_parts.append(src + off)
+                frac_parts.append(m.fraction_tensor())
                 cnt_parts.append(m.count_tensor()[src])
             off += w
         else:
-            oi, oc = expand(sp, seg.outer, maps)
-            ii, ic = expand(sp, seg.inner, maps)
+            o, i = expand(sp, seg.outer, maps), expand(sp, seg.inner, maps)
             si = sp.size(seg.inner)
-            idx_parts.append((oi[:, None] * si + ii[None, :]).reshape(-1) + off)
-            cnt_parts.append((oc[:, None] * ic[None, :]).reshape(-1))
+            idx_parts.append((o.index[:, None] * si + i.index[None, :]).reshape(-1) + off)
+            frac_parts.append((o.fraction[:, None] * i.fraction[None, :]).reshape(-1))
+            cnt_parts.append((o.count[:, None] * i.count[None, :]).reshape(-1))
             off += sp.size(seg.outer) * si
     if not idx_parts:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return torch.cat(idx_parts), torch.cat(cnt_parts)
+        empty = torch.zeros(0, dtype=torch.long)
+        return Expansion(empty, empty.double(), empty)
+    return Expansion(torch.cat(idx_parts), torch.cat(frac_parts), torch.cat(cnt_parts))

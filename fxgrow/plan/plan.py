@@ -21,27 +21,55 @@ from .index_map import expand
 
 @dataclass(frozen=True)
 class ReplicationMap:
-    """g: [0, new) -> [0, old) with g(j) = j for j < old.  ``source[j]`` is g(j)."""
+    """g: [0, new) -> [0, old) with g(j) = j for j < old.  ``source[j]`` is g(j).
+
+    ``fractions[j]`` (optional) is the share of unit g(j) that copy j passes on to consumers:
+    the shares of one unit's copies sum to 1, so the student stays exact.  Without it the
+    split is equal (1 / c(g(j))): replicas then get equal gradients and never diverge."""
 
     old: int
     new: int
     source: tuple[int, ...]
+    fractions: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.source) != self.new or tuple(self.source[:self.old]) != tuple(range(self.old)):
             raise InputError("a replication map must keep its first `old` units in place")
         if any(not 0 <= s < self.old for s in self.source):
             raise InputError("a replication map may only point at existing units")
+        if self.fractions is not None:
+            if len(self.fractions) != self.new:
+                raise InputError("a replication map needs one fraction per new unit")
+            sums = [0.0] * self.old
+            for s, f in zip(self.source, self.fractions):
+                sums[s] += f
+            if any(abs(t - 1.0) > 1e-9 for t in sums):
+                raise InputError("the fractions of one unit's copies must sum to 1")
 
     @classmethod
-    def random(cls, old: int, new: int, generator: torch.Generator) -> "ReplicationMap":
+    def random(cls, old: int, new: int, generator: torch.Generator,
+               split: str = "equal") -> "ReplicationMap":
         extra = torch.randint(0, old, (new - old,), generator=generator).tolist()
-        return cls(old, new, tuple(range(old)) + tuple(extra))
+        source = tuple(range(old)) + tuple(extra)
+        return cls(old, new, source, _fractions(source, old, split, generator))
 
     @classmethod
-    def uniform(cls, old: int, new: int) -> "ReplicationMap":
+    def uniform(cls, old: int, new: int, generator: torch.Generator | None = None,
+                split: str = "equal") -> "ReplicationMap":
         """Every unit replicated new/old times: g(j) = j mod old."""
-        return cls(old, new, tuple(j % old for j in range(new)))
+        source = tuple(j % old for j in range(new))
+        return cls(old, new, source, _fractions(source, old, split, generator))
+
+    @cached_property
+    def _fraction_tensor(self) -> torch.Tensor:
+        if self.fractions is not None:
+            return torch.tensor(self.fractions, dtype=torch.float64)
+        c = self.count_tensor().double()
+        return 1.0 / c[self.source_tensor()]
+
+    def fraction_tensor(self) -> torch.Tensor:
+        """Per new unit, its share of the source unit (1/c for an equal split)."""
+        return self._fraction_tensor
 
     @cached_property
     def counts(self) -> tuple[int, ...]:
@@ -66,6 +94,22 @@ class ReplicationMap:
         return torch.tensor(self.counts, dtype=torch.long)
 
 
+def _fractions(source: tuple[int, ...], old: int, split: str,
+               generator: torch.Generator | None) -> tuple[float, ...] | None:
+    """Shares for ``split="random"``: each unit's copies split it by random positive weights
+    (between 1 and 3 before normalising, so no copy starts near zero) that sum to one."""
+    if split == "equal":
+        return None
+    if split != "random":
+        raise InputError(f"split must be 'equal' or 'random', got {split!r}")
+    weights = (1.0 + 2.0 * torch.rand(len(source), generator=generator,
+                                      dtype=torch.float64)).tolist()
+    totals = [0.0] * old
+    for s, w in zip(source, weights):
+        totals[s] += w
+    return tuple(w / totals[s] for s, w in zip(source, weights))
+
+
 @dataclass(frozen=True)
 class GroupChange:
     """One group's new width.  ``map`` acts on the group's unit (its replicated space)."""
@@ -82,19 +126,25 @@ class WidenPlan:
 
     changes: tuple[GroupChange, ...]
     seed: int = 0
+    split: str = "equal"
+    noise: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "changes": [
+        return {"seed": self.seed, "split": self.split, "noise": self.noise, "changes": [
             {"group": c.group, "old_width": c.old_width, "new_width": c.new_width,
-             "map": {"old": c.map.old, "new": c.map.new, "source": list(c.map.source)}}
+             "map": {"old": c.map.old, "new": c.map.new, "source": list(c.map.source),
+                     "fractions": None if c.map.fractions is None else list(c.map.fractions)}}
             for c in self.changes]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "WidenPlan":
-        return cls(tuple(GroupChange(c["group"], c["old_width"], c["new_width"],
-                                     ReplicationMap(c["map"]["old"], c["map"]["new"],
-                                                    tuple(c["map"]["source"])))
-                         for c in d["changes"]), d.get("seed", 0))
+        def rmap(m):
+            fr = m.get("fractions")
+            return ReplicationMap(m["old"], m["new"], tuple(m["source"]),
+                                  None if fr is None else tuple(fr))
+        return cls(tuple(GroupChange(c["group"], c["old_width"], c["new_width"], rmap(c["map"]))
+                         for c in d["changes"]), d.get("seed", 0), d.get("split", "equal"),
+                   d.get("noise", 0.0))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -157,12 +207,19 @@ def _check_width(g: ChannelGroup, new: Any, uniform: bool) -> int:
 
 
 def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
-              factor: float | None = None, seed: int = 0) -> WidenPlan:
+              factor: float | None = None, seed: int = 0, split: str = "equal",
+              noise: float = 0.0) -> WidenPlan:
     """Choose new widths and replication maps.
 
     ``factor`` widens every widenable group (rounded up to what the group allows: a whole
     multiple of its unit, or of its width when normalised over channels); ``widths`` names
-    groups (or their modules) and overrides the factor for them."""
+    groups (or their modules) and overrides the factor for them.  ``split="random"`` splits
+    each replicated unit's outgoing weights by random shares (still exact; the copies then
+    learn apart); ``noise`` > 0 adds the paper's noise to the copies (not exact)."""
+    if split not in ("equal", "random"):
+        raise InputError(f"split must be 'equal' or 'random', got {split!r}")
+    if isinstance(noise, bool) or not isinstance(noise, Real) or noise < 0:
+        raise InputError(f"noise must be a number >= 0, got {noise!r}")
     if widths is None and factor is None:
         raise InputError("give widths={group or module: new width} or factor=... to widen")
     if factor is not None:
@@ -196,14 +253,14 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
             targets[g.root] = (g, new // g.multiplicity)
     changes = []
     for g, unit in sorted(targets.values(), key=lambda t: analysis.groups.index(t[0])):
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(g.name.encode()))
+                                            % (2 ** 63))
         if g.root in uniform:
-            m = ReplicationMap.uniform(g.unit, unit)
+            m = ReplicationMap.uniform(g.unit, unit, gen, split)
         else:
-            gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(g.name.encode()))
-                                                % (2 ** 63))
-            m = ReplicationMap.random(g.unit, unit, gen)
+            m = ReplicationMap.random(g.unit, unit, gen, split)
         changes.append(GroupChange(g.name, g.width, unit * g.multiplicity, m))
-    plan = WidenPlan(tuple(changes), seed)
+    plan = WidenPlan(tuple(changes), seed, split, float(noise))
     check_plan(analysis, plan)
     return plan
 
@@ -235,7 +292,7 @@ def check_plan(analysis: Analysis, plan: WidenPlan) -> None:
         roots = [r for r in sp.roots(lay) if r in maps]
         if not roots:
             continue
-        _, counts = expand(sp, lay, maps)
+        counts = expand(sp, lay, maps).count
         if counts.numel() and not bool((counts == counts[0]).all()):
             involved = ", ".join(repr(names.get(r, r)) for r in sp.roots(lay))
             raise WidthError(f"{blocker.node} normalises over groups {involved}: they must all "

@@ -1,8 +1,10 @@
 """Apply a widening plan: new parameters and buffers, module attributes, graph constants.
 
 For every tensor axis along channel spaces, new index j takes old index idx[j]; consumer axes
-are divided by the replication count cnt[j].  The student is a deep copy of the graph module
-whose parameters are replaced (the teacher's tensors are only read)."""
+are multiplied by the share frac[j] of the copied unit (1 / c(g(j)) for an equal split).  The
+student is a deep copy of the graph module whose parameters are replaced (the teacher's tensors
+are only read).  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
+index maps and copy/consume roles: what optimizer-state transfer needs."""
 from __future__ import annotations
 
 import copy
@@ -35,17 +37,25 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
             by_tensor.setdefault(pa.target, []).append(pa)
 
     memo: dict[int, torch.Tensor] = {}
+    expansions: dict[str, list] = {}
+    noise_gen = torch.Generator().manual_seed(plan.seed + 7919)
     with torch.no_grad():
         for target, axes in by_tensor.items():
             old = state.tensors[target]
             new = old.detach()
+            record = []
             for pa in sorted(axes, key=lambda p: p.axis):
-                idx, cnt = expand(sp, pa.layout, maps)
-                new = new.index_select(pa.axis, idx.to(new.device))
-                if CONSUME in pa.roles:
-                    shape = [1] * new.dim()
-                    shape[pa.axis] = -1
-                    new = new / cnt.to(device=new.device, dtype=new.dtype).view(shape)
+                e = expand(sp, pa.layout, maps)
+                new = new.index_select(pa.axis, e.index.to(new.device))
+                shape = [1] * new.dim()
+                shape[pa.axis] = -1
+                consume = CONSUME in pa.roles
+                if consume:
+                    new = new * e.fraction.to(device=new.device, dtype=new.dtype).view(shape)
+                elif plan.noise and new.is_floating_point():
+                    new = new + _noise(new, e, pa.axis, plan.noise, noise_gen)
+                record.append((pa.axis, e.index, e.fraction, consume))
+            expansions[target] = record
             if new is old.detach():
                 new = new.clone()
             if isinstance(old, torch.nn.Parameter):
@@ -68,6 +78,9 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     if touched or state.ties:
         student.graph.eliminate_dead_code()
     student.recompile()
+    student.meta["fxgrow_expansions"] = {
+        name: expansions[target] for name, target in state.canonical.items()
+        if target in expansions}
     if state.grow_outputs:
         student.meta["fxgrow_output_positions"] = [
             [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs]
@@ -80,13 +93,13 @@ def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
     for k, (pa, (user, link, act, act_axis)) in enumerate(state.ties):
         if not any(r in maps for r in sp.roots(pa.layout)):
             continue
-        _, cnt = expand(sp, pa.layout, maps)
+        frac = expand(sp, pa.layout, maps).fraction
         user_node = nodes[user.name]
         if untie:
             widened = memo[id(state.tensors[pa.target])]
             shape = [1] * widened.dim()
             shape[pa.axis] = -1
-            own = torch.nn.Parameter((widened.detach() / cnt.to(widened).view(shape)).contiguous())
+            own = torch.nn.Parameter((widened.detach() * frac.to(widened).view(shape)).contiguous())
             if link is None:
                 setattr(student.get_submodule(user_node.target), pa.target.rpartition(".")[2], own)
                 continue
@@ -100,7 +113,7 @@ def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
         act_node = nodes[act.name]
         example = state.vals[act]
         like = memo[id(state.tensors[pa.target])]
-        scale = (1.0 / cnt.to(torch.float64)).to(like.dtype)
+        scale = frac.to(like.dtype)
         scale = scale.view([-1] + [1] * (example.dim() - 1 - act_axis)).to(like.device)
         name = f"fxgrow_tie_scale{k}"
         student.register_buffer(name, scale)
@@ -108,6 +121,17 @@ def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
             factor = student.graph.get_attr(name)
             scaled = student.graph.call_function(operator.mul, (act_node, factor))
         user_node.replace_input_with(act_node, scaled)
+
+
+def _noise(t: torch.Tensor, e, axis: int, scale: float, gen: torch.Generator) -> torch.Tensor:
+    """Net2Net's symmetry-breaking noise on the copies (positions whose unit has > 1 copy):
+    Gaussian with std ``scale`` times the tensor's std.  It breaks exactness."""
+    copies = (e.count > 1).to(t.dtype)
+    shape = [1] * t.dim()
+    shape[axis] = -1
+    std = float(t.float().std()) if t.numel() > 1 else 1.0
+    z = torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t)
+    return z * (scale * std) * copies.to(t.device).view(shape)
 
 
 def _set_attr(root: torch.nn.Module, qualname: str, value) -> None:
@@ -121,7 +145,7 @@ def _set_attr(root: torch.nn.Module, qualname: str, value) -> None:
 
 def _first_positions(sp, layout, maps) -> torch.Tensor | None:
     """For each old position of an output axis, the first new position that copies it."""
-    idx, _ = expand(sp, layout, maps)
+    idx = expand(sp, layout, maps).index
     n = sp.size(layout)
     if idx.numel() == n:
         return None
