@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import os
 import platform
 import sys
 import time
@@ -236,9 +237,10 @@ def render(rows: list[Row], elapsed: float) -> str:
         "and float64 epsilon (1e-16) times the depth.",
         "* **parameters**: `sum(p.numel())` of teacher -> student.",
         "",
-        f"Regenerate with `{COMMAND}` (about {max(1, round(elapsed / 10) * 10):.0f} s on "
-        f"{torch.get_num_threads()} CPU threads; `--models a,b` for a subset, "
-        "`--out PATH` to write elsewhere).",
+        f"Regenerate with `{COMMAND}` (this run: {max(1, round(elapsed / 10) * 10):.0f} s "
+        f"with {torch.get_num_threads()} torch thread(s) on {os.cpu_count()} CPUs; "
+        "`--models a,b` for a subset, `--out PATH` to write elsewhere, `--threads N`; the "
+        "float32 errors depend slightly on the thread count, through the order of sums).",
         "",
         f"Generated {today} with torch {torch.__version__}"
         + (f", torchvision {_tv_version()}" if _tv_version() else "")
@@ -304,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
                     + ", ".join(s.name for s in SPECS))
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write "
                     "(default docs/zoo.md)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: the fp32 errors then do not depend "
+                    "on the thread count, and shared CPUs do not slow the run down; 0 keeps "
+                    "torch's default)")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     specs = SPECS
     if args.models:
         wanted = [m.strip() for m in args.models.split(",") if m.strip()]
