@@ -163,8 +163,8 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     for node in targets:
         info = analysis.state.values.get(teacher_nodes[node.name])
         axis = None
-        if info is not None and getattr(info, "ndim", 0) == 3:
-            has = [d for d in (1, 2) if sp.roots(info.layouts[d])]
+        if info is not None and getattr(info, "ndim", 0) >= 3:
+            has = [d for d in (1, info.ndim - 1) if sp.roots(info.layouts[d])]
             axis = has[0] if len(has) == 1 else None
         deepen_node(student, node, values.get(node.name), axis, kind=kind,
                     kernel_size=kernel_size, batchnorm=batchnorm, layer=layer, seed=seed)

@@ -26,6 +26,82 @@ def _meta(x: Any) -> Any:
     return pytree.tree_map(conv, x)
 
 
+# -- fast paths: output shapes of the commonest ops, without running meta kernels ------------
+_SAME_SHAPE_MODULES = (
+    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.ReLU,
+    torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU, torch.nn.Hardswish, torch.nn.Hardsigmoid,
+    torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Identity,
+    torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.Mish,
+)
+
+
+def _like(x: torch.Tensor, shape) -> torch.Tensor:
+    return torch.empty(tuple(shape), dtype=x.dtype, device=_META)
+
+
+def _window(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
+    """Output of ``m`` on meta ``args`` from its attributes, or None to run it."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    t = type(m)
+    if t in _SAME_SHAPE_MODULES:
+        return _like(x, x.shape)
+    if t is torch.nn.Linear and x.dim() >= 1 and x.shape[-1] == m.in_features:
+        return _like(x, (*x.shape[:-1], m.out_features))
+    if t is torch.nn.Conv2d and x.dim() == 4 and isinstance(m.padding, tuple) and \
+            x.shape[1] == m.in_channels:
+        h, w = (_window(n, k, s, p, d) for n, k, s, p, d in
+                zip(x.shape[2:], m.kernel_size, m.stride, m.padding, m.dilation))
+        return _like(x, (x.shape[0], m.out_channels, h, w))
+    if t in (torch.nn.MaxPool2d, torch.nn.AvgPool2d) and x.dim() == 4 and not m.ceil_mode:
+        pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+        dil = pair(getattr(m, "dilation", 1))
+        h, w = (_window(n, k, s, p, d) for n, k, s, p, d in
+                zip(x.shape[2:], pair(m.kernel_size), pair(m.stride or m.kernel_size),
+                    pair(m.padding), dil))
+        return _like(x, (*x.shape[:2], h, w))
+    if t is torch.nn.AdaptiveAvgPool2d and x.dim() == 4:
+        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+        size = tuple(n if o is None else o for n, o in zip(x.shape[2:], size))
+        return _like(x, (*x.shape[:2], *size))
+    return None
+
+
+_SAME_SHAPE_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.sigmoid,
+                         torch.nn.functional.silu, torch.nn.functional.gelu}
+_ELEMENTWISE = {__import__("operator").add, __import__("operator").iadd, torch.add,
+                __import__("operator").mul, torch.mul}
+
+
+def _fast_function(target, args: tuple, kwargs: dict):
+    if target in _SAME_SHAPE_FUNCTIONS and args and isinstance(args[0], torch.Tensor) and \
+            not kwargs.get("inplace", False):
+        return _like(args[0], args[0].shape)
+    if target in _ELEMENTWISE and len(args) == 2 and not kwargs and \
+            all(isinstance(a, torch.Tensor) for a in args) and args[0].shape == args[1].shape \
+            and args[0].dtype == args[1].dtype:
+        return _like(args[0], args[0].shape)
+    if target is torch.cat and not kwargs.get("out") and args and \
+            isinstance(args[0], (list, tuple)) and args[0] and \
+            all(isinstance(a, torch.Tensor) for a in args[0]):
+        ts = args[0]
+        d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if isinstance(d, int) and len({t.dtype for t in ts}) == 1 and \
+                len({t.dim() for t in ts}) == 1:
+            d %= ts[0].dim()
+            rest = {tuple(t.shape[:d]) + tuple(t.shape[d + 1:]) for t in ts}
+            if len(rest) == 1:
+                shape = list(ts[0].shape)
+                shape[d] = sum(t.shape[d] for t in ts)
+                return _like(ts[0], shape)
+    return None
+
+
 class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, meta: bool) -> None:
         super().__init__(gm, garbage_collect_values=True)
@@ -43,7 +119,17 @@ class _Recorder(torch.fx.Interpreter):
     def call_function(self, target, args, kwargs):
         if self.meta:
             args, kwargs = _meta(args), _meta(kwargs)
+            fast = _fast_function(target, args, kwargs)
+            if fast is not None:
+                return fast
         return super().call_function(target, args, kwargs)
+
+    def call_module(self, target, args, kwargs):
+        if self.meta:
+            fast = _fast_module(self.fetch_attr(target), args, kwargs)
+            if fast is not None:
+                return fast
+        return super().call_module(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
         if self.meta:

@@ -81,10 +81,10 @@ def _layer_kind(value: torch.Tensor, layouts_channel_axis: int | None, layer: st
         raise InputError(f"layer must be 'linear', 'conv' or None, got {layer!r}")
     if value.dim() == 2:
         return "linear"
+    if value.dim() in (3, 4, 5) and layouts_channel_axis is not None:
+        return "conv" if layouts_channel_axis == 1 else "linear"
     if value.dim() in (4, 5):
         return "conv"
-    if value.dim() == 3 and layouts_channel_axis is not None:
-        return "conv" if layouts_channel_axis == 1 else "linear"
     raise InputError(f"cannot tell whether a {value.dim()}-d tensor of shape "
                      f"{tuple(value.shape)} is channels-first or channels-last; pass "
                      f"layer='conv' or layer='linear'")
@@ -97,7 +97,11 @@ def insert_after(gm: torch.fx.GraphModule, node: torch.fx.Node, modules: list[tu
     users = list(node.users)
     anchor = node
     inserted = []
+    training = node.op == "call_module" and gm.get_submodule(node.target).training or \
+        any(m.training for m in gm.modules())
+    stack = node.meta.get("nn_module_stack")
     for name, module in modules:
+        module.train(training)
         gm.add_submodule(name, module)
         with gm.graph.inserting_after(anchor):
             anchor = gm.graph.call_module(name, (anchor,))
@@ -106,6 +110,9 @@ def insert_after(gm: torch.fx.GraphModule, node: torch.fx.Node, modules: list[tu
         with gm.graph.inserting_after(anchor):
             anchor = gm.graph.call_function(operator.add, (node, anchor))
         inserted.append(anchor)
+    for n in inserted:  # inserted nodes belong to the module the anchor was in
+        if stack is not None:
+            n.meta["nn_module_stack"] = dict(stack)
     for u in users:
         u.replace_input_with(node, anchor)
     return anchor
@@ -118,6 +125,10 @@ def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tens
     names."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise InputError(f"node {node.name!r} does not produce a floating-point tensor")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
+        raise InputError(f"kernel_size must be an odd positive integer (padding k // 2 keeps "
+                         f"the shape only for odd k), got {kernel_size!r}")
     lk = _layer_kind(value, channel_axis, layer)
     c = value.shape[-1] if lk == "linear" else value.shape[1]
     act = activation_module(gm, node)
@@ -128,7 +139,7 @@ def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tens
         if act is not None and not is_idempotent(act, value, value.dtype):
             raise DeepenError(
                 f"inserting an identity layer after {node.name!r} would repeat its activation "
-                f"{type(act).__name__}, which is not idempotent (sigma(sigma(x)) != sigma(x)), "
+                f"{_act_name(act)}, which is not idempotent (sigma(sigma(x)) != sigma(x)), "
                 f"so the function would change. Use kind='residual' (a zero-initialised "
                 f"residual block, exact for any activation) or insert before the activation.")
         modules.append((f"{prefix}.layer", _channel_layer(lk, c, value.dim(), kernel_size, value)))
@@ -159,6 +170,11 @@ def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tens
     return [name for name, _ in modules]
 
 
+def _act_name(act: nn.Module) -> str:
+    fn = getattr(act, "fn", None)
+    return getattr(fn, "__name__", fn) if fn is not None else type(act).__name__
+
+
 def _identity_batchnorm(value: torch.Tensor) -> nn.Module:
     c = value.shape[1]
     bn = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[value.dim()](c)
@@ -171,7 +187,7 @@ def _identity_batchnorm(value: torch.Tensor) -> nn.Module:
         bn.running_var.copy_(var)
         bn.weight.copy_(torch.sqrt(var + bn.eps))
         bn.bias.copy_(mean)
-    return bn.eval()
+    return bn
 
 
 # -- block copies ------------------------------------------------------------------------------
