@@ -44,24 +44,27 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
             old = state.tensors[target]
             new = old.detach()
             record = []
-            for pa in sorted(axes, key=lambda p: p.axis):
+            # index the axis that grows least first: the intermediate copies stay small
+            for pa in sorted(axes, key=lambda p: sp.new_size(p.layout, widths) /
+                             max(1, sp.size(p.layout))):
                 e = expand(sp, pa.layout, maps)
+                consume = CONSUME in pa.roles
+                record.append((pa.axis, e.index, e.fraction, consume))
+                if e.index.numel() == new.shape[pa.axis] and \
+                        bool((e.index == torch.arange(e.index.numel())).all()):
+                    continue  # this axis's spaces did not grow
                 new = new.index_select(pa.axis, e.index.to(new.device))
                 shape = [1] * new.dim()
                 shape[pa.axis] = -1
-                consume = CONSUME in pa.roles
                 if consume:
-                    new = new * e.fraction.to(device=new.device, dtype=new.dtype).view(shape)
+                    new.mul_(e.fraction.to(device=new.device, dtype=new.dtype).view(shape))
                 elif plan.noise and new.is_floating_point():
-                    new = new + _noise(new, e, pa.axis, plan.noise, noise_gen)
-                record.append((pa.axis, e.index, e.fraction, consume))
-            expansions[target] = record
-            if new is old.detach():
+                    new.add_(_noise(new, e, pa.axis, plan.noise, noise_gen))
+            expansions[target] = sorted(record, key=lambda r: r[0])
+            if new.data_ptr() == old.data_ptr():
                 new = new.clone()
             if isinstance(old, torch.nn.Parameter):
-                new = torch.nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
-            else:
-                new = new.contiguous()
+                new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
             memo[id(old)] = new
     student = copy.deepcopy(analysis.gm, memo)
 
