@@ -1,37 +1,577 @@
-"""The demo: widen a torchvision ResNet-18 and show what changed and how exact it is."""
+"""The demo: accelerated learning by exact growth, on scikit-learn's digits.
+
+A small ResNet teacher trains for a while; fxgrow grows it wider and deeper (``fxgrow.grow``
+with ``split="random"``: exact, and the copies learn apart), moves the AdamW state across
+(``fxgrow.transfer_optimizer``) and training goes on.  A model of the student's exact shape,
+randomly initialised, trains on the same batches for the same number of steps.  The demo prints
+the preservation error, the loss around growth against the teacher's own batch-to-batch noise,
+test accuracy at checkpoints and the training compute each run needs to reach the from-scratch
+model's final accuracy; it writes a plot, the grown graph and the student to ``out_dir``.
+
+The building blocks (``SmallResNet``, ``digits``, ``forward_macs``, ``Batches``, ``evaluate``,
+``train``) are reused by ``tools/reproduce.py``."""
 from __future__ import annotations
 
+import copy
+import json
+import math
+import os
+import sys
 import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_OUT = "fxgrow-demo-out"
 
 
-def run(factor: float = 1.5, seed: int = 0) -> int:
-    import torchvision
+# -- the model ------------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (1x1 conv + BN when the shape changes), ReLU."""
 
-    import fxgrow
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """A conv stem and one stage of BasicBlocks per width (``layer1``, ``layer2``, ...; every
+    stage after the first halves the resolution), global average pooling, a linear head."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32), blocks: tuple[int, ...] = (2, 2),
+                 num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        if len(widths) != len(blocks) or min(blocks) < 1:
+            raise ValueError("one block count >= 1 per width")
+        self.widths, self.blocks = tuple(widths), tuple(blocks)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        cin = widths[0]
+        for s, (w, b) in enumerate(zip(widths, blocks)):
+            stage = [BasicBlock(cin, w, 1 if s == 0 else 2)] + [BasicBlock(w, w) for _ in range(b - 1)]
+            setattr(self, f"layer{s + 1}", nn.Sequential(*stage))
+            cin = w
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for s in range(len(self.widths)):
+            x = getattr(self, f"layer{s + 1}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` under ``torch.manual_seed(seed)`` (the global RNG is restored afterwards)."""
+    state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    teacher = torchvision.models.resnet18().eval()
-    x = torch.randn(2, 3, 64, 64)
-    t0 = time.perf_counter()
-    analysis = fxgrow.analyze(teacher, x)
-    plan = fxgrow.plan(analysis, factor=factor, seed=seed)
-    student = fxgrow.widen(teacher, x, plan=plan)
-    elapsed = time.perf_counter() - t0
-    changes = {c.group: c for c in plan.changes}
-    print(f"fxgrow demo: torchvision resnet18, widen every channel group x{factor}\n")
-    w = max(len(g.name) for g in analysis.groups)
-    print(f"{'group':<{w}}  {'width':>6}  {'new':>6}  members  status")
-    for g in analysis.groups:
-        c = changes.get(g.name)
-        status = "widened" if c else ("; ".join(str(b) for b in g.blockers) or "unchanged")
-        new = c.new_width if c else g.width
-        print(f"{g.name:<{w}}  {g.width:>6}  {new:>6}  {len(g.members):>7}  {status}")
-    n_t = sum(p.numel() for p in teacher.parameters())
-    n_s = sum(p.numel() for p in student.parameters())
-    err = fxgrow.compare(teacher, student, x)
-    print(f"\nparameters: {n_t:,} -> {n_s:,} ({n_s / n_t:.2f}x)")
-    print(f"preservation: {err}")
-    print(f"analysis + plan + rewrite + verify: {elapsed:.2f} s")
+    try:
+        return make()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+# -- data -----------------------------------------------------------------------------------------
+@dataclass
+class Data:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    name: str = ""
+
+
+def digits() -> Data:
+    """scikit-learn's digits (1797 8x8 images, 10 classes; shipped inside scikit-learn), a fixed
+    stratified 75/25 split, standardised with the training set's mean and std."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    i_tr, i_te = train_test_split(torch.arange(len(y)).numpy(), test_size=0.25, random_state=0,
+                                  stratify=y.numpy())
+    x_tr, x_te = x[i_tr], x[i_te]
+    mean, std = x_tr.mean(), x_tr.std()
+    return Data((x_tr - mean) / std, y[i_tr], (x_te - mean) / std, y[i_te], "digits")
+
+
+class Batches:
+    """An endless, seeded stream of shuffled training batches, each image shifted by up to
+    ``shift`` pixels (zero padding).  Two streams with the same seed give the same batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                 shift: int = 1) -> None:
+        self.x, self.y, self.batch_size, self.shift = x, y, batch_size, shift
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.fill = float(x.min())  # the background
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.order) < self.batch_size:
+            self.order = torch.cat([self.order, torch.randperm(len(self.y), generator=self.gen)])
+        idx, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        x = self.x[idx]
+        if self.shift:
+            x = shift(x, self.shift, self.gen, self.fill)
+        return x, self.y[idx]
+
+
+def shift(x: torch.Tensor, s: int, gen: torch.Generator, fill: float = 0.0) -> torch.Tensor:
+    """Each image of ``x`` [N, C, H, W] moved by its own random offset in [-s, s]^2; pixels
+    that come in are ``fill``."""
+    n, (h, w) = len(x), x.shape[-2:]
+    padded = F.pad(x, (s, s, s, s), value=fill)
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # N, 1, H, 1
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # N, 1, 1, W
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+# -- compute --------------------------------------------------------------------------------------
+def forward_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass per sample, counted over every Conv and Linear
+    call with forward hooks (normalisation, activations, pooling and adds are not counted)."""
+    total = 0
+
+    def hook(module, inputs, output) -> None:
+        nonlocal total
+        w = module.weight
+        per_output = w[0].numel()  # in_channels / groups * kernel, or in_features
+        total += output.numel() * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    from .modes import preserved, set_training
+    try:
+        with preserved(model), torch.no_grad():
+            set_training(model, False)
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def train_flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
+    """Training FLOPs per sample: forward + backward ~ 3 x forward, 2 FLOPs per MAC."""
+    return 6 * forward_macs(model, example)
+
+
+# -- training -------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 1024) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) in eval mode; the model's modes are restored."""
+    from .modes import preserved, set_training
+    correct, loss = 0, 0.0
+    with preserved(model, buffers=False):
+        set_training(model, False)
+        for i in range(0, len(y), batch_size):
+            out = model(x[i:i + batch_size])
+            loss += float(F.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
+            correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
+    return correct / len(y), loss / len(y)
+
+
+@dataclass
+class History:
+    """Evaluations (step, cumulative training FLOPs, test accuracy, test loss) and the loss of
+    every training batch."""
+
+    evals: list[tuple[int, float, float, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def first_reaching(self, accuracy: float, start: int = 0) -> tuple[int, float] | None:
+        """(step, FLOPs) of the first evaluation at or after ``start`` with accuracy >= target."""
+        for step, flops, acc, _ in self.evals:
+            if step >= start and acc >= accuracy - 1e-12:
+                return step, flops
+        return None
+
+    def at(self, step: int) -> tuple[int, float, float, float]:
+        return next(e for e in self.evals if e[0] == step)
+
+
+class Progress:
+    """One updating line on stderr (a line per tenth of the run when stderr is not a terminal)."""
+
+    def __init__(self, enabled: bool = True, stream=None) -> None:
+        self.enabled, self.stream = enabled, stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last = -1
+
+    def update(self, label: str, done: int, total: int, text: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            bar = "#" * int(20 * done / total)
+            self.stream.write(f"\r{label:<10} [{bar:<20}] {done:>5}/{total} {text}\033[K")
+            if done == total:
+                self.stream.write("\n")
+            self.stream.flush()
+        else:
+            tenth = 10 * done // total
+            if tenth != self._last or done == total:
+                self._last = tenth
+                self.stream.write(f"{label:<10} {done:>5}/{total} {text}\n")
+                self.stream.flush()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, steps: int, *,
+          flops_per_step: float, data: Data, history: History, eval_every: int,
+          start_step: int = 0, start_flops: float = 0.0, progress: Progress | None = None,
+          label: str = "train", total: int | None = None,
+          lr: Callable[[int], float] | None = None) -> float:
+    """``steps`` optimizer steps (cross-entropy), evaluating on the test set every
+    ``eval_every`` global steps; ``lr(step)`` (global step, from 0) sets every parameter
+    group's learning rate before each step.  Returns the cumulative FLOPs."""
+    from .modes import set_training
+    flops = start_flops
+    if not history.evals or history.evals[-1][0] != start_step:
+        history.evals.append((start_step, flops, *evaluate(model, data.x_test, data.y_test)))
+    total = total or start_step + steps
+    for k in range(1, steps + 1):
+        x, y = next(batches)
+        set_training(model, True)
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr(start_step + k - 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        history.losses.append(float(loss.detach()))
+        flops += flops_per_step
+        step = start_step + k
+        if step % eval_every == 0 or k == steps:
+            acc, test_loss = evaluate(model, data.x_test, data.y_test)
+            history.evals.append((step, flops, acc, test_loss))
+            if progress:
+                progress.update(label, step, total, f"loss {float(loss):.3f}  test acc {acc:.3f}")
+    return flops
+
+
+def cosine(lr: float, total: int, warmup: int = 0) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at step ``total``."""
+    def at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return at
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+# -- the demo -------------------------------------------------------------------------------------
+@dataclass
+class Config:
+    widths: tuple[int, ...] = (16, 32)
+    blocks: tuple[int, ...] = (2, 2)
+    extra_blocks: int = 1
+    teacher_steps: int = 300
+    student_steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 20
+    noise_window: int = 20
+    schedule: str = "cosine"  # over the global step, shared by both runs; or "constant"
+    warmup: int = 20
+
+
+def _spike(teacher_losses: list[float], student_losses: list[float], k: int) -> dict:
+    t = torch.tensor(teacher_losses[-k:], dtype=torch.float64)
+    s = torch.tensor(student_losses[:k], dtype=torch.float64)
+    return {"window": k, "teacher_mean": float(t.mean()), "teacher_std": float(t.std()),
+            "teacher_max": float(t.max()), "student_mean": float(s.mean()),
+            "student_std": float(s.std()), "student_max": float(s.max())}
+
+
+def _plot(path: str, grown: History, scratch: History, growth_step: int, growth_flops: float,
+          target: float, title: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for h, label, color in ((grown, "teacher -> grown student (fxgrow)", "tab:blue"),
+                            (scratch, "student shape, random init", "tab:orange")):
+        ev = h.evals
+        axes[0].plot([e[1] / 1e9 for e in ev], [100 * e[2] for e in ev], label=label, color=color)
+        losses = torch.tensor(h.losses)
+        w = 10
+        smooth = losses.unfold(0, w, 1).mean(1) if len(losses) >= w else losses
+        axes[1].plot(range(w, w + len(smooth)), smooth.tolist(), label=label, color=color)
+    axes[0].axvline(growth_flops / 1e9, color="grey", ls="--", lw=1, label="growth")
+    axes[0].axhline(100 * target, color="grey", ls=":", lw=1, label="from-scratch final accuracy")
+    axes[0].set_xlabel("training compute (GFLOPs)")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylim(max(0, 100 * min(e[2] for e in scratch.evals[3:] + grown.evals[3:]) - 2), 100.5)
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[1].axvline(growth_step, color="grey", ls="--", lw=1)
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("training loss (mean of 10 batches)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
+        teacher_steps: int | None = None, student_steps: int | None = None,
+        threads: int = 1, progress: bool = True, config: Config | None = None) -> int:
+    """Train a teacher on digits, grow it ``factor`` x wider and one block per stage deeper,
+    continue training; compare with the student's shape trained from scratch.  Writes
+    ``curves.png``, ``student.svg`` (when ``fxgrow.draw`` is available), the student and
+    ``results.json`` to ``out_dir``.  Returns 0."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("fxgrow demo needs scikit-learn (its digits data set): "
+              "pip install scikit-learn matplotlib", file=sys.stderr)
+        return 1
+    import fxgrow
+    from .modes import set_training
+
+    cfg = copy.deepcopy(config) if config is not None else Config()
+    if teacher_steps is not None:
+        cfg.teacher_steps = teacher_steps
+    if student_steps is not None:
+        cfg.student_steps = student_steps
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the models are tiny: one thread is as fast, and robust
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    bar = Progress(progress)
+    try:
+        data = digits()
+        example = data.x_test[:16]
+        widths = tuple(math.ceil(w * factor - 1e-9) for w in cfg.widths)
+        blocks = tuple(b + cfg.extra_blocks for b in cfg.blocks)
+        total = cfg.teacher_steps + cfg.student_steps
+        schedule = cosine(cfg.lr, total, cfg.warmup) if cfg.schedule == "cosine" else None
+
+        # 1. teacher
+        teacher = seeded(seed, lambda: SmallResNet(cfg.widths, cfg.blocks))
+        opt = make_optimizer(teacher, cfg.lr, cfg.weight_decay)
+        t_fps = train_flops_per_sample(teacher, example) * cfg.batch_size
+        batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100)
+        grown = History()
+        flops = train(teacher, opt, batches, cfg.teacher_steps, flops_per_step=t_fps, data=data,
+                      history=grown, eval_every=cfg.eval_every, progress=bar, label="teacher", lr=schedule,
+                      total=total)
+        growth_flops = flops
+        teacher_acc = grown.evals[-1][2]
+
+        # 2. grow: wider (split="random": exact, copies learn apart) and deeper, optimizer moved
+        x_next, y_next = next(batches)
+        with torch.no_grad():
+            probe = copy.deepcopy(teacher)
+            set_training(probe, True)
+            loss_before = float(F.cross_entropy(probe(x_next), y_next))
+        t0 = time.perf_counter()
+        set_training(teacher, False)
+        student = fxgrow.grow(teacher, example, width=factor,
+                              blocks={f"layer{s + 1}": b for s, b in enumerate(blocks)},
+                              split="random", seed=seed)
+        grow_seconds = time.perf_counter() - t0
+        error = fxgrow.compare(teacher, student, data.x_test)
+        error_train = fxgrow.compare(teacher, student, x_next, mode="train")
+        opt = fxgrow.transfer_optimizer(opt, teacher, student)
+        set_training(student, True)
+        with torch.no_grad():
+            probe = copy.deepcopy(student)
+            loss_after = float(F.cross_entropy(probe(x_next), y_next))
+            del probe
+        s_fps = train_flops_per_sample(student, example) * cfg.batch_size
+        n_teacher = sum(p.numel() for p in teacher.parameters())
+        n_student = sum(p.numel() for p in student.parameters())
+
+        # 3. continue training the student on the same stream (its first batch is x_next)
+        batches_after = _prepend((x_next, y_next), batches)
+        flops = train(student, opt, batches_after, cfg.student_steps, flops_per_step=s_fps,
+                      data=data, history=grown, eval_every=cfg.eval_every, lr=schedule,
+                      start_step=cfg.teacher_steps, start_flops=flops, progress=bar,
+                      label="student", total=total)
+        student_losses = grown.losses[cfg.teacher_steps:]
+        spike = _spike(grown.losses[:cfg.teacher_steps], student_losses, cfg.noise_window)
+
+        # 4. the student's exact shape from scratch, same batches, same number of steps
+        scratch = seeded(seed + 1, lambda: SmallResNet(widths, blocks))
+        same = {k: tuple(v.shape) for k, v in scratch.state_dict().items()} == \
+            {k: tuple(v.shape) for k, v in student.state_dict().items()}
+        if not same:
+            raise RuntimeError("the from-scratch model does not have the student's shape")
+        sc_opt = make_optimizer(scratch, cfg.lr, cfg.weight_decay)
+        sc_hist = History()
+        train(scratch, sc_opt, Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100),
+              total, flops_per_step=s_fps, data=data, history=sc_hist,
+              eval_every=cfg.eval_every, progress=bar, label="scratch", lr=schedule)
+
+        # 5. results
+        target = sc_hist.evals[-1][2]
+        reach_g = grown.first_reaching(target)
+        reach_s = sc_hist.first_reaching(target)
+        full = sc_hist.evals[-1][1]
+        os.makedirs(out_dir, exist_ok=True)
+        png = os.path.join(out_dir, "curves.png")
+        title = (f"digits: SmallResNet {_w(cfg.widths)} x {_w(cfg.blocks)} blocks -> "
+                 f"{_w(widths)} x {_w(blocks)} at step {cfg.teacher_steps} (seed {seed})")
+        plotted = _plot(png, grown, sc_hist, cfg.teacher_steps, growth_flops, target, title)
+        svg = os.path.join(out_dir, "student.svg")
+        drawn = None
+        if hasattr(fxgrow, "draw"):
+            try:
+                fxgrow.draw(student, example, svg)
+                drawn = svg
+            except Exception as e:  # drawing is a convenience: report, do not fail the demo
+                drawn = f"not drawn ({type(e).__name__}: {e})"
+        saved = os.path.join(out_dir, "student")
+        if hasattr(fxgrow, "save"):
+            fxgrow.save(student, saved)
+        else:
+            saved += ".pt"
+            torch.save(student.state_dict(), saved)
+
+        wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
+        lines = _report(cfg, data, seed, factor, widths, blocks, n_teacher, n_student, t_fps,
+                        s_fps, error, error_train, loss_before, loss_after, spike, grown, sc_hist,
+                        teacher_acc, target, reach_g, reach_s, full, grow_seconds)
+        lines.append("")
+        lines.append(f"wrote {png}" if plotted else "no plot: matplotlib is not installed")
+        if drawn == svg:
+            lines.append(f"wrote {svg} (the grown graph)")
+        elif drawn:
+            lines.append(f"grown graph {drawn}")
+        else:
+            lines.append("no graph drawing: this fxgrow has no fxgrow.draw")
+        lines.append(f"wrote {saved} (the student)")
+        lines.append(f"runtime {wall:.1f} s wall, {cpu:.1f} s CPU ({threads} thread"
+                     f"{'s' if threads > 1 else ''})")
+        print("\n".join(lines))
+        results = {
+            "seed": seed, "factor": factor, "config": asdict(cfg), "student_widths": widths,
+            "student_blocks": blocks, "params": [n_teacher, n_student],
+            "train_flops_per_step": [t_fps, s_fps],
+            "preservation": {"eval_max_abs": error.max_abs, "eval_max_rel": error.max_rel,
+                             "train_max_abs": error_train.max_abs,
+                             "train_max_rel": error_train.max_rel},
+            "loss_before": loss_before, "loss_after": loss_after, "spike": spike,
+            "grown": {"evals": grown.evals, "losses": grown.losses},
+            "scratch": {"evals": sc_hist.evals, "losses": sc_hist.losses},
+            "target_accuracy": target, "reach_grown": reach_g, "reach_scratch": reach_s,
+            "scratch_flops": full, "runtime_s": wall, "cpu_s": cpu}
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    finally:
+        torch.set_num_threads(old_threads)
     return 0
+
+
+def _prepend(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _w(t: tuple[int, ...]) -> str:
+    return "/".join(str(v) for v in t)
+
+
+def _g(flops: float) -> str:
+    return f"{flops / 1e9:,.1f}"
+
+
+def _report(cfg, data, seed, factor, widths, blocks, n_teacher, n_student, t_fps, s_fps, error,
+            error_train, loss_before, loss_after, spike, grown, scratch, teacher_acc, target,
+            reach_g, reach_s, full, grow_seconds) -> list[str]:
+    T, S = cfg.teacher_steps, cfg.student_steps
+    out = [f"fxgrow demo: Net2Net growth during training on scikit-learn digits "
+           f"({len(data.y_train)} train / {len(data.y_test)} test images, 8x8, seed {seed})",
+           "",
+           f"teacher  SmallResNet widths {_w(cfg.widths)}, blocks {_w(cfg.blocks)}: "
+           f"{n_teacher:,} params, {t_fps / cfg.batch_size / 6e6:.2f} MMAC/img",
+           f"student  widths {_w(widths)}, blocks {_w(blocks)} (x{factor:g} wider, "
+           f"+{cfg.extra_blocks} block per stage): {n_student:,} params, "
+           f"{s_fps / cfg.batch_size / 6e6:.2f} MMAC/img",
+           f"AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}; "
+           f"teacher {T} steps, then student {S} steps; from scratch {T + S} steps, same batches",
+           "",
+           f"growth at step {T} (fxgrow.grow split='random' + transfer_optimizer, "
+           f"{grow_seconds:.2f} s):",
+           f"  preservation error   eval mode, {len(data.y_test)} test images: max abs "
+           f"{error.max_abs:.2g} (rel {error.max_rel:.2g}); train mode, next batch: max abs "
+           f"{error_train.max_abs:.2g}",
+           f"  loss on the next batch   teacher {loss_before:.5f}  student {loss_after:.5f}  "
+           f"(diff {abs(loss_after - loss_before):.1g})",
+           f"  batch loss   teacher's last {spike['window']}: mean {spike['teacher_mean']:.4f} "
+           f"std {spike['teacher_std']:.4f} max {spike['teacher_max']:.4f}",
+           f"               student's first {spike['window']}: mean {spike['student_mean']:.4f} "
+           f"std {spike['student_std']:.4f} max {spike['student_max']:.4f}  -> "
+           + ("no spike (within the teacher's noise)"
+              if spike["student_max"] <= spike["teacher_mean"] + 3 * spike["teacher_std"]
+              else "SPIKE above the teacher's mean + 3 std"),
+           "",
+           f"{'step':>6}  {'teacher -> student':>27}  {'from scratch':>24}",
+           f"{'':>6}  {'':>8}{'test acc':>9}  {'GFLOPs':>8}  {'test acc':>13}  {'GFLOPs':>8}"]
+    marks = sorted({T // 2, T, T + 20, T + 60, T + S // 2, T + S} |
+                   {s for s in range(0, T + S + 1, max(cfg.eval_every, (T + S) // 6))})
+    for step in marks:
+        try:
+            g, s = grown.at(step), scratch.at(step)
+        except StopIteration:
+            continue
+        who = "teacher" if step < T else ("grown" if step == T else "student")
+        out.append(f"{step:>6}  {who:>8}{100 * g[2]:>8.1f}%  {_g(g[1]):>8}  "
+                   f"{100 * s[2]:>12.1f}%  {_g(s[1]):>8}")
+    out.append("")
+    out.append(f"target: the from-scratch model's final test accuracy {100 * target:.1f}% "
+               f"(teacher at growth: {100 * teacher_acc:.1f}%)")
+    if reach_g:
+        out.append(f"  teacher -> student reaches it at step {reach_g[0]:>4}: {_g(reach_g[1])} "
+                   f"GFLOPs (teacher included)")
+    else:
+        out.append("  teacher -> student does not reach it within its steps")
+    out.append(f"  from scratch      reaches it at step {reach_s[0]:>4}: {_g(reach_s[1])} GFLOPs "
+               f"(full budget {_g(full)})")
+    if reach_g:
+        out.append(f"  compute saved: {100 * (1 - reach_g[1] / reach_s[1]):.0f}% against the "
+                   f"first time from scratch reaches it, {100 * (1 - reach_g[1] / full):.0f}% "
+                   f"against its full budget")
+    g_end, s_end = grown.evals[-1], scratch.evals[-1]
+    out.append(f"final: teacher -> student {100 * g_end[2]:.1f}% with {_g(g_end[1])} GFLOPs, "
+               f"from scratch {100 * s_end[2]:.1f}% with {_g(s_end[1])} GFLOPs")
+    return out

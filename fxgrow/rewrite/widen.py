@@ -107,7 +107,10 @@ def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
                 setattr(student.get_submodule(user_node.target), pa.target.rpartition(".")[2], own)
                 continue
             direct, g = nodes[link[0].name], nodes[link[1].name]
-            name = f"{g.target}_untied{k}"
+            name = _untied_name(state, pa.target, user, f"{g.target}_untied{k}")
+            for other in student.graph.nodes:  # other readers of that alias keep the tensor
+                if other.op == "get_attr" and other.target == name:
+                    other.target = pa.target
             _set_attr(student, name, own)
             with student.graph.inserting_before(direct):
                 own_node = student.graph.get_attr(name)
@@ -135,6 +138,19 @@ def _noise(t: torch.Tensor, e, axis: int, scale: float, gen: torch.Generator) ->
     std = float(t.float().std()) if t.numel() > 1 else 1.0
     z = torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t)
     return z * (scale * std) * copies.to(t.device).view(shape)
+
+
+def _untied_name(state, canonical: str, user: torch.fx.Node, fallback: str) -> str:
+    """The consumer's own name for an untied copy: an alias of the tied tensor under the
+    consumer's module (``lm_head.weight``), so the state_dict matches an untied model."""
+    stack = user.meta.get("nn_module_stack") or {}
+    paths = [v[0] for v in stack.values() if isinstance(v, tuple)]
+    aliases = [n for n, c in state.canonical.items() if c == canonical and n != canonical]
+    for path in reversed(paths):
+        for a in aliases:
+            if a.rpartition(".")[0] == path:
+                return a
+    return fallback
 
 
 def _set_attr(root: torch.nn.Module, qualname: str, value) -> None:
