@@ -1,28 +1,906 @@
-"""The ``fxgrow`` command line."""
+"""The ``fxgrow`` command line: inspect, widen, deepen, grow and draw models.
+
+Exit status: 0 success; 2 a user error (bad model spec, input shape, width or name; a model fxgrow
+cannot capture; a group that cannot widen), printed as one line; 1 an internal error (including
+a student that fails verification, which is a bug in fxgrow)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import importlib
+import importlib.util
+import json
+import math
+import os
 import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qsl
 
-from .errors import FxgrowError
+from .errors import FxgrowError, InputError, PreservationError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+class SpecError(InputError):
+    """A model spec or input option that does not name a usable model or input."""
+
+
+# -- progress and tables ---------------------------------------------------------------------------
+
+class UI:
+    """Progress on stderr (a spinner on terminals, one line per finished step otherwise)."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, quiet: bool = False, stream: Any = None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[dict]:
+        """``with ui.step("analysing") as s: ...; s["done"] = "14 groups"``."""
+        state: dict = {"done": ""}
+        if self.quiet:
+            yield state
+            return
+        t0 = time.perf_counter()
+        stop = threading.Event()
+        spinner = None
+        if self.tty:
+            def spin() -> None:
+                k = 0
+                while not stop.wait(0.1):
+                    self.stream.write(f"\r{self.FRAMES[k % len(self.FRAMES)]} {text} "
+                                      f"{time.perf_counter() - t0:.1f}s")
+                    self.stream.flush()
+                    k += 1
+            spinner = threading.Thread(target=spin, daemon=True)
+            spinner.start()
+        ok = False
+        try:
+            yield state
+            ok = True
+        finally:
+            stop.set()
+            if spinner is not None:
+                spinner.join()
+                self.stream.write("\r\033[K")
+            dt = time.perf_counter() - t0
+            mark = "✓" if ok else "✗"
+            extra = f": {state['done']}" if state["done"] and ok else ""
+            self.stream.write(f"{mark} {text}{extra} ({dt:.1f} s)\n")
+            self.stream.flush()
+
+
+def table(headers: list[str], rows: list[list[Any]], align: str = "") -> str:
+    """A plain-text table; ``align`` has one of "l"/"r" per column (default left)."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    align = align.ljust(len(headers), "l")
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if a == "r" else c.center(w) if a == "c" else c.ljust(w)
+                         for c, w, a in zip(row, widths, align)).rstrip()
+    lines = [fmt(headers), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells]
+    return "\n".join(lines)
+
+
+def _short(s: str, n: int = 72) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= n else s[:n - 1] + "…"
+
+
+def _count_params(m: Any) -> int:
+    seen, total = set(), 0
+    for p in m.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+# -- model specs -----------------------------------------------------------------------------------
+
+@dataclass
+class Loaded:
+    model: Any
+    inputs: tuple
+    label: str
+    source: str  # torchvision | timm | hf | file | saved
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def _split_spec(spec: str) -> tuple[str, dict]:
+    name, _, query = spec.partition("?")
+    options = {}
+    if query:
+        for part in query.split("&"):
+            if not part:
+                continue
+            if "=" not in part:
+                raise SpecError(f"option {part!r} in {spec!r} needs a value: key=value")
+            key, value = next(iter(parse_qsl(part, keep_blank_values=True)), (part, ""))
+            if not key.isidentifier():
+                raise SpecError(f"option name {key!r} in {spec!r} is not a valid name")
+            options[key] = _value(value)
+    return name, options
+
+
+def _close(name: str, known: list[str], what: str) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else f"; see the list of {what}"
+
+
+def _torchvision(name: str, options: dict) -> Any:
+    import torchvision
+    known = torchvision.models.list_models()
+    if name not in known:
+        raise SpecError(f"torchvision has no model {name!r}" + _close(name, known,
+                        "torchvision.models.list_models()"))
+    try:
+        return torchvision.models.get_model(name, weights=None, **options)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"torchvision:{name} does not accept {options}: {e}") from e
+
+
+def _timm(name: str, options: dict) -> Any:
+    try:
+        import timm
+    except ImportError as e:
+        raise SpecError("timm is not installed (pip install timm)") from e
+    if not timm.is_model(name):
+        raise SpecError(f"timm has no model {name!r}" + _close(name, timm.list_models(),
+                        "timm.list_models()"))
+    try:
+        return timm.create_model(name, pretrained=False, **options)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"timm:{name} does not accept {options}: {e}") from e
+
+
+LARGE = 2_000_000_000  # parameters; hf: models are built from config, larger ones need a flag
+
+
+def _hf(name: str, options: dict, allow_large: bool) -> Any:
+    try:
+        import transformers
+    except ImportError as e:
+        raise SpecError("transformers is not installed (pip install transformers)") from e
+    import torch
+    cls = getattr(transformers, name, None) if name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        known = [n for n in dir(transformers) if n[:1].isupper() and
+                 n.endswith(("Model", "ForCausalLM", "ForMaskedLM", "ForSequenceClassification",
+                             "ForImageClassification", "ForTokenClassification"))]
+        raise SpecError(f"transformers has no model class {name!r}" + _close(
+            name, known, "model classes in transformers (e.g. LlamaForCausalLM)"))
+    config_cls = getattr(cls, "config_class", None)
+    options = {"use_cache": False, **options}
+    try:
+        if config_cls is not None and config_cls is not transformers.PretrainedConfig:
+            config = config_cls(**options)
+        else:
+            model_type = options.pop("model_type", None)
+            if model_type is None:
+                raise SpecError(f"{name} has no config class; give ?model_type=...")
+            config = transformers.AutoConfig.for_model(model_type, **options)
+    except SpecError:
+        raise
+    except Exception as e:
+        raise SpecError(f"hf:{name}: invalid config {options}: {type(e).__name__}: "
+                        f"{_short(e, 200)}") from e
+    try:
+        with torch.device("meta"):
+            size = _count_params(cls(config))
+    except Exception:
+        size = 0
+    if size > LARGE and not allow_large:
+        raise SpecError(f"hf:{name} with this config has {size / 1e9:.1f}B parameters; pass "
+                        f"smaller sizes (e.g. hf:{name}?hidden_size=64&num_hidden_layers=2) or "
+                        f"--allow-large")
+    try:
+        return cls(config)
+    except Exception as e:
+        raise SpecError(f"hf:{name} cannot be built from config {options}: "
+                        f"{type(e).__name__}: {_short(e, 200)}") from e
+
+
+def _from_file(path: str, factory: str, options: dict) -> Any:
+    import torch
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"no such file: {path}")
+    mod_name = f"fxgrow_user_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, file)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise SpecError(f"importing {path} failed: {type(e).__name__}: {_short(e, 200)}") from e
+    obj = getattr(module, factory, None)
+    if obj is None:
+        known = [n for n in vars(module) if not n.startswith("_")]
+        raise SpecError(f"{path} has no {factory!r}" + _close(factory, known, "its names"))
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if not callable(obj):
+        raise SpecError(f"{path}:{factory} is neither a module nor a function returning one")
+    try:
+        model = obj(**options)
+    except Exception as e:
+        raise SpecError(f"{path}:{factory}() failed: {type(e).__name__}: {_short(e, 200)}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"{path}:{factory}() returned a {type(model).__name__}, not a "
+                        f"torch.nn.Module")
+    return model
+
+
+def _shape(text: str, what: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(n <= 0 for n in shape):
+        raise SpecError(f"{what} must be positive integers separated by commas, e.g. "
+                        f"1,3,224,224; got {text!r}")
+    return shape
+
+
+def _dtype(name: str) -> Any:
+    import torch
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise SpecError(f"--dtype must be a floating dtype (float32, float64, bfloat16, "
+                        f"float16), got {name!r}")
+    return dt
+
+
+def load_model(args: argparse.Namespace) -> Loaded:
+    """The model and example inputs the command line names."""
+    import torch
+    spec = args.model
+    torch.manual_seed(args.seed)
+    source = ""
+    if spec.startswith("torchvision:"):
+        name, options = _split_spec(spec[len("torchvision:"):])
+        model, source = _torchvision(name, options), "torchvision"
+    elif spec.startswith("timm:"):
+        name, options = _split_spec(spec[len("timm:"):])
+        model, source = _timm(name, options), "timm"
+    elif spec.startswith(("hf:", "transformers:")):
+        name, options = _split_spec(spec.partition(":")[2])
+        model, source = _hf(name, options, args.allow_large), "hf"
+    elif ".py:" in spec:
+        path, _, rest = spec.rpartition(".py:")
+        factory, options = _split_spec(rest)
+        model, source = _from_file(path + ".py", factory, options), "file"
+    elif spec.endswith(".safetensors") or Path(spec).is_file():
+        if not Path(spec).is_file():
+            raise SpecError(f"no such file: {spec}")
+        from .io import load
+        model, source = load(spec), "saved"
+    else:
+        raise SpecError(f"cannot tell what model {spec!r} names: use torchvision:NAME, "
+                        f"timm:NAME, hf:ArchitectureClass?key=value, path/to/file.py:factory or "
+                        f"a .safetensors file saved by fxgrow")
+    dtype = _dtype(args.dtype) if args.dtype else None
+    model = model.to(dtype) if dtype is not None else model
+    from .modes import set_training
+    set_training(model, False)
+    inputs = _inputs(args, model, source, spec, dtype or torch.float32)
+    return Loaded(model, inputs, spec, source)
+
+
+def _inputs(args: argparse.Namespace, model: Any, source: str, spec: str, dtype: Any) -> tuple:
+    import torch
+    g = torch.Generator().manual_seed(args.seed)
+    out: list = []
+    for text in args.input_shape or []:
+        out.append(torch.randn(_shape(text, "--input-shape"), generator=g, dtype=dtype))
+    if args.input_ids:
+        shape = _shape(args.input_ids, "--input-ids")
+        if len(shape) != 2:
+            raise SpecError(f"--input-ids takes batch,length (e.g. 2,16), got {args.input_ids!r}")
+        vocab = args.vocab or getattr(getattr(model, "config", None), "vocab_size", None) or 100
+        out.append(torch.randint(0, int(vocab), shape, generator=g))
+    if out:
+        return tuple(out)
+    if source == "saved":
+        from .io import example_inputs
+        recorded = example_inputs(spec, args.seed)
+        if recorded:
+            return recorded
+        raise SpecError(f"{spec} records no input shapes; give --input-shape (or --input-ids)")
+    if source == "hf":
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 100
+        return (torch.randint(0, int(vocab), (2, 16), generator=g),)
+    if source == "timm":
+        size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+        return (torch.randn((1, *size), generator=g, dtype=dtype),)
+    if source == "torchvision":
+        return (torch.randn((1, 3, 224, 224), generator=g, dtype=dtype),)
+    raise SpecError("give the example input shape: --input-shape 1,3,224,224 (repeat for "
+                    "several inputs) or --input-ids batch,length")
+
+
+def _describe_inputs(inputs: tuple) -> str:
+    parts = []
+    for x in inputs:
+        shape = "x".join(str(n) for n in x.shape)
+        parts.append(shape if x.is_floating_point() else f"{shape} ids")
+    return ", ".join(parts)
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+def _assignments(items: list[str] | None, what: str, example: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items or []:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            name, eq, value = part.partition("=")
+            if not eq or not name.strip():
+                raise SpecError(f"{what} takes NAME=N (e.g. {example}), got {part!r}")
+            try:
+                out[name.strip()] = int(value)
+            except ValueError:
+                raise SpecError(f"{what} {name.strip()}={value!r}: the value must be an integer "
+                                f"(e.g. {example})") from None
+    return out
+
+
+def _trace_options(args: argparse.Namespace) -> dict:
+    opts: dict = {"frontend": args.frontend}
+    if getattr(args, "leaf", None):
+        opts["leaf_modules"] = list(args.leaf)
+    return opts
+
+
+def _check_factor(args: argparse.Namespace) -> None:
+    f = getattr(args, "factor", None)
+    if f is not None and (not math.isfinite(f) or f < 1):
+        from .errors import WidthError
+        raise WidthError(f"--factor must be a number >= 1 (fxgrow only grows), got {f:g}")
+
+
+# -- shared steps -------------------------------------------------------------------------------------
+
+def _load(args: argparse.Namespace, ui: UI) -> Loaded:
+    with ui.step(f"building {args.model}") as s:
+        loaded = load_model(args)
+        s["done"] = (f"{type(loaded.model).__name__}, {_count_params(loaded.model):,} "
+                     f"parameters, input {_describe_inputs(loaded.inputs)}")
+    return loaded
+
+
+def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "fixed"):
+    from .api import analyze
+    with ui.step("tracing and analysing channel groups") as s:
+        analysis = analyze(loaded.model, loaded.inputs, outputs=outputs, **_trace_options(args))
+        s["done"] = (f"{len(analysis.groups)} groups, {len(analysis.widenable)} widenable "
+                     f"({analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph)")
+    return analysis
+
+
+def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
+    """(analysis, plan, student) for --factor / --width."""
+    from .api import plan as make_plan
+    from .rewrite import apply
+    widths = _assignments(args.width, "--width", "layer1.0.conv1=96")
+    if args.factor is None and not widths:
+        raise SpecError("say how to widen: --factor 1.5 (every widenable group) and/or "
+                        "--width GROUP=N")
+    analysis = _analyse(loaded, args, ui, outputs=getattr(args, "outputs", "fixed"))
+    with ui.step("planning") as s:
+        plan = make_plan(analysis, widths=widths or None, factor=args.factor, seed=args.seed)
+        s["done"] = f"{len(plan.changes)} groups to widen"
+    with ui.step("rewriting the graph") as s:
+        student = apply(analysis, plan)
+        s["done"] = f"{_count_params(student):,} parameters"
+    return analysis, plan, student
+
+
+def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
+    from .verify import compare
+    from .verify.compare import tolerance
+    with ui.step("verifying against the teacher") as s:
+        result = compare(loaded.model, student, loaded.inputs)
+        tol = tolerance(loaded.inputs, loaded.model)
+        s["done"] = str(result)
+    ok = result.max_rel <= tol
+    if not ok and args.verify:
+        raise PreservationError(
+            f"the student does not compute the teacher's function: {result} exceeds the "
+            f"tolerance {tol:g}; this is a bug in fxgrow's rules for this model, please report "
+            f"it (--no-verify writes the student anyway)")
+    return result, tol, ok
+
+
+def _save(student: Any, loaded: Loaded, args: argparse.Namespace, ui: UI) -> str | None:
+    if not args.output:
+        return None
+    from .io import save
+    out = Path(args.output)
+    if out.suffix.lower() != ".safetensors":
+        raise SpecError(f"-o/--output must end in .safetensors, got {args.output!r}")
+    with ui.step(f"saving {out}") as s:
+        save(student, out, example_inputs=loaded.inputs)
+        s["done"] = f"{out.stat().st_size / 1e6:.1f} MB"
+    return str(out)
+
+
+def _new_modules(teacher_gm: Any, student: Any) -> list[str]:
+    before = {n for n, _ in teacher_gm.named_modules()}
+    new = [n for n, _ in student.named_modules() if n and n not in before]
+    return [n for n in new if not any(n.startswith(p + ".") for p in new if p != n)]
+
+
+def _report(loaded: Loaded, student: Any, result: Any, tol: float, ok: bool, saved: str | None,
+            changes: list, inserted: list[str], args: argparse.Namespace,
+            teacher_gm: Any = None) -> None:
+    n_t, n_s = _count_params(loaded.model), _count_params(student)
+    teacher_nodes = {n.name for n in teacher_gm.graph.nodes} if teacher_gm is not None else set()
+    new_nodes = [n.name for n in student.graph.nodes
+                 if teacher_gm is not None and n.name not in teacher_nodes and n.op != "get_attr"]
+    if args.json:
+        doc = {"model": loaded.label, "inputs": [list(x.shape) for x in loaded.inputs],
+               "groups_changed": [{"group": c.group, "old": c.old_width, "new": c.new_width}
+                                  for c in changes],
+               "modules_inserted": inserted, "nodes_inserted": len(new_nodes),
+               "parameters": {"before": n_t, "after": n_s},
+               "preservation": {"max_abs": result.max_abs, "max_rel": result.max_rel,
+                                "tolerance": tol, "ok": ok},
+               "output": saved}
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{loaded.label}  (input {_describe_inputs(loaded.inputs)})")
+    if changes:
+        print(f"\n{len(changes)} channel groups widened:")
+        print(table(["group", "width", "", "new"],
+                    [[c.group, c.old_width, "→", c.new_width] for c in changes], "lrcr"))
+    if inserted:
+        print(f"\ninserted ({len(new_nodes)} nodes):")
+        for name in inserted:
+            print(f"  + {name}")
+    print()
+    rows = [["parameters", f"{n_t:,} → {n_s:,} ({n_s / max(n_t, 1):.2f}x)"],
+            ["preservation", f"{result}  [{'ok' if ok else 'NOT OK'}, tolerance {tol:g}]"],
+            ["saved", saved or "not saved (give -o student.safetensors)"]]
+    w = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
+    loaded = _load(args, ui)
+    analysis = _analyse(loaded, args, ui, outputs=args.outputs)
+    groups = analysis.all_groups if args.all else analysis.groups
+    stages = []
+    with contextlib.suppress(Exception):
+        from .analysis.blocks import find_stages
+        from .analysis.shapes import propagate
+        stages = find_stages(analysis.gm, propagate(analysis.gm, analysis.example_inputs))
+    if args.json:
+        doc = {"model": loaded.label, "class": type(loaded.model).__name__,
+               "parameters": _count_params(loaded.model),
+               "inputs": [list(x.shape) for x in loaded.inputs],
+               "frontend": analysis.gm.meta.get("fxgrow_frontend", "fx"),
+               "groups": [{"name": g.name, "width": g.width, "unit": g.unit,
+                           "members": len(g.members), "widenable": g.widenable,
+                           "modules": list(g.modules),
+                           "blockers": [{"node": b.node, "reason": b.reason, "kind": b.kind}
+                                        for b in g.blockers]} for g in groups],
+               "stages": [{"name": s.name, "blocks": [b.path for b in s.blocks]}
+                          for s in stages]}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"{loaded.label}: {type(loaded.model).__name__}, {_count_params(loaded.model):,} "
+          f"parameters, input {_describe_inputs(loaded.inputs)}, "
+          f"{analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph of "
+          f"{len(analysis.gm.graph.nodes)} nodes\n")
+    rows = []
+    for g in groups:
+        if g.widenable:
+            status = "widenable"
+        elif g.fixed:
+            kinds = dict.fromkeys("input" if "input" in b.reason else "output"
+                                  if "output" in b.reason else b.kind for b in g.blockers)
+            status = "fixed: model " + " and ".join(kinds)
+        else:
+            b = next(b for b in g.blockers if b.kind not in ("boundary", "structure"))
+            more = len([x for x in g.blockers if x.kind not in ("boundary", "structure")]) - 1
+            status = _short(f"blocked by {b}" + (f" (+{more} more)" if more > 0 else ""),
+                            args.width_limit)
+        unit = f"{g.unit}x{g.multiplicity}" if g.multiplicity > 1 else ""
+        rows.append([g.name, g.width, unit, len(g.members), status])
+    print(table(["group", "width", "unit", "members", "widenable / blockers"], rows, "lrrrl"))
+    blocked = sum(1 for g in groups if not g.widenable and not g.fixed)
+    print(f"\n{len(groups)} groups: {sum(g.widenable for g in groups)} widenable, "
+          f"{sum(1 for g in groups if g.fixed)} fixed by the model's inputs/outputs, "
+          f"{blocked} blocked")
+    if stages:
+        print("\nresidual stages (fxgrow grow --blocks STAGE=N):")
+        print(table(["stage", "blocks", "block paths"],
+                    [[s.name, s.count, _short(", ".join(b.path for b in s.blocks), 60)]
+                     for s in stages], "lrl"))
+    return EXIT_OK
+
+
+def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
+    _check_factor(args)
+    loaded = _load(args, ui)
+    analysis, plan, student = _widen(loaded, args, ui)
+    if args.plan_only:
+        print(plan.to_json() if args.json else plan)
+        return EXIT_OK
+    result, tol, ok = _verify(loaded, student, args, ui)
+    saved = _save(student, loaded, args, ui)
+    _report(loaded, student, result, tol, ok, saved, list(plan.changes), [], args, analysis.gm)
+    return EXIT_OK
+
+
+def _after_names(items: list[str]) -> list[str]:
+    return [p.strip() for item in items for p in item.split(",") if p.strip()]
+
+
+def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
+    from .api import capture, deepen
+    loaded = _load(args, ui)
+    after = _after_names(args.after)
+    with ui.step(f"inserting {args.kind} layers after {', '.join(after)}") as s:
+        student = deepen(loaded.model, loaded.inputs, after=after, kind=args.kind,
+                         kernel_size=args.kernel_size, batchnorm=args.batchnorm,
+                         layer=args.layer, seed=args.seed, verify=False,
+                         **_trace_options(args))
+        s["done"] = f"{_count_params(student):,} parameters"
+    teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
+    result, tol, ok = _verify(loaded, student, args, ui)
+    saved = _save(student, loaded, args, ui)
+    _report(loaded, student, result, tol, ok, saved, [], _new_modules(teacher_gm, student), args,
+            teacher_gm)
+    return EXIT_OK
+
+
+def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
+    """(teacher graph, plan changes, student) for --blocks and --factor/--width."""
+    from .api import capture, grow
+    blocks = _assignments(args.blocks, "--blocks", "layer1=3")
+    widths = _assignments(args.width, "--width", "layer1.0.conv1=96")
+    if not blocks and args.factor is None and not widths:
+        raise SpecError("say how to grow: --blocks STAGE=N (new block count) and/or --factor F "
+                        "/ --width GROUP=N")
+    changes: list = []
+    if args.factor is not None or widths:
+        analysis, plan, student = _widen(loaded, args, ui)
+        teacher_gm, changes = analysis.gm, list(plan.changes)
+    else:
+        with ui.step("tracing") as s:
+            teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
+            s["done"] = f"{len(teacher_gm.graph.nodes)} nodes"
+        student = teacher_gm
+    if blocks:
+        with ui.step(f"growing stages {', '.join(f'{k} to {v}' for k, v in blocks.items())}") \
+                as s:
+            student = grow(student, loaded.inputs, blocks=blocks, seed=args.seed, verify=False)
+            s["done"] = f"{_count_params(student):,} parameters"
+    return teacher_gm, changes, student
+
+
+def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
+    _check_factor(args)
+    loaded = _load(args, ui)
+    teacher_gm, changes, student = _grow(loaded, args, ui)
+    result, tol, ok = _verify(loaded, student, args, ui)
+    saved = _save(student, loaded, args, ui)
+    _report(loaded, student, result, tol, ok, saved, changes, _new_modules(teacher_gm, student),
+            args, teacher_gm)
+    return EXIT_OK
+
+
+def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
+    from .draw import draw
+    from .draw.render import dot_binary
+    _check_factor(args)
+    out = Path(args.output)
+    if out.suffix.lower() not in (".svg", ".png", ".pdf", ".dot", ".gv"):
+        raise SpecError(f"-o/--output must end in .svg, .png, .pdf or .dot, got {args.output!r}")
+    if out.suffix.lower() in (".svg", ".png", ".pdf") and dot_binary() is None:
+        from .draw import GraphvizNotFoundError
+        raise GraphvizNotFoundError(
+            f"writing {out.name} needs Graphviz's `dot` program, which is not on PATH: install "
+            f"Graphviz (apt-get install graphviz / brew install graphviz / conda install "
+            f"graphviz), or write {out.with_suffix('.dot').name} instead")
+    loaded = _load(args, ui)
+    student = None
+    grows = args.factor is not None or args.width or args.blocks
+    if args.student and grows:
+        raise SpecError("give either --student FILE or growth options (--factor/--width/"
+                        "--blocks), not both")
+    if args.student:
+        from .io import load
+        with ui.step(f"loading {args.student}"):
+            student = load(args.student)
+    elif grows:
+        _, _, student = _grow(loaded, args, ui)
+    collapse: Any = args.collapse
+    if isinstance(collapse, str) and collapse.isdigit():
+        collapse = int(collapse)
+    legend = {"auto": "auto", "all": True, "none": False}[args.legend]
+    with ui.step(f"drawing {out}") as s:
+        draw(loaded.model, loaded.inputs, out, student=student, collapse=collapse,
+             legend=legend, rankdir=args.rankdir, title=args.title, sizes=args.sizes,
+             dpi=args.dpi, **_trace_options(args))
+        s["done"] = f"{out.stat().st_size / 1e3:.0f} kB"
+    print(f"wrote {out}" + (" (teacher → student)" if student is not None else ""))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, ui: UI) -> int:
+    from .demo import run
+    return run(args.factor, args.seed)
+
+
+# -- the parser ---------------------------------------------------------------------------------------
+
+MODEL_HELP = """\
+models:
+  torchvision:NAME[?k=v]        e.g. torchvision:resnet18, torchvision:resnet50?num_classes=10
+  timm:NAME[?k=v]               e.g. timm:resnet50d, timm:vit_tiny_patch16_224?img_size=64
+  hf:CLASS?CONFIG               a transformers model class built from its config with random
+                                weights and use_cache=False, e.g.
+                                'hf:LlamaForCausalLM?hidden_size=64&num_hidden_layers=2'
+  path/to/file.py:FACTORY[?k=v] a function (or module object) in a Python file
+  FILE.safetensors              a model saved by fxgrow (fxgrow widen ... -o FILE)
+  Models are randomly initialised (nothing is downloaded); --seed fixes weights and inputs.
+
+inputs:
+  --input-shape 1,3,224,224     random normal input of that shape (repeat for more inputs)
+  --input-ids 2,16              random token ids, batch x length (language models)
+  defaults: 1,3,224,224 (torchvision), the model's input size (timm), ids 2,16 (hf),
+  the recorded shapes (saved files)
+
+exit status: 0 ok, 2 user error (one line on stderr), 1 internal error"""
+
+EPILOG = f"""\
+examples:
+  fxgrow inspect torchvision:resnet18 --input-shape 1,3,64,64
+  fxgrow widen torchvision:resnet18 --factor 1.5 -o wide.safetensors
+  fxgrow widen timm:resnet50d --width layer1.0.conv1=96 --input-shape 1,3,64,64
+  fxgrow deepen torchvision:resnet18 --after layer1.0.relu --kind residual
+  fxgrow grow torchvision:resnet18 --blocks layer1=3 --factor 1.5 -o grown.safetensors
+  fxgrow grow 'hf:LlamaForCausalLM?hidden_size=64&intermediate_size=128&num_hidden_layers=2' \\
+      --blocks model.layers=4 --input-ids 2,16
+  fxgrow draw torchvision:resnet50 -o resnet50.svg
+  fxgrow draw torchvision:resnet18 --factor 1.5 --blocks layer1=3 -o before_after.png
+
+{MODEL_HELP}"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the model: torchvision:NAME, timm:NAME, hf:CLASS?config, "
+                                 "file.py:factory or a saved .safetensors (see below)")
+    g = p.add_argument_group("model and inputs")
+    g.add_argument("--input-shape", action="append", metavar="N,C,H,W",
+                   help="shape of a random float input (repeat for several inputs)")
+    g.add_argument("--input-ids", metavar="B,T",
+                   help="random token ids of batch B and length T (language models)")
+    g.add_argument("--vocab", type=int, help="token ids are drawn below this (default: the "
+                                              "model's config.vocab_size)")
+    g.add_argument("--dtype", help="run the model in this floating dtype (e.g. float64)")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and "
+                                                       "replication maps (default 0)")
+    g.add_argument("--frontend", choices=("auto", "fx", "export"), default="auto",
+                   help="graph capture: fx tracing, torch.export, or fx then export (default)")
+    g.add_argument("--leaf", action="append", metavar="MODULE",
+                   help="keep this module (qualified name) as one opaque call when tracing")
+    g.add_argument("--allow-large", action="store_true",
+                   help="build hf: models over 2B parameters")
+    o = p.add_argument_group("output")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    o.add_argument("--traceback", action="store_true",
+                   help="print the Python traceback of internal errors")
+
+
+def _growth(p: argparse.ArgumentParser, blocks: bool) -> None:
+    g = p.add_argument_group("growth")
+    g.add_argument("--factor", type=float, metavar="F",
+                   help="widen every widenable group by F (rounded up to what each allows)")
+    g.add_argument("--width", action="append", metavar="GROUP=N",
+                   help="new width of one group, named by group or module (repeatable; "
+                        "overrides --factor for that group)")
+    if blocks:
+        g.add_argument("--blocks", action="append", metavar="STAGE=N",
+                       help="new number of blocks in a residual stage (repeatable; see the "
+                            "stages `fxgrow inspect` lists)")
+
+
+def _results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE.safetensors",
+                   help="save the student (loads back with fxgrow.load)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="report a failed preservation check instead of exiting with status 1")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="fxgrow", formatter_class=fmt, epilog=EPILOG,
+        description="Grow trained PyTorch models without changing what they compute: "
+                    "Net2Net widening and deepening as torch.fx graph rewrites, verified "
+                    "against the original.")
+    parser.add_argument("--version", action="version", version=f"fxgrow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", formatter_class=fmt, help="list a model's channel groups",
+                       description="Trace a model and list its channel groups: the sets of "
+                                   "channels that must grow together, their widths, how many "
+                                   "tensors they span, and what blocks the ones that cannot "
+                                   "grow.  Also lists residual stages for `grow --blocks`.",
+                       epilog="examples:\n  fxgrow inspect torchvision:resnet18\n"
+                              "  fxgrow inspect timm:resnet50d --input-shape 1,3,64,64 --json\n\n"
+                              + MODEL_HELP)
+    _common(p)
+    p.add_argument("--all", action="store_true",
+                   help="also list classes tied to non-channel axes (spatial, kernel)")
+    p.add_argument("--outputs", choices=("fixed", "grow"), default="fixed",
+                   help="whether the model's output channels may grow (default fixed)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--width-limit", type=int, default=72, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("widen", formatter_class=fmt, help="widen channel groups (Net2WiderNet)",
+                       description="Widen channel groups by replicating units and dividing "
+                                   "their outgoing weights, then check the student against "
+                                   "the teacher and report the change.",
+                       epilog="examples:\n  fxgrow widen torchvision:resnet18 --factor 1.5 "
+                              "-o wide.safetensors\n  fxgrow widen torchvision:resnet18 --width "
+                              "layer1.0.conv1=96 --width conv1=128\n  fxgrow widen "
+                              "torchvision:resnet18 --factor 2 --plan-only --json\n\n"
+                              + MODEL_HELP)
+    _common(p)
+    _growth(p, blocks=False)
+    p.add_argument("--outputs", choices=("fixed", "grow"), default="fixed",
+                   help="let output channel axes widen (encoders; default fixed)")
+    p.add_argument("--plan-only", action="store_true", help="print the plan, change nothing")
+    _results(p)
+    p.set_defaults(func=cmd_widen)
+
+    p = sub.add_parser("deepen", formatter_class=fmt, help="insert identity layers "
+                                                           "(Net2DeeperNet)",
+                       description="Insert layers that start as the identity after nodes or "
+                                   "modules (identity / residual), or copy residual blocks "
+                                   "with their last layer zeroed (block).",
+                       epilog="examples:\n  fxgrow deepen torchvision:resnet18 --after "
+                              "layer1.0.relu --kind residual\n  fxgrow deepen "
+                              "torchvision:resnet18 --after layer2.1 --kind block\n\n"
+                              + MODEL_HELP)
+    _common(p)
+    g = p.add_argument_group("deepening")
+    g.add_argument("--after", action="append", required=True, metavar="NAME",
+                   help="node or module to insert after (repeatable or comma-separated)")
+    g.add_argument("--kind", choices=("identity", "residual", "block"), default="identity",
+                   help="identity layer, residual h + f(h) with f zero, or a copy of a block")
+    g.add_argument("--kernel-size", type=int, default=3, help="of inserted convs (default 3)")
+    g.add_argument("--batchnorm", action="store_true", help="add an identity BatchNorm")
+    g.add_argument("--layer", choices=("linear", "conv"), help="force the inserted layer type")
+    _results(p)
+    p.set_defaults(func=cmd_deepen)
+
+    p = sub.add_parser("grow", formatter_class=fmt, help="add residual blocks and/or widen",
+                       description="Grow residual stages to more blocks (copies of the last "
+                                   "block, starting as the identity) and/or widen, in one "
+                                   "verified step.",
+                       epilog="examples:\n  fxgrow grow torchvision:resnet18 --blocks layer1=3 "
+                              "--blocks layer2=3\n  fxgrow grow torchvision:resnet50 --blocks "
+                              "layer3=23 --factor 1.25 -o grown.safetensors\n\n" + MODEL_HELP)
+    _common(p)
+    _growth(p, blocks=True)
+    _results(p)
+    p.set_defaults(func=cmd_grow)
+
+    p = sub.add_parser("draw", formatter_class=fmt, help="draw the graph and its channel groups",
+                       description="Draw the model's graph with Graphviz: one colour per "
+                                   "channel group on the edges it spans, blockers outlined in "
+                                   "red, modules as clusters.  With growth options (or "
+                                   "--student) draws the student in the teacher's colours, "
+                                   "widened groups labelled old → new and inserted layers "
+                                   "outlined.  .svg/.png/.pdf need Graphviz's `dot`; .dot "
+                                   "writes the source.",
+                       epilog="examples:\n  fxgrow draw torchvision:resnet50 -o resnet50.svg\n"
+                              "  fxgrow draw torchvision:densenet121 -o densenet.svg "
+                              "--collapse 3\n  fxgrow draw torchvision:resnet18 --factor 1.5 "
+                              "--blocks layer1=3 -o grown.png\n  fxgrow draw "
+                              "torchvision:resnet18 --student wide.safetensors -o wide.svg\n\n"
+                              + MODEL_HELP)
+    _common(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="FILE.svg, .png, .pdf (Graphviz) or .dot (DOT text)")
+    _growth(p, blocks=True)
+    p.add_argument("--student", metavar="FILE.safetensors",
+                   help="draw this saved student of the model (before/after view)")
+    p.add_argument("--collapse", default="auto", metavar="auto|none|DEPTH|PATTERNS",
+                   help="fold modules into boxes: auto (default: only large graphs), none, a "
+                        "module depth (2: layer1.0), or comma-separated module paths / globs "
+                        "('layer*.*')")
+    p.add_argument("--legend", choices=("auto", "all", "none"), default="auto",
+                   help="table of groups (auto: all up to 40, else blocked/new only)")
+    p.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
+                   help="top to bottom (default) or left to right")
+    p.add_argument("--sizes", action="store_true",
+                   help="also draw nodes that compute sizes (shape arithmetic)")
+    p.add_argument("--title", help="title of the drawing")
+    p.add_argument("--dpi", type=float, help="resolution of PNG output")
+    p.set_defaults(func=cmd_draw)
+
+    p = sub.add_parser("demo", help="widen a torchvision ResNet-18 and show the result",
+                       description="Widen a randomly initialised torchvision ResNet-18 and "
+                                   "show its groups, widths, parameter counts and error.")
+    p.add_argument("--factor", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo, quiet=False, traceback=False)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fxgrow", description="Grow PyTorch models exactly "
-                                     "(Net2Net as torch.fx graph rewrites).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="widen a torchvision ResNet-18 and show the result")
-    demo.add_argument("--factor", type=float, default=1.5)
-    demo.add_argument("--seed", type=int, default=0)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    ui = UI(quiet=getattr(args, "quiet", False))
     try:
-        if args.command == "demo":
-            from .demo import run
-            return run(args.factor, args.seed)
+        return args.func(args, ui)
+    except KeyboardInterrupt:
+        print("fxgrow: interrupted", file=sys.stderr)
+        return 130
+    except PreservationError as e:
+        print(f"fxgrow: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_INTERNAL
     except FxgrowError as e:
-        print(f"fxgrow: error: {e}", file=sys.stderr)
-        return 2
-    return 1
+        print(f"fxgrow: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as e:  # a bug: say so, traceback on request
+        if getattr(args, "traceback", False):
+            traceback.print_exc()
+        print(f"fxgrow: internal error: {type(e).__name__}: {_short(e, 300)} (this is a bug in "
+              f"fxgrow; rerun with --traceback for details and please report it)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

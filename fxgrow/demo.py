@@ -205,10 +205,21 @@ class History:
     evals: list[tuple[int, float, float, float]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
-    def first_reaching(self, accuracy: float, start: int = 0) -> tuple[int, float] | None:
-        """(step, FLOPs) of the first evaluation at or after ``start`` with accuracy >= target."""
-        for step, flops, acc, _ in self.evals:
-            if step >= start and acc >= accuracy - 1e-12:
+    def smoothed(self, window: int = 1, metric: int = 2) -> list[tuple[int, float, float]]:
+        """(step, FLOPs, mean of ``metric`` (2: accuracy, 3: test loss) over the ``window``
+        evaluations ending there); evaluations before a full window are left out."""
+        out = []
+        for k in range(window - 1, len(self.evals)):
+            vals = [e[metric] for e in self.evals[k - window + 1:k + 1]]
+            out.append((self.evals[k][0], self.evals[k][1], sum(vals) / window))
+        return out
+
+    def first_reaching(self, target: float, window: int = 1, metric: int = 2,
+                       ) -> tuple[int, float] | None:
+        """(step, FLOPs) of the first evaluation whose smoothed accuracy is >= ``target`` (for
+        ``metric=3``, test loss <= ``target``)."""
+        for step, flops, v in self.smoothed(window, metric):
+            if (v >= target - 1e-12) if metric == 2 else (v <= target + 1e-12):
                 return step, flops
         return None
 
@@ -270,6 +281,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
         loss.backward()
         optimizer.step()
         history.losses.append(float(loss.detach()))
+        loss = loss.detach()
         flops += flops_per_step
         step = start_step + k
         if step % eval_every == 0 or k == steps:
@@ -304,7 +316,8 @@ class Config:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    eval_every: int = 20
+    eval_every: int = 10
+    smooth: int = 5  # accuracy targets use the mean of this many consecutive evaluations
     noise_window: int = 20
     schedule: str = "cosine"  # over the global step, shared by both runs; or "constant"
     warmup: int = 20
@@ -443,9 +456,9 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
               eval_every=cfg.eval_every, progress=bar, label="scratch", lr=schedule)
 
         # 5. results
-        target = sc_hist.evals[-1][2]
-        reach_g = grown.first_reaching(target)
-        reach_s = sc_hist.first_reaching(target)
+        target = sc_hist.smoothed(cfg.smooth)[-1][2]
+        reach_g = grown.first_reaching(target, cfg.smooth)
+        reach_s = sc_hist.first_reaching(target, cfg.smooth)
         full = sc_hist.evals[-1][1]
         os.makedirs(out_dir, exist_ok=True)
         png = os.path.join(out_dir, "curves.png")

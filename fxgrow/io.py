@@ -186,15 +186,20 @@ def _resolve(name: str, trusted: tuple | None) -> Any:
         raise LoadError(f"the file refers to {name!r}, outside the trusted packages "
                         f"({', '.join(trusted)}); pass trusted=({parts[0]!r},) to fxgrow.load "
                         f"if you trust it")
-    if trusted is not None and any(p.startswith("__") for p in parts):
-        raise LoadError(f"the file refers to a private name {name!r}")
     for k in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:k]))
         except ImportError:
             continue
-        for p in parts[k:]:
-            obj = getattr(obj, p)
+        try:
+            for p in parts[k:]:
+                obj = getattr(obj, p)
+        except AttributeError as e:
+            raise LoadError(f"cannot import {name!r}: {e}") from e
+        if trusted is not None and any(p.startswith("__") for p in parts) and not (
+                isinstance(obj, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
+                or parts[0] in ("operator", "_operator")):
+            raise LoadError(f"the file refers to a private name {name!r}")
         return obj
     raise LoadError(f"cannot import {name!r}")
 
@@ -594,8 +599,8 @@ def load(path: str | os.PathLike, *, trusted: Iterable[str] = (),
             key = t["key"]
             if key not in keys:
                 raise LoadError(f"{path.name} lacks tensor {key!r}")
-            if key not in cache:
-                cache[key] = f.get_tensor(key)
+            if key not in cache:  # a fresh, aligned copy: kernels may round differently on
+                cache[key] = f.get_tensor(key).clone()  # unaligned memory
             owner_path, _, leaf = name.rpartition(".")
             owner = _child(root, owner_path, create=True)
             for store in (owner._parameters, owner._buffers):

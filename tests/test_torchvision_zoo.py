@@ -174,6 +174,16 @@ def test_unwidened_groups_are_fixed(case: Case):
     assert widenable - planned.keys() == set()
     not_fixed = {g.name: [str(b) for b in g.blockers]
                  for g in case.analysis.groups if g.name not in planned and not g.fixed}
+    if case.name == "shufflenet_v2_x0_5":
+        # Known limitation (docs/zoo.md): after repeated channel shuffles a chunk would have
+        # to cut a unit of the shared space in half; fxgrow refuses rather than guess.  The
+        # refusal must name the chunk, and nothing else may block.
+        assert len(not_fixed) == 14, not_fixed
+        for reasons in not_fixed.values():
+            assert any(r.startswith("chunk") for r in reasons), reasons
+            assert all(r.startswith("chunk") or "size read from a channel axis" in r
+                       for r in reasons), reasons
+        return
     assert not not_fixed, f"{len(not_fixed)} groups neither widened nor fixed: {not_fixed}"
 
 

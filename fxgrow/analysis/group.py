@@ -158,7 +158,7 @@ def find_group(groups: list[ChannelGroup], name: str) -> ChannelGroup:
         options = ", ".join(g.name for g in (producing or owning))
         raise UnknownGroupError(f"module {name!r} belongs to several channel groups ({options}); "
                                 f"name the group instead")
-    known = [g.name for g in groups] + [m for g in groups for m in g.modules]
+    known = list(dict.fromkeys([g.name for g in groups] + [m for g in groups for m in g.modules]))
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
         "; `fxgrow.groups(model, inputs)` lists them"

@@ -294,6 +294,7 @@ class SpaceTable:
         try:
             return self._cut_layout(layout, positions)
         except StructureError:
+            blocker = _misfit(blocker)
             self.block(layout, blocker)
             bounds = [0, *positions, self.size(layout)]
             return [(Fixed(b - a, blocker),) for a, b in zip(bounds, bounds[1:])]
@@ -331,6 +332,7 @@ class SpaceTable:
         try:
             return self._split(layout, inner)
         except StructureError:
+            blocker = _misfit(blocker)
             self.block(layout, blocker)
             return (Fixed(n // inner, blocker),), (Fixed(inner, blocker),)
 
@@ -407,6 +409,12 @@ class SpaceTable:
             r = self.find(s.id)
             return widths.get(r, self.width[r])
         return self.new_size(s.outer, widths) * self.new_size(s.inner, widths)
+
+
+def _misfit(blocker: Blocker) -> Blocker:
+    return Blocker(blocker.node, f"{blocker.reason} would cut inside a unit of a merged channel "
+                                 f"layout (a product such as channel x spatial, heads x head dim, "
+                                 f"or the result of repeated channel shuffles)", blocker.kind)
 
 
 def _atoms(seg: Segment) -> Iterable[int]:

@@ -1,0 +1,106 @@
+"""fxgrow as torch.fx passes: ``WidenPass``, ``DeepenPass``, ``GrowPass`` and ``VerifyPass``.
+
+Each is a :class:`torch.fx.passes.infra.pass_base.PassBase` returning a ``PassResult``, so it
+composes with other fx passes in :class:`torch.fx.passes.infra.pass_manager.PassManager`::
+
+    from torch.fx.passes.infra.pass_manager import PassManager, pass_result_wrapper
+    from torch.fx.experimental.optimization import fuse
+
+    pm = PassManager([pass_result_wrapper(lambda gm: fuse(gm)),   # conv-BN fusion
+                      fxgrow.passes.WidenPass(x, factor=1.5),
+                      fxgrow.passes.VerifyPass(teacher, x)])
+    student = pm(fxgrow.trace(teacher)).graph_module
+
+torch marks the pass infrastructure as not backward compatible; these classes only implement
+``call`` (the fxgrow function) and keep nothing else of it.  A pass returns a *new*
+GraphModule (fxgrow never modifies its input), which the PassManager hands to the next pass.
+Example inputs are needed because fxgrow's analysis runs shapes through the graph."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from .analysis import as_tuple
+
+__all__ = ["WidenPass", "DeepenPass", "GrowPass", "VerifyPass"]
+
+
+class _FxgrowPass(PassBase):
+    """Common part: example inputs, and whether to verify each step against its input."""
+
+    def __init__(self, example_inputs: Any, *, verify: bool = True) -> None:
+        self.example_inputs = as_tuple(example_inputs)
+        self.verify = verify
+
+
+class WidenPass(_FxgrowPass):
+    """Net2WiderNet as a pass: ``fxgrow.widen(gm, example_inputs, widths=..., factor=...)``."""
+
+    def __init__(self, example_inputs: Any, *, widths: Mapping[str, int] | None = None,
+                 factor: float | None = None, seed: int = 0, verify: bool = True,
+                 **options: Any) -> None:
+        super().__init__(example_inputs, verify=verify)
+        self.widths, self.factor, self.seed, self.options = widths, factor, seed, options
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        from .api import widen
+        student = widen(graph_module, self.example_inputs, widths=self.widths,
+                        factor=self.factor, seed=self.seed, verify=self.verify, **self.options)
+        changed = _params(student) != _params(graph_module)
+        return PassResult(student, changed)
+
+
+class DeepenPass(_FxgrowPass):
+    """Net2DeeperNet as a pass: ``fxgrow.deepen(gm, example_inputs, after=..., kind=...)``."""
+
+    def __init__(self, example_inputs: Any, *, after: str | Iterable[str],
+                 kind: str = "identity", verify: bool = True, **options: Any) -> None:
+        super().__init__(example_inputs, verify=verify)
+        self.after, self.kind, self.options = after, kind, options
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        from .api import deepen
+        student = deepen(graph_module, self.example_inputs, after=self.after, kind=self.kind,
+                         verify=self.verify, **self.options)
+        return PassResult(student, True)
+
+
+class GrowPass(_FxgrowPass):
+    """Widen and deepen in one pass: ``fxgrow.grow(gm, example_inputs, blocks=..., width=...)``."""
+
+    def __init__(self, example_inputs: Any, *, blocks: Mapping[str, int] | None = None,
+                 width: float | Mapping[str, int] | None = None, seed: int = 0,
+                 verify: bool = True, **options: Any) -> None:
+        super().__init__(example_inputs, verify=verify)
+        self.blocks, self.width, self.seed, self.options = blocks, width, seed, options
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        from .api import grow
+        student = grow(graph_module, self.example_inputs, blocks=self.blocks, width=self.width,
+                       seed=self.seed, verify=self.verify, **self.options)
+        return PassResult(student, bool(self.blocks) or self.width is not None)
+
+
+class VerifyPass(_FxgrowPass):
+    """Check that the graph still computes ``reference``'s function on the example inputs
+    (``fxgrow.PreservationError`` beyond ``tol`` on the max relative error; default: the
+    dtype's tolerance).  Leaves the graph unchanged; ``self.last`` holds the comparison."""
+
+    def __init__(self, reference: torch.nn.Module, example_inputs: Any, *,
+                 tol: float | None = None, mode: str = "eval") -> None:
+        super().__init__(example_inputs)
+        self.reference, self.tol, self.mode = reference, tol, mode
+        self.last = None
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        from .verify.compare import verify
+        self.last = verify(self.reference, graph_module, self.example_inputs, mode=self.mode,
+                           tol=self.tol)
+        return PassResult(graph_module, False)
+
+
+def _params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
