@@ -51,6 +51,7 @@ class ModelSpec:
     factory: Callable[[], torch.nn.Module]
     inputs: Callable[[], Any]
     note: str = ""
+    options: tuple = ()  # extra (key, value) options for fxgrow.analyze / widen
 
 
 def _image(size: int = SIZE, batch: int = BATCH) -> Callable[[], torch.Tensor]:
@@ -84,8 +85,60 @@ SPECS: list[ModelSpec] = [
     _torchvision("mnasnet0_5"),
     _torchvision("squeezenet1_0"),
     _torchvision("shufflenet_v2_x0_5"),
-    # Later: timm / Hugging Face entries, e.g.
-    # ModelSpec("vit_tiny_patch16_224", "timm", lambda: timm.create_model(...), _image(224)),
+    ModelSpec("vit_b_16", "torchvision", lambda: _random_head(
+        __import__("torchvision").models.vit_b_16(image_size=32)), _image(32),
+        "image_size=32; its zero-initialised head re-drawn at random"),
+    _torchvision("swin_t"),
+    _torchvision("convnext_tiny"),
+]
+
+
+def _random_head(model: torch.nn.Module) -> torch.nn.Module:
+    """torchvision's ViT starts with a zero head (constant output): draw it at random so the
+    comparison measures something."""
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.02)
+    return model
+
+
+def _timm(name: str, size: int = SIZE, **kwargs: Any) -> ModelSpec:
+    def build() -> torch.nn.Module:
+        import timm
+        return timm.create_model(name, pretrained=False, **kwargs)
+    note = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return ModelSpec(name, "timm", build, _image(size), note)
+
+
+def _hf(arch: str, inputs: Callable[[], Any], grow_outputs: bool = False, **config: Any) -> ModelSpec:
+    def build() -> torch.nn.Module:
+        import transformers
+        cls = getattr(transformers, arch)
+        cfg = cls.config_class(**config)
+        if hasattr(cfg, "use_cache"):
+            cfg.use_cache = False
+        return cls(cfg)
+    note = ", ".join(f"{k}={v}" for k, v in config.items())
+    options = (("outputs", "grow"),) if grow_outputs else ()
+    return ModelSpec(arch, "hugging face", build, inputs, note + (
+        "; outputs grow" if grow_outputs else ""), options)
+
+
+def _ids(batch: int = BATCH, length: int = 8, vocab: int = 100) -> Callable[[], torch.Tensor]:
+    return lambda: torch.randint(0, vocab, (batch, length))
+
+
+_TINY = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+SPECS += [
+    _timm("vit_tiny_patch16_224", size=32, img_size=32),
+    _timm("deit_tiny_patch16_224", size=32, img_size=32),
+    _timm("convnext_atto"),
+    _timm("efficientnet_b0"),
+    _hf("GPT2LMHeadModel", _ids(), n_embd=32, n_layer=2, n_head=4, vocab_size=100,
+        n_positions=64),
+    _hf("LlamaForCausalLM", _ids(), hidden_size=32, num_key_value_heads=2, vocab_size=100,
+        **_TINY),
+    _hf("BertModel", _ids(), True, hidden_size=32, vocab_size=100, **_TINY),
+    _hf("ViTModel", _image(32), True, hidden_size=32, image_size=32, patch_size=8, **_TINY),
 ]
 
 
@@ -148,7 +201,8 @@ def measure(spec: ModelSpec) -> Row:
         row.params_before = _count(model)
 
         stage = "analyze"
-        analysis = fxgrow.analyze(model, x)
+        options = dict(spec.options)
+        analysis = fxgrow.analyze(model, x, **options)
         row.groups = len(analysis.groups)
         stage = "plan"
         plan = fxgrow.plan(analysis, factor=FACTOR)
@@ -167,7 +221,7 @@ def measure(spec: ModelSpec) -> Row:
                 row.unchanged_widenable.append(g.name)
 
         stage = "widen fp32"
-        student = fxgrow.widen(model, x, factor=FACTOR, verify=False)
+        student = fxgrow.widen(model, x, factor=FACTOR, verify=False, **options)
         row.params_after = _count(student)
         stage = "compare fp32"
         row.err32 = fxgrow.compare(model, student, x).max_rel
@@ -175,7 +229,7 @@ def measure(spec: ModelSpec) -> Row:
 
         stage = "widen fp64"
         model64, x64 = copy.deepcopy(model).double(), _to_double(x)
-        student64 = fxgrow.widen(model64, x64, factor=FACTOR, verify=False)
+        student64 = fxgrow.widen(model64, x64, factor=FACTOR, verify=False, **options)
         stage = "compare fp64"
         row.err64 = fxgrow.compare(model64, student64, x64).max_rel
 
@@ -186,14 +240,14 @@ def measure(spec: ModelSpec) -> Row:
         x64b = _to_double(spec.inputs())
         with torch.no_grad():
             t1, t2 = (_leaves(model64(*_as_tuple(v))) for v in (x64, x64b))
-        scale = max(float(t.abs().max()) for t in t1)
+        scale = max(float(t.abs().max()) for t in t1) or float("inf")
         row.signal = max(float((a - b).abs().max()) for a, b in zip(t1, t2)) / scale
         last = [m for m in model64.modules() if isinstance(m, torch.nn.Linear)]
         if row.signal < SIGNAL_FLOOR and last and last[-1].bias is not None:
             stage = "widen fp64 without final bias"
             with torch.no_grad():
                 last[-1].bias.zero_()
-            student64 = fxgrow.widen(model64, x64, factor=FACTOR, verify=False)
+            student64 = fxgrow.widen(model64, x64, factor=FACTOR, verify=False, **options)
             row.err64_nobias = fxgrow.compare(model64, student64, x64).max_rel
     except Exception as e:  # one failing model must not lose the table
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -261,7 +315,8 @@ def render(rows: list[Row], elapsed: float) -> str:
             why.append(f"{len(r.blocked)} blocked: {_md(', '.join(r.blocked))}")
             by = "; ".join(f"{', '.join(n)}: {reason}" for reason, n in r.reasons.items())
             why.append(f"blocked by {_md(by)}")
-        why += [f"widenable but unchanged: {_md(n)}" for n in r.unchanged_widenable]
+        why += [f"inner factor, not grown by factor= (e.g. a value head dim): {_md(n)}"
+                for n in r.unchanged_widenable]
         if r.error:
             why.append(f"**{_md(r.error)}**")
         mark = " †" if r.signal is not None and r.signal < SIGNAL_FLOOR else ""

@@ -29,9 +29,10 @@ class Analysis:
     @property
     def groups(self) -> list[ChannelGroup]:
         """Channel groups.  Classes tied only to non-channel axes (spatial positions, the fixed
-        factor of a reshape or a depthwise multiplier) are left out; ``all_groups`` has them."""
-        return [g for g in self.all_groups
-                if not (g.blockers and all(b.kind == "structure" for b in g.blockers))]
+        factor of a reshape or a depthwise multiplier, vocabulary rows) and classes no layer
+        produces (kernel axes, unused parts of buffers) are left out; ``all_groups`` has them."""
+        return [g for g in self.all_groups if g.produced
+                and not (g.blockers and all(b.kind == "structure" for b in g.blockers))]
 
     def group(self, name: str) -> ChannelGroup:
         """A group by its name or the name of a module with a member in it."""

@@ -43,6 +43,7 @@ class ChannelGroup:
     members: tuple[Member, ...]
     blockers: tuple[Blocker, ...]
     root: int = field(repr=False, compare=False, default=-1)
+    produced: bool = field(repr=False, compare=False, default=True)  # some layer writes it
 
     @property
     def widenable(self) -> bool:
@@ -105,18 +106,22 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
         for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
             if r in members:
                 members[r].append(Member("constant", rule.node, None, "size"))
+    unproduced = set()
     for r, ms in members.items():
         produced = any(m.role == PRODUCE for m in ms)
         read = any(m.role == "scale" for m in ms) and any(m.role == CONSUME for m in ms)
-        if not (produced or read) and not sp.blockers[r]:
-            sp.blockers[r].append(Blocker(ms[0].target, "no layer produces this space (a kernel "
-                                          "axis, or an unused part of a tensor)", "structure"))
+        if not (produced or read):
+            unproduced.add(r)
+            if not sp.blockers[r]:
+                sp.blockers[r].append(Blocker(ms[0].target, "no layer produces this space (a "
+                                              "kernel axis, or an unused part of a tensor)",
+                                              "structure"))
     groups: list[ChannelGroup] = []
     used: set[str] = set()
 
     def structural(r: int) -> bool:
         b = sp.blockers[r]
-        return bool(b) and all(x.kind == "structure" for x in b)
+        return r in unproduced or bool(b) and all(x.kind == "structure" for x in b)
     order = sorted(members, key=structural)  # stable: visible groups take plain names first
     for r in order:
         ms = members[r]
@@ -126,7 +131,8 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
             name, k = f"{base}#{k}", k + 1
         used.add(name)
         blockers = tuple(dict.fromkeys(sp.blockers[r]))
-        groups.append(ChannelGroup(name, width, sp.width[r], tuple(ms), blockers, r))
+        groups.append(ChannelGroup(name, width, sp.width[r], tuple(ms), blockers, r,
+                                   r not in unproduced))
     position = {r: i for i, r in enumerate(members)}
     return sorted(groups, key=lambda g: position[g.root])
 

@@ -140,7 +140,7 @@ def aten_embedding(cx: RuleContext):
     wref = cx.arg(0)
     w = cx.tensor(wref)
     ids = cx.tensor(cx.arg(1))
-    cx.block(w.layouts[0], "vocabulary axis, indexed by ids")
+    cx.block(w.layouts[0], "vocabulary axis, indexed by ids", "structure")
     linear._produce(cx, wref, 1)
     return cx.out(ids.layouts + (w.layouts[1],))
 

@@ -177,7 +177,7 @@ def embedding_module(cx: RuleContext):
     if cx.module.max_norm is not None:
         raise RuleError("max_norm renormalises over the embedding dimension")
     ids = cx.tensor(cx.arg(0))
-    cx.block(cx.module_param("weight", 0, None), "vocabulary axis, indexed by ids")
+    cx.block(cx.module_param("weight", 0, None), "vocabulary axis, indexed by ids", "structure")
     out = cx.module_param("weight", 1, PRODUCE)
     cx.size_attr("embedding_dim", out)
     return cx.out(ids.layouts + (out,))
@@ -191,6 +191,6 @@ def embedding_function(cx: RuleContext):
     ids = cx.tensor(cx.arg(0, "input"))
     wref = cx.arg(1, "weight")
     w = cx.tensor(wref)
-    cx.block(w.layouts[0], "vocabulary axis, indexed by ids")
+    cx.block(w.layouts[0], "vocabulary axis, indexed by ids", "structure")
     _produce(cx, wref, 1)
     return cx.out(ids.layouts + (w.layouts[1],))
