@@ -109,7 +109,7 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
     unproduced = set()
     for r, ms in members.items():
         produced = any(m.role == PRODUCE for m in ms)
-        read = any(m.role == "scale" for m in ms) and any(m.role == CONSUME for m in ms)
+        read = any(m.role == CONSUME for m in ms)  # e.g. the model input read by a conv
         if not (produced or read):
             unproduced.add(r)
             if not sp.blockers[r]:
