@@ -42,7 +42,8 @@ class _Weights:
             raise RuleError("conv weight is not a tensor")
         if role == CONSUME:
             self.cx.consume(ref, axis, info.layouts[axis])
-        elif role == PRODUCE:
+        elif role == PRODUCE and not self.cx.spaces.is_fixed(info.layouts[axis]):
+            # a size-1 axis read through get_attr is fixed: it produces no space
             self.cx.produce(ref, axis)
         return info.layouts[axis]
 

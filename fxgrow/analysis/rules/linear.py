@@ -25,6 +25,9 @@ from .registry import rule
 
 
 def _produce(cx: RuleContext, ref, axis: int) -> None:
+    info = cx.value(ref)
+    if isinstance(info, TensorInfo) and cx.spaces.is_fixed(info.layouts[axis]):
+        return  # a size-1 axis read through get_attr is fixed: it produces no space
     cx.produce(ref, axis)
 
 
