@@ -133,7 +133,7 @@ class SpaceTable:
         self._refine(atom, make)
 
     def _factor_atom(self, atom: int, outer: int, inner: int) -> None:
-        assert outer * inner == self.width[atom] and outer > 1 and inner > 1
+        assert outer * inner == self.width[atom] and outer >= 1 and inner >= 1
 
         def make(m):
             (a,), (b,) = self.new(outer), self.new(inner)
