@@ -40,10 +40,12 @@ class _Weights:
         info = self.cx.value(ref)
         if not isinstance(info, TensorInfo):
             raise RuleError("conv weight is not a tensor")
+        if self.cx.spaces.is_fixed(info.layouts[axis]):
+            # a size-1 axis read through get_attr is fixed: it produces and reads no space
+            return info.layouts[axis]
         if role == CONSUME:
             self.cx.consume(ref, axis, info.layouts[axis])
-        elif role == PRODUCE and not self.cx.spaces.is_fixed(info.layouts[axis]):
-            # a size-1 axis read through get_attr is fixed: it produces no space
+        elif role == PRODUCE:
             self.cx.produce(ref, axis)
         return info.layouts[axis]
 

@@ -36,6 +36,9 @@ def contract(cx: RuleContext, operands, layout: Layout) -> None:
     is a parameter takes the division; with none, a channel space here is blocked."""
     for k, (ref, axis) in enumerate(operands):
         if cx._param_source(ref, axis) is not None:
+            info = cx.value(ref)
+            if isinstance(info, TensorInfo) and cx.spaces.is_fixed(info.layouts[axis]):
+                return  # a size-1 axis read through get_attr is fixed: nothing to divide
             others = [o for j, o in enumerate(operands) if j != k]
             cx.consume(ref, axis, layout, others[0] if len(others) == 1 else None)
             return
