@@ -8,6 +8,9 @@ from .rewrite.deepen import DeepenError
 from .plan import GroupChange, ReplicationMap, WidenPlan
 from .training import grow_during_training, map_tensor, transfer_optimizer
 from .verify import Comparison, compare
+from .draw import draw  # noqa: E402  (the function; the package is fxgrow.draw's module)
+from .io import load, save  # noqa: E402
+from . import compile, passes  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -18,4 +21,5 @@ __all__ = [
     "trace", "compare", "Comparison", "WidenPlan", "GroupChange", "ReplicationMap",
     "FxgrowError", "TraceError", "InputError", "UnknownGroupError", "WidthError",
     "BlockedGroupError", "UnsupportedModelError", "PreservationError",
+    "draw", "save", "load", "passes", "compile",
 ]

@@ -20,7 +20,7 @@ import torch.fx
 from ..analysis import Analysis, as_tuple
 from ..errors import InputError
 from .render import DrawError, GraphvizNotFoundError, dot_binary, to_dot, write
-from .scene import (DGroup, Scene, blockers_by_node, build, matched_groups, node_roots,
+from .graph import (DGroup, Scene, blockers_by_node, build, matched_groups, node_roots,
                     teacher_groups)
 
 __all__ = ["draw", "scene", "to_dot", "DrawError", "GraphvizNotFoundError", "Scene", "DGroup"]
@@ -115,3 +115,14 @@ def draw(model: Any, example_inputs: Any = None, path: str | os.PathLike | None 
     if path is not None:
         write(source, path)
     return source
+
+
+# ``fxgrow.draw`` is this function once ``fxgrow`` is imported (the package's ``draw`` is
+# exported over the subpackage's name); hang the package's names and submodules on it so that
+# ``fxgrow.draw.scene(...)`` and ``import fxgrow.draw.render`` work either way.
+from . import graph, palette, render  # noqa: E402
+
+for _name in ("scene", "to_dot", "DrawError", "GraphvizNotFoundError", "Scene", "DGroup",
+              "graph", "palette", "render"):
+    setattr(draw, _name, globals()[_name])
+del _name

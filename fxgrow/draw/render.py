@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import FxgrowError, InputError
 from .palette import BLOCKER, INSERTED, NEUTRAL, tint
-from .scene import DGroup, Item, Scene
+from .graph import DGroup, Item, Scene
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 TEXT_FORMATS = (".dot", ".gv")
