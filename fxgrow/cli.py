@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -728,6 +729,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="build hf: models over 2B parameters")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    o.add_argument("-v", "--verbose", action="store_true",
+                   help="show what libraries print (warnings, torch logs)")
     o.add_argument("--traceback", action="store_true",
                    help="print the Python traceback of internal errors")
 
@@ -870,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "show its groups, widths, parameter counts and error.")
     p.add_argument("--factor", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo, quiet=False, traceback=False)
+    p.set_defaults(func=cmd_demo, quiet=False, traceback=False, verbose=True)
     return parser
 
 
@@ -879,12 +882,41 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+@contextlib.contextmanager
+def _library_noise_hidden() -> Iterator[io.StringIO]:
+    """Hide what libraries print while fxgrow works (torch.export prints failed graphs to
+    stderr, warnings, torch's log messages below ERROR): fxgrow reports errors itself."""
+    import logging
+    import warnings
+
+    import torch  # noqa: F401  (its log handlers exist once it is imported)
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.levelno >= logging.ERROR
+    drop = _Drop()
+    handlers = {h for name in ("torch", "") for h in logging.getLogger(name).handlers}
+    for h in handlers:
+        h.addFilter(drop)
+    buffer = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for h in handlers:
+            h.removeFilter(drop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ui = UI(quiet=getattr(args, "quiet", False))
     try:
-        return args.func(args, ui)
+        with contextlib.ExitStack() as stack:
+            if not getattr(args, "verbose", False):
+                stack.enter_context(_library_noise_hidden())
+            return args.func(args, ui)
     except KeyboardInterrupt:
         print("fxgrow: interrupted", file=sys.stderr)
         return 130

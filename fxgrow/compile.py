@@ -102,16 +102,7 @@ def lift_parameters(gm: torch.fx.GraphModule, example_inputs: list,
         if path is None and isinstance(value, torch.Tensor):
             path = _path_from_name(str(node.target))
         if path is not None and path not in mapping.values():
-            owner_path, _, leaf = path.rpartition(".")
-            owner = root
-            for part in owner_path.split(".") if owner_path else []:
-                if part not in owner._modules:
-                    owner.add_module(part, torch.nn.Module())
-                owner = owner._modules[part]
-            if isinstance(value, torch.nn.Parameter):
-                owner.register_parameter(leaf, value)
-            else:
-                owner.register_buffer(leaf, value)
+            _place(root, path, value)
             env[node] = graph.get_attr(path)
             mapping[str(node.target)] = path
         else:
@@ -120,7 +111,33 @@ def lift_parameters(gm: torch.fx.GraphModule, example_inputs: list,
     for node in gm.graph.nodes:
         if node.op != "placeholder":
             env[node] = graph.node_copy(node, lambda a: env[a])
+            if node.op in ("get_attr", "call_module"):  # what the graph itself holds
+                _place(root, str(node.target), _fetch(gm, str(node.target)))
     return torch.fx.GraphModule(root, graph, "CapturedGraph"), tuple(inputs), mapping
+
+
+def _fetch(module: torch.nn.Module, path: str) -> Any:
+    obj: Any = module
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _place(root: torch.nn.Module, path: str, value: Any) -> None:
+    owner_path, _, leaf = path.rpartition(".")
+    owner = root
+    for part in owner_path.split(".") if owner_path else []:
+        if part not in owner._modules:
+            owner.add_module(part, torch.nn.Module())
+        owner = owner._modules[part]
+    if isinstance(value, torch.nn.Module):
+        owner.add_module(leaf, value)
+    elif isinstance(value, torch.nn.Parameter):
+        owner.register_parameter(leaf, value)
+    elif isinstance(value, torch.Tensor):
+        owner.register_buffer(leaf, value)
+    else:
+        setattr(owner, leaf, value)
 
 
 class InspectBackend:
