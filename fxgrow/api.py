@@ -18,6 +18,9 @@ from .verify import verify as _verify
 
 
 def _check_inputs(model: torch.nn.Module, inputs: tuple) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}; wrap a "
+                         f"function in an nn.Module whose forward calls it")
     params = [p for p in model.parameters()]
     if not params:
         return
