@@ -217,8 +217,12 @@ def test_help_teaches(capsys):
 def test_demo_subcommand(capsys, monkeypatch):
     import fxgrow.demo
     seen = {}
-    monkeypatch.setattr(fxgrow.demo, "run", lambda factor, seed: seen.update(f=factor) or 0)
-    assert main(["demo", "--factor", "2"]) == 0 and seen == {"f": 2.0}
+    def run(factor, seed, *, out_dir="x", threads=1):
+        seen.update(factor=factor, seed=seed, out_dir=out_dir, threads=threads)
+        return 0
+    monkeypatch.setattr(fxgrow.demo, "run", run)
+    assert main(["demo", "--factor", "2", "--out-dir", "o", "--student-steps", "5"]) == 0
+    assert seen == {"factor": 2.0, "seed": 0, "out_dir": "o", "threads": 1}
 
 
 def test_model_spec_parsing():

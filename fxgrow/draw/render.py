@@ -102,15 +102,20 @@ def _box_label(item: Item) -> str:
     if item.shape:
         rows.append(f"<TR><TD COLSPAN=\"{{span}}\"><FONT POINT-SIZE=\"9\">{_h(item.shape)}"
                     f"</FONT></TD></TR>")
-    cells = []
+    cells, labels = [], []
     for g in item.inner_groups:
         tip = _h(g.describe())
         cells.append(f"<TD BGCOLOR=\"{g.colour}\" WIDTH=\"12\" HEIGHT=\"8\" TITLE=\"{tip}\" "
                      f"TOOLTIP=\"{tip}\"></TD>")
-    span = max(1, min(len(cells), 12))
+        labels.append(f"<TD><FONT POINT-SIZE=\"8\" COLOR=\"{g.colour}\">{_h(g.change)}</FONT></TD>"
+                      if g.changed else "<TD></TD>")
+    widened = any(g.changed for g in item.inner_groups)  # before/after: swatches get labels
+    span = max(1, min(len(cells), 6 if widened else 12))
     if cells:
         for k in range(0, len(cells), span):
             rows.append("<TR>" + "".join(cells[k:k + span]) + "</TR>")
+            if widened:
+                rows.append("<TR>" + "".join(labels[k:k + span]) + "</TR>")
     body = "".join(r.replace("{span}", str(span)) for r in rows)
     return (f"<<TABLE BORDER=\"{width}\" COLOR=\"{border}\" CELLBORDER=\"0\" CELLSPACING=\"1\" "
             f"CELLPADDING=\"2\" BGCOLOR=\"{fill}\" STYLE=\"rounded\">{body}</TABLE>>")
