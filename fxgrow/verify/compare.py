@@ -57,7 +57,16 @@ def compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
         raise InputError(f"mode must be 'eval' or 'train', got {mode!r}")
     inputs = example_inputs if isinstance(example_inputs, tuple) else \
         tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
-    t_out = pytree.tree_leaves(outputs(teacher, inputs, mode))
+    try:
+        t_out = pytree.tree_leaves(outputs(teacher, inputs, mode))
+    except Exception as e:  # the user's model on the user's inputs: an input problem
+        described = ", ".join(f"{tuple(x.shape)} {x.dtype} on {x.device}"
+                              if isinstance(x, torch.Tensor) else type(x).__name__
+                              for x in inputs)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"the teacher does not run on the example inputs ({described}): "
+                         f"{type(e).__name__}: {first}. Pass inputs of the number, shape, "
+                         f"dtype and device the model expects.") from e
     s_out = pytree.tree_leaves(outputs(student, inputs, mode))
     t_out = [t for t in t_out if isinstance(t, torch.Tensor)]
     s_out = [s for s in s_out if isinstance(s, torch.Tensor)]
