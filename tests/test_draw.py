@@ -83,9 +83,8 @@ def test_resnet18_dot_colours_every_group_on_its_edges():
     edges = dot_edges(src)
     colours = {c for e in edges for c in e["attrs"].get("color", "").split(":")}
     s = scene(analysis)
-    for g in s.groups:
-        if g.widenable or "output" in g.status:  # the input's group lives on conv1's weight only
-            assert g.colour in colours, g.name
+    for g in s.groups:  # the input's edge carries conv1[in], the group its channels feed
+        assert g.colour in colours, g.name
     # the edge conv1 -> bn1 carries the conv1 group; nodes show op and shape
     e = next(e for e in edges if e["src"] == "conv1" and e["dst"] == "bn1")
     assert e["attrs"]["color"] == next(g.colour for g in s.groups if g.name == "conv1")

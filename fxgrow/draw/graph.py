@@ -128,19 +128,26 @@ def node_roots(analysis: Analysis) -> dict[str, list[int]]:
                 for lay in leaf.layouts:
                     roots.extend(r for r in sp.roots(lay) if r in visible)
         out[node.name] = list(dict.fromkeys(roots))
+    # a model input's channel axis is fixed (no class of its own); show the groups it feeds,
+    # those blocked by that input (conv1[in])
+    for g in analysis.groups:
+        for b in g.blockers:
+            if b.kind == "boundary" and b.node in out and g.root not in out[b.node]:
+                node = next((n for n in analysis.state.values if n.name == b.node), None)
+                if node is not None and node.op == "placeholder":
+                    out[b.node].append(g.root)
     return out
 
 
 def blockers_by_node(analysis: Analysis) -> dict[str, list[Blocker]]:
-    """fx node name -> the blockers it causes (ops fxgrow cannot widen through; not the model's
-    boundaries nor spatial axes)."""
+    """fx node name -> the blockers it causes to channel groups (ops fxgrow cannot widen
+    through; not the model's boundaries nor spatial axes).  Unknown ops that touch no channel
+    group (mask and position arithmetic) are not blockers of anything."""
     found: dict[str, list[Blocker]] = {}
     for g in analysis.groups:
         for b in g.blockers:
             if b.kind not in ("boundary", "structure"):
                 found.setdefault(b.node, []).append(b)
-    for name, reason in analysis.state.blocked_nodes:
-        found.setdefault(name, []).append(Blocker(name, reason))
     return {k: list(dict.fromkeys(v)) for k, v in found.items()}
 
 
