@@ -159,6 +159,24 @@ def test_draw_commands(capsys, tmp_path):
         assert "64 → 96" in texts and "512 → 768" in texts
 
 
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+@pytest.mark.parametrize("name", ["resnet50", "densenet121"])
+def test_draw_acceptance_every_group_colour(capsys, tmp_path, name):
+    """`fxgrow draw torchvision:NAME -o NAME.svg` as typed (224x224 input, collapse=auto)."""
+    import torchvision
+    svg = tmp_path / f"{name}.svg"
+    code, out, _ = cli(capsys, "draw", f"torchvision:{name}", "-o", str(svg), "-q")
+    assert code == 0
+    colours = {el.get(a).lower() for el in ET.parse(svg).getroot().iter()
+               for a in ("stroke", "fill") if el.get(a)}
+    torch_model = getattr(torchvision.models, name)().eval()
+    import torch
+    s = fxgrow.draw.scene(torch_model, torch.randn(1, 3, 224, 224), collapse="auto")
+    assert len(s.groups) == {"resnet50": 39, "densenet121": 122}[name]
+    missing = [g.name for g in s.groups if g.colour not in colours]
+    assert not missing
+
+
 def test_user_errors_in_process(capsys, tmp_path, monkeypatch):
     cases = [
         (["inspect", "torchvison:resnet18"], "cannot tell what model"),

@@ -93,6 +93,26 @@ def test_deepened_students_round_trip(tmp_path):
         assert_same(student, fxgrow.load(path), X)
 
 
+def _vit() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                                num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+
+
+def _timm() -> nn.Module:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", pretrained=False).eval()
+
+
+@pytest.mark.parametrize("make", [_vit, _timm], ids=["torchvision-vit", "timm-resnet10t"])
+def test_other_models_round_trip(tmp_path, make):
+    """nn.MultiheadAttention (constructor arguments read back from attributes), timm layers."""
+    student = fxgrow.widen(make(), X, factor=2, verify=False)
+    path = fxgrow.save(student, tmp_path / "s.safetensors", example_inputs=X)
+    assert_same(student, fxgrow.load(path), X)
+
+
 def test_weights_are_plain_safetensors(tmp_path):
     student = fxgrow.widen(small(), X, factor=1.5)
     path = fxgrow.save(student, tmp_path / "s.safetensors")
