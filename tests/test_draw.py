@@ -245,3 +245,19 @@ def test_module_helpers():
     assert graph.shape_text(torch.empty(2, 3)) == "2×3"
     assert graph.shape_text((torch.empty(1, 4), None)) == "1×4"
     assert render.q('a "b"\nc') == '"a \\"b\\"\\nc"'
+
+
+def test_before_after_falls_back_to_teacher_colours(monkeypatch):
+    """If the student cannot be analysed, nodes it shares with the teacher keep their colours."""
+    import fxgrow.analysis
+    model = build("resnet18")
+    analysis = fxgrow.analyze(model, X32)
+    student = fxgrow.widen(model, X32, factor=1.5)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no analysis")
+    monkeypatch.setattr(fxgrow.analysis, "analyze", fail)
+    s = scene(analysis, student=student)
+    e = next(e for e in s.edges if e.src == "conv1" and e.dst == "bn1")
+    assert [g.name for g in e.groups] == ["conv1"]
+    assert next(i for i in s.items if i.id == "conv1").shape == "1×96×16×16"

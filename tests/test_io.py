@@ -67,15 +67,15 @@ def load_without_pickle(path) -> torch.fx.GraphModule:
 
 def test_grown_resnet_round_trip(tmp_path):
     teacher = resnet18()
-    student = fxgrow.grow(teacher, X, width=1.5, blocks={"layer1": 3})
-    path = fxgrow.save(student, tmp_path / "s.safetensors", example_inputs=X)
+    student = fxgrow.grow(teacher, X, width=1.5, blocks={"layer1": 3}, verify=False)
+    path = fxgrow.save(student, tmp_path / "s.safetensors", example_inputs=X, verify=False)
     loaded = load_without_pickle(path)
     assert isinstance(loaded, torch.fx.GraphModule)
     assert_same(student, loaded, X)
     assert fxgrow.compare(teacher, loaded, X).max_rel < 1e-5
     # module metadata survives: stages are found again, and the loaded model grows further
     assert [s.name for s in fxgrow.stages(loaded, X)] == ["layer1", "layer2", "layer3", "layer4"]
-    bigger = fxgrow.grow(loaded, X, blocks={"layer2": 3})
+    bigger = fxgrow.grow(loaded, X, blocks={"layer2": 3}, verify=False)
     assert fxgrow.compare(teacher, bigger, X).max_rel < 1e-5
     # it trains
     loaded.train()
