@@ -19,7 +19,7 @@ import torch.fx
 
 from ..analysis import Analysis, as_tuple
 from ..errors import InputError
-from .render import DrawError, GraphvizNotFoundError, dot_binary, to_dot, write
+from .render import DrawError, GraphvizNotFoundError, to_dot, write
 from .graph import (DGroup, Scene, blockers_by_node, build, matched_groups, node_roots,
                     teacher_groups)
 
