@@ -8,6 +8,9 @@ by ``get_attr`` nodes.  fxgrow analyses and rewrites that GraphModule like any o
 student it returns is a GraphModule with trainable parameters."""
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 import torch.fx
 
@@ -16,8 +19,10 @@ from ..errors import TraceError
 
 def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
     """``model`` captured by ``torch.export`` on ``example_inputs`` (static shapes)."""
-    try:
-        program = torch.export.export(model, tuple(example_inputs), strict=False)
+    noise = io.StringIO()
+    try:  # export prints the failing graph on errors: keep it out of the user's terminal
+        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise):
+            program = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
