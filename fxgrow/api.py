@@ -73,16 +73,17 @@ def groups(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
 
 def plan(model: torch.nn.Module | Analysis, example_inputs: Any = None, *,
          widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
-         split: str = "equal", noise: float = 0.0, **trace_options: Any) -> WidenPlan:
+         split: str = "equal", noise: float = 0.0, approximate: bool = False,
+         **trace_options: Any) -> WidenPlan:
     """What ``widen`` would do, without doing it (a dry run)."""
     analysis = model if isinstance(model, Analysis) else \
         analyze(model, example_inputs, **trace_options)
-    return make_plan(analysis, widths, factor, seed, split, noise)
+    return make_plan(analysis, widths, factor, seed, split, noise, approximate)
 
 
 def widen(model: torch.nn.Module, example_inputs: Any, *,
           widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
-          split: str = "equal", noise: float = 0.0,
+          split: str = "equal", noise: float = 0.0, approximate: bool = False,
           verify: bool = True, plan: WidenPlan | None = None, frontend: str = "auto",
           outputs: str = "fixed", untie: bool = False,
           leaf_modules: Iterable[type | str] = (),
@@ -98,9 +99,9 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     analysis = analyze(model, example_inputs, frontend=frontend, outputs=outputs,
                        leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     if plan is None:
-        plan = make_plan(analysis, widths, factor, seed, split, noise)
+        plan = make_plan(analysis, widths, factor, seed, split, noise, approximate)
     student = apply(analysis, plan, untie=untie)
-    if plan.noise:  # not exact by design: measure and report instead of refusing
+    if plan.noise or plan.approximate:  # not exact by design: measure and report
         student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
     elif verify:
         student.meta["fxgrow_error"] = _verify(model, student, analysis.example_inputs)

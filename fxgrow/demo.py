@@ -310,54 +310,67 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 class Config:
     widths: tuple[int, ...] = (16, 32)
     blocks: tuple[int, ...] = (2, 2)
-    extra_blocks: int = 1
-    teacher_steps: int = 300
-    student_steps: int = 300
+    extra_blocks: int = 1  # per stage, at growth
+    teacher_steps: int = 200
+    student_steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    eval_every: int = 10
-    smooth: int = 5  # accuracy targets use the mean of this many consecutive evaluations
-    noise_window: int = 20
-    schedule: str = "cosine"  # over the global step, shared by both runs; or "constant"
     warmup: int = 20
+    schedule: str = "cosine"  # over the global step, shared by both runs; or "constant"
+    # the student's learning rate relative to the schedule; None: 1 / factor.  Each copy of a
+    # replicated unit gets the teacher's full gradient on its outgoing weights, so the unit's
+    # outgoing weights move up to ``factor`` times as fast after growth (see docs/training.md)
+    student_lr_scale: float | None = None
+    eval_every: int = 10
+    smooth: int = 5  # accuracy targets compare the mean of this many consecutive evaluations
+    noise_window: int = 20  # batch losses compared before / after growth
 
 
 def _spike(teacher_losses: list[float], student_losses: list[float], k: int) -> dict:
     t = torch.tensor(teacher_losses[-k:], dtype=torch.float64)
     s = torch.tensor(student_losses[:k], dtype=torch.float64)
-    return {"window": k, "teacher_mean": float(t.mean()), "teacher_std": float(t.std()),
-            "teacher_max": float(t.max()), "student_mean": float(s.mean()),
-            "student_std": float(s.std()), "student_max": float(s.max())}
+    out = {"window": k, "teacher_mean": float(t.mean()), "teacher_std": float(t.std()),
+           "teacher_max": float(t.max()), "student_mean": float(s.mean()),
+           "student_std": float(s.std()), "student_max": float(s.max())}
+    out["excess_in_std"] = (out["student_mean"] - out["teacher_mean"]) / out["teacher_std"]
+    out["spike"] = out["excess_in_std"] > 1.0
+    return out
 
 
 def _plot(path: str, grown: History, scratch: History, growth_step: int, growth_flops: float,
-          target: float, title: str) -> bool:
+          target: float, smooth: int, title: str) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for h, label, color in ((grown, "teacher -> grown student (fxgrow)", "tab:blue"),
-                            (scratch, "student shape, random init", "tab:orange")):
+                            (scratch, "student's shape from random init", "tab:orange")):
         ev = h.evals
-        axes[0].plot([e[1] / 1e9 for e in ev], [100 * e[2] for e in ev], label=label, color=color)
+        axes[0].plot([e[1] / 1e9 for e in ev], [100 * e[2] for e in ev], color=color, alpha=0.3,
+                     lw=0.8)
+        sm = h.smoothed(smooth)
+        axes[0].plot([e[1] / 1e9 for e in sm], [100 * e[2] for e in sm], color=color, lw=1.8,
+                     label=label)
         losses = torch.tensor(h.losses)
         w = 10
-        smooth = losses.unfold(0, w, 1).mean(1) if len(losses) >= w else losses
-        axes[1].plot(range(w, w + len(smooth)), smooth.tolist(), label=label, color=color)
+        avg = losses.unfold(0, w, 1).mean(1) if len(losses) >= w else losses
+        axes[1].plot(range(w, w + len(avg)), avg.tolist(), label=label, color=color)
     axes[0].axvline(growth_flops / 1e9, color="grey", ls="--", lw=1, label="growth")
-    axes[0].axhline(100 * target, color="grey", ls=":", lw=1, label="from-scratch final accuracy")
+    axes[0].axhline(100 * target, color="grey", ls=":", lw=1,
+                    label="from scratch, final accuracy")
     axes[0].set_xlabel("training compute (GFLOPs)")
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].set_ylim(max(0, 100 * min(e[2] for e in scratch.evals[3:] + grown.evals[3:]) - 2), 100.5)
+    axes[0].set_ylabel(f"test accuracy (%), thick: mean of {smooth} evaluations")
+    axes[0].set_ylim(90, 100.3)
     axes[0].legend(loc="lower right", fontsize=8)
-    axes[1].axvline(growth_step, color="grey", ls="--", lw=1)
+    axes[1].axvline(growth_step, color="grey", ls="--", lw=1, label="growth")
     axes[1].set_yscale("log")
     axes[1].set_xlabel("training step")
     axes[1].set_ylabel("training loss (mean of 10 batches)")
+    axes[1].legend(loc="upper right", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -369,13 +382,14 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         teacher_steps: int | None = None, student_steps: int | None = None,
         threads: int = 1, progress: bool = True, config: Config | None = None) -> int:
     """Train a teacher on digits, grow it ``factor`` x wider and one block per stage deeper,
-    continue training; compare with the student's shape trained from scratch.  Writes
-    ``curves.png``, ``student.svg`` (when ``fxgrow.draw`` is available), the student and
-    ``results.json`` to ``out_dir``.  Returns 0."""
+    move its AdamW state, continue training; train the student's shape from scratch on the
+    same batches for the same number of steps; print the comparison.  Writes ``curves.png``,
+    ``student.svg`` (with ``fxgrow.draw``), the student and ``results.json`` to ``out_dir``.
+    Returns 0 (1 when scikit-learn is missing)."""
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        print("fxgrow demo needs scikit-learn (its digits data set): "
+        print("fxgrow demo needs scikit-learn (its digits data set) and matplotlib: "
               "pip install scikit-learn matplotlib", file=sys.stderr)
         return 1
     import fxgrow
@@ -386,8 +400,10 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         cfg.teacher_steps = teacher_steps
     if student_steps is not None:
         cfg.student_steps = student_steps
+    if cfg.student_lr_scale is None:
+        cfg.student_lr_scale = 1.0 / factor
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the models are tiny: one thread is as fast, and robust
+    torch.set_num_threads(threads)  # tiny models: one thread is as fast, and robust under load
     t_start, cpu_start = time.perf_counter(), time.process_time()
     bar = Progress(progress)
     try:
@@ -395,65 +411,59 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         example = data.x_test[:16]
         widths = tuple(math.ceil(w * factor - 1e-9) for w in cfg.widths)
         blocks = tuple(b + cfg.extra_blocks for b in cfg.blocks)
-        total = cfg.teacher_steps + cfg.student_steps
-        schedule = cosine(cfg.lr, total, cfg.warmup) if cfg.schedule == "cosine" else None
+        T, S = cfg.teacher_steps, cfg.student_steps
+        total = T + S
+        if cfg.schedule == "cosine":
+            schedule = cosine(cfg.lr, total, cfg.warmup)
+        else:
+            schedule = lambda step: cfg.lr  # noqa: E731
+        scale = cfg.student_lr_scale
+        student_schedule = lambda step: schedule(step) * scale  # noqa: E731
+        log = dict(data=data, eval_every=cfg.eval_every, progress=bar, total=total)
 
-        # 1. teacher
+        # 1. the teacher
         teacher = seeded(seed, lambda: SmallResNet(cfg.widths, cfg.blocks))
         opt = make_optimizer(teacher, cfg.lr, cfg.weight_decay)
         t_fps = train_flops_per_sample(teacher, example) * cfg.batch_size
         batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100)
         grown = History()
-        flops = train(teacher, opt, batches, cfg.teacher_steps, flops_per_step=t_fps, data=data,
-                      history=grown, eval_every=cfg.eval_every, progress=bar, label="teacher", lr=schedule,
-                      total=total)
-        growth_flops = flops
-        teacher_acc = grown.evals[-1][2]
+        flops = train(teacher, opt, batches, T, flops_per_step=t_fps, history=grown,
+                      label="teacher", lr=schedule, **log)
+        growth_flops, teacher_acc = flops, grown.evals[-1][2]
 
-        # 2. grow: wider (split="random": exact, copies learn apart) and deeper, optimizer moved
+        # 2. growth: wider (split="random": exact, and the copies learn apart), one more
+        #    block per stage (zeroed residual branch), the optimizer state mapped across
         x_next, y_next = next(batches)
-        with torch.no_grad():
-            probe = copy.deepcopy(teacher)
-            set_training(probe, True)
-            loss_before = float(F.cross_entropy(probe(x_next), y_next))
+        loss_before = _loss(teacher, x_next, y_next)
         t0 = time.perf_counter()
         set_training(teacher, False)
         student = fxgrow.grow(teacher, example, width=factor,
                               blocks={f"layer{s + 1}": b for s, b in enumerate(blocks)},
                               split="random", seed=seed)
+        opt = fxgrow.transfer_optimizer(opt, teacher, student)
         grow_seconds = time.perf_counter() - t0
         error = fxgrow.compare(teacher, student, data.x_test)
         error_train = fxgrow.compare(teacher, student, x_next, mode="train")
-        opt = fxgrow.transfer_optimizer(opt, teacher, student)
-        set_training(student, True)
-        with torch.no_grad():
-            probe = copy.deepcopy(student)
-            loss_after = float(F.cross_entropy(probe(x_next), y_next))
-            del probe
+        loss_after = _loss(student, x_next, y_next)
         s_fps = train_flops_per_sample(student, example) * cfg.batch_size
         n_teacher = sum(p.numel() for p in teacher.parameters())
         n_student = sum(p.numel() for p in student.parameters())
 
-        # 3. continue training the student on the same stream (its first batch is x_next)
-        batches_after = _prepend((x_next, y_next), batches)
-        flops = train(student, opt, batches_after, cfg.student_steps, flops_per_step=s_fps,
-                      data=data, history=grown, eval_every=cfg.eval_every, lr=schedule,
-                      start_step=cfg.teacher_steps, start_flops=flops, progress=bar,
-                      label="student", total=total)
-        student_losses = grown.losses[cfg.teacher_steps:]
-        spike = _spike(grown.losses[:cfg.teacher_steps], student_losses, cfg.noise_window)
+        # 3. the student trains on, from the very batch the losses above were measured on
+        flops = train(student, opt, _prepend((x_next, y_next), batches), S,
+                      flops_per_step=s_fps, history=grown, start_step=T, start_flops=flops,
+                      label="student", lr=student_schedule, **log)
+        spike = _spike(grown.losses[:T], grown.losses[T:], cfg.noise_window)
 
-        # 4. the student's exact shape from scratch, same batches, same number of steps
+        # 4. the student's exact shape from random init: same batches, same number of steps
         scratch = seeded(seed + 1, lambda: SmallResNet(widths, blocks))
-        same = {k: tuple(v.shape) for k, v in scratch.state_dict().items()} == \
-            {k: tuple(v.shape) for k, v in student.state_dict().items()}
-        if not same:
+        if {k: v.shape for k, v in scratch.state_dict().items()} != \
+                {k: v.shape for k, v in student.state_dict().items()}:
             raise RuntimeError("the from-scratch model does not have the student's shape")
-        sc_opt = make_optimizer(scratch, cfg.lr, cfg.weight_decay)
         sc_hist = History()
-        train(scratch, sc_opt, Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100),
-              total, flops_per_step=s_fps, data=data, history=sc_hist,
-              eval_every=cfg.eval_every, progress=bar, label="scratch", lr=schedule)
+        train(scratch, make_optimizer(scratch, cfg.lr, cfg.weight_decay),
+              Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100), total,
+              flops_per_step=s_fps, history=sc_hist, label="scratch", lr=schedule, **log)
 
         # 5. results
         target = sc_hist.smoothed(cfg.smooth)[-1][2]
@@ -462,39 +472,19 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         full = sc_hist.evals[-1][1]
         os.makedirs(out_dir, exist_ok=True)
         png = os.path.join(out_dir, "curves.png")
-        title = (f"digits: SmallResNet {_w(cfg.widths)} x {_w(cfg.blocks)} blocks -> "
-                 f"{_w(widths)} x {_w(blocks)} at step {cfg.teacher_steps} (seed {seed})")
-        plotted = _plot(png, grown, sc_hist, cfg.teacher_steps, growth_flops, target, title)
-        svg = os.path.join(out_dir, "student.svg")
-        drawn = None
-        if hasattr(fxgrow, "draw"):
-            try:
-                fxgrow.draw(student, example, svg)
-                drawn = svg
-            except Exception as e:  # drawing is a convenience: report, do not fail the demo
-                drawn = f"not drawn ({type(e).__name__}: {e})"
-        saved = os.path.join(out_dir, "student")
-        if hasattr(fxgrow, "save"):
-            fxgrow.save(student, saved)
-        else:
-            saved += ".pt"
-            torch.save(student.state_dict(), saved)
-
+        title = (f"fxgrow demo, digits: SmallResNet widths {_w(cfg.widths)}, blocks "
+                 f"{_w(cfg.blocks)} grown at step {T} to {_w(widths)}, {_w(blocks)} (seed {seed})")
+        plotted = _plot(png, grown, sc_hist, T, growth_flops, target, cfg.smooth, title)
+        drawn = _draw(fxgrow, teacher, student, example, os.path.join(out_dir, "student.svg"))
+        saved = _save(fxgrow, student, example, os.path.join(out_dir, "student"))
         wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
         lines = _report(cfg, data, seed, factor, widths, blocks, n_teacher, n_student, t_fps,
-                        s_fps, error, error_train, loss_before, loss_after, spike, grown, sc_hist,
-                        teacher_acc, target, reach_g, reach_s, full, grow_seconds)
-        lines.append("")
-        lines.append(f"wrote {png}" if plotted else "no plot: matplotlib is not installed")
-        if drawn == svg:
-            lines.append(f"wrote {svg} (the grown graph)")
-        elif drawn:
-            lines.append(f"grown graph {drawn}")
-        else:
-            lines.append("no graph drawing: this fxgrow has no fxgrow.draw")
-        lines.append(f"wrote {saved} (the student)")
-        lines.append(f"runtime {wall:.1f} s wall, {cpu:.1f} s CPU ({threads} thread"
-                     f"{'s' if threads > 1 else ''})")
+                        s_fps, error, error_train, loss_before, loss_after, spike, grown,
+                        sc_hist, teacher_acc, target, reach_g, reach_s, full, grow_seconds)
+        lines += ["", f"wrote {png}" if plotted else "no plot: matplotlib is not installed",
+                  drawn, f"wrote {saved} (the student)",
+                  f"runtime {wall:.1f} s wall, {cpu:.1f} s CPU ({threads} thread"
+                  f"{'s' if threads > 1 else ''})"]
         print("\n".join(lines))
         results = {
             "seed": seed, "factor": factor, "config": asdict(cfg), "student_widths": widths,
@@ -515,6 +505,38 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
     return 0
 
 
+@torch.no_grad()
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The training-mode loss on one batch, leaving the model (modes, BN statistics) as it was."""
+    from .modes import preserved, set_training
+    with preserved(model):
+        set_training(model, True)
+        return float(F.cross_entropy(model(x), y))
+
+
+def _draw(fxgrow, teacher, student, example, path: str) -> str:
+    """The student drawn over the teacher's channel groups (old -> new widths, new blocks)."""
+    if not hasattr(fxgrow, "draw"):
+        return "no graph drawing: this fxgrow has no fxgrow.draw"
+    try:
+        fxgrow.draw(teacher, example, path, student=student)
+    except Exception as e:  # a drawing is a convenience: report it, do not fail the demo
+        return f"the grown graph was not drawn ({type(e).__name__}: {e})"
+    return f"wrote {path} (the grown graph)"
+
+
+def _save(fxgrow, student, example, path: str) -> str:
+    """``fxgrow.save`` (one .safetensors file, checked by loading it back) where available."""
+    if hasattr(fxgrow, "save"):
+        try:
+            return str(fxgrow.save(student, path + ".safetensors", example_inputs=example))
+        except Exception as e:
+            print(f"fxgrow.save failed ({type(e).__name__}: {e}); saving the state_dict",
+                  file=sys.stderr)
+    torch.save(student.state_dict(), path + ".pt")
+    return path + ".pt"
+
+
 def _prepend(first, rest: Iterator) -> Iterator:
     yield first
     yield from rest
@@ -531,60 +553,60 @@ def _g(flops: float) -> str:
 def _report(cfg, data, seed, factor, widths, blocks, n_teacher, n_student, t_fps, s_fps, error,
             error_train, loss_before, loss_after, spike, grown, scratch, teacher_acc, target,
             reach_g, reach_s, full, grow_seconds) -> list[str]:
-    T, S = cfg.teacher_steps, cfg.student_steps
-    out = [f"fxgrow demo: Net2Net growth during training on scikit-learn digits "
-           f"({len(data.y_train)} train / {len(data.y_test)} test images, 8x8, seed {seed})",
+    T, S, k = cfg.teacher_steps, cfg.student_steps, spike["window"]
+    out = [f"fxgrow demo: Net2Net growth during training, scikit-learn digits "
+           f"({len(data.y_train)} train / {len(data.y_test)} test images, 8x8), seed {seed}",
            "",
            f"teacher  SmallResNet widths {_w(cfg.widths)}, blocks {_w(cfg.blocks)}: "
-           f"{n_teacher:,} params, {t_fps / cfg.batch_size / 6e6:.2f} MMAC/img",
+           f"{n_teacher:,} params, {t_fps / cfg.batch_size / 6e6:.2f} M MAC/image",
            f"student  widths {_w(widths)}, blocks {_w(blocks)} (x{factor:g} wider, "
            f"+{cfg.extra_blocks} block per stage): {n_student:,} params, "
-           f"{s_fps / cfg.batch_size / 6e6:.2f} MMAC/img",
-           f"AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}; "
-           f"teacher {T} steps, then student {S} steps; from scratch {T + S} steps, same batches",
+           f"{s_fps / cfg.batch_size / 6e6:.2f} M MAC/image",
+           f"AdamW, batch {cfg.batch_size}, {cfg.schedule} lr {cfg.lr:g} over {T + S} steps "
+           f"(student x{cfg.student_lr_scale:.2g}); teacher {T} steps + student {S}; "
+           f"from scratch {T + S}, same batches",
            "",
-           f"growth at step {T} (fxgrow.grow split='random' + transfer_optimizer, "
-           f"{grow_seconds:.2f} s):",
-           f"  preservation error   eval mode, {len(data.y_test)} test images: max abs "
-           f"{error.max_abs:.2g} (rel {error.max_rel:.2g}); train mode, next batch: max abs "
-           f"{error_train.max_abs:.2g}",
-           f"  loss on the next batch   teacher {loss_before:.5f}  student {loss_after:.5f}  "
-           f"(diff {abs(loss_after - loss_before):.1g})",
-           f"  batch loss   teacher's last {spike['window']}: mean {spike['teacher_mean']:.4f} "
-           f"std {spike['teacher_std']:.4f} max {spike['teacher_max']:.4f}",
-           f"               student's first {spike['window']}: mean {spike['student_mean']:.4f} "
-           f"std {spike['student_std']:.4f} max {spike['student_max']:.4f}  -> "
-           + ("no spike (within the teacher's noise)"
-              if spike["student_max"] <= spike["teacher_mean"] + 3 * spike["teacher_std"]
-              else "SPIKE above the teacher's mean + 3 std"),
+           f"growth at step {T}: fxgrow.grow(split='random') + transfer_optimizer, "
+           f"{grow_seconds:.2f} s",
+           f"  preservation error  eval mode, {len(data.y_test)} test images: max abs "
+           f"{error.max_abs:.1e} (rel {error.max_rel:.1e}); train mode, next batch: "
+           f"{error_train.max_abs:.1e}",
+           f"  loss on the next batch  teacher {loss_before:.6f}  student {loss_after:.6f}",
+           f"  batch losses  teacher, last {k}: mean {spike['teacher_mean']:.4f}  "
+           f"std {spike['teacher_std']:.4f}  max {spike['teacher_max']:.4f}",
+           f"                student, first {k}: mean {spike['student_mean']:.4f}  "
+           f"std {spike['student_std']:.4f}  max {spike['student_max']:.4f}",
+           f"  -> {'no loss spike' if not spike['spike'] else 'LOSS SPIKE'}: the mean moved by "
+           f"{spike['excess_in_std']:+.2f} of the teacher's batch-to-batch std",
            "",
-           f"{'step':>6}  {'teacher -> student':>27}  {'from scratch':>24}",
-           f"{'':>6}  {'':>8}{'test acc':>9}  {'GFLOPs':>8}  {'test acc':>13}  {'GFLOPs':>8}"]
-    marks = sorted({T // 2, T, T + 20, T + 60, T + S // 2, T + S} |
-                   {s for s in range(0, T + S + 1, max(cfg.eval_every, (T + S) // 6))})
+           f"{'step':>6}  {'teacher -> student':^27}  {'from scratch':^22}",
+           f"{'':>6}  {'':>9} {'test acc':>8}  {'GFLOPs':>8}  {'test acc':>12}  {'GFLOPs':>8}"]
+    marks = sorted({0, T // 2, T, T + 20, T + 50, T + 100, T + S // 2, T + S}
+                   | set(range(0, T + S + 1, 100)))
     for step in marks:
         try:
             g, s = grown.at(step), scratch.at(step)
         except StopIteration:
             continue
         who = "teacher" if step < T else ("grown" if step == T else "student")
-        out.append(f"{step:>6}  {who:>8}{100 * g[2]:>8.1f}%  {_g(g[1]):>8}  "
-                   f"{100 * s[2]:>12.1f}%  {_g(s[1]):>8}")
+        out.append(f"{step:>6}  {who:>9} {100 * g[2]:>7.1f}%  {_g(g[1]):>8}  "
+                   f"{100 * s[2]:>11.1f}%  {_g(s[1]):>8}")
     out.append("")
-    out.append(f"target: the from-scratch model's final test accuracy {100 * target:.1f}% "
-               f"(teacher at growth: {100 * teacher_acc:.1f}%)")
+    out.append(f"target: the from-scratch model's final accuracy, {100 * target:.2f}% (mean of its "
+               f"last {cfg.smooth} evaluations; teacher at growth {100 * teacher_acc:.1f}%)")
     if reach_g:
-        out.append(f"  teacher -> student reaches it at step {reach_g[0]:>4}: {_g(reach_g[1])} "
-                   f"GFLOPs (teacher included)")
+        out.append(f"  teacher -> student reaches it at step {reach_g[0]:>4}: {_g(reach_g[1]):>7} "
+                   f"GFLOPs, the teacher's included")
     else:
-        out.append("  teacher -> student does not reach it within its steps")
-    out.append(f"  from scratch      reaches it at step {reach_s[0]:>4}: {_g(reach_s[1])} GFLOPs "
-               f"(full budget {_g(full)})")
+        out.append(f"  teacher -> student does not reach it in {T + S} steps")
+    out.append(f"  from scratch      reaches it at step {reach_s[0]:>4}: {_g(reach_s[1]):>7} "
+               f"GFLOPs; its full budget: {_g(full)} GFLOPs")
     if reach_g:
-        out.append(f"  compute saved: {100 * (1 - reach_g[1] / reach_s[1]):.0f}% against the "
-                   f"first time from scratch reaches it, {100 * (1 - reach_g[1] / full):.0f}% "
-                   f"against its full budget")
-    g_end, s_end = grown.evals[-1], scratch.evals[-1]
-    out.append(f"final: teacher -> student {100 * g_end[2]:.1f}% with {_g(g_end[1])} GFLOPs, "
-               f"from scratch {100 * s_end[2]:.1f}% with {_g(s_end[1])} GFLOPs")
+        out.append(f"  compute saved: {100 * (1 - reach_g[1] / full):.0f}% of the from-scratch "
+                   f"budget ({100 * (1 - reach_g[1] / reach_s[1]):.0f}% against the step where "
+                   f"from scratch first reaches it)")
+    g_end, s_end = grown.smoothed(cfg.smooth)[-1], scratch.smoothed(cfg.smooth)[-1]
+    out.append(f"final (mean of last {cfg.smooth}): teacher -> student {100 * g_end[2]:.2f}% with "
+               f"{_g(g_end[1])} GFLOPs, from scratch {100 * s_end[2]:.2f}% with "
+               f"{_g(s_end[1])} GFLOPs")
     return out

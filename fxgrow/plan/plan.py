@@ -128,9 +128,11 @@ class WidenPlan:
     seed: int = 0
     split: str = "equal"
     noise: float = 0.0
+    approximate: bool = False  # normalised groups may grow by non-whole factors (not exact)
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "split": self.split, "noise": self.noise, "changes": [
+        return {"seed": self.seed, "split": self.split, "noise": self.noise,
+                "approximate": self.approximate, "changes": [
             {"group": c.group, "old_width": c.old_width, "new_width": c.new_width,
              "map": {"old": c.map.old, "new": c.map.new, "source": list(c.map.source),
                      "fractions": None if c.map.fractions is None else list(c.map.fractions)}}
@@ -144,7 +146,7 @@ class WidenPlan:
                                   None if fr is None else tuple(fr))
         return cls(tuple(GroupChange(c["group"], c["old_width"], c["new_width"], rmap(c["map"]))
                          for c in d["changes"]), d.get("seed", 0), d.get("split", "equal"),
-                   d.get("noise", 0.0))
+                   d.get("noise", 0.0), d.get("approximate", False))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -201,21 +203,25 @@ def _check_width(g: ChannelGroup, new: Any, uniform: bool) -> int:
         why = ("it passes through a normalisation over channels (LayerNorm/GroupNorm/RMSNorm), "
                "whose statistics survive only whole-multiple replication") if uniform else \
             f"its unit of {g.unit} channels repeats {g.multiplicity} times along {g.name}"
+        hint = " (or pass approximate=True to accept a measured approximation)" if uniform else ""
         raise WidthError(f"group {g.name!r} cannot be widened exactly to {new}: {why}. "
-                         f"Nearest exact widths: {', '.join(str(v) for v in (lo, hi) if v >= g.width)}")
+                         f"Nearest exact widths: "
+                         f"{', '.join(str(v) for v in (lo, hi) if v >= g.width)}{hint}")
     return new
 
 
 def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
               factor: float | None = None, seed: int = 0, split: str = "equal",
-              noise: float = 0.0) -> WidenPlan:
+              noise: float = 0.0, approximate: bool = False) -> WidenPlan:
     """Choose new widths and replication maps.
 
     ``factor`` widens every widenable group (rounded up to what the group allows: a whole
     multiple of its unit, or of its width when normalised over channels); ``widths`` names
     groups (or their modules) and overrides the factor for them.  ``split="random"`` splits
     each replicated unit's outgoing weights by random shares (still exact; the copies then
-    learn apart); ``noise`` > 0 adds the paper's noise to the copies (not exact)."""
+    learn apart); ``noise`` > 0 adds the paper's noise to the copies (not exact).
+    ``approximate=True`` lets groups under a channel normalisation grow by any width (their
+    statistics then change: the student is not exact, and ``widen`` reports the error)."""
     if split not in ("equal", "random"):
         raise InputError(f"split must be 'equal' or 'random', got {split!r}")
     if isinstance(noise, bool) or not isinstance(noise, Real) or noise < 0:
@@ -228,7 +234,8 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
             raise WidthError(f"factor must be a number >= 1, got {factor!r}")
     if widths is not None and not isinstance(widths, Mapping):
         raise InputError("widths must be a mapping {group or module name: new width}")
-    uniform = _uniform_roots(analysis)
+    uniform = set() if approximate else _uniform_roots(analysis)
+    uniform_maps = _uniform_roots(analysis)
     targets: dict[int, tuple[ChannelGroup, int]] = {}
     if factor is not None:
         inner = _inner_factors(analysis)
@@ -255,13 +262,14 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
     for g, unit in sorted(targets.values(), key=lambda t: analysis.groups.index(t[0])):
         gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(g.name.encode()))
                                             % (2 ** 63))
-        if g.root in uniform:
+        if g.root in uniform_maps and unit % g.unit == 0:
             m = ReplicationMap.uniform(g.unit, unit, gen, split)
         else:
             m = ReplicationMap.random(g.unit, unit, gen, split)
         changes.append(GroupChange(g.name, g.width, unit * g.multiplicity, m))
-    plan = WidenPlan(tuple(changes), seed, split, float(noise))
-    check_plan(analysis, plan)
+    plan = WidenPlan(tuple(changes), seed, split, float(noise), bool(approximate))
+    if not approximate:
+        check_plan(analysis, plan)
     return plan
 
 
