@@ -31,6 +31,7 @@ def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False) -> Ana
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)
     _finish_params(state)
+    state.spaces.freeze()
     return state
 
 

@@ -71,6 +71,12 @@ class SpaceTable:
         self.members: dict[int, list[int]] = {}
         self.blockers: dict[int, list[Blocker]] = {}
         self.refined: dict[int, Layout] = {}
+        self._resolved: dict | None = None  # cache, once the analysis is finished (freeze)
+
+    def freeze(self) -> None:
+        """No more refinements: resolved layouts can be cached (unions and blockers may still
+        be added; they do not change how a layout resolves)."""
+        self._resolved = {}
 
     # -- atoms and classes -------------------------------------------------------------------
     def new(self, width: int) -> Layout:
@@ -108,6 +114,7 @@ class SpaceTable:
     def _refine(self, atom: int, make) -> None:
         """Refine the class of ``atom``: ``make(member)`` builds each member's structure from fresh
         atoms and returns them; pieces at the same position are united."""
+        assert self._resolved is None, "refinement after the analysis was frozen"
         root = self.find(atom)
         inherited = list(self.blockers[root])
         pieces: list[list[int]] = []
@@ -155,6 +162,15 @@ class SpaceTable:
 
     def resolve(self, layout: Layout) -> Layout:
         """The layout in terms of leaf atoms, normalised (see module docstring)."""
+        cache = self._resolved
+        if cache is not None:
+            hit = cache.get(layout)
+            if hit is None:
+                hit = cache[layout] = self._resolve(layout)
+            return hit
+        return self._resolve(layout)
+
+    def _resolve(self, layout: Layout) -> Layout:
         out: list = []
         for s in layout:
             if isinstance(s, Atom):
