@@ -455,8 +455,11 @@ def chunk(cx: RuleContext):
     n = x.shape[d]
     outs = cx.example()
     step = -(-n // k)
-    if n % step and cx.spaces.roots(x.layouts[d]):
-        cx.block(x.layouts[d], "uneven chunk: the pieces could not follow the width")
+    if n % k and cx.spaces.roots(x.layouts[d]):
+        # torch cuts at multiples of ceil(n / k): unless k divides n, the pieces (their sizes,
+        # even their number: chunk(3) of 4 gives 2 + 2) change differently from the width
+        cx.block(x.layouts[d], f"chunk({k}) of {n} is not {k} equal pieces: the pieces "
+                               "could not follow the width")
     pieces = cx.spaces.cut(x.layouts[d], range(step, n, step), cx.blocker("chunk"))
     if n % step == 0:
         for p in pieces[1:]:
