@@ -119,39 +119,32 @@ def _pointwise(m) -> bool:
         all(v == 0 for v in getattr(m, "output_padding", (0,)))
 
 
-@rule(*_CONV)
-def conv_module(cx: RuleContext):
-    """nn.ConvNd: see the module docstring."""
+def _conv_module(cx: RuleContext, channels) -> TensorInfo:
     m = cx.module
     x = cx.tensor(cx.arg(0))
     unbatched = x.ndim == m.weight.dim() - 1
     ch = 0 if unbatched else 1
     w = _Weights(cx, "weight", "bias" if m.bias is not None else None)
-    out = conv_channels(cx, x.layouts[ch], w, m.groups, m.in_channels, m.out_channels)
     xin = x.layouts[ch]
+    out = channels(cx, xin, w, m.groups, m.in_channels, m.out_channels)
     cx.size_attr("in_channels", xin)
     cx.size_attr("out_channels", out)
-    if m.groups == m.in_channels and m.groups > 1:
+    if m.groups == m.in_channels and m.groups > 1:  # depthwise: one group per channel
         cx.size_attr("groups", xin)
     lead = () if unbatched else (x.layouts[0],)
     return cx.out(lead + (out,) + spatial_axes(cx, x, ch + 1, _pointwise(m)))
 
 
+@rule(*_CONV)
+def conv_module(cx: RuleContext):
+    """nn.ConvNd: see the module docstring."""
+    return _conv_module(cx, conv_channels)
+
+
 @rule(*_CONV_T)
 def conv_transpose_module(cx: RuleContext):
     """nn.ConvTransposeNd: input channels contracted (weight axis 0), outputs produced (axis 1)."""
-    m = cx.module
-    x = cx.tensor(cx.arg(0))
-    unbatched = x.ndim == m.weight.dim() - 1
-    ch = 0 if unbatched else 1
-    w = _Weights(cx, "weight", "bias" if m.bias is not None else None)
-    out = conv_transpose_channels(cx, x.layouts[ch], w, m.groups, m.in_channels, m.out_channels)
-    cx.size_attr("in_channels", x.layouts[ch])
-    cx.size_attr("out_channels", out)
-    if m.groups > 1:
-        cx.size_attr("groups", x.layouts[ch])
-    lead = () if unbatched else (x.layouts[0],)
-    return cx.out(lead + (out,) + spatial_axes(cx, x, ch + 1, _pointwise(m)))
+    return _conv_module(cx, conv_transpose_channels)
 
 
 @rule(F.conv1d, F.conv2d, F.conv3d)

@@ -31,13 +31,17 @@ def batchnorm_module(cx: RuleContext):
     if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) and \
             x.ndim == {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d: 4}[type(m)]:
         ch = 0  # unbatched instance norm
-    c = x.layouts[ch]
+    per_channel(cx, x.layouts[ch])
+    return cx.out(x.layouts)
+
+
+def per_channel(cx: RuleContext, c) -> None:
+    """A batch/instance norm module's weight, bias and running statistics along ``c``."""
     for name in ("weight", "bias", "running_mean", "running_var"):
         lay = cx.module_param(name, 0, SCALE)
         if lay is not None:
             cx.unify(c, lay, "per-channel parameter of a norm")
     cx.size_attr("num_features", c)
-    return cx.out(x.layouts)
 
 
 @rule(F.batch_norm, F.instance_norm)

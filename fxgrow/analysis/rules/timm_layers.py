@@ -1,8 +1,9 @@
 """Rules for timm's no-trace modules that fxgrow keeps whole (when timm is installed)."""
 from __future__ import annotations
 
-from ..context import SCALE, RuleContext, RuleError
+from ..context import RuleContext, RuleError
 from . import elementwise
+from .norm import per_channel
 from .registry import lookup, rule
 
 try:
@@ -34,10 +35,5 @@ if _norm_act is not None:
             if sub is not None and not _pointwise(sub):
                 raise RuleError(f"its {part} ({type(sub).__name__}) is not a known pointwise op")
         x = cx.tensor(cx.arg(0))
-        c = x.layouts[1]
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            lay = cx.module_param(name, 0, SCALE)
-            if lay is not None:
-                cx.unify(c, lay, "per-channel parameter of a norm")
-        cx.size_attr("num_features", c)
+        per_channel(cx, x.layouts[1])
         return cx.out(x.layouts)
