@@ -121,7 +121,10 @@ def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
         like = memo[id(state.tensors[pa.target])]
         scale = frac.to(like.dtype)
         scale = scale.view([-1] + [1] * (example.dim() - 1 - act_axis)).to(like.device)
-        name = f"fxgrow_tie_scale{k}"
+        n = k
+        while hasattr(student, f"fxgrow_tie_scale{n}"):  # a student widened again has some
+            n += 1
+        name = f"fxgrow_tie_scale{n}"
         student.register_buffer(name, scale)
         with student.graph.inserting_before(user_node):
             factor = student.graph.get_attr(name)
