@@ -209,6 +209,7 @@ class History:
         """(step, FLOPs, mean of ``metric`` (2: accuracy, 3: test loss) over the ``window``
         evaluations ending there); evaluations before a full window are left out."""
         out = []
+        window = max(1, min(window, len(self.evals)))
         for k in range(window - 1, len(self.evals)):
             vals = [e[metric] for e in self.evals[k - window + 1:k + 1]]
             out.append((self.evals[k][0], self.evals[k][1], sum(vals) / window))
@@ -330,10 +331,13 @@ class Config:
 def _spike(teacher_losses: list[float], student_losses: list[float], k: int) -> dict:
     t = torch.tensor(teacher_losses[-k:], dtype=torch.float64)
     s = torch.tensor(student_losses[:k], dtype=torch.float64)
-    out = {"window": k, "teacher_mean": float(t.mean()), "teacher_std": float(t.std()),
+    def std(v: torch.Tensor) -> float:
+        return float(v.std()) if len(v) > 1 else 0.0
+    out = {"window": k, "teacher_mean": float(t.mean()), "teacher_std": std(t),
            "teacher_max": float(t.max()), "student_mean": float(s.mean()),
-           "student_std": float(s.std()), "student_max": float(s.max())}
-    out["excess_in_std"] = (out["student_mean"] - out["teacher_mean"]) / out["teacher_std"]
+           "student_std": std(s), "student_max": float(s.max())}
+    noise = out["teacher_std"] or float("inf")
+    out["excess_in_std"] = (out["student_mean"] - out["teacher_mean"]) / noise
     out["spike"] = out["excess_in_std"] > 1.0
     return out
 
