@@ -9,7 +9,13 @@ gradient is the original column's.  Hence for every tensor
     grad' = index_select(grad) * prod over copied axes of a_j
 
 and optimizer state follows: first moments (momentum, Adam's exp_avg) like gradients, second
-moments (exp_avg_sq) like their squares, step counts unchanged.  Parameters that did not exist
+moments (exp_avg_sq) like their squares, step counts unchanged.
+
+The relation is exact when the replicas' activations reach the loss only through the split
+consumers (BatchNorm networks, any split; LayerNorm/RMSNorm networks with ``split="equal"``).
+With ``split="random"``, a normalisation over channels mixes the replicas in its backward pass
+(its mean and variance see every copy), so for tensors that write into a normalised stream the
+mapped gradient is an approximation (measured on a ViT: cosine similarity >= 0.9997).  Parameters that did not exist
 in the teacher (inserted layers) start with empty state, as a fresh optimizer would give them.
 """
 from __future__ import annotations
