@@ -95,9 +95,13 @@ def _get_attr(cx: RuleContext) -> Any:
     canon = cx.state.canonical.get(target, target)
     if canon not in cx.state.tensors:  # a plain tensor attribute: constant, fixed
         return _fixed_values(example, cx.blocker("constant tensor attribute"))
-    layouts = tuple(cx.param(canon, d, None) if n > 1 else cx.fixed(1, "size-1 axis")
-                    for d, n in enumerate(example.shape))
-    return TensorInfo(tuple(example.shape), layouts)
+    layouts = []
+    for d, n in enumerate(example.shape):
+        lay = cx.param(canon, d, None)
+        if n == 1:  # it may broadcast wherever it is read directly: it keeps its size
+            cx.block(lay, "size-1 axis of a tensor read directly (it may broadcast)", "structure")
+        layouts.append(lay)
+    return TensorInfo(tuple(example.shape), tuple(layouts))
 
 
 def _check_sizes(cx: RuleContext) -> None:
