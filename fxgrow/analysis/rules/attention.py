@@ -93,6 +93,10 @@ def multihead_attention(cx: RuleContext):
     if not m._qkv_same_embed_dim:
         raise RuleError("MultiheadAttention with kdim/vdim different from embed_dim")
     q, k, v = (cx.tensor(cx.arg(i, n)) for i, n in ((0, "query"), (1, "key"), (2, "value")))
+    # the softmax runs over the key positions: replicated keys would weigh twice
+    seq = 1 if m.batch_first and k.ndim == 3 else 0
+    cx.unify(k.layouts[seq], v.layouts[seq], "key/value positions")
+    cx.block(k.layouts[seq], "softmax over key positions", "structure")
     E, H = m.embed_dim, m.num_heads
     rows = cx.module_param("in_proj_weight", 0, PRODUCE)
     pieces = cx.spaces.cut(rows, [E, 2 * E], cx.blocker("q/k/v rows"))
