@@ -63,7 +63,7 @@ def survey(n: int, steps: int, seed: int | None) -> dict:
         for key, v in report.outcomes.items():
             outcomes[key] += v
         for f in report.notes:
-            notes[f.detail.split(";")[0][:90]] += 1
+            notes[f.detail.split(" of shape")[0]] += 1
         if stats["examples"] % 50 == 0:
             print(f"  {stats['examples']} examples, {len(failures)} failures", flush=True)
 
@@ -150,15 +150,6 @@ def main() -> int:
         seen.add(key)
         print("\n" + "=" * 88 + f"\n{f}\n{program.describe()}\n{program!r}")
 
-    shrunk = None
-    if failures and not args.no_shrink:
-        kind = failures[0][1].kind
-        print(f"\nshrinking the first '{kind}' failure ...", flush=True)
-        shrunk = shrink(kind, args.steps, args.seed)
-        if shrunk:
-            program, f = shrunk
-            print(f"minimal program:\n{f}\n{program.describe()}\n{program!r}")
-
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"examples": stats["examples"], "seconds": round(elapsed, 1),
@@ -170,6 +161,15 @@ def main() -> int:
                        "per_call": {k: dict(v) for k, v in per_call.items()},
                        "seed": args.seed, "max_steps": args.steps,
                        "torch": torch.__version__}, fh, indent=1)
+    shrunk = None
+    if failures and not args.no_shrink:
+        kind = failures[0][1].kind
+        print(f"\nshrinking the first '{kind}' failure ...", flush=True)
+        shrunk = shrink(kind, args.steps, args.seed)
+        if shrunk:
+            program, f = shrunk
+            print(f"minimal program:\n{f}\n{program.describe()}\n{program!r}")
+
     return 1 if failures else 0
 
 

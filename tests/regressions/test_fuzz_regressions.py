@@ -257,3 +257,45 @@ def test_size_one_axis_read_directly_and_grown_by_its_module():
     except fxgrow.FxgrowError:
         return  # a refusal is fine
     assert fxgrow.compare(m, s, x).max_rel <= 1e-12
+
+
+# -- 7. nn.MultiheadAttention over a token axis that is a channel space -----------------------------
+# A Linear across tokens (MLP-Mixer style) produces the token axis, so it is a channel space
+# that can grow; nn.MultiheadAttention's rule did not block its key positions (the SDPA rule
+# did), so the keys were replicated and each replica weighed in the softmax: a wrong student
+# (found with outputs="grow", where nothing else blocks the token axis; the same with fixed
+# outputs when a second token Linear reads it).  The key/value positions are now blocked.
+class TokenMixAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(3, 3)
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.mix2 = nn.Linear(3, 3)
+
+    def forward(self, x):
+        g = self.mix(x.transpose(1, 2)).transpose(1, 2)
+        a = self.mha(g, g, g, need_weights=False)[0]
+        return self.mix2(a.transpose(1, 2)).transpose(1, 2)
+
+
+@pytest.mark.parametrize("outputs", ["fixed", "grow"])
+def test_multihead_attention_keys_do_not_grow(outputs):
+    torch.manual_seed(0)
+    m, x = TokenMixAttention().double().eval(), torch.randn(2, 3, 4, dtype=torch.float64)
+    s = fxgrow.widen(m, x, factor=2, outputs=outputs, verify=False)
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-12
+    assert "softmax over key positions" in " ".join(
+        str(b) for g in fxgrow.analyze(m, x).all_groups for b in g.blockers)
+
+
+def test_fuzz_token_mix_into_multihead_attention():
+    # as hypothesis shrank it (tools/fuzz.py, nightly profile)
+    assert_clean(Program(
+        input=('ids', 2, 2),
+        steps=[Step(op='embed', inputs=(0,), params={'out': 2, 'form': 'module'}),
+               Step(op='act', inputs=(1,), params={'fn': 'relu'}),
+               Step(op='token_mix', inputs=(2,), params={'n': 2}),
+               Step(op='attn', inputs=(3,), params={'form': 'mha', 'heads': 1, 'dim': 2,
+                                                     'out': 2}),
+               Step(op='token_mix', inputs=(4,), params={'n': 2})],
+        outputs=((5, 'linear'),), dtype='float64', seed=0))
