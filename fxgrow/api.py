@@ -164,11 +164,15 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     values = node_values(student, analysis.example_inputs, [n.name for n in targets])
     teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}
     sp = analysis.state.spaces
+    produced = {g.root for g in analysis.all_groups
+                if any(m.role == "produce" for m in g.members)}
     for node in targets:
         info = analysis.state.values.get(teacher_nodes[node.name])
         axis = None
         if info is not None and getattr(info, "ndim", 0) >= 3:
-            has = [d for d in (1, info.ndim - 1) if sp.roots(info.layouts[d])]
+            def channel(layout) -> bool:  # some space on it is written by a layer
+                return any(r in produced for r in sp.roots(layout))
+            has = [d for d in (1, info.ndim - 1) if channel(info.layouts[d])]
             axis = has[0] if len(has) == 1 else None
         deepen_node(student, node, values.get(node.name), axis, kind=kind,
                     kernel_size=kernel_size, batchnorm=batchnorm, layer=layer, seed=seed)
