@@ -169,6 +169,29 @@ def _uniform_roots(analysis: Analysis) -> set[int]:
     return {r for lay, _ in analysis.state.uniform for r in sp.roots(lay)}
 
 
+def _stuck_roots(analysis: Analysis) -> dict[int, str]:
+    """Widenable classes normalised (LayerNorm/GroupNorm, mean) together with positions that
+    never grow -- fixed channels such as a model input concatenated in, or blocked groups:
+    no replication keeps those statistics, so they keep their width.  Class root -> the
+    normalising node."""
+    sp = analysis.state.spaces
+    free = {g.root for g in analysis.widenable}
+    stuck: dict[int, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for lay, blocker in analysis.state.uniform:
+            roots = [r for r in sp.roots(lay) if r in free and r not in stuck]
+            if not roots:
+                continue
+            maps = {r: ReplicationMap.uniform(sp.width[r], 2 * sp.width[r]) for r in roots}
+            counts = expand(sp, lay, maps).count
+            if counts.numel() and not bool((counts == counts[0]).all()):
+                stuck.update((r, blocker.node) for r in roots)
+                changed = True
+    return stuck
+
+
 def _inner_factors(analysis: Analysis) -> set[int]:
     """Widenable classes that a producer lays out inside another widenable class (head dim
     inside heads, per-group channels inside groups).  ``factor`` grows only the outer one, so
@@ -237,10 +260,11 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
     uniform = set() if approximate else _uniform_roots(analysis)
     uniform_maps = _uniform_roots(analysis)
     targets: dict[int, tuple[ChannelGroup, int]] = {}
+    stuck = {} if approximate else _stuck_roots(analysis)
     if factor is not None:
         inner = _inner_factors(analysis)
         for g in analysis.widenable:
-            if g.root in inner:
+            if g.root in inner or g.root in stuck:
                 continue
             if g.root in uniform:
                 unit = g.unit * math.ceil(factor - 1e-12)
@@ -253,6 +277,11 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
         if not g.widenable:
             reasons = "; ".join(str(b) for b in g.blockers)
             raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: {reasons}")
+        if g.root in stuck and new != g.width:
+            raise WidthError(f"group {g.name!r} cannot be widened exactly: {stuck[g.root]} "
+                             f"normalises it together with channels that cannot grow (fixed "
+                             f"or blocked), so no replication keeps its statistics; "
+                             f"approximate=True widens it anyway and reports the error")
         new = _check_width(g, new, g.root in uniform)
         if new == g.width:
             targets.pop(g.root, None)
