@@ -299,3 +299,33 @@ def test_fuzz_token_mix_into_multihead_attention():
                                                      'out': 2}),
                Step(op='token_mix', inputs=(4,), params={'n': 2})],
         outputs=((5, 'linear'),), dtype='float64', seed=0))
+
+
+# -- 8. a group normalised together with channels that cannot grow ----------------------------------
+# LayerNorm over cat([model input, conv(x)]): no replication of conv's channels keeps the
+# statistics (the input's channels cannot be replicated with them), yet conv was listed as
+# widenable and factor=2 refused the whole model with a WidthError from the check of the plan.
+# factor= now leaves such groups as they are and widens the rest; naming the group says why.
+class NormWithFixedChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.other = nn.Conv2d(3, 5, 1)
+        self.ln = nn.LayerNorm(7)
+        self.head = nn.Conv2d(7, 2, 1)
+        self.head2 = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        y = torch.cat([x, self.conv(x)], 1)
+        y = self.ln(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(y) + self.head2(torch.relu(self.other(x)))
+
+
+def test_factor_skips_a_group_normalised_with_fixed_channels():
+    m, x = NormWithFixedChannels().double().eval(), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    s = fxgrow.widen(m, x, factor=2)
+    assert s.conv.out_channels == 4 and s.other.out_channels == 10
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-12
+    with pytest.raises(fxgrow.WidthError, match="ln normalises it together with channels that "
+                                                "cannot grow"):
+        fxgrow.widen(m, x, widths={"conv": 8})
