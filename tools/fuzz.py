@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import platform
+import re
 import sys
 import time
 import warnings
@@ -44,6 +45,7 @@ def survey(n: int, steps: int, seed: int | None) -> dict:
     failures: list = []
     notes: collections.Counter = collections.Counter()
     outcomes: collections.Counter = collections.Counter()
+    reasons: collections.Counter = collections.Counter()
 
     @settings(NIGHTLY, max_examples=n, phases=[Phase.generate], derandomize=seed is None)
     @given(programs(max_steps=steps, dtypes=DTYPES))
@@ -62,6 +64,8 @@ def survey(n: int, steps: int, seed: int | None) -> dict:
             failures.append((program, f))
         for key, v in report.outcomes.items():
             outcomes[key] += v
+        for call, message in report.refusals:
+            reasons[(call, reason(message))] += 1
         for f in report.notes:
             notes[f.detail.split(" of shape")[0]] += 1
         if stats["examples"] % 50 == 0:
@@ -71,7 +75,16 @@ def survey(n: int, steps: int, seed: int | None) -> dict:
         run = hypothesis_seed(seed)(run)
     run()
     return {"stats": stats, "ops": ops, "failures": failures, "notes": notes,
-            "outcomes": outcomes}
+            "outcomes": outcomes, "reasons": reasons}
+
+
+def reason(message: str) -> str:
+    """A refusal message without its names and numbers: 'BlockedGroupError: group ... ' -> a
+    kind of reason that can be counted."""
+    m = re.sub(r"'[^']*'", "'…'", message.splitlines()[0])
+    m = re.sub(r"\b\d+(\.\d+)?\b", "N", m)
+    m = re.sub(r"\([^()]*\)", "(…)", m)
+    return m[:150]
 
 
 def shrink(kind: str, steps: int, seed: int | None):
@@ -104,6 +117,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None,
                     help="hypothesis seed (default: derandomized, the same examples every run)")
     ap.add_argument("--no-shrink", action="store_true")
+    ap.add_argument("--reasons", type=int, default=15, help="refusal reasons to list")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: the models are tiny, and on a busy machine "
@@ -135,6 +149,9 @@ def main() -> int:
     print("per call:")
     for call, c in sorted(per_call.items(), key=lambda kv: -sum(kv[1].values())):
         print(f"  {call:<38} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    print("most common refusals:")
+    for (call, why), v in result["reasons"].most_common(args.reasons):
+        print(f"  {v:>5} x {call}: {why}")
     kinds = collections.Counter(f.kind for _, f in failures)
     print(f"failures:            {len(failures)} "
           + (f"({', '.join(f'{k} {v}' for k, v in kinds.items())})" if failures else
@@ -159,6 +176,7 @@ def main() -> int:
                                      "program": repr(p)} for p, f in failures],
                        "ops": dict(result["ops"]), "notes": dict(result["notes"]),
                        "per_call": {k: dict(v) for k, v in per_call.items()},
+                       "refusals": [[c, w, v] for (c, w), v in result["reasons"].most_common()],
                        "seed": args.seed, "max_steps": args.steps,
                        "torch": torch.__version__}, fh, indent=1)
     shrunk = None

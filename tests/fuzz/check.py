@@ -64,6 +64,7 @@ class Report:
     probed: int = 0
     notes: list = field(default_factory=list)  # known message issues (see KNOWN_UNNAMED)
     outcomes: dict = field(default_factory=dict)  # (call, "exact" | "refused") -> count
+    refusals: list = field(default_factory=list)  # (call, message) of each named refusal
 
     def count(self, action: str, outcome: str) -> None:
         key = (action_kind(action), outcome)
@@ -159,6 +160,7 @@ class Checker:
             if names_something(str(e), self.names):
                 self.report.refused += 1
                 self.report.count(action, "refused")
+                self.report.refusals.append((action_kind(action), message))
             elif any(k.search(message) for k in KNOWN_UNNAMED):
                 self.report.refused += 1
                 self.report.count(action, "refused")
@@ -342,17 +344,17 @@ def labels(sp, layout) -> list[tuple]:
 
 
 def _pairs(sp, layout, root: int, i: int, j: int) -> list[tuple[int, int]]:
-    """Position pairs (p, q): q's label is p's with unit i of ``root`` replaced by unit j."""
+    """Position pairs (p, q) where q holds a copy of p once unit j of ``root`` copies unit i:
+    p's label is q's with every component "unit j of root" (a merged axis can hold the
+    group in several factors) replaced by "unit i"."""
     labs = labels(sp, layout)
-    where: dict[tuple, list[int]] = {}
-    for pos, lab in enumerate(labs):
-        where.setdefault(lab, []).append(pos)
+    where = {lab: pos for pos, lab in enumerate(labs)}
     pairs = []
-    for pos, lab in enumerate(labs):
-        for c, comp in enumerate(lab):
-            if comp[0] != "fixed" and comp[2] == i and sp.find(comp[0]) == root:
-                other = lab[:c] + ((comp[0], comp[1], j),) + lab[c + 1:]
-                pairs += [(pos, q) for q in where.get(other, [])]
+    for q, lab in enumerate(labs):
+        src = tuple((c[0], c[1], i) if c[0] != "fixed" and c[2] == j and sp.find(c[0]) == root
+                    else c for c in lab)
+        if src != lab and src in where:
+            pairs.append((where[src], q))
     return pairs
 
 
@@ -362,8 +364,8 @@ def symmetry_probe(analysis, rng: random.Random) -> list[str]:
     For each widenable group and two of its units i != j: make unit j a copy of unit i in
     every producer and per-channel member of the group (weights, biases, norm parameters and
     statistics; consumers untouched), run the model, and check that at every node, on every
-    axis, the positions the analysis labels "unit i" and "unit j" (same segment, same other
-    factors) hold equal values.  If the analysis left a producer out of the group, or put a
+    axis, each position the analysis labels "unit j" holds the value of the position it
+    labels "unit i" (same segment, same other factors).  If the analysis left a producer out of the group, or put a
     segment of a cat/split at the wrong offset, the copy is incomplete or the labels point
     at different channels, and some node shows different values: the node is reported."""
     state, sp = analysis.state, analysis.state.spaces
@@ -385,8 +387,10 @@ def symmetry_probe(analysis, rng: random.Random) -> list[str]:
                 if CONSUME in pa.roles or not ({PRODUCE, SCALE} & pa.roles):
                     continue
                 t = tensors[pa.target]
+                src = list(range(t.shape[pa.axis]))
                 for p, q in _pairs(sp, pa.layout, r, i, j):
-                    t.select(pa.axis, q).copy_(t.select(pa.axis, p))
+                    src[q] = p
+                t.copy_(t.index_select(pa.axis, torch.tensor(src)))
         values = _run_all(gm, analysis.example_inputs)
         dtypes = {p.dtype for p in analysis.gm.parameters() if p.is_floating_point()}
         tol = 1e-9 if dtypes == {torch.float64} else 1e-5

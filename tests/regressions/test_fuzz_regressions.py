@@ -329,3 +329,31 @@ def test_factor_skips_a_group_normalised_with_fixed_channels():
     with pytest.raises(fxgrow.WidthError, match="ln normalises it together with channels that "
                                                 "cannot grow"):
         fxgrow.widen(m, x, widths={"conv": 8})
+
+
+# -- 9. the probe itself: a group in several factors of one merged axis -----------------------------
+# Not an fxgrow bug: after the channel shuffle written by hand the conv's 8 channels are laid
+# out as a product in which one group appears in more than one factor; the probe copied unit
+# i to unit j one factor at a time and compared half-copied positions.  It now maps every
+# factor at once (position (j, j) copies (i, i)).
+def test_fuzz_probe_group_in_several_factors():
+    assert_clean(Program(
+        input=('map', 2, 4, 4),
+        steps=[Step(op='conv', inputs=(0,),
+                    params={'out': 8, 'k': 3, 'stride': 1, 'groups': 1, 'bias': False}),
+               Step(op='conv', inputs=(1,),
+                    params={'out': 16, 'k': 3, 'stride': 1, 'groups': 8, 'bias': False}),
+               Step(op='upsample', inputs=(0,), params={'fn': 'convT', 'out': 4}),
+               Step(op='shuffle', inputs=(3,), params={'fn': 'repeat'}),
+               Step(op='to_seq', inputs=(4,), params={'form': 'flatten_transpose'}),
+               Step(op='fconv', inputs=(1,), params={'out': 5, 'k': 1, 'bias': True}),
+               Step(op='upsample', inputs=(6,), params={'fn': 'interpolate'}),
+               Step(op='upsample', inputs=(1,),
+                    params={'fn': 'manual_shuffle', 'groups': 2, 'c': 8, 'sizes': False}),
+               Step(op='upsample', inputs=(4,),
+                    params={'fn': 'manual_shuffle', 'groups': 4, 'c': 8, 'sizes': False}),
+               Step(op='reuse', inputs=(8,),
+                    params={'step': 5, 'op': 'fconv', 'params': {'out': 5, 'k': 1,
+                                                                 'bias': True}}),
+               Step(op='binary', inputs=(5, 5), params={'fn': 'sub'})],
+        outputs=((9, 'linear'), (10, 'linear'), (11, 'linear')), dtype='float32', seed=159))
