@@ -12,13 +12,17 @@ Pool entries have a kind and a shape without the batch axis:
 * ``map``  [B, C, H, W]  (channels first)
 * ``seq``  [B, L, D]     (tokens, channels last)
 * ``vec``  [B, C]
+* ``ids``  [B, L]        (token ids, the input of an embedding)
 
-The op vocabulary is what fxgrow claims (plain, grouped and depthwise convs, functional convs,
-linears, BatchNorm / GroupNorm / LayerNorm, activations, residual adds and broadcast products,
-SE gates [B,C,1,1] and [B,1,H,W] masks, cat / split / chunk / slice / narrow with swapped and
-repeated segments, flatten / view / reshape / permute / transpose, pooling, channel shuffle,
-repeat, attention with heads) plus ops it does not claim (sums, unbiased variances, softmax,
-cumsum and L2-normalisation over channels, an opaque ``torch.fx.wrap``-ed function).
+The op vocabulary is what fxgrow claims (plain, grouped, depthwise, functional and transposed
+convs, linears over channels and across positions, functional linears and einsum,
+BatchNorm / GroupNorm / LayerNorm, activations, residual adds and broadcast products, SE gates
+[B,C,1,1], [B,1,H,W] masks and conditioning vectors, cat / split / chunk / slice / narrow with
+swapped and repeated segments, flatten / view / reshape / permute / transpose, pooling,
+upsampling, pixel and channel shuffles, repeat, attention with heads, nn.MultiheadAttention,
+embeddings, tied weights, modules called twice, residual stages) plus ops it does not claim
+(sums, unbiased variances, softmax, cumsum and L2-normalisation over channels, an opaque
+``torch.fx.wrap``-ed function).  docs/robustness.md has the table.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ The calls: analyze; widen by a random factor (split "equal" or "random"), then w
 student again, and rebuild it from its plan read back from JSON (bit for bit); widen with
 growing outputs; widen one random group (or one of its modules) to a random width; widen every
 widenable group on its own; deepen (identity after a ReLU and after a random node, residual
-after a random node); and the symmetry probe.
+after a random node, a copy of a residual block) and grow a residual stage (with and without
+widening); and the symmetry probe.
 
 ``check_program`` runs every check on a program and returns the failures; choices that are not
 part of the program (factor, which group, where to deepen) derive from ``program.seed``, so a
