@@ -11,7 +11,7 @@ from .analysis import Analysis, ChannelGroup, as_tuple
 from .analysis import analyze as _analyze
 from .errors import InputError, TraceError, UnknownGroupError
 from .frontend import export, trace
-from .plan import WidenPlan, make_plan
+from .plan import WidenPlan, check_plan, make_plan
 from .rewrite import apply
 from .verify import compare
 from .verify import verify as _verify
@@ -100,6 +100,8 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
                        leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     if plan is None:
         plan = make_plan(analysis, widths, factor, seed, split, noise, approximate)
+    elif not plan.approximate:
+        check_plan(analysis, plan)
     student = apply(analysis, plan, untie=untie)
     if plan.noise or plan.approximate:  # not exact by design: measure and report
         student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)

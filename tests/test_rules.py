@@ -794,6 +794,114 @@ def test_channel_shuffle(form):
             assert c.new_width == s.conv1.out_channels, (str(plan), s.conv1.out_channels)
 
 
+# -- 16b. ShuffleNet units: interleaved rows keep their own maps -----------------------------
+def _shuffle(x):
+    b, c, h, w = x.size()
+    return x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+class ShuffleChain(nn.Module):
+    """ShuffleNetV2's pattern: two branches concatenated and shuffled, then ``blocks`` units
+    that pass one chunk through and replace the other with a conv of it, shuffling again."""
+
+    def __init__(self, c: int, blocks: int, form: str = "view-transpose-view") -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, c, 1), nn.Conv2d(2, c, 1)
+        self.br = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(blocks))
+        self.head = nn.Conv2d(2 * c, 3, 1)
+        self.shuffle = nn.ChannelShuffle(2) if form == "module" else _shuffle
+
+    def forward(self, x):
+        t = self.shuffle(torch.cat([self.a(x), self.b(x)], 1))
+        for br in self.br:
+            x1, x2 = t.chunk(2, dim=1)
+            t = self.shuffle(torch.cat([x1, torch.relu(br(x2))], 1))
+        return self.head(t)
+
+
+def _replicas_exist(c: int, blocks: int, width: int) -> bool:
+    """Exhaustive search, independent of fxgrow: is there a Net2Net student of ShuffleChain
+    whose branch outputs a, b have ``width`` channels?  Student channels are replicas of
+    teacher channels; each chunk must send exactly the teacher's units of each side to that
+    side (a consumer can only copy columns it has), and the concatenated halves must be equal
+    for the shuffle's view."""
+    import itertools
+
+    def shuffle(seq):
+        h = len(seq) // 2
+        return [u for j in range(h) for u in (seq[j], seq[h + j])]
+
+    def replicas(units, n):
+        return (list(s) for s in itertools.product(units, repeat=n) if set(s) == set(units))
+
+    t = shuffle([f"a{i}" for i in range(c)] + [f"b{i}" for i in range(c)])
+    sides = []
+    for k in range(blocks):
+        sides.append(set(t[:c]))
+        t = shuffle(t[:c] + [f"c{k}.{i}" for i in range(c)])
+
+    def rest(t, k):
+        if k == blocks:
+            return True
+        n = len(t) // 2
+        if set(t[:n]) != sides[k] or set(t[n:]) & sides[k]:
+            return False
+        return any(rest(shuffle(t[:n] + cs), k + 1)
+                   for cs in replicas([f"c{k}.{i}" for i in range(c)], n))
+    return any(rest(shuffle(a + b), 0) for a in replicas([f"a{i}" for i in range(c)], width)
+               for b in replicas([f"b{i}" for i in range(c)], width))
+
+
+@pytest.mark.parametrize("form", ["view-transpose-view", "module"])
+def test_shuffle_interleave(form):
+    """cat(a, b) shuffled is a, b interleaved; chunk(2) of it cuts a after unit 2 and b after
+    unit 1 (a0 b0 a1 | b1 a2 b2).  a and b keep their own maps, split at those cuts, and
+    pieces that a cut leaves side by side grow alike."""
+    m, x = f64(ShuffleChain(3, 1, form)), rand(2, 2, 2, 2)
+    gs = groups_of(m, x)
+    assert sorted(g.name for g in producing(gs, "a")) == ["a[0:2]", "a[2:3]"]
+    assert sorted(g.name for g in producing(gs, "b")) == ["b[0:1]", "b[1:3]"]
+    assert all(g.widenable for g in producing(gs, "a") + producing(gs, "b"))
+    s = exact(m, x, factor=1.5)
+    assert s.a.out_channels == s.b.out_channels and s.a.out_channels > 3
+    assert s.get_submodule("br.0").in_channels == s.a.out_channels  # half of the shuffled 2a
+    assert s.head.in_channels == 2 * s.a.out_channels
+    # naming one group widens the groups tied to it in proportion
+    s = exact(m, x, widths={"a[2:3]": 2})
+    assert s.a.out_channels == s.b.out_channels == s.get_submodule("br.0").out_channels == 5
+    # a plan that breaks a tie is refused
+    plan = fxgrow.plan(m, x, factor=2).to_dict()
+    (c,) = [c for c in plan["changes"] if c["group"] == "a[2:3]"]
+    assert c["new_width"] == 3
+    c["new_width"] = c["map"]["new"] = 2
+    c["map"]["source"], c["map"]["fractions"] = [0, 0], None
+    with pytest.raises(WidthError, match="grow alike"):
+        fxgrow.widen(m, x, plan=WidenPlan.from_dict(plan))
+
+
+@pytest.mark.parametrize("c,blocks", [(2, 1), (2, 2), (3, 1), (3, 2), (4, 2), (4, 3)])
+def test_shuffle_chain_refusals_match_exhaustive_search(c, blocks):
+    """fxgrow widens the branches of a ShuffleNet chain exactly when some Net2Net student
+    exists, and refuses -- naming the chunk or shuffle -- when an exhaustive search finds
+    none (deep chains of chunks cut an odd-sized piece down to single units)."""
+    m, x = f64(ShuffleChain(c, blocks)), rand(2, 2, 2, 2)
+    gs = fxgrow.analyze(m, x).all_groups
+    branch = [g for g in gs if any(mb.module in ("a", "b") and mb.role == "produce"
+                                   for mb in g.members)]
+    can_grow = any(g.widenable for g in branch)
+    assert can_grow == any(_replicas_exist(c, blocks, w) for w in (c + 1, c + 2))
+    if can_grow:
+        assert all(g.widenable for g in branch)
+        s = exact(m, x, factor=1.5)
+        assert s.a.out_channels > c
+    else:
+        for g in branch:
+            assert any(b.node.startswith(("chunk", "view")) and "interleave" in b.reason
+                       for b in g.blockers), g.blockers
+        with pytest.raises(BlockedGroupError, match="interleave"):
+            fxgrow.widen(m, x, widths={branch[0].name: branch[0].width + 1})
+
+
 # -- 17. transposed conv, PReLU, pixel_shuffle, repeat / expand -----------------------------------
 class ConvT(nn.Module):
     def __init__(self) -> None:

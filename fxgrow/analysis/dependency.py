@@ -32,6 +32,7 @@ def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False) -> Ana
         state.values[node] = _visit(state, node)
     _finish_params(state)
     state.spaces.freeze()
+    state.spaces.settle_ties()
     return state
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UnknownGroupError
 from .context import CONSUME, PRODUCE, AnalysisState
-from .layout import Atom, Blocker, Fixed, Layout, SpaceTable
+from .layout import Atom, Blocker, Fixed, Layout, Prod, SpaceTable, Zip
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,14 @@ def _positions(sp: SpaceTable, layout: Layout) -> dict[int, list[int]]:
             w = sp.width[seg.id]
             found.setdefault(sp.find(seg.id), [off, 0])[1] += w
             off += w
+        elif isinstance(seg, Zip):
+            g = len(seg.parts)
+            for k, part in enumerate(seg.parts):
+                for r, (first, count) in _positions(sp, part).items():
+                    found.setdefault(r, [off + first * g + k, 0])[1] += count
+            off += sp.size((seg,))
         else:
+            assert isinstance(seg, Prod), seg
             so, si = sp.size(seg.outer), sp.size(seg.inner)
             for part, scale, mult in ((seg.outer, si, si), (seg.inner, 1, so)):
                 for r, (first, count) in _positions(sp, part).items():

@@ -11,6 +11,14 @@ Every tensor axis the analysis sees has a *layout*: a tuple of segments laid end
   **all atoms of one class have the same width and the same structure, and share one map**.
 * ``Prod(outer, inner)`` -- index ``o * size(inner) + i``: a merged axis.  Resolved layouts are
   normalised so that ``outer`` is a single Atom or Fixed segment.
+* ``Zip(parts)`` -- parts interleaved round-robin, as a channel shuffle lays out the rows it
+  transposes: position ``p g + k`` is unit ``p`` of part ``k`` (g parts).  Unlike a product, the
+  parts keep *their own* maps.  Part sizes are balanced (non-increasing, the first at most one
+  longer than the last); a cut may leave the parts of a piece one unit apart.  A Zip stays a
+  Zip in the student only if all its parts grow by the same number of units: every Zip records
+  that as a *growth tie* (``SpaceTable.ties``), which the plan honours.
+* ``Stack(rows)`` -- transient: the rows of an axis that a channel shuffle's first reshape
+  splits off, kept apart (``merge`` turns them into a Zip, or back into the plain layout).
 
 A class that meets a Fixed segment, or that an op cannot handle, is *blocked*: it keeps its width.
 """
@@ -54,7 +62,17 @@ class Prod:
     inner: "Layout"
 
 
-Segment = Union[Fixed, Atom, Prod]
+@dataclass(frozen=True)
+class Zip:
+    parts: tuple  # tuple[Layout, ...], balanced sizes
+
+
+@dataclass(frozen=True)
+class Stack:
+    rows: tuple  # tuple[Layout, ...], equal sizes
+
+
+Segment = Union[Fixed, Atom, Prod, Zip, Stack]
 Layout = tuple  # tuple[Segment, ...]
 
 
@@ -71,6 +89,9 @@ class SpaceTable:
         self.members: dict[int, list[int]] = {}
         self.blockers: dict[int, list[Blocker]] = {}
         self.refined: dict[int, Layout] = {}
+        self.ties: list[tuple[tuple[Layout, ...], Blocker]] = []  # equal growth (see Zip)
+        self._why: Blocker = Blocker("", "channel layout")  # the op a refinement serves
+        self._sizes: dict = {}  # compound segment -> size
         self._resolved: dict | None = None  # cache, once the analysis is finished (freeze)
 
     def freeze(self) -> None:
@@ -156,9 +177,19 @@ class SpaceTable:
                 total += s.size
             elif isinstance(s, Atom):
                 total += self.width[s.id]
-            else:
-                total += self.size(s.outer) * self.size(s.inner)
+            else:  # sizes never change (refinement keeps them): memoised
+                n = self._sizes.get(s)
+                if n is None:
+                    n = self._sizes[s] = self._compound_size(s)
+                total += n
         return total
+
+    def _compound_size(self, s: Segment) -> int:
+        if isinstance(s, Prod):
+            return self.size(s.outer) * self.size(s.inner)
+        if isinstance(s, Zip):
+            return sum(self.size(p) for p in s.parts)
+        return self.size(s.rows[0])
 
     def resolve(self, layout: Layout) -> Layout:
         """The layout in terms of leaf atoms, normalised (see module docstring)."""
@@ -179,9 +210,25 @@ class SpaceTable:
             elif isinstance(s, Fixed):
                 if s.size:
                     out.append(s)
-            else:
+            elif isinstance(s, Prod):
                 out.extend(self._prod(self.resolve(s.outer), self.resolve(s.inner)))
+            elif isinstance(s, Zip):
+                out.extend(self._zip([self.resolve(p) for p in s.parts]))
+            else:
+                out.append(Stack(tuple(self.resolve(r) for r in s.rows)))
         return _merge_fixed(out)
+
+    def _zip(self, parts: list[Layout]) -> list:
+        """A resolved Zip: empty parts dropped, one part unwrapped, all-fixed parts merged."""
+        parts = [p for p in parts if p]
+        if len(parts) == 1:
+            return list(parts[0])
+        if not parts:
+            return []
+        if all(isinstance(seg, Fixed) for p in parts for seg in p):
+            first = parts[0][0]
+            return [Fixed(sum(self.size(p) for p in parts), first.cause)]
+        return [Zip(tuple(parts))]
 
     def _prod(self, outer: Layout, inner: Layout) -> list:
         si = self.size(inner)
@@ -219,6 +266,7 @@ class SpaceTable:
     def unify(self, a: Layout, b: Layout, blocker: Blocker) -> None:
         """Make two layouts of one size share channel spaces position by position.
         Where their structures cannot be reconciled, both are blocked with ``blocker``."""
+        self._why = blocker
         try:
             self._unify(a, b)
         except StructureError:
@@ -269,6 +317,11 @@ class SpaceTable:
         if isinstance(x, Atom) and isinstance(y, Atom):
             self._union(x.id, y.id)
             return
+        if isinstance(x, Stack) or isinstance(y, Stack):
+            raise StructureError("rows of a channel shuffle")
+        if isinstance(x, Zip) or isinstance(y, Zip):
+            self._unify_zip(x, y)
+            return
         if isinstance(x, Atom) or isinstance(y, Atom):
             atom, p = (x, y) if isinstance(x, Atom) else (y, x)
             self._factor_atom(atom.id, self.size(p.outer), self.size(p.inner))
@@ -288,6 +341,57 @@ class SpaceTable:
         self._unify(x.outer, tuple(self._prod(y.outer, ya)))
         self._unify(x.inner, yb)
 
+    def _unify_zip(self, x: Segment, y: Segment) -> None:
+        """Zip against Zip part by part; an atom against a Zip is refined into one."""
+        if isinstance(x, Atom) or isinstance(y, Atom):
+            atom, z = (x, y) if isinstance(x, Atom) else (y, x)
+            self._zip_atom(atom.id, [self.size(p) for p in z.parts])
+            self._unify((atom,), (z,))
+            return
+        if not (isinstance(x, Zip) and isinstance(y, Zip)) or \
+                [self.size(p) for p in x.parts] != [self.size(p) for p in y.parts]:
+            raise StructureError("interleaved layouts that do not line up")
+        for p, q in zip(x.parts, y.parts):
+            self._unify(p, q)
+
+    def _zip_atom(self, atom: int, sizes: list[int]) -> None:
+        """Refine the class of ``atom`` into interleaved parts of ``sizes`` (balanced)."""
+        first: list[Layout] = []
+
+        def make(m):
+            fresh = [self.new(n) for n in sizes]
+            if not first:
+                first.extend(fresh)
+            return (Zip(tuple(fresh)),), [a.id for (a,) in fresh]
+
+        self._refine(atom, make)
+        self.tie(first, self._why)
+
+    def _cut_zip(self, z: Zip, at: int) -> tuple[Layout, Layout]:
+        """Round-robin: ``at = r g + e`` leaves parts 0..e-1 with r + 1 units and the rest
+        with r in the first piece; the second piece starts at part e.  Each piece stays a
+        Zip only if its parts grow alike: both are tied."""
+        g = len(z.parts)
+        r, e = divmod(at, g)
+        heads, tails = [], []
+        for k, part in enumerate(z.parts):
+            n = r + (1 if k < e else 0)
+            size = self.size(part)
+            if n == 0:
+                heads.append(())
+                tails.append(part)
+            elif n == size:
+                heads.append(part)
+                tails.append(())
+            else:
+                p, q = self._cut_layout(part, [n])
+                heads.append(p)
+                tails.append(q)
+        tails = tails[e:] + tails[:e]
+        self.tie(heads, self._why)
+        self.tie(tails, self._why)
+        return tuple(self._zip(heads)), tuple(self._zip(tails))
+
     def _cut(self, seg: Segment, at: int) -> tuple[Layout, Layout]:
         """Cut one resolved segment into [0, at) and [at, size)."""
         if isinstance(seg, Fixed):
@@ -296,6 +400,10 @@ class SpaceTable:
             self._split_atom(seg.id, at)
             p, q = self.resolve((seg,))
             return (p,), (q,)
+        if isinstance(seg, Zip):
+            return self._cut_zip(seg, at)
+        if isinstance(seg, Stack):
+            raise StructureError("rows of a channel shuffle")
         si = self.size(seg.inner)
         if at % si:
             raise StructureError("cut inside a product")
@@ -307,6 +415,7 @@ class SpaceTable:
         """Pieces of ``layout`` between the given cut positions (refining atoms as needed).
         Where a cut would fall inside a product, the layout is blocked and cut as fixed."""
         positions = sorted(set(p for p in positions if 0 < p < self.size(layout)))
+        self._why = blocker
         try:
             return self._cut_layout(layout, positions)
         except StructureError:
@@ -345,6 +454,7 @@ class SpaceTable:
             return layout, (Fixed(1, blocker),)
         if inner == n:
             return (Fixed(1, blocker),), layout
+        self._why = blocker
         try:
             return self._split(layout, inner)
         except StructureError:
@@ -387,9 +497,11 @@ class SpaceTable:
         s = self.size((seg,))
         if isinstance(seg, Fixed):
             return (Fixed(s // b, seg.cause),), (Fixed(b, seg.cause),)
+        if s == b:
+            return (Fixed(1, Blocker("", "row of a reshape", "structure")),), (seg,)
+        if isinstance(seg, (Zip, Stack)):
+            raise StructureError("reshape inside an interleaved layout")
         if isinstance(seg, Atom):
-            if s == b:
-                return (Fixed(1, Blocker("", "row of a reshape", "structure")),), (seg,)
             self._factor_atom(seg.id, s // b, b)
             (p,) = self.resolve((seg,))
             return p.outer, p.inner
@@ -407,8 +519,67 @@ class SpaceTable:
         return oa, tuple(self._prod(ob, seg.inner))
 
     def merge(self, outer: Layout, inner: Layout) -> Layout:
-        """The layout of two adjacent axes flattened into one (row-major)."""
-        return _merge_fixed(self._prod(self.resolve(outer), self.resolve(inner)))
+        """The layout of two adjacent axes flattened into one (row-major).  The rows of a
+        channel shuffle (``stack``) merge with their row axis into a Zip when the row axis is
+        inner (the shuffle), back into the rows laid end to end when it is outer."""
+        outer, inner = self.resolve(outer), self.resolve(inner)
+        for stacked, rows_axis, shuffled in ((outer, inner, True), (inner, outer, False)):
+            if len(stacked) == 1 and isinstance(stacked[0], Stack):
+                rows = stacked[0].rows
+                if not (all(isinstance(f, Fixed) for f in rows_axis)
+                        and self.size(rows_axis) == len(rows)):  # not the shuffle's merge
+                    cause = _misfit(self._why)
+                    self.block(stacked, cause)
+                    return (Fixed(self.size(outer) * self.size(inner), cause),)
+                if shuffled:
+                    return _merge_fixed(self._zip(list(rows)))
+                return _merge_fixed([seg for r in rows for seg in r])
+        return _merge_fixed(self._prod(outer, inner))
+
+    def stack(self, layout: Layout, rows: int, blocker: Blocker) -> Layout:
+        """The axis of ``layout`` cut into ``rows`` equal rows that keep their own maps (the
+        first reshape of a channel shuffle).  The rows must grow alike: they are tied."""
+        n = self.size(layout)
+        pieces = self.cut(layout, range(n // rows, n, n // rows), blocker)
+        self.tie(pieces, blocker)
+        return (Stack(tuple(pieces)),)
+
+    # -- growth ties ---------------------------------------------------------------------------
+    def tie(self, layouts: Iterable[Layout], blocker: Blocker) -> None:
+        """These layouts must grow by the same number of positions."""
+        layouts = tuple(tuple(lay) for lay in layouts)
+        if len(layouts) > 1:
+            self.ties.append((layouts, blocker))
+
+    def settle_ties(self) -> None:
+        """A tied layout that cannot grow (no unblocked channel space) holds every layout of
+        its tie to its width: their spaces are blocked, until nothing changes."""
+        changed = True
+        while changed:
+            changed = False
+            for layouts, blocker in self.ties:
+                roots = [self.roots(lay) for lay in layouts]
+                stuck = [rs for rs in roots if all(self.blockers[r] for r in rs)]
+                if not stuck:
+                    continue
+                if any(not self.size(lay) for lay in layouts):
+                    why = ("this piece of a channel shuffle's interleave has one unit more "
+                           "than its partner, which is empty here; a replica would land on "
+                           "the wrong side of the cut")
+                else:
+                    why = ("a channel shuffle interleaves it with channels that cannot grow, "
+                           "and the parts of an interleave must grow alike (a replica would "
+                           "land on the wrong side of a later chunk or split)")
+                cause = Blocker(blocker.node, f"{blocker.reason}: {why}")
+                for rs in roots:
+                    for r in rs:
+                        if not self.blockers[r]:
+                            self.blockers[r].append(cause)
+                            changed = True
+
+    def growth(self, layout: Layout, widths: dict[int, int]) -> int:
+        """How many positions ``layout`` gains when class root r has width ``widths[r]``."""
+        return self.new_size(layout, widths) - self.size(layout)
 
     # -- sizes under a plan --------------------------------------------------------------------
     def new_size(self, layout: Layout, widths: dict[int, int]) -> int:
@@ -424,7 +595,11 @@ class SpaceTable:
         if isinstance(s, Atom):
             r = self.find(s.id)
             return widths.get(r, self.width[r])
-        return self.new_size(s.outer, widths) * self.new_size(s.inner, widths)
+        if isinstance(s, Prod):
+            return self.new_size(s.outer, widths) * self.new_size(s.inner, widths)
+        if isinstance(s, Zip):
+            return sum(self.new_size(p, widths) for p in s.parts)
+        return self.new_size(s.rows[0], widths)
 
 
 def _misfit(blocker: Blocker) -> Blocker:
@@ -439,6 +614,10 @@ def _atoms(seg: Segment) -> Iterable[int]:
     elif isinstance(seg, Prod):
         for s in (*seg.outer, *seg.inner):
             yield from _atoms(s)
+    elif isinstance(seg, (Zip, Stack)):
+        for part in (seg.parts if isinstance(seg, Zip) else seg.rows):
+            for s in part:
+                yield from _atoms(s)
 
 
 def _merge_fixed(segs: list) -> Layout:

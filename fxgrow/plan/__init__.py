@@ -1,2 +1,2 @@
 """Plans: what will change, before anything changes."""
-from .plan import GroupChange, ReplicationMap, WidenPlan, make_plan  # noqa: F401
+from .plan import GroupChange, ReplicationMap, WidenPlan, check_plan, make_plan  # noqa: F401

@@ -5,7 +5,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..analysis.layout import Atom, Fixed, Layout, SpaceTable
+from ..errors import WidthError
+from ..analysis.layout import Atom, Fixed, Layout, Prod, SpaceTable, Zip
 
 
 class Expansion(NamedTuple):
@@ -41,7 +42,14 @@ def expand(sp: SpaceTable, layout: Layout, maps: dict) -> Expansion:
                 frac_parts.append(m.fraction_tensor())
                 cnt_parts.append(m.count_tensor()[src])
             off += w
+        elif isinstance(seg, Zip):
+            e = _expand_zip(sp, seg, maps)
+            idx_parts.append(e.index + off)
+            frac_parts.append(e.fraction)
+            cnt_parts.append(e.count)
+            off += sp.size((seg,))
         else:
+            assert isinstance(seg, Prod), seg
             o, i = expand(sp, seg.outer, maps), expand(sp, seg.inner, maps)
             si = sp.size(seg.inner)
             idx_parts.append((o.index[:, None] * si + i.index[None, :]).reshape(-1) + off)
@@ -52,3 +60,24 @@ def expand(sp: SpaceTable, layout: Layout, maps: dict) -> Expansion:
         empty = torch.zeros(0, dtype=torch.long)
         return Expansion(empty, empty.double(), empty)
     return Expansion(torch.cat(idx_parts), torch.cat(frac_parts), torch.cat(cnt_parts))
+
+
+def _expand_zip(sp: SpaceTable, z: Zip, maps: dict) -> Expansion:
+    """Part k's unit p sits at p g + k, in the teacher and (the parts grew alike) in the
+    student."""
+    g = len(z.parts)
+    subs = [expand(sp, part, maps) for part in z.parts]
+    growth = {len(e.index) - sp.size(part) for e, part in zip(subs, z.parts)}
+    if len(growth) != 1:
+        raise WidthError("the parts of an interleaved (channel-shuffled) axis grew by "
+                         "different amounts; the plan must widen them alike")
+    total = sum(len(e.index) for e in subs)
+    index = torch.empty(total, dtype=torch.long)
+    fraction = torch.empty(total, dtype=torch.float64)
+    count = torch.empty(total, dtype=torch.long)
+    for k, e in enumerate(subs):
+        at = torch.arange(len(e.index)) * g + k
+        index[at] = e.index * g + k
+        fraction[at] = e.fraction
+        count[at] = e.count
+    return Expansion(index, fraction, count)

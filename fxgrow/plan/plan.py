@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 import zlib
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -287,6 +288,9 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
             targets.pop(g.root, None)
         else:
             targets[g.root] = (g, new // g.multiplicity)
+    if analysis.state.spaces.ties:
+        pinned = {analysis.group(name).root for name in (widths or {})}
+        _settle_growth(analysis, targets, pinned, stuck)
     changes = []
     for g, unit in sorted(targets.values(), key=lambda t: analysis.groups.index(t[0])):
         gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(g.name.encode()))
@@ -300,6 +304,150 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
     if not approximate:
         check_plan(analysis, plan)
     return plan
+
+
+def _settle_growth(analysis: Analysis, targets: dict, pinned: set[int],
+                   stuck: dict[int, str]) -> None:
+    """Choose widths that keep every growth tie (the parts of a channel shuffle's interleave,
+    equal chunks of it: see ``layout.Zip``).
+
+    Each tie says that some layouts grow by the same number of positions; growth is linear in
+    the groups' growths d_r, so the ties are a homogeneous linear system A d = 0.  Within one
+    connected set of groups its solutions are d = t k for one integer vector k (ShuffleNet's
+    stages): ``factor`` takes the smallest t that gives every group at least its target, and an
+    explicit width fixes t.  Groups with k_r = 0, or sets whose only solution is d = 0, keep
+    their width.  Anything else is a WidthError that says what to do."""
+    sp = analysis.state.spaces
+    by_root = {g.root: g for g in analysis.widenable}
+    held = {r for r in by_root if r in stuck or r in _uniform_roots(analysis)}
+    rows: list[dict[int, Fraction]] = []
+    for layouts, _ in sp.ties:
+        coefs = [_growth_coefficients(sp, lay, by_root, held) for lay in layouts]
+        for c in coefs[1:]:
+            row = dict(coefs[0])
+            for r, v in c.items():
+                row[r] = row.get(r, 0) - v
+            row = {r: Fraction(v) for r, v in row.items() if v}
+            if row:
+                rows.append(row)
+    tied = {r for row in rows for r in row}
+    for r in tied & held:
+        targets.pop(r, None)
+    parent = {r: r for r in tied}
+
+    def find(r: int) -> int:
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+    for row in rows:
+        first, *rest = row
+        for r in rest:
+            parent[find(r)] = find(first)
+    components: dict[int, list[int]] = {}
+    for r in sorted(tied):
+        components.setdefault(find(r), []).append(r)
+    for roots in components.values():
+        comp_rows = [row for row in rows if find(next(iter(row))) == find(roots[0])]
+        basis = _nullspace(comp_rows, roots)
+        k = basis[0] if len(basis) == 1 else None
+        if k is not None and min(k.values()) < 0 <= max(k.values()):
+            k = {r: -v for r, v in k.items()} if max(k.values()) <= 0 else None
+        if len(basis) > 1:
+            _check_ties(analysis, targets, roots)
+            continue
+        if k is None:  # only d = 0
+            k = {r: 0 for r in roots}
+        named = [r for r in roots if r in pinned]
+        if named:
+            ts = set()
+            for r in named:
+                d = targets[r][1] - by_root[r].unit if r in targets else 0
+                if (k[r] == 0 and d) or (k[r] and d % k[r]):
+                    step = f"steps of {k[r]} units" if k[r] else "no steps at all"
+                    raise WidthError(
+                        f"group {by_root[r].name!r} is interleaved by channel shuffles with "
+                        f"{len(roots) - 1} other groups that must grow in proportion; it can "
+                        f"grow only in {step} (got +{d})")
+                if k[r]:
+                    ts.add(d // k[r])
+            if len(ts) > 1:
+                raise WidthError("groups interleaved by channel shuffles must grow in "
+                                 "proportion; the named widths disagree: "
+                                 + ", ".join(by_root[r].name for r in named))
+            t = ts.pop() if ts else 0
+        else:
+            need = [math.ceil((targets[r][1] - by_root[r].unit) / k[r])
+                    for r in roots if r in targets and k[r] > 0]
+            t = max(need, default=0)
+        for r in roots:
+            d = k[r] * t
+            if d:
+                targets[r] = (by_root[r], by_root[r].unit + d)
+            else:
+                targets.pop(r, None)
+
+
+def _growth_coefficients(sp, layout, by_root: dict, held: set[int]) -> dict[int, int]:
+    """How many positions ``layout`` gains per unit a widenable group gains (linear)."""
+    out = {}
+    for r in sp.roots(layout):
+        if r not in by_root or r in held:
+            continue
+        w = sp.width[r]
+        one = sp.new_size(layout, {r: w + 1}) - sp.size(layout)
+        two = sp.new_size(layout, {r: w + 2}) - sp.size(layout)
+        if two != 2 * one:
+            raise WidthError(f"group {by_root[r].name!r} is interleaved by a channel shuffle "
+                             f"inside a product layout; fxgrow cannot size it")
+        out[r] = one
+    return out
+
+
+def _nullspace(rows: list[dict[int, Fraction]], roots: list[int]) -> list[dict[int, Fraction]]:
+    """A basis of {d : row . d = 0 for every row}, by exact Gauss-Jordan elimination; each
+    vector is scaled to coprime integers."""
+    col = {r: j for j, r in enumerate(roots)}
+    m = [[Fraction(0)] * len(roots) for _ in rows]
+    for i, row in enumerate(rows):
+        for r, v in row.items():
+            m[i][col[r]] = v
+    pivots: list[int] = []
+    i = 0
+    for j in range(len(roots)):
+        p = next((q for q in range(i, len(m)) if m[q][j] != 0), None)
+        if p is None:
+            continue
+        m[i], m[p] = m[p], m[i]
+        m[i] = [v / m[i][j] for v in m[i]]
+        for q in range(len(m)):
+            if q != i and m[q][j] != 0:
+                f = m[q][j]
+                m[q] = [a - f * b for a, b in zip(m[q], m[i])]
+        pivots.append(j)
+        i += 1
+    basis = []
+    for j in (j for j in range(len(roots)) if j not in pivots):
+        v = [Fraction(0)] * len(roots)
+        v[j] = Fraction(1)
+        for q, pj in enumerate(pivots):
+            v[pj] = -m[q][j]
+        scale = math.lcm(*(x.denominator for x in v))
+        ints = [int(x * scale) for x in v]
+        g = math.gcd(*ints) or 1
+        basis.append({r: ints[col[r]] // g for r in roots})
+    return basis
+
+
+def _check_ties(analysis: Analysis, targets: dict, roots: list[int]) -> None:
+    sp = analysis.state.spaces
+    widths = {r: unit for r, (_, unit) in targets.items()}
+    for layouts, blocker in sp.ties:
+        if len({sp.growth(lay, widths) for lay in layouts}) > 1 and \
+                any(r in roots for lay in layouts for r in sp.roots(lay)):
+            raise WidthError(f"{blocker.node} ({blocker.reason}) needs the channels it "
+                             f"interleaves or chunks to grow alike, and fxgrow cannot choose "
+                             f"the widths here; give every group involved an explicit width")
 
 
 def root_maps(analysis: Analysis, plan: WidenPlan) -> dict[int, ReplicationMap]:
@@ -325,6 +473,15 @@ def check_plan(analysis: Analysis, plan: WidenPlan) -> None:
     maps = root_maps(analysis, plan)
     sp = analysis.state.spaces
     names = {g.root: g.name for g in analysis.groups}
+    widths = {r: m.new for r, m in maps.items()}
+    for layouts, blocker in sp.ties:
+        grown = {sp.growth(lay, widths) for lay in layouts}
+        if len(grown) > 1:
+            involved = ", ".join(sorted({repr(names.get(r, r)) for lay in layouts
+                                         for r in sp.roots(lay) if r in maps}))
+            raise WidthError(f"{blocker.node} ({blocker.reason}) needs the channels it "
+                             f"interleaves or chunks to grow alike; the plan grows them by "
+                             f"{sorted(grown)} (groups {involved})")
     for lay, blocker in analysis.state.uniform:
         roots = [r for r in sp.roots(lay) if r in maps]
         if not roots:

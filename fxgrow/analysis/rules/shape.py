@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..context import RuleContext, RuleError
-from ..layout import Fixed, Layout
+from ..layout import Fixed, Layout, Zip
 from ..values import SizeInfo, TensorInfo
 from .registry import rule
 
@@ -114,9 +114,50 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
     cx.rewrite_args(new_args, *layouts)
 
 
+def _is(node: torch.fx.Node, methods: tuple, functions: tuple) -> bool:
+    return (node.op == "call_method" and node.target in methods) or \
+        (node.op == "call_function" and node.target in functions)
+
+
+def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _shuffle_axis(cx: RuleContext, x: TensorInfo, shape: tuple) -> int | None:
+    """The axis d if this reshape is the first step of a channel shuffle written by hand:
+    ``view(.., g, C/g, ..)`` splitting axis d, then ``transpose(d, d+1)``, optionally
+    ``contiguous()``, then a reshape/flatten that merges the two axes back into C.  Its rows
+    then keep their own maps (they become a Zip) instead of sharing one."""
+    ins = x.shape
+    if len(shape) != len(ins) + 1:
+        return None
+    d = next((k for k in range(len(ins)) if shape[k] != ins[k]), None)
+    if d is None or shape[:d] != ins[:d] or shape[d + 2:] != ins[d + 1:] or \
+            shape[d] * shape[d + 1] != ins[d] or shape[d] < 2:
+        return None
+    t = _only_user(cx.node)
+    if t is None or not _is(t, ("transpose", "swapaxes", "swapdims"),
+                            (torch.transpose, torch.swapaxes, torch.swapdims)):
+        return None
+    dims = cx.concrete([t.args[i] if i < len(t.args) else t.kwargs.get(k)
+                        for i, k in ((1, "dim0"), (2, "dim1"))])
+    if sorted(k % len(shape) for k in dims if isinstance(k, int)) != [d, d + 1]:
+        return None
+    m = _only_user(t)
+    if m is not None and _is(m, ("contiguous",), ()):
+        m = _only_user(m)
+    if m is None or not _is(m, ("view", "reshape", "flatten"), (torch.reshape, torch.flatten)):
+        return None
+    out = cx.example(m)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ins):
+        return None
+    return d
+
+
 @rule("view", "reshape", torch.reshape, "view_as", "reshape_as")
 def reshape(cx: RuleContext):
-    """view/reshape: see the module docstring."""
+    """view/reshape: see the module docstring.  The first reshape of a channel shuffle keeps
+    its rows apart (see ``_shuffle_axis``)."""
     x = cx.tensor(cx.arg(0))
     shape = cx.out_shape()
     if cx.node.target in ("view_as", "reshape_as"):
@@ -128,7 +169,14 @@ def reshape(cx: RuleContext):
     if cx.node.target == "view" and len(cx.node.args) == 2 and \
             isinstance(cx.concrete(cx.node.args[1]), torch.dtype):
         raise RuleError("view as another dtype")
-    layouts = reshape_layouts(cx, x, shape)
+    d = _shuffle_axis(cx, x, shape)
+    if d is not None and len(cx.spaces.resolve(x.layouts[d])) > 1:
+        g = shape[d]
+        rows = cx.spaces.stack(x.layouts[d], g, cx.blocker("channel shuffle"))
+        layouts = (*x.layouts[:d], cx.fixed(g, "channel shuffle groups"), rows,
+                   *x.layouts[d + 1:])
+    else:
+        layouts = reshape_layouts(cx, x, shape)
     _rewrite_sizes(cx, layouts, 1, "minus-one")
     return cx.out(layouts)
 
@@ -401,8 +449,7 @@ def split(cx: RuleContext):
             pieces = cx.spaces.cut(x.layouts[d], range(sizes, n, sizes), blk)
             return _pieces_value(cx, x, d, pieces)
         pieces = cx.spaces.cut(x.layouts[d], range(sizes, n, sizes), blk)
-        for p in pieces[1:]:
-            cx.unify(pieces[0], p, "equal split: pieces must grow alike")
+        grow_alike(cx, pieces, "equal split: pieces must grow alike")
         if cx.spaces.roots(x.layouts[d]):
             first = pieces[0]
             cx.sizes_handled(cx.value(cx.arg(1, "split_size_or_sections", None)))
@@ -425,6 +472,17 @@ def split(cx: RuleContext):
                                 [size(p) for p in pieces])
         cx.rewrite_args(new_args, *pieces)
     return _pieces_value(cx, x, d, pieces)
+
+
+def grow_alike(cx: RuleContext, pieces: list[Layout], reason: str) -> None:
+    """Equal pieces (chunk, equal split) must stay equal.  Sharing one map is the simple way;
+    pieces of an interleave (a channel shuffle's Zip) would be forced into a common structure
+    cut down to single units, so there they are only tied to grow by the same amount."""
+    if any(isinstance(seg, Zip) for p in pieces for seg in cx.spaces.resolve(p)):
+        cx.spaces.tie(pieces, cx.blocker(reason))
+        return
+    for p in pieces[1:]:
+        cx.unify(pieces[0], p, reason)
 
 
 def window(cx: RuleContext, lay: Layout, start: int, stop: int, what: str):
@@ -462,8 +520,7 @@ def chunk(cx: RuleContext):
                                "could not follow the width")
     pieces = cx.spaces.cut(x.layouts[d], range(step, n, step), cx.blocker("chunk"))
     if n % step == 0:
-        for p in pieces[1:]:
-            cx.unify(pieces[0], p, "chunks must grow alike")
+        grow_alike(cx, pieces, "chunks must grow alike")
     assert len(pieces) == len(outs)
     return _pieces_value(cx, x, d, pieces)
 
@@ -678,11 +735,17 @@ def pixel_unshuffle(cx: RuleContext):
 
 @rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle, F.native_channel_shuffle)
 def channel_shuffle(cx: RuleContext):
-    """channel_shuffle(G): [G, C/G] transposed to [C/G, G]; the G groups share one map."""
+    """channel_shuffle(G): [G, C/G] transposed to [C/G, G].  One space: the G groups share
+    its map (a product).  Several spaces (e.g. two branches concatenated, as in ShuffleNet):
+    the G rows keep their own maps and interleave (a Zip); they must grow alike."""
     x = cx.tensor(cx.arg(0))
     G = cx.module.groups if cx.module is not None else cx.concrete(cx.arg(1, "groups"))
     c = x.layouts[1]
     n = x.shape[1]
+    if len(cx.spaces.resolve(c)) > 1:  # several spaces: the rows keep their own maps
+        rows = cx.spaces.stack(c, G, cx.blocker("channel_shuffle"))
+        merged = cx.spaces.merge(rows, cx.fixed(G, "channel_shuffle groups"))
+        return cx.out((x.layouts[0], merged, *x.layouts[2:]))
     g, per = cx.spaces.split(c, n // G, cx.blocker("channel_shuffle"))
     cx.block(g, "number of channel_shuffle groups is fixed")
     return cx.out((x.layouts[0], cx.spaces.merge(per, g), *x.layouts[2:]))
