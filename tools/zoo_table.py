@@ -312,8 +312,8 @@ def render(rows: list[Row], elapsed: float) -> str:
             continue
         why = [f"{r.fixed} fixed (boundary)"]
         if r.blocked:
-            why.append(f"{len(r.blocked)} blocked: {_md(', '.join(r.blocked))}")
-            by = "; ".join(f"{', '.join(n)}: {reason}" for reason, n in r.reasons.items())
+            why.append(f"{len(r.blocked)} blocked: {_md(_by_module(r.blocked))}")
+            by = "; ".join(f"{_by_module(n)}: {reason}" for reason, n in r.reasons.items())
             why.append(f"blocked by {_md(by)}")
         why += [f"inner factor, not grown by factor= (e.g. a value head dim): {_md(n)}"
                 for n in r.unchanged_widenable]
@@ -325,6 +325,26 @@ def render(rows: list[Row], elapsed: float) -> str:
             f"| {r.spec.name} | {r.input_shapes} | {r.groups} | {r.widened} | "
             f"{'<br>'.join(why)} | {_err(r.err32)}{mark} | {_err(r.err64)}{mark} | "
             f"{r.params_before:,} -> {r.params_after:,} ({ratio:.2f}x) |")
+    if any(r.spec.name.startswith("shufflenet") and r.blocked for r in rows):
+        lines += [
+            "",
+            "**shufflenet_v2_x0_5: no exact widening of stage3's trunk.**  "
+            "Each unit chunks the channel-shuffled tensor in two and passes one half on; a "
+            "shuffle interleaves the two halves of the concatenation.  fxgrow keeps the "
+            "interleaved parts' own maps (a *Zip* layout) and follows every chunk as a "
+            "round-robin cut, which splits the branches' channels into pieces that must grow "
+            "alike.  Stage3 has 7 such chunks over 48 = 3 x 16 channels per half: the cuts "
+            "reach pieces of one unit whose partner in the interleave is empty, so that unit "
+            "cannot be replicated without a copy landing on the other side of a chunk, where "
+            "no consumer has a column to copy for it; the ties then hold every other piece of "
+            "the trunk to its width.  Stage2 and stage4 (3 chunks) widen exactly.  The ties "
+            "are what a balanced interleave needs; "
+            "`tests/test_rules.py::test_shuffle_chain_refusals_match_exhaustive_search` checks "
+            "the same pattern at small sizes against an exhaustive search over all Net2Net "
+            "students (every student channel a copy of a teacher channel): fxgrow refuses "
+            "exactly where no student exists.  (The search cannot reach stage3's size, so "
+            "for it this is fxgrow's analysis, not an exhaustive proof.)",
+        ]
     flagged = [r for r in rows if r.signal is not None and r.signal < SIGNAL_FLOOR]
     if flagged:
         lines += [
@@ -345,6 +365,16 @@ def render(rows: list[Row], elapsed: float) -> str:
                   for r in flagged]
     lines.append("")
     return "\n".join(lines)
+
+
+def _by_module(names: list[str]) -> str:
+    """Group names with the parts of one producer (``conv[0:3]``, ``conv[3:6]``) counted
+    together: ``conv (2 parts)``."""
+    parts: dict[str, int] = {}
+    for n in names:
+        base = n.split("[", 1)[0] if n.endswith("]") and "[in]" not in n else n
+        parts[base] = parts.get(base, 0) + 1
+    return ", ".join(b if k == 1 else f"{b} ({k} parts)" for b, k in parts.items())
 
 
 def _tv_version() -> str:
