@@ -152,9 +152,13 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         for name in names:
             if name not in blocks:
                 import difflib
+
+                from .analysis.blocks import why_not_residual
+                why = why_not_residual(student, analysis.state.vals_by_name(student), name)
                 close = difflib.get_close_matches(name, list(blocks), n=3)
                 raise UnknownGroupError(
                     f"no residual block named {name!r}"
+                    + (f": module {name!r} runs in the graph, but {why}" if why else "")
                     + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
                        f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"))
             insert_block_after(student, blocks[name])

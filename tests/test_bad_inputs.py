@@ -424,3 +424,56 @@ def test_deepen_bad_options(net):
         fxgrow.deepen(m, x, after="relu", kind="wide")
     with raises(InputError, "after= names no node"):
         fxgrow.deepen(m, x, after=[])
+
+
+class _Res(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + self.l(x)
+
+
+class CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b, self.c = _Res(), _Res()
+
+    def forward(self, x):
+        return self.b(self.c(self.b(x)))
+
+
+def test_deepen_block_says_why_a_module_is_no_block():
+    m, x = CalledTwice().double().eval(), torch.randn(3, 4, dtype=torch.float64)
+    with raises(UnknownGroupError, "no residual block named 'b'", "called more than once",
+                "residual blocks: c"):
+        fxgrow.deepen(m, x, after="b", kind="block")
+    s = fxgrow.deepen(m, x, after="c", kind="block")
+    assert fxgrow.compare(m, s, x).max_rel <= TOL
+
+
+def test_deepen_on_an_ambiguous_3d_tensor_names_the_node():
+    m, x = GeluNet().double().eval(), torch.randn(3, 5, 4, dtype=torch.float64)
+    with raises(InputError, "after node 'x'", "channels-first or channels-last",
+                "layer='conv' or layer='linear'"):
+        fxgrow.deepen(m, x, after="x")
+
+
+class TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 10, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.fc(self.emb(ids))))
+
+
+def test_blocked_group_points_to_the_widenable_group_of_its_module():
+    m, ids = TiedLM().eval(), torch.randint(0, 10, (2, 5))
+    with raises(BlockedGroupError, "group 'emb'", "vocabulary", "did you mean", "'emb#2'"):
+        fxgrow.widen(m, ids, widths={"emb": 8})
+    assert fxgrow.widen(m, ids, widths={"emb#2": 8}).emb.embedding_dim == 8

@@ -99,37 +99,62 @@ def _shape(vals: dict, node: torch.fx.Node):
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
-def find_blocks(gm: torch.fx.GraphModule, vals: dict) -> list[Block]:
-    """Every module path whose nodes form a single-input, single-output subgraph."""
+def _members(gm: torch.fx.GraphModule) -> dict[str, list[torch.fx.Node]]:
     members: dict[str, list[torch.fx.Node]] = {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         for p in dict.fromkeys(_paths(node)):
             members.setdefault(p, []).append(node)
-    blocks = []
-    for path, nodes in members.items():
-        inside = set(nodes)
-        inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
-                                    if a not in inside and a.op != "get_attr"))
-        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
-        if not inputs or len(outputs) != 1:
-            continue
-        o = outputs[0]
-        streams = [i for i in inputs if _shape(vals, i) is not None
-                   and _shape(vals, i) == _shape(vals, o)
-                   and residual_add(i, inside, path) is not None]
-        learned = any(n.op == "call_module" and any(True for _ in
-                                                      gm.get_submodule(n.target).parameters())
-                      or any(a.op == "get_attr" for a in n.all_input_nodes) for n in nodes)
-        if len(streams) == 1 and learned:  # residual: the stream is added back to a learned
-            # branch; other inputs (masks, rotary tables) are shared
-            blocks.append(Block(path, streams[0].name, o.name, tuple(n.name for n in nodes),
-                                True))
-        elif len(inputs) == 1 and len(streams) != 1:
-            blocks.append(Block(path, inputs[0].name, o.name, tuple(n.name for n in nodes),
-                                False))
-    return blocks
+    return members
+
+
+def _classify(gm: torch.fx.GraphModule, vals: dict, path: str,
+              nodes: list[torch.fx.Node]) -> Block | str:
+    """The block that ``path``'s nodes form, or why they form none."""
+    inside = set(nodes)
+    inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
+                                if a not in inside and a.op != "get_attr"))
+    outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+    if not inputs:
+        return "its nodes read no tensor from outside it"
+    if len(outputs) != 1:
+        return (f"its nodes hand {len(outputs)} results to the rest of the graph "
+                f"({', '.join(o.name for o in outputs[:4])}); a block has one output (a module "
+                f"called more than once, or one with several outputs, is not a block)")
+    o = outputs[0]
+    streams = [i for i in inputs if _shape(vals, i) is not None
+               and _shape(vals, i) == _shape(vals, o)
+               and residual_add(i, inside, path) is not None]
+    learned = any(n.op == "call_module" and any(True for _ in
+                                                  gm.get_submodule(n.target).parameters())
+                  or any(a.op == "get_attr" for a in n.all_input_nodes) for n in nodes)
+    if len(streams) == 1 and learned:  # residual: the stream is added back to a learned
+        # branch; other inputs (masks, rotary tables) are shared
+        return Block(path, streams[0].name, o.name, tuple(n.name for n in nodes), True)
+    if len(inputs) == 1 and len(streams) != 1:
+        return Block(path, inputs[0].name, o.name, tuple(n.name for n in nodes), False)
+    if not streams:
+        return ("no input of it is added back to its output by a residual add (not a "
+                "residual block; a post-norm block normalises after the add)")
+    return f"it has {len(inputs)} inputs and no single residual stream"
+
+
+def find_blocks(gm: torch.fx.GraphModule, vals: dict) -> list[Block]:
+    """Every module path whose nodes form a single-input, single-output subgraph."""
+    found = (_classify(gm, vals, p, nodes) for p, nodes in _members(gm).items())
+    return [b for b in found if isinstance(b, Block)]
+
+
+def why_not_residual(gm: torch.fx.GraphModule, vals: dict, path: str) -> str | None:
+    """Why module ``path`` is no residual block; None if no node of the graph runs in it."""
+    nodes = _members(gm).get(path)
+    if nodes is None:
+        return None
+    b = _classify(gm, vals, path, nodes)
+    if isinstance(b, Block):
+        return "it has no residual add of its input (a plain block)" if not b.residual else ""
+    return b
 
 
 def find_stages(gm: torch.fx.GraphModule, vals: dict) -> list[Stage]:

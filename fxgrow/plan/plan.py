@@ -277,7 +277,12 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
         g = analysis.group(name)
         if not g.widenable:
             reasons = "; ".join(str(b) for b in g.blockers)
-            raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: {reasons}")
+            others = [o.name for o in analysis.widenable if set(o.modules) & set(g.modules)]
+            hint = (f" (its modules are also in the widenable group(s) "
+                    f"{', '.join(repr(n) for n in others[:4])}: did you mean one of them?)"
+                    if others else "")
+            raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: "
+                                    f"{reasons}{hint}")
         if g.root in stuck and new != g.width:
             raise WidthError(f"group {g.name!r} cannot be widened exactly: {stuck[g.root]} "
                              f"normalises it together with channels that cannot grow (fixed "

@@ -74,7 +74,8 @@ def _channel_layer(kind: str, c: int, ndim: int, kernel_size: int, like: torch.T
     return layer.to(dtype=like.dtype, device=like.device)
 
 
-def _layer_kind(value: torch.Tensor, layouts_channel_axis: int | None, layer: str | None) -> str:
+def _layer_kind(node: torch.fx.Node, value: torch.Tensor, layouts_channel_axis: int | None,
+                layer: str | None) -> str:
     if layer in ("linear", "conv"):
         return layer
     if layer is not None:
@@ -85,9 +86,9 @@ def _layer_kind(value: torch.Tensor, layouts_channel_axis: int | None, layer: st
         return "conv" if layouts_channel_axis == 1 else "linear"
     if value.dim() in (4, 5):
         return "conv"
-    raise InputError(f"cannot tell whether a {value.dim()}-d tensor of shape "
-                     f"{tuple(value.shape)} is channels-first or channels-last; pass "
-                     f"layer='conv' or layer='linear'")
+    raise InputError(f"cannot tell whether the {value.dim()}-d tensor of shape "
+                     f"{tuple(value.shape)} after node {node.name!r} is channels-first or "
+                     f"channels-last; pass layer='conv' or layer='linear'")
 
 
 def insert_after(gm: torch.fx.GraphModule, node: torch.fx.Node, modules: list[tuple[str, nn.Module]],
@@ -129,7 +130,7 @@ def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tens
             or kernel_size % 2 == 0:
         raise InputError(f"kernel_size must be an odd positive integer (padding k // 2 keeps "
                          f"the shape only for odd k), got {kernel_size!r}")
-    lk = _layer_kind(value, channel_axis, layer)
+    lk = _layer_kind(node, value, channel_axis, layer)
     c = value.shape[-1] if lk == "linear" else value.shape[1]
     act = activation_module(gm, node)
     base = node.target if node.op == "call_module" else node.name

@@ -88,12 +88,7 @@ def action_kind(action: str) -> str:
 # Refusals whose message does not name the node although the user named it in the call; they
 # are correct refusals with a message to improve, reported in docs/robustness.md, and listed
 # as notes rather than failures.
-KNOWN_UNNAMED = [
-    # deepen(after=<node>) on a 3-d tensor whose channel axis the analysis cannot tell (a
-    # model input, or a tensor whose axes are all fixed): the message gives the shape only
-    re.compile(r"^InputError: cannot tell whether a 3-d tensor of shape .* is channels-first "
-               r"or channels-last"),
-]
+KNOWN_UNNAMED: list[re.Pattern] = []
 
 
 # -- helpers --------------------------------------------------------------------------------
