@@ -490,6 +490,29 @@ def test_flatten_into_linear(form):
     assert s.fc.in_features == 8 * 4
 
 
+class ViewAsShape(nn.Module):
+    """``y.view(h.shape)``: the target shape is read from h at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(h + self.b(x).flatten(1).view(h.shape))
+
+
+def test_view_to_a_shape_read_at_run_time():
+    """The view follows h's widths at run time, so its axes share h's spaces: b (flattened,
+    then viewed back) is coupled to a, and both widen without rewriting any constant."""
+    m, x = f64(ViewAsShape()), rand(2, 3, 4, 4)
+    gs = groups_of(m, x)
+    g = the_group(gs, "a")
+    assert g.widenable and ("b.weight", 0, "produce") in roles(g)
+    s = exact(m, x, widths={"a": 9})
+    assert s.a.out_channels == s.b.out_channels == s.c.in_channels == 9
+
+
 # -- 11. GroupNorm ------------------------------------------------------------------------------
 class GN(nn.Module):
     def __init__(self, groups: int) -> None:

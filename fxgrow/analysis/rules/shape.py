@@ -86,6 +86,14 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
     if not any(cx.spaces.roots(lay) for lay in layouts):
         return
     if isinstance(container, torch.fx.Node):
+        v = cx.value(container)
+        if isinstance(v, SizeInfo) and v.per_axis and len(v.layouts) == len(layouts):
+            # y.view(x.shape): the shape is read from x at run time, so it follows x's
+            # widths; exact when every axis of the result shares x's axis spaces
+            for lay, src in zip(layouts, v.layouts):
+                cx.unify(lay, src, "shape read at run time from another tensor")
+            cx.sizes_handled(v)
+            return
         raise RuleError("the target shape is one run-time value; fxgrow cannot rewrite its "
                         "channel entries")
     entries = list(container)
