@@ -902,6 +902,28 @@ def test_shuffle_interleave(form):
         fxgrow.widen(m, x, plan=WidenPlan.from_dict(plan))
 
 
+class DoubleShuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.e = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        t = self.shuffle(_shuffle(torch.cat([self.a(x), self.b(x)], 1)))
+        p, q = t.chunk(2, 1)
+        return self.out(torch.cat([self.e(p), q], 1))
+
+
+def test_shuffle_of_an_interleave():
+    """A shuffle of a shuffled tensor interleaves the interleave again (rows of a Zip)."""
+    m, x = f64(DoubleShuffle()), rand(2, 2, 2, 2)
+    gs = groups_of(m, x)
+    assert all(g.widenable for g in producing(gs, "a") + producing(gs, "b"))
+    s = exact(m, x, factor=2)
+    assert s.a.out_channels == s.b.out_channels == s.e.in_channels == 8
+
+
 @pytest.mark.parametrize("c,blocks", [(2, 1), (2, 2), (3, 1), (3, 2), (4, 2), (4, 3)])
 def test_shuffle_chain_refusals_match_exhaustive_search(c, blocks):
     """fxgrow widens the branches of a ShuffleNet chain exactly when some Net2Net student

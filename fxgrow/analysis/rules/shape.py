@@ -162,6 +162,12 @@ def _shuffle_axis(cx: RuleContext, x: TensorInfo, shape: tuple) -> int | None:
     return d
 
 
+def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
+    """A layout of several segments, or an interleave: a shuffle keeps its rows apart."""
+    segs = cx.spaces.resolve(layout)
+    return len(segs) > 1 or isinstance(segs[0], Zip)
+
+
 @rule("view", "reshape", torch.reshape, "view_as", "reshape_as")
 def reshape(cx: RuleContext):
     """view/reshape: see the module docstring.  The first reshape of a channel shuffle keeps
@@ -178,7 +184,7 @@ def reshape(cx: RuleContext):
             isinstance(cx.concrete(cx.node.args[1]), torch.dtype):
         raise RuleError("view as another dtype")
     d = _shuffle_axis(cx, x, shape)
-    if d is not None and len(cx.spaces.resolve(x.layouts[d])) > 1:
+    if d is not None and _several_spaces(cx, x.layouts[d]):
         g = shape[d]
         rows = cx.spaces.stack(x.layouts[d], g, cx.blocker("channel shuffle"))
         layouts = (*x.layouts[:d], cx.fixed(g, "channel shuffle groups"), rows,
@@ -750,7 +756,7 @@ def channel_shuffle(cx: RuleContext):
     G = cx.module.groups if cx.module is not None else cx.concrete(cx.arg(1, "groups"))
     c = x.layouts[1]
     n = x.shape[1]
-    if len(cx.spaces.resolve(c)) > 1:  # several spaces: the rows keep their own maps
+    if _several_spaces(cx, c):  # the rows keep their own maps
         rows = cx.spaces.stack(c, G, cx.blocker("channel_shuffle"))
         merged = cx.spaces.merge(rows, cx.fixed(G, "channel_shuffle groups"))
         return cx.out((x.layouts[0], merged, *x.layouts[2:]))
