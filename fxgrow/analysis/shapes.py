@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils import _pytree as pytree
 
 from ..modes import preserved, set_training
@@ -16,14 +17,38 @@ _NO_OPS = {getattr(torch.ops.aten, n).default for n in ("_assert_tensor_metadata
            if hasattr(torch.ops.aten, n)}
 
 
+def _conv(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.device != _META:
+        return v.to(_META)
+    if isinstance(v, torch.device):
+        return _META
+    return v
+
+
+# leaves that ``_conv`` returns unchanged, and containers ``_meta`` may look through itself
+_PLAIN = frozenset({int, float, bool, complex, str, type(None), type(...), slice, torch.dtype,
+                    torch.layout, torch.memory_format, torch.Size})
+_CONTAINERS = frozenset({tuple, list, dict, immutable_list, immutable_dict})
+
+
+def _all_meta(x: Any) -> bool:
+    """True if ``_meta(x)`` would only rebuild ``x`` (no tensor off meta, no device); False
+    when unsure (other container types: ``_meta`` then maps them with pytree)."""
+    t = type(x)
+    if t in _PLAIN:
+        return True
+    if t is torch.Tensor:
+        return x.device == _META
+    if t in _CONTAINERS:
+        return all(_all_meta(v) for v in (x.values() if isinstance(x, dict) else x))
+    return False
+
+
 def _meta(x: Any) -> Any:
-    def conv(v):
-        if isinstance(v, torch.Tensor) and v.device != _META:
-            return v.to(_META)
-        if isinstance(v, torch.device):
-            return _META
-        return v
-    return pytree.tree_map(conv, x)
+    """``x`` with every tensor moved to meta and every device made meta (pytree leaves)."""
+    if _all_meta(x):  # the common case: already meta; pytree would return an equal copy
+        return x
+    return pytree.tree_map(_conv, x)
 
 
 # -- fast paths: output shapes of the commonest ops, without running meta kernels ------------
@@ -103,69 +128,112 @@ def _fast_function(target, args: tuple, kwargs: dict):
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, meta: bool) -> None:
+    """Runs the graph on the real example inputs and keeps every node's value."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=True)
-        self.meta = meta
         self.vals: dict[torch.fx.Node, Any] = {}
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        if self.meta and n.op == "call_function" and n.target in _NO_OPS:
-            result = None
-        else:
-            result = super().run_node(n)
+        result = super().run_node(n)
         self.vals[n] = result
         return result
 
-    def call_function(self, target, args, kwargs):
-        if self.meta:
+
+def _fetch(gm: torch.fx.GraphModule, target: str) -> Any:
+    """``Interpreter.fetch_attr``: the attribute at a qualified name."""
+    value: Any = gm
+    atoms = target.split(".")
+    for i, atom in enumerate(atoms):
+        if not hasattr(value, atom):
+            raise RuntimeError(f"Node referenced nonexistent target {'.'.join(atoms[:i + 1])}")
+        value = getattr(value, atom)
+    return value
+
+
+def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
+    """Every node's value on meta tensors: what an ``Interpreter`` run with every parameter and
+    buffer swapped for a meta tensor (``functional_call``) computes, but swapping only where a
+    value is read: a ``get_attr`` of a parameter or buffer, and a module that has no fast path
+    (``torch.func.functional_call`` on that module alone).  One meta tensor per real tensor, so
+    tied tensors stay one object."""
+    metas: dict[int, torch.Tensor] = {}
+
+    def meta_of(t: torch.Tensor) -> torch.Tensor:
+        m = metas.get(id(t))
+        if m is None:
+            m = metas[id(t)] = torch.empty_like(t, device="meta")
+        return m
+
+    def registered(target: str, value: Any) -> bool:
+        owner, _, name = target.rpartition(".")
+        try:
+            mod = gm.get_submodule(owner) if owner else gm
+        except AttributeError:  # not under a module: functional_call would not swap it
+            return False
+        return mod._parameters.get(name) is value or mod._buffers.get(name) is value
+
+    vals: dict[torch.fx.Node, Any] = {}
+    args_iter = iter(gm.graph.process_inputs(*_meta(tuple(example_inputs))))
+    env = vals.__getitem__
+    for n in gm.graph.nodes:
+        op = n.op
+        args = torch.fx.node.map_arg(n.args, env)
+        kwargs = torch.fx.node.map_arg(n.kwargs, env)
+        if op == "call_module":
+            sub = gm.get_submodule(n.target)
+            result = _fast_module(sub, args, kwargs)
+            if result is None:
+                state = {k: meta_of(v) for k, v in
+                         (*sub.named_parameters(remove_duplicate=False),
+                          *sub.named_buffers(remove_duplicate=False))}
+                result = torch.func.functional_call(sub, state, args, kwargs, strict=False,
+                                                    tie_weights=True) if state else \
+                    sub(*args, **kwargs)
+        elif op == "call_function":
+            if n.target in _NO_OPS:
+                result = None
+            else:
+                args, kwargs = _meta(args), _meta(kwargs)
+                result = _fast_function(n.target, args, kwargs)
+                if result is None:
+                    result = n.target(*args, **kwargs)
+        elif op == "call_method":
             args, kwargs = _meta(args), _meta(kwargs)
-            fast = _fast_function(target, args, kwargs)
-            if fast is not None:
-                return fast
-        return super().call_function(target, args, kwargs)
+            self_obj, *rest = args
+            result = getattr(self_obj, n.target)(*rest, **kwargs)
+        elif op == "get_attr":
+            value = _fetch(gm, n.target)
+            result = meta_of(value) if isinstance(value, torch.Tensor) and \
+                registered(n.target, value) else _meta(value)
+        elif op == "placeholder":
+            if n.target.startswith("*"):
+                result = list(args_iter)
+            else:
+                result = next(args_iter, _MISSING)
+                if result is _MISSING:
+                    if not args:
+                        raise RuntimeError(f"Expected positional argument for parameter "
+                                           f"{n.target}, but one was not passed in!")
+                    result = args[0]
+        else:  # output
+            result = args[0]
+        vals[n] = result
+    return vals
 
-    def call_module(self, target, args, kwargs):
-        if self.meta:
-            fast = _fast_module(self.fetch_attr(target), args, kwargs)
-            if fast is not None:
-                return fast
-        return super().call_module(target, args, kwargs)
 
-    def call_method(self, target, args, kwargs):
-        if self.meta:
-            args, kwargs = _meta(args), _meta(kwargs)
-        return super().call_method(target, args, kwargs)
-
-    def fetch_attr(self, target: str) -> Any:
-        value = super().fetch_attr(target)
-        return _meta(value) if self.meta else value
-
-
-class _Runner(torch.nn.Module):
-    """Lets ``torch.func.functional_call`` swap in meta parameters around an Interpreter run."""
-
-    def __init__(self, gm: torch.fx.GraphModule, meta: bool) -> None:
-        super().__init__()
-        self.gm = gm
-        self.recorder = _Recorder(gm, meta)
-
-    def forward(self, *args: Any) -> Any:
-        return self.recorder.run(*args)
+_MISSING = object()
 
 
 def propagate(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
-    """Example values of every node of ``gm`` for ``example_inputs``."""
-    runner = _Runner(gm, meta=True)
-    state = {f"gm.{k}": torch.empty_like(v, device="meta")
-             for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
+    """Example values of every node of ``gm`` for ``example_inputs``: meta tensors, or the real
+    values where the meta run fails (an op without a meta kernel, data-dependent code)."""
     try:
         with torch.no_grad():
-            torch.func.functional_call(runner, state, _meta(tuple(example_inputs)),
-                                       strict=False, tie_weights=True)
-        return runner.recorder.vals
+            return _run_meta(gm, example_inputs)
     except Exception:  # no meta kernel, data-dependent op ...: run for real
-        runner = _Runner(gm, meta=False)
+        recorder = _Recorder(gm)
         with preserved(gm), torch.no_grad():  # eval: same shapes, statistics untouched
             set_training(gm, False)
-            runner(*example_inputs)
-        return runner.recorder.vals
+            recorder.run(*example_inputs)
+        return recorder.vals
