@@ -73,10 +73,25 @@ class AnalysisState:
         return {n: by_name[n.name] for n in gm.graph.nodes if n.name in by_name}
 
     def __post_init__(self) -> None:
-        self.modules = dict(self.gm.named_modules())
-        self.tensors = {**dict(self.gm.named_parameters(remove_duplicate=False)),
-                        **dict(self.gm.named_buffers(remove_duplicate=False))}
-        self.buffer_names = {n for n, _ in self.gm.named_buffers(remove_duplicate=False)}
+        # One walk of the module tree gives what named_modules() (first path of each module),
+        # named_parameters / named_buffers (remove_duplicate=False) give, in their order.
+        self.modules: dict[str, torch.nn.Module] = {}
+        params: dict[str, torch.Tensor] = {}
+        buffers: dict[str, torch.Tensor] = {}
+        visited: set[int] = set()
+        for prefix, module in self.gm.named_modules(remove_duplicate=False):
+            if id(module) not in visited:
+                visited.add(id(module))
+                self.modules[prefix] = module
+            dot = prefix + "." if prefix else ""
+            for k, v in module._parameters.items():
+                if v is not None:
+                    params[dot + k] = v
+            for k, v in module._buffers.items():
+                if v is not None:
+                    buffers[dot + k] = v
+        self.tensors = {**params, **buffers}
+        self.buffer_names = set(buffers)
         # tied parameters: every alias maps to the first name
         seen: dict[int, str] = {}
         self.canonical: dict[str, str] = {}
@@ -111,6 +126,8 @@ class RuleContext:
 
     def value(self, a: Any) -> Any:
         """The analysis value of an argument (nodes looked up, containers mapped)."""
+        if isinstance(a, torch.fx.Node):  # a pytree leaf: the common case, without pytree
+            return self.state.values[a]
         return pytree.tree_map(
             lambda x: self.state.values[x] if isinstance(x, torch.fx.Node) else x, a)
 
@@ -133,6 +150,8 @@ class RuleContext:
 
     def concrete(self, a: Any) -> Any:
         """An argument's concrete value (example values for nodes), containers mapped."""
+        if isinstance(a, torch.fx.Node):
+            return self.state.vals.get(a)
         return pytree.tree_map(
             lambda x: self.state.vals.get(x) if isinstance(x, torch.fx.Node) else x, a)
 

@@ -105,9 +105,24 @@ def _get_attr(cx: RuleContext) -> Any:
     return TensorInfo(tuple(example.shape), tuple(layouts))
 
 
+_NO_SIZE = frozenset({TensorInfo, int, float, bool, str, type(None)})
+
+
+def _may_hold_size(value: Any) -> bool:
+    """False only if ``value`` certainly holds no ``SizeInfo`` (a tensor, a plain constant)."""
+    t = type(value)
+    if t in _NO_SIZE:
+        return False
+    return t is SizeInfo or any(isinstance(v, SizeInfo) for v in pytree.tree_leaves(value))
+
+
 def _check_sizes(cx: RuleContext) -> None:
     """A size read from a channel axis may only flow into size arguments that a rule rewrites;
     anywhere else (arithmetic on tensors, creation ops) the group must keep its width."""
+    values = cx.state.values
+    # sizes reach a node only through its input nodes: without any, there is nothing to check
+    if not any(n not in values or _may_hold_size(values[n]) for n in cx.node.all_input_nodes):
+        return
     for v in pytree.tree_leaves(cx.value((cx.node.args, cx.node.kwargs))):
         if isinstance(v, SizeInfo) and id(v) not in cx.handled_sizes:
             for lay in v.layouts:
@@ -118,15 +133,17 @@ def _check_sizes(cx: RuleContext) -> None:
 def _finish_params(state: AnalysisState) -> None:
     """Parameters read through get_attr and not contracted are per-channel (copied); a tensor
     axis that is both copied and divided (tied weights) cannot follow one map."""
+    by_target: dict[str, list] = {}
+    for (t, _axis), pa in state.params.items():
+        by_target.setdefault(t, []).append(pa)
     for node in state.gm.graph.nodes:
         if node.op != "get_attr":
             continue
         target = state.canonical.get(node.target, node.target)
         for user in node.users:
             if (user, node) not in state.consumed:
-                for (t, _axis), pa in state.params.items():
-                    if t == target:
-                        pa.roles.add(SCALE)
+                for pa in by_target.get(target, ()):
+                    pa.roles.add(SCALE)
     for pa in state.params.values():
         if not pa.roles:
             pa.roles.add(SCALE)
