@@ -2,13 +2,18 @@
 
 For every tensor axis along channel spaces, new index j takes old index idx[j]; consumer axes
 are multiplied by the share frac[j] of the copied unit (1 / c(g(j)) for an equal split).  The
-student is a deep copy of the graph module whose parameters are replaced (the teacher's tensors
-are only read).  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
+student is what ``copy.deepcopy`` of the graph module gives with the widened tensors swapped in
+through its memo; the submodules are copied by ``_copy`` (the same result, without deepcopy's
+generic machinery).  Every student tensor is a new tensor: the teacher's are only read, and
+never shared.  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
 index maps and copy/consume roles: what optimizer-state transfer needs."""
 from __future__ import annotations
 
 import copy
+import copyreg
 import operator
+from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.fx
@@ -36,36 +41,56 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         if any(r in maps for r in sp.roots(pa.layout)):
             by_tensor.setdefault(pa.target, []).append(pa)
 
-    memo: dict[int, torch.Tensor] = {}
+    memo: dict[int, Any] = {}
     expansions: dict[str, list] = {}
+    # (teacher tensor, gathers): every index map is made first, then the student's tensors one
+    # after the other (small allocations between them would scatter them in memory)
+    jobs: list[tuple[torch.Tensor, list]] = []
+    for target, axes in by_tensor.items():
+        old = state.tensors[target]
+        record = []
+        steps = []
+        # index the axis that grows least first: the intermediate copies stay small
+        for pa in sorted(axes, key=lambda p: sp.new_size(p.layout, widths) /
+                         max(1, sp.size(p.layout))):
+            e = expand(sp, pa.layout, maps)
+            consume = CONSUME in pa.roles
+            record.append((pa.axis, e.index, e.fraction, consume))
+            if e.index.numel() == old.shape[pa.axis] and \
+                    bool((e.index == torch.arange(e.index.numel())).all()):
+                continue  # this axis's spaces did not grow
+            frac = e.fraction.to(device=old.device, dtype=old.dtype) if consume else None
+            steps.append((pa.axis, e, e.index.to(old.device), frac))
+        if not plan.noise:
+            # Without noise the order of the gathers is free (they only copy): consumed axes
+            # first, each multiplied right after its gather while the tensor is smaller.  The
+            # multiplications keep their order, so every value is bit-identical.
+            steps.sort(key=lambda step: step[3] is None)
+        expansions[target] = sorted(record, key=lambda r: r[0])
+        jobs.append((old, steps))
     noise_gen = torch.Generator().manual_seed(plan.seed + 7919)
+    scratch = _Scratch(jobs)
     with torch.no_grad():
-        for target, axes in by_tensor.items():
-            old = state.tensors[target]
+        for old, steps in jobs:
             new = old.detach()
-            record = []
-            # index the axis that grows least first: the intermediate copies stay small
-            for pa in sorted(axes, key=lambda p: sp.new_size(p.layout, widths) /
-                             max(1, sp.size(p.layout))):
-                e = expand(sp, pa.layout, maps)
-                consume = CONSUME in pa.roles
-                record.append((pa.axis, e.index, e.fraction, consume))
-                if e.index.numel() == new.shape[pa.axis] and \
-                        bool((e.index == torch.arange(e.index.numel())).all()):
-                    continue  # this axis's spaces did not grow
-                new = new.index_select(pa.axis, e.index.to(new.device))
+            for k, (axis, e, index, frac) in enumerate(steps):
+                if k + 1 < len(steps):  # an intermediate: into reused memory
+                    new = torch.index_select(new, axis, index, out=scratch.get(new, axis, index, k))
+                else:  # the student's tensor: new memory
+                    new = new.index_select(axis, index)
                 shape = [1] * new.dim()
-                shape[pa.axis] = -1
-                if consume:
-                    new.mul_(e.fraction.to(device=new.device, dtype=new.dtype).view(shape))
+                shape[axis] = -1
+                if frac is not None:
+                    new.mul_(frac.view(shape))
                 elif plan.noise and new.is_floating_point():
-                    new.add_(_noise(new, e, pa.axis, plan.noise, noise_gen))
-            expansions[target] = sorted(record, key=lambda r: r[0])
+                    new.add_(_noise(new, e, axis, plan.noise, noise_gen))
             if new.data_ptr() == old.data_ptr():
                 new = new.clone()
             if isinstance(old, torch.nn.Parameter):
                 new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
             memo[id(old)] = new
+    for child in analysis.gm._modules.values():  # the module tree, into the memo
+        _copy(child, memo)
     student = copy.deepcopy(analysis.gm, memo)
 
     _compensate_ties(student, analysis, maps, memo, untie)
@@ -80,7 +105,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
             touched = True
     if touched or state.ties:
         student.graph.eliminate_dead_code()
-    student.recompile()
+        student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
     student.meta["fxgrow_expansions"] = {
         name: expansions[target] for name, target in state.canonical.items()
         if target in expansions}
@@ -88,6 +113,104 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         student.meta["fxgrow_output_positions"] = [
             [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs]
     return student
+
+
+class _Scratch:
+    """Reused memory for the intermediate tensors of multi-axis gathers: per dtype and device
+    two buffers, used in turn (a gather never reads and writes the same one), allocated once
+    at the largest size the jobs need.  Fresh memory costs page faults; only the student's
+    own tensors need it."""
+
+    def __init__(self, jobs: list) -> None:
+        need: dict[tuple, int] = {}
+        for old, steps in jobs:
+            dims = list(old.shape)
+            for k, (axis, _e, index, _frac) in enumerate(steps[:-1]):
+                dims[axis] = index.numel()
+                key = (old.dtype, old.device, k % 2)
+                need[key] = max(need.get(key, 0), _numel(dims))
+        self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1])
+                        for key, n in need.items()}
+
+    def get(self, like: torch.Tensor, axis: int, index: torch.Tensor, k: int) -> torch.Tensor:
+        dims = list(like.shape)
+        dims[axis] = index.numel()
+        return self.buffers[(like.dtype, like.device, k % 2)][:_numel(dims)].view(dims)
+
+
+def _numel(dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+# -- copying the module tree --------------------------------------------------------------------
+_ATOMIC = frozenset({type(None), int, float, bool, str})  # deepcopy returns these as they are
+_PLAIN_CLASSES: dict[type, bool] = {}
+
+
+def _plain_reduce(x: torch.nn.Module) -> bool:
+    """``copy.deepcopy(x)`` takes the default route for the module ``x``:
+    ``object.__reduce_ex__(4)`` (new object, ``__getstate__``, deep-copied state,
+    ``__setstate__``)."""
+    cls = type(x)
+    plain = _PLAIN_CLASSES.get(cls)
+    if plain is None:
+        plain = _PLAIN_CLASSES[cls] = (
+            not hasattr(cls, "__deepcopy__") and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__ and not hasattr(cls, "__getnewargs_ex__")
+            and not hasattr(cls, "__getnewargs__") and not hasattr(cls, "__slots__"))
+    # an instance may carry its own __deepcopy__ (Module.__getattr__ also reads these dicts)
+    return plain and cls not in copyreg.dispatch_table and not any(
+        "__deepcopy__" in d for d in (x.__dict__, x._parameters, x._buffers, x._modules))
+
+
+def _copy(x: Any, memo: dict) -> Any:
+    """``copy.deepcopy(x, memo)``, with deepcopy's own steps done inline for the objects a module
+    tree is made of (modules, their attribute dicts, hook dicts, atoms); anything else goes to
+    ``copy.deepcopy`` itself.  Same result, same memo (so objects shared in the teacher stay
+    shared in the copy, and the widened tensors in ``memo`` are used)."""
+    cls = type(x)
+    if cls in _ATOMIC:
+        return x
+    y = memo.get(id(x), memo)
+    if y is not memo:
+        return y
+    if isinstance(x, torch.nn.Module) and _plain_reduce(x):
+        y = cls.__new__(cls)
+        memo[id(x)] = y
+        _keep_alive(x, memo)
+        state = x.__getstate__()
+        if type(state) is dict:
+            state = {k if type(k) is str else _copy(k, memo):
+                     v if type(v) in _ATOMIC else _copy(v, memo) for k, v in state.items()}
+        else:
+            state = copy.deepcopy(state, memo)
+        y.__setstate__(state)
+        return y
+    if cls is dict or cls is OrderedDict and not x.__dict__:
+        y = cls()
+        memo[id(x)] = y
+        _keep_alive(x, memo)
+        for k, v in x.items():
+            y[_copy(k, memo)] = _copy(v, memo)
+        return y
+    if cls is set and all(type(v) in _ATOMIC for v in x):
+        y = set(list(x))  # as deepcopy builds it (same insertion order)
+        memo[id(x)] = y
+        _keep_alive(x, memo)
+        return y
+    return copy.deepcopy(x, memo)
+
+
+def _keep_alive(x: Any, memo: dict) -> None:
+    """As deepcopy does: the originals stay alive while the memo lives (their ids stay unique)."""
+    keep = memo.get(id(memo))
+    if keep is None:
+        memo[id(memo)] = [x]
+    else:
+        keep.append(x)
 
 
 def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
