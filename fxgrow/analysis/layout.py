@@ -202,6 +202,18 @@ class SpaceTable:
         return self._resolve(layout)
 
     def _resolve(self, layout: Layout) -> Layout:
+        refined = self.refined
+        previous_fixed = False
+        for s in layout:  # fast path: plain atoms and separated fixed runs resolve to themselves
+            t = type(s)
+            if t is Atom and s.id not in refined:
+                previous_fixed = False
+            elif t is Fixed and s.size and not previous_fixed:
+                previous_fixed = True
+            else:
+                break
+        else:
+            return tuple(layout)
         out: list = []
         for s in layout:
             if isinstance(s, Atom):
@@ -267,13 +279,35 @@ class SpaceTable:
         """Make two layouts of one size share channel spaces position by position.
         Where their structures cannot be reconciled, both are blocked with ``blocker``."""
         self._why = blocker
+        if self._alias(a, b) or self._alias(b, a):
+            return
         try:
             self._unify(a, b)
         except StructureError:
             self.block(a, blocker)
             self.block(b, blocker)
 
+    def _alias(self, a: Layout, b: Layout) -> bool:
+        """Shortcut: ``a`` is one fresh atom (unrefined, alone in its class, unblocked) and
+        ``b`` resolves to several plain atoms: ``a`` is refined into ``b`` itself.  Equivalent
+        to cutting ``a`` into pieces and uniting them with ``b``'s, without the pieces (a
+        parameter read along a long concatenation, as in DenseNet)."""
+        if len(a) != 1 or type(a[0]) is not Atom or self._resolved is not None:
+            return False
+        i = a[0].id
+        if i in self.refined or self.parent[i] != i or len(self.members[i]) != 1 \
+                or self.blockers[i]:
+            return False
+        rb = self.resolve(b)
+        if len(rb) < 2 or any(type(seg) is not Atom for seg in rb) or \
+                self.size(rb) != self.width[i] or any(seg.id == i for seg in rb):
+            return False
+        self.refined[i] = rb
+        return True
+
     def _unify(self, a: Layout, b: Layout) -> None:
+        if a == b:  # a layout shares its spaces with itself
+            return
         if self.size(a) != self.size(b):
             raise StructureError("sizes differ")
         left, right = list(self.resolve(a)), list(self.resolve(b))
@@ -300,6 +334,9 @@ class SpaceTable:
     def _head(self, stack: list) -> Segment:
         """Top of a reversed segment stack, re-resolved (a refinement may have happened)."""
         top = stack[-1]
+        t = type(top)
+        if (t is Atom and top.id not in self.refined) or (t is Fixed and top.size):
+            return top
         r = self.resolve((top,))
         if r != (top,):
             stack.pop()
