@@ -460,18 +460,6 @@ def test_deepen_on_an_ambiguous_3d_tensor_names_the_node():
         fxgrow.deepen(m, x, after="x")
 
 
-class TiedLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(10, 6)
-        self.fc = nn.Linear(6, 6)
-        self.out = nn.Linear(6, 10, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, ids):
-        return self.out(torch.relu(self.fc(self.emb(ids))))
-
-
 def test_blocked_group_points_to_the_widenable_group_of_its_module():
     m, ids = TiedLM().eval(), torch.randint(0, 10, (2, 5))
     with raises(BlockedGroupError, "group 'emb'", "vocabulary", "did you mean", "'emb#2'"):
