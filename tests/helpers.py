@@ -5,6 +5,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.nn as nn
 
 import fxgrow
 
@@ -45,3 +46,17 @@ def train_step(student: torch.nn.Module, x) -> None:
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters()))
     student.eval()
+
+
+class TiedLM(nn.Module):
+    """A tiny language model whose output projection is its embedding (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 10, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.fc(self.emb(ids))))

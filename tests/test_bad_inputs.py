@@ -13,7 +13,7 @@ import fxgrow
 from fxgrow import (BlockedGroupError, DeepenError, InputError, TraceError, UnknownGroupError,
                     WidthError)
 from fuzz.profiles import one_thread  # noqa: F401
-from helpers import teacher_unchanged
+from helpers import TiedLM, teacher_unchanged
 
 TOL = 1e-12
 
@@ -353,18 +353,6 @@ def test_module_called_twice():
 
 
 # -- tied weights ---------------------------------------------------------------------------------
-class TiedLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(10, 6)
-        self.fc = nn.Linear(6, 6)
-        self.out = nn.Linear(6, 10, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, ids):
-        return self.out(torch.relu(self.fc(self.emb(ids))))
-
-
 @pytest.mark.parametrize("untie", [False, True])
 def test_tied_embedding_and_output_projection(untie):
     m, ids = TiedLM().double().eval(), torch.randint(0, 10, (2, 5))

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import fxgrow
 from fxgrow.rewrite.widen import _copy
-from helpers import teacher_unchanged
+from helpers import TiedLM, teacher_unchanged
 
 
 def _hook(module, args, output):
@@ -141,19 +141,8 @@ def test_student_owns_every_tensor():
 
 
 def test_student_of_tied_model_keeps_ties_and_owns_tensors():
-    class Tied(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = nn.Embedding(10, 6)
-            self.mid = nn.Linear(6, 6)
-            self.out = nn.Linear(6, 10, bias=False)
-            self.out.weight = self.emb.weight
-
-        def forward(self, ids):
-            return self.out(torch.relu(self.mid(self.emb(ids))))
-
     torch.manual_seed(0)
-    model = Tied().eval()
+    model = TiedLM().eval()
     ids = torch.randint(0, 10, (2, 5))
     with teacher_unchanged(model):
         student = fxgrow.widen(model, ids, factor=2)

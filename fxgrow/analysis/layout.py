@@ -392,17 +392,13 @@ class SpaceTable:
             self._unify(p, q)
 
     def _zip_atom(self, atom: int, sizes: list[int]) -> None:
-        """Refine the class of ``atom`` into interleaved parts of ``sizes`` (balanced)."""
-        first: list[Layout] = []
-
+        """Refine the class of ``atom`` into interleaved parts of ``sizes`` (balanced).  Its
+        parts are about to be united with those of a Zip, which is already tied."""
         def make(m):
             fresh = [self.new(n) for n in sizes]
-            if not first:
-                first.extend(fresh)
             return (Zip(tuple(fresh)),), [a.id for (a,) in fresh]
 
         self._refine(atom, make)
-        self.tie(first, self._why)
 
     def _cut_zip(self, z: Zip, at: int) -> tuple[Layout, Layout]:
         """Round-robin: ``at = r g + e`` leaves parts 0..e-1 with r + 1 units and the rest

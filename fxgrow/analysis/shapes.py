@@ -3,6 +3,7 @@ every node's example value.  Falls back to the real example inputs when an op ha
 kernel or needs data (``.item()``, data-dependent shapes)."""
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -140,17 +141,6 @@ class _Recorder(torch.fx.Interpreter):
         return result
 
 
-def _fetch(gm: torch.fx.GraphModule, target: str) -> Any:
-    """``Interpreter.fetch_attr``: the attribute at a qualified name."""
-    value: Any = gm
-    atoms = target.split(".")
-    for i, atom in enumerate(atoms):
-        if not hasattr(value, atom):
-            raise RuntimeError(f"Node referenced nonexistent target {'.'.join(atoms[:i + 1])}")
-        value = getattr(value, atom)
-    return value
-
-
 def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
     """Every node's value on meta tensors: what an ``Interpreter`` run with every parameter and
     buffer swapped for a meta tensor (``functional_call``) computes, but swapping only where a
@@ -203,7 +193,7 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
             self_obj, *rest = args
             result = getattr(self_obj, n.target)(*rest, **kwargs)
         elif op == "get_attr":
-            value = _fetch(gm, n.target)
+            value = operator.attrgetter(n.target)(gm)  # missing: the real run says so
             result = meta_of(value) if isinstance(value, torch.Tensor) and \
                 registered(n.target, value) else _meta(value)
         elif op == "placeholder":

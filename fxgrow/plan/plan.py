@@ -335,33 +335,24 @@ def _settle_growth(analysis: Analysis, targets: dict, pinned: set[int],
             row = {r: Fraction(v) for r, v in row.items() if v}
             if row:
                 rows.append(row)
-    tied = {r for row in rows for r in row}
-    for r in tied & held:
-        targets.pop(r, None)
-    parent = {r: r for r in tied}
-
-    def find(r: int) -> int:
-        while parent[r] != r:
-            parent[r] = parent[parent[r]]
-            r = parent[r]
-        return r
+    import networkx as nx
+    links = nx.Graph()
     for row in rows:
         first, *rest = row
-        for r in rest:
-            parent[find(r)] = find(first)
-    components: dict[int, list[int]] = {}
-    for r in sorted(tied):
-        components.setdefault(find(r), []).append(r)
-    for roots in components.values():
-        comp_rows = [row for row in rows if find(next(iter(row))) == find(roots[0])]
-        basis = _nullspace(comp_rows, roots)
-        k = basis[0] if len(basis) == 1 else None
-        if k is not None and min(k.values()) < 0 <= max(k.values()):
-            k = {r: -v for r, v in k.items()} if max(k.values()) <= 0 else None
+        links.add_node(first)
+        links.add_edges_from((first, r) for r in rest)
+    for r in set(links) & held:
+        targets.pop(r, None)
+    for component in nx.connected_components(links):
+        roots = sorted(component)
+        basis = _nullspace([row for row in rows if next(iter(row)) in component], roots)
         if len(basis) > 1:
             _check_ties(analysis, targets, roots)
             continue
-        if k is None:  # only d = 0
+        k = basis[0] if basis else {r: 0 for r in roots}
+        if max(k.values()) <= 0:
+            k = {r: -v for r, v in k.items()}
+        if min(k.values()) < 0:  # mixed signs: no group may grow
             k = {r: 0 for r in roots}
         named = [r for r in roots if r in pinned]
         if named:

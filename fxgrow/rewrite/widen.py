@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import copyreg
+import math
 import operator
 from collections import OrderedDict
 from typing import Any
@@ -128,21 +129,14 @@ class _Scratch:
             for k, (axis, _e, index, _frac) in enumerate(steps[:-1]):
                 dims[axis] = index.numel()
                 key = (old.dtype, old.device, k % 2)
-                need[key] = max(need.get(key, 0), _numel(dims))
+                need[key] = max(need.get(key, 0), math.prod(dims))
         self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1])
                         for key, n in need.items()}
 
     def get(self, like: torch.Tensor, axis: int, index: torch.Tensor, k: int) -> torch.Tensor:
         dims = list(like.shape)
         dims[axis] = index.numel()
-        return self.buffers[(like.dtype, like.device, k % 2)][:_numel(dims)].view(dims)
-
-
-def _numel(dims: list[int]) -> int:
-    n = 1
-    for d in dims:
-        n *= d
-    return n
+        return self.buffers[(like.dtype, like.device, k % 2)][:math.prod(dims)].view(dims)
 
 
 # -- copying the module tree --------------------------------------------------------------------

@@ -15,6 +15,7 @@ import fxgrow
 from fuzz.archs import Program, Step
 from fuzz.check import check_program
 from fuzz.profiles import one_thread  # noqa: F401
+from helpers import TiedLM
 
 
 def assert_clean(program: Program) -> None:
@@ -178,18 +179,6 @@ def test_fuzz_chunk_three_of_four_into_se_gate():
 # buffer ``fxgrow_tie_scale{k}`` instead.  Widening that student again registered the new
 # scale under the same name, overwriting the first one (which both multiplications then read),
 # so the twice-widened student was wrong.  New scales now take a free name.
-class TiedLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(10, 6)
-        self.fc = nn.Linear(6, 6)
-        self.out = nn.Linear(6, 10, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, ids):
-        return self.out(torch.relu(self.fc(self.emb(ids))))
-
-
 def test_widen_a_tied_student_again():
     torch.manual_seed(0)
     m, ids = TiedLM().double().eval(), torch.randint(0, 10, (2, 5))
