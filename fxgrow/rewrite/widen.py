@@ -23,6 +23,7 @@ from ..analysis import Analysis
 from ..analysis.context import CONSUME
 from ..plan.index_map import expand
 from ..plan.plan import WidenPlan, root_maps
+from .dead_code import eliminate_dead_code, unused_nodes
 
 
 def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.GraphModule:
@@ -93,6 +94,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     for child in analysis.gm._modules.values():  # the module tree, into the memo
         _copy(child, memo)
     student = copy.deepcopy(analysis.gm, memo)
+    ran_for_effect = unused_nodes(student.graph)
 
     _compensate_ties(student, analysis, maps, memo, untie)
     for rule in state.attrs:
@@ -105,7 +107,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
             node.args, node.kwargs = rule.compute(size, node.args, dict(node.kwargs))
             touched = True
     if touched or state.ties:
-        student.graph.eliminate_dead_code()
+        eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
     student.meta["fxgrow_expansions"] = {
         name: expansions[target] for name, target in state.canonical.items()

@@ -1,0 +1,91 @@
+"""Never wrong, never a raw crash: in-place updates survive the rewrite, the teacher is left
+untouched by every call, errors inside fxgrow are not blamed on the user's inputs, the verifier
+is calibrated to the teacher's own rounding, and a student that would not run is refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxgrow
+from fuzz.profiles import one_thread  # noqa: F401
+from helpers import teacher_unchanged
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# -- in-place updates are not dead code -------------------------------------------------------
+
+class PosAdd(nn.Module):
+    """An in-place ``add_`` whose result is unused (torchvision MViT's positional encoding),
+    and a reshape whose channel size fxgrow rewrites (so the rewrite does run dead-code
+    elimination)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x.add_(self.pos)
+        b, c, h, w = x.shape
+        t = x.reshape(b, c, h * w).mean(-1)
+        return self.fc(t)
+
+
+def test_in_place_update_survives_the_rewrite():
+    m = PosAdd().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with teacher_unchanged(m):
+        s = fxgrow.widen(m, x, factor=2, verify=False)
+    assert [n.target for n in s.graph.nodes if n.op == "call_method"].count("add_") == 1
+    assert s.conv.out_channels == 16
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-6
+
+
+def test_dead_code_keeps_side_effects_only():
+    from fxgrow.rewrite.dead_code import eliminate_dead_code, has_side_effect
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    y = g.placeholder("y")
+    size = g.call_method("size", (x, 1))           # pure, made dead below
+    mul = g.call_function(torch.mul, (x, 2))       # pure, dead
+    add_ = g.call_method("add_", (x, y))          # in place, no users
+    setitem = g.call_function(__import__("operator").setitem, (x, 0, 1.0))
+    out = g.call_function(torch.add, (x, y), {"out": y})
+    g.output(x)
+    assert not has_side_effect(size) and not has_side_effect(mul)
+    assert has_side_effect(add_) and has_side_effect(setitem) and has_side_effect(out)
+    eliminate_dead_code(g, keep=())
+    names = [n.name for n in g.nodes]
+    assert "size" not in names and "mul" not in names
+    assert {"add_", "setitem", "add"} <= set(names)
+
+
+def _small_mvit(monkeypatch, name: str):
+    import torchvision
+    import torchvision.models.video.mvit as tvm
+    build = tvm._mvit
+
+    def small(*args, **kwargs):  # the builders fix 16 x 224 x 224; 4 x 64 x 64 keeps it fast
+        kwargs["spatial_size"], kwargs["temporal_size"] = (64, 64), 4
+        return build(*args, **kwargs)
+    monkeypatch.setattr(tvm, "_mvit", small)
+    return getattr(torchvision.models.video, name)().eval(), torch.randn(1, 3, 4, 64, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mvit_v1_b", "mvit_v2_s"])
+def test_mvit_pos_embedding_add_is_kept(monkeypatch, name):
+    m, x = _small_mvit(monkeypatch, name)
+    with teacher_unchanged(m):
+        s = fxgrow.widen(m, x, factor=1.5, verify=False)
+    ran_for_effect = {n.name for n in fxgrow.api.capture(m, (x,)).graph.nodes if not n.users}
+    assert ran_for_effect - {"output"}  # in-place updates of the positional embedding
+    assert ran_for_effect <= {n.name for n in s.graph.nodes}
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-5
