@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable, Mapping
+import functools
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import torch
 import torch.fx
@@ -13,8 +14,21 @@ from .errors import InputError, TraceError, UnknownGroupError
 from .frontend import export, trace
 from .plan import WidenPlan, check_plan, make_plan
 from .rewrite import apply
+from .modes import untouched
 from .verify import compare
 from .verify import verify as _verify
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def leaves_teacher_untouched(fn: _F) -> _F:
+    """Run ``fn(model, ...)`` inside :func:`fxgrow.modes.untouched`: whatever tracing and
+    running the teacher does to its attributes, caches and buffers is undone on return."""
+    @functools.wraps(fn)
+    def call(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with untouched(model):
+            return fn(model, *args, **kwargs)
+    return call  # type: ignore[return-value]
 
 
 def _check_inputs(model: torch.nn.Module, inputs: tuple) -> None:
@@ -39,18 +53,23 @@ def capture(model: torch.nn.Module, example_inputs: tuple, *, frontend: str = "a
     if frontend not in ("auto", "fx", "export"):
         raise InputError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
-        return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+        with untouched(model):
+            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     if frontend == "export":
-        return export(model, example_inputs)
+        with untouched(model):
+            return export(model, example_inputs)
     try:
-        return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+        with untouched(model):
+            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     except TraceError as fx_error:
         try:
-            return export(model, example_inputs)
+            with untouched(model):
+                return export(model, example_inputs)
         except TraceError as export_error:
             raise TraceError(f"{fx_error}\nThen: {export_error}") from export_error
 
 
+@leaves_teacher_untouched
 def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "auto",
             outputs: str = "fixed", leaf_modules: Iterable[type | str] = (),
             autowrap_functions: Iterable[Callable] = ()) -> Analysis:
@@ -66,11 +85,13 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
     return _analyze(gm, inputs, outputs)
 
 
+@leaves_teacher_untouched
 def groups(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) -> list[ChannelGroup]:
     """The channel groups of ``model``: spaces that must share one replication map."""
     return analyze(model, example_inputs, **trace_options).groups
 
 
+@leaves_teacher_untouched
 def plan(model: torch.nn.Module | Analysis, example_inputs: Any = None, *,
          widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
          split: str = "equal", noise: float = 0.0, approximate: bool = False,
@@ -81,6 +102,7 @@ def plan(model: torch.nn.Module | Analysis, example_inputs: Any = None, *,
     return make_plan(analysis, widths, factor, seed, split, noise, approximate)
 
 
+@leaves_teacher_untouched
 def widen(model: torch.nn.Module, example_inputs: Any, *,
           widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
           split: str = "equal", noise: float = 0.0, approximate: bool = False,
@@ -124,6 +146,7 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
     return nodes
 
 
+@leaves_teacher_untouched
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable[str],
            kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
            layer: str | None = None, seed: int = 0, verify: bool = True,
@@ -188,6 +211,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     return student
 
 
+@leaves_teacher_untouched
 def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) -> list:
     """Residual stages of the model: runs of blocks that ``grow(blocks=...)`` can extend."""
     from .analysis.blocks import find_stages
@@ -197,6 +221,7 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
     return find_stages(gm, propagate(gm, inputs))
 
 
+@leaves_teacher_untouched
 def grow(model: torch.nn.Module, example_inputs: Any, *,
          blocks: Mapping[str, int] | None = None,
          width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,

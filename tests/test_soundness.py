@@ -89,3 +89,93 @@ def test_mvit_pos_embedding_add_is_kept(monkeypatch, name):
     assert ran_for_effect - {"output"}  # in-place updates of the positional embedding
     assert ran_for_effect <= {n.name for n in s.graph.nodes}
     assert fxgrow.compare(m, s, x).max_rel <= 1e-5
+
+
+# -- the teacher is untouched by every call ---------------------------------------------------
+
+def _fingerprint(model: nn.Module) -> dict:
+    """Every module's attributes: tensors by value (the state dict), containers by their
+    items' identities, everything else by identity and, for plain values, by value."""
+    def item(v):
+        if isinstance(v, torch.Tensor):
+            return ("tensor", id(v))
+        if isinstance(v, (int, float, str, bool, type(None), tuple)):
+            return (type(v).__name__, id(v) if isinstance(v, tuple) else v)
+        return (type(v).__name__, id(v))
+
+    out = {}
+    for name, m in model.named_modules():
+        for k, v in m.__dict__.items():
+            if isinstance(v, dict):
+                out[name, k] = ("dict", id(v), [(key, item(x)) for key, x in v.items()])
+            elif isinstance(v, (list, set)):
+                out[name, k] = (type(v).__name__, id(v), [item(x) for x in v])
+            else:
+                out[name, k] = item(v)
+    return out
+
+
+def _every_call(m: nn.Module, x: torch.Tensor, after: str, stage: str | None) -> None:
+    """Every public call on ``m``; refusals are fine, changes to ``m`` are not."""
+    calls = [
+        lambda: fxgrow.groups(m, x),
+        lambda: fxgrow.analyze(m, x),
+        lambda: fxgrow.plan(m, x, factor=1.5),
+        lambda: fxgrow.widen(m, x, factor=1.5),
+        lambda: fxgrow.deepen(m, x, after=after, kind="residual"),
+        lambda: fxgrow.stages(m, x),
+        lambda: fxgrow.grow(m, x, width=1.5, blocks={stage: 3} if stage else None),
+    ]
+    student = None
+    for call in calls:
+        before = _fingerprint(m)
+        with teacher_unchanged(m):
+            try:
+                result = call()
+            except fxgrow.FxgrowError:
+                result = None
+        assert _fingerprint(m) == before
+        if isinstance(result, torch.fx.GraphModule):
+            student = result
+    assert student is not None
+    before = _fingerprint(m)
+    with teacher_unchanged(m):
+        fxgrow.compare(m, student, x)
+        fxgrow.verify.verify(m, student, (x,))
+    assert _fingerprint(m) == before
+
+
+def test_levit_untouched_by_every_call():
+    """timm's LeViT caches its attention biases in a dict that tracing filled with fx proxies:
+    groups() then widen() on one instance failed ("referenced nonexistent value")."""
+    timm = pytest.importorskip("timm")
+    m = timm.create_model("levit_128", img_size=64, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    _every_call(m, x, after="stages.0.blocks.0.attn", stage=None)
+    assert m.stages[0].blocks[0].attn.attention_bias_cache == {}
+    fxgrow.groups(m, x)
+    s = fxgrow.widen(m, x, factor=1.5)
+    assert s.meta["fxgrow_error"].max_rel <= 1e-5
+
+
+def test_torchvision_untouched_by_every_call():
+    import torchvision
+    m = torchvision.models.resnet18(num_classes=10).train()  # train: batch norm statistics
+    x = torch.randn(2, 3, 32, 32)
+    _every_call(m, x, after="layer1.0.relu", stage="layer1")
+    assert m.training and m.layer1[0].bn1.training
+
+
+def test_untouched_restores_attributes_containers_and_buffers():
+    from fxgrow.modes import untouched
+    m = nn.BatchNorm1d(3)
+    m.cache = {}
+    keep = m.cache
+    with untouched(m):
+        m.cache["cpu"] = torch.ones(1)
+        m.extra = 1
+        m.train()(torch.randn(4, 3))
+        m.eval()
+    assert m.cache is keep and m.cache == {} and not hasattr(m, "extra")
+    assert m.training and torch.equal(m.running_mean, torch.zeros(3))
+    assert int(m.num_batches_tracked) == 0

@@ -9,7 +9,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import InputError, PreservationError
-from ..modes import preserved, set_training
+from ..modes import preserved, set_training, untouched
 
 _DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
             torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
@@ -53,6 +53,12 @@ def compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
     """Run both on ``example_inputs`` in ``mode`` ("eval", or "train" with dropout off; batch
     norm then uses batch statistics) and measure the largest difference.  Neither model's
     modes or buffers change."""
+    with untouched(teacher):
+        return _compare(teacher, student, example_inputs, mode)
+
+
+def _compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: Any,
+             mode: str) -> Comparison:
     if mode not in ("eval", "train"):
         raise InputError(f"mode must be 'eval' or 'train', got {mode!r}")
     inputs = example_inputs if isinstance(example_inputs, tuple) else \
