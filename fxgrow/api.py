@@ -1,8 +1,10 @@
 """The public functions: trace -> groups -> plan -> widen -> verify."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import io
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import torch
@@ -10,11 +12,12 @@ import torch.fx
 
 from .analysis import Analysis, ChannelGroup, as_tuple
 from .analysis import analyze as _analyze
-from .errors import InputError, TraceError, UnknownGroupError
+from .analysis.shapes import GraphRunError
+from .errors import InputError, TraceError, UnknownGroupError, UnsupportedModelError
 from .frontend import export, trace
 from .plan import WidenPlan, check_plan, make_plan
 from .rewrite import apply
-from .modes import untouched
+from .modes import set_training, untouched
 from .verify import compare
 from .verify import verify as _verify
 
@@ -82,7 +85,67 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
     _check_inputs(model, inputs)
     gm = capture(model, inputs, frontend=frontend, leaf_modules=leaf_modules,
                  autowrap_functions=autowrap_functions)
-    return _analyze(gm, inputs, outputs)
+    try:
+        return _analyze(gm, inputs, outputs)
+    except GraphRunError as failure:
+        fx_failure = failure
+    # The captured graph does not run on the inputs: the inputs' fault (the model does not run
+    # either), the front end's (the model runs, its graph does not), or fxgrow's own.
+    _model_runs(model, inputs)
+    fallback = frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and \
+        gm.meta.get("fxgrow_frontend") != "export"
+    if not _graph_runs(gm, inputs):
+        front = "torch.export" if gm.meta.get("fxgrow_frontend") == "export" else "torch.fx"
+        if not fallback:
+            raise TraceError(
+                f"the graph {front} captured from {type(model).__name__} does not run on the "
+                f"example inputs although the model does: {fx_failure}. Pass "
+                f"leaf_modules=[...] naming the module around that node, or try "
+                f"frontend='export'.") from fx_failure
+        try:
+            with untouched(model):
+                gm = export(model, inputs)
+        except TraceError as export_error:
+            raise TraceError(
+                f"the graph torch.fx captured from {type(model).__name__} does not run on the "
+                f"example inputs although the model does ({fx_failure}); then {export_error}"
+            ) from fx_failure
+        try:
+            return _analyze(gm, inputs, outputs)
+        except GraphRunError as failure:
+            fx_failure = failure
+    raise UnsupportedModelError(
+        f"fxgrow could not follow {type(model).__name__}'s graph node by node, though the model "
+        f"and its graph run on these inputs: {fx_failure}. This is a limitation of fxgrow's "
+        f"shape propagation, not a problem with the inputs; please report it (passing "
+        f"leaf_modules=[...] naming the module around that node may avoid it).") from fx_failure
+
+
+def _model_runs(model: torch.nn.Module, inputs: tuple) -> None:
+    """Raise :class:`InputError` if ``model`` itself does not run on ``inputs`` (eval mode,
+    no gradients; the model is left as it was)."""
+    try:
+        with untouched(model), torch.no_grad():
+            set_training(model, False)
+            model(*inputs)
+    except Exception as e:
+        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor)
+                           else type(x).__name__ for x in inputs)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"the model does not run on the example inputs ({shapes}): "
+                         f"{type(e).__name__}: {first}. Pass inputs of the shape, dtype and "
+                         f"device the model expects, and the number its forward takes.") from e
+
+
+def _graph_runs(gm: torch.fx.GraphModule, inputs: tuple) -> bool:
+    """Whether the captured graph's own ``forward`` runs on ``inputs`` (eval, no gradients)."""
+    try:  # a failing GraphModule prints its generated code to stderr: keep it quiet
+        with untouched(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            set_training(gm, False)
+            gm(*inputs)
+    except Exception:
+        return False
+    return True
 
 
 @leaves_teacher_untouched

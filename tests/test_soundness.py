@@ -179,3 +179,105 @@ def test_untouched_restores_attributes_containers_and_buffers():
     assert m.cache is keep and m.cache == {} and not hasattr(m, "extra")
     assert m.training and torch.equal(m.running_mean, torch.zeros(3))
     assert int(m.num_batches_tracked) == 0
+
+
+# -- errors inside fxgrow or the front end are not blamed on the inputs ------------------------
+
+def _zero_first_shift(shift: list, x: torch.Tensor) -> torch.Tensor:
+    """Assigns into its list argument, as torchvision's Swin3d ``_get_window_and_shift_size``."""
+    if x.shape[-1] <= 4:
+        shift[0] = 0
+    return torch.roll(x, shift, (2, 3))
+
+
+torch.fx.wrap("_zero_first_shift")
+
+
+class ShiftNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 5, 1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        y = _zero_first_shift([1, 1], self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_function_that_mutates_its_list_argument():
+    m = ShiftNet().eval()
+    x = torch.randn(2, 3, 4, 4)
+    with teacher_unchanged(m):
+        s = fxgrow.widen(m, x, widths={"conv1": 12})
+    assert s.conv1.out_channels == 12 and s.meta["fxgrow_error"].max_rel <= 1e-6
+
+
+def test_failure_of_fxgrows_shape_propagation_is_not_an_input_error(monkeypatch):
+    import fxgrow.analysis.shapes as shapes
+    monkeypatch.setattr(shapes, "_plain", lambda x: x)  # fxgrow's bug: fx's immutable lists
+    with pytest.raises(fxgrow.UnsupportedModelError) as e:
+        fxgrow.groups(ShiftNet().eval(), torch.randn(2, 3, 4, 4))
+    msg = str(e.value)
+    assert "node '_zero_first_shift'" in msg and "immutable_list" in msg
+    assert "not a problem with the inputs" in msg and "please report it" in msg
+
+
+class TracedWrong(nn.Module):
+    """fx records a graph that does not run (timm's Hiera does, for its own reasons): here a
+    view that only the traced graph takes.  torch.export records the real computation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            x = x.view(-1, 7)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_graph_that_does_not_run_falls_back_to_export():
+    m = TracedWrong().eval()
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxgrow.analyze(m, x)
+    assert analysis.gm.meta["fxgrow_frontend"] == "export"
+    s = fxgrow.widen(m, x, factor=2)
+    assert s.meta["fxgrow_error"].max_rel <= 1e-6
+    with pytest.raises(fxgrow.TraceError) as e:
+        fxgrow.widen(m, x, factor=2, frontend="fx")
+    msg = str(e.value)
+    assert "the graph torch.fx captured from TracedWrong does not run on the example inputs " \
+        "although the model does: node 'view'" in msg and "frontend='export'" in msg
+
+
+def test_inputs_the_model_itself_rejects_are_input_errors():
+    with pytest.raises(fxgrow.InputError, match=r"the model does not run on the example inputs "
+                       r"\(\(2, 4, 8, 8\)\)"):
+        fxgrow.groups(TracedWrong().eval(), torch.randn(2, 4, 8, 8))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin3d_t", "swin3d_s", "swin3d_b"])
+def test_swin3d(name):
+    import torchvision
+    m = getattr(torchvision.models.video, name)().eval()
+    x = torch.randn(1, 3, 4, 64, 64)
+    with teacher_unchanged(m):
+        s = fxgrow.widen(m, x, factor=1.25, verify=False)
+    assert sum(p.numel() for p in s.parameters()) > sum(p.numel() for p in m.parameters())
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-5
+
+
+@pytest.mark.slow
+def test_hiera_falls_back_to_export():
+    timm = pytest.importorskip("timm")
+    m = timm.create_model("hiera_tiny_224", img_size=64, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with teacher_unchanged(m):
+        s = fxgrow.widen(m, x, factor=1.5, verify=False)
+    assert s.meta["fxgrow_frontend"] == "export"
+    assert sum(p.numel() for p in s.parameters()) > 2 * sum(p.numel() for p in m.parameters())
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-5

@@ -12,7 +12,7 @@ from . import dependency
 from .context import AnalysisState
 from .group import ChannelGroup, Member, build_groups, find_group
 from .layout import Blocker
-from .shapes import propagate
+from .shapes import GraphRunError, propagate
 
 __all__ = ["Analysis", "ChannelGroup", "Member", "Blocker", "analyze"]
 
@@ -61,6 +61,8 @@ def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence, outputs: str = "
     inputs = as_tuple(example_inputs)
     try:
         vals = propagate(gm, inputs)
+    except GraphRunError:  # whose fault: fxgrow.api.analyze tells by running the model
+        raise
     except Exception as e:
         shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
                            for x in inputs)

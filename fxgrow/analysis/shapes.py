@@ -11,7 +11,8 @@ import torch.fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils import _pytree as pytree
 
-from ..modes import preserved, set_training
+from ..errors import FxgrowError
+from ..modes import set_training, untouched
 
 _META = torch.device("meta")
 _NO_OPS = {getattr(torch.ops.aten, n).default for n in ("_assert_tensor_metadata",)
@@ -128,17 +129,69 @@ def _fast_function(target, args: tuple, kwargs: dict):
     return None
 
 
+class GraphRunError(FxgrowError):
+    """The graph fails on the example inputs at ``node`` (on meta tensors and for real).
+
+    Whose fault that is -- the inputs, the front end's capture or fxgrow -- is for the caller
+    to tell (``fxgrow.api.analyze`` runs the model itself to find out)."""
+
+    def __init__(self, node: torch.fx.Node | None, cause: BaseException) -> None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        self.node = node.name if node is not None else None
+        self.cause = cause
+        where = f"node {node.name!r} ({node.op} {_target_name(node)})" if node is not None \
+            else "the graph's inputs"
+        super().__init__(f"{where} fails: {type(cause).__name__}: {first}")
+
+
+def _target_name(node: torch.fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__qualname__", None) or str(t)
+
+
+def _user_function(target: Any) -> bool:
+    """A call_function target that is neither torch's nor a Python operator (a wrapped or
+    no-trace function, which may mutate the lists it is given)."""
+    module = getattr(target, "__module__", None) or ""
+    return not (module == "torch" or module.startswith("torch.") or
+             module in ("_operator", "builtins")) and \
+        not isinstance(target, torch._ops.OpOverload)
+
+
+def _plain(x: Any) -> Any:
+    """``x`` with fx's immutable lists and dicts made plain (fresh copies): a user function
+    called by the graph gets the mutable lists its code was written for, as the generated
+    ``forward`` gives it (torchvision's Swin3d helper assigns into its size list)."""
+    if isinstance(x, immutable_list) or type(x) is list:
+        return [_plain(v) for v in x]
+    if isinstance(x, immutable_dict) or type(x) is dict:
+        return {k: _plain(v) for k, v in x.items()}
+    if type(x) is tuple:
+        return tuple(_plain(v) for v in x)
+    return x
+
+
 class _Recorder(torch.fx.Interpreter):
-    """Runs the graph on the real example inputs and keeps every node's value."""
+    """Runs the graph on the real example inputs and keeps every node's value; a failure is
+    a :class:`GraphRunError` naming the node."""
 
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=True)
+        self.extra_traceback = False
         self.vals: dict[torch.fx.Node, Any] = {}
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as e:
+            raise GraphRunError(n, e) from e
         self.vals[n] = result
         return result
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if _user_function(target):
+            args, kwargs = _plain(args), _plain(kwargs)
+        return super().call_function(target, args, kwargs)
 
 
 def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
@@ -185,6 +238,8 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
                 result = None
             else:
                 args, kwargs = _meta(args), _meta(kwargs)
+                if _user_function(n.target):
+                    args, kwargs = _plain(args), _plain(kwargs)
                 result = _fast_function(n.target, args, kwargs)
                 if result is None:
                     result = n.target(*args, **kwargs)
@@ -217,13 +272,21 @@ _MISSING = object()
 
 def propagate(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
     """Example values of every node of ``gm`` for ``example_inputs``: meta tensors, or the real
-    values where the meta run fails (an op without a meta kernel, data-dependent code)."""
+    values where the meta run fails (an op without a meta kernel, data-dependent code).
+    Raises :class:`GraphRunError` naming the node where the real run fails too; ``gm`` and the
+    modules it shares with the model are left as they were."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), untouched(gm):
             return _run_meta(gm, example_inputs)
     except Exception:  # no meta kernel, data-dependent op ...: run for real
-        recorder = _Recorder(gm)
-        with preserved(gm), torch.no_grad():  # eval: same shapes, statistics untouched
+        pass
+    recorder = _Recorder(gm)
+    try:
+        with untouched(gm), torch.no_grad():  # eval: same shapes, statistics untouched
             set_training(gm, False)
             recorder.run(*example_inputs)
-        return recorder.vals
+    except GraphRunError:
+        raise
+    except Exception as e:  # before any node ran: the number of inputs
+        raise GraphRunError(None, e) from e
+    return recorder.vals

@@ -51,7 +51,8 @@ def has_side_effect(node: torch.fx.Node) -> bool:
         return True
     module = getattr(target, "__module__", None) or ""
     aten = isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
-    if not (aten or module == "_operator" or module.startswith("torch") or target is getattr):
+    if not (aten or module == "_operator" or module == "torch" or
+            module.startswith("torch.") or target is getattr):
         return True  # a user function: it may do anything
     if _in_place_name(getattr(target, "__name__", "")):
         return True
