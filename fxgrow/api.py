@@ -20,6 +20,7 @@ from .rewrite import apply
 from .modes import set_training, untouched
 from .verify import compare
 from .verify import verify as _verify
+from .verify.runs import check_runs
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -131,7 +132,7 @@ def _model_runs(model: torch.nn.Module, inputs: tuple) -> None:
     except Exception as e:
         shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor)
                            else type(x).__name__ for x in inputs)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
         raise InputError(f"the model does not run on the example inputs ({shapes}): "
                          f"{type(e).__name__}: {first}. Pass inputs of the shape, dtype and "
                          f"device the model expects, and the number its forward takes.") from e
@@ -192,6 +193,8 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
         student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
     elif verify:
         student.meta["fxgrow_error"] = _verify(model, student, analysis.example_inputs)
+    else:  # never return a student that does not run: one cheap run on meta tensors
+        check_runs(student, analysis.example_inputs)
     return student
 
 
@@ -251,6 +254,8 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         student.recompile()
         if verify:
             _verify(model, student, analysis.example_inputs)
+        else:
+            check_runs(student, analysis.example_inputs)
         return student
     targets = [n for name in names for n in _find_nodes(student, name)]
     values = node_values(student, analysis.example_inputs, [n.name for n in targets])
@@ -271,6 +276,8 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     student.recompile()
     if verify:
         _verify(model, student, analysis.example_inputs)
+    else:
+        check_runs(student, analysis.example_inputs)
     return student
 
 
@@ -323,4 +330,6 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
         student.recompile()
     if verify:
         _verify(model, student, inputs)
+    else:
+        check_runs(student, inputs)
     return student

@@ -281,3 +281,138 @@ def test_hiera_falls_back_to_export():
     assert s.meta["fxgrow_frontend"] == "export"
     assert sum(p.numel() for p in s.parameters()) > 2 * sum(p.numel() for p in m.parameters())
     assert fxgrow.compare(m, s, x).max_rel <= 1e-5
+
+
+# -- a verifier calibrated to the teacher's own rounding --------------------------------------
+
+class Cancel(nn.Module):
+    """Large hidden values and an output that cancels them: float32 rounds the teacher itself
+    far above 1e-5 (relative), which the fixed tolerance called a bug in the student."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 64)
+        self.fc2 = nn.Linear(64, 4)
+        self.fc3 = nn.Linear(64, 4)
+        with torch.no_grad():
+            self.fc1.weight.mul_(1e3)
+            self.fc3.weight.copy_(self.fc2.weight * (1 + 1e-4))
+            self.fc3.bias.copy_(self.fc2.bias)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h) - self.fc3(h)
+
+
+def test_rounding_of_an_ill_conditioned_teacher_is_no_false_alarm():
+    m, x = Cancel().eval(), torch.randn(16, 8)
+    s = fxgrow.widen(m, x, factor=1.5, split="random")  # verify=True: must not raise
+    result = s.meta["fxgrow_error"]
+    assert result.max_rel > 1e-4  # what the fixed float32 tolerance of 1e-5 refused
+    assert result.reference == "float64" and result.teacher_rel > 1e-4
+    assert result.student_rel <= 8 * result.teacher_rel
+    assert "against the teacher in float64: teacher" in str(result)
+
+
+def test_a_wrong_student_is_still_refused_with_the_reference_figures():
+    m, x = Cancel().eval(), torch.randn(16, 8)
+    s = fxgrow.widen(m, x, factor=1.5, verify=False)
+    with torch.no_grad():
+        s.fc2.bias[0] += 1.0  # far beyond the teacher's rounding
+    with pytest.raises(fxgrow.PreservationError) as e:
+        fxgrow.verify.verify(m, s, (x,))
+    msg = str(e.value)
+    assert "deviates from the teacher run in float64 by" in msg
+    assert "own float32 rounding is" in msg and "not rounding" in msg
+    assert "bug in fxgrow's rules" in msg
+
+
+def test_float64_teacher_is_its_own_reference():
+    m = Cancel().double().eval()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    s = fxgrow.widen(m, x, factor=1.5, verify=False)
+    result = fxgrow.compare(m, s, x, reference=True)
+    assert result.reference == "float64" and result.teacher_rel == 0.0
+    assert result.max_rel <= 1e-10
+    with torch.no_grad():
+        s.fc2.bias[0] += 1e-6
+    with pytest.raises(fxgrow.PreservationError, match="deviates from the teacher run in float64"):
+        fxgrow.verify.verify(m, s, (x,))
+
+
+def test_explicit_tolerance_is_a_plain_bound():
+    m, x = Cancel().eval(), torch.randn(16, 8)
+    s = fxgrow.widen(m, x, factor=1.5, split="random", verify=False)
+    with pytest.raises(fxgrow.PreservationError, match="exceeds the tolerance 1e-09 given"):
+        fxgrow.verify.verify(m, s, (x,), tol=1e-9)
+
+
+def test_bf16_llama_calibrated(monkeypatch):
+    """A bf16 Llama (from config): exact students pass on the calibration alone, even with the
+    bf16 floor made tiny (the 0.85 B-parameter model exceeded the old fixed 2e-2)."""
+    transformers = pytest.importorskip("transformers")
+    import importlib
+    cmp = importlib.import_module("fxgrow.verify.compare")
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   vocab_size=64, use_cache=False)
+    m = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    monkeypatch.setitem(cmp.TOLERANCE, torch.bfloat16, 1e-9)
+    s = fxgrow.widen(m, ids, factor=2, split="random")
+    result = s.meta["fxgrow_error"]
+    assert result.reference == "float64" and result.max_rel > 1e-9
+    assert result.teacher_rel > 1e-4  # bf16 rounds the teacher itself this much
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnetv2_rw_t", "visformer_tiny"])
+def test_timm_false_alarms(name):
+    timm = pytest.importorskip("timm")
+    m = timm.create_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    s = fxgrow.widen(m, x, factor=1.5)  # verify=True: no PreservationError
+    result = s.meta["fxgrow_error"]
+    if result.reference is not None:  # beyond the float32 floor: decided by calibration
+        assert result.student_rel <= 8 * result.teacher_rel or \
+            result.reference_rel <= 8 * result.teacher_rel
+
+
+# -- a student that does not run is never returned, and is named ------------------------------
+
+def _broken_apply(monkeypatch):
+    """fxgrow's rewrite with a bug planted: the reshape keeps a wrong channel count."""
+    import fxgrow.api as api
+    apply = api.apply
+
+    def broken(*args, **kwargs):
+        student = apply(*args, **kwargs)
+        node = next(n for n in student.graph.nodes if n.target == "reshape")
+        node.args = (node.args[0], node.args[1], 7, -1)
+        student.recompile()
+        return student
+    monkeypatch.setattr(api, "apply", broken)
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_student_that_does_not_run_is_refused_naming_the_node(monkeypatch, verify):
+    _broken_apply(monkeypatch)
+    m, x = PosAdd().eval(), torch.randn(2, 3, 8, 8)
+    with teacher_unchanged(m), pytest.raises(fxgrow.PreservationError) as e:
+        fxgrow.widen(m, x, factor=2, verify=verify)
+    msg = str(e.value)
+    assert msg.startswith("the student does not run on the example inputs: node 'reshape' "
+                          "(call_method reshape) fails: RuntimeError: shape '[2, 7, -1]'")
+    assert "bug in fxgrow's rewrite" in msg
+
+
+def test_check_runs_uses_meta_tensors(monkeypatch):
+    import fxgrow.analysis.shapes as shapes
+    from fxgrow.verify.runs import check_runs
+    m, x = PosAdd().eval(), torch.randn(2, 3, 8, 8)
+    s = fxgrow.widen(m, x, factor=2, verify=False)
+
+    def real_run(*args):
+        raise AssertionError("ran on real tensors")
+    monkeypatch.setattr(shapes, "_Recorder", real_run)
+    check_runs(s, (x,))  # meta only: no arithmetic
