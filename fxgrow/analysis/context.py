@@ -44,7 +44,14 @@ class AttrRule:
 
 @dataclass
 class ArgRule:
-    """New (args, kwargs) for a node whose constants encode sizes (view, split, slices ...)."""
+    """New (args, kwargs) for a node whose constants encode sizes (view, split, slices ...).
+
+    Invariant: ``compute`` returns the student's constants for *any* widths (the teacher's
+    when nothing grows), and ``layouts`` holds every axis whose growth changes the node: the
+    result's axes and the axes its run-time size arguments were read from.  A size read from
+    one space that sizes an axis of another (``reshape(b, c, h, w)`` with ``c`` from
+    ``x.shape`` and the tensor in another space) is therefore replaced by a constant whenever
+    either space grows, never left to follow the wrong one."""
 
     node: str
     compute: Callable[[SizeFn, tuple, dict], tuple]
@@ -111,6 +118,7 @@ class RuleContext:
         self.node = node
         self.spaces = state.spaces
         self.handled_sizes: set[int] = set()
+        self.handled_layouts: list[Layout] = []  # the axes the handled sizes were read from
         self.module = state.modules.get(node.target) if node.op == "call_module" else None
 
     # -- reading -------------------------------------------------------------------------------
@@ -287,5 +295,6 @@ class RuleContext:
     def sizes_handled(self, *values: Any) -> None:
         """The rule rewrites these size arguments itself (they may come from channel axes)."""
         for v in pytree.tree_leaves(values):
-            if isinstance(v, SizeInfo):
+            if isinstance(v, SizeInfo) and id(v) not in self.handled_sizes:
                 self.handled_sizes.add(id(v))
+                self.handled_layouts.extend(v.layouts)

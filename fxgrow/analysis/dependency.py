@@ -64,6 +64,11 @@ def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
     except RuleError as e:
         return unknown_op(cx, f"{describe(node, cx.module)}: {e}")
     _check_sizes(cx)
+    arg_rule = state.args.get(node.name)
+    if arg_rule is not None and cx.handled_layouts:
+        # the rewrite replaces the size arguments by constants: it must also run when only the
+        # space they were read from grows (see ArgRule)
+        arg_rule.layouts = (*arg_rule.layouts, *cx.handled_layouts)
     return value
 
 
