@@ -307,7 +307,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
         if not Path(spec).is_file():
             raise SpecError(f"no such file: {spec}")
         from .io import load
-        model, source = load(spec), "saved"
+        model, source = load(spec, trusted=args.trust or (),
+                             weights=getattr(args, "run", True)), "saved"
     else:
         raise SpecError(f"cannot tell what model {spec!r} names: use torchvision:NAME, "
                         f"timm:NAME, hf:ArchitectureClass?key=value, path/to/file.py:factory or "
@@ -406,7 +407,17 @@ def _load(args: argparse.Namespace, ui: UI) -> Loaded:
 def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "fixed"):
     from .api import analyze
     with ui.step("tracing and analysing channel groups") as s:
-        analysis = analyze(loaded.model, loaded.inputs, outputs=outputs, **_trace_options(args))
+        try:
+            analysis = analyze(loaded.model, loaded.inputs, outputs=outputs,
+                               **_trace_options(args))
+        except FxgrowError:
+            raise
+        except Exception as e:
+            if getattr(loaded.model, "meta", {}).get("fxgrow_weights") is False:
+                raise SpecError(f"{loaded.label} cannot be analysed without running it "
+                                f"({type(e).__name__}: {_short(e, 120)}); pass --run to read its "
+                                f"weights and run its graph on example data") from e
+            raise
         s["done"] = (f"{len(analysis.groups)} groups, {len(analysis.widenable)} widenable "
                      f"({analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph)")
     return analysis
@@ -656,7 +667,7 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
     if args.student:
         from .io import load
         with ui.step(f"loading {args.student}"):
-            student = load(args.student)
+            student = load(args.student, trusted=args.trust or (), weights=args.run)
     elif grows:
         _, _, student = _grow(loaded, args, ui)
     collapse: Any = args.collapse
@@ -739,6 +750,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="keep this module (qualified name) as one opaque call when tracing")
     g.add_argument("--allow-large", action="store_true",
                    help="build hf: models over 2B parameters")
+    g.add_argument("--trust", action="append", metavar="NAME",
+                   help="let a saved .safetensors file use this function, method or module "
+                        "class (qualified name, or a package prefix) beyond fxgrow's allowlist; "
+                        "only for files from a source you would take code from")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("-v", "--verbose", action="store_true",
@@ -765,6 +780,13 @@ def _growth(p: argparse.ArgumentParser, blocks: bool) -> None:
         g.add_argument("--blocks", action="append", metavar="STAGE=N",
                        help="new number of blocks in a residual stage (repeatable; see the "
                             "stages `fxgrow inspect` lists)")
+
+
+def _run_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", action="store_true",
+                   help="for a saved .safetensors model: read its weights and run its graph "
+                        "on example data where the analysis needs values (by default a "
+                        "saved file is analysed on meta tensors: its graph never runs on data)")
 
 
 def _results(p: argparse.ArgumentParser) -> None:
@@ -801,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whether the model's output channels may grow (default fixed)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--width-limit", type=int, default=72, help=argparse.SUPPRESS)
+    _run_flag(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("widen", formatter_class=fmt, help="widen channel groups (Net2WiderNet)",
@@ -885,6 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw nodes that compute sizes (shape arithmetic)")
     p.add_argument("--title", help="title of the drawing")
     p.add_argument("--dpi", type=float, help="resolution of PNG output")
+    _run_flag(p)
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser("demo", help="train, grow exactly, keep training (the demo)",

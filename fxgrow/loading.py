@@ -221,10 +221,8 @@ def _tensors(root: torch.nn.Module, desc: dict, path: Path, device: str, weights
             owner_path, _, leaf = name.rpartition(".")
             owner = _child(root, owner_path, create=True)
             old = owner._parameters.get(leaf, owner._buffers.get(leaf))
-            if old is None and leaf not in owner.__dict__:
+            if old is None and not isinstance(owner.__dict__.get(leaf), torch.Tensor):
                 check_member(owner, leaf, "tensor")
-            elif leaf.startswith("__"):
-                raise LoadError(f"malformed tensor name {name!r}")
             value = cache[key]
             if old is not None and (old.shape != value.shape or old.dtype != value.dtype):
                 raise LoadError(f"{path.name}: tensor {name} is {_sd(value)} but the module it "

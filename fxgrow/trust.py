@@ -142,8 +142,8 @@ def _aten(name: str) -> Any:
     if not 1 <= len(parts) <= 2 or not all(_IDENT.match(p) for p in parts):
         raise LoadError(f"malformed ATen operator name {name!r}")
     if not is_aten_op(parts[0]):
-        raise LoadError(f"the graph calls {name}, which is not an ATen operator fxgrow loads "
-                        f"(unknown, or it reads or writes files)")
+        raise LoadError(f"the graph calls {name}, which fxgrow does not load: no such ATen "
+                        f"operator, or one that reads or writes files")
     packet = getattr(torch.ops.aten, parts[0])
     if len(parts) == 1:
         return packet
