@@ -10,18 +10,10 @@ optionally the shapes of example inputs.  ``fxgrow.load(path)`` rebuilds the Gra
 
 Trust model
 -----------
-* The weights are plain safetensors: ``safetensors.torch.load_file(path)`` reads them from any
-  file, trusted or not, and ``model.load_state_dict`` accepts them (a ``state_dict`` always
-  works: it is the same tensors under the same names).
-* ``load`` never unpickles and never executes code stored in the file: it reads JSON, imports
-  functions and module classes *by qualified name* from trusted packages only (torch,
-  torchvision, timm, transformers, operator, math, builtins' ``getattr``; extend with
-  ``trusted=("mypackage",)``), constructs modules through their constructors with stored plain
-  values, and lets torch.fx generate ``forward`` from the checked graph (identifiers validated,
-  constants limited to numbers, strings, dtypes, devices, slices and containers of them).
-* It is not a sandbox: the graph calls library functions of the trusted packages with stored
-  arguments, as a model would.  Load graphs from sources you would take a model's code from;
-  load only the weights (safetensors) from anyone else.
+The weights are plain safetensors (``safetensors.torch.load_file`` reads them from any file).
+``load`` (:mod:`fxgrow.loading`) never unpickles, resolves every name through the allowlist of
+:mod:`fxgrow.trust`, builds modules on the meta device and checks every tensor against what the
+file and the module declare; see docs/guide.md, "Threat model".
 """
 from __future__ import annotations
 
