@@ -373,15 +373,27 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     return desc, tensors
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """What identifies a model's architecture: a hash of its state_dict's names, shapes and
+    dtypes (not the values: the same spec with another seed has the same fingerprint; not the
+    class: a model and its traced GraphModule share it)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()[:16]
+
+
 def save(model: torch.nn.Module, path: str | os.PathLike, *, example_inputs: Any = None,
-         verify: bool = True) -> Path:
+         verify: bool = True, teacher: torch.nn.Module | None = None) -> Path:
     """Save a GraphModule (what ``fxgrow.widen``/``deepen``/``grow`` return) to one
     ``.safetensors`` file that ``fxgrow.load`` rebuilds without pickle.
 
     ``example_inputs`` (optional) are recorded by shape and dtype (the CLI reuses them) and,
     with ``verify`` (default), the file is loaded back and must give bit-identical outputs on
     them.  For any other module, save ``model.state_dict()`` (e.g. with
-    ``safetensors.torch.save_file``)."""
+    ``safetensors.torch.save_file``).  ``teacher`` (optional) records the fingerprint of the
+    model this one was grown from (``fxgrow draw TEACHER --student FILE`` checks it)."""
     if not isinstance(model, torch.fx.GraphModule):
         raise InputError(f"fxgrow.save takes a torch.fx.GraphModule (what fxgrow.widen/deepen/"
                          f"grow return), got {type(model).__name__}; for other modules save "
@@ -390,6 +402,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike, *, example_inputs: Any
     path = Path(path)
     desc, tensors = _describe(model)
     desc["inputs"] = _input_spec(example_inputs)
+    if teacher is not None:
+        desc["teacher"] = {"fingerprint": fingerprint(teacher)}
     try:
         save_file(tensors, str(path), metadata={"format": "pt", "fxgrow": json.dumps(desc)})
     except OSError as e:
