@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .errors import FxgrowError, InputError, PreservationError
@@ -30,6 +31,10 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 class SpecError(InputError):
     """A model spec or input option that does not name a usable model or input."""
+
+
+class ResourceError(FxgrowError):
+    """The requested growth would not fit in this machine's memory."""
 
 
 # -- progress and tables ---------------------------------------------------------------------------
@@ -307,7 +312,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
         if not Path(spec).is_file():
             raise SpecError(f"no such file: {spec}")
         from .io import load
-        model, source = load(spec), "saved"
+        model, source = load(spec, trusted=args.trust or (),
+                             weights=getattr(args, "run", True)), "saved"
     else:
         raise SpecError(f"cannot tell what model {spec!r} names: use torchvision:NAME, "
                         f"timm:NAME, hf:ArchitectureClass?key=value, path/to/file.py:factory or "
@@ -406,16 +412,25 @@ def _load(args: argparse.Namespace, ui: UI) -> Loaded:
 def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "fixed"):
     from .api import analyze
     with ui.step("tracing and analysing channel groups") as s:
-        analysis = analyze(loaded.model, loaded.inputs, outputs=outputs, **_trace_options(args))
+        try:
+            analysis = analyze(loaded.model, loaded.inputs, outputs=outputs,
+                               **_trace_options(args))
+        except FxgrowError:
+            raise
+        except Exception as e:
+            if getattr(loaded.model, "meta", {}).get("fxgrow_weights") is False:
+                raise SpecError(f"{loaded.label} cannot be analysed without running it "
+                                f"({type(e).__name__}: {_short(e, 120)}); pass --run to read its "
+                                f"weights and run its graph on example data") from e
+            raise
         s["done"] = (f"{len(analysis.groups)} groups, {len(analysis.widenable)} widenable "
                      f"({analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph)")
     return analysis
 
 
-def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
-    """(analysis, plan, student) for --factor / --width."""
+def _plan(loaded: Loaded, args: argparse.Namespace, ui: UI):
+    """(analysis, plan) for --factor / --width: nothing is rewritten or allocated yet."""
     from .api import plan as make_plan
-    from .rewrite import apply
     widths = _assignments(args.width, "--width", "layer1.0.conv1=96")
     if args.factor is None and not widths:
         raise SpecError("say how to widen: --factor 1.5 (every widenable group) and/or "
@@ -425,10 +440,37 @@ def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
         plan = make_plan(analysis, widths=widths or None, factor=args.factor, seed=args.seed,
                          split=args.split, noise=args.noise)
         s["done"] = f"{len(plan.changes)} groups to widen"
+    return analysis, plan
+
+
+def _budget(analysis: Any, plan: Any, args: argparse.Namespace, ui: UI,
+            stages: list | None = None, blocks: dict | None = None) -> Any:
+    """Print the planned student's size; refuse (without --yes) when it cannot fit."""
+    from .estimate import estimate, human
+    est = estimate(analysis, plan, stages=stages, blocks=blocks)
+    if not ui.quiet or not est.fits:
+        print(f"fxgrow: {est}", file=ui.stream)
+    if not est.fits and not getattr(args, "yes", False) and not getattr(args, "plan_only", False):
+        raise ResourceError(
+            f"the student would need about {human(est.needed_bytes)} of memory to build, and "
+            f"{human(est.available_bytes or 0)} is available; grow less (a smaller --factor, "
+            f"--width or --blocks), or pass --yes to try anyway")
+    return est
+
+
+def _apply(analysis: Any, plan: Any, ui: UI) -> Any:
+    from .rewrite import apply
     with ui.step("rewriting the graph") as s:
         student = apply(analysis, plan)
         s["done"] = f"{_count_params(student):,} parameters"
-    return analysis, plan, student
+    return student
+
+
+def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
+    """(analysis, plan, student) for --factor / --width, the size checked before rewriting."""
+    analysis, plan = _plan(loaded, args, ui)
+    _budget(analysis, plan, args, ui)
+    return analysis, plan, _apply(analysis, plan, ui)
 
 
 def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
@@ -449,15 +491,37 @@ def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
     return result, tol, ok
 
 
+def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
+    """-o: the right suffix, an existing writable folder, not a folder itself -- checked before
+    any work is done."""
+    if not getattr(args, "output", None):
+        return
+    out = Path(args.output)
+    if out.suffix.lower() not in suffixes:
+        raise SpecError(f"-o/--output must end in {' or '.join(suffixes)}, got {args.output!r}"
+                        + (f" (e.g. {out.with_suffix(suffixes[0])})" if out.name else ""))
+    if out.is_dir():
+        raise SpecError(f"-o/--output {args.output!r} is a folder; give a file name such as "
+                        f"{out / ('student' + suffixes[0])}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise SpecError(f"-o/--output: the folder {str(folder)!r} does not exist; create it "
+                        f"(mkdir -p {folder}) or write elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SpecError(f"-o/--output: the folder {str(folder)!r} is not writable; write "
+                        f"elsewhere")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise SpecError(f"-o/--output: {args.output!r} exists and is not writable")
+
+
 def _save(student: Any, loaded: Loaded, args: argparse.Namespace, ui: UI) -> str | None:
     if not args.output:
         return None
     from .io import save
     out = Path(args.output)
-    if out.suffix.lower() != ".safetensors":
-        raise SpecError(f"-o/--output must end in .safetensors, got {args.output!r}")
+    _check_output(args, (".safetensors",))
     with ui.step(f"saving {out}") as s:
-        save(student, out, example_inputs=loaded.inputs)
+        save(student, out, example_inputs=loaded.inputs, teacher=loaded.model)
         s["done"] = f"{out.stat().st_size / 1e6:.1f} MB"
     return str(out)
 
@@ -565,11 +629,14 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
 
 def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
     _check_factor(args)
+    _check_output(args, (".safetensors",))
     loaded = _load(args, ui)
-    analysis, plan, student = _widen(loaded, args, ui)
+    analysis, plan = _plan(loaded, args, ui)
+    _budget(analysis, plan, args, ui)
     if args.plan_only:
         print(plan.to_json() if args.json else plan)
         return EXIT_OK
+    student = _apply(analysis, plan, ui)
     result, tol, ok = _verify(loaded, student, args, ui)
     saved = _save(student, loaded, args, ui)
     _report(loaded, student, result, tol, ok, saved, list(plan.changes), [], args, analysis.gm)
@@ -582,6 +649,7 @@ def _after_names(items: list[str]) -> list[str]:
 
 def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
     from .api import capture, deepen
+    _check_output(args, (".safetensors",))
     loaded = _load(args, ui)
     after = _after_names(args.after)
     with ui.step(f"inserting {args.kind} layers after {', '.join(after)}") as s:
@@ -599,22 +667,29 @@ def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
 
 
 def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
-    """(teacher graph, plan changes, student) for --blocks and --factor/--width."""
-    from .api import capture, grow
+    """(teacher graph, plan changes, student) for --blocks and --factor/--width; the planned
+    size is printed and checked before anything is built."""
+    from .api import grow, stages
     blocks = _assignments(args.blocks, "--blocks", "layer1=3")
     widths = _assignments(args.width, "--width", "layer1.0.conv1=96")
     if not blocks and args.factor is None and not widths:
         raise SpecError("say how to grow: --blocks STAGE=N (new block count) and/or --factor F "
                         "/ --width GROUP=N")
-    changes: list = []
+    plan = None
     if args.factor is not None or widths:
-        analysis, plan, student = _widen(loaded, args, ui)
-        teacher_gm, changes = analysis.gm, list(plan.changes)
+        analysis, plan = _plan(loaded, args, ui)
     else:
+        from types import SimpleNamespace
+
+        from .api import capture
         with ui.step("tracing") as s:
-            teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
-            s["done"] = f"{len(teacher_gm.graph.nodes)} nodes"
-        student = teacher_gm
+            gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
+            s["done"] = f"{len(gm.graph.nodes)} nodes"
+        analysis = SimpleNamespace(gm=gm, all_groups=[])
+    found = stages(analysis.gm, loaded.inputs) if blocks else []
+    _budget(analysis, plan, args, ui, found, blocks)
+    teacher_gm, changes = analysis.gm, list(plan.changes) if plan is not None else []
+    student = _apply(analysis, plan, ui) if plan is not None else teacher_gm
     if blocks:
         with ui.step(f"growing stages {', '.join(f'{k} to {v}' for k, v in blocks.items())}") \
                 as s:
@@ -625,6 +700,7 @@ def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
     _check_factor(args)
+    _check_output(args, (".safetensors",))
     loaded = _load(args, ui)
     teacher_gm, changes, student = _grow(loaded, args, ui)
     result, tol, ok = _verify(loaded, student, args, ui)
@@ -639,24 +715,26 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
     from .draw.render import dot_binary
     _check_factor(args)
     out = Path(args.output)
-    if out.suffix.lower() not in (".svg", ".png", ".pdf", ".dot", ".gv"):
-        raise SpecError(f"-o/--output must end in .svg, .png, .pdf or .dot, got {args.output!r}")
+    _check_output(args, (".svg", ".png", ".pdf", ".dot", ".gv"))
     if out.suffix.lower() in (".svg", ".png", ".pdf") and dot_binary() is None:
         from .draw import GraphvizNotFoundError
         raise GraphvizNotFoundError(
             f"writing {out.name} needs Graphviz's `dot` program, which is not on PATH: install "
             f"Graphviz (apt-get install graphviz / brew install graphviz / conda install "
             f"graphviz), or write {out.with_suffix('.dot').name} instead")
-    loaded = _load(args, ui)
     student = None
     grows = args.factor is not None or args.width or args.blocks
     if args.student and grows:
         raise SpecError("give either --student FILE or growth options (--factor/--width/"
                         "--blocks), not both")
+    if args.student and not Path(args.student).is_file():
+        raise SpecError(f"--student: no such file: {args.student}")
+    loaded = _load(args, ui)
     if args.student:
         from .io import load
+        _check_student(args.student, loaded)
         with ui.step(f"loading {args.student}"):
-            student = load(args.student)
+            student = load(args.student, trusted=args.trust or (), weights=args.run)
     elif grows:
         _, _, student = _grow(loaded, args, ui)
     collapse: Any = args.collapse
@@ -670,6 +748,24 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
         s["done"] = f"{out.stat().st_size / 1e3:.0f} kB"
     print(f"wrote {out}" + (" (teacher → student)" if student is not None else ""))
     return EXIT_OK
+
+
+def _check_student(path: str, loaded: Loaded) -> None:
+    """--student must have been grown from the model drawn (by the fingerprint save recorded)."""
+    from .io import fingerprint, info
+    if not Path(path).is_file():
+        raise SpecError(f"--student: no such file: {path}")
+    recorded = (info(path).get("teacher") or {}).get("fingerprint")
+    if recorded is None:
+        raise SpecError(f"--student {path} does not record which model it was grown from (it "
+                        f"was saved without teacher=); draw it on its own: fxgrow draw {path} "
+                        f"-o ...")
+    if recorded != fingerprint(loaded.model):
+        raise SpecError(f"--student {path} was not grown from {loaded.label} (its recorded "
+                        f"teacher fingerprint {recorded} differs from this model's "
+                        f"{fingerprint(loaded.model)}); give the model it was grown from, with "
+                        f"the same options, or draw the student on its own: fxgrow draw {path} "
+                        f"-o ...")
 
 
 def cmd_demo(args: argparse.Namespace, ui: UI) -> int:
@@ -739,6 +835,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="keep this module (qualified name) as one opaque call when tracing")
     g.add_argument("--allow-large", action="store_true",
                    help="build hf: models over 2B parameters")
+    g.add_argument("--trust", action="append", metavar="NAME",
+                   help="let a saved .safetensors file use this function, method or module "
+                        "class (qualified name, or a package prefix) beyond fxgrow's allowlist; "
+                        "only for files from a source you would take code from")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("-v", "--verbose", action="store_true",
@@ -761,10 +861,19 @@ def _growth(p: argparse.ArgumentParser, blocks: bool) -> None:
     g.add_argument("--noise", type=float, default=0.0, metavar="X",
                    help="add the paper's noise to the copies (relative scale; not exact: the "
                         "error is reported, not checked)")
+    g.add_argument("--yes", action="store_true",
+                   help="grow even when the planned student does not fit in available memory")
     if blocks:
         g.add_argument("--blocks", action="append", metavar="STAGE=N",
                        help="new number of blocks in a residual stage (repeatable; see the "
                             "stages `fxgrow inspect` lists)")
+
+
+def _run_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", action="store_true",
+                   help="for a saved .safetensors model: read its weights and run its graph "
+                        "on example data where the analysis needs values (by default a "
+                        "saved file is analysed on meta tensors: its graph never runs on data)")
 
 
 def _results(p: argparse.ArgumentParser) -> None:
@@ -801,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whether the model's output channels may grow (default fixed)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--width-limit", type=int, default=72, help=argparse.SUPPRESS)
+    _run_flag(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("widen", formatter_class=fmt, help="widen channel groups (Net2WiderNet)",
@@ -885,6 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw nodes that compute sizes (shape arithmetic)")
     p.add_argument("--title", help="title of the drawing")
     p.add_argument("--dpi", type=float, help="resolution of PNG output")
+    _run_flag(p)
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser("demo", help="train, grow exactly, keep training (the demo)",

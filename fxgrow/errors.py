@@ -33,3 +33,12 @@ class UnsupportedModelError(FxgrowError):
 
 class PreservationError(FxgrowError):
     """Verification found that the student does not compute the teacher's function."""
+
+
+class SaveError(FxgrowError):
+    """The model cannot be saved in fxgrow's format (the message says what to do instead)."""
+
+
+class LoadError(FxgrowError):
+    """A file cannot be loaded as an fxgrow model: not one, damaged, lying about its contents,
+    or naming code outside what fxgrow trusts (the message names it and how to trust it)."""

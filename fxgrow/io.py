@@ -10,18 +10,10 @@ optionally the shapes of example inputs.  ``fxgrow.load(path)`` rebuilds the Gra
 
 Trust model
 -----------
-* The weights are plain safetensors: ``safetensors.torch.load_file(path)`` reads them from any
-  file, trusted or not, and ``model.load_state_dict`` accepts them (a ``state_dict`` always
-  works: it is the same tensors under the same names).
-* ``load`` never unpickles and never executes code stored in the file: it reads JSON, imports
-  functions and module classes *by qualified name* from trusted packages only (torch,
-  torchvision, timm, transformers, operator, math, builtins' ``getattr``; extend with
-  ``trusted=("mypackage",)``), constructs modules through their constructors with stored plain
-  values, and lets torch.fx generate ``forward`` from the checked graph (identifiers validated,
-  constants limited to numbers, strings, dtypes, devices, slices and containers of them).
-* It is not a sandbox: the graph calls library functions of the trusted packages with stored
-  arguments, as a model would.  Load graphs from sources you would take a model's code from;
-  load only the weights (safetensors) from anyone else.
+The weights are plain safetensors (``safetensors.torch.load_file`` reads them from any file).
+``load`` (:mod:`fxgrow.loading`) never unpickles, resolves every name through the allowlist of
+:mod:`fxgrow.trust`, builds modules on the meta device and checks every tensor against what the
+file and the module declare; see docs/guide.md, "Threat model".
 """
 from __future__ import annotations
 
@@ -33,32 +25,17 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.fx
 from torch.fx.node import _get_qualified_name
 
-from .errors import FxgrowError, InputError
-
-FORMAT = "fxgrow.graphmodule"
-VERSION = 1
-TRUSTED = ("torch", "torchvision", "timm", "transformers", "operator", "_operator", "math",
-           "fxgrow")
-SAFE_BUILTINS = frozenset({"getattr", "len", "int", "float", "bool", "min", "max", "abs",
-                           "round", "tuple", "list", "slice", "range", "divmod", "pow", "sum",
-                           "all", "any", "isinstance", "hasattr"})
+from .errors import InputError, LoadError, SaveError
+from .trust import SAFE_BUILTINS, resolve_function
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-
-
-class SaveError(FxgrowError):
-    """The model cannot be saved in fxgrow's format (the message says what to do instead)."""
-
-
-class LoadError(FxgrowError):
-    """The file cannot be loaded as an fxgrow model (not one, damaged, or not trusted)."""
 
 
 # -- values ----------------------------------------------------------------------------------------
@@ -131,13 +108,16 @@ def _dec(v: Any, env: dict | None, trusted: tuple) -> Any:
             raise LoadError(f"unknown torch {tag} {x!r}")
         return found
     if tag == "device":
-        return torch.device(str(x))
+        try:
+            return torch.device(str(x))
+        except (RuntimeError, ValueError) as e:
+            raise LoadError(f"malformed device {x!r}") from e
     if tag == "ellipsis":
         return Ellipsis
     if tag == "complex":
         return complex(float(x[0]), float(x[1]))
     if tag == "fn":
-        return _resolve(str(x), trusted)
+        return resolve_function(str(x), trusted)
     raise LoadError(f"unknown value tag {tag!r} in the graph")
 
 
@@ -163,7 +143,7 @@ def _qualname(obj: Any) -> str:
                 return c
             continue
         try:
-            if _resolve(c, None) is obj:
+            if _import(c) is obj:
                 return c
         except Exception:
             continue
@@ -171,37 +151,18 @@ def _qualname(obj: Any) -> str:
                     f"importable functions and classes only. Save student.state_dict() instead")
 
 
-def _resolve(name: str, trusted: tuple | None) -> Any:
-    """The object a qualified name imports to; with ``trusted``, only from those packages."""
-    if "." not in name:
-        if trusted is not None and name not in SAFE_BUILTINS:
-            raise LoadError(f"the graph calls builtin {name!r}, which fxgrow does not load")
-        if not hasattr(builtins, name):
-            raise LoadError(f"unknown builtin {name!r}")
-        return getattr(builtins, name)
+def _import(name: str) -> Any:
+    """The object a qualified name imports to (save side: the names of a live model)."""
     parts = name.split(".")
-    if not all(_IDENT.match(p) for p in parts):
-        raise LoadError(f"malformed qualified name {name!r}")
-    if trusted is not None and parts[0] not in trusted:
-        raise LoadError(f"the file refers to {name!r}, outside the trusted packages "
-                        f"({', '.join(trusted)}); pass trusted=({parts[0]!r},) to fxgrow.load "
-                        f"if you trust it")
     for k in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:k]))
         except ImportError:
             continue
-        try:
-            for p in parts[k:]:
-                obj = getattr(obj, p)
-        except AttributeError as e:
-            raise LoadError(f"cannot import {name!r}: {e}") from e
-        if trusted is not None and any(p.startswith("__") for p in parts) and not (
-                isinstance(obj, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
-                or parts[0] in ("operator", "_operator")):
-            raise LoadError(f"the file refers to a private name {name!r}")
+        for p in parts[k:]:
+            obj = getattr(obj, p)
         return obj
-    raise LoadError(f"cannot import {name!r}")
+    raise ImportError(name)
 
 
 # -- modules ---------------------------------------------------------------------------------------
@@ -363,7 +324,8 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
                 data = data.contiguous().clone()
             storages.add(ptr)
             tensors[key] = data
-        records[name] = {"kind": kind, "key": key, **extra}
+        records[name] = {"kind": kind, "key": key, "shape": list(t.shape),
+                         "dtype": str(t.dtype).removeprefix("torch."), **extra}
 
     for path, m in gm.named_modules(remove_duplicate=False):
         prefix = f"{path}." if path else ""
@@ -411,15 +373,27 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     return desc, tensors
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """What identifies a model's architecture: a hash of its state_dict's names, shapes and
+    dtypes (not the values: the same spec with another seed has the same fingerprint; not the
+    class: a model and its traced GraphModule share it)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()[:16]
+
+
 def save(model: torch.nn.Module, path: str | os.PathLike, *, example_inputs: Any = None,
-         verify: bool = True) -> Path:
+         verify: bool = True, teacher: torch.nn.Module | None = None) -> Path:
     """Save a GraphModule (what ``fxgrow.widen``/``deepen``/``grow`` return) to one
     ``.safetensors`` file that ``fxgrow.load`` rebuilds without pickle.
 
     ``example_inputs`` (optional) are recorded by shape and dtype (the CLI reuses them) and,
     with ``verify`` (default), the file is loaded back and must give bit-identical outputs on
     them.  For any other module, save ``model.state_dict()`` (e.g. with
-    ``safetensors.torch.save_file``)."""
+    ``safetensors.torch.save_file``).  ``teacher`` (optional) records the fingerprint of the
+    model this one was grown from (``fxgrow draw TEACHER --student FILE`` checks it)."""
     if not isinstance(model, torch.fx.GraphModule):
         raise InputError(f"fxgrow.save takes a torch.fx.GraphModule (what fxgrow.widen/deepen/"
                          f"grow return), got {type(model).__name__}; for other modules save "
@@ -428,6 +402,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike, *, example_inputs: Any
     path = Path(path)
     desc, tensors = _describe(model)
     desc["inputs"] = _input_spec(example_inputs)
+    if teacher is not None:
+        desc["teacher"] = {"fingerprint": fingerprint(teacher)}
     try:
         save_file(tensors, str(path), metadata={"format": "pt", "fxgrow": json.dumps(desc)})
     except OSError as e:
@@ -439,6 +415,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike, *, example_inputs: Any
 
 def _check_round_trip(model: torch.nn.Module, path: Path, example_inputs: Any) -> None:
     from torch.utils import _pytree as pytree
+
     from .modes import preserved
     xs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     loaded = load(path)
@@ -454,250 +431,13 @@ def _check_round_trip(model: torch.nn.Module, path: Path, example_inputs: Any) -
                         f"instead (and please report the model)")
 
 
-# -- load ------------------------------------------------------------------------------------------
+# -- load ----------------------------------------------------------------------------------------
 
-def info(path: str | os.PathLike) -> dict:
-    """The metadata fxgrow stored in a saved file (format, versions, class name, inputs...)."""
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise LoadError(f"{path.name} is not a safetensors file: {e}") from e
-    raw = meta.get("fxgrow")
-    if raw is None:
-        raise LoadError(f"{path.name} is a safetensors file without fxgrow's graph (plain "
-                        f"weights?): load it with safetensors.torch.load_file and "
-                        f"model.load_state_dict")
-    try:
-        desc = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise LoadError(f"{path.name}: fxgrow metadata is not valid JSON ({e})") from e
-    if desc.get("format") != FORMAT:
-        raise LoadError(f"{path.name}: unknown format {desc.get('format')!r}")
-    if desc.get("version", 0) > VERSION:
-        raise LoadError(f"{path.name} was written by a newer fxgrow (format version "
-                        f"{desc.get('version')}); upgrade fxgrow")
-    return desc
-
-
-def example_inputs(path: str | os.PathLike, seed: int = 0) -> tuple | None:
-    """Random inputs of the shapes and dtypes recorded by ``save(..., example_inputs=...)``,
-    or None if none were recorded."""
-    spec = info(path).get("inputs") or []
-    if not spec:
-        return None
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for d in spec:
-        dtype = getattr(torch, d["dtype"])
-        shape = tuple(int(n) for n in d["shape"])
-        if dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=g, dtype=dtype))
-        else:
-            out.append(torch.randint(int(d.get("low", 0)), int(d.get("high", 2)), shape,
-                                     generator=g, dtype=dtype))
-    return tuple(out)
-
-
-def _construct(rec: dict, trusted: tuple) -> torch.nn.Module:
-    cls = _resolve(rec["class"], trusted)
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise LoadError(f"{rec['class']} is not a torch.nn.Module class")
-    kwargs = {k: _dec(v, None, trusted) for k, v in rec.get("kwargs", {}).items()}
-    try:
-        with torch.device("meta"):
-            m = cls(**kwargs)
-    except Exception:
-        try:
-            m = cls(**kwargs)
-        except Exception as e:
-            raise LoadError(f"cannot rebuild module {rec['path']} ({rec['class']}) from "
-                            f"{kwargs}: {type(e).__name__}: {e}") from e
-    return m
-
-
-def _finish(m: torch.nn.Module, rec: dict, trusted: tuple) -> None:
-    for k, v in rec.get("attrs", {}).items():
-        if not _IDENT.match(k):
-            raise LoadError(f"malformed attribute name {k!r}")
-        value = _dec(v, None, trusted)
-        if k in m._modules or k in m._parameters or k in m._buffers:
-            continue
-        object.__setattr__(m, k, value)
-    m.training = bool(rec.get("training", False))
-
-
-def _child(root: torch.nn.Module, path: str, create: bool) -> torch.nn.Module:
-    m = root
-    for part in path.split(".") if path else []:
-        nxt = m._modules.get(part)
-        if nxt is None:
-            if not create:
-                raise LoadError(f"module {path} is missing")
-            nxt = torch.nn.Module()
-            m.add_module(part, nxt)
-        m = nxt
-    return m
-
-
-def load(path: str | os.PathLike, *, trusted: Iterable[str] = (),
-         device: str | torch.device | None = None) -> torch.fx.GraphModule:
-    """Rebuild the GraphModule that ``fxgrow.save`` wrote (see the module docs for the trust
-    model).  ``trusted`` names further top-level packages whose functions and module classes the
-    file may use; ``device`` is where the tensors go (default: CPU)."""
-    from safetensors import safe_open
-    from torch.utils._pytree import treespec_loads
-    path = Path(path)
-    desc = info(path)
-    trusted = tuple(dict.fromkeys((*TRUSTED, *trusted)))
-    dev = str(device) if device is not None else "cpu"
-
-    root = torch.nn.Module()
-    built: dict[str, torch.nn.Module] = {}
-    records = sorted(desc["modules"], key=lambda r: r["path"].count("."))
-    for rec in records:
-        p = rec["path"]
-        if not _PATH.match(p):
-            raise LoadError(f"malformed module path {p!r}")
-        parent_path, _, name = p.rpartition(".")
-        if rec["role"] == "child":
-            continue
-        parent = _child(root, parent_path, create=True)
-        if rec["role"] == "container":
-            m = parent._modules.get(name) or torch.nn.Module()
-            m.training = bool(rec.get("training", False))
-        else:
-            m = _construct(rec, trusted)
-        parent._modules[name] = m
-        built[p] = m
-    for rec in records:  # children of leaf modules: fix what the constructor made differently
-        if rec["role"] != "child":
-            continue
-        parent_path, _, name = rec["path"].rpartition(".")
-        parent = _child(root, parent_path, create=False)
-        have = parent._modules.get(name)
-        if rec["class"] is None:
-            continue
-        if have is None or _qualname(type(have)) != rec["class"] or \
-                {k: _enc(v, "") for k, v in _ctor_kwargs(have).items()} != rec.get("kwargs", {}):
-            parent._modules[name] = _construct(rec, trusted)
-    for rec in records:
-        if rec["class"] is not None:
-            _finish(_child(root, rec["path"], create=False), rec, trusted)
-
-    with safe_open(str(path), framework="pt", device=dev) as f:
-        keys = set(f.keys())
-        cache: dict[str, torch.Tensor] = {}
-        params: dict[str, torch.nn.Parameter] = {}
-        for name, t in desc["tensors"].items():
-            if not _PATH.match(name):
-                raise LoadError(f"malformed tensor name {name!r}")
-            key = t["key"]
-            if key not in keys:
-                raise LoadError(f"{path.name} lacks tensor {key!r}")
-            if key not in cache:  # a fresh, aligned copy: kernels may round differently on
-                cache[key] = f.get_tensor(key).clone()  # unaligned memory
-            owner_path, _, leaf = name.rpartition(".")
-            owner = _child(root, owner_path, create=True)
-            for store in (owner._parameters, owner._buffers):
-                store.pop(leaf, None)
-            if leaf in owner.__dict__:
-                del owner.__dict__[leaf]
-            if t["kind"] == "parameter":
-                p = params.get(key)
-                if p is None:
-                    p = params[key] = torch.nn.Parameter(cache[key],
-                                                         requires_grad=t.get("requires_grad", True))
-                owner._parameters[leaf] = p
-            elif t["kind"] == "buffer":
-                owner.register_buffer(leaf, cache[key], persistent=t.get("persistent", True))
-            elif t["kind"] == "constant":
-                object.__setattr__(owner, leaf, cache[key])
-            else:
-                raise LoadError(f"unknown tensor kind {t['kind']!r}")
-    for name, t in list(root.named_parameters()) + list(root.named_buffers()):
-        if t.device.type == "meta":
-            raise LoadError(f"{path.name} has no data for {name}; the module that owns it was "
-                            f"built with a tensor the saved model did not have")
-
-    graph = torch.fx.Graph()
-    env: dict[str, torch.fx.Node] = {}
-    for rec in desc["graph"]:
-        op, name, target = rec["op"], rec["name"], rec["target"]
-        if not _IDENT.match(name):
-            raise LoadError(f"malformed node name {name!r}")
-        if op == "call_function":
-            target = _resolve(target, trusted)
-            if not callable(target):
-                raise LoadError(f"node {name}: {rec['target']} is not callable")
-        elif op in ("call_module", "get_attr"):
-            if not _PATH.match(target):
-                raise LoadError(f"node {name}: malformed target {target!r}")
-        elif op in ("call_method", "placeholder"):
-            if not _IDENT.match(target):
-                raise LoadError(f"node {name}: malformed target {target!r}")
-        elif op != "output":
-            raise LoadError(f"node {name}: unknown op {op!r}")
-        args = _dec(rec["args"], env, trusted)
-        kwargs = _dec(rec["kwargs"], env, trusted)
-        if op == "call_function" and target is builtins.getattr and len(args) > 1 and \
-                isinstance(args[1], str) and args[1].startswith("_"):
-            raise LoadError(f"node {name} reads the private attribute {args[1]!r}")
-        node = graph.create_node(op, target, tuple(args), dict(kwargs), name=name)
-        if node.name != name:
-            raise LoadError(f"duplicate node name {name!r}")
-        if "nn_module_stack" in rec:
-            node.meta["nn_module_stack"] = {k: (p, t) for k, p, t in rec["nn_module_stack"]}
-        env[name] = node
-    if desc.get("codegen"):
-        from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
-        cg = desc["codegen"]
-        for spec in (cg.get("in_spec"), cg.get("out_spec")):
-            _import_spec_types(spec, trusted)
-        graph._codegen = _PyTreeCodeGen(_PyTreeInfo(
-            list(cg["orig_args"]),
-            treespec_loads(cg["in_spec"]) if cg.get("in_spec") else None,
-            treespec_loads(cg["out_spec"]) if cg.get("out_spec") else None))
-
-    gm = torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph(), desc.get("class_name") or
-                              "GraphModule")
-    for name, m in root._modules.items():
-        gm._modules[name] = m
-    for name, p in root._parameters.items():
-        gm._parameters[name] = p
-    for name, b in root._buffers.items():
-        gm._buffers[name] = b
-    gm._non_persistent_buffers_set |= root._non_persistent_buffers_set
-    for k, v in vars(root).items():
-        if isinstance(v, torch.Tensor):
-            object.__setattr__(gm, k, v)
-    try:
-        gm.graph = graph
-    except Exception as e:
-        raise LoadError(f"{path.name}: the stored graph does not compile: {e}") from e
-    gm.training = bool(desc.get("training", False))
-    meta = desc.get("meta") or {}
-    if "fxgrow_frontend" in meta:
-        gm.meta["fxgrow_frontend"] = meta["fxgrow_frontend"]
-    if meta.get("fxgrow_output_positions") is not None:
-        gm.meta["fxgrow_output_positions"] = [
-            [None if p is None else torch.tensor(p, dtype=torch.long) for p in per]
-            for per in meta["fxgrow_output_positions"]]
-    return gm
-
-
-def _import_spec_types(spec: str | None, trusted: tuple) -> None:
-    """Import the modules that register the pytree types a treespec names (ModelOutput ...)."""
-    if not spec:
-        return
-    for name in set(re.findall(r'"type": "([A-Za-z0-9_.]+)"', spec)):
-        mod = name.rpartition(".")[0]
-        if mod and mod.split(".")[0] in trusted:
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                pass
+from .loading import (  # noqa: F401
+    FORMAT,
+    VERSION,
+    example_inputs,
+    info,
+    input_spec,
+    load,
+)

@@ -87,19 +87,41 @@ class GrowPass(_FxgrowPass):
 class VerifyPass(_FxgrowPass):
     """Check that the graph still computes ``reference``'s function on the example inputs
     (``fxgrow.PreservationError`` beyond ``tol`` on the max relative error; default: the
-    dtype's tolerance).  Leaves the graph unchanged; ``self.last`` holds the comparison."""
+    dtype's tolerance).  Leaves the graph unchanged; ``self.last`` holds the comparison.
+
+    The reference is copied when the pass is made (parameters and buffers included), so a pass
+    that changes tensors in place -- of a traced model that shares them with ``reference`` --
+    cannot change what the graph is checked against.  A failure names the passes before this
+    check, not fxgrow's rules: fxgrow's own passes verify their own step."""
 
     def __init__(self, reference: torch.nn.Module, example_inputs: Any, *,
                  tol: float | None = None, mode: str = "eval") -> None:
         super().__init__(example_inputs)
-        self.reference, self.tol, self.mode = reference, tol, mode
+        self.reference = _independent_copy(reference)
+        self.tol, self.mode = tol, mode
         self.last = None
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
-        from .verify.compare import verify
-        self.last = verify(self.reference, graph_module, self.example_inputs, mode=self.mode,
-                           tol=self.tol)
+        from .errors import PreservationError
+        from .verify import compare
+        from .verify.compare import tolerance
+        self.last = compare(self.reference, graph_module, self.example_inputs, mode=self.mode)
+        tol = tolerance(self.example_inputs, self.reference) if self.tol is None else self.tol
+        if not self.last.max_rel <= tol:
+            raise PreservationError(
+                f"VerifyPass: the graph no longer computes the reference's function: "
+                f"{self.last} exceeds the tolerance {tol:g}. A pass that ran before this check "
+                f"changed what the graph computes; fxgrow's own passes (WidenPass, DeepenPass, "
+                f"GrowPass with verify=True) check their own step, so look at the others (a "
+                f"VerifyPass after each pass finds the first that breaks it)")
         return PassResult(graph_module, False)
+
+
+def _independent_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` that shares no tensor or module with it."""
+    import copy
+    with torch.no_grad():
+        return copy.deepcopy(model)
 
 
 def _params(m: torch.nn.Module) -> int:

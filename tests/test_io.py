@@ -172,9 +172,10 @@ def _node(desc, name):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: _node(d, "flatten").update(target="os.system"), "trusted packages"),
+    (lambda d: _node(d, "flatten").update(target="os.system"),
+     r"calls os.system, which fxgrow does not load.*trusted=\('os.system',\)"),
     (lambda d: _node(d, "flatten").update(target="eval"), "does not load"),
-    (lambda d: _node(d, "flatten").update(target="torch.__builtins__"), "private"),
+    (lambda d: _node(d, "flatten").update(target="torch.__builtins__"), "does not load"),
     (lambda d: _node(d, "flatten").update(op="call_method", target="x; import os"), "malformed"),
     (lambda d: d["modules"][0].update({"class": "subprocess.Popen", "role": "leaf"}),
      "trusted packages"),
@@ -188,12 +189,20 @@ def test_untrusted_names_refused(tmp_path, edit, message):
         fxgrow.load(path)
 
 
-def test_trusted_extension(tmp_path):
-    import fxgrow.io as fio
-    assert fio._resolve("math.sqrt", ("math",)) is __import__("math").sqrt
-    with pytest.raises(LoadError, match="trusted"):
-        fio._resolve("json.loads", fio.TRUSTED)
-    assert fio._resolve("json.loads", fio.TRUSTED + ("json",)) is json.loads
+def test_trusted_extension():
+    from fxgrow.trust import resolve_class, resolve_function
+    assert resolve_function("math.sqrt") is __import__("math").sqrt
+    assert resolve_function("torch.nn.functional.gelu") is torch.nn.functional.gelu
+    assert resolve_function("torch.ops.aten.add.Tensor") is torch.ops.aten.add.Tensor
+    with pytest.raises(LoadError, match=r"trusted=\('json.loads',\)"):
+        resolve_function("json.loads")
+    assert resolve_function("json.loads", ("json",)) is json.loads
+    assert resolve_function("json.loads", ("json.loads",)) is json.loads
+    with pytest.raises(LoadError, match="private attribute '_default_decoder'"):
+        resolve_function("json._default_decoder.decode", ("json",))
+    with pytest.raises(LoadError, match="outside the trusted packages"):
+        resolve_class("json.JSONDecoder")
+    assert resolve_class("torch.nn.modules.conv.Conv2d") is nn.Conv2d
 
 
 def test_save_refuses_what_it_cannot_rebuild(tmp_path):
