@@ -3,6 +3,7 @@
 1. The graph student: ``deepen(kind="block")`` after several blocks in one call (LLaMA-Pro)
    and ``grow(blocks=...)`` appending, exact for Llama, Mistral, Qwen2, Gemma2/3 (sandwich
    norms), Phi3, GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder).
+   Appending copies at the end of a stack (``grow``) too.
 2. The same student in HF numbering: ``deeper_state_dict`` gives the state dict and config of
    the deeper HF model; it loads strictly into the teacher's class built from the new config,
    equals the teacher on fresh inputs with padding (batch 3, length 7) and generates the same
@@ -178,6 +179,29 @@ def test_llama_pro_every_second_block_and_append():
     assert renumbered.keys() == sd2.keys()
     assert all(torch.equal(renumbered[k], sd2[k]) for k in sd2)
     assert_same_function(teacher, appended, "llama")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gemma3", "gpt_neox", "opt", "t5"])
+def test_append_blocks_graph_and_hf(family):
+    """grow(blocks=...) appends copies of the last block; in HF numbering that is
+    ``insert_after=[n - 1] * k``, for T5 in both stacks."""
+    teacher, x = build(family), example(family)
+    stacks = [stack(family)] + (["decoder.block"] if family == "t5" else [])
+    with teacher_unchanged(teacher):
+        graph = fxgrow.grow(teacher, x, blocks=dict.fromkeys(stacks, 4), verify=False)
+        err = fxgrow.compare(teacher, graph, x)
+    assert err.max_rel <= TOL, err
+    student, sd, updates = deeper_hf_model(teacher, [1, 1])
+    found = layer_stacks(teacher.state_dict(), teacher.config)
+    assert all(updates[found[s][0]] == 4 for s in stacks)
+    if family == "gemma3":  # the appended copies are full-attention layers, like layer 1
+        assert teacher.config.layer_types == ["sliding_attention", "full_attention"]
+        assert updates["layer_types"] == ["sliding_attention"] + ["full_attention"] * 3
+    renumbered = hf_numbering(graph.state_dict(), stacks)
+    assert renumbered.keys() == sd.keys()
+    assert all(torch.equal(renumbered[k], sd[k]) for k in sd)
+    assert_same_function(teacher, student, family)
 
 
 @pytest.mark.slow
