@@ -225,6 +225,25 @@ def test_gemma2_layer_types_follow_the_copies():
         assert (bad(ids).logits - teacher(ids).logits).abs().max() > 1e-3
 
 
+def test_gpt2_inverse_layer_index_scale_compensated():
+    """GPT-2 with scale_attn_by_inverse_layer_idx divides attention logits by (index + 1):
+    the query projection of every moved layer is rescaled, so the deeper model stays exact;
+    without the rescaling it would not be."""
+    teacher = build("gpt2")
+    teacher.config.scale_attn_by_inverse_layer_idx = True
+    torch.manual_seed(0)
+    teacher = type(teacher)(teacher.config).eval()  # rebuilt: the scale is fixed at construction
+    student, sd, _ = deeper_hf_model(teacher, [0, 1])
+    old = teacher.state_dict()["transformer.h.1.attn.c_attn.weight"]
+    assert torch.allclose(sd["transformer.h.2.attn.c_attn.weight"][:, :32], old[:, :32] * 1.5)
+    assert torch.equal(sd["transformer.h.2.attn.c_attn.weight"][:, 32:], old[:, 32:])
+    assert_same_function(teacher, student, "gpt2")
+    with torch.no_grad():
+        student.transformer.h[2].attn.c_attn.weight[:, :32] = old[:, :32]
+        ids = torch.randint(3, V, (1, 8), generator=torch.Generator().manual_seed(3))
+        assert (student(ids).logits - teacher(ids).logits).abs().max() > 1e-4
+
+
 @pytest.mark.slow
 def test_bert_post_norm_refused_everywhere():
     cfg = T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -77,11 +77,24 @@ def _zero_modules(config: Any, zero: Sequence[str] | None) -> tuple[str, ...]:
         raise DeepenError("this OPT config normalises after the residual add "
                           "(do_layer_norm_before=False, a post-norm layer): a zeroed copy "
                           "would apply the LayerNorm twice, so it cannot be the identity")
-    if model_type == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
-        raise DeepenError("scale_attn_by_inverse_layer_idx=True scales attention by "
-                          "1/(layer index + 1): inserting layers would change the layers after "
-                          "them; set it to False only if the teacher was trained that way")
     return ZERO_BY_MODEL_TYPE[model_type]
+
+
+def _index_compensated(config: Any, rest: str, t: torch.Tensor, old: int, new: int
+                       ) -> torch.Tensor:
+    """``t`` (tensor ``rest`` of teacher layer ``old``, now at index ``new``) with constants
+    that HF derives from the layer index compensated: GPT-2 with
+    ``scale_attn_by_inverse_layer_idx`` scales attention logits by 1/(index + 1), so the query
+    part of ``c_attn`` is multiplied by (new + 1)/(old + 1)."""
+    if old == new or getattr(config, "model_type", None) != "gpt2" or \
+            not getattr(config, "scale_attn_by_inverse_layer_idx", False) or \
+            rest not in ("attn.c_attn.weight", "attn.c_attn.bias"):
+        return t
+    t = t.detach().clone()
+    width = config.n_embd
+    with torch.no_grad():
+        t[..., :width] *= (new + 1) / (old + 1)  # Conv1D: [in, 3 * width], q first
+    return t
 
 
 def _matches(rest: str, names: Sequence[str]) -> bool:
@@ -112,6 +125,9 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
       ``graph_zero_targets`` returns them; by default ``ZERO_BY_MODEL_TYPE[config.model_type]``,
       and ``DeepenError`` for a family not listed there or a post-norm config.  Each copy must
       zero at least one tensor.
+    * Constants HF derives from the layer index are compensated in the weights: GPT-2's
+      ``scale_attn_by_inverse_layer_idx`` (the query projection of a layer moved from index
+      ``i`` to ``j`` is scaled by (j + 1)/(i + 1)).
     * Config updates: the layer count field (``num_hidden_layers``, GPT-2's ``n_layer``, T5's
       ``num_layers`` / ``num_decoder_layers``) and every config list with one entry per layer
       (``layer_types``: the copy gets its layer's entry).  Apply them with
@@ -152,6 +168,7 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
         for j, (i, is_copy) in enumerate(order):
             zeroed = 0
             for rest, t in layers[prefix][i].items():
+                t = _index_compensated(config, rest, t, i, j)
                 if not is_copy:
                     out[f"{prefix}.{j}.{rest}"] = t
                 elif rest in common:
