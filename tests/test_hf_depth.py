@@ -18,7 +18,8 @@ import transformers as T
 
 import fxgrow
 from fxgrow.rewrite.hf_depth import (ZERO_BY_MODEL_TYPE, deeper_config, deeper_state_dict,
-                                     graph_zero_targets, hf_numbering, layer_stacks)
+                                     graph_insertions, graph_zero_targets, hf_numbering,
+                                     layer_stacks)
 from helpers import teacher_unchanged
 
 TOL = 1e-5
@@ -145,11 +146,11 @@ def test_copy_after_every_block_graph_and_hf(family):
     student, sd, updates = deeper_hf_model(teacher, [0, 1])
     field = layer_stacks(teacher.state_dict(), teacher.config)[stacks[0]][0]
     assert updates[field] == 4
-    renumbered = hf_numbering(graph.state_dict(), stacks)
-    for key, t in sd.items():
-        assert torch.equal(renumbered[key], t), key
-    extra = set(renumbered) - set(sd)  # T5: the graph's copy of block 0 keeps its bias table
-    assert all("relative_attention_bias" in k for k in extra), extra
+    counts = dict.fromkeys(stacks, 2)
+    assert graph_insertions(graph.state_dict(), counts) == dict.fromkeys(stacks, [0, 1])
+    renumbered = hf_numbering(graph.state_dict(), counts)
+    assert renumbered.keys() == sd.keys()
+    assert all(torch.equal(renumbered[k], sd[k]) for k in sd)
     assert_same_function(teacher, student, family)
 
 
@@ -161,7 +162,8 @@ def test_llama_pro_every_second_block_and_append():
     graph = fxgrow.deepen(teacher, x, after=["model.layers.1", "model.layers.3"], kind="block")
     student, sd, updates = deeper_hf_model(teacher, [1, 3])
     assert updates == {"num_hidden_layers": 6}
-    renumbered = hf_numbering(graph.state_dict(), ["model.layers"])
+    assert graph_insertions(graph.state_dict(), {"model.layers": 4}) == {"model.layers": [1, 3]}
+    renumbered = hf_numbering(graph.state_dict(), {"model.layers": 4})
     assert renumbered.keys() == sd.keys()
     assert all(torch.equal(renumbered[k], sd[k]) for k in sd)
     assert torch.equal(sd["model.layers.2.self_attn.o_proj.weight"],
@@ -175,7 +177,8 @@ def test_llama_pro_every_second_block_and_append():
     with teacher_unchanged(teacher):
         grown = fxgrow.grow(teacher, x, blocks={"model.layers": 6})
     appended, sd2, _ = deeper_hf_model(teacher, [3, 3])
-    renumbered = hf_numbering(grown.state_dict(), ["model.layers"])
+    assert graph_insertions(grown.state_dict(), {"model.layers": 4}) == {"model.layers": [3, 3]}
+    renumbered = hf_numbering(grown.state_dict(), {"model.layers": 4})
     assert renumbered.keys() == sd2.keys()
     assert all(torch.equal(renumbered[k], sd2[k]) for k in sd2)
     assert_same_function(teacher, appended, "llama")
@@ -198,7 +201,9 @@ def test_append_blocks_graph_and_hf(family):
     if family == "gemma3":  # the appended copies are full-attention layers, like layer 1
         assert teacher.config.layer_types == ["sliding_attention", "full_attention"]
         assert updates["layer_types"] == ["sliding_attention"] + ["full_attention"] * 3
-    renumbered = hf_numbering(graph.state_dict(), stacks)
+    counts = dict.fromkeys(stacks, 2)
+    assert graph_insertions(graph.state_dict(), counts) == dict.fromkeys(stacks, [1, 1])
+    renumbered = hf_numbering(graph.state_dict(), counts)
     assert renumbered.keys() == sd.keys()
     assert all(torch.equal(renumbered[k], sd[k]) for k in sd)
     assert_same_function(teacher, student, family)

@@ -213,34 +213,64 @@ def graph_zero_targets(model: torch.nn.Module, example_inputs: Any, layer: str) 
 _GRAPH_COPY = re.compile(r"^(?P<index>\d+)(?:_deepen(?P<copy>\d+))?$")
 
 
-def hf_numbering(state_dict: Mapping[str, torch.Tensor], stacks: Sequence[str]
-                 ) -> dict[str, torch.Tensor]:
-    """A grown graph's state dict in HF numbering: under each stack prefix, the children
-    ``i`` (teacher layers and appended copies, ``grow``) and ``i_deepen{k}`` (copies inserted
-    after layer ``i``, ``deepen(kind="block")``) renumbered 0, 1, ... in the order they run."""
-    out: dict[str, torch.Tensor] = {}
-    for prefix in stacks:
-        children: set[str] = set()
-        for key in state_dict:
-            if key.startswith(prefix + "."):
-                child = key[len(prefix) + 1:].split(".")[0]
-                if not _GRAPH_COPY.match(child):
-                    raise InputError(f"{prefix}.{child} is not a numbered layer or a copy "
-                                     f"fxgrow inserted ({prefix}.<i>_deepen<k>)")
-                children.add(child)
+def _graph_layers(state_dict: Mapping[str, torch.Tensor], prefix: str, n: int
+                  ) -> list[tuple[str, int, bool]]:
+    """The children of stack ``prefix`` in a grown graph, in running order: (child name,
+    the teacher layer it is or copies, whether it is a copy).  ``i_deepen{k}`` is a copy of
+    layer ``i`` inserted after it (a later copy runs nearer its layer, so ``_deepen1`` before
+    ``_deepen0``); ``i >= n`` a copy of the last layer appended by ``grow``."""
+    children: set[str] = set()
+    for key in state_dict:
+        if key.startswith(prefix + "."):
+            child = key[len(prefix) + 1:].split(".")[0]
+            if not _GRAPH_COPY.match(child):
+                raise InputError(f"{prefix}.{child} is neither a numbered layer nor a copy "
+                                 f"fxgrow inserted ({prefix}.<i>_deepen<k>)")
+            children.add(child)
 
-        def rank(child: str) -> tuple[int, int, int]:
-            # a layer, then its copies; a copy inserted later sits nearer its layer, so
-            # _deepen1 runs before _deepen0
-            m = _GRAPH_COPY.match(child)
-            return (int(m["index"]), 0, 0) if m["copy"] is None else \
-                (int(m["index"]), 1, -int(m["copy"]))
-        ordered = sorted(children, key=rank)
-        new = {c: str(j) for j, c in enumerate(ordered)}
+    def rank(child: str) -> tuple[int, int, int]:
+        m = _GRAPH_COPY.match(child)
+        assert m is not None
+        return (int(m["index"]), 0, 0) if m["copy"] is None else \
+            (int(m["index"]), 1, -int(m["copy"]))
+    layers = []
+    for child in sorted(children, key=rank):
+        i, copy_rank, _ = rank(child)
+        layers.append((child, min(i, n - 1), copy_rank == 1 or i >= n))
+    if sum(not c for _, _, c in layers) != n:
+        raise InputError(f"{prefix} holds {sum(not c for _, _, c in layers)} original layers, "
+                         f"not the teacher's {n}")
+    return layers
+
+
+def graph_insertions(state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, int]
+                     ) -> dict[str, list[int]]:
+    """What a grown graph inserted, as ``deeper_state_dict``'s ``insert_after``: {stack
+    prefix: [the teacher layer each copy copies]}, given {stack prefix: teacher layer count}."""
+    return {p: [i for _, i, is_copy in _graph_layers(state_dict, p, n) if is_copy]
+            for p, n in stacks.items()}
+
+
+def hf_numbering(state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, int]
+                 ) -> dict[str, torch.Tensor]:
+    """A grown graph's state dict in HF numbering, given {stack prefix: teacher layer count}:
+    the stack's children renumbered 0, 1, ... in running order.  As in ``deeper_state_dict``,
+    a copy keeps only the tensors every teacher layer has (the graph's copy of T5's first
+    block carries its own position-bias table, which HF gives to layer 0 only)."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, n in stacks.items():
+        layers = _graph_layers(state_dict, prefix, n)
+        tensors: dict[str, dict[str, torch.Tensor]] = {c: {} for c, _, _ in layers}
         for key, t in state_dict.items():
             if key.startswith(prefix + "."):
                 child, _, rest = key[len(prefix) + 1:].partition(".")
-                out[f"{prefix}.{new[child]}.{rest}"] = t
+                tensors[child][rest] = t
+        common = set.intersection(*(set(tensors[c]) for c, _, is_copy in layers
+                                    if not is_copy))
+        for j, (child, _, is_copy) in enumerate(layers):
+            for rest, t in tensors[child].items():
+                if not is_copy or rest in common:
+                    out[f"{prefix}.{j}.{rest}"] = t
     for key, t in state_dict.items():
         if not any(key.startswith(p + ".") for p in stacks):
             out[key] = t
