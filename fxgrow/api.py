@@ -228,7 +228,8 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     ``kind="block"``: ``after`` names residual blocks (``layer1.0``, ``model.layers.3``); a
     copy of each, with the last layer of every residual branch zeroed, runs right after it
     (pre-norm transformer blocks and ResNet blocks; post-norm blocks are refused)."""
-    from .rewrite.deepen import deepen_node, insert_block_after, node_values
+    from .rewrite.block_copy import insert_blocks_after
+    from .rewrite.deepen import deepen_node, node_values
     analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
     student = copy.deepcopy(analysis.gm)
     names = [after] if isinstance(after, str) else list(after)
@@ -236,21 +237,24 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         raise InputError("after= names no node or module")
     if kind == "block":
         from .analysis.blocks import find_blocks
-        blocks = {b.path: b for b in find_blocks(student, analysis.state.vals_by_name(student))
-                  if b.residual}
+        vals = analysis.state.vals_by_name(student)
+        blocks = {b.path: b for b in find_blocks(student, vals) if b.residual}
+        if any(name not in blocks for name in names):  # T5-like blocks adding I in a child
+            blocks = {b.path: b for b in find_blocks(student, vals, nested=True)
+                      if b.residual} | blocks
         for name in names:
             if name not in blocks:
                 import difflib
 
                 from .analysis.blocks import why_not_residual
-                why = why_not_residual(student, analysis.state.vals_by_name(student), name)
+                why = why_not_residual(student, vals, name)
                 close = difflib.get_close_matches(name, list(blocks), n=3)
                 raise UnknownGroupError(
                     f"no residual block named {name!r}"
                     + (f": module {name!r} runs in the graph, but {why}" if why else "")
                     + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
                        f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"))
-            insert_block_after(student, blocks[name])
+        insert_blocks_after(student, [blocks[name] for name in names])
         student.recompile()
         if verify:
             _verify(model, student, analysis.example_inputs)
@@ -301,7 +305,7 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
     {stage: new block count}) in one call, then verify against the teacher."""
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
-    from .rewrite.deepen import grow_stage
+    from .rewrite.block_copy import grow_stage
     inputs = as_tuple(example_inputs)
     if width is None:
         _check_inputs(model, inputs)
@@ -316,7 +320,10 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
     if blocks:
         if not isinstance(blocks, Mapping):
             raise InputError("blocks must map a stage name to its new block count")
-        found = {s.name: s for s in find_stages(student, propagate(student, inputs))}
+        vals = propagate(student, inputs)
+        found = {s.name: s for s in find_stages(student, vals)}
+        if any(name not in found for name in blocks):  # T5-like blocks adding I in a child
+            found = {s.name: s for s in find_stages(student, vals, nested=True)} | found
         for name, count in blocks.items():
             if name not in found:
                 import difflib

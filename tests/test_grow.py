@@ -195,6 +195,22 @@ def test_deepen_then_grow(resnet18):
     assert fxgrow.compare(resnet18, student, X).max_rel <= TOL
 
 
+def test_block_copies_after_several_blocks_in_one_call(resnet18):
+    # a copy after every identity-shaped block of two stages, one named twice; the copies run
+    # right after their blocks, and later blocks read the copies' outputs
+    after = ["layer1.0", "layer1.1", "layer2.1", "layer2.1"]
+    with teacher_unchanged(resnet18):
+        student = fxgrow.deepen(resnet18, X, after=after, kind="block", verify=False)
+    assert sorted(children(student, "layer1")) == ["0", "0_deepen0", "1", "1_deepen0"]
+    assert block_order(student, "layer1") == ["0", "0_deepen0", "1", "1_deepen0"]
+    assert block_order(student, "layer2") == ["0", "1", "1_deepen1", "1_deepen0"]
+    assert fxgrow.compare(resnet18, student, X).max_rel <= TOL
+    n_params = sum(p.numel() for p in student.parameters())
+    assert n_params == sum(p.numel() for p in resnet18.parameters()) + sum(
+        p.numel() for b in ("layer1.0", "layer1.1", "layer2.1", "layer2.1")
+        for p in resnet18.get_submodule(b).parameters())
+
+
 # -- errors ------------------------------------------------------------------------------------
 def test_unknown_stage(resnet18):
     with pytest.raises(fxgrow.UnknownGroupError) as e:

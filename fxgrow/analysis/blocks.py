@@ -3,8 +3,18 @@
 A *block* is the set of nodes recorded under one module path (fx's ``nn_module_stack``) that
 hands exactly one tensor O to the rest of the graph.  It is *residual* when one of the tensors
 it reads, I, has O's shape and is added back to a branch computed inside (other inputs, such
-as attention masks or rotary tables, are shared and reused by copies).  A *stage* is a run of
-consecutive blocks under one parent module (``layer1`` with ``layer1.0``, ``layer1.1``)."""
+as attention masks or rotary tables, are shared and reused by copies).  A residual block may
+hand on side results that do not depend on I (T5's first block computes the position bias
+the later blocks read); copies leave them to the original.
+
+By default the add of I must be recorded under the block's own path.  With ``nested=True``
+it may sit in a descendant (T5's ``T5Block`` adds I inside ``layer.0``), for any module that
+is not a plain container (``Sequential``, ``ModuleList``): this finds blocks like T5's, but
+also makes a stage module whose first block keeps the shape a "block", so ``stages()`` keeps
+the strict rule and ``nested`` is the fallback for names the strict rule does not know.
+
+A *stage* is a run of consecutive blocks under one parent module (``layer1`` with
+``layer1.0``, ``layer1.1``)."""
 from __future__ import annotations
 
 import operator
@@ -71,13 +81,15 @@ def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
             and not (u.op == "call_function" and op_name(u.target) in _IGNORED)]
 
 
-def residual_add(node: torch.fx.Node, inside: set, path: str | None = None):
+def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
+                 nested: bool = False):
     """An add inside the block that adds (an alias of) ``node`` to a branch computed inside:
     (add, the operand on the stream, the branch operand) or None."""
     for a in aliases(node, inside):
         for u in a.users:
             if u in inside and _is_add(u) and a in u.args and \
-                    (path is None or _paths(u)[-1] == path):
+                    (path is None or _paths(u)[-1] == path
+                     or nested and path in _paths(u)):
                 others = [b for b in u.args if isinstance(b, torch.fx.Node) and b is not a]
                 if len(others) == 1 and others[0] in inside and others[0].op != "get_attr":
                     return u, a, others[0]
@@ -109,15 +121,58 @@ def _members(gm: torch.fx.GraphModule) -> dict[str, list[torch.fx.Node]]:
     return members
 
 
+_CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
+
+
+def _is_container(nodes: list[torch.fx.Node], path: str) -> bool:
+    for n in nodes:
+        for v in (n.meta.get("nn_module_stack") or {}).values():
+            if isinstance(v, tuple) and v[0] == path:
+                cls = v[1] if isinstance(v[1], str) else getattr(v[1], "__name__", "")
+                return cls.rpartition(".")[2] in _CONTAINERS
+    return False
+
+
+def _depends_on(node: torch.fx.Node, source: torch.fx.Node, inside: set) -> bool:
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n is source:
+            return True
+        if n in seen or n not in inside:
+            continue
+        seen.add(n)
+        todo.extend(n.all_input_nodes)
+    return False
+
+
+def _stream_output(vals: dict, inputs: list, outputs: list, inside: set, path: str,
+                   nested: bool):
+    """The one output with a residual input's shape whose other outputs are side results
+    independent of that input (T5's position bias), or None."""
+    for i in inputs:
+        if residual_add(i, inside, path, nested) is None:
+            continue
+        same = [o for o in outputs if _shape(vals, o) == _shape(vals, i)]
+        if len(same) == 1 and not any(_depends_on(o, i, inside) for o in outputs
+                                      if o is not same[0]):
+            return same[0]
+    return None
+
+
 def _classify(gm: torch.fx.GraphModule, vals: dict, path: str,
-              nodes: list[torch.fx.Node]) -> Block | str:
+              nodes: list[torch.fx.Node], nested: bool = False) -> Block | str:
     """The block that ``path``'s nodes form, or why they form none."""
     inside = set(nodes)
+    nested = nested and not _is_container(nodes, path)
     inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
                                 if a not in inside and a.op != "get_attr"))
     outputs = [n for n in nodes if any(u not in inside for u in n.users)]
     if not inputs:
         return "its nodes read no tensor from outside it"
+    if len(outputs) > 1:
+        stream = _stream_output(vals, inputs, outputs, inside, path, nested)
+        outputs = [stream] if stream is not None else outputs
     if len(outputs) != 1:
         return (f"its nodes hand {len(outputs)} results to the rest of the graph "
                 f"({', '.join(o.name for o in outputs[:4])}); a block has one output (a module "
@@ -125,7 +180,7 @@ def _classify(gm: torch.fx.GraphModule, vals: dict, path: str,
     o = outputs[0]
     streams = [i for i in inputs if _shape(vals, i) is not None
                and _shape(vals, i) == _shape(vals, o)
-               and residual_add(i, inside, path) is not None]
+               and residual_add(i, inside, path, nested) is not None]
     learned = any(n.op == "call_module" and any(True for _ in
                                                   gm.get_submodule(n.target).parameters())
                   or any(a.op == "get_attr" for a in n.all_input_nodes) for n in nodes)
@@ -140,27 +195,28 @@ def _classify(gm: torch.fx.GraphModule, vals: dict, path: str,
     return f"it has {len(inputs)} inputs and no single residual stream"
 
 
-def find_blocks(gm: torch.fx.GraphModule, vals: dict) -> list[Block]:
+def find_blocks(gm: torch.fx.GraphModule, vals: dict, nested: bool = False) -> list[Block]:
     """Every module path whose nodes form a single-input, single-output subgraph."""
-    found = (_classify(gm, vals, p, nodes) for p, nodes in _members(gm).items())
+    found = (_classify(gm, vals, p, nodes, nested) for p, nodes in _members(gm).items())
     return [b for b in found if isinstance(b, Block)]
 
 
-def why_not_residual(gm: torch.fx.GraphModule, vals: dict, path: str) -> str | None:
+def why_not_residual(gm: torch.fx.GraphModule, vals: dict, path: str,
+                     nested: bool = False) -> str | None:
     """Why module ``path`` is no residual block; None if no node of the graph runs in it."""
     nodes = _members(gm).get(path)
     if nodes is None:
         return None
-    b = _classify(gm, vals, path, nodes)
+    b = _classify(gm, vals, path, nodes, nested)
     if isinstance(b, Block):
         return "it has no residual add of its input (a plain block)" if not b.residual else ""
     return b
 
 
-def find_stages(gm: torch.fx.GraphModule, vals: dict) -> list[Stage]:
+def find_stages(gm: torch.fx.GraphModule, vals: dict, nested: bool = False) -> list[Stage]:
     """Runs of consecutive identity-shaped residual blocks under one parent module, each with
     the block that leads into it (e.g. a downsampling block), if it has the same parent."""
-    blocks = find_blocks(gm, vals)
+    blocks = find_blocks(gm, vals, nested)
     by_parent: dict[str, list[Block]] = {}
     for b in blocks:
         by_parent.setdefault(b.path.rpartition(".")[0], []).append(b)
