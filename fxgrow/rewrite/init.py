@@ -154,6 +154,12 @@ def gradmax(student: torch.nn.Module, fan_in: list[AxisMask], fan_out: list[Axis
     fan_out = [am for am in fan_out if _tensor(student, am.target).requires_grad]
     if not fan_in or not fan_out:
         return 0.0
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no double backward
+        return _gradmax(student, fan_in, fan_out, loss_fn, batch, iterations)
+
+
+def _gradmax(student, fan_in, fan_out, loss_fn, batch, iterations) -> float:
     tensors = [_tensor(student, am.target) for am in fan_in]
     norms = [_rows(t, am.axis, am.mask).norm(dim=1).mean() for t, am in zip(tensors, fan_in)]
     for _ in range(iterations):
@@ -170,6 +176,8 @@ def gradmax(student: torch.nn.Module, fan_in: list[AxisMask], fan_out: list[Axis
             k, n = rows.shape
             q, _ = torch.linalg.qr(rows[:min(k, n)].T)  # [n, min(k, n)] orthonormal
             new = _rows(t, am.axis, am.mask).double().clone()
-            new[:q.shape[1]] = q.T * float(norm)
+            new[:q.shape[1]] = q.T
+            # more new units than fan-in dimensions: the rest keep their directions
+            new = new / new.norm(dim=1, keepdim=True).clamp_min(1e-30) * float(norm)
             _set_rows(t, am.axis, am.mask, new)
     return float(fan_out_objective(student, fan_out, loss_fn, batch, create_graph=False))
