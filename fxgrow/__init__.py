@@ -23,3 +23,7 @@ __all__ = [
     "BlockedGroupError", "UnsupportedModelError", "PreservationError",
     "draw", "save", "load", "passes", "compile",
 ]
+from .rewrite.kernel import KernelError, grow_kernel  # noqa: E402
+from .ranking import GroupScore, rank_groups  # noqa: E402
+
+__all__ += ["grow_kernel", "KernelError", "rank_groups", "GroupScore"]

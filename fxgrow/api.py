@@ -159,11 +159,11 @@ def groups(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
 def plan(model: torch.nn.Module | Analysis, example_inputs: Any = None, *,
          widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
          split: str = "equal", noise: float = 0.0, approximate: bool = False,
-         **trace_options: Any) -> WidenPlan:
+         init: str = "replicate", **trace_options: Any) -> WidenPlan:
     """What ``widen`` would do, without doing it (a dry run)."""
     analysis = model if isinstance(model, Analysis) else \
         analyze(model, example_inputs, **trace_options)
-    return make_plan(analysis, widths, factor, seed, split, noise, approximate)
+    return make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
 
 
 @leaves_teacher_untouched
@@ -173,7 +173,9 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
           verify: bool = True, plan: WidenPlan | None = None, frontend: str = "auto",
           outputs: str = "fixed", untie: bool = False,
           leaf_modules: Iterable[type | str] = (),
-          autowrap_functions: Iterable[Callable] = ()) -> torch.fx.GraphModule:
+          autowrap_functions: Iterable[Callable] = (), init: str = "replicate",
+          loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+          batch: Any = None) -> torch.fx.GraphModule:
     """Net2WiderNet on every group named in ``widths`` (group or module name -> new width) or,
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
     modified); with ``verify`` (default) it is checked against the teacher on the inputs.
@@ -181,14 +183,24 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     Tied weights (an embedding reused as the output projection) stay tied and exact: the
     projection's input is divided by the replication counts; ``untie=True`` gives the
     projection its own divided copy instead.  ``outputs="grow"`` lets output channel axes
-    widen (see ``analyze``)."""
+    widen (see ``analyze``).
+
+    ``init``: ``"replicate"`` (Net2Net); ``"zero"``: new units get a fresh random fan-in and a
+    zero fan-out wherever that is exact (groups normalised over the channel replicate:
+    ``plan.changes[i].init`` says which); ``"gradmax"``: as "zero", the fan-in chosen to
+    maximise the fan-out's gradient norm for ``loss_fn(model, batch) -> loss``."""
+    from .rewrite.init import initialise
+    if init == "gradmax" and (loss_fn is None or batch is None):
+        raise InputError('init="gradmax" needs loss_fn=(model, batch) -> scalar loss and '
+                         'batch= (what loss_fn takes)')
     analysis = analyze(model, example_inputs, frontend=frontend, outputs=outputs,
                        leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     if plan is None:
-        plan = make_plan(analysis, widths, factor, seed, split, noise, approximate)
+        plan = make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
     elif not plan.approximate:
         check_plan(analysis, plan)
     student = apply(analysis, plan, untie=untie)
+    initialise(analysis, plan, student, loss_fn, batch)
     if plan.noise or plan.approximate:  # not exact by design: measure and report
         student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
     elif verify:
@@ -300,9 +312,12 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
          blocks: Mapping[str, int] | None = None,
          width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,
          split: str = "equal", frontend: str = "auto",
-         leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
-    """Widen (``width``: a factor, or {group or module: width}) and deepen (``blocks``:
-    {stage: new block count}) in one call, then verify against the teacher."""
+         leaf_modules: Iterable[type | str] = (), init: str = "replicate",
+         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+         batch: Any = None) -> torch.fx.GraphModule:
+    """Widen (``width``: a factor, or {group or module: width}; ``init`` as in ``widen``) and
+    deepen (``blocks``: {stage: new block count}) in one call, then verify against the
+    teacher."""
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
     from .rewrite.block_copy import grow_stage
@@ -313,10 +328,12 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
                                         leaf_modules=leaf_modules))
     elif isinstance(width, Mapping):
         student = widen(model, inputs, widths=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules)
+                        frontend=frontend, leaf_modules=leaf_modules, init=init,
+                        loss_fn=loss_fn, batch=batch)
     else:
         student = widen(model, inputs, factor=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules)
+                        frontend=frontend, leaf_modules=leaf_modules, init=init,
+                        loss_fn=loss_fn, batch=batch)
     if blocks:
         if not isinstance(blocks, Mapping):
             raise InputError("blocks must map a stage name to its new block count")

@@ -624,6 +624,9 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
         print(table(["stage", "blocks", "block paths"],
                     [[s.name, s.count, _short(", ".join(b.path for b in s.blocks), 60)]
                      for s in stages], "lrl"))
+    if args.rank:
+        from .cli_growth import print_rank
+        print_rank(loaded, args)
     return EXIT_OK
 
 
@@ -909,6 +912,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", choices=("fixed", "grow"), default="fixed",
                    help="whether the model's output channels may grow (default fixed)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--rank", action="store_true", help="also rank the widenable groups by the "
+                   "gradient new units would get (fxgrow.rank_groups; synthetic batch)")
     p.add_argument("--width-limit", type=int, default=72, help=argparse.SUPPRESS)
     _run_flag(p)
     p.set_defaults(func=cmd_inspect)
@@ -962,6 +967,9 @@ def build_parser() -> argparse.ArgumentParser:
     _growth(p, blocks=True)
     _results(p)
     p.set_defaults(func=cmd_grow)
+
+    from .cli_growth import add_grow_kernel_parser
+    add_grow_kernel_parser(sub, _common, _results, fmt, MODEL_HELP)
 
     p = sub.add_parser("draw", formatter_class=fmt, help="draw the graph and its channel groups",
                        description="Draw the model's graph with Graphviz: one colour per "

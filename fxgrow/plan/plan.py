@@ -119,6 +119,7 @@ class GroupChange:
     old_width: int
     new_width: int
     map: ReplicationMap
+    init: str = "replicate"  # how the new units start: see plan/init.py
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,13 @@ class WidenPlan:
     split: str = "equal"
     noise: float = 0.0
     approximate: bool = False  # normalised groups may grow by non-whole factors (not exact)
+    init: str = "replicate"  # what was asked for; each change records what it got
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "split": self.split, "noise": self.noise,
-                "approximate": self.approximate, "changes": [
+                "approximate": self.approximate, "init": self.init, "changes": [
             {"group": c.group, "old_width": c.old_width, "new_width": c.new_width,
+             "init": c.init,
              "map": {"old": c.map.old, "new": c.map.new, "source": list(c.map.source),
                      "fractions": None if c.map.fractions is None else list(c.map.fractions)}}
             for c in self.changes]}
@@ -145,9 +148,11 @@ class WidenPlan:
             fr = m.get("fractions")
             return ReplicationMap(m["old"], m["new"], tuple(m["source"]),
                                   None if fr is None else tuple(fr))
-        return cls(tuple(GroupChange(c["group"], c["old_width"], c["new_width"], rmap(c["map"]))
+        return cls(tuple(GroupChange(c["group"], c["old_width"], c["new_width"], rmap(c["map"]),
+                                     c.get("init", "replicate"))
                          for c in d["changes"]), d.get("seed", 0), d.get("split", "equal"),
-                   d.get("noise", 0.0), d.get("approximate", False))
+                   d.get("noise", 0.0), d.get("approximate", False),
+                   d.get("init", "replicate"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -161,7 +166,8 @@ class WidenPlan:
             return "WidenPlan: no group changes"
         w = max(len(c.group) for c in self.changes)
         lines = [f"WidenPlan (seed {self.seed}): {len(self.changes)} groups"]
-        lines += [f"  {c.group:<{w}}  {c.old_width:>6} -> {c.new_width}" for c in self.changes]
+        lines += [f"  {c.group:<{w}}  {c.old_width:>6} -> {c.new_width}"
+                  + ("" if c.init == "replicate" else f"  ({c.init})") for c in self.changes]
         return "\n".join(lines)
 
 
@@ -236,7 +242,8 @@ def _check_width(g: ChannelGroup, new: Any, uniform: bool) -> int:
 
 def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
               factor: float | None = None, seed: int = 0, split: str = "equal",
-              noise: float = 0.0, approximate: bool = False) -> WidenPlan:
+              noise: float = 0.0, approximate: bool = False,
+              init: str = "replicate") -> WidenPlan:
     """Choose new widths and replication maps.
 
     ``factor`` widens every widenable group (rounded up to what the group allows: a whole
@@ -245,7 +252,11 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
     each replicated unit's outgoing weights by random shares (still exact; the copies then
     learn apart); ``noise`` > 0 adds the paper's noise to the copies (not exact).
     ``approximate=True`` lets groups under a channel normalisation grow by any width (their
-    statistics then change: the student is not exact, and ``widen`` reports the error)."""
+    statistics then change: the student is not exact, and ``widen`` reports the error).
+    ``init="zero"`` / ``"gradmax"``: new units get their own fan-in and a zero fan-out, in
+    every group where that is exact (``plan/init.py``); the others replicate."""
+    from .init import check_init, fresh_init_blockers
+    check_init(init)
     if split not in ("equal", "random"):
         raise InputError(f"split must be 'equal' or 'random', got {split!r}")
     if isinstance(noise, bool) or not isinstance(noise, Real) or noise < 0:
@@ -297,15 +308,21 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
         pinned = {analysis.group(name).root for name in (widths or {})}
         _settle_growth(analysis, targets, pinned, stuck)
     changes = []
+    no_fresh = fresh_init_blockers(analysis) if init != "replicate" else {}
     for g, unit in sorted(targets.values(), key=lambda t: analysis.groups.index(t[0])):
         gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(g.name.encode()))
                                             % (2 ** 63))
+        fresh = init != "replicate" and g.root not in no_fresh
         if g.root in uniform_maps and unit % g.unit == 0:
-            m = ReplicationMap.uniform(g.unit, unit, gen, split)
+            m = ReplicationMap.uniform(g.unit, unit, gen, "equal" if fresh else split)
         else:
-            m = ReplicationMap.random(g.unit, unit, gen, split)
-        changes.append(GroupChange(g.name, g.width, unit * g.multiplicity, m))
-    plan = WidenPlan(tuple(changes), seed, split, float(noise), bool(approximate))
+            m = ReplicationMap.random(g.unit, unit, gen, "equal" if fresh else split)
+        if fresh:  # old units keep their whole fan-out, new ones get none
+            m = ReplicationMap(m.old, m.new, m.source,
+                               (1.0,) * m.old + (0.0,) * (m.new - m.old))
+        changes.append(GroupChange(g.name, g.width, unit * g.multiplicity, m,
+                                   init if fresh else "replicate"))
+    plan = WidenPlan(tuple(changes), seed, split, float(noise), bool(approximate), init)
     if not approximate:
         check_plan(analysis, plan)
     return plan
