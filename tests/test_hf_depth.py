@@ -276,3 +276,21 @@ def test_state_dict_refusals():
         deeper_state_dict(sd, post, [0])
     with pytest.raises(fxgrow.DeepenError, match="no tensor of model.decoder.layers.0 matches"):
         deeper_state_dict(sd, cfg, [0], zero=["mlp.nothing"])
+
+
+def test_dtype_kept_and_one_stack_named():
+    """bfloat16 tensors stay bfloat16 (no float32 detour); a mapping grows only the stacks it
+    names (T5's decoder here), and the config update touches only that stack's count."""
+    llama = build("llama").to(torch.bfloat16)
+    sd, updates = deeper_state_dict(llama.state_dict(), llama.config, [1])
+    assert {t.dtype for t in sd.values()} == {torch.bfloat16}
+    assert torch.equal(sd["model.layers.2.mlp.up_proj.weight"],
+                       llama.state_dict()["model.layers.1.mlp.up_proj.weight"])
+    assert not sd["model.layers.2.mlp.down_proj.weight"].any()
+    t5 = build("t5")
+    sd, updates = deeper_state_dict(t5.state_dict(), t5.config, {"decoder.block": [1]})
+    assert updates == {"num_decoder_layers": 3}
+    student = type(t5)(deeper_config(t5.config, updates)).eval()
+    student.load_state_dict(sd, strict=True)
+    assert len(student.encoder.block) == 2 and len(student.decoder.block) == 3
+    assert "decoder.block.2.layer.0.SelfAttention.relative_attention_bias.weight" not in sd

@@ -180,7 +180,8 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
             if is_copy and not zeroed:
                 raise DeepenError(f"no tensor of {prefix}.{i} matches zero={list(names)}; its "
                                   f"copy would not be the identity")
-        updates[field] = len(order)
+        if prefix in wanted:
+            updates[field] = len(order)
         for key, value in config.to_dict().items():
             if isinstance(value, (list, tuple)) and len(value) == n and key != "architectures" \
                     and ("layer" in key or "window" in key) and len(stacks) == 1:
