@@ -1,8 +1,8 @@
 """Depth growth of Hugging Face decoder families, on tiny random configs (no downloads).
 
 1. The graph student: ``deepen(kind="block")`` after several blocks in one call (LLaMA-Pro)
-   and ``grow(blocks=...)`` appending, exact for Llama, Mistral, Qwen2, Gemma2/3 (sandwich
-   norms), Phi3, GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder).
+   and ``grow(blocks=...)`` appending, exact for Llama, Mistral, Qwen2, Qwen3, Gemma,
+   Gemma2/3 (sandwich norms), OLMo2, Phi3, GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder).
    Appending copies at the end of a stack (``grow``) too.
 2. The same student in HF numbering: ``deeper_state_dict`` gives the state dict and config of
    the deeper HF model; it loads strictly into the teacher's class built from the new config,
@@ -46,6 +46,14 @@ def _config(family: str, layers: int = 2):
         return T.Gemma3ForCausalLM, T.Gemma3TextConfig(num_hidden_layers=layers, head_dim=8,
                                                        sliding_window=4, sliding_window_pattern=2,
                                                        **LLAMA_LIKE)
+    if family == "gemma":
+        return T.GemmaForCausalLM, T.GemmaConfig(num_hidden_layers=layers, head_dim=8,
+                                                 **LLAMA_LIKE)
+    if family == "qwen3":
+        return T.Qwen3ForCausalLM, T.Qwen3Config(num_hidden_layers=layers, head_dim=8,
+                                                 **LLAMA_LIKE)
+    if family == "olmo2":
+        return T.Olmo2ForCausalLM, T.Olmo2Config(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "phi3":
         return T.Phi3ForCausalLM, T.Phi3Config(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "gpt2":
@@ -118,8 +126,8 @@ def deeper_hf_model(teacher, insert_after):
     return student, sd, updates
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox", "opt",
-            "t5"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "phi3",
+            "gpt2", "gpt_neox", "opt", "t5"]
 
 
 @pytest.mark.slow
