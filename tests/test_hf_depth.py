@@ -1,9 +1,9 @@
 """Depth growth of Hugging Face decoder families, on tiny random configs (no downloads).
 
-1. The graph student: ``deepen(kind="block")`` after several blocks in one call (LLaMA-Pro)
-   and ``grow(blocks=...)`` appending, exact for Llama, Mistral, Qwen2, Qwen3, Gemma,
-   Gemma2/3 (sandwich norms), OLMo2, Phi3, GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder).
-   Appending copies at the end of a stack (``grow``) too.
+1. The graph student: ``deepen(kind="block")`` after several blocks in one call (LLaMA-Pro),
+   exact for Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2/3 (sandwich norms), OLMo2, Phi3,
+   GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder); copies
+   appended at the end of a stack with ``grow(blocks=...)`` too.
 2. The same student in HF numbering: ``deeper_state_dict`` gives the state dict and config of
    the deeper HF model; it loads strictly into the teacher's class built from the new config,
    equals the teacher on fresh inputs with padding (batch 3, length 7) and generates the same
