@@ -258,7 +258,7 @@ def test_gpt2_inverse_layer_index_scale_compensated():
 
 
 @pytest.mark.slow
-def test_bert_post_norm_refused_everywhere():
+def test_post_norm_refused_everywhere():
     cfg = T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, vocab_size=V, max_position_embeddings=16)
     torch.manual_seed(0)
@@ -270,6 +270,12 @@ def test_bert_post_norm_refused_everywhere():
         graph_zero_targets(bert, ids, "encoder.layer.0")
     with pytest.raises(fxgrow.DeepenError, match="does not know which tensors of a 'bert'"):
         deeper_state_dict(bert.state_dict(), bert.config, [0])
+    cls, cfg = _config("opt")
+    cfg.do_layer_norm_before = False  # OPT-350m's layout: LayerNorm after each residual add
+    torch.manual_seed(0)
+    opt = cls(cfg).eval()
+    with pytest.raises(fxgrow.DeepenError, match="post-norm"):
+        fxgrow.deepen(opt, example("opt"), after="model.decoder.layers.1", kind="block")
 
 
 def test_state_dict_refusals():
