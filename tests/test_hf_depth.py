@@ -308,3 +308,6 @@ def test_dtype_kept_and_one_stack_named():
     student.load_state_dict(sd, strict=True)
     assert len(student.encoder.block) == 2 and len(student.decoder.block) == 3
     assert "decoder.block.2.layer.0.SelfAttention.relative_attention_bias.weight" not in sd
+    one = build("t5", layers=1)  # one layer: nothing to tell that the bias table is layer 0's
+    sd, updates = deeper_state_dict(one.state_dict(), one.config, [0])
+    type(one)(deeper_config(one.config, updates)).load_state_dict(sd, strict=True)
