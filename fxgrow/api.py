@@ -238,8 +238,10 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     is one -- refused unless that activation is idempotent (ReLU yes, GELU/SiLU no).
     ``kind="residual"``: ``h + f(h)`` with f's last layer zero, exact for any activation.
     ``kind="block"``: ``after`` names residual blocks (``layer1.0``, ``model.layers.3``); a
-    copy of each, with the last layer of every residual branch zeroed, runs right after it
-    (pre-norm transformer blocks and ResNet blocks; post-norm blocks are refused)."""
+    copy of each, with the last layer of every residual branch zeroed, runs right after it,
+    all in one call (LLaMA-Pro's interleaved expansion); pre-norm, sandwich-norm and
+    parallel-residual transformer blocks, T5 blocks and ResNet blocks; post-norm blocks are
+    refused."""
     from .rewrite.block_copy import insert_blocks_after
     from .rewrite.deepen import deepen_node, node_values
     analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)

@@ -1,9 +1,9 @@
 """Depth growth of Hugging Face decoder families, on tiny random configs (no downloads).
 
-1. The graph student: ``deepen(kind="block")`` after several blocks in one call (LLaMA-Pro)
-   and ``grow(blocks=...)`` appending, exact for Llama, Mistral, Qwen2, Gemma2/3 (sandwich
-   norms), Phi3, GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder).
-   Appending copies at the end of a stack (``grow``) too.
+1. The graph student: ``deepen(kind="block")`` after several blocks in one call (LLaMA-Pro),
+   exact for Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2/3 (sandwich norms), OLMo2, Phi3,
+   GPT-2, GPT-NeoX (parallel residual), OPT (pre-norm), T5 (encoder and decoder); copies
+   appended at the end of a stack with ``grow(blocks=...)`` too.
 2. The same student in HF numbering: ``deeper_state_dict`` gives the state dict and config of
    the deeper HF model; it loads strictly into the teacher's class built from the new config,
    equals the teacher on fresh inputs with padding (batch 3, length 7) and generates the same
@@ -46,6 +46,14 @@ def _config(family: str, layers: int = 2):
         return T.Gemma3ForCausalLM, T.Gemma3TextConfig(num_hidden_layers=layers, head_dim=8,
                                                        sliding_window=4, sliding_window_pattern=2,
                                                        **LLAMA_LIKE)
+    if family == "gemma":
+        return T.GemmaForCausalLM, T.GemmaConfig(num_hidden_layers=layers, head_dim=8,
+                                                 **LLAMA_LIKE)
+    if family == "qwen3":
+        return T.Qwen3ForCausalLM, T.Qwen3Config(num_hidden_layers=layers, head_dim=8,
+                                                 **LLAMA_LIKE)
+    if family == "olmo2":
+        return T.Olmo2ForCausalLM, T.Olmo2Config(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "phi3":
         return T.Phi3ForCausalLM, T.Phi3Config(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "gpt2":
@@ -118,8 +126,8 @@ def deeper_hf_model(teacher, insert_after):
     return student, sd, updates
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox", "opt",
-            "t5"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "phi3",
+            "gpt2", "gpt_neox", "opt", "t5"]
 
 
 @pytest.mark.slow
@@ -250,7 +258,7 @@ def test_gpt2_inverse_layer_index_scale_compensated():
 
 
 @pytest.mark.slow
-def test_bert_post_norm_refused_everywhere():
+def test_post_norm_refused_everywhere():
     cfg = T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, vocab_size=V, max_position_embeddings=16)
     torch.manual_seed(0)
@@ -262,6 +270,12 @@ def test_bert_post_norm_refused_everywhere():
         graph_zero_targets(bert, ids, "encoder.layer.0")
     with pytest.raises(fxgrow.DeepenError, match="does not know which tensors of a 'bert'"):
         deeper_state_dict(bert.state_dict(), bert.config, [0])
+    cls, cfg = _config("opt")
+    cfg.do_layer_norm_before = False  # OPT-350m's layout: LayerNorm after each residual add
+    torch.manual_seed(0)
+    opt = cls(cfg).eval()
+    with pytest.raises(fxgrow.DeepenError, match="post-norm"):
+        fxgrow.deepen(opt, example("opt"), after="model.decoder.layers.1", kind="block")
 
 
 def test_state_dict_refusals():
@@ -276,3 +290,24 @@ def test_state_dict_refusals():
         deeper_state_dict(sd, post, [0])
     with pytest.raises(fxgrow.DeepenError, match="no tensor of model.decoder.layers.0 matches"):
         deeper_state_dict(sd, cfg, [0], zero=["mlp.nothing"])
+
+
+def test_dtype_kept_and_one_stack_named():
+    """bfloat16 tensors stay bfloat16 (no float32 detour); a mapping grows only the stacks it
+    names (T5's decoder here), and the config update touches only that stack's count."""
+    llama = build("llama").to(torch.bfloat16)
+    sd, updates = deeper_state_dict(llama.state_dict(), llama.config, [1])
+    assert {t.dtype for t in sd.values()} == {torch.bfloat16}
+    assert torch.equal(sd["model.layers.2.mlp.up_proj.weight"],
+                       llama.state_dict()["model.layers.1.mlp.up_proj.weight"])
+    assert not sd["model.layers.2.mlp.down_proj.weight"].any()
+    t5 = build("t5")
+    sd, updates = deeper_state_dict(t5.state_dict(), t5.config, {"decoder.block": [1]})
+    assert updates == {"num_decoder_layers": 3}
+    student = type(t5)(deeper_config(t5.config, updates)).eval()
+    student.load_state_dict(sd, strict=True)
+    assert len(student.encoder.block) == 2 and len(student.decoder.block) == 3
+    assert "decoder.block.2.layer.0.SelfAttention.relative_attention_bias.weight" not in sd
+    one = build("t5", layers=1)  # one layer: nothing to tell that the bias table is layer 0's
+    sd, updates = deeper_state_dict(one.state_dict(), one.config, [0])
+    type(one)(deeper_config(one.config, updates)).load_state_dict(sd, strict=True)

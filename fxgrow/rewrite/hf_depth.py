@@ -36,6 +36,9 @@ ZERO_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
     "opt": ("self_attn.out_proj", "fc2"),
     "t5": ("SelfAttention.o", "EncDecAttention.o", "DenseReluDense.wo"),
 }
+# tensors HF gives to the first layer of a stack only (a copy never sits at index 0); with two
+# or more teacher layers this is also found from the state dict (tensors not every layer has)
+_FIRST_LAYER_ONLY: dict[str, tuple[str, ...]] = {"t5": ("relative_attention_bias",)}
 _LAYER_KEY = re.compile(r"^(?P<stack>.+?)\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
@@ -160,7 +163,9 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
                 raise InputError(f"insert_after must hold layer indices 0..{n - 1} of "
                                  f"{prefix!r}, got {i!r}")
-        common = set.intersection(*(set(layers[prefix][i]) for i in range(n)))
+        first_only = _FIRST_LAYER_ONLY.get(getattr(config, "model_type", None), ())
+        common = {rest for rest in set.intersection(*(set(layers[prefix][i]) for i in range(n)))
+                  if not _matches(rest, first_only)}
         order: list[tuple[int, bool]] = []
         for i in range(n):
             order.append((i, False))
@@ -180,7 +185,8 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
             if is_copy and not zeroed:
                 raise DeepenError(f"no tensor of {prefix}.{i} matches zero={list(names)}; its "
                                   f"copy would not be the identity")
-        updates[field] = len(order)
+        if prefix in wanted:
+            updates[field] = len(order)
         for key, value in config.to_dict().items():
             if isinstance(value, (list, tuple)) and len(value) == n and key != "architectures" \
                     and ("layer" in key or "window" in key) and len(stacks) == 1:
