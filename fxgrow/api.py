@@ -85,9 +85,9 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
           widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
           split: str = "equal", noise: float = 0.0, approximate: bool = False,
           verify: bool = True, plan: WidenPlan | None = None, frontend: str = "auto",
-          outputs: str = "fixed", untie: bool = False,
+          outputs: str = "fixed", untie: bool = False, as_graph: bool = False,
           leaf_modules: Iterable[type | str] = (),
-          autowrap_functions: Iterable[Callable] = ()) -> torch.fx.GraphModule:
+          autowrap_functions: Iterable[Callable] = ()) -> torch.nn.Module:
     """Net2WiderNet on every group named in ``widths`` (group or module name -> new width) or,
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
     modified); with ``verify`` (default) it is checked against the teacher on the inputs.
@@ -95,7 +95,8 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     Tied weights (an embedding reused as the output projection) stay tied and exact: the
     projection's input is divided by the replication counts; ``untie=True`` gives the
     projection its own divided copy instead.  ``outputs="grow"`` lets output channel axes
-    widen (see ``analyze``)."""
+    widen (see ``analyze``).  A Hugging Face teacher gives an instance of its own class
+    built from the grown config (``fxgrow.hf``), unless ``as_graph=True``."""
     analysis = analyze(model, example_inputs, frontend=frontend, outputs=outputs,
                        leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     if plan is None:
@@ -105,9 +106,16 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     student = apply(analysis, plan, untie=untie)
     if plan.noise or plan.approximate:  # not exact by design: measure and report
         student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
+        student.meta["fxgrow_inexact"] = True
     elif verify:
         student.meta["fxgrow_error"] = _verify(model, student, analysis.example_inputs)
-    return student
+    return _finish(model, student, as_graph)
+
+
+def _finish(model: torch.nn.Module, student: torch.fx.GraphModule,
+            as_graph: bool) -> torch.nn.Module:
+    from .hf.student import finish
+    return finish(model, student, as_graph)
 
 
 def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
@@ -127,8 +135,8 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable[str],
            kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
            layer: str | None = None, seed: int = 0, verify: bool = True,
-           frontend: str = "auto",
-           leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
+           frontend: str = "auto", as_graph: bool = False,
+           leaf_modules: Iterable[type | str] = ()) -> torch.nn.Module:
     """Net2DeeperNet: insert layers after the named nodes or modules.
 
     ``kind="identity"``: an identity Linear (``[..., C]``) or k x k conv (``[N, C, ...]``),
@@ -165,7 +173,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         student.recompile()
         if verify:
             _verify(model, student, analysis.example_inputs)
-        return student
+        return _finish(model, student, as_graph)
     targets = [n for name in names for n in _find_nodes(student, name)]
     values = node_values(student, analysis.example_inputs, [n.name for n in targets])
     teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}
@@ -185,7 +193,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     student.recompile()
     if verify:
         _verify(model, student, analysis.example_inputs)
-    return student
+    return _finish(model, student, as_graph)
 
 
 def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) -> list:
@@ -200,24 +208,34 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
 def grow(model: torch.nn.Module, example_inputs: Any, *,
          blocks: Mapping[str, int] | None = None,
          width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,
-         split: str = "equal", frontend: str = "auto",
-         leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
+         split: str = "equal", frontend: str = "auto", untie: bool = False,
+         as_graph: bool = False, to_config: Any = None,
+         leaf_modules: Iterable[type | str] = ()) -> torch.nn.Module:
     """Widen (``width``: a factor, or {group or module: width}) and deepen (``blocks``:
-    {stage: new block count}) in one call, then verify against the teacher."""
+    {stage: new block count}) in one call, then verify against the teacher.
+
+    ``to_config`` (a Hugging Face teacher): a config or {field: value} to reach exactly; the
+    widths and blocks are found from it (``fxgrow.hf.target``)."""
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
     from .rewrite.deepen import grow_stage
     inputs = as_tuple(example_inputs)
+    if to_config is not None:
+        from .hf.target import grow_to_config
+        return grow_to_config(model, inputs, to_config, seed=seed, split=split, untie=untie,
+                              verify=verify, as_graph=as_graph)
     if width is None:
         _check_inputs(model, inputs)
         student = copy.deepcopy(capture(model, inputs, frontend=frontend,
                                         leaf_modules=leaf_modules))
     elif isinstance(width, Mapping):
         student = widen(model, inputs, widths=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules)
+                        frontend=frontend, leaf_modules=leaf_modules, untie=untie,
+                        as_graph=True)
     else:
         student = widen(model, inputs, factor=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules)
+                        frontend=frontend, leaf_modules=leaf_modules, untie=untie,
+                        as_graph=True)
     if blocks:
         if not isinstance(blocks, Mapping):
             raise InputError("blocks must map a stage name to its new block count")
@@ -235,4 +253,4 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
         student.recompile()
     if verify:
         _verify(model, student, inputs)
-    return student
+    return _finish(model, student, as_graph)

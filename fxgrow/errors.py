@@ -33,3 +33,8 @@ class UnsupportedModelError(FxgrowError):
 
 class PreservationError(FxgrowError):
     """Verification found that the student does not compute the teacher's function."""
+
+
+class ConfigError(UnsupportedModelError):
+    """A grown Hugging Face model has no config of its class (or a target config cannot be
+    reached exactly); the message names the tensors and what would have one."""
