@@ -625,6 +625,10 @@ def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
     _check_factor(args)
+    from .hf.folder import is_folder
+    if is_folder(args.model):  # a Hugging Face folder in, one out: fxgrow/hf/cli.py
+        from .hf.cli import command
+        return command(args, _assignments)
     loaded = _load(args, ui)
     teacher_gm, changes, student = _grow(loaded, args, ui)
     result, tol, ok = _verify(loaded, student, args, ui)
@@ -851,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _growth(p, blocks=True)
     _results(p)
+    h = p.add_argument_group("Hugging Face folders (MODEL is a folder with a config.json)")
+    h.add_argument("--to-config", action="append", metavar="KEY=VALUE|config.json",
+                   help="grow to this config (repeat KEY=VALUE, or a target config.json)")
+    h.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (5GB)")
+    h.add_argument("--untie", action="store_true", help="untie tied embeddings")
+    h.add_argument("--overwrite", action="store_true", help="replace an existing -o folder")
     p.set_defaults(func=cmd_grow)
 
     p = sub.add_parser("draw", formatter_class=fmt, help="draw the graph and its channel groups",

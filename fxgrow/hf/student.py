@@ -133,6 +133,8 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True):
         raise ConfigError(f"{cls.__name__} has no place for the student's tensors "
                           f"{', '.join(extra[:4])}; keep the graph (as_graph=True)")
     model.load_state_dict(state, strict=True)
+    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # the same tensor under both names, as from_pretrained gives
     model.train(teacher.training)
     model.fxgrow_fields = fields  # what changed in the config (read by save_folder)
     if check and not gm.meta.get("fxgrow_inexact"):
