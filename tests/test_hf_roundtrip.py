@@ -69,8 +69,8 @@ def make_folder(tmp: Path, family: str) -> tuple[Path, torch.nn.Module]:
     config_cls, kwargs = FAMILIES[family]
     torch.manual_seed(0)
     config = config_cls(**kwargs)
-    cls = T.BertForMaskedLM if family == "bert" else T.AutoModelForCausalLM
-    model = cls.from_config(config).eval()
+    model = (T.BertForMaskedLM(config) if family == "bert" else
+             T.AutoModelForCausalLM.from_config(config)).eval()
     src = tmp / f"{family}-src"
     model.save_pretrained(src)
     tokenizer().save_pretrained(src)

@@ -108,6 +108,7 @@ class Probe:
     exponents: dict[str, dict[tuple[str, int], float]]  # field -> {(tensor, axis): e}
     structural: tuple[str, ...]  # fields that change which tensors exist
     implicit: dict[str, int]  # a None field -> the size it stands for in the teacher
+    follows: dict[str, str]  # field -> the field it must equal (OPT's word_embed_proj_dim)
 
 
 def probe(cls: type, config: Any) -> Probe:
@@ -116,16 +117,27 @@ def probe(cls: type, config: Any) -> Probe:
     structural: list[str] = []
     implicit: dict[str, int] = {}
     marker = 4 * max((d for s in base.values() for d in s), default=1) + 28
+    ints = {k: v for k, v in _int_fields(config).items() if v is not None}
+    follows: dict[str, str] = {}
     for field, value in _int_fields(config).items():
+        if field in follows:
+            continue
         trial = marker if value is None else 2 * value
         try:
             shapes = shapes_for(cls, with_fields(config, {field: trial}))
         except Exception:  # not a size (a strict config field refuses an int)
             continue
         if set(shapes) != set(base):
-            if value is not None:
+            if value is None:
+                continue
+            partner = next((q for q, w in ints.items() if q != field and w == value and
+                            q not in follows and _same_keys(cls, config, base, field, q)),
+                           None)
+            if partner is None:
                 structural.append(field)
-            continue
+                continue
+            follows[partner] = field  # sizes equal in the teacher that must stay equal
+            shapes = shapes_for(cls, with_fields(config, {field: trial, partner: trial}))
         changed = {(n, a): (shapes[n][a], base[n][a]) for n in base
                    for a in range(len(base[n])) if shapes[n][a] != base[n][a]}
         if not changed:
@@ -140,7 +152,15 @@ def probe(cls: type, config: Any) -> Probe:
             exps[field] = {k: 1.0 for k in changed}
         else:
             exps[field] = {k: math.log2(new / old) for k, (new, old) in changed.items()}
-    return Probe(base, exps, tuple(structural), implicit)
+    return Probe(base, exps, tuple(structural), implicit, follows)
+
+
+def _same_keys(cls, config, base: Shapes, a: str, b: str) -> bool:
+    try:
+        v = 2 * getattr(config, a)
+        return set(shapes_for(cls, with_fields(config, {a: v, b: v}))) == set(base)
+    except Exception:
+        return False
 
 
 def _mismatches(got: Shapes, want: Shapes) -> list[str]:
@@ -187,9 +207,19 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
             got = shapes_for(cls, with_fields(config, vals))
         except ConfigError:
             return 10 ** 9
-        return sum(got.get(n) != want.get(n) for n in want if n in p.base)
+        return sum(got.get(n) != want.get(n) for n in want if n in p.base) + \
+            len(set(got) - set(want))
 
     best = score(values)
+    for f in p.structural:  # a size field that adds tensors when it differs from another
+        v = getattr(config, f, None)  # (OPT's word_embed_proj_dim) follows that field
+        for q in fields:
+            if v == teacher[q] and values[q] != v:
+                trial = dict(values, **{f: values[q]})
+                s = score(trial)
+                if s < best:
+                    best, values = s, trial
+                    teacher.setdefault(f, v)
     ratios = sorted({want[n][a] / p.base[n][a] for n, a in axes if n in want} | {1.0})
     for _ in range(3):  # refine: each field at the ratios the shapes show
         if best == 0:
@@ -206,6 +236,10 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
                     best, values, improved = s, trial, True
         if not improved:
             break
+    for f, leader in p.follows.items():
+        if leader in values:
+            values[f] = values[leader]
+            teacher.setdefault(f, getattr(config, f))
     changed = {f: v for f, v in values.items() if v != teacher[f]}
     got = shapes_for(cls, with_fields(config, changed))
     bad = [m for m in _mismatches(got, want) if not m.startswith(("the config's model has",))

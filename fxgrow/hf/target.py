@@ -76,6 +76,20 @@ def widths_for(analysis, teacher_shapes: cfg.Shapes, want: cfg.Shapes) -> dict[s
                     known *= ratio[g.name]
             ratio[open_[0].name] = need[k] / known
             progress = True
+        if not progress:  # an axis of several open groups: the outer one (on the most axes)
+            count = {}   # grows, the ones laid inside it (head dims) keep their size
+            for k, groups in axes.items():
+                for g in groups:
+                    if g.name not in ratio and len(groups) > 1:
+                        count[g.name] = count.get(g.name, 0) + 1
+            if count:
+                outer = max(count, key=lambda n: (count[n], -len(n)))
+                k = next(k for k, gs in axes.items() if outer in {g.name for g in gs}
+                         and len(gs) > 1)
+                for g in axes[k]:
+                    if g.name != outer and g.name not in ratio:
+                        ratio[g.name] = Fraction(1)
+                progress = True
     widths: dict[str, int] = {}
     for g in analysis.groups:
         r = ratio.get(g.name, Fraction(1))
@@ -122,7 +136,9 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         raise ConfigError("the target config changes nothing: name fields to grow "
                           "(e.g. hidden_size=96)")
     probe = cfg.probe(cls, config)
-    depth = {f: v for f, v in fields.items() if f in probe.structural}
+    layers = (getattr(config, "attribute_map", {}) or {}).get("num_hidden_layers",
+                                                            "num_hidden_layers")
+    depth = {f: v for f, v in fields.items() if f in probe.structural and f == layers}
     width_fields = {f: v for f, v in fields.items() if f not in depth}
     try:
         want = cfg.shapes_for(cls, cfg.with_fields(config, width_fields))
