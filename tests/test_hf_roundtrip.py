@@ -137,3 +137,42 @@ def test_tied_model_stays_tied_and_exact(tmp_path):
     assert again.config.tie_word_embeddings
     assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
     assert_same_function(teacher, again, "qwen2")
+
+
+def llama(**kw) -> T.LlamaForCausalLM:
+    torch.manual_seed(0)
+    return T.LlamaForCausalLM(T.LlamaConfig(**dict(LLAMA_LIKE, **kw))).eval()
+
+
+def test_student_class_depth_target_and_refusals():
+    teacher = llama()  # default use_cache=True, untouched by the user
+    assert teacher.config.use_cache
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    graph = fxgrow.widen(teacher, ids, factor=2, as_graph=True)
+    assert isinstance(graph, torch.fx.GraphModule)
+    deeper = fxgrow.grow(teacher, ids, to_config={"num_hidden_layers": 4,
+                                                   "intermediate_size": 256})
+    assert type(deeper) is T.LlamaForCausalLM and deeper.config.num_hidden_layers == 4
+    assert deeper.config.intermediate_size == 256 and deeper.fxgrow_error <= TOL
+    assert [layer.self_attn.layer_idx for layer in deeper.model.layers] == [0, 1, 2, 3]
+    assert_same_function(teacher, deeper, "llama")
+    with pytest.raises(fxgrow.ConfigError, match=r"hidden_size': 96.*not reachable exactly.*"
+                                                 r"Nearest exact widths: 64, 128"):
+        fxgrow.grow(teacher, ids, to_config={"hidden_size": 96})
+    with pytest.raises(fxgrow.ConfigError, match=r"mlp.gate_proj.weight is \[256, 64\], the "
+                                                 r"config gives \[128, 64\].*widen every layer"):
+        fxgrow.widen(teacher, ids, widths={"model.layers.0.mlp.gate_proj": 256})
+    with pytest.raises(fxgrow.ConfigError, match="has no field 'hidden_sise'"):
+        fxgrow.grow(teacher, ids, to_config={"hidden_sise": 128})
+
+
+def test_cli_width_globs_and_blocks(tmp_path):
+    src, teacher = make_folder(tmp_path, "llama")
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--blocks", "model.layers=3",
+                "--width", "model.layers.*.mlp.up_proj=192"]) == 0
+    student = load(out, "llama")
+    assert student.config.num_hidden_layers == 3 and student.config.intermediate_size == 192
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 192
+    assert_same_function(teacher, student, "llama")
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--factor", "2"]) == 2  # exists
