@@ -33,7 +33,8 @@ def finish(teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bo
            ) -> torch.nn.Module:
     """What widen / deepen / grow return: the student as the teacher's class when the
     teacher is a Hugging Face model (unless ``as_graph``), else the graph."""
-    if as_graph or not is_pretrained(teacher):
+    if as_graph or not is_pretrained(teacher) or \
+            student.meta.get("fxgrow_output_positions") is not None:  # outputs="grow"
         return student
     return to_pretrained(teacher, student)
 
