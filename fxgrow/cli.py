@@ -587,7 +587,7 @@ def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
     with ui.step(f"inserting {args.kind} layers after {', '.join(after)}") as s:
         student = deepen(loaded.model, loaded.inputs, after=after, kind=args.kind,
                          kernel_size=args.kernel_size, batchnorm=args.batchnorm,
-                         layer=args.layer, seed=args.seed, verify=False,
+                         layer=args.layer, seed=args.seed, verify=False, as_graph=True,
                          **_trace_options(args))
         s["done"] = f"{_count_params(student):,} parameters"
     teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))

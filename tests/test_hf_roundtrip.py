@@ -176,3 +176,44 @@ def test_cli_width_globs_and_blocks(tmp_path):
     assert json.loads((out / "config.json").read_text())["intermediate_size"] == 192
     assert_same_function(teacher, student, "llama")
     assert cli(["grow", str(src), "-o", str(out), "-q", "--factor", "2"]) == 2  # exists
+
+
+def test_cli_llama_hidden_x1_5_zero_padded(tmp_path):
+    """64 -> 96 is no whole multiple: the RMSNorm stream is zero-padded, the norm weights
+    scaled by sqrt(64/96) and rms_norm_eps by 64/96."""
+    src, teacher = make_folder(tmp_path, "llama")
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--to-config", "hidden_size=96",
+                "--to-config", "intermediate_size=192"]) == 0
+    student = load(out, "llama")
+    assert (student.config.hidden_size, student.config.intermediate_size) == (96, 192)
+    assert student.config.rms_norm_eps == pytest.approx(teacher.config.rms_norm_eps * 64 / 96)
+    assert_same_function(teacher, student, "llama")
+    assert float(student.model.embed_tokens.weight[:, 64:].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("family,target", [
+    ("qwen2_tied", {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 3}),
+    ("gemma2", {"hidden_size": 96}),  # (1 + w) norms, embeddings scaled by sqrt(hidden_size)
+])
+def test_hidden_x1_5_tied_and_gemma_norms(tmp_path, family, target):
+    src, teacher = make_folder(tmp_path, family)
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    student = fxgrow.grow(teacher, ids, to_config=target)
+    for k, v in target.items():
+        assert getattr(student.config, k) == v
+    assert student.lm_head.weight is student.model.embed_tokens.weight  # both are tied
+    assert_same_function(teacher, student, family)
+
+
+@pytest.mark.parametrize("family,message", [
+    ("gemma3", r"q_norm \(Gemma3RMSNorm\) uses rms_norm_eps too but does not normalise the "
+               r"stream.*whole multiple of 64"),
+    ("gpt2", r"subtracts the mean \(a LayerNorm\).*multiples of 64"),
+])
+def test_non_whole_stream_refused(tmp_path, family, message):
+    src, teacher = make_folder(tmp_path, family)
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    target = {"n_embd": 96, "n_head": 6} if family == "gpt2" else {"hidden_size": 96}
+    with pytest.raises(fxgrow.ConfigError, match=message):
+        fxgrow.grow(teacher, ids, to_config=target)

@@ -86,6 +86,18 @@ def with_fields(config: Any, fields: Mapping[str, Any]) -> Any:
     return new
 
 
+def _head_dim(config: Any) -> dict[str, int]:
+    """HF's convention for a head size the config leaves implicit (``hidden_size //
+    num_attention_heads``): ``head_dim``, which many classes read when it is set."""
+    if "head_dim" in config.to_dict() or hasattr(config, "head_dim"):
+        return {}
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads",
+                                                                  None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
+        return {"head_dim": hidden // heads}
+    return {}
+
+
 def _int_fields(config: Any) -> dict[str, int | None]:
     skip = {"pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
             "sep_token_id", "cls_token_id", "chunk_size_feed_forward"}
@@ -97,6 +109,7 @@ def _int_fields(config: Any) -> dict[str, int | None]:
             out[k] = v
         elif v is None and not k.endswith(("_id", "_ids", "dtype")):
             out[k] = None
+    out.update(_head_dim(config))
     return out
 
 
@@ -241,6 +254,9 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
             values[f] = values[leader]
             teacher.setdefault(f, getattr(config, f))
     changed = {f: v for f, v in values.items() if v != teacher[f]}
+    for f, v in _head_dim(config).items():  # an implicit head size the new quotient misses
+        if f in values and _head_dim(with_fields(config, changed)).get(f) != values[f]:
+            changed[f] = values[f]
     got = shapes_for(cls, with_fields(config, changed))
     bad = [m for m in _mismatches(got, want) if not m.startswith(("the config's model has",))
            and "no counterpart" not in m]
@@ -267,3 +283,10 @@ def keep_quotients(config: Any, changed: dict[str, int], probed: set[str]) -> di
         if isinstance(n, int) and n > 0 and old_h % n == 0 and out[hidden] % (old_h // n) == 0:
             out[heads] = out[hidden] // (old_h // n)
     return out
+
+
+def follow(cls: type, config: Any, field: str, value: int) -> dict[str, int]:
+    """Fields that must equal ``field`` (probed together), at ``value``."""
+    p = probe(cls, config)
+    return {f: value for f, leader in p.follows.items() if field in (leader, f)} | \
+        {leader: value for f, leader in p.follows.items() if f == field}

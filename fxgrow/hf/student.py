@@ -131,8 +131,13 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True):
     extra = [k for k in tensors if k not in state and k not in dict(model.named_buffers())
              and not _alias_of_state(k, tensors, state)]
     if extra:
+        inserted = sorted({k.split("_deepen")[0] + "_deepen" + k.split("_deepen")[1].split(".")[0]
+                           for k in extra if "_deepen" in k})
+        why = (f": the inserted blocks {', '.join(inserted)} are no layers of its config; "
+               f"grow(blocks=...) or to_config={{'num_hidden_layers': N}} append layers the "
+               f"config holds") if inserted else ""
         raise ConfigError(f"{cls.__name__} has no place for the student's tensors "
-                          f"{', '.join(extra[:4])}; keep the graph (as_graph=True)")
+                          f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)")
     model.load_state_dict(state, strict=True)
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()  # the same tensor under both names, as from_pretrained gives

@@ -113,6 +113,14 @@ def widths_for(analysis, teacher_shapes: cfg.Shapes, want: cfg.Shapes) -> dict[s
     return widths
 
 
+def _padded(analysis, group, width: int) -> bool:
+    """A group under a normalisation over channels (a residual stream) growing by a
+    non-whole factor: grown by zero padding (``pad.py``) instead of replication."""
+    sp = analysis.state.spaces
+    return width % group.width != 0 and any(
+        group.root in sp.roots(lay) for lay, _ in analysis.state.uniform)
+
+
 def _product(ratio, groups, skip) -> "Fraction":
     from fractions import Fraction
     out = Fraction(1)
@@ -146,6 +154,16 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         raise ConfigError(f"the target {width_fields} is not a valid config: {e}") from e
     analysis = analyze(model, inputs)
     widths = widths_for(analysis, probe.base, want)
+    pads = {name: w for name, w in widths.items()
+            if _padded(analysis, analysis.group(name), w)}
+    if len(pads) > 1:
+        raise ConfigError(f"more than one normalised stream grows by a non-whole factor: "
+                          f"{sorted(pads)}")
+    widths = {name: w for name, w in widths.items() if name not in pads}
+    if pads:  # refuse before any work where zero padding is not exact
+        from .pad import stream_norms
+        for name in pads:
+            stream_norms(model, list(analysis.group(name).members))
     student: torch.nn.Module = analysis.gm
     if widths:
         try:
@@ -170,8 +188,18 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         from ..verify import verify as _verify
         student.meta["fxgrow_error"] = _verify(model, student, inputs)
     if as_graph:
+        if pads:
+            raise ConfigError("a stream zero-padded to a non-whole width exists only as the "
+                              "class (its norms' eps changes): drop as_graph=True")
         return student
     grown = finish(model, student)
+    if pads:
+        from .pad import pad_stream
+        from .student import check_fresh
+        (name, width), = pads.items()
+        grown = pad_stream(grown, list(analysis.group(name).members), width, seed=seed)
+        if verify:
+            grown.fxgrow_error = check_fresh(model, grown)
     got = grown.config
     off = {f: (getattr(got, f, None), v) for f, v in fields.items()
            if getattr(got, f, None) != v}
