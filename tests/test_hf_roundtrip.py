@@ -156,9 +156,12 @@ def test_student_class_depth_target_and_refusals():
     assert deeper.config.intermediate_size == 256 and deeper.fxgrow_error <= TOL
     assert [layer.self_attn.layer_idx for layer in deeper.model.layers] == [0, 1, 2, 3]
     assert_same_function(teacher, deeper, "llama")
-    with pytest.raises(fxgrow.ConfigError, match=r"hidden_size': 96.*not reachable exactly.*"
-                                                 r"Nearest exact widths: 64, 128"):
-        fxgrow.grow(teacher, ids, to_config={"hidden_size": 96})
+    with pytest.raises(fxgrow.ConfigError, match=r"k_proj.weight axis 0 by 1, other axes by "
+                                                 r"2\): fxgrow grows whole heads"):
+        fxgrow.grow(teacher, ids, to_config={"num_attention_heads": 8})
+    with pytest.raises(fxgrow.ConfigError, match=r"changes head_dim \(16 -> 32\).*grow "
+                                                 r"num_attention_heads"):
+        fxgrow.grow(teacher, ids, to_config={"head_dim": 32})
     with pytest.raises(fxgrow.ConfigError, match=r"mlp.gate_proj.weight is \[256, 64\], the "
                                                  r"config gives \[128, 64\].*widen every layer"):
         fxgrow.widen(teacher, ids, widths={"model.layers.0.mlp.gate_proj": 256})

@@ -254,9 +254,17 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
             values[f] = values[leader]
             teacher.setdefault(f, getattr(config, f))
     changed = {f: v for f, v in values.items() if v != teacher[f]}
-    for f, v in _head_dim(config).items():  # an implicit head size the new quotient misses
+    for f, v in _head_dim(config).items():  # an implicit head size the new quotient misses:
         if f in values and _head_dim(with_fields(config, changed)).get(f) != values[f]:
-            changed[f] = values[f]
+            amap = getattr(config, "attribute_map", {}) or {}
+            hidden, heads = (amap.get(k, k) for k in ("hidden_size", "num_attention_heads"))
+            h = changed.get(hidden, getattr(config, hidden))
+            alt = dict(changed, **{heads: h // values[f]})  # more heads of the same size
+            if h % values[f] == 0 and score(dict(values, **alt, **{f: v})) == 0:
+                changed = {k: w for k, w in alt.items() if w != teacher.get(k, getattr(
+                    config, k, None))}
+            else:  # or the head size said explicitly
+                changed[f] = values[f]
     got = shapes_for(cls, with_fields(config, changed))
     bad = [m for m in _mismatches(got, want) if not m.startswith(("the config's model has",))
            and "no counterpart" not in m]

@@ -143,6 +143,11 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
     if not fields:
         raise ConfigError("the target config changes nothing: name fields to grow "
                           "(e.g. hidden_size=96)")
+    head = (getattr(config, "attribute_map", {}) or {}).get("head_dim", "head_dim")
+    if head in fields:
+        raise ConfigError(f"the target changes {head} ({getattr(config, head, None)} -> "
+                          f"{fields[head]}): fxgrow grows whole heads and keeps their size; "
+                          f"grow num_attention_heads (and num_key_value_heads) instead")
     probe = cfg.probe(cls, config)
     layers = (getattr(config, "attribute_map", {}) or {}).get("num_hidden_layers",
                                                             "num_hidden_layers")
