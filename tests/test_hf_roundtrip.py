@@ -220,3 +220,19 @@ def test_non_whole_stream_refused(tmp_path, family, message):
     target = {"n_embd": 96, "n_head": 6} if family == "gpt2" else {"hidden_size": 96}
     with pytest.raises(fxgrow.ConfigError, match=message):
         fxgrow.grow(teacher, ids, to_config=target)
+
+
+def test_untie_on_request_and_layer_types_follow_depth(tmp_path):
+    src, teacher = make_folder(tmp_path, "qwen2_tied")
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    untied = fxgrow.grow(teacher, ids, width=2, untie=True)
+    assert untied.config.tie_word_embeddings is False
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    assert untied.fxgrow_fields["tie_word_embeddings"] is False
+    out = fxgrow.hf.save_folder(untied, tmp_path / "untied", source=src)
+    assert_same_function(teacher, load(out, "qwen2"), "qwen2")
+    deeper = fxgrow.grow(teacher, ids, to_config={"num_hidden_layers": 3})
+    assert deeper.config.num_hidden_layers == 3
+    assert len(deeper.config.layer_types) == 3
+    assert deeper.lm_head.weight is deeper.model.embed_tokens.weight
+    assert_same_function(teacher, deeper, "qwen2")

@@ -80,7 +80,26 @@ def shapes_for(cls: type, config: Any) -> Shapes:
 
 
 def with_fields(config: Any, fields: Mapping[str, Any]) -> Any:
+    """A copy of ``config`` with ``fields`` set; per-layer lists (``layer_types``) not set
+    explicitly follow a changed layer count, repeating their pattern."""
     new = copy.deepcopy(config)
+    fields = dict(fields)
+    for name in LAYER_LISTS:
+        v = getattr(config, name, None)
+        if name in fields or not isinstance(v, (list, tuple)) or not v:
+            continue
+        for k, n in list(fields.items()):
+            if isinstance(n, int) and not isinstance(n, bool) and \
+                    getattr(config, k, None) == len(v) and n != len(v) and "layer" in k:
+                fields[name] = [v[i % len(v)] for i in range(n)]
+    if any(name in fields for name in LAYER_LISTS):  # set together: validators see both
+        d = new.to_dict()
+        d.update(fields)
+        d.pop("transformers_version", None)
+        try:
+            return type(config).from_dict(d)
+        except Exception:
+            pass
     for k, v in fields.items():
         setattr(new, k, v)
     return new

@@ -109,6 +109,11 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True):
     tensors = _tensors(gm)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     config, fields = new_config(teacher, shapes, gm.meta.get("fxgrow_layer_sources"))
+    untied = [a for a, src in _tie_sources(teacher).items()
+              if a in tensors and src in tensors and tensors[a] is not tensors[src]]
+    if untied and getattr(config, "tie_word_embeddings", False):  # untie=True
+        config.tie_word_embeddings = False
+        fields["tie_word_embeddings"] = False
     cls = type(teacher)
     dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), None)
     with no_init_weights():
