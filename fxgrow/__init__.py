@@ -1,7 +1,7 @@
 """fxgrow: grow trained PyTorch models (Net2Net) as exact torch.fx graph rewrites."""
 from .analysis import Analysis, Blocker, ChannelGroup, Member
 from .api import analyze, deepen, groups, grow, plan, stages, widen
-from .errors import (BlockedGroupError, FxgrowError, InputError, PreservationError, TraceError,
+from .errors import (BlockedGroupError, ConfigError, FxgrowError, InputError, PreservationError, TraceError,
                      UnknownGroupError, UnsupportedModelError, WidthError)
 from .frontend import trace
 from .rewrite.deepen import DeepenError
@@ -10,7 +10,7 @@ from .training import grow_during_training, map_tensor, transfer_optimizer
 from .verify import Comparison, compare
 from .draw import draw  # noqa: E402  (the function; the package is fxgrow.draw's module)
 from .io import load, save  # noqa: E402
-from . import compile, passes  # noqa: E402,F401
+from . import compile, hf, passes  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -20,7 +20,7 @@ __all__ = [
     "map_tensor",
     "trace", "compare", "Comparison", "WidenPlan", "GroupChange", "ReplicationMap",
     "FxgrowError", "TraceError", "InputError", "UnknownGroupError", "WidthError",
-    "BlockedGroupError", "UnsupportedModelError", "PreservationError",
+    "BlockedGroupError", "UnsupportedModelError", "PreservationError", "ConfigError", "hf",
     "draw", "save", "load", "passes", "compile",
 ]
 from .rewrite.kernel import KernelError, grow_kernel  # noqa: E402

@@ -171,11 +171,11 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
           widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
           split: str = "equal", noise: float = 0.0, approximate: bool = False,
           verify: bool = True, plan: WidenPlan | None = None, frontend: str = "auto",
-          outputs: str = "fixed", untie: bool = False,
+          outputs: str = "fixed", untie: bool = False, as_graph: bool = False,
           leaf_modules: Iterable[type | str] = (),
           autowrap_functions: Iterable[Callable] = (), init: str = "replicate",
           loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-          batch: Any = None) -> torch.fx.GraphModule:
+          batch: Any = None) -> torch.nn.Module:
     """Net2WiderNet on every group named in ``widths`` (group or module name -> new width) or,
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
     modified); with ``verify`` (default) it is checked against the teacher on the inputs.
@@ -183,7 +183,8 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     Tied weights (an embedding reused as the output projection) stay tied and exact: the
     projection's input is divided by the replication counts; ``untie=True`` gives the
     projection its own divided copy instead.  ``outputs="grow"`` lets output channel axes
-    widen (see ``analyze``).
+    widen (see ``analyze``).  A Hugging Face teacher gives an instance of its own class
+    built from the grown config (``fxgrow.hf``), unless ``as_graph=True``.
 
     ``init``: ``"replicate"`` (Net2Net); ``"zero"``: new units get a fresh random fan-in and a
     zero fan-out wherever that is exact (groups normalised over the channel replicate:
@@ -203,11 +204,18 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     initialise(analysis, plan, student, loss_fn, batch)
     if plan.noise or plan.approximate:  # not exact by design: measure and report
         student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
+        student.meta["fxgrow_inexact"] = True
     elif verify:
         student.meta["fxgrow_error"] = _verify(model, student, analysis.example_inputs)
     else:  # never return a student that does not run: one cheap run on meta tensors
         check_runs(student, analysis.example_inputs)
-    return student
+    return _finish(model, student, as_graph)
+
+
+def _finish(model: torch.nn.Module, student: torch.fx.GraphModule,
+            as_graph: bool) -> torch.nn.Module:
+    from .hf.student import finish
+    return finish(model, student, as_graph)
 
 
 def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
@@ -228,8 +236,8 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable[str],
            kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
            layer: str | None = None, seed: int = 0, verify: bool = True,
-           frontend: str = "auto",
-           leaf_modules: Iterable[type | str] = ()) -> torch.fx.GraphModule:
+           frontend: str = "auto", as_graph: bool = False,
+           leaf_modules: Iterable[type | str] = ()) -> torch.nn.Module:
     """Net2DeeperNet: insert layers after the named nodes or modules.
 
     ``kind="identity"``: an identity Linear (``[..., C]``) or k x k conv (``[N, C, ...]``),
@@ -274,7 +282,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
             _verify(model, student, analysis.example_inputs)
         else:
             check_runs(student, analysis.example_inputs)
-        return student
+        return _finish(model, student, as_graph)
     targets = [n for name in names for n in _find_nodes(student, name)]
     values = node_values(student, analysis.example_inputs, [n.name for n in targets])
     teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}
@@ -296,7 +304,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         _verify(model, student, analysis.example_inputs)
     else:
         check_runs(student, analysis.example_inputs)
-    return student
+    return _finish(model, student, as_graph)
 
 
 @leaves_teacher_untouched
@@ -313,29 +321,36 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
 def grow(model: torch.nn.Module, example_inputs: Any, *,
          blocks: Mapping[str, int] | None = None,
          width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,
-         split: str = "equal", frontend: str = "auto",
+         split: str = "equal", frontend: str = "auto", untie: bool = False,
+         as_graph: bool = False, to_config: Any = None,
          leaf_modules: Iterable[type | str] = (), init: str = "replicate",
          loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-         batch: Any = None) -> torch.fx.GraphModule:
+         batch: Any = None) -> torch.nn.Module:
     """Widen (``width``: a factor, or {group or module: width}; ``init`` as in ``widen``) and
-    deepen (``blocks``: {stage: new block count}) in one call, then verify against the
-    teacher."""
+    deepen (``blocks``: {stage: new block count}) in one call, then verify against the teacher.
+
+    ``to_config`` (a Hugging Face teacher): a config or {field: value} to reach exactly; the
+    widths and blocks are found from it (``fxgrow.hf.target``)."""
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
     from .rewrite.block_copy import grow_stage
     inputs = as_tuple(example_inputs)
+    if to_config is not None:
+        from .hf.target import grow_to_config
+        return grow_to_config(model, inputs, to_config, seed=seed, split=split, untie=untie,
+                              verify=verify, as_graph=as_graph)
     if width is None:
         _check_inputs(model, inputs)
         student = copy.deepcopy(capture(model, inputs, frontend=frontend,
                                         leaf_modules=leaf_modules))
     elif isinstance(width, Mapping):
         student = widen(model, inputs, widths=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules, init=init,
-                        loss_fn=loss_fn, batch=batch)
+                        frontend=frontend, leaf_modules=leaf_modules, untie=untie,
+                        as_graph=True, init=init, loss_fn=loss_fn, batch=batch)
     else:
         student = widen(model, inputs, factor=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules, init=init,
-                        loss_fn=loss_fn, batch=batch)
+                        frontend=frontend, leaf_modules=leaf_modules, untie=untie,
+                        as_graph=True, init=init, loss_fn=loss_fn, batch=batch)
     if blocks:
         if not isinstance(blocks, Mapping):
             raise InputError("blocks must map a stage name to its new block count")
@@ -358,4 +373,4 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
         _verify(model, student, inputs)
     else:
         check_runs(student, inputs)
-    return student
+    return _finish(model, student, as_graph)

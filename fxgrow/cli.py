@@ -658,7 +658,7 @@ def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
     with ui.step(f"inserting {args.kind} layers after {', '.join(after)}") as s:
         student = deepen(loaded.model, loaded.inputs, after=after, kind=args.kind,
                          kernel_size=args.kernel_size, batchnorm=args.batchnorm,
-                         layer=args.layer, seed=args.seed, verify=False,
+                         layer=args.layer, seed=args.seed, verify=False, as_graph=True,
                          **_trace_options(args))
         s["done"] = f"{_count_params(student):,} parameters"
     teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
@@ -703,6 +703,10 @@ def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
     _check_factor(args)
+    from .hf.folder import is_folder
+    if is_folder(args.model):  # a Hugging Face folder in, one out: fxgrow/hf/cli.py
+        from .hf.cli import command
+        return command(args, _assignments)
     _check_output(args, (".safetensors",))
     loaded = _load(args, ui)
     teacher_gm, changes, student = _grow(loaded, args, ui)
@@ -966,6 +970,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _growth(p, blocks=True)
     _results(p)
+    h = p.add_argument_group("Hugging Face folders (MODEL is a folder with a config.json)")
+    h.add_argument("--to-config", action="append", metavar="KEY=VALUE|config.json",
+                   help="grow to this config (repeat KEY=VALUE, or a target config.json)")
+    h.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (5GB)")
+    h.add_argument("--untie", action="store_true", help="untie tied embeddings")
+    h.add_argument("--overwrite", action="store_true", help="replace an existing -o folder")
     p.set_defaults(func=cmd_grow)
 
     from .cli_growth import add_grow_kernel_parser

@@ -42,3 +42,8 @@ class SaveError(FxgrowError):
 class LoadError(FxgrowError):
     """A file cannot be loaded as an fxgrow model: not one, damaged, lying about its contents,
     or naming code outside what fxgrow trusts (the message names it and how to trust it)."""
+
+
+class ConfigError(UnsupportedModelError):
+    """A grown Hugging Face model has no config of its class (or a target config cannot be
+    reached exactly); the message names the tensors and what would have one."""

@@ -118,6 +118,7 @@ def grow_during_training(model: torch.nn.Module, optimizer: torch.optim.Optimize
     from .api import grow
     from .modes import set_training
     grow_options.setdefault("split", "random")
+    grow_options.setdefault("as_graph", True)  # the graph records the expansions transferred
     training = model.training
     student = grow(model, example_inputs, **grow_options)
     set_training(student, training)

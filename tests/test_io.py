@@ -134,7 +134,7 @@ def test_export_student_with_tied_weights(tmp_path):
     torch.manual_seed(0)
     teacher = transformers.LlamaForCausalLM(cfg).eval()
     ids = (torch.randint(0, 64, (2, 8)),)
-    student = fxgrow.widen(teacher, ids, factor=2)
+    student = fxgrow.widen(teacher, ids, factor=2, as_graph=True)
     assert student.meta.get("fxgrow_frontend") == "export"
     path = fxgrow.save(student, tmp_path / "llama.safetensors", example_inputs=ids)
     loaded = load_without_pickle(path)

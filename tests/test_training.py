@@ -176,7 +176,7 @@ CASES = {  # model, inputs, loss, growth options; exact cases only (see the modu
     "resnet18-random-wider-deeper": ("resnet18", X, image_loss,
                                      dict(width=1.5, blocks=BLOCKS, split="random")),
     "vit-equal": ("vit", X, image_loss, dict(width=1.5, split="equal")),
-    "llama-equal": ("llama", IDS, lm_loss, dict(width=2, split="equal")),
+    "llama-equal": ("llama", IDS, lm_loss, dict(width=2, split="equal", as_graph=True)),
 }
 
 

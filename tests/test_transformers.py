@@ -203,7 +203,7 @@ def test_gpt2_widen_x2_exact_tied():
     assert_every_group_widened(analysis, plan)
     heads = analysis.group("transformer.h.0.attn.c_attn")
     assert heads.unit == HEADS
-    student = widen_exact(model, ids, factor=2)
+    student = widen_exact(model, ids, factor=2, as_graph=True)
     # hidden, MLP (Conv1D weights are [in, out]) and heads doubled, head dim kept
     assert params(student, "transformer.wte.weight") == (VOCAB, 2 * H)
     assert params(student, "transformer.wpe.weight") == (16, 2 * H)
@@ -222,7 +222,7 @@ def test_gpt2_widen_x2_exact_tied():
 @pytest.mark.slow
 def test_gpt2_widen_x2_untied_exact():
     model, ids = gpt2(), token_ids()
-    student = widen_exact(model, ids, factor=2, untie=True)
+    student = widen_exact(model, ids, factor=2, untie=True, as_graph=True)
     vocab_by_hidden = [p for p in student.parameters() if tuple(p.shape) == (VOCAB, 2 * H)]
     assert len(vocab_by_hidden) == 2
     assert params(student, "transformer.wte.weight") == (VOCAB, 2 * H)
@@ -245,7 +245,7 @@ def test_llama_gqa_widen_x2_exact(llama_model):
         ("model.layers.0.self_attn.v_proj.weight", 0), ("model.layers.0.self_attn.o_proj.weight", 1)}
     change = next(c for c in plan.changes if c.group == kv.name)
     assert (change.map.old, change.map.new) == (2, 4)
-    student = widen_exact(model, ids, factor=2)
+    student = widen_exact(model, ids, factor=2, as_graph=True)
     hd = H // HEADS
     kv_dim = 2 * hd
     for i in range(2):
@@ -298,7 +298,7 @@ def test_hf_encoder_hidden_state_is_fixed_by_default():
     analysis = fxgrow.analyze(model, ids)
     hidden = analysis.group("embeddings.LayerNorm")
     assert not hidden.widenable and hidden.boundary
-    student = widen_exact(model, ids, factor=2)
+    student = widen_exact(model, ids, factor=2, as_graph=True)
     with torch.no_grad():
         assert first_tensor(student(ids)).shape == first_tensor(model(ids)).shape
     assert params(student, "encoder.layer.0.intermediate.dense.weight") == (2 * MLP, H)
@@ -333,7 +333,7 @@ def test_deepen_vit_b_16_block_exact():
 @pytest.mark.slow
 def test_deepen_llama_block_exact(llama_model):
     model, ids = llama_model, token_ids()
-    student = deepen_exact(model, ids, after="model.layers.0", kind="block")
+    student = deepen_exact(model, ids, after="model.layers.0", kind="block", as_graph=True)
     assert n_params(student) == n_params(model) + n_params(model.get_submodule("model.layers.0"))
 
 
@@ -344,7 +344,8 @@ def test_grow_llama_blocks_and_width_exact(llama_model):
     assert stage.name == "model.layers"
     assert [b.path for b in stage.blocks] == ["model.layers.0", "model.layers.1"]
     with teacher_unchanged(model):
-        student = fxgrow.grow(model, ids, blocks={"model.layers": 4}, width=2, verify=False)
+        student = fxgrow.grow(model, ids, blocks={"model.layers": 4}, width=2, verify=False,
+                              as_graph=True)
         err = fxgrow.compare(model, student, ids)
     assert err.max_rel <= TOL, err
     for i in range(4):
@@ -667,7 +668,8 @@ def test_export_front_end_llama_names_and_training(llama_model):
             "model.layers.0.mlp.gate_proj", "model.layers.0.self_attn.v_proj",
             "lm_head"} <= names
     # widen one group by its module path
-    student = widen_exact(model, ids, widths={"model.layers.0.mlp.gate_proj": 96})
+    student = widen_exact(model, ids, widths={"model.layers.0.mlp.gate_proj": 96},
+                          as_graph=True)
     assert isinstance(student, torch.fx.GraphModule)
     assert params(student, "model.layers.0.mlp.up_proj.weight") == (96, H)
     assert params(student, "model.layers.0.mlp.down_proj.weight") == (H, 96)

@@ -21,7 +21,8 @@ def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModul
     """``model`` captured by ``torch.export`` on ``example_inputs`` (static shapes)."""
     noise = io.StringIO()
     try:  # export prints the failing graph on errors: keep it out of the user's terminal
-        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise):
+        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), \
+                _no_cache(model):
             program = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -36,3 +37,18 @@ def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModul
         raise TraceError(f"torch.export returned a {type(gm).__name__}, not a GraphModule")
     gm.meta["fxgrow_frontend"] = "export"
     return gm
+
+
+@contextlib.contextmanager
+def _no_cache(model: torch.nn.Module):
+    """A Hugging Face model captured without its key/value cache (``use_cache=False`` while
+    exporting; the user's config is restored): the graph computes the logits only."""
+    config = getattr(model, "config", None)
+    old = getattr(config, "use_cache", None)
+    if old:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if old:
+            config.use_cache = old

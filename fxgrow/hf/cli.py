@@ -1,0 +1,102 @@
+"""``fxgrow grow SRC_FOLDER -o OUT_FOLDER ...``: a Hugging Face folder grown into another.
+
+Invariant: the output folder, when it appears, holds a model of the source's class that
+computes the source model's function (checked on fresh inputs with padding) and whose config
+has the targeted fields.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import InputError, UnknownGroupError
+from .folder import example_ids, load_folder, save_folder
+from .target import parse_overrides
+
+
+@dataclass(frozen=True)
+class FolderGrowth:
+    """What ``grow_folder`` did: the folder written, the config fields changed, the measured
+    preservation error on fresh inputs and the parameter counts."""
+
+    out: Path
+    fields: Mapping[str, Any]
+    error: float | None
+    params_before: int
+    params_after: int
+
+
+def expand_globs(model, widths: Mapping[str, int]) -> dict[str, int]:
+    """``{'model.layers.*.mlp.up_proj': 256}`` -> one entry per module the pattern matches."""
+    names = [n for n, _ in model.named_modules() if n]
+    out: dict[str, int] = {}
+    for pattern, width in widths.items():
+        if any(c in pattern for c in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise UnknownGroupError(f"--width {pattern!r} matches no module of "
+                                        f"{type(model).__name__} (e.g. {names[min(5, len(names) - 1)]})")
+            out.update({n: width for n in hits})
+        else:
+            out[pattern] = width
+    return out
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def grow_folder(src: str | Path, out: str | Path, *, to_config: Any = None,
+                blocks: Mapping[str, int] | None = None, widths: Mapping[str, int] | None = None,
+                factor: float | None = None, seed: int = 0, split: str = "equal",
+                untie: bool = False, max_shard_size: str | int = "5GB",
+                overwrite: bool = False) -> FolderGrowth:
+    """Load the folder ``src``, grow it (``to_config``: a dict, KEY=VALUE strings or a
+    config.json path; or ``blocks`` / ``widths`` (globs allowed) / ``factor``), check it on
+    fresh inputs and write it to ``out`` as a Hugging Face folder."""
+    import fxgrow
+    from .student import to_pretrained
+    if to_config is None and not blocks and not widths and factor is None:
+        raise InputError("say how to grow: --to-config KEY=VALUE (or a config.json), --blocks, "
+                         "--width or --factor")
+    teacher = load_folder(src)
+    x = example_ids(teacher.config, seed=seed)
+    if isinstance(to_config, (list, tuple)):
+        target = to_config[0] if len(to_config) == 1 and "=" not in to_config[0] else \
+            parse_overrides(list(to_config))
+        to_config = target
+    if to_config is not None:
+        if blocks or widths or factor is not None:
+            raise InputError("--to-config sets the widths and blocks itself: drop --blocks, "
+                             "--width and --factor")
+        student = fxgrow.grow(teacher, x, to_config=to_config, seed=seed, split=split,
+                              untie=untie)
+    else:
+        width: Any = factor if factor is not None else expand_globs(teacher, widths or {})
+        graph = fxgrow.grow(teacher, x, blocks=dict(blocks or {}) or None, width=width or None,
+                            seed=seed, split=split, untie=untie, as_graph=True)
+        student = to_pretrained(teacher, graph)
+    written = save_folder(student, out, source=src, max_shard_size=max_shard_size,
+                          overwrite=overwrite)
+    return FolderGrowth(written, dict(getattr(student, "fxgrow_fields", {})),
+                        getattr(student, "fxgrow_error", None), _count(teacher),
+                        _count(student))
+
+
+def command(args, assignments) -> int:
+    """The CLI's ``grow`` on a folder (``args`` from fxgrow.cli's parser)."""
+    if not args.output:
+        raise InputError("growing a Hugging Face folder needs -o OUT_FOLDER")
+    result = grow_folder(
+        args.model, args.output, to_config=args.to_config or None,
+        blocks=assignments(args.blocks, "--blocks", "model.layers=4"),
+        widths=assignments(args.width, "--width", "'model.layers.*.mlp.up_proj=256'"),
+        factor=args.factor, seed=args.seed, split=args.split, untie=args.untie,
+        max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    fields = ", ".join(f"{k}={v}" for k, v in result.fields.items()) or "none"
+    err = "n/a" if result.error is None else f"{result.error:.3g}"
+    print(f"wrote {result.out}: {result.params_before:,} -> {result.params_after:,} parameters; "
+          f"config: {fields}; max rel err on fresh inputs {err}")
+    return 0

@@ -1,0 +1,197 @@
+"""Folding a per-channel scale on an activation into the parameter that makes it.
+
+Invariant: after ``fold_scale(gm, node, s)`` the graph computes ``node * s`` wherever it
+used ``node`` -- with no new tensor: the scale went into the affine weight of the op that
+produced ``node`` (a norm's weight and bias, ``(1 + w)`` of Gemma's RMSNorm, an embedding's
+table).  A table that another op also reads (a tied embedding) is scaled all the same and
+that op's input gets the inverse, folded the same way.  Used to remove the tie-compensation
+buffers of widened students (``fxgrow_tie_scale*``) so the student is a state dict of the
+teacher's class, and to compensate config-derived constants (Gemma's embedding scale).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+
+from ..errors import UnsupportedModelError
+
+_PASS = {"alias", "to", "_to_copy", "clone", "contiguous", "type_as", "detach",
+         "_assert_tensor_metadata"}
+
+
+def _name(target) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name.split("::")[-1]
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[-1]
+    return getattr(target, "__name__", str(target))
+
+
+_VIEWS = {"view", "reshape", "_unsafe_view"}
+
+
+def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
+    """Back through casts and aliases (and, given the last axis's size ``last``, views that
+    keep the last axis) to the op that made the values."""
+    while node.op == "call_function" and node.args and isinstance(node.args[0], torch.fx.Node):
+        name = _name(node.target)
+        if name in _VIEWS and last is not None:
+            shape = node.args[1] if len(node.args) > 1 else None
+            if not (isinstance(shape, (list, tuple)) and shape and shape[-1] == last):
+                break
+        elif name not in _PASS:
+            break
+        node = node.args[0]
+    return node
+
+
+def _attr(gm: torch.fx.GraphModule, node) -> str | None:
+    if isinstance(node, torch.fx.Node):
+        node = _through(node)
+        if node.op == "get_attr":
+            return node.target
+    return None
+
+
+def _readers(gm: torch.fx.GraphModule, target: str) -> list[torch.fx.Node]:
+    t = _get(gm, target)
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and _get(gm, n.target) is t:
+            out.extend(_users_through(n))
+    return out
+
+
+def _users_through(node: torch.fx.Node) -> list[torch.fx.Node]:
+    out = []
+    for u in node.users:
+        if u.op == "call_function" and _name(u.target) in _PASS:
+            out.extend(_users_through(u))
+        else:
+            out.append(u)
+    return out
+
+
+def _get(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
+    mod, _, leaf = target.rpartition(".")
+    return getattr(gm.get_submodule(mod) if mod else gm, leaf)
+
+
+def _scale_param(gm, target: str, scale: torch.Tensor, shift: float = 0.0) -> None:
+    t = _get(gm, target)
+    with torch.no_grad():
+        s = scale.to(dtype=torch.float64, device=t.device)
+        t.copy_(((t.double() + shift) * s - shift).to(t.dtype))
+
+
+def fold_scale(gm: torch.fx.GraphModule, node: torch.fx.Node, scale: torch.Tensor,
+               seen: frozenset = frozenset()) -> None:
+    """Make ``node``'s values ``node * scale`` (``scale``: a scalar or one value per position
+    of the last axis) by changing a parameter; raises UnsupportedModelError where no affine
+    parameter makes ``node``."""
+    made = _through(node, scale.numel() if scale.dim() else -1)
+    kind = _name(made.target) if made.op == "call_function" else made.op
+    if made in seen:
+        raise UnsupportedModelError(f"cannot fold a scale into {node.name}: a cycle of ties")
+    if kind == "layer_norm":
+        w = made.args[2] if len(made.args) > 2 else made.kwargs.get("weight")
+        b = made.args[3] if len(made.args) > 3 else made.kwargs.get("bias")
+        for p in (w, b):
+            target = _attr(gm, p)
+            if p is not None and target is None:
+                break
+            if target is not None:
+                _own(gm, target, made)
+                _scale_param(gm, target, scale)
+        else:
+            return
+    elif kind == "mul" and len(made.args) == 2:
+        for k in (0, 1):
+            arg = made.args[k]
+            target = _attr(gm, arg)
+            shift, reader = 0.0, made
+            if target is None and isinstance(arg, torch.fx.Node):
+                inner = _through(arg)
+                if inner.op == "call_function" and _name(inner.target) == "add" and \
+                        len(inner.args) == 2:
+                    a, c = inner.args
+                    if isinstance(c, torch.fx.Node):
+                        a, c = c, a
+                    if isinstance(c, (int, float)) and _attr(gm, a) is not None:
+                        target, shift = _attr(gm, a), float(c)
+                        reader = inner
+            if target is not None and _get(gm, target).dim() <= 1:
+                _own(gm, target, reader)
+                _scale_param(gm, target, scale, shift)
+                return
+    elif kind in ("embedding",):
+        target = _attr(gm, made.args[0])
+        if target is not None:
+            _scale_param(gm, target, scale if scale.dim() == 0 else scale.view(1, -1))
+            for r in _readers(gm, target):  # a tied table: its other readers undo the scale
+                if r is made:
+                    continue
+                if r.op == "call_function" and _name(r.target) == "linear" and \
+                        _attr(gm, r.args[1]) is not None:
+                    fold_scale(gm, r.args[0], 1.0 / scale, seen | {made})
+                else:
+                    raise UnsupportedModelError(
+                        f"cannot fold a scale into {target}: {r.name} also reads it")
+            return
+    raise UnsupportedModelError(
+        f"cannot fold a scale into the op that makes {node.name} ({kind}): fxgrow folds into "
+        f"norm weights and embedding tables only; pass untie=True or keep the graph "
+        f"(as_graph=True)")
+
+
+def _own(gm, target: str, user: torch.fx.Node) -> None:
+    if any(r is not user for r in _readers(gm, target)):
+        raise UnsupportedModelError(
+            f"cannot fold a scale into {target}: other ops read it too")
+
+
+def fold_tie_scales(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove every ``fxgrow_tie_scale*`` buffer: fold it into the parameter that makes the
+    scaled activation.  Returns the parameters changed (the graph is recompiled)."""
+    done = []
+    for node in list(gm.graph.nodes):
+        if node.op != "get_attr" or not str(node.target).startswith("fxgrow_tie_scale"):
+            continue
+        scale = _get(gm, node.target)
+        for mul in list(node.users):
+            if mul.target not in (operator.mul, torch.mul) or mul.args[1] is not node:
+                raise UnsupportedModelError(f"unexpected use of {node.target} by {mul.name}")
+            act = mul.args[0]
+            if scale.dim() != 1:
+                raise UnsupportedModelError(
+                    f"{node.target} scales an axis other than the last; pass untie=True")
+            fold_scale(gm, act, scale)
+            mul.replace_all_uses_with(act)
+            gm.graph.erase_node(mul)
+        gm.graph.erase_node(node)
+        delattr(gm, node.target)
+        done.append(node.target)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def scale_constant(gm: torch.fx.GraphModule, target: str, new: torch.Tensor) -> None:
+    """Set buffer ``target`` (a constant some op multiplies by) to ``new`` and fold
+    ``old / new`` into what it multiplies, so the graph computes the same."""
+    old = _get(gm, target)
+    ratio = (old.double() / new.double()).to(torch.float64)
+    uses = [u for n in gm.graph.nodes if n.op == "get_attr" and n.target == target
+            for u in _users_through(n)]
+    for u in uses:
+        if not (u.op == "call_function" and _name(u.target) == "mul"):
+            raise UnsupportedModelError(
+                f"{target} changes with the config and is used by {u.name} ({u.target}), not "
+                f"a multiplication: fxgrow cannot compensate it")
+        other = u.args[0] if _attr(gm, u.args[1]) == target else u.args[1]
+        fold_scale(gm, other, ratio.reshape(()) if ratio.numel() == 1 else ratio)
+    with torch.no_grad():
+        old.copy_(new.to(old.dtype))

@@ -1,0 +1,230 @@
+"""The grown graph as an instance of the teacher's own Hugging Face class.
+
+Invariant: ``to_pretrained(teacher, gm)`` returns ``type(teacher)(new_config)`` holding the
+graph's tensors (a strict ``load_state_dict``), where ``new_config`` is the teacher's config
+with the fields the shapes demand (``config.infer_config``), and it computes the teacher's
+function on fresh inputs -- other batch sizes and lengths, a padding mask -- or raises.
+Tie-compensation buffers are folded into the final norm first, and constants HF derives from
+the config (non-persistent buffers such as Gemma's embedding scale) are compensated in the
+weights.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.fx
+
+from ..errors import ConfigError, PreservationError
+from . import config as cfg
+from .fold import fold_tie_scales, scale_constant
+
+
+def is_pretrained(model: Any) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except Exception:
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def finish(teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bool = False
+           ) -> torch.nn.Module:
+    """What widen / deepen / grow return: the student as the teacher's class when the
+    teacher is a Hugging Face model (unless ``as_graph``), else the graph."""
+    if as_graph or not is_pretrained(teacher) or \
+            student.meta.get("fxgrow_output_positions") is not None:  # outputs="grow"
+        return student
+    return to_pretrained(teacher, student)
+
+
+def _tensors(gm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(gm.named_parameters(remove_duplicate=False))
+    out.update(dict(gm.named_buffers(remove_duplicate=False)))
+    return out
+
+
+def _layer_count_fields(teacher, gm_shapes: cfg.Shapes) -> dict[str, Any]:
+    """Structural fields (num_hidden_layers) matched by the tensors the student has."""
+    config, cls = teacher.config, type(teacher)
+    p = cfg.probe(cls, config)
+    fields: dict[str, Any] = {}
+    for f in p.structural:
+        base = set(cfg.shapes_for(cls, config))
+        if base <= set(gm_shapes) and len(base) == len(set(gm_shapes) & base) and \
+                not (set(gm_shapes) - base):
+            continue
+        v = getattr(config, f)
+        for n in range(v + 1, 8 * v + 2):
+            trial = cfg.with_fields(config, dict(fields, **{f: n}, **_lists(config, n)))
+            names = set(cfg.shapes_for(cls, trial))
+            if names <= set(gm_shapes) and not _extra_params(gm_shapes, names):
+                fields[f] = n
+                fields.update(_lists(config, n))
+                break
+    return fields
+
+
+def _extra_params(gm_shapes, names) -> set:
+    return {n for n in gm_shapes if n not in names and not n.startswith("fxgrow_")
+            and ".layers." in n}
+
+
+def _lists(config, n: int) -> dict[str, Any]:
+    """Per-layer lists extended to ``n`` layers by repeating their pattern (set exactly from
+    the copied layers by ``deepen``'s bookkeeping where it records them)."""
+    out = {}
+    for name in cfg.LAYER_LISTS:
+        v = getattr(config, name, None)
+        if isinstance(v, (list, tuple)) and v and len(v) != n:
+            out[name] = [v[i % len(v)] for i in range(n)]
+    return out
+
+
+def new_config(teacher, shapes: cfg.Shapes, sources: list[int] | None = None) -> tuple[Any, dict]:
+    """The teacher's config with the fields that give ``shapes``; (config, changed fields)."""
+    config, cls = teacher.config, type(teacher)
+    fields = _layer_count_fields(teacher, shapes)
+    if sources is not None:
+        for name in cfg.LAYER_LISTS:
+            v = getattr(config, name, None)
+            if isinstance(v, (list, tuple)) and len(sources) == fields.get(
+                    config.attribute_map.get("num_hidden_layers", "num_hidden_layers")):
+                fields[name] = [v[s] for s in sources]
+    deeper = cfg.with_fields(config, fields)
+    widths = cfg.solve_widths(cls, deeper, shapes)
+    widths = cfg.keep_quotients(deeper, widths, set(cfg.probe(cls, deeper).exponents))
+    fields.update(widths)
+    new = cfg.with_fields(config, fields)
+    new.use_cache = getattr(config, "use_cache", True)
+    return new, fields
+
+
+def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True):
+    """``gm`` (a student of ``teacher``) as an instance of ``type(teacher)``."""
+    from transformers.initialization import no_init_weights
+    gm = copy.deepcopy(gm)
+    fold_tie_scales(gm)
+    tensors = _tensors(gm)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    config, fields = new_config(teacher, shapes, gm.meta.get("fxgrow_layer_sources"))
+    untied = [a for a, src in _tie_sources(teacher).items()
+              if a in tensors and src in tensors and tensors[a] is not tensors[src]]
+    if untied and getattr(config, "tie_word_embeddings", False):  # untie=True
+        config.tie_word_embeddings = False
+        fields["tie_word_embeddings"] = False
+    cls = type(teacher)
+    dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), None)
+    with no_init_weights():
+        model = cls._from_config(config, dtype=dtype)
+    state_names = set(model.state_dict())
+    for name, buf in model.named_buffers():  # constants HF computes from the config
+        if name in state_names or name not in tensors:
+            continue
+        old = tensors[name]
+        if old.shape == buf.shape and not torch.equal(old.to(buf.device, buf.dtype), buf):
+            scale_constant(gm, name, buf)
+    tensors = _tensors(gm)
+    state = {}
+    tied = _tie_sources(model)
+    for name in model.state_dict():
+        src = name if name in tensors else tied.get(name)
+        if src not in tensors:
+            raise ConfigError(f"the student has no tensor for {name} of {cls.__name__}")
+        state[name] = tensors[src]
+    extra = [k for k in tensors if k not in state and k not in dict(model.named_buffers())
+             and not _alias_of_state(k, tensors, state)]
+    if extra:
+        inserted = sorted({k.split("_deepen")[0] + "_deepen" + k.split("_deepen")[1].split(".")[0]
+                           for k in extra if "_deepen" in k})
+        why = (f": the inserted blocks {', '.join(inserted)} are no layers of its config; "
+               f"grow(blocks=...) or to_config={{'num_hidden_layers': N}} append layers the "
+               f"config holds") if inserted else ""
+        raise ConfigError(f"{cls.__name__} has no place for the student's tensors "
+                          f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)")
+    model.load_state_dict(state, strict=True)
+    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # the same tensor under both names, as from_pretrained gives
+    model.train(teacher.training)
+    model.fxgrow_fields = fields  # what changed in the config (read by save_folder)
+    if check and not gm.meta.get("fxgrow_inexact"):
+        model.fxgrow_error = check_fresh(teacher, model)
+    return model
+
+
+def _alias_of_state(name: str, tensors: dict, state: dict) -> bool:
+    t = tensors[name]
+    return any(v is t for v in state.values())
+
+
+def _tie_sources(model) -> dict[str, str]:
+    """Tied parameter name -> the name holding the same tensor first."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
+
+
+def fresh_inputs(config, batch: int = 3, length: int = 11, seed: int = 123,
+                 pad: int = 3) -> dict[str, torch.Tensor]:
+    """Token ids and a left-padding attention mask (row 0 padded by ``pad``) of a shape the
+    graph was not captured at; decoder ids for encoder-decoders."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = getattr(config, "vocab_size", 100) or 100
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if pad and batch > 1:
+        mask[0, :pad] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if getattr(config, "is_encoder_decoder", False):
+        out["decoder_input_ids"] = torch.randint(0, vocab, (batch, max(2, length // 2)),
+                                                 generator=g)
+    return out
+
+
+def main_output(out) -> torch.Tensor:
+    for key in ("logits", "last_hidden_state"):
+        if hasattr(out, key) and getattr(out, key) is not None:
+            return getattr(out, key)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def check_fresh(teacher, student, tol: float | None = None) -> float:
+    """Largest relative difference of the main output (logits) on fresh inputs with padding,
+    at the positions the mask keeps; raises PreservationError beyond the dtype's tolerance."""
+    from ..verify.compare import TOLERANCE
+    dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()),
+                 torch.float32)
+    tol = TOLERANCE.get(dtype, 1e-5) if tol is None else tol
+    worst = 0.0
+    modes = (teacher.training, student.training)
+    teacher.eval(), student.eval()
+    try:
+        for batch, length in ((1, 5), (3, 11)):
+            kw = fresh_inputs(teacher.config, batch, length)
+            device = next(teacher.parameters()).device
+            kw = {k: v.to(device) for k, v in kw.items()}
+            with torch.no_grad():
+                t = main_output(teacher(**kw, use_cache=False)).double()
+                s = main_output(student(**kw, use_cache=False)).double()
+            if t.shape != s.shape:
+                raise PreservationError(f"the grown {type(student).__name__} returns "
+                                        f"{tuple(s.shape)}, the teacher {tuple(t.shape)}")
+            keep = kw["attention_mask"].bool()
+            if t.dim() >= 2 and t.shape[:2] == keep.shape:
+                t, s = t[keep], s[keep]
+            scale = float(t.abs().max()) or 1.0
+            worst = max(worst, float((t - s).abs().max()) / scale)
+    finally:
+        teacher.train(modes[0]), student.train(modes[1])
+    if not worst <= tol:
+        raise PreservationError(
+            f"the grown {type(student).__name__} differs from the teacher on fresh inputs "
+            f"(max rel err {worst:.3g} > {tol:g}); the config fields {student.fxgrow_fields} "
+            f"do not reproduce the graph. Keep the graph (as_graph=True) and please report it")
+    return worst

@@ -1,0 +1,238 @@
+"""Hugging Face in, Hugging Face out (fxgrow.hf): folder -> CLI -> folder -> from_pretrained.
+
+Every family is built from a tiny config with random weights, saved as a folder with a
+tokenizer made offline (the ``tokenizers`` package) and a chat template, grown by the CLI, and
+loaded back with ``AutoModel*.from_pretrained``: the logits equal the teacher's on fresh inputs
+with a padding mask (<= 1e-5, float32), greedy ``generate(use_cache=True)`` gives the same
+tokens, the config has the targeted fields and the tokenizer loads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+import fxgrow
+from fxgrow.cli import main as cli
+from fxgrow.hf import fresh_inputs
+
+TOL = 1e-5
+VOCAB = 100
+SMALL = dict(vocab_size=VOCAB, num_hidden_layers=2)
+LLAMA_LIKE = dict(SMALL, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2)
+
+FAMILIES = {
+    "llama": (T.LlamaConfig, dict(LLAMA_LIKE)),
+    "qwen2_tied": (T.Qwen2Config, dict(LLAMA_LIKE, tie_word_embeddings=True)),
+    "mistral": (T.MistralConfig, dict(LLAMA_LIKE, sliding_window=4)),
+    "gemma2": (T.Gemma2Config, dict(LLAMA_LIKE, head_dim=16)),
+    "gemma3": (T.Gemma3TextConfig, dict(LLAMA_LIKE, head_dim=16, sliding_window=4)),
+    "phi3": (T.Phi3Config, dict(LLAMA_LIKE, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "gpt2": (T.GPT2Config, dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                n_positions=64)),
+    "gpt_neox": (T.GPTNeoXConfig, dict(SMALL, hidden_size=64, intermediate_size=128,
+                                       num_attention_heads=4)),
+    "opt": (T.OPTConfig, dict(SMALL, hidden_size=64, ffn_dim=128, num_attention_heads=4,
+                              word_embed_proj_dim=64, max_position_embeddings=64)),
+    "bert": (T.BertConfig, dict(SMALL, hidden_size=64, intermediate_size=128,
+                                num_attention_heads=4, max_position_embeddings=64)),
+}
+# x2 targets: (field, value) pairs per family
+TARGETS = {
+    "gpt2": {"n_embd": 128, "n_head": 8},
+    "bert": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8},
+    "gpt_neox": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8},
+    "opt": {"hidden_size": 128, "ffn_dim": 256, "num_attention_heads": 8,
+            "word_embed_proj_dim": 128},
+}
+DEFAULT_TARGET = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
+                  "num_key_value_heads": 4}
+
+
+def tokenizer() -> T.PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i for i in range(4, VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                     eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    return fast
+
+
+def make_folder(tmp: Path, family: str) -> tuple[Path, torch.nn.Module]:
+    config_cls, kwargs = FAMILIES[family]
+    torch.manual_seed(0)
+    config = config_cls(**kwargs)
+    model = (T.BertForMaskedLM(config) if family == "bert" else
+             T.AutoModelForCausalLM.from_config(config)).eval()
+    src = tmp / f"{family}-src"
+    model.save_pretrained(src)
+    tokenizer().save_pretrained(src)
+    return src, model
+
+
+def load(path: Path, family: str):
+    cls = T.BertForMaskedLM if family == "bert" else T.AutoModelForCausalLM
+    return cls.from_pretrained(path).eval()
+
+
+def logits(model, **kw) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**kw).logits.double()
+
+
+def assert_same_function(teacher, student, family: str) -> None:
+    for batch, length in ((1, 6), (3, 13)):
+        kw = fresh_inputs(teacher.config, batch, length, seed=batch)
+        t, s = logits(teacher, **kw), logits(student, **kw)
+        keep = kw["attention_mask"].bool()
+        err = float((t[keep] - s[keep]).abs().max() / t[keep].abs().max())
+        assert err <= TOL, (family, batch, length, err)
+    if family != "bert":
+        ids = fresh_inputs(teacher.config, 2, 5, seed=9)
+        kw = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+        with torch.no_grad():
+            a = teacher.generate(**ids, **kw)
+            b = student.generate(**ids, **kw)
+        assert torch.equal(a, b), family
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_folder_cli_folder_exact(tmp_path, family):
+    src, teacher = make_folder(tmp_path, family)
+    target = TARGETS.get(family, DEFAULT_TARGET)
+    out = tmp_path / f"{family}-out"
+    args = ["grow", str(src), "-o", str(out), "-q", "--max-shard-size", "200KB"]
+    for k, v in target.items():
+        args += ["--to-config", f"{k}={v}"]
+    assert cli(args) == 0
+    assert (out / "config.json").is_file() and (out / "README.md").is_file()
+    assert (out / "model.safetensors.index.json").is_file()  # sharded at 200KB
+    assert not list(tmp_path.glob(".*partial"))
+    student = load(out, family)
+    for k, v in target.items():
+        assert getattr(student.config, k) == v, (k, getattr(student.config, k))
+    assert_same_function(teacher, student, family)
+    tok = T.AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids("w7") == 7
+    assert tok.chat_template == tokenizer().chat_template
+    card = (out / "README.md").read_text()
+    assert "preservation error" in card and str(src) in card
+
+
+def test_tied_model_stays_tied_and_exact(tmp_path):
+    src, teacher = make_folder(tmp_path, "qwen2_tied")
+    student = fxgrow.widen(teacher, fresh_inputs(teacher.config, 2, 8)["input_ids"], factor=2)
+    assert type(student) is T.Qwen2ForCausalLM
+    assert student.lm_head.weight is student.model.embed_tokens.weight
+    assert not [n for n, _ in student.named_buffers() if "fxgrow" in n]
+    out = fxgrow.hf.save_folder(student, tmp_path / "tied-out", source=src)
+    again = load(out, "qwen2_tied")
+    assert again.config.tie_word_embeddings
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+    assert_same_function(teacher, again, "qwen2")
+
+
+def llama(**kw) -> T.LlamaForCausalLM:
+    torch.manual_seed(0)
+    return T.LlamaForCausalLM(T.LlamaConfig(**dict(LLAMA_LIKE, **kw))).eval()
+
+
+def test_student_class_depth_target_and_refusals():
+    teacher = llama()  # default use_cache=True, untouched by the user
+    assert teacher.config.use_cache
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    graph = fxgrow.widen(teacher, ids, factor=2, as_graph=True)
+    assert isinstance(graph, torch.fx.GraphModule)
+    deeper = fxgrow.grow(teacher, ids, to_config={"num_hidden_layers": 4,
+                                                   "intermediate_size": 256})
+    assert type(deeper) is T.LlamaForCausalLM and deeper.config.num_hidden_layers == 4
+    assert deeper.config.intermediate_size == 256 and deeper.fxgrow_error <= TOL
+    assert [layer.self_attn.layer_idx for layer in deeper.model.layers] == [0, 1, 2, 3]
+    assert_same_function(teacher, deeper, "llama")
+    with pytest.raises(fxgrow.ConfigError, match=r"k_proj.weight axis 0 by 1, other axes by "
+                                                 r"2\): fxgrow grows whole heads"):
+        fxgrow.grow(teacher, ids, to_config={"num_attention_heads": 8})
+    with pytest.raises(fxgrow.ConfigError, match=r"changes head_dim \(16 -> 32\).*grow "
+                                                 r"num_attention_heads"):
+        fxgrow.grow(teacher, ids, to_config={"head_dim": 32})
+    with pytest.raises(fxgrow.ConfigError, match=r"mlp.gate_proj.weight is \[256, 64\], the "
+                                                 r"config gives \[128, 64\].*widen every layer"):
+        fxgrow.widen(teacher, ids, widths={"model.layers.0.mlp.gate_proj": 256})
+    with pytest.raises(fxgrow.ConfigError, match="has no field 'hidden_sise'"):
+        fxgrow.grow(teacher, ids, to_config={"hidden_sise": 128})
+
+
+def test_cli_width_globs_and_blocks(tmp_path):
+    src, teacher = make_folder(tmp_path, "llama")
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--blocks", "model.layers=3",
+                "--width", "model.layers.*.mlp.up_proj=192"]) == 0
+    student = load(out, "llama")
+    assert student.config.num_hidden_layers == 3 and student.config.intermediate_size == 192
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 192
+    assert_same_function(teacher, student, "llama")
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--factor", "2"]) == 2  # exists
+
+
+def test_cli_llama_hidden_x1_5_zero_padded(tmp_path):
+    """64 -> 96 is no whole multiple: the RMSNorm stream is zero-padded, the norm weights
+    scaled by sqrt(64/96) and rms_norm_eps by 64/96."""
+    src, teacher = make_folder(tmp_path, "llama")
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--to-config", "hidden_size=96",
+                "--to-config", "intermediate_size=192"]) == 0
+    student = load(out, "llama")
+    assert (student.config.hidden_size, student.config.intermediate_size) == (96, 192)
+    assert student.config.rms_norm_eps == pytest.approx(teacher.config.rms_norm_eps * 64 / 96)
+    assert_same_function(teacher, student, "llama")
+    assert float(student.model.embed_tokens.weight[:, 64:].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("family,target", [
+    ("qwen2_tied", {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 3}),
+    ("gemma2", {"hidden_size": 96}),  # (1 + w) norms, embeddings scaled by sqrt(hidden_size)
+])
+def test_hidden_x1_5_tied_and_gemma_norms(tmp_path, family, target):
+    src, teacher = make_folder(tmp_path, family)
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    student = fxgrow.grow(teacher, ids, to_config=target)
+    for k, v in target.items():
+        assert getattr(student.config, k) == v
+    assert student.lm_head.weight is student.model.embed_tokens.weight  # both are tied
+    assert_same_function(teacher, student, family)
+
+
+@pytest.mark.parametrize("family,message", [
+    ("gemma3", r"q_norm \(Gemma3RMSNorm\) uses rms_norm_eps too but does not normalise the "
+               r"stream.*whole multiple of 64"),
+    ("gpt2", r"subtracts the mean \(a LayerNorm\).*multiples of 64"),
+])
+def test_non_whole_stream_refused(tmp_path, family, message):
+    src, teacher = make_folder(tmp_path, family)
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    target = {"n_embd": 96, "n_head": 6} if family == "gpt2" else {"hidden_size": 96}
+    with pytest.raises(fxgrow.ConfigError, match=message):
+        fxgrow.grow(teacher, ids, to_config=target)
+
+
+def test_untie_on_request_and_layer_types_follow_depth(tmp_path):
+    src, teacher = make_folder(tmp_path, "qwen2_tied")
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    untied = fxgrow.grow(teacher, ids, width=2, untie=True)
+    assert untied.config.tie_word_embeddings is False
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    assert untied.fxgrow_fields["tie_word_embeddings"] is False
+    out = fxgrow.hf.save_folder(untied, tmp_path / "untied", source=src)
+    assert_same_function(teacher, load(out, "qwen2"), "qwen2")
+    deeper = fxgrow.grow(teacher, ids, to_config={"num_hidden_layers": 3})
+    assert deeper.config.num_hidden_layers == 3
+    assert len(deeper.config.layer_types) == 3
+    assert deeper.lm_head.weight is deeper.model.embed_tokens.weight
+    assert_same_function(teacher, deeper, "qwen2")
