@@ -1,0 +1,195 @@
+"""Grow a checkpoint on disk, tensor by tensor: ``write_student`` for any safetensors state
+dict and a ``StreamPlan``; ``grow_checkpoint`` for a Hugging Face folder (config in, grown
+config, shards, tokenizer and a short model card out), verified layer by layer.
+
+Memory: one teacher tensor and the student tensor made from it (unchanged tensors are copied
+as bytes in 64 MB chunks, zero copies written from a zero buffer): a few of the largest
+tensors, whatever the model's size."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import InputError
+from ..rewrite.recipe import apply_recipe
+from .checkpoint import INDEX, Checkpoint
+from .errors import WriteError
+from .plan import StreamPlan, make_stream_plan
+from .verify import StreamedCheck
+from .writer import OutTensor, check_free_space, shard, staging, write_index, write_tensor, \
+    write_zeros
+
+_WEIGHTS = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.h5|\.msgpack)$|"
+                      r"^model\.safetensors\.index\.json$|^pytorch_model\.bin\.index\.json$")
+
+
+def parse_size(size: int | str) -> int:
+    """``5GB`` / ``500MB`` / ``2GiB`` / bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise InputError(f"max_shard_size {size!r} is not a size such as 5GB or 500MB")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index(m.group(2).upper() or " "))
+
+
+def _progress(total: int, enabled: bool | None):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="growing",
+                disable=None if enabled is None else not enabled, dynamic_ncols=True)
+
+
+def write_student(plan: StreamPlan, teacher: Checkpoint, folder: Path, *,
+                  max_shard_size: int | str = "5GB", progress: bool | None = None) -> list[str]:
+    """The plan's tensors as safetensors shards in ``folder`` (dtype kept); returns the shard
+    file names."""
+    specs = [OutTensor(t.name, teacher.tensors[t.source].dtype, tuple(t.shape))
+             for t in plan.tensors]
+    shards = shard(specs, parse_size(max_shard_size))
+    check_free_space(folder, sum(s.nbytes for s in shards) + (64 << 20))
+    sources = plan.sources()
+    with _progress(sum(s.nbytes for s in shards), progress) as bar:
+        for s in shards:
+            with open(folder / s.file, "wb") as out:
+                out.write(s.header())
+                for spec in s.tensors:
+                    src = sources[spec.name]
+                    if src.zero:
+                        write_zeros(out, spec.nbytes)
+                    elif src.recipe is None:
+                        teacher.copy_to(src.source, out)
+                    else:
+                        new = apply_recipe(src.recipe, teacher.read(src.source))
+                        write_tensor(out, new, spec)
+                        del new
+                    bar.update(spec.nbytes)
+    write_index(folder, shards)
+    return [s.file for s in shards]
+
+
+@dataclass(frozen=True)
+class GrowthReport:
+    """What ``grow_checkpoint`` wrote and measured."""
+
+    out_dir: Path
+    config: Any
+    plan: StreamPlan
+    shards: tuple[str, ...]
+    bytes_written: int
+    seconds: float
+    check: StreamedCheck | None
+
+
+def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | None = None,
+                    stage: str | None = None, placement: str = "interleave",
+                    widths: Mapping[str, int] | None = None, factor: float | None = None,
+                    seed: int = 0, split: str = "equal", max_shard_size: int | str = "5GB",
+                    verify: bool = True, verify_tokens: int = 8,
+                    progress: bool | None = None) -> GrowthReport:
+    """Grow the Hugging Face folder ``src_dir`` into ``out_dir`` without loading the model:
+    ``blocks`` (new block count of ``stage``, default the decoder's layers; LLaMA-Pro
+    ``interleave`` or ``append``) and/or ``widths`` (group or module name, globs allowed ->
+    width) / ``factor``.  Plans on the meta device, streams the tensors, writes config.json with
+    the new sizes and copies the other files (tokenizer, generation config).  With ``verify``
+    the student is run layer-streamed against the teacher before the folder appears."""
+    import transformers
+
+    import fxgrow
+    from .hf import check_dtypes, example_ids, expand_widths, grown_config, meta_model
+    from .verify import verify_checkpoints
+
+    start = time.perf_counter()
+    src, out = Path(src_dir), Path(out_dir)
+    if not (src / "config.json").is_file():
+        raise InputError(f"{src} has no config.json; grow_checkpoint takes a Hugging Face "
+                         f"model folder")
+    if blocks is None and widths is None and factor is None:
+        raise InputError("nothing to grow: give blocks=, widths= or factor=")
+    if out.resolve() == src.resolve():
+        raise WriteError("the output folder is the teacher's; write the student elsewhere")
+    config = transformers.AutoConfig.from_pretrained(src)
+    with Checkpoint(src) as teacher:
+        check_dtypes(config, {n: i.torch_dtype for n, i in teacher.tensors.items()})
+        model = meta_model(config)
+        ids = example_ids(config, verify_tokens)
+        analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
+        wplan = None
+        if widths is not None or factor is not None:
+            names = [g.name for g in analysis.groups] + list(analysis.state.modules)
+            wplan = fxgrow.plan(analysis, widths=expand_widths(widths, names), factor=factor,
+                                seed=seed, split=split)
+        plan = make_stream_plan(analysis, {n: i.shape for n, i in teacher.tensors.items()},
+                                widen=wplan, blocks=blocks, stage=stage, placement=placement)
+        new_config = grown_config(config, model, plan)
+        with staging(out) as tmp:
+            files = write_student(plan, teacher, tmp, max_shard_size=max_shard_size,
+                                  progress=progress)
+            for f in sorted(src.iterdir()):
+                if f.is_file() and f.name != "config.json" and not _WEIGHTS.search(f.name) \
+                        and f.name != "README.md":
+                    shutil.copy2(f, tmp / f.name)
+            new_config.save_pretrained(tmp)
+            check = None
+            if verify:
+                with Checkpoint(tmp) as student:
+                    check = verify_checkpoints(
+                        _capture(model, ids), _capture(meta_model(new_config), ids),
+                        teacher, student, ids, plan=plan,
+                        teacher_aliases=_aliases(model, teacher),
+                        student_aliases=_aliases(meta_model(new_config), student))
+            _model_card(tmp, src, plan, new_config, config, check)
+            written = sum(p.stat().st_size for p in tmp.iterdir())
+    return GrowthReport(out, new_config, plan, tuple(files), written,
+                        time.perf_counter() - start, check)
+
+
+def _capture(model: torch.nn.Module, ids: tuple) -> torch.fx.GraphModule:
+    import fxgrow
+    return fxgrow.api.capture(model, tuple(x.to("meta") for x in ids))
+
+
+def _aliases(model: torch.nn.Module, ckpt: Checkpoint) -> dict[str, str]:
+    """Graph attribute -> checkpoint name, for parameters stored under another (tied) name."""
+    by_id: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n)
+    out = {}
+    for names in by_id.values():
+        stored = [n for n in names if n in ckpt.tensors]
+        if stored:
+            out.update({n: stored[0] for n in names if n not in ckpt.tensors})
+    return out
+
+
+def _model_card(folder: Path, src: Path, plan: StreamPlan, new: Any, old: Any,
+                check: StreamedCheck | None) -> None:
+    fields = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+              "num_hidden_layers")
+    changes = [f"- `{k}`: {getattr(old, k)} -> {getattr(new, k)}" for k in fields
+               if getattr(old, k, None) != getattr(new, k, None)]
+    lines = [f"# Grown from `{src.name}` by fxgrow", "",
+             "Grown without changing what it computes (Net2Net / LLaMA-Pro, streamed "
+             "tensor by tensor).", "", *changes]
+    if plan.zeroed:
+        lines += ["", f"Inserted blocks (zero-output copies): {list(plan.zeroed)}"]
+    lines += ["", "Preservation error, layer-streamed teacher vs student on random tokens: "
+              + (str(check) if check else "not measured (verify=False)")]
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+    record = {"teacher": str(src), "zeroed_blocks": list(plan.zeroed),
+              "layers": list(plan.layers) if plan.layers else None,
+              "widen": json.loads(plan.widen.to_json()) if plan.widen is not None and
+              hasattr(plan.widen, "to_json") else None,
+              "max_abs_err": check.max_abs if check else None,
+              "max_rel_err": check.max_rel if check else None}
+    (folder / "fxgrow_growth.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+__all__ = ["GrowthReport", "grow_checkpoint", "write_student", "parse_size", "INDEX"]
