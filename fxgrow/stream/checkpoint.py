@@ -158,8 +158,8 @@ class Checkpoint:
                                   f"shrank while fxgrow ran?)")
         return out.view(info.torch_dtype)
 
-    def copy_to(self, name: str, out: BinaryIO, chunk: int = 64 << 20) -> None:
-        """Copy the stored bytes of ``name`` to ``out`` in chunks: no tensor is made."""
+    def copy_to(self, name: str, out: BinaryIO, chunk: int = 8 << 20) -> None:
+        """Copy the stored bytes of ``name`` to ``out`` in 8 MB chunks: no tensor is made."""
         info = self.tensors[name]
         h = self._handle(info.file)
         h.seek(info.start)

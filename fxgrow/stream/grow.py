@@ -3,7 +3,7 @@ dict and a ``StreamPlan``; ``grow_checkpoint`` for a Hugging Face folder (config
 config, shards, tokenizer and a short model card out), verified layer by layer.
 
 Memory: one teacher tensor and the student tensor made from it (unchanged tensors are copied
-as bytes in 64 MB chunks, zero copies written from a zero buffer): a few of the largest
+as bytes in 8 MB chunks, zero copies written from a zero buffer): a few of the largest
 tensors, whatever the model's size."""
 from __future__ import annotations
 
@@ -18,13 +18,21 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import InputError
+from ..plan.plan import check_plan
 from ..rewrite.recipe import apply_recipe
 from .checkpoint import INDEX, Checkpoint
 from .errors import WriteError
-from .plan import StreamPlan, make_stream_plan
+from .plan import StreamPlan, balanced, make_stream_plan
 from .verify import StreamedCheck
-from .writer import OutTensor, check_free_space, shard, staging, write_index, write_tensor, \
-    write_zeros
+from .writer import (
+    OutTensor,
+    check_free_space,
+    shard,
+    staging,
+    write_index,
+    write_tensor,
+    write_zeros,
+)
 
 _WEIGHTS = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.h5|\.msgpack)$|"
                       r"^model\.safetensors\.index\.json$|^pytorch_model\.bin\.index\.json$")
@@ -86,6 +94,60 @@ class GrowthReport:
     bytes_written: int
     seconds: float
     check: StreamedCheck | None
+    plan_seconds: float = 0.0    # config, meta model, capture, analysis, plan
+    write_seconds: float = 0.0   # the shards
+    verify_seconds: float = 0.0  # layer-streamed teacher and student runs
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """What ``plan_checkpoint`` decided, before any weight is read: the teacher's and the
+    student's configs, the per-tensor plan, and the teacher's graph (captured on the meta
+    device on ``tokens`` tokens, reused by the verification)."""
+
+    src: Path
+    config: Any
+    new_config: Any
+    plan: StreamPlan
+    teacher_graph: torch.fx.GraphModule
+    tokens: int
+
+
+def plan_checkpoint(src_dir: str | Path, *, blocks: int | None = None, stage: str | None = None,
+                    placement: str = "interleave", widths: Mapping[str, int] | None = None,
+                    factor: float | None = None, seed: int = 0, split: str = "equal",
+                    tokens: int = 8) -> CheckpointPlan:
+    """Plan the growth of the Hugging Face folder ``src_dir`` from its config and its shards'
+    headers alone: the model is built on the meta device, captured and analysed there (no
+    parameter memory), and every tensor checked against the config."""
+    import transformers
+
+    import fxgrow
+
+    from .hf import check_dtypes, example_ids, expand_widths, grown_config, meta_model
+    src = Path(src_dir)
+    if not (src / "config.json").is_file():
+        raise InputError(f"{src} has no config.json; grow_checkpoint takes a Hugging Face "
+                         f"model folder")
+    if blocks is None and widths is None and factor is None:
+        raise InputError("nothing to grow: give blocks=, widths= or factor=")
+    config = transformers.AutoConfig.from_pretrained(src)
+    with Checkpoint(src) as teacher:
+        check_dtypes(config, {n: i.torch_dtype for n, i in teacher.tensors.items()})
+        shapes = {n: i.shape for n, i in teacher.tensors.items()}
+    model = meta_model(config)
+    ids = example_ids(config, tokens)
+    analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
+    wplan = None
+    if widths is not None or factor is not None:
+        names = [g.name for g in analysis.groups] + list(analysis.state.modules)
+        wplan = balanced(fxgrow.plan(analysis, widths=expand_widths(widths, names),
+                                     factor=factor, seed=seed, split=split), seed)
+        check_plan(analysis, wplan)
+    plan = make_stream_plan(analysis, shapes, widen=wplan, blocks=blocks, stage=stage,
+                            placement=placement)
+    return CheckpointPlan(src, config, grown_config(config, model, plan), plan, analysis.gm,
+                          tokens)
 
 
 def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | None = None,
@@ -93,62 +155,75 @@ def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | N
                     widths: Mapping[str, int] | None = None, factor: float | None = None,
                     seed: int = 0, split: str = "equal", max_shard_size: int | str = "5GB",
                     verify: bool = True, verify_tokens: int = 8,
-                    progress: bool | None = None) -> GrowthReport:
+                    progress: bool | None = None,
+                    planned: CheckpointPlan | None = None) -> GrowthReport:
     """Grow the Hugging Face folder ``src_dir`` into ``out_dir`` without loading the model:
     ``blocks`` (new block count of ``stage``, default the decoder's layers; LLaMA-Pro
     ``interleave`` or ``append``) and/or ``widths`` (group or module name, globs allowed ->
-    width) / ``factor``.  Plans on the meta device, streams the tensors, writes config.json with
-    the new sizes and copies the other files (tokenizer, generation config).  With ``verify``
-    the student is run layer-streamed against the teacher before the folder appears."""
-    import transformers
-
-    import fxgrow
-    from .hf import check_dtypes, example_ids, expand_widths, grown_config, meta_model
-    from .verify import verify_checkpoints
-
+    width) / ``factor``.  Plans on the meta device (``plan_checkpoint``, or pass its result as
+    ``planned``), streams the tensors, writes config.json with the new sizes and copies the
+    other files (tokenizer, generation config).  With ``verify`` the student is run
+    layer-streamed against the teacher before the folder appears."""
     start = time.perf_counter()
     src, out = Path(src_dir), Path(out_dir)
-    if not (src / "config.json").is_file():
-        raise InputError(f"{src} has no config.json; grow_checkpoint takes a Hugging Face "
-                         f"model folder")
-    if blocks is None and widths is None and factor is None:
-        raise InputError("nothing to grow: give blocks=, widths= or factor=")
     if out.resolve() == src.resolve():
         raise WriteError("the output folder is the teacher's; write the student elsewhere")
-    config = transformers.AutoConfig.from_pretrained(src)
-    with Checkpoint(src) as teacher:
-        check_dtypes(config, {n: i.torch_dtype for n, i in teacher.tensors.items()})
-        model = meta_model(config)
-        ids = example_ids(config, verify_tokens)
-        analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
-        wplan = None
-        if widths is not None or factor is not None:
-            names = [g.name for g in analysis.groups] + list(analysis.state.modules)
-            wplan = fxgrow.plan(analysis, widths=expand_widths(widths, names), factor=factor,
-                                seed=seed, split=split)
-        plan = make_stream_plan(analysis, {n: i.shape for n, i in teacher.tensors.items()},
-                                widen=wplan, blocks=blocks, stage=stage, placement=placement)
-        new_config = grown_config(config, model, plan)
-        with staging(out) as tmp:
-            files = write_student(plan, teacher, tmp, max_shard_size=max_shard_size,
-                                  progress=progress)
-            for f in sorted(src.iterdir()):
-                if f.is_file() and f.name != "config.json" and not _WEIGHTS.search(f.name) \
-                        and f.name != "README.md":
-                    shutil.copy2(f, tmp / f.name)
-            new_config.save_pretrained(tmp)
-            check = None
-            if verify:
-                with Checkpoint(tmp) as student:
-                    check = verify_checkpoints(
-                        _capture(model, ids), _capture(meta_model(new_config), ids),
-                        teacher, student, ids, plan=plan,
-                        teacher_aliases=_aliases(model, teacher),
-                        student_aliases=_aliases(meta_model(new_config), student))
-            _model_card(tmp, src, plan, new_config, config, check)
-            written = sum(p.stat().st_size for p in tmp.iterdir())
+    if planned is None:
+        planned = plan_checkpoint(src, blocks=blocks, stage=stage, placement=placement,
+                                  widths=widths, factor=factor, seed=seed, split=split,
+                                  tokens=verify_tokens)
+    config, new_config, plan = planned.config, planned.new_config, planned.plan
+    planned_at = time.perf_counter()
+    with Checkpoint(src) as teacher, staging(out) as tmp:
+        files = write_student(plan, teacher, tmp, max_shard_size=max_shard_size,
+                              progress=progress)
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name != "config.json" and not _WEIGHTS.search(f.name) \
+                    and f.name != "README.md":
+                shutil.copy2(f, tmp / f.name)
+        new_config.save_pretrained(tmp)
+        written_at = time.perf_counter()
+        check = None
+        if verify:
+            with Checkpoint(tmp) as student:
+                check = verify_streamed(config, new_config, teacher, student, plan=plan,
+                                        tokens=planned.tokens,
+                                        teacher_graph=planned.teacher_graph)
+        verified = time.perf_counter()
+        _model_card(tmp, src, plan, new_config, config, check)
+        written = sum(p.stat().st_size for p in tmp.iterdir())
     return GrowthReport(out, new_config, plan, tuple(files), written,
-                        time.perf_counter() - start, check)
+                        time.perf_counter() - start, check, planned_at - start,
+                        written_at - planned_at, verified - written_at)
+
+
+def verify_streamed(config: Any, new_config: Any, teacher: Checkpoint, student: Checkpoint, *,
+                    plan: StreamPlan | None = None, tokens: int = 8, check: bool = True,
+                    teacher_graph: torch.fx.GraphModule | None = None) -> StreamedCheck:
+    """Teacher (``config``, ``teacher``'s tensors) against student (``new_config``,
+    ``student``'s) on random tokens, each run layer-streamed in float32; raises
+    ``PreservationError`` naming the tensors that differ from ``plan`` when they disagree.
+    ``teacher_graph``: the teacher already captured on ``tokens`` meta tokens (it is
+    modified: reads move next to their users)."""
+    from .hf import example_ids, meta_model
+    from .verify import verify_checkpoints
+    ids = example_ids(config, tokens)
+    t_model, s_model = meta_model(config), meta_model(new_config)
+    t_graph = teacher_graph if teacher_graph is not None else _capture(t_model, ids)
+    return verify_checkpoints(t_graph, _capture(s_model, ids), teacher, student,
+                              ids, plan=plan, teacher_aliases=_aliases(t_model, teacher),
+                              student_aliases=_aliases(s_model, student), check=check)
+
+
+def verify_folders(teacher_dir: str | Path, student_dir: str | Path, *,
+                   plan: StreamPlan | None = None, tokens: int = 8,
+                   check: bool = True) -> StreamedCheck:
+    """``verify_streamed`` on two Hugging Face folders (the configs read from them)."""
+    import transformers
+    with Checkpoint(teacher_dir) as t, Checkpoint(student_dir) as s:
+        return verify_streamed(transformers.AutoConfig.from_pretrained(teacher_dir),
+                               transformers.AutoConfig.from_pretrained(student_dir), t, s,
+                               plan=plan, tokens=tokens, check=check)
 
 
 def _capture(model: torch.nn.Module, ids: tuple) -> torch.fx.GraphModule:
@@ -192,4 +267,5 @@ def _model_card(folder: Path, src: Path, plan: StreamPlan, new: Any, old: Any,
     (folder / "fxgrow_growth.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["GrowthReport", "grow_checkpoint", "write_student", "parse_size", "INDEX"]
+__all__ = ["CheckpointPlan", "GrowthReport", "grow_checkpoint", "plan_checkpoint", "write_student", "parse_size", "verify_folders",
+           "verify_streamed", "INDEX"]

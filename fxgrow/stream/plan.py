@@ -14,10 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+import torch
+
 from ..analysis import Analysis
 from ..analysis.blocks import Stage, find_stages
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
-from ..plan.plan import WidenPlan, root_maps
+from ..plan.plan import GroupChange, ReplicationMap, WidenPlan, root_maps
 from ..rewrite.deepen import residual_stream
 from ..rewrite.recipe import TensorRecipe, tensor_recipes
 from .errors import CheckpointError
@@ -49,6 +51,26 @@ class StreamPlan:
 
     def sources(self) -> dict[str, TensorSource]:
         return {t.name: t for t in self.tensors}
+
+
+def balanced(plan: WidenPlan, seed: int = 0) -> WidenPlan:
+    """``plan`` with each equal-split map replaced by a balanced one: every unit copied
+    floor(new/old) or ceil(new/old) times, the extra copies drawn without replacement.  A share
+    1/c is exact in bfloat16 / float16 only when c is a power of two; a random map copies some
+    units three times even at x1.5 (shares of 1/3), a balanced one never does (1 and 1/2)."""
+    gen = torch.Generator().manual_seed(seed + 104729)
+    changes = []
+    for c in plan.changes:
+        m = c.map
+        if m.fractions is not None or m.new == m.old:
+            changes.append(c)
+            continue
+        whole, extra = divmod(m.new, m.old)
+        picks = torch.randperm(m.old, generator=gen)[:extra].sort().values.tolist()
+        source = tuple(j % m.old for j in range(whole * m.old)) + tuple(picks)
+        changes.append(GroupChange(c.group, c.old_width, c.new_width,
+                                   ReplicationMap(m.old, m.new, source)))
+    return WidenPlan(tuple(changes), plan.seed, plan.split, plan.noise, plan.approximate)
 
 
 def depth_layout(teacher: int, student: int, placement: str = "interleave") -> list[tuple[int, bool]]:
