@@ -118,7 +118,7 @@ def test_depth_layout_interleaves_like_llama_pro():
 
 def test_verifier_names_a_corrupted_tensor(teacher, tmp_path):
     src, _ = teacher
-    r = grow_checkpoint(src, tmp_path / "out", blocks=4, progress=False)
+    r = grow_checkpoint(src, tmp_path / "out", blocks=4, verify=False, progress=False)
     out = tmp_path / "out"
     with Checkpoint(out) as ck:
         info = ck.tensors["model.layers.1.mlp.up_proj.weight"]
@@ -129,10 +129,10 @@ def test_verifier_names_a_corrupted_tensor(teacher, tmp_path):
             raw[k] ^= 0x80
         f.seek(info.start)
         f.write(raw)
-    with pytest.raises(PreservationError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+    with pytest.raises(PreservationError, match=r"does not compute the teacher's function: max "
+                       r"abs err .* stored tensors that differ from the plan: "
+                       r"model\.layers\.1\.mlp\.up_proj\.weight$"):
         verify_folders(src, out, plan=r.plan)
-    check = verify_folders(src, out, check=False)
-    assert check.max_rel > 1e-4
 
 
 def test_peak_memory_of_streamed_growth_stays_below_checkpoint(tmp_path):

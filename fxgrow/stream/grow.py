@@ -168,6 +168,9 @@ def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | N
     src, out = Path(src_dir), Path(out_dir)
     if out.resolve() == src.resolve():
         raise WriteError("the output folder is the teacher's; write the student elsewhere")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before planning
+        raise WriteError(f"{out} already exists and is not empty; choose another output "
+                         f"folder or remove it")
     if planned is None:
         planned = plan_checkpoint(src, blocks=blocks, stage=stage, placement=placement,
                                   widths=widths, factor=factor, seed=seed, split=split,
