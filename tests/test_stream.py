@@ -24,11 +24,12 @@ from fxgrow.stream import grow as grow_mod  # noqa: E402
 from fxgrow.stream import writer as writer_mod  # noqa: E402
 
 
-def llama(layers: int = 3, hidden: int = 32, mlp: int = 48, dtype: str = "float32", **kw):
+def llama(layers: int = 3, hidden: int = 32, mlp: int = 48, dtype: str = "float32",
+          tie_word_embeddings: bool = False):
     cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=mlp,
                                    num_hidden_layers=layers, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=64,
-                                   dtype=dtype, tie_word_embeddings=False, **kw)
+                                   dtype=dtype, tie_word_embeddings=tie_word_embeddings)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # norms away from 1 so that a wrong copy shows
@@ -98,12 +99,14 @@ def test_streamed_width_equals_in_memory_bit_for_bit(teacher, tmp_path):
             assert torch.equal(ck.read(name), memory[name]), name
 
 
-def test_bfloat16_keeps_dtype(tmp_path):
+def test_bfloat16_keeps_dtype_and_stays_exact(tmp_path):
     model = llama(layers=2, dtype="bfloat16")
     model.save_pretrained(tmp_path / "t")
     r = grow_checkpoint(tmp_path / "t", tmp_path / "s", blocks=3, placement="append",
-                        progress=False)
+                        widths={"model.layers.*.mlp.up_proj": 72}, progress=False)
     assert r.plan.layers == (0, 1, 1) and r.plan.zeroed == (2,)
+    # x1.5 with balanced maps: shares 1 and 1/2 only, exact in bfloat16 (checked in float32)
+    assert set(r.plan.widen.changes[0].map.counts) == {1, 2} and r.check.max_rel < 1e-6
     with Checkpoint(tmp_path / "s") as ck:
         assert {i.dtype for i in ck.tensors.values()} == {"BF16"}
     assert json.loads((tmp_path / "s" / "config.json").read_text())["dtype"] == "bfloat16"
@@ -268,3 +271,17 @@ def test_plan_on_meta_device_holds_no_parameters():
     analysis = fxgrow.analyze(model, torch.zeros(1, 8, dtype=torch.long, device="meta"))
     plan = fxgrow.plan(analysis, factor=2)
     assert {c.group: c.new_width for c in plan.changes}["model.layers.0.mlp.gate_proj"] == 96
+
+
+def test_tied_embeddings_deepen_and_refuse_hidden_growth(tmp_path):
+    model = llama(layers=2, tie_word_embeddings=True)
+    model.save_pretrained(tmp_path / "t")
+    with pytest.raises(UnsupportedModelError, match=r"widens an axis of 'model\.embed_tokens\."
+                                                    r"weight', a tied weight"):
+        grow_checkpoint(tmp_path / "t", tmp_path / "wide", factor=2, progress=False)
+    r = grow_checkpoint(tmp_path / "t", tmp_path / "deep", blocks=3, progress=False)
+    assert r.config.tie_word_embeddings and r.check.max_rel < 1e-6
+    student = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "deep").eval()
+    assert student.lm_head.weight is student.model.embed_tokens.weight
+    ids = torch.randint(0, 96, (2, 5))
+    assert torch.allclose(_logits(student, ids), _logits(model, ids), atol=1e-5, rtol=0)

@@ -25,9 +25,11 @@ from .errors import CheckpointError
 from .plan import StreamPlan
 
 
-def meta_model(config: Any) -> torch.nn.Module:
+def meta_model(config: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The model ``config`` describes (its first ``architectures`` entry, else a causal LM),
-    with parameters on the meta device, in eval mode."""
+    with parameters on the meta device in ``dtype``, in eval mode.  float32 by default whatever
+    the checkpoint's dtype: a graph captured in bfloat16 would round teacher and student
+    differently, and verification runs in float32."""
     import transformers
     from accelerate import init_empty_weights
     config = copy.deepcopy(config)
@@ -36,9 +38,11 @@ def meta_model(config: Any) -> torch.nn.Module:
     cls = getattr(transformers, archs[0], None) if archs else None
     with init_empty_weights():
         if cls is not None:
-            model = cls._from_config(config)
+            model = cls._from_config(config, dtype=dtype)
         else:
-            model = transformers.AutoModelForCausalLM.from_config(config)
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if hasattr(model, "tie_weights"):  # init_empty_weights leaves tied weights apart
+        model.tie_weights()
     return model.eval()
 
 
