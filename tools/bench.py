@@ -46,6 +46,7 @@ INPUT = (1, 3, 224, 224)
 ANALYSIS_TARGET = 0.1  # fxgrow analyze / Torch-Pruning dependency graph
 WIDEN_TARGET = 2.0  # fxgrow widen / copying the student's bytes
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+STREAM_MARK = "<!-- streamed growth: tools/bench_stream.py -->"
 COMMAND = "python tools/bench.py"
 
 
@@ -454,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = out.read_text().partition(STREAM_MARK) if out.exists() else ("", "", "")
+    if kept[1]:  # tools/bench_stream.py's section (written by hand from its output) stays
+        text = text.rstrip("\n") + "\n\n" + STREAM_MARK + kept[2]
     out.write_text(text)
     print(f"wrote {out} ({elapsed:.1f} s)", file=sys.stderr)
     return 0

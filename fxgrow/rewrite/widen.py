@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import copyreg
-import math
 import operator
 from collections import OrderedDict
 from typing import Any
@@ -20,10 +19,10 @@ import torch
 import torch.fx
 
 from ..analysis import Analysis
-from ..analysis.context import CONSUME
 from ..plan.index_map import expand
 from ..plan.plan import WidenPlan, root_maps
 from .dead_code import eliminate_dead_code, unused_nodes
+from .recipe import Scratch, apply_recipe, tensor_recipes
 
 
 def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.GraphModule:
@@ -38,59 +37,22 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     def size(layout) -> int:
         return sp.new_size(layout, widths)
 
-    by_tensor: dict[str, list] = {}
-    for pa in state.params.values():
-        if any(r in maps for r in sp.roots(pa.layout)):
-            by_tensor.setdefault(pa.target, []).append(pa)
-
+    recipes = tensor_recipes(analysis, plan)
+    jobs = [(state.tensors[target], recipe) for target, recipe in recipes.items()]
     memo: dict[int, Any] = {}
-    expansions: dict[str, list] = {}
-    # (teacher tensor, gathers): every index map is made first, then the student's tensors one
-    # after the other (small allocations between them would scatter them in memory)
-    jobs: list[tuple[torch.Tensor, list]] = []
-    for target, axes in by_tensor.items():
-        old = state.tensors[target]
-        record = []
-        steps = []
-        # index the axis that grows least first: the intermediate copies stay small
-        for pa in sorted(axes, key=lambda p: sp.new_size(p.layout, widths) /
-                         max(1, sp.size(p.layout))):
-            e = expand(sp, pa.layout, maps)
-            consume = CONSUME in pa.roles
-            record.append((pa.axis, e.index, e.fraction, consume))
-            if e.index.numel() == old.shape[pa.axis] and \
-                    bool((e.index == torch.arange(e.index.numel())).all()):
-                continue  # this axis's spaces did not grow
-            frac = e.fraction.to(device=old.device, dtype=old.dtype) if consume else None
-            steps.append((pa.axis, e, e.index.to(old.device), frac))
-        if not plan.noise:
-            # Without noise the order of the gathers is free (they only copy): consumed axes
-            # first, each multiplied right after its gather while the tensor is smaller.  The
-            # multiplications keep their order, so every value is bit-identical.
-            steps.sort(key=lambda step: step[3] is None)
-        expansions[target] = sorted(record, key=lambda r: r[0])
-        jobs.append((old, steps))
     noise_gen = torch.Generator().manual_seed(plan.seed + 7919)
-    scratch = _Scratch(jobs)
-    with torch.no_grad():
-        for old, steps in jobs:
-            new = old.detach()
-            for k, (axis, e, index, frac) in enumerate(steps):
-                if k + 1 < len(steps):  # an intermediate: into reused memory
-                    new = torch.index_select(new, axis, index, out=scratch.get(new, axis, index, k))
-                else:  # the student's tensor: new memory
-                    new = new.index_select(axis, index)
-                shape = [1] * new.dim()
-                shape[axis] = -1
-                if frac is not None:
-                    new.mul_(frac.view(shape))
-                elif plan.noise and new.is_floating_point():
-                    new.add_(_noise(new, e, axis, plan.noise, noise_gen))
-            if new.data_ptr() == old.data_ptr():
-                new = new.clone()
-            if isinstance(old, torch.nn.Parameter):
-                new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
-            memo[id(old)] = new
+
+    def noise(t: torch.Tensor, step) -> torch.Tensor:
+        return _noise(t, step.expansion, step.axis, plan.noise, noise_gen)
+
+    # every index map is made first (tensor_recipes), then the student's tensors one after the
+    # other (small allocations between them would scatter them in memory)
+    scratch = Scratch(jobs)
+    for old, recipe in jobs:
+        new = apply_recipe(recipe, old, scratch=scratch, noise=noise if plan.noise else None)
+        if isinstance(old, torch.nn.Parameter):
+            new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
+        memo[id(old)] = new
     for child in analysis.gm._modules.values():  # the module tree, into the memo
         _copy(child, memo)
     student = copy.deepcopy(analysis.gm, memo)
@@ -110,35 +72,12 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
     student.meta["fxgrow_expansions"] = {
-        name: expansions[target] for name, target in state.canonical.items()
-        if target in expansions}
+        name: list(recipes[target].record) for name, target in state.canonical.items()
+        if target in recipes}
     if state.grow_outputs:
         student.meta["fxgrow_output_positions"] = [
             [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs]
     return student
-
-
-class _Scratch:
-    """Reused memory for the intermediate tensors of multi-axis gathers: per dtype and device
-    two buffers, used in turn (a gather never reads and writes the same one), allocated once
-    at the largest size the jobs need.  Fresh memory costs page faults; only the student's
-    own tensors need it."""
-
-    def __init__(self, jobs: list) -> None:
-        need: dict[tuple, int] = {}
-        for old, steps in jobs:
-            dims = list(old.shape)
-            for k, (axis, _e, index, _frac) in enumerate(steps[:-1]):
-                dims[axis] = index.numel()
-                key = (old.dtype, old.device, k % 2)
-                need[key] = max(need.get(key, 0), math.prod(dims))
-        self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1])
-                        for key, n in need.items()}
-
-    def get(self, like: torch.Tensor, axis: int, index: torch.Tensor, k: int) -> torch.Tensor:
-        dims = list(like.shape)
-        dims[axis] = index.numel()
-        return self.buffers[(like.dtype, like.device, k % 2)][:math.prod(dims)].view(dims)
 
 
 # -- copying the module tree --------------------------------------------------------------------

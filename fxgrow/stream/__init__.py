@@ -1,0 +1,29 @@
+"""Growing checkpoints larger than memory: plan on the meta device, apply the plan tensor by
+tensor from safetensors shards into new shards, verify layer by layer.
+
+``grow_checkpoint(src_dir, out_dir, blocks=..., widths=..., factor=...)`` is the entry point
+for Hugging Face folders; ``make_stream_plan`` / ``write_student`` / ``verify_checkpoints``
+are the parts, usable for any model whose state dict is in safetensors."""
+from .checkpoint import Checkpoint, TensorInfo, read_header
+from .errors import CheckpointError, GrowthInterrupted, WriteError
+from .grow import (
+                   CheckpointPlan,
+                   GrowthReport,
+                   grow_checkpoint,
+                   parse_size,
+                   plan_checkpoint,
+                   verify_folders,
+                   verify_streamed,
+                   write_student,
+)
+from .hf import example_ids, grown_config, meta_model
+from .plan import StreamPlan, TensorSource, depth_layout, make_stream_plan
+from .verify import StreamedCheck, StreamedRun, run_streamed, verify_checkpoints
+
+__all__ = [
+    "Checkpoint", "TensorInfo", "read_header", "CheckpointError", "GrowthInterrupted",
+    "WriteError", "CheckpointPlan", "plan_checkpoint", "GrowthReport", "grow_checkpoint",
+    "parse_size", "write_student", "verify_folders", "verify_streamed",
+    "example_ids", "grown_config", "meta_model", "StreamPlan", "TensorSource", "depth_layout",
+    "make_stream_plan", "StreamedCheck", "StreamedRun", "run_streamed", "verify_checkpoints",
+]

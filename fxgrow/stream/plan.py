@@ -1,0 +1,176 @@
+"""A growth as a per-tensor plan: every student tensor named with the teacher tensor it comes
+from and how (unchanged bytes, a widening recipe, or zeros).
+
+Width comes from a ``WidenPlan`` through ``rewrite.recipe`` (the same functions the in-memory
+rewrite runs).  Depth is LLaMA-Pro's block expansion as renaming: the blocks of one residual
+stage (``model.layers``) are renumbered, and each inserted block is a copy of a teacher block
+with the last layer of every residual branch zeroed (``o_proj`` / ``down_proj`` in a Llama:
+the copy computes the identity).  Invariant: a ``StreamPlan`` is made from the analysis of a
+model on the meta device and the checkpoint's header alone; applying it needs one teacher
+tensor at a time."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from ..analysis import Analysis
+from ..analysis.blocks import Stage, find_stages
+from ..errors import InputError, UnknownGroupError, UnsupportedModelError
+from ..plan.plan import GroupChange, ReplicationMap, WidenPlan, root_maps
+from ..rewrite.deepen import residual_stream
+from ..rewrite.recipe import TensorRecipe, tensor_recipes
+from .errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Student tensor ``name`` is made from teacher tensor ``source``: its bytes unchanged
+    (``recipe`` None), widened by ``recipe``, or (``zero``) zeros of the student's shape."""
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    recipe: TensorRecipe | None = None
+    zero: bool = False
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Every student tensor, in the order they are written.  ``layers[j]`` is the teacher
+    block that student block j of ``stage`` copies, ``zeroed`` the student blocks that are
+    zero copies (None when depth does not change)."""
+
+    tensors: tuple[TensorSource, ...]
+    widen: WidenPlan | None = None
+    stage: str | None = None
+    layers: tuple[int, ...] | None = None
+    zeroed: tuple[int, ...] = ()
+
+    def sources(self) -> dict[str, TensorSource]:
+        return {t.name: t for t in self.tensors}
+
+
+def balanced(plan: WidenPlan, seed: int = 0) -> WidenPlan:
+    """``plan`` with each equal-split map replaced by a balanced one: every unit copied
+    floor(new/old) or ceil(new/old) times, the extra copies drawn without replacement.  A share
+    1/c is exact in bfloat16 / float16 only when c is a power of two; a random map copies some
+    units three times even at x1.5 (shares of 1/3), a balanced one never does (1 and 1/2)."""
+    gen = torch.Generator().manual_seed(seed + 104729)
+    changes = []
+    for c in plan.changes:
+        m = c.map
+        if m.fractions is not None or m.new == m.old:
+            changes.append(c)
+            continue
+        whole, extra = divmod(m.new, m.old)
+        picks = torch.randperm(m.old, generator=gen)[:extra].sort().values.tolist()
+        source = tuple(j % m.old for j in range(whole * m.old)) + tuple(picks)
+        changes.append(GroupChange(c.group, c.old_width, c.new_width,
+                                   ReplicationMap(m.old, m.new, source)))
+    return WidenPlan(tuple(changes), plan.seed, plan.split, plan.noise, plan.approximate)
+
+
+def depth_layout(teacher: int, student: int, placement: str = "interleave") -> list[tuple[int, bool]]:
+    """Per student block: (teacher block it copies, whether it is a zero copy).
+    ``interleave`` (LLaMA-Pro) puts the k new blocks after evenly spaced teacher blocks (after
+    blocks 3, 7, ... when 32 grow to 40); ``append`` puts copies of the last block at the end."""
+    if student < teacher:
+        raise InputError(f"the stage has {teacher} blocks; fxgrow only grows (asked for {student})")
+    extra = student - teacher
+    if placement == "append":
+        return [(b, False) for b in range(teacher)] + [(teacher - 1, True)] * extra
+    if placement != "interleave":
+        raise InputError(f"placement must be 'interleave' or 'append', got {placement!r}")
+    after = [0] * teacher
+    for i in range(extra):
+        after[(i + 1) * teacher // extra - 1 if extra <= teacher else i % teacher] += 1
+    out: list[tuple[int, bool]] = []
+    for b in range(teacher):
+        out.append((b, False))
+        out += [(b, True)] * after[b]
+    return out
+
+
+def _stage(analysis: Analysis, name: str | None) -> Stage:
+    gm = analysis.gm
+    stages = find_stages(gm, analysis.state.vals_by_name(gm))
+    if name is None:
+        if not stages:
+            raise UnsupportedModelError("the model has no stage of residual blocks to deepen")
+        return max(stages, key=lambda s: s.count)
+    for s in stages:
+        if s.name == name:
+            return s
+    raise UnknownGroupError(f"no residual stage named {name!r}; stages: "
+                            f"{', '.join(s.name for s in stages) or 'none'}")
+
+
+def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]], *,
+                     widen: WidenPlan | None = None, blocks: int | None = None,
+                     stage: str | None = None, placement: str = "interleave") -> StreamPlan:
+    """The per-tensor plan for ``widen`` and/or growing ``stage`` (default: the longest) to
+    ``blocks`` blocks.  ``teacher`` maps the checkpoint's tensor names to their shapes; each
+    must agree with the analysed model, and every parameter must be in it."""
+    state = analysis.state
+    recipes: dict[str, TensorRecipe] = {}
+    if widen is not None:
+        maps = root_maps(analysis, widen)
+        sp = state.spaces
+        for pa, _ in state.ties:
+            if any(r in maps for r in sp.roots(pa.layout)):
+                raise UnsupportedModelError(
+                    f"the plan widens an axis of {pa.target!r}, a tied weight (read both as "
+                    f"an embedding and as an output projection); its exact compensation is a "
+                    f"graph change that a checkpoint cannot carry.  Leave that group alone, or "
+                    f"grow the model in memory with fxgrow.widen")
+        recipes = tensor_recipes(analysis, widen)
+    shapes = {name: tuple(t.shape) for name, t in state.tensors.items()}
+    for name, shape in teacher.items():
+        if name in shapes and shapes[name] != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} has shape {list(shape)} in the checkpoint "
+                                  f"but {list(shapes[name])} in the model its config builds; "
+                                  f"the checkpoint does not belong to this config")
+    present = {state.canonical.get(n, n) for n in teacher}
+    params = {state.canonical[n] for n, t in state.tensors.items()
+              if n in state.canonical and t.__class__.__name__ == "Parameter"}
+    missing = sorted(params - present)
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} parameters of the model, "
+                              f"first {missing[0]!r}; a shard is missing or belongs to "
+                              f"another model")
+
+    def source(name: str, new_name: str, zero: bool = False) -> TensorSource:
+        recipe = recipes.get(state.canonical.get(name, name))
+        shape = recipe.new_shape if recipe else tuple(teacher[name])
+        return TensorSource(new_name, name, shape, recipe, zero)
+
+    if blocks is None:
+        return StreamPlan(tuple(source(n, n) for n in teacher), widen)
+    st = _stage(analysis, stage)
+    paths = [b.path for b in st.blocks]
+    leaves = [p.rpartition(".")[2] for p in paths]
+    if not all(leaf.isdigit() for leaf in leaves) or \
+            [int(v) for v in leaves] != list(range(int(leaves[0]), int(leaves[0]) + len(leaves))):
+        raise UnsupportedModelError(f"stage {st.name!r} has blocks {', '.join(paths[:4])}...; "
+                                    f"streamed depth growth renumbers blocks numbered 0, 1, ...")
+    prefix, first = st.parent + "." if st.parent else "", int(leaves[0])
+    layout = depth_layout(len(paths), blocks, placement)
+    zero = {b: set(residual_stream(analysis.gm, st.blocks[b])) for b in {t for t, z in layout if z}}
+    block_of = re.compile(rf"^{re.escape(prefix)}(\d+)\.(.*)$")
+    outside, inside = [], {b: [] for b in range(len(paths))}
+    for name in teacher:
+        m = block_of.match(name)
+        if m and first <= int(m.group(1)) < first + len(paths):
+            inside[int(m.group(1)) - first].append((name, m.group(2)))
+        else:
+            outside.append(source(name, name))
+    out = list(outside)
+    for j, (b, is_copy) in enumerate(layout):
+        for name, rest in inside[b]:
+            out.append(source(name, f"{prefix}{first + j}.{rest}",
+                              is_copy and state.canonical.get(name, name) in zero[b]))
+    return StreamPlan(tuple(out), widen, st.name, tuple(b for b, _ in layout),
+                      tuple(j for j, (_, z) in enumerate(layout) if z))
