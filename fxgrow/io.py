@@ -403,6 +403,10 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
         meta["fxgrow_output_positions"] = [
             [None if p is None else [int(i) for i in p.tolist()] for p in per]
             for per in gm.meta["fxgrow_output_positions"]]
+    # the expansion record, for fxgrow.transfer_optimizer (format: fxgrow/training/record.py)
+    from .training import record
+    if gm.meta.get(record.KEY):
+        meta[record.KEY] = record.encode(gm.meta[record.KEY])
     from . import __version__
     desc = {"format": FORMAT, "version": VERSION, "fxgrow": __version__,
             "torch": torch.__version__, "class_name": type(gm).__name__,
@@ -687,6 +691,9 @@ def load(path: str | os.PathLike, *, trusted: Iterable[str] = (),
         gm.meta["fxgrow_output_positions"] = [
             [None if p is None else torch.tensor(p, dtype=torch.long) for p in per]
             for per in meta["fxgrow_output_positions"]]
+    from .training import record  # the expansion record (fxgrow/training/record.py)
+    if meta.get(record.KEY):
+        gm.meta[record.KEY] = record.decode(meta[record.KEY])
     return gm
 
 

@@ -1,0 +1,44 @@
+"""Grow a model in the middle of training and continue: ``grow_during_training``.
+
+Invariant: the returned student computes the teacher's function (verified in eval mode, where
+dropout is off and the comparison is deterministic); it is in the teacher's train/eval mode,
+with dropout active in training mode, batch-norm statistics and momentum carried over; the
+optimizer holds exactly the parameters the freezing policy trains, with mapped state."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..modes import set_training
+from .freeze import freeze
+from .optimizer import transfer_optimizer
+from .schedule import transfer_scheduler
+
+
+def grow_during_training(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         example_inputs: Any, *, scheduler: Any = None,
+                         schedule: str = "continue", warmup_steps: int = 0, speed: float = 2.0,
+                         trainable: str = "all", **grow_options: Any):
+    """Grow ``model`` (``fxgrow.grow`` options: ``width``, ``blocks``, ``split``, ``seed`` ...),
+    move ``optimizer`` (any ``torch.optim`` optimizer, or accelerate's/Lightning's wrapper) to
+    the student and, if given, ``scheduler`` (``schedule=``: "continue", "warmup", "restart",
+    "lemon"; see ``fxgrow.training.schedule``).  ``trainable=``: "all", "new_blocks",
+    "new_units" (see ``fxgrow.training.freeze``).  ``split="random"`` is the default here, so
+    that replicated units learn apart.
+
+    Returns ``(student, optimizer)``, or ``(student, optimizer, scheduler)`` when a scheduler
+    is given."""
+    from ..api import grow
+    grow_options.setdefault("split", "random")
+    training = model.training
+    student = grow(model, example_inputs, **grow_options)
+    set_training(student, training)
+    policy = freeze(model, student, trainable)
+    new_opt = transfer_optimizer(optimizer, model, student, trainable=policy.trainable)
+    policy.attach(new_opt, student)
+    student.meta["fxgrow_freeze"] = policy
+    if scheduler is None:
+        return student, new_opt
+    return student, new_opt, transfer_scheduler(scheduler, new_opt, mode=schedule,
+                                                warmup_steps=warmup_steps, speed=speed)
