@@ -1,0 +1,197 @@
+"""Growth from a model in training mode (issue 15, item 1).
+
+* Hugging Face GPT-2 and BERT (torch.export front end) grown in training mode: no false
+  PreservationError (verification compares in eval mode), the student's dropout follows
+  ``.train()`` / ``.eval()`` (active and resampled in training mode, off in eval mode, where it
+  equals the teacher), and with the same dropout seed the training-mode loss right after growth
+  equals the loss right before wherever growth keeps the dropout sites' shapes.
+* A timm ResNet with dropout and BatchNorm (fx front end) grown in training mode: the same
+  loss with the same seed, BatchNorm running statistics and momentum carried (mapped onto the
+  widened channels) and updated alike by the next training step.
+* save -> load -> transfer_optimizer: the expansion record survives, state is student-shaped.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import transformers
+
+import fxgrow
+from fxgrow.frontend.modal import TrainingOnly
+
+IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3))
+X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+Y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gpt2() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, vocab_size=64,
+                                  n_positions=32, use_cache=False, bos_token_id=0,
+                                  eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg).train()
+
+
+def bert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, vocab_size=64, max_position_embeddings=32)
+    return transformers.BertForMaskedLM(cfg).train()
+
+
+MODELS = {"gpt2": (gpt2, "transformer.h.0.mlp.c_fc"),
+          "bert": (bert, "bert.encoder.layer.0.intermediate.dense")}
+
+
+def logits(out) -> torch.Tensor:
+    return out["logits"] if isinstance(out, dict) else out.logits
+
+
+def lm_loss(out) -> torch.Tensor:
+    z = logits(out)
+    return F.cross_entropy(z[:, :-1].reshape(-1, z.shape[-1]), IDS[:, 1:].reshape(-1))
+
+
+def seeded(model, inputs, seed: int = 7):
+    torch.manual_seed(seed)
+    return model(inputs)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hf_grown_in_train_mode_hidden_width(name):
+    """Hidden size doubled in training mode: no false alarm, dropout mode-aware."""
+    teacher = MODELS[name][0]()
+    opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
+    lm_loss(teacher(IDS)).backward()
+    opt.step()
+    student, s_opt = fxgrow.grow_during_training(teacher, opt, IDS, width=2)  # verify=True
+    assert teacher.training and student.training
+    assert student.meta["fxgrow_captured_training"] is True
+    rates = [m for m in student.modules() if isinstance(m, TrainingOnly)]
+    drops = [m for m in student.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(rates) == 2 and all(r.p == pytest.approx(0.1) for r in rates)
+    assert len(drops) == 5 and all(d.p == pytest.approx(0.1) for d in drops)
+    with torch.no_grad():  # training mode: dropout active and resampled
+        a, b = logits(student(IDS)), logits(student(IDS))
+    assert not torch.equal(a, b)
+    student.eval()  # plain .eval() works on the export student
+    teacher.eval()
+    assert not any(m.training for m in student.modules())
+    with torch.no_grad():
+        a, b, t = logits(student(IDS)), logits(student(IDS)), logits(teacher(IDS))
+    assert torch.equal(a, b)
+    assert float((a - t).abs().max()) <= 1e-5 * float(t.abs().max())
+    # training mode without dropout: the same loss (dropout is the only random part)
+    student.train()
+    teacher.train()
+    for m in list(student.modules()) + list(teacher.modules()):
+        if isinstance(m, (torch.nn.Dropout, TrainingOnly)):
+            m.p = 0.0
+    for m in teacher.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
+        if hasattr(m, "dropout_prob"):
+            m.dropout_prob = 0.0
+    with torch.no_grad():
+        assert float(lm_loss(student(IDS))) == pytest.approx(float(lm_loss(teacher(IDS))),
+                                                             rel=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hf_same_dropout_seed_same_loss(name):
+    """MLP width grown in training mode with dropout on: every dropout site keeps its shape,
+    so with the same seed the student draws the teacher's masks and the loss right after growth
+    equals the loss right before; then training goes on with resampled masks."""
+    make, mlp = MODELS[name]
+    teacher = make()
+    opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)
+    lm_loss(teacher(IDS)).backward()
+    opt.step()
+    opt.zero_grad()
+    with torch.no_grad():
+        before = float(lm_loss(seeded(teacher, IDS)))
+        again = float(lm_loss(seeded(teacher, IDS, seed=8)))
+    assert before != again  # dropout is on
+    student, s_opt = fxgrow.grow_during_training(teacher, opt, IDS, width={mlp: 128})
+    assert student.get_parameter(mlp.replace("c_fc", "c_proj") + ".weight" if "c_fc" in mlp
+                                 else mlp + ".weight").shape[:2] in ((128, 32), (32, 128))
+    loss = lm_loss(seeded(student, IDS))
+    assert float(loss.detach()) == pytest.approx(before, rel=1e-5)
+    loss.backward()
+    s_opt.step()
+    with torch.no_grad():
+        assert float(lm_loss(seeded(student, IDS))) != pytest.approx(before, rel=1e-6)
+
+
+def test_timm_dropout_and_batchnorm_carried():
+    torch.manual_seed(0)
+    teacher = timm.create_model("resnet18", num_classes=10, drop_rate=0.5).train()
+    teacher.bn1.momentum = 0.3  # a non-default momentum must be carried
+    opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)
+    F.cross_entropy(teacher(X), Y).backward()  # one step: running stats are not the defaults
+    opt.step()
+    opt.zero_grad()
+    with torch.no_grad():
+        before = float(F.cross_entropy(seeded(copy.deepcopy(teacher), X), Y))
+        other = float(F.cross_entropy(seeded(copy.deepcopy(teacher), X, seed=8), Y))
+    assert before != other  # dropout (p=0.5 before the classifier) is on
+    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width={"layer1.0.conv1": 96},
+                                                 blocks={"layer2": 3})
+    assert student.training and student.get_parameter("layer1.0.conv1.weight").shape[0] == 96
+    bn_t, bn_s = teacher.get_submodule("layer1.0.bn1"), student.get_submodule("layer1.0.bn1")
+    assert bn_s.momentum == bn_t.momentum and student.get_submodule("bn1").momentum == 0.3
+    index = student.meta["fxgrow_expansions"]["layer1.0.bn1.weight"][0][1]
+    for buf in ("running_mean", "running_var"):
+        assert torch.equal(getattr(bn_s, buf), getattr(bn_t, buf)[index])
+    assert int(bn_s.num_batches_tracked) == int(bn_t.num_batches_tracked)
+    loss = F.cross_entropy(seeded(student, X), Y)  # the same masks, batch statistics alike
+    assert float(loss.detach()) == pytest.approx(before, rel=1e-5)
+    with torch.no_grad():  # that forward pass updated the running statistics like the teacher's
+        F.cross_entropy(seeded(teacher, X), Y)
+    for buf in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(bn_s, buf), getattr(bn_t, buf)[index])
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(X), teacher(X), rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_transfer_optimizer(tmp_path):
+    torch.manual_seed(0)
+    teacher = timm.create_model("resnet18", num_classes=10).train()
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    F.cross_entropy(teacher(X), Y).backward()
+    opt.step()
+    student = fxgrow.grow(teacher, X, width=1.5, split="random")
+    path = fxgrow.save(student, tmp_path / "s.safetensors", example_inputs=(X,))
+    loaded = fxgrow.load(path)
+    want, got = student.meta["fxgrow_expansions"], loaded.meta["fxgrow_expansions"]
+    assert set(want) == set(got) and want
+    for name in want:
+        for (a1, i1, f1, c1), (a2, i2, f2, c2) in zip(want[name], got[name]):
+            assert (a1, c1) == (a2, c2) and torch.equal(i1, i2) and torch.equal(f1, f2)
+            assert f1.dtype == f2.dtype
+    direct = fxgrow.transfer_optimizer(opt, teacher, student)
+    s_opt = fxgrow.transfer_optimizer(opt, teacher, loaded)
+    params = dict(loaded.named_parameters())
+    ref = {n: direct.state[p] for n, p in student.named_parameters()}
+    widened = 0
+    for name, p in params.items():
+        state = s_opt.state[p]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert state[key].shape == p.shape, (name, key)
+            assert torch.equal(state[key], ref[name][key])
+        widened += p.shape != teacher.get_parameter(name).shape
+    assert widened > 10
