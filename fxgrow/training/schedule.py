@@ -115,12 +115,11 @@ def transfer_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Optimizer,
     if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
         raise InputError(f"expected a torch.optim.lr_scheduler scheduler, got "
                          f"{type(scheduler).__name__}")
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper: its groups
-    if len(inner.param_groups) != len(scheduler.optimizer.param_groups):
+    if len(optimizer.param_groups) != len(scheduler.optimizer.param_groups):
         raise InputError(f"the scheduler drives {len(scheduler.optimizer.param_groups)} param "
-                         f"groups, the new optimizer has {len(inner.param_groups)}; pass the "
+                         f"groups, the new optimizer has {len(optimizer.param_groups)}; pass the "
                          f"optimizer transfer_optimizer returned for this scheduler's optimizer")
-    new = _repoint(scheduler, inner)
+    new = _repoint(scheduler, optimizer)
     if mode in ("restart", "lemon"):
         _rewind(new)
     if mode == "continue" and not warmup_steps:
