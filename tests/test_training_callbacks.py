@@ -6,6 +6,8 @@ state, the scheduler carried on, and the loss right after growth equal to the lo
 on the same batch."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,7 +96,7 @@ def test_hf_trainer_grows_at_step_10(tmp_path):
     assert trainer.lr_scheduler.last_epoch == 20
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert len(losses) == 4 and all(x == x for x in losses)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
 @pytest.mark.xfail(reason="a Hugging Face model grown today is a torch.export graph that takes "
@@ -133,3 +135,67 @@ def test_trigger_plateau_and_bad_options():
         Trigger(at_step=3, monitor="loss")
     with pytest.raises(fxgrow.InputError, match="positive integer"):
         Trigger(at_step=0)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(D, 32)
+        self.blocks = nn.Sequential(*[Residual() for _ in range(2)])
+        self.head = nn.Linear(32, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(F.relu(self.embed(x))))
+
+
+def test_lightning_grows_at_step_10(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from fxgrow.integrations.lightning import GrowCallback
+
+    class Task(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW([{"params": [p for n, p in self.named_parameters()
+                                                 if n.endswith("weight")], "weight_decay": 0.01},
+                                     {"params": [p for n, p in self.named_parameters()
+                                                 if n.endswith("bias")], "weight_decay": 0.0}],
+                                    lr=3e-3)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    torch.manual_seed(0)
+    data = Data()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(data.x, data.y), batch_size=16, shuffle=True)
+    task = Task()
+    n_before = sum(p.numel() for p in task.net.parameters())
+    cb = GrowCallback("net", at_step=10, width=2, blocks={"blocks": 3})
+    trainer = L.Trainer(max_steps=20, callbacks=[cb], accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(task, loader)
+    assert trainer.global_step == 20
+    (event,) = cb.events
+    assert event.step == 10 and event.loss_after == pytest.approx(event.loss_before, rel=1e-5)
+    assert event.params_before == n_before
+    assert isinstance(task.net, torch.fx.GraphModule)
+    assert task.net.get_parameter("blocks.2.fc1.weight").shape == (128, 64)
+    (opt,) = trainer.optimizers
+    check_optimizer(task.net, opt)
+    # two groups kept: new biases joined the no-decay group, new weights the decay group
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in task.named_parameters()}
+    assert all(names[id(p)].endswith("bias") for p in no_decay["params"])
+    assert "net.blocks.2.fc1.bias" in {names[id(p)] for p in no_decay["params"]}
+    # StepLR went on: halved at steps 5, 10, 15, 20
+    assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(3e-3 / 16)

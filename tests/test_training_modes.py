@@ -76,7 +76,7 @@ def test_hf_grown_in_train_mode_hidden_width(name):
     opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
     lm_loss(teacher(IDS)).backward()
     opt.step()
-    student, s_opt = fxgrow.grow_during_training(teacher, opt, IDS, width=2)  # verify=True
+    student, _ = fxgrow.grow_during_training(teacher, opt, IDS, width=2)  # verify=True
     assert teacher.training and student.training
     assert student.meta["fxgrow_captured_training"] is True
     rates = [m for m in student.modules() if isinstance(m, TrainingOnly)]
@@ -147,7 +147,7 @@ def test_timm_dropout_and_batchnorm_carried():
         before = float(F.cross_entropy(seeded(copy.deepcopy(teacher), X), Y))
         other = float(F.cross_entropy(seeded(copy.deepcopy(teacher), X, seed=8), Y))
     assert before != other  # dropout (p=0.5 before the classifier) is on
-    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width={"layer1.0.conv1": 96},
+    student, _ = fxgrow.grow_during_training(teacher, opt, X, width={"layer1.0.conv1": 96},
                                                  blocks={"layer2": 3})
     assert student.training and student.get_parameter("layer1.0.conv1.weight").shape[0] == 96
     bn_t, bn_s = teacher.get_submodule("layer1.0.bn1"), student.get_submodule("layer1.0.bn1")
