@@ -64,7 +64,7 @@ class _Paced(LRScheduler):
         self.inner, self.optimizer = inner, inner.optimizer
         self.speed, self.warmup_steps = float(speed), int(warmup_steps)
         self.last_epoch, self._credit = 0, 0.0
-        self.base_lrs = list(inner.base_lrs)
+        self.base_lrs = _base_lrs(inner)
         self._raw = [g["lr"] for g in self.optimizer.param_groups]
         self._apply()
 
@@ -127,13 +127,29 @@ def transfer_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Optimizer,
     return _Paced(new, speed if mode == "lemon" else 1.0, warmup_steps)
 
 
+def _base_lrs(s: Any) -> list:
+    """The schedule's starting learning rates (SequentialLR keeps none of its own)."""
+    if hasattr(s, "base_lrs"):
+        return list(s.base_lrs)
+    return [g.get("initial_lr", g["lr"]) for g in s.optimizer.param_groups]
+
+
 def _rewind(s: Any) -> None:
-    """Back to the schedule's first step: learning rates at their initial values."""
-    for sub in s.__dict__.get("_schedulers", ()):
-        _rewind(sub)
-    for g, lr in zip(s.optimizer.param_groups, s.base_lrs):
+    """Back to the schedule's first step, as its constructor left it: learning rates at their
+    initial values, then the schedule's own initial step (a warm-up factor, a first phase)."""
+    subs = s.__dict__.get("_schedulers")
+    for g, lr in zip(s.optimizer.param_groups, _base_lrs(s)):
         g["lr"] = lr
-    s.last_epoch = 0
-    if hasattr(s, "_step_count"):
-        s._step_count = 1
+    if subs is None:
+        s.last_epoch = -1
+        s._initial_step()
+    elif type(s).__name__ == "SequentialLR":  # only the first phase takes its initial step
+        for sub in subs:
+            sub.last_epoch = -1
+        s.last_epoch = 0
+        subs[0]._initial_step()
+    else:  # ChainedScheduler: every scheduler's initial step, in order
+        for sub in subs:
+            sub.last_epoch = -1
+            sub._initial_step()
     s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
