@@ -101,6 +101,17 @@ def test_accelerated_optimizer():
         assert new.state[p]["exp_avg_sq"].shape == p.shape
     with pytest.raises(fxgrow.InputError, match="takes one optimizer, got a list"):
         fxgrow.transfer_optimizer([opt], model, student)
+    # accelerate's scheduler wrapper: carried on around the new wrapped optimizer
+    sched = acc.prepare(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    opt.step()
+    sched.step()
+    new = fxgrow.transfer_optimizer(opt, model, student)
+    carried = transfer_scheduler(sched, new)
+    assert type(carried).__name__ == "AcceleratedScheduler" and carried.optimizers == [new]
+    assert carried.scheduler.optimizer is new and new.param_groups[0]["lr"] == 5e-4
+    new.step()
+    carried.step()
+    assert new.param_groups[0]["lr"] == pytest.approx(2.5e-4)
 
 
 SCHEDULES = {

@@ -112,6 +112,12 @@ def transfer_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Optimizer,
         raise InputError("mode='warmup' needs warmup_steps >= 1 (the length of the ramp)")
     if warmup_steps < 0 or speed <= 0:
         raise InputError(f"warmup_steps must be >= 0 and speed > 0, got {warmup_steps}, {speed}")
+    if type(scheduler).__name__ == "AcceleratedScheduler":  # accelerate's wrapper
+        inner = transfer_scheduler(scheduler.scheduler, optimizer, mode=mode,
+                                   warmup_steps=warmup_steps, speed=speed)
+        return type(scheduler)(inner, [optimizer],
+                               step_with_optimizer=scheduler.step_with_optimizer,
+                               split_batches=scheduler.split_batches)
     if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
         raise InputError(f"expected a torch.optim.lr_scheduler scheduler, got "
                          f"{type(scheduler).__name__}")
