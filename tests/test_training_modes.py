@@ -1,6 +1,6 @@
 """Growth from a model in training mode (issue 15, item 1).
 
-* Hugging Face GPT-2 and BERT (torch.export front end) grown in training mode: no false
+* Hugging Face GPT-2, BERT and OPT (torch.export front end) grown in training mode: no false
   PreservationError (verification compares in eval mode), the student's dropout follows
   ``.train()`` / ``.eval()`` (active and resampled in training mode, off in eval mode, where it
   equals the teacher), and with the same dropout seed the training-mode loss right after growth
@@ -51,8 +51,18 @@ def bert() -> torch.nn.Module:
     return transformers.BertForMaskedLM(cfg).train()
 
 
+def opt_lm() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 ffn_dim=64, vocab_size=64, max_position_embeddings=32,
+                                 word_embed_proj_dim=32, use_cache=False)
+    return transformers.OPTForCausalLM(cfg).train()
+
+
 MODELS = {"gpt2": (gpt2, "transformer.h.0.mlp.c_fc"),
           "bert": (bert, "bert.encoder.layer.0.intermediate.dense")}
+# (nn.Dropout sites, attention rates) of the tiny configs; OPT's attention dropout is 0
+DROPOUTS = {"gpt2": (5, 2), "bert": (5, 2), "opt": (4, 0)}
 
 
 def logits(out) -> torch.Tensor:
@@ -69,10 +79,10 @@ def seeded(model, inputs, seed: int = 7):
     return model(inputs)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(DROPOUTS))
 def test_hf_grown_in_train_mode_hidden_width(name):
     """Hidden size doubled in training mode: no false alarm, dropout mode-aware."""
-    teacher = MODELS[name][0]()
+    teacher = {"gpt2": gpt2, "bert": bert, "opt": opt_lm}[name]()
     opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
     lm_loss(teacher(IDS)).backward()
     opt.step()
@@ -81,8 +91,8 @@ def test_hf_grown_in_train_mode_hidden_width(name):
     assert student.meta["fxgrow_captured_training"] is True
     rates = [m for m in student.modules() if isinstance(m, TrainingOnly)]
     drops = [m for m in student.modules() if isinstance(m, torch.nn.Dropout)]
-    assert len(rates) == 2 and all(r.p == pytest.approx(0.1) for r in rates)
-    assert len(drops) == 5 and all(d.p == pytest.approx(0.1) for d in drops)
+    assert len(drops) == DROPOUTS[name][0] and all(d.p == pytest.approx(0.1) for d in drops)
+    assert len(rates) == DROPOUTS[name][1] and all(r.p == pytest.approx(0.1) for r in rates)
     with torch.no_grad():  # training mode: dropout active and resampled
         a, b = logits(student(IDS)), logits(student(IDS))
     assert not torch.equal(a, b)
@@ -104,6 +114,8 @@ def test_hf_grown_in_train_mode_hidden_width(name):
             m.attention_dropout = 0.0
         if hasattr(m, "dropout_prob"):
             m.dropout_prob = 0.0
+        if isinstance(getattr(m, "dropout", None), float):  # OPT keeps rates as floats
+            m.dropout = 0.0
     with torch.no_grad():
         assert float(lm_loss(student(IDS))) == pytest.approx(float(lm_loss(teacher(IDS))),
                                                              rel=1e-5)
