@@ -29,7 +29,7 @@ try:
     import lightning.pytorch as pl
 except ImportError:  # pragma: no cover - depends on the environment
     try:
-        import pytorch_lightning as pl
+        import pytorch_lightning as pl  # type: ignore[no-redef]
     except ImportError as e:
         raise ImportError("fxgrow.integrations.lightning needs Lightning: pip install "
                           "'fxgrow[lightning]' (or lightning)") from e

@@ -112,7 +112,7 @@ def transfer_optimizer(optimizer: torch.optim.Optimizer, teacher: torch.nn.Modul
     optimizer, rewrap = _unwrap(optimizer)
     groups, state = transfer_groups(optimizer.param_groups, optimizer.state, teacher, student,
                                     trainable)
-    new = type(optimizer)(groups)  # every group carries its own hyperparameters
+    new = type(optimizer)(groups)  # type: ignore[call-arg]  # groups carry the hyperparameters
     new.defaults = dict(optimizer.defaults)
     for p, s in state.items():
         new.state[p] = s

@@ -31,7 +31,7 @@ def _track_step(opt: torch.optim.Optimizer) -> None:
     knows it was called (no spurious 'scheduler before optimizer' warning)."""
     if hasattr(opt.step, "_wrapped_by_lr_sched"):
         return
-    opt_ref, func = ref(opt), opt.step.__func__
+    opt_ref, func = ref(opt), opt.step.__func__  # type: ignore[attr-defined]
 
     @wraps(func)
     def wrapper(*args, **kwargs):
@@ -39,8 +39,8 @@ def _track_step(opt: torch.optim.Optimizer) -> None:
         o._opt_called = True
         return func.__get__(o, o.__class__)(*args, **kwargs)
 
-    wrapper._wrapped_by_lr_sched = True
-    opt.step = wrapper
+    wrapper._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    opt.step = wrapper  # type: ignore[method-assign]
 
 
 def _repoint(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
@@ -74,7 +74,7 @@ class _Paced(LRScheduler):
             g["lr"] = lr * f
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
-    def step(self, epoch: None = None) -> None:
+    def step(self, epoch: int | None = None) -> None:
         for g, lr in zip(self.optimizer.param_groups, self._raw):
             g["lr"] = lr
         self._credit += self.speed
@@ -85,7 +85,7 @@ class _Paced(LRScheduler):
         self.last_epoch += 1
         self._apply()
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list:
         return self._last_lr
 
     def state_dict(self) -> dict:
@@ -101,9 +101,9 @@ class _Paced(LRScheduler):
         self._apply()
 
 
-def transfer_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Optimizer, *,
+def transfer_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, *,
                        mode: str = "continue", warmup_steps: int = 0,
-                       speed: float = 2.0) -> LRScheduler:
+                       speed: float = 2.0) -> Any:
     """``scheduler`` (built for the teacher's optimizer) carried on for ``optimizer`` (from
     ``transfer_optimizer``) as ``mode`` says (see the module docstring)."""
     if mode not in MODES:
