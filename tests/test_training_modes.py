@@ -4,7 +4,8 @@
   PreservationError (verification compares in eval mode), the student's dropout follows
   ``.train()`` / ``.eval()`` (active and resampled in training mode, off in eval mode, where it
   equals the teacher), and with the same dropout seed the training-mode loss right after growth
-  equals the loss right before wherever growth keeps the dropout sites' shapes.
+  equals the loss right before: dropout sites that keep their shape draw the teacher's masks,
+  widened ones draw them at the teacher's shape and copy them to the replicas (tied).
 * A timm ResNet with dropout and BatchNorm (fx front end) grown in training mode: the same
   loss with the same seed, BatchNorm running statistics and momentum carried (mapped onto the
   widened channels) and updated alike by the next training step.
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 import transformers
 
 import fxgrow
-from fxgrow.frontend.modal import TrainingOnly
+from fxgrow.training.tied import TiedAttention, TiedDropout
 
 IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3))
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -81,21 +82,27 @@ def seeded(model, inputs, seed: int = 7):
 
 @pytest.mark.parametrize("name", list(DROPOUTS))
 def test_hf_grown_in_train_mode_hidden_width(name):
-    """Hidden size doubled in training mode: no false alarm, dropout mode-aware."""
+    """Hidden size doubled in training mode: no false alarm, dropout mode-aware and tied (the
+    same seed gives the same training-mode loss), exact in eval mode."""
     teacher = {"gpt2": gpt2, "bert": bert, "opt": opt_lm}[name]()
     opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
     lm_loss(teacher(IDS)).backward()
     opt.step()
+    with torch.no_grad():
+        before = float(lm_loss(seeded(teacher, IDS)))
     student, _ = fxgrow.grow_during_training(teacher, opt, IDS, width=2)  # verify=True
     assert teacher.training and student.training
     assert student.meta["fxgrow_captured_training"] is True
-    rates = [m for m in student.modules() if isinstance(m, TrainingOnly)]
-    drops = [m for m in student.modules() if isinstance(m, torch.nn.Dropout)]
+    assert not [m for m in student.modules() if type(m) is torch.nn.Dropout]  # all widened
+    drops = [m for m in student.modules() if isinstance(m, TiedDropout)]
+    attention = [m for m in student.modules() if isinstance(m, TiedAttention)]
     assert len(drops) == DROPOUTS[name][0] and all(d.p == pytest.approx(0.1) for d in drops)
-    assert len(rates) == DROPOUTS[name][1] and all(r.p == pytest.approx(0.1) for r in rates)
-    with torch.no_grad():  # training mode: dropout active and resampled
+    assert len(attention) == DROPOUTS[name][1]
+    assert all(a.p == pytest.approx(0.1) and a.axes[0][:2] == [1, 4] for a in attention)
+    with torch.no_grad():  # training mode: the teacher's masks under the teacher's seed ...
+        assert float(lm_loss(seeded(student, IDS))) == pytest.approx(before, rel=1e-5)
         a, b = logits(student(IDS)), logits(student(IDS))
-    assert not torch.equal(a, b)
+    assert not torch.equal(a, b)  # ... and resampled on every call
     student.eval()  # plain .eval() works on the export student
     teacher.eval()
     assert not any(m.training for m in student.modules())
@@ -103,22 +110,13 @@ def test_hf_grown_in_train_mode_hidden_width(name):
         a, b, t = logits(student(IDS)), logits(student(IDS)), logits(teacher(IDS))
     assert torch.equal(a, b)
     assert float((a - t).abs().max()) <= 1e-5 * float(t.abs().max())
-    # training mode without dropout: the same loss (dropout is the only random part)
-    student.train()
+    # independent masks when asked: the same loss only in eval mode
     teacher.train()
-    for m in list(student.modules()) + list(teacher.modules()):
-        if isinstance(m, (torch.nn.Dropout, TrainingOnly)):
-            m.p = 0.0
-    for m in teacher.modules():
-        if hasattr(m, "attention_dropout"):
-            m.attention_dropout = 0.0
-        if hasattr(m, "dropout_prob"):
-            m.dropout_prob = 0.0
-        if isinstance(getattr(m, "dropout", None), float):  # OPT keeps rates as floats
-            m.dropout = 0.0
+    student, _ = fxgrow.grow_during_training(teacher, opt, IDS, width=2, dropout="independent")
+    assert len([m for m in student.modules() if type(m) is torch.nn.Dropout]) == \
+        DROPOUTS[name][0]
     with torch.no_grad():
-        assert float(lm_loss(student(IDS))) == pytest.approx(float(lm_loss(teacher(IDS))),
-                                                             rel=1e-5)
+        assert float(lm_loss(seeded(student, IDS))) != pytest.approx(before, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -34,7 +34,7 @@ _DROPOUT = {_ATEN.dropout.default: nn.Dropout, _ATEN.feature_dropout.default: nn
 _FUNCTIONAL = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
                F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
                F.feature_alpha_dropout: nn.FeatureAlphaDropout}
-_SDPA = (_ATEN.scaled_dot_product_attention.default,)
+_SDPA = (_ATEN.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
 
 
 class TrainingOnly(nn.Module):
