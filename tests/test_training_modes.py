@@ -205,3 +205,29 @@ def test_save_load_transfer_optimizer(tmp_path):
             assert torch.equal(state[key], ref[name][key])
         widened += p.shape != teacher.get_parameter(name).shape
     assert widened > 10
+
+
+def test_hf_tied_dropout_grown_again_and_saved(tmp_path):
+    """A tied student grown again (wider, one block deeper) still draws the first teacher's
+    masks: three generations, one training-mode loss under one seed; saved and loaded, too."""
+    teacher = gpt2()
+    opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return float(lm_loss(seeded(model, IDS)))
+
+    first = loss(teacher)
+    s1, o1 = fxgrow.grow_during_training(teacher, opt, IDS, width=2)
+    s2, o2 = fxgrow.grow_during_training(s1, o1, IDS, width=2, blocks={"transformer.h": 3})
+    assert s2.get_parameter("transformer.wte.weight").shape == (64, 128)
+    assert loss(s1) == pytest.approx(first, rel=1e-5)
+    assert loss(s2) == pytest.approx(first, rel=1e-5)
+    tied = [m for m in s2.modules() if isinstance(m, TiedDropout)]
+    assert tied and all(m.axes[0][1] == 32 and len(m.axes[0][2]) == 128 for m in tied
+                        if m.axes[0][0] == 2)
+    assert all(len(g["params"]) for g in o2.param_groups)
+    path = fxgrow.save(s2, tmp_path / "s2.safetensors", example_inputs=(IDS,))
+    loaded = fxgrow.load(path)
+    loaded.train()
+    assert loss(loaded) == pytest.approx(first, rel=1e-5)

@@ -15,6 +15,7 @@ import torch
 from ..errors import InputError
 from ..frontend.modal import TrainingOnly
 from ..modes import preserved
+from ..training.tied import TiedAttention, TiedDropout
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def loss_of(out: Any) -> torch.Tensor | None:
 
 
 _DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
-            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout, TrainingOnly)
+            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout, TrainingOnly, TiedDropout,
+            TiedAttention)
 
 
 def measure(fn: Callable[[], Any], model: torch.nn.Module, seed: int) -> float | None:

@@ -15,7 +15,7 @@ from ..modes import set_training
 from .freeze import freeze
 from .optimizer import transfer_optimizer
 from .schedule import transfer_scheduler
-from .tied import tie_dropout
+from .tied import TiedAttention, TiedDropout, tie_dropout, untie
 
 
 def _has_dropout(model: torch.nn.Module) -> bool:
@@ -45,13 +45,16 @@ def grow_during_training(model: torch.nn.Module, optimizer: torch.optim.Optimize
     training = model.training
     if dropout not in ("tied", "independent"):
         raise InputError(f"dropout must be 'tied' or 'independent', got {dropout!r}")
-    student = grow(model, example_inputs, **grow_options)
+    source, previous = model, {}
+    if any(isinstance(m, (TiedDropout, TiedAttention)) for m in model.modules()):
+        source, previous = untie(model)  # grown before: the plain graph, the tied axes
+    student = grow(source, example_inputs, **grow_options)
     set_training(student, training)
-    if dropout == "tied" and grow_options.get("width") and _has_dropout(student):
-        tie_dropout(model, student, example_inputs, width=grow_options["width"],
+    if dropout == "tied" and (grow_options.get("width") or previous) and _has_dropout(student):
+        tie_dropout(source, student, example_inputs, width=grow_options.get("width"),
                     seed=grow_options.get("seed", 0), split=grow_options["split"],
                     frontend=grow_options.get("frontend", "auto"),
-                    leaf_modules=grow_options.get("leaf_modules", ()))
+                    leaf_modules=grow_options.get("leaf_modules", ()), previous=previous)
     policy = freeze(model, student, trainable)
     new_opt = transfer_optimizer(optimizer, model, student, trainable=policy.trainable)
     policy.attach(new_opt, student)

@@ -65,6 +65,10 @@ class TiedAttention(_Tied):
     """``scaled_dot_product_attention`` with dropout ``p`` in training mode whose mask on the
     attention weights ``[..., heads, L, S]`` is the teacher's, copied along ``axes``."""
 
+    def __init__(self, p: float, axes: Sequence[Sequence[Any]], aten: bool = True) -> None:
+        super().__init__(p, axes)
+        self.aten = bool(aten)  # what it replaced: the ATen op (export) or F's (fx)
+
     def forward(self, q, k, v, attn_mask=None, dropout_p=None, is_causal=False, scale=None,
                 enable_gqa=False):
         if not self.training or self.p == 0.0:
@@ -85,6 +89,50 @@ class TiedAttention(_Tied):
         return (w * self.mask(w)) @ v
 
 
+def untie(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, list]]:
+    """A copy of ``gm`` with every tied module back to what it replaced (``nn.Dropout``, the
+    attention call), which fxgrow can analyse and grow again, and the tied axes by node name
+    (``tie_dropout(..., previous=)`` composes them with the next growth's)."""
+    import copy
+    out = copy.deepcopy(gm)
+    previous: dict[str, list] = {}
+    for node in list(out.graph.nodes):
+        m = out.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(m, TiedDropout):
+            plain = nn.Dropout(m.p)
+            plain.training = m.training
+            out.add_submodule(node.target, plain)
+            previous[node.name] = m.axes
+        elif isinstance(m, TiedAttention):
+            target = torch.ops.aten.scaled_dot_product_attention.default if m.aten else \
+                F.scaled_dot_product_attention
+            with out.graph.inserting_before(node):
+                call = out.graph.call_function(target, node.args, dict(node.kwargs))
+            call.meta = dict(node.meta)
+            node.replace_all_uses_with(call)
+            out.graph.erase_node(node)
+            out.delete_submodule(node.target)
+            previous[call.name] = m.axes
+    if previous:
+        out.recompile()
+    return out, previous
+
+
+def _compose(previous: list, axes: list) -> list:
+    """Tied axes of a site tied before (``previous``: student -> first teacher) after another
+    growth (``axes``: new student -> old student): masks still drawn at the first teacher's
+    shape."""
+    now = {a: (old, index) for a, old, index in axes}
+    out = []
+    for a, old, index in previous:
+        if a in now:
+            out.append([a, old, [index[j] for j in now.pop(a)[1]]])
+        else:
+            out.append([a, old, index])
+    out.extend([a, old, index] for a, (old, index) in now.items())
+    return sorted(out)
+
+
 def _tied_axes(info: Any, sp: Any, maps: dict) -> list:
     from ..plan.index_map import expand
     axes = []
@@ -98,22 +146,26 @@ def _tied_axes(info: Any, sp: Any, maps: dict) -> list:
 
 def tie_dropout(teacher: nn.Module, student: torch.fx.GraphModule, example_inputs: Any, *,
                 width: Any, seed: int = 0, split: str = "equal", frontend: str = "auto",
-                leaf_modules: Any = ()) -> int:
+                leaf_modules: Any = (), previous: dict[str, list] | None = None) -> int:
     """Replace the student's dropout on widened activations (``nn.Dropout`` modules and
     attention dropout) by tied ones; ``width``, ``seed``, ``split`` as given to
     ``fxgrow.grow`` (the plan is made again from them: the same maps).  Returns how many
-    sites were tied."""
+    sites were tied.  ``previous`` (from :func:`untie`): sites tied by an earlier growth, whose
+    masks stay drawn at the first teacher's shape."""
     from collections.abc import Mapping
 
     from ..api import analyze
     from ..frontend.modal import _SDPA, TrainingOnly, _free_path
     from ..plan.plan import make_plan, root_maps
-    if not width:
+    previous = previous or {}
+    if not width and not previous:
         return 0
     analysis = analyze(teacher, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
-    widths, factor = (width, None) if isinstance(width, Mapping) else (None, width)
-    plan = make_plan(analysis, widths, factor, seed, split, 0.0, False)
-    maps = root_maps(analysis, plan)
+    if width:
+        widths, factor = (width, None) if isinstance(width, Mapping) else (None, width)
+        maps = root_maps(analysis, make_plan(analysis, widths, factor, seed, split, 0.0, False))
+    else:
+        maps = {}
     sp, values, gm = analysis.state.spaces, analysis.state.values, analysis.gm
     nodes = {n.name: n for n in student.graph.nodes}
     tied = 0
@@ -124,6 +176,8 @@ def tie_dropout(teacher: nn.Module, student: torch.fx.GraphModule, example_input
         if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Dropout:
             p = gm.get_submodule(node.target).p
             axes = _tied_axes(values.get(node.args[0]), sp, maps) if p > 0 else []
+            if node.name in previous and p > 0:
+                axes = _compose(previous[node.name], axes)
             if axes:
                 module = TiedDropout(p, axes)
                 module.training = student.get_submodule(node.target).training
@@ -141,8 +195,11 @@ def tie_dropout(teacher: nn.Module, student: torch.fx.GraphModule, example_input
             weights = type(out)(tuple(out.shape[:-1]) + (key.shape[-2],),
                                 tuple(out.layouts[:-1]) + (key.layouts[-2],))
             axes = _tied_axes(weights, sp, maps)
+            if node.name in previous:
+                axes = _compose(previous[node.name], axes)
             if axes:
-                module = TiedAttention(p, axes)
+                module = TiedAttention(p, axes, aten=node.target is not
+                                       F.scaled_dot_product_attention)
                 module.training = student.training
                 path = _free_path(student, twin, "tied_attention")
                 student.add_submodule(path, module)
