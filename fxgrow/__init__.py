@@ -6,7 +6,7 @@ from .errors import (BlockedGroupError, ConfigError, FxgrowError, InputError, Pr
 from .frontend import trace
 from .rewrite.deepen import DeepenError
 from .plan import GroupChange, ReplicationMap, WidenPlan
-from .training import grow_during_training, map_tensor, transfer_optimizer
+from .training import grow_during_training, map_tensor, transfer_optimizer, transfer_scheduler
 from .verify import Comparison, compare
 from .draw import draw  # noqa: E402  (the function; the package is fxgrow.draw's module)
 from .io import load, save  # noqa: E402
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis", "Blocker", "ChannelGroup", "Member", "analyze", "groups", "plan", "widen",
     "deepen", "grow", "stages", "DeepenError", "transfer_optimizer", "grow_during_training",
-    "map_tensor",
+    "map_tensor", "transfer_scheduler",
     "trace", "compare", "Comparison", "WidenPlan", "GroupChange", "ReplicationMap",
     "FxgrowError", "TraceError", "InputError", "UnknownGroupError", "WidthError",
     "BlockedGroupError", "UnsupportedModelError", "PreservationError", "ConfigError", "hf",

@@ -365,6 +365,10 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
         meta["fxgrow_output_positions"] = [
             [None if p is None else [int(i) for i in p.tolist()] for p in per]
             for per in gm.meta["fxgrow_output_positions"]]
+    # the expansion record, for fxgrow.transfer_optimizer (format: fxgrow/training/record.py)
+    from .training import record
+    if gm.meta.get(record.KEY):
+        meta[record.KEY] = record.encode(gm.meta[record.KEY])
     from . import __version__
     desc = {"format": FORMAT, "version": VERSION, "fxgrow": __version__,
             "torch": torch.__version__, "class_name": type(gm).__name__,

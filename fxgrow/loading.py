@@ -414,6 +414,28 @@ def load(path: str | os.PathLike, *, trusted: Iterable[str] = (),
         gm.meta["fxgrow_output_positions"] = [
             [None if p is None else torch.tensor([int(i) for i in p], dtype=torch.long)
              for p in per] for per in meta["fxgrow_output_positions"]]
+    if meta.get("fxgrow_expansions"):
+        gm.meta["fxgrow_expansions"] = _expansion_record(path, meta["fxgrow_expansions"])
     if not weights:
         gm.meta["fxgrow_weights"] = False
     return gm
+
+
+_RECORD_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _expansion_record(path: Path, data: Any) -> dict:
+    """The expansion record (fxgrow/training/record.py) of a saved student, checked: names of
+    floating dtypes only, integer indices, one entry per widened tensor."""
+    from .training import record
+    try:
+        for axes in data.values():
+            for axis, index, fraction, dtype, consumed in axes:
+                if dtype not in _RECORD_DTYPES or not isinstance(axis, int) or \
+                        not all(isinstance(i, int) for i in index) or \
+                        len(fraction) != len(index) or not isinstance(consumed, bool):
+                    raise ValueError(f"malformed entry (dtype {dtype!r})")
+        return record.decode(data)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise LoadError(f"{path.name}: the stored expansion record is malformed ({e}); load "
+                        f"the file without it by re-saving the student") from e

@@ -36,7 +36,8 @@ def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModul
     if not isinstance(gm, torch.fx.GraphModule):
         raise TraceError(f"torch.export returned a {type(gm).__name__}, not a GraphModule")
     gm.meta["fxgrow_frontend"] = "export"
-    return gm
+    from .modal import make_modal  # dropout follows .train()/.eval() again (see modal.py)
+    return make_modal(gm, model.training)
 
 
 @contextlib.contextmanager

@@ -64,4 +64,5 @@ def trace(model: torch.nn.Module, *, leaf_modules: Iterable[type | str] = (),
             f"Pass leaf_modules=[...] naming that module (its type or qualified name) to keep "
             f"it as one opaque call, or use fxgrow's torch.export front end.") from e
     name = type(model).__name__
-    return torch.fx.GraphModule(tracer.root, graph, name)
+    from .modal import make_modal  # F.dropout(training=self.training) follows the mode again
+    return make_modal(torch.fx.GraphModule(tracer.root, graph, name), model.training)

@@ -20,7 +20,7 @@ from ..analysis import Analysis
 from ..analysis.blocks import Stage, find_stages
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
 from ..plan.plan import GroupChange, ReplicationMap, WidenPlan, root_maps
-from ..rewrite.deepen import residual_stream
+from ..rewrite.block_copy import residual_stream
 from ..rewrite.recipe import TensorRecipe, tensor_recipes
 from .errors import CheckpointError
 

@@ -1,0 +1,146 @@
+"""Train/eval-aware graphs from ``torch.export``.
+
+``torch.export`` bakes the model's mode into the graph: ``aten.dropout(x, p, train)`` carries
+``train`` as a constant, ``scaled_dot_product_attention`` carries ``dropout_p`` (``p`` captured in
+training mode, absent in eval mode), and ``ExportedProgram.module()`` refuses ``.train()`` and
+``.eval()``.  :func:`make_modal` undoes that for dropout, the one op whose mode matters in
+Hugging Face transformers:
+
+* every ``aten.dropout`` / ``aten.feature_dropout`` / ``aten.alpha_dropout`` node (export) and
+  every ``F.dropout`` / ``F.dropout2d`` / ... call (fx tracing bakes ``training=self.training``
+  too) becomes a call to an ``nn.Dropout`` (``Dropout2d``, ``AlphaDropout``) module of the
+  captured ``p``, placed at the path of the module that called it
+  (``transformer.h.0.mlp.dropout``) or next to it.  A dropout written with a constant
+  ``training=False`` cannot be told from one that read ``self.training`` in eval mode: it
+  becomes mode-aware too;
+* an attention node captured with ``dropout_p > 0`` reads its ``dropout_p`` from a
+  :class:`TrainingOnly` module (``p`` in training mode, ``0.0`` in eval mode);
+* ``.train()`` / ``.eval()`` work again and set those modules' flags.
+
+Invariant: in eval mode the graph computes the teacher's eval function whatever mode it was
+captured in; in training mode dropout is active and resampled on every call.  Other
+``self.training`` branches of the model's code (batch norm in training mode, router noise) stay
+as captured; ``meta["fxgrow_captured_training"]`` records the mode of the capture."""
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import nn
+from torch.nn import functional as F
+
+_ATEN = torch.ops.aten
+_DROPOUT = {_ATEN.dropout.default: nn.Dropout, _ATEN.feature_dropout.default: nn.Dropout2d,
+            _ATEN.alpha_dropout.default: nn.AlphaDropout, torch.dropout: nn.Dropout}
+_FUNCTIONAL = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
+               F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
+               F.feature_alpha_dropout: nn.FeatureAlphaDropout}
+_SDPA = (_ATEN.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
+
+
+class TrainingOnly(nn.Module):
+    """A number that is ``p`` in training mode and ``0.0`` in eval mode (an attention's
+    ``dropout_p``)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self) -> float:
+        return self.p if self.training else 0.0
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _free_path(gm: torch.fx.GraphModule, node: torch.fx.Node, suffix: str) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    owner = list(stack.values())[-1][0] if stack else ""
+    owner = owner if all(p.isidentifier() or p.isdigit() for p in owner.split(".") if p) else ""
+    candidates = ([owner] if owner else []) + [f"{owner}.{suffix}" if owner else suffix]
+    for path in candidates:
+        if not _taken(gm, path):
+            return path
+    k = 1
+    while _taken(gm, f"{candidates[-1]}{k}"):
+        k += 1
+    return f"{candidates[-1]}{k}"
+
+
+def _taken(gm: torch.fx.GraphModule, path: str) -> bool:
+    try:
+        gm.get_submodule(path)
+        return True
+    except AttributeError:
+        pass
+    parent, _, leaf = path.rpartition(".")
+    try:
+        owner = gm.get_submodule(parent) if parent else gm
+    except AttributeError:
+        return False
+    return hasattr(owner, leaf)
+
+
+def _dropout_kind(node: torch.fx.Node) -> tuple[type, float] | None:
+    """(module class, p) of a dropout call whose rate and mode are constants, else None."""
+    if node.target in _DROPOUT:
+        p, train = (list(node.args[1:3]) + [0.5, True][len(node.args) - 1:])[:2]
+        cls = _DROPOUT[node.target]
+    elif node.target in _FUNCTIONAL:
+        args = list(node.args[1:3])
+        p = args[0] if args else node.kwargs.get("p", 0.5)
+        train = args[1] if len(args) > 1 else node.kwargs.get("training", True)
+        cls = _FUNCTIONAL[node.target]
+        if node.kwargs.get("inplace") or len(node.args) > 3 and node.args[3]:
+            return None  # an in-place dropout's input is reused: leave it as captured
+    else:
+        return None
+    if not isinstance(p, (int, float)) or not isinstance(train, bool):
+        return None
+    return cls, float(p)
+
+
+def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule:
+    """Make ``gm`` (``ExportedProgram.module()``) follow ``.train()`` / ``.eval()`` for dropout;
+    it is left in mode ``training``.  Returns ``gm``, changed in place."""
+    changed = False
+    new_modules: list[nn.Module] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        kind = _dropout_kind(node)
+        if kind is not None:
+            x, p = node.args[0] if node.args else node.kwargs["input"], kind[1]
+            path = _free_path(gm, node, "dropout")
+            new_modules.append(kind[0](p))
+            gm.add_submodule(path, new_modules[-1])
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(path, (x,))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            changed = True
+        elif node.target in _SDPA:
+            p = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
+            if isinstance(p, (int, float)) and p > 0:
+                path = _free_path(gm, node, "attention_dropout")
+                new_modules.append(TrainingOnly(p))
+                gm.add_submodule(path, new_modules[-1])
+                with gm.graph.inserting_before(node):
+                    rate = gm.graph.call_module(path, ())
+                rate.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
+                rate.meta["val"] = float(p)
+                if len(node.args) > 4:
+                    node.args = node.args[:4] + (rate,) + node.args[5:]
+                else:
+                    node.kwargs = {**node.kwargs, "dropout_p": rate}
+                changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    for name in ("train", "eval"):  # ExportedProgram.module() disables them per instance
+        gm.__dict__.pop(name, None)
+    for m in new_modules:  # only these: an fx graph shares the model's own modules
+        m.training = training
+    gm.training = training
+    gm.meta["fxgrow_captured_training"] = training
+    return gm
