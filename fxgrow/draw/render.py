@@ -168,9 +168,13 @@ def _legend(scene: Scene, full: bool) -> str:
 
 
 def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
-           graph_attr: dict | None = None) -> str:
+           graph_attr: dict | None = None, ids: str | None = None) -> str:
     """The scene as Graphviz DOT source.  ``legend``: True lists every group, "auto" every
-    group up to 40 and otherwise the blocked and new ones, False none."""
+    group up to 40 and otherwise the blocked and new ones, False none.  ``ids``: a prefix;
+    when given, every item, edge and cluster carries an SVG ``id`` (the prefix, then the
+    item's id, ``e<k>`` or ``m:<module path>``) and ``class`` names for scripts: ``fxitem``,
+    ``fxedge``, ``fxmod``, ``g<i>`` for each group it carries and ``b<i>`` for each group
+    it blocks (see ``fxgrow.draw.html``)."""
     if legend not in (True, False, "auto"):
         raise InputError(f"legend must be True, False or 'auto', got {legend!r}")
     if rankdir not in ("TB", "LR", "BT", "RL"):
@@ -201,25 +205,41 @@ def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
         home = next((a for a in reversed(item.ancestors) if a in scene.clusters), None)
         members.setdefault(home, []).append(item)
     counter = iter(range(1_000_000))
+    blocked: dict = {}
+    for g in scene.groups:
+        for b in g.blockers:
+            blocked.setdefault(b, []).append(g.index)
+
+    def item_ids(item: Item) -> dict:
+        if ids is None:
+            return {}
+        classes = ["fxitem", f"fx{item.kind}"]
+        classes += [f"g{g.index}" for g in dict.fromkeys(item.out_groups + item.inner_groups)]
+        classes += [f"b{i}" for b in item.blockers for i in blocked.get(b, ())]
+        return {"id": ids + item.id, "class": " ".join(dict.fromkeys(classes))}
 
     def emit(path: str | None, indent: str) -> None:
         if path is not None:
             lines.append(f"{indent}subgraph cluster_{next(counter)} {{")
-            lines.append(f"{indent}  graph {_attrs(label=scene.clusters[path], style='rounded', color='#b0bec5', fontsize=10, fontcolor='#455a64', labeljust='l', tooltip=path, penwidth=1)};")
+            extra = {"id": f"{ids}m:{path}", "class": "fxmod"} if ids is not None else {}
+            lines.append(f"{indent}  graph {_attrs(label=scene.clusters[path], style='rounded', color='#b0bec5', fontsize=10, fontcolor='#455a64', labeljust='l', tooltip=path, penwidth=1, **extra)};")
             inner = indent + "  "
         else:
             inner = indent
         for item in members.get(path, ()):
-            lines.append(f"{inner}{q(item.id)} {_attrs(**_item_attrs(item))};")
+            lines.append(f"{inner}{q(item.id)} {_attrs(**_item_attrs(item), **item_ids(item))};")
         for child in children.get(path, ()):
             emit(child, inner)
         if path is not None:
             lines.append(f"{indent}}}")
     emit(None, "  ")
 
-    for e in scene.edges:
+    for k, e in enumerate(scene.edges):
         attrs: dict = {"color": _edge_colour(e.groups), "tooltip": e.tooltip,
                        "penwidth": 2 if e.groups else 1}
+        if ids is not None:
+            attrs["id"] = f"{ids}e{k}"
+            attrs["class"] = " ".join(["fxedge"] + [f"g{g.index}" for g in e.groups])
         if e.groups and all(not g.widenable for g in e.groups):
             attrs["style"] = "dashed"
         if e.labels:
