@@ -639,9 +639,10 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
     from .draw.render import dot_binary
     _check_factor(args)
     out = Path(args.output)
-    if out.suffix.lower() not in (".svg", ".png", ".pdf", ".dot", ".gv"):
-        raise SpecError(f"-o/--output must end in .svg, .png, .pdf or .dot, got {args.output!r}")
-    if out.suffix.lower() in (".svg", ".png", ".pdf") and dot_binary() is None:
+    if out.suffix.lower() not in (".svg", ".png", ".pdf", ".dot", ".gv", ".html"):
+        raise SpecError(f"-o/--output must end in .html, .svg, .png, .pdf or .dot, got "
+                        f"{args.output!r}")
+    if out.suffix.lower() in (".svg", ".png", ".pdf", ".html") and dot_binary() is None:
         from .draw import GraphvizNotFoundError
         raise GraphvizNotFoundError(
             f"writing {out.name} needs Graphviz's `dot` program, which is not on PATH: install "

@@ -242,6 +242,26 @@ def shape_text(value: Any) -> str:
     return ""
 
 
+# ATen ops drawn under the name of the torch function a user wrote
+_TORCH_NAMES = {
+    "_to_copy": "to", "_unsafe_view": "view", "mm": "matmul", "bmm": "matmul",
+    "addmm": "linear", "sym_size": "size", "native_layer_norm": "layer_norm",
+    "_native_batch_norm_legit_no_training": "batch_norm", "_native_batch_norm_legit": "batch_norm",
+    "native_batch_norm": "batch_norm", "convolution": "conv", "_softmax": "softmax",
+    "_log_softmax": "log_softmax", "rsub": "sub", "clone": "contiguous",
+    "_scaled_dot_product_flash_attention_for_cpu": "scaled_dot_product_attention",
+    "_scaled_dot_product_efficient_attention": "scaled_dot_product_attention",
+    "_assert_tensor_metadata": "assert", "scalar_tensor": "tensor", "lift_fresh_copy": "tensor",
+}
+
+
+def torch_name(op: torch._ops.OpOverload) -> str:
+    """``aten.add.Tensor`` -> ``add``; ``aten._to_copy.default`` -> ``to``: the name a user
+    writes in torch, not the overload's."""
+    base = op._schema.name.split("::")[-1]
+    return _TORCH_NAMES.get(base, base.lstrip("_"))
+
+
 def op_text(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, str]:
     """(title, subtitle) of an fx node."""
     if node.op == "call_module":
@@ -256,9 +276,7 @@ def op_text(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, str]:
         target = node.target
         name = getattr(target, "__name__", None) or str(target)
         if isinstance(target, torch._ops.OpOverload):
-            name = target._schema.name.split("::")[-1]
-            if target._overloadname not in ("default",):
-                name = f"{name}.{target._overloadname}"
+            return torch_name(target), ""
         return name, ""
     if node.op == "placeholder":
         return str(node.target), "input"
@@ -373,6 +391,32 @@ def _count(nodes, chains, rule) -> tuple[int, int]:
     return len(set(item.values())), len(edges)
 
 
+# -- input plumbing ------------------------------------------------------------------------------
+
+PLUMBING = "inputs: masks, positions, flags"
+PLUMBING_MIN = 3  # fold the plumbing into one box when it has at least this many nodes
+
+
+def input_plumbing(gm: torch.fx.GraphModule, drawn: set[str], groups_of) -> list[str]:
+    """Drawn nodes that only prepare side inputs: computed from graph inputs and constants
+    alone without touching a channel group (attention masks, position ids, flags), and the
+    inputs that feed nothing else.  Invariant: no node carrying a channel group is plumbing."""
+    side: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "get_attr"):
+            continue
+        if n.op == "output" or groups_of(n.name):
+            continue
+        if all(a.op in ("placeholder", "get_attr") or a.name in side for a in n.all_input_nodes):
+            side.add(n.name)
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and not groups_of(n.name) and n.users and \
+                all(u.name in side for u in n.users):
+            side.add(n.name)
+    # only what feeds the rest of the graph through other plumbing or directly: all of it
+    return [n.name for n in gm.graph.nodes if n.name in side and n.name in drawn]
+
+
 # -- the scene ------------------------------------------------------------------------------------
 
 def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
@@ -390,6 +434,11 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
     def groups_of(name: str) -> list[DGroup]:
         return list(dict.fromkeys(dgroups[r] for r in roots.get(name, ()) if r in dgroups))
 
+    plumbing = input_plumbing(gm, {n.name for n in nodes}, groups_of)
+    if len(plumbing) >= PLUMBING_MIN:
+        for name in plumbing:
+            box_of[name] = PLUMBING
+
     items: dict[str, Item] = {}
     item_of: dict[str, str] = {}
     for n in nodes:
@@ -401,6 +450,8 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
             item = items.get(key)
             if item is None:
                 anc = tuple(q for q in paths if _depth(q) < _depth(p) and p.startswith(q + "."))
+                if p == PLUMBING:
+                    anc = ()
                 item = items[key] = Item(key, "box", p, types.get(p, ""), "", anc, [])
             item.nodes.append(n.name)
             item.inserted += inserted
@@ -470,7 +521,7 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
     for item in items.values():
         _describe(item, gm, vals)
     clusters = _clusters(items.values(), types)
-    folded = sorted({p for p in box_of.values() if p})
+    folded = sorted({p for p in box_of.values() if p and p != PLUMBING})
     return Scene(title, list(items.values()), edges, groups, clusters,
                  teacher_names is not None, folded)
 
