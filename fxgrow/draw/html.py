@@ -326,7 +326,7 @@ _SCRIPT = r"""
     const svg = svgOf(state.view);
     const els = svg.querySelectorAll(".g" + i + ", .b" + i);
     els.forEach(el => el.classList.add("hl"));
-    svg.classList.add("dim");
+    svg.classList.toggle("dim", els.length > 0);  // a group not drawn here dims nothing
     $("status").textContent = els.length + " elements";
     if (els.length && zoomed) zoomTo(els);
     return els.length;
@@ -341,7 +341,7 @@ _SCRIPT = r"""
       "<div><b>width</b> " + esc(width) + " · " + esc(g.status) + "</div>";
     if (g.blockers.length) h += "<div><b>blockers</b><ul>" + g.blockers.map(b =>
       "<li class=\"blk\"><b>" + esc(b.node) + "</b> (" + esc(b.kind) + "): " + esc(b.reason) + "</li>").join("") + "</ul></div>";
-    h += "<div><b>members</b><ul>" + g.members.map(m => "<li>" + esc(m) + "</li>").join("") + "</ul></div>";
+    if (g.members.length) h += "<div><b>members</b><ul>" + g.members.map(m => "<li>" + esc(m) + "</li>").join("") + "</ul></div>";
     h += "<div>" + n + " elements in this view</div>";
     $("info").innerHTML = h;
     return n;
