@@ -296,3 +296,18 @@ def test_before_after_falls_back_to_teacher_colours(monkeypatch):
     e = next(e for e in s.edges if e.src == "conv1" and e.dst == "bn1")
     assert [g.name for g in e.groups] == ["conv1"]
     assert next(i for i in s.items if i.id == "conv1").shape == "1×96×16×16"
+
+
+def test_many_groups_named_where_they_start():
+    """DenseNet-121 has over a hundred groups: each is also labelled by name on the edge where
+    it starts (colours alone cannot be told apart at that count)."""
+    model = build("densenet121")
+    s = scene(model, X32)
+    assert len(s.groups) > graph.NAMED_GROUPS
+    named = [g for e in s.edges for g in e.names]
+    assert len(named) == len({g.index for g in named})          # once each
+    drawn = {g.index for e in s.edges for g in e.groups}
+    labelled = {g.index for e in s.edges for g in e.names + e.labels}
+    assert labelled == drawn                                    # every drawn group is named
+    src = render.to_dot(s)
+    assert render.short_name(named[0].name) in src

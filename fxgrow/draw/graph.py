@@ -100,6 +100,7 @@ class Edge:
     dst: str
     groups: list[DGroup]
     labels: list[DGroup] = field(default_factory=list)  # groups labelled old → new here
+    names: list[DGroup] = field(default_factory=list)   # groups labelled by name here
     tooltip: str = ""
 
 
@@ -393,6 +394,7 @@ def _count(nodes, chains, rule) -> tuple[int, int]:
 
 # -- input plumbing ------------------------------------------------------------------------------
 
+NAMED_GROUPS = 24  # beyond this many groups each is also labelled by name where it starts
 PLUMBING = "inputs: masks, positions, flags"
 PLUMBING_MIN = 3  # fold the plumbing into one box when it has at least this many nodes
 
@@ -517,6 +519,14 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
                 labelled.add((e.src, g.index))
                 e.labels.append(g)
         e.tooltip = "\n".join(g.describe() for g in e.groups) or "no channel group"
+    # with many groups colours alone are hard to tell apart: name each group where it starts
+    if len(groups) > NAMED_GROUPS:
+        named: set[int] = {g.index for e in edges for g in e.labels}
+        for e in edges:
+            for g in e.groups:
+                if g.index not in named and g.index not in incoming.get(e.src, ()):
+                    named.add(g.index)
+                    e.names.append(g)
 
     for item in items.values():
         _describe(item, gm, vals)

@@ -47,6 +47,12 @@ def _h(s: str) -> str:
     return html.escape(str(s), quote=True)
 
 
+def short_name(name: str) -> str:
+    """The last two parts of a group's name (``denseblock3.denselayer20.conv1`` ->
+    ``denselayer20.conv1``): an edge label that stays short."""
+    return ".".join(name.split(".")[-2:])
+
+
 def _edge_colour(groups: list[DGroup]) -> str:
     if not groups:
         return NEUTRAL
@@ -159,8 +165,9 @@ def _legend(scene: Scene, full: bool) -> str:
                 f"</TD>")
         out.append("<TR>" + "".join(cells) + "</TR>")
     if rest:
-        note = (f"+ {rest} more groups, each in its own colour:<BR ALIGN=\"LEFT\"/>"
-                f"hover over an edge or a swatch for its name and width<BR ALIGN=\"LEFT\"/>")
+        note = (f"+ {rest} more groups, each in its own colour and named where it starts;"
+                f"<BR ALIGN=\"LEFT\"/>the .html view finds any of them by name"
+                f"<BR ALIGN=\"LEFT\"/>")
         out.append(f"<TR><TD COLSPAN=\"{4 * cols}\" ALIGN=\"LEFT\"><FONT POINT-SIZE=\"9\">"
                    f"{note}</FONT></TD></TR>")
     return ("<<TABLE BORDER=\"1\" COLOR=\"#9e9e9e\" CELLBORDER=\"0\" CELLSPACING=\"2\" "
@@ -242,10 +249,11 @@ def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
             attrs["class"] = " ".join(["fxedge"] + [f"g{g.index}" for g in e.groups])
         if e.groups and all(not g.widenable for g in e.groups):
             attrs["style"] = "dashed"
-        if e.labels:
-            attrs["label"] = "\n".join(g.change for g in e.labels)
-            attrs["fontcolor"] = e.labels[0].colour
-            attrs["labeltooltip"] = "\n".join(g.describe() for g in e.labels)
+        if e.labels or e.names:
+            attrs["label"] = "\n".join([g.change for g in e.labels] +
+                                       [short_name(g.name) for g in e.names])
+            attrs["fontcolor"] = (e.labels or e.names)[0].colour
+            attrs["labeltooltip"] = "\n".join(g.describe() for g in e.labels + e.names)
         lines.append(f"  {q(e.src)} -> {q(e.dst)} {_attrs(**attrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
