@@ -250,9 +250,9 @@ def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
         if e.groups and all(not g.widenable for g in e.groups):
             attrs["style"] = "dashed"
         if e.labels or e.names:
-            attrs["label"] = "\n".join([g.change for g in e.labels] +
-                                       [short_name(g.name) for g in e.names])
-            attrs["fontcolor"] = (e.labels or e.names)[0].colour
+            texts = [(g, g.change) for g in e.labels] + [(g, short_name(g.name)) for g in e.names]
+            attrs["label"] = "<" + "<BR/>".join(f'<FONT COLOR="{g.colour}">{_h(text)}</FONT>'
+                                                for g, text in texts) + ">"
             attrs["labeltooltip"] = "\n".join(g.describe() for g in e.labels + e.names)
         lines.append(f"  {q(e.src)} -> {q(e.dst)} {_attrs(**attrs)};")
     lines.append("}")
