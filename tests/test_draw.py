@@ -311,3 +311,19 @@ def test_many_groups_named_where_they_start():
     assert labelled == drawn                                    # every drawn group is named
     src = render.to_dot(s)
     assert render.short_name(named[0].name) in src
+
+
+def test_timm_vit_optional_inputs_folded():
+    """timm's ViT blocks take ``attn_mask=None`` / ``is_causal=False``: arguments with a
+    default that carry no channel group are side inputs, one box, with no edge into every
+    block."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8).eval()
+    s = scene(model, X32, collapse="auto")
+    box = next(i for i in s.items if i.id == f"box:{graph.PLUMBING}")
+    assert sorted(box.nodes) == ["attn_mask", "is_causal"]
+    assert [i.title for i in s.items if i.kind == "input"] == ["x"]
+    src = render.to_dot(s)
+    assert not [e for e in dot_edges(src) if e["src"] == box.id]
+    assert "feeds" in box.tooltip

@@ -396,13 +396,15 @@ def _count(nodes, chains, rule) -> tuple[int, int]:
 
 NAMED_GROUPS = 24  # beyond this many groups each is also labelled by name where it starts
 PLUMBING = "inputs: masks, positions, flags"
-PLUMBING_MIN = 3  # fold the plumbing into one box when it has at least this many nodes
+PLUMBING_MIN = 2  # fold the plumbing into one box when it has at least this many nodes
 
 
 def input_plumbing(gm: torch.fx.GraphModule, drawn: set[str], groups_of) -> list[str]:
     """Drawn nodes that only prepare side inputs: computed from graph inputs and constants
-    alone without touching a channel group (attention masks, position ids, flags), and the
-    inputs that feed nothing else.  Invariant: no node carrying a channel group is plumbing."""
+    alone without touching a channel group (attention masks, position ids, flags), the inputs
+    that feed nothing else, and optional inputs (arguments with a default, such as timm's
+    ``attn_mask=None`` / ``is_causal=False``) that carry no channel group.  Invariant: no node
+    carrying a channel group is plumbing."""
     side: set[str] = set()
     for n in gm.graph.nodes:
         if n.op in ("placeholder", "get_attr"):
@@ -412,8 +414,10 @@ def input_plumbing(gm: torch.fx.GraphModule, drawn: set[str], groups_of) -> list
         if all(a.op in ("placeholder", "get_attr") or a.name in side for a in n.all_input_nodes):
             side.add(n.name)
     for n in gm.graph.nodes:
-        if n.op == "placeholder" and not groups_of(n.name) and n.users and \
-                all(u.name in side for u in n.users):
+        if n.op != "placeholder" or groups_of(n.name):
+            continue
+        optional = bool(n.args)  # an argument with a default: a mask or flag left as it is
+        if n.users and (optional or all(u.name in side for u in n.users)):
             side.add(n.name)
     # only what feeds the rest of the graph through other plumbing or directly: all of it
     return [n.name for n in gm.graph.nodes if n.name in side and n.name in drawn]
@@ -530,6 +534,10 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
 
     for item in items.values():
         _describe(item, gm, vals)
+    plumbing_box = items.get(f"box:{PLUMBING}")
+    if plumbing_box is not None:
+        fed = list(dict.fromkeys(items[e.dst].title for e in edges if e.src == plumbing_box.id))
+        plumbing_box.tooltip += "\nfeeds " + ", ".join(fed[:12]) + (" …" if len(fed) > 12 else "")
     clusters = _clusters(items.values(), types)
     folded = sorted({p for p in box_of.values() if p and p != PLUMBING})
     return Scene(title, list(items.values()), edges, groups, clusters,

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..errors import FxgrowError, InputError
 from .palette import BLOCKER, INSERTED, NEUTRAL, tint
-from .graph import DGroup, Item, Scene
+from .graph import PLUMBING, DGroup, Item, Scene
+
+PLUMBING_BOX = f"box:{PLUMBING}"
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 TEXT_FORMATS = (".dot", ".gv")
@@ -242,6 +244,8 @@ def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
     emit(None, "  ")
 
     for k, e in enumerate(scene.edges):
+        if e.src == PLUMBING_BOX:  # masks and flags reach every block: the box's tooltip
+            continue               # lists what it feeds
         attrs: dict = {"color": _edge_colour(e.groups), "tooltip": e.tooltip,
                        "penwidth": 2 if e.groups else 1}
         if ids is not None:
