@@ -722,8 +722,8 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
     from .draw.render import dot_binary
     _check_factor(args)
     out = Path(args.output)
-    _check_output(args, (".svg", ".png", ".pdf", ".dot", ".gv"))
-    if out.suffix.lower() in (".svg", ".png", ".pdf") and dot_binary() is None:
+    _check_output(args, (".svg", ".png", ".pdf", ".dot", ".gv", ".html"))
+    if out.suffix.lower() in (".svg", ".png", ".pdf", ".html") and dot_binary() is None:
         from .draw import GraphvizNotFoundError
         raise GraphvizNotFoundError(
             f"writing {out.name} needs Graphviz's `dot` program, which is not on PATH: install "
@@ -991,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes the source.",
                        epilog="examples:\n  fxgrow draw torchvision:resnet50 -o resnet50.svg\n"
                               "  fxgrow draw torchvision:densenet121 -o densenet.svg "
-                              "--collapse 3\n  fxgrow draw torchvision:resnet18 --factor 1.5 "
+                              "-o densenet.html\n  fxgrow draw torchvision:resnet18 --factor 1.5 "
                               "--blocks layer1=3 -o grown.png\n  fxgrow draw "
                               "torchvision:resnet18 --student wide.safetensors -o wide.svg\n\n"
                               + MODEL_HELP)

@@ -76,6 +76,18 @@ def test_palette_distinct_and_not_blocker_red():
     assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours)
 
 
+def test_palette_perceptually_distinct():
+    """Colours stay apart in OKLab as groups multiply (DenseNet-121 has 122): the old HSV
+    golden-angle palette had pairs 0.0025 apart at 122 colours."""
+    import math
+
+    def closest(n: int) -> float:
+        labs = [palette._srgb_to_oklab(c) for c in palette.palette(n)]
+        return min(math.dist(a, b) for i, a in enumerate(labs) for b in labs[i + 1:])
+    assert closest(40) >= 0.06
+    assert closest(122) >= 0.035
+
+
 def test_resnet18_dot_colours_every_group_on_its_edges():
     model = build("resnet18")
     analysis = fxgrow.analyze(model, X32)
@@ -216,6 +228,29 @@ def test_export_graph_clusters_from_string_types():
     assert folded.folded == ["model.layers.0", "model.layers.1"]
 
 
+def test_llama_input_plumbing_folded_and_torch_names():
+    """Mask, position and flag arithmetic becomes one box; ATen ops show their torch names."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                   use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    mask = torch.ones(1, 8, dtype=torch.long)
+    s = scene(model, (ids, mask))
+    box = next(i for i in s.items if i.id == f"box:{graph.PLUMBING}")
+    assert len(box.nodes) >= graph.PLUMBING_MIN and "attention_mask" in box.nodes
+    assert not box.out_groups and not box.inner_groups
+    inputs = [i.title for i in s.items if i.kind == "input"]
+    assert inputs == ["input_ids"]             # the mask is folded into the plumbing box
+    titles = {i.title for i in s.items if i.kind == "node"}
+    assert "add" in titles and "matmul" in titles or "linear" in titles
+    assert not any(t.endswith((".Tensor", ".default", ".int")) for t in titles)
+    assert graph.torch_name(torch.ops.aten._to_copy.default) == "to"
+    assert graph.torch_name(torch.ops.aten.add.Tensor) == "add"
+
+
 # -- files and Graphviz --------------------------------------------------------------------------
 
 @needs_dot
@@ -261,3 +296,34 @@ def test_before_after_falls_back_to_teacher_colours(monkeypatch):
     e = next(e for e in s.edges if e.src == "conv1" and e.dst == "bn1")
     assert [g.name for g in e.groups] == ["conv1"]
     assert next(i for i in s.items if i.id == "conv1").shape == "1×96×16×16"
+
+
+def test_many_groups_named_where_they_start():
+    """DenseNet-121 has over a hundred groups: each is also labelled by name on the edge where
+    it starts (colours alone cannot be told apart at that count)."""
+    model = build("densenet121")
+    s = scene(model, X32)
+    assert len(s.groups) > graph.NAMED_GROUPS
+    named = [g for e in s.edges for g in e.names]
+    assert len(named) == len({g.index for g in named})          # once each
+    drawn = {g.index for e in s.edges for g in e.groups}
+    labelled = {g.index for e in s.edges for g in e.names + e.labels}
+    assert labelled == drawn                                    # every drawn group is named
+    src = render.to_dot(s)
+    assert render.short_name(named[0].name) in src
+
+
+def test_timm_vit_optional_inputs_folded():
+    """timm's ViT blocks take ``attn_mask=None`` / ``is_causal=False``: arguments with a
+    default that carry no channel group are side inputs, one box, with no edge into every
+    block."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8).eval()
+    s = scene(model, X32, collapse="auto")
+    box = next(i for i in s.items if i.id == f"box:{graph.PLUMBING}")
+    assert sorted(box.nodes) == ["attn_mask", "is_causal"]
+    assert [i.title for i in s.items if i.kind == "input"] == ["x"]
+    src = render.to_dot(s)
+    assert not [e for e in dot_edges(src) if e["src"] == box.id]
+    assert "feeds" in box.tooltip

@@ -16,6 +16,18 @@ if ! command -v dot >/dev/null 2>&1; then
     fi
 fi
 
+# Debian's Chromium and its driver: the browser tests of the interactive HTML view
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing Chromium and chromium-driver with apt-get" >&2
+        (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null; }) ||
+            echo "[setup] could not install chromium; the browser tests will be skipped" >&2
+    else
+        echo "[setup] no chromium/chromedriver and not root: the browser tests will be skipped" >&2
+    fi
+fi
+
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
 if [ ! -x .venv/bin/python ]; then

@@ -46,11 +46,13 @@ def _params(m: torch.nn.Module) -> int:
 
 def scene(model: Any, example_inputs: Any = None, *, student: torch.nn.Module | None = None,
           collapse: Any = None, title: str | None = None, sizes: bool = False,
-          **trace_options: Any) -> Scene:
-    """What ``draw`` shows (items, edges, groups, clusters), without Graphviz."""
+          name: str | None = None, **trace_options: Any) -> Scene:
+    """What ``draw`` shows (items, edges, groups, clusters), without Graphviz.  ``name``: the
+    model's name in the default title (its class name)."""
     analysis = _analysis(model, example_inputs, trace_options)
-    name = type(model).__name__ if not isinstance(model, Analysis) else \
-        type(analysis.gm).__name__
+    if name is None:
+        name = type(model).__name__ if not isinstance(model, Analysis) else \
+            type(analysis.gm).__name__
     blockers = blockers_by_node(analysis)
     if student is None:
         groups, by_root = teacher_groups(analysis)
@@ -103,9 +105,23 @@ def draw(model: Any, example_inputs: Any = None, path: str | os.PathLike | None 
     else the blocked and new ones); ``rankdir``: ``TB`` or ``LR``; ``sizes``: also draw the
     nodes that compute sizes and other non-tensor values (hidden by default);
     ``dpi``: resolution of PNG output.  ``trace_options`` go to ``fxgrow.analyze``
-    (``frontend=``, ``leaf_modules=`` ...)."""
+    (``frontend=``, ``leaf_modules=`` ...).
+
+    A ``.html`` path writes an interactive page instead (``fxgrow.draw.html``): an overview
+    folded as ``collapse="auto"``, one detailed view per folded module, the student beside
+    the teacher, a search box, groups highlighted on click, pan and zoom; one self-contained
+    file.  It returns the teacher overview's DOT source."""
     if example_inputs is not None:
         example_inputs = as_tuple(example_inputs)
+    if path is not None and str(path).lower().endswith((".html", ".htm")):
+        from .html import to_html, views_of
+        analysis = _analysis(model, example_inputs, trace_options)
+        name = type(model).__name__ if not isinstance(model, Analysis) else "model"
+        views = views_of(analysis, student, name=name, title=title)
+        page = to_html(views, analysis, title=title or views[0].scene.title)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+        return to_dot(views[0].scene, rankdir=rankdir, legend=legend)
     s = scene(model, example_inputs, student=student, collapse=collapse, title=title,
               sizes=sizes, **trace_options)
     attrs = dict(graph_attr or {})
@@ -120,9 +136,9 @@ def draw(model: Any, example_inputs: Any = None, path: str | os.PathLike | None 
 # ``fxgrow.draw`` is this function once ``fxgrow`` is imported (the package's ``draw`` is
 # exported over the subpackage's name); hang the package's names and submodules on it so that
 # ``fxgrow.draw.scene(...)`` and ``import fxgrow.draw.render`` work either way.
-from . import graph, palette, render  # noqa: E402
+from . import graph, html, palette, render  # noqa: E402
 
 for _name in ("scene", "to_dot", "DrawError", "GraphvizNotFoundError", "Scene", "DGroup",
-              "graph", "palette", "render"):
+              "graph", "html", "palette", "render"):
     setattr(draw, _name, globals()[_name])
 del _name

@@ -100,6 +100,7 @@ class Edge:
     dst: str
     groups: list[DGroup]
     labels: list[DGroup] = field(default_factory=list)  # groups labelled old → new here
+    names: list[DGroup] = field(default_factory=list)   # groups labelled by name here
     tooltip: str = ""
 
 
@@ -242,6 +243,26 @@ def shape_text(value: Any) -> str:
     return ""
 
 
+# ATen ops drawn under the name of the torch function a user wrote
+_TORCH_NAMES = {
+    "_to_copy": "to", "_unsafe_view": "view", "mm": "matmul", "bmm": "matmul",
+    "addmm": "linear", "sym_size": "size", "native_layer_norm": "layer_norm",
+    "_native_batch_norm_legit_no_training": "batch_norm", "_native_batch_norm_legit": "batch_norm",
+    "native_batch_norm": "batch_norm", "convolution": "conv", "_softmax": "softmax",
+    "_log_softmax": "log_softmax", "rsub": "sub", "clone": "contiguous",
+    "_scaled_dot_product_flash_attention_for_cpu": "scaled_dot_product_attention",
+    "_scaled_dot_product_efficient_attention": "scaled_dot_product_attention",
+    "_assert_tensor_metadata": "assert", "scalar_tensor": "tensor", "lift_fresh_copy": "tensor",
+}
+
+
+def torch_name(op: torch._ops.OpOverload) -> str:
+    """``aten.add.Tensor`` -> ``add``; ``aten._to_copy.default`` -> ``to``: the name a user
+    writes in torch, not the overload's."""
+    base = op._schema.name.split("::")[-1]
+    return _TORCH_NAMES.get(base, base.lstrip("_"))
+
+
 def op_text(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, str]:
     """(title, subtitle) of an fx node."""
     if node.op == "call_module":
@@ -256,9 +277,7 @@ def op_text(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, str]:
         target = node.target
         name = getattr(target, "__name__", None) or str(target)
         if isinstance(target, torch._ops.OpOverload):
-            name = target._schema.name.split("::")[-1]
-            if target._overloadname not in ("default",):
-                name = f"{name}.{target._overloadname}"
+            return torch_name(target), ""
         return name, ""
     if node.op == "placeholder":
         return str(node.target), "input"
@@ -373,6 +392,37 @@ def _count(nodes, chains, rule) -> tuple[int, int]:
     return len(set(item.values())), len(edges)
 
 
+# -- input plumbing ------------------------------------------------------------------------------
+
+NAMED_GROUPS = 24  # beyond this many groups each is also labelled by name where it starts
+PLUMBING = "inputs: masks, positions, flags"
+PLUMBING_MIN = 2  # fold the plumbing into one box when it has at least this many nodes
+
+
+def input_plumbing(gm: torch.fx.GraphModule, drawn: set[str], groups_of) -> list[str]:
+    """Drawn nodes that only prepare side inputs: computed from graph inputs and constants
+    alone without touching a channel group (attention masks, position ids, flags), the inputs
+    that feed nothing else, and optional inputs (arguments with a default, such as timm's
+    ``attn_mask=None`` / ``is_causal=False``) that carry no channel group.  Invariant: no node
+    carrying a channel group is plumbing."""
+    side: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "get_attr"):
+            continue
+        if n.op == "output" or groups_of(n.name):
+            continue
+        if all(a.op in ("placeholder", "get_attr") or a.name in side for a in n.all_input_nodes):
+            side.add(n.name)
+    for n in gm.graph.nodes:
+        if n.op != "placeholder" or groups_of(n.name):
+            continue
+        optional = bool(n.args)  # an argument with a default: a mask or flag left as it is
+        if n.users and (optional or all(u.name in side for u in n.users)):
+            side.add(n.name)
+    # only what feeds the rest of the graph through other plumbing or directly: all of it
+    return [n.name for n in gm.graph.nodes if n.name in side and n.name in drawn]
+
+
 # -- the scene ------------------------------------------------------------------------------------
 
 def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
@@ -390,6 +440,11 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
     def groups_of(name: str) -> list[DGroup]:
         return list(dict.fromkeys(dgroups[r] for r in roots.get(name, ()) if r in dgroups))
 
+    plumbing = input_plumbing(gm, {n.name for n in nodes}, groups_of)
+    if len(plumbing) >= PLUMBING_MIN:
+        for name in plumbing:
+            box_of[name] = PLUMBING
+
     items: dict[str, Item] = {}
     item_of: dict[str, str] = {}
     for n in nodes:
@@ -401,6 +456,8 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
             item = items.get(key)
             if item is None:
                 anc = tuple(q for q in paths if _depth(q) < _depth(p) and p.startswith(q + "."))
+                if p == PLUMBING:
+                    anc = ()
                 item = items[key] = Item(key, "box", p, types.get(p, ""), "", anc, [])
             item.nodes.append(n.name)
             item.inserted += inserted
@@ -466,11 +523,23 @@ def build(gm: torch.fx.GraphModule, vals: dict, roots: dict[str, list[int]],
                 labelled.add((e.src, g.index))
                 e.labels.append(g)
         e.tooltip = "\n".join(g.describe() for g in e.groups) or "no channel group"
+    # with many groups colours alone are hard to tell apart: name each group where it starts
+    if len(groups) > NAMED_GROUPS:
+        named: set[int] = {g.index for e in edges for g in e.labels}
+        for e in edges:
+            for g in e.groups:
+                if g.index not in named and g.index not in incoming.get(e.src, ()):
+                    named.add(g.index)
+                    e.names.append(g)
 
     for item in items.values():
         _describe(item, gm, vals)
+    plumbing_box = items.get(f"box:{PLUMBING}")
+    if plumbing_box is not None:
+        fed = list(dict.fromkeys(items[e.dst].title for e in edges if e.src == plumbing_box.id))
+        plumbing_box.tooltip += "\nfeeds " + ", ".join(fed[:12]) + (" …" if len(fed) > 12 else "")
     clusters = _clusters(items.values(), types)
-    folded = sorted({p for p in box_of.values() if p})
+    folded = sorted({p for p in box_of.values() if p and p != PLUMBING})
     return Scene(title, list(items.values()), edges, groups, clusters,
                  teacher_names is not None, folded)
 

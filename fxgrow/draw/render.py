@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..errors import FxgrowError, InputError
 from .palette import BLOCKER, INSERTED, NEUTRAL, tint
-from .graph import DGroup, Item, Scene
+from .graph import PLUMBING, DGroup, Item, Scene
+
+PLUMBING_BOX = f"box:{PLUMBING}"
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 TEXT_FORMATS = (".dot", ".gv")
@@ -45,6 +47,12 @@ def _attrs(**kw) -> str:
 
 def _h(s: str) -> str:
     return html.escape(str(s), quote=True)
+
+
+def short_name(name: str) -> str:
+    """The last two parts of a group's name (``denseblock3.denselayer20.conv1`` ->
+    ``denselayer20.conv1``): an edge label that stays short."""
+    return ".".join(name.split(".")[-2:])
 
 
 def _edge_colour(groups: list[DGroup]) -> str:
@@ -159,8 +167,9 @@ def _legend(scene: Scene, full: bool) -> str:
                 f"</TD>")
         out.append("<TR>" + "".join(cells) + "</TR>")
     if rest:
-        note = (f"+ {rest} more groups, each in its own colour:<BR ALIGN=\"LEFT\"/>"
-                f"hover over an edge or a swatch for its name and width<BR ALIGN=\"LEFT\"/>")
+        note = (f"+ {rest} more groups, each in its own colour and named where it starts;"
+                f"<BR ALIGN=\"LEFT\"/>the .html view finds any of them by name"
+                f"<BR ALIGN=\"LEFT\"/>")
         out.append(f"<TR><TD COLSPAN=\"{4 * cols}\" ALIGN=\"LEFT\"><FONT POINT-SIZE=\"9\">"
                    f"{note}</FONT></TD></TR>")
     return ("<<TABLE BORDER=\"1\" COLOR=\"#9e9e9e\" CELLBORDER=\"0\" CELLSPACING=\"2\" "
@@ -168,9 +177,13 @@ def _legend(scene: Scene, full: bool) -> str:
 
 
 def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
-           graph_attr: dict | None = None) -> str:
+           graph_attr: dict | None = None, ids: str | None = None) -> str:
     """The scene as Graphviz DOT source.  ``legend``: True lists every group, "auto" every
-    group up to 40 and otherwise the blocked and new ones, False none."""
+    group up to 40 and otherwise the blocked and new ones, False none.  ``ids``: a prefix;
+    when given, every item, edge and cluster carries an SVG ``id`` (the prefix, then the
+    item's id, ``e<k>`` or ``m:<module path>``) and ``class`` names for scripts: ``fxitem``,
+    ``fxedge``, ``fxmod``, ``g<i>`` for each group it carries and ``b<i>`` for each group
+    it blocks (see ``fxgrow.draw.html``)."""
     if legend not in (True, False, "auto"):
         raise InputError(f"legend must be True, False or 'auto', got {legend!r}")
     if rankdir not in ("TB", "LR", "BT", "RL"):
@@ -201,31 +214,50 @@ def to_dot(scene: Scene, *, rankdir: str = "TB", legend: bool | str = "auto",
         home = next((a for a in reversed(item.ancestors) if a in scene.clusters), None)
         members.setdefault(home, []).append(item)
     counter = iter(range(1_000_000))
+    blocked: dict = {}
+    for g in scene.groups:
+        for b in g.blockers:
+            blocked.setdefault(b, []).append(g.index)
+
+    def item_ids(item: Item) -> dict:
+        if ids is None:
+            return {}
+        classes = ["fxitem", f"fx{item.kind}"]
+        classes += [f"g{g.index}" for g in dict.fromkeys(item.out_groups + item.inner_groups)]
+        classes += [f"b{i}" for b in item.blockers for i in blocked.get(b, ())]
+        return {"id": ids + item.id, "class": " ".join(dict.fromkeys(classes))}
 
     def emit(path: str | None, indent: str) -> None:
         if path is not None:
             lines.append(f"{indent}subgraph cluster_{next(counter)} {{")
-            lines.append(f"{indent}  graph {_attrs(label=scene.clusters[path], style='rounded', color='#b0bec5', fontsize=10, fontcolor='#455a64', labeljust='l', tooltip=path, penwidth=1)};")
+            extra = {"id": f"{ids}m:{path}", "class": "fxmod"} if ids is not None else {}
+            lines.append(f"{indent}  graph {_attrs(label=scene.clusters[path], style='rounded', color='#b0bec5', fontsize=10, fontcolor='#455a64', labeljust='l', tooltip=path, penwidth=1, **extra)};")
             inner = indent + "  "
         else:
             inner = indent
         for item in members.get(path, ()):
-            lines.append(f"{inner}{q(item.id)} {_attrs(**_item_attrs(item))};")
+            lines.append(f"{inner}{q(item.id)} {_attrs(**_item_attrs(item), **item_ids(item))};")
         for child in children.get(path, ()):
             emit(child, inner)
         if path is not None:
             lines.append(f"{indent}}}")
     emit(None, "  ")
 
-    for e in scene.edges:
+    for k, e in enumerate(scene.edges):
+        if e.src == PLUMBING_BOX:  # masks and flags reach every block: the box's tooltip
+            continue               # lists what it feeds
         attrs: dict = {"color": _edge_colour(e.groups), "tooltip": e.tooltip,
                        "penwidth": 2 if e.groups else 1}
+        if ids is not None:
+            attrs["id"] = f"{ids}e{k}"
+            attrs["class"] = " ".join(["fxedge"] + [f"g{g.index}" for g in e.groups])
         if e.groups and all(not g.widenable for g in e.groups):
             attrs["style"] = "dashed"
-        if e.labels:
-            attrs["label"] = "\n".join(g.change for g in e.labels)
-            attrs["fontcolor"] = e.labels[0].colour
-            attrs["labeltooltip"] = "\n".join(g.describe() for g in e.labels)
+        if e.labels or e.names:
+            texts = [(g, g.change) for g in e.labels] + [(g, short_name(g.name)) for g in e.names]
+            attrs["label"] = "<" + "<BR/>".join(f'<FONT COLOR="{g.colour}">{_h(text)}</FONT>'
+                                                for g, text in texts) + ">"
+            attrs["labeltooltip"] = "\n".join(g.describe() for g in e.labels + e.names)
         lines.append(f"  {q(e.src)} -> {q(e.dst)} {_attrs(**attrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
