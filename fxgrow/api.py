@@ -114,6 +114,12 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
         try:
             return _analyze(gm, inputs, outputs)
         except GraphRunError as failure:
+            if not _graph_runs(gm, inputs):
+                raise TraceError(
+                    f"neither torch.fx nor torch.export captured a graph of "
+                    f"{type(model).__name__} that runs on the example inputs, although the "
+                    f"model does: fx's fails at {fx_failure}; export's at {failure}. Pass "
+                    f"leaf_modules=[...] naming the module around the fx node.") from failure
             fx_failure = failure
     raise UnsupportedModelError(
         f"fxgrow could not follow {type(model).__name__}'s graph node by node, though the model "

@@ -145,6 +145,7 @@ def _every_call(m: nn.Module, x: torch.Tensor, after: str, stage: str | None) ->
     assert _fingerprint(m) == before
 
 
+@pytest.mark.slow
 def test_levit_untouched_by_every_call():
     """timm's LeViT caches its attention biases in a dict that tracing filled with fx proxies:
     groups() then widen() on one instance failed ("referenced nonexistent value")."""
@@ -155,6 +156,19 @@ def test_levit_untouched_by_every_call():
     assert m.stages[0].blocks[0].attn.attention_bias_cache == {}
     fxgrow.groups(m, x)
     s = fxgrow.widen(m, x, factor=1.5)
+    assert s.meta["fxgrow_error"].max_rel <= 1e-5
+
+
+@pytest.mark.slow
+def test_efficientformer_groups_then_widen():
+    timm = pytest.importorskip("timm")
+    m = timm.create_model("efficientformer_l1", num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)  # its attention biases fix 224 px
+    before = _fingerprint(m)
+    with teacher_unchanged(m):
+        fxgrow.groups(m, x)
+        s = fxgrow.widen(m, x, factor=1.25)
+    assert _fingerprint(m) == before
     assert s.meta["fxgrow_error"].max_rel <= 1e-5
 
 
