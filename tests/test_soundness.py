@@ -267,6 +267,15 @@ def test_graph_that_does_not_run_falls_back_to_export():
         "although the model does: node 'view'" in msg and "frontend='export'" in msg
 
 
+def test_stages_and_grow_fall_back_to_export_too():
+    m = TracedWrong().eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert fxgrow.stages(m, x) == []
+    s = fxgrow.grow(m, x)
+    assert s.meta["fxgrow_frontend"] == "export"
+    assert fxgrow.compare(m, s, x).max_abs == 0.0
+
+
 def test_inputs_the_model_itself_rejects_are_input_errors():
     with pytest.raises(fxgrow.InputError, match=r"the model does not run on the example inputs "
                        r"\(\(2, 4, 8, 8\)\)"):
