@@ -446,3 +446,26 @@ def test_check_runs_uses_meta_tensors(monkeypatch):
         raise AssertionError("ran on real tensors")
     monkeypatch.setattr(shapes, "_Recorder", real_run)
     check_runs(s, (x,))  # meta only: no arithmetic
+
+
+class Overflow(nn.Module):
+    """A teacher whose outputs are partly inf: the user's model, not a wrong student."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc2(torch.relu(self.fc1(x)))
+        return torch.cat([y, torch.full_like(y[:, :1], float("inf"))], 1)
+
+
+def test_non_finite_teacher_outputs_are_no_false_alarm():
+    m, x = Overflow().eval(), torch.randn(5, 4)
+    s = fxgrow.widen(m, x, factor=2)
+    assert s.meta["fxgrow_error"].max_rel <= 1e-6
+    with torch.no_grad():
+        s.fc2.bias[0] = float("nan")
+    with pytest.raises(fxgrow.PreservationError):
+        fxgrow.verify.verify(m, s, (x,))
