@@ -83,11 +83,22 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
     outputs widen (encoders whose output is a hidden state), and the teacher's outputs are then
     compared with the student's at the positions the replication maps keep."""
     inputs = as_tuple(example_inputs)
+    return _on_graph(model, inputs, lambda gm: _analyze(gm, inputs, outputs),
+                     frontend=frontend, leaf_modules=leaf_modules,
+                     autowrap_functions=autowrap_functions)
+
+
+def _on_graph(model: torch.nn.Module, inputs: tuple, use: Callable[[torch.fx.GraphModule], Any],
+              *, frontend: str = "auto", leaf_modules: Iterable[type | str] = (),
+              autowrap_functions: Iterable[Callable] = ()) -> Any:
+    """``use(gm)`` on the captured graph; where the graph does not run on ``inputs``
+    (:class:`GraphRunError` from ``use``), find whose fault it is and fall back to
+    torch.export when fx's graph is (``frontend="auto"``)."""
     _check_inputs(model, inputs)
     gm = capture(model, inputs, frontend=frontend, leaf_modules=leaf_modules,
                  autowrap_functions=autowrap_functions)
     try:
-        return _analyze(gm, inputs, outputs)
+        return use(gm)
     except GraphRunError as failure:
         fx_failure = failure
     # The captured graph does not run on the inputs: the inputs' fault (the model does not run
@@ -112,8 +123,14 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
                 f"example inputs although the model does ({fx_failure}); then {export_error}"
             ) from fx_failure
         try:
-            return _analyze(gm, inputs, outputs)
+            return use(gm)
         except GraphRunError as failure:
+            if not _graph_runs(gm, inputs):
+                raise TraceError(
+                    f"neither torch.fx nor torch.export captured a graph of "
+                    f"{type(model).__name__} that runs on the example inputs, although the "
+                    f"model does: fx's fails at {fx_failure}; export's at {failure}. Pass "
+                    f"leaf_modules=[...] naming the module around the fx node.") from failure
             fx_failure = failure
     raise UnsupportedModelError(
         f"fxgrow could not follow {type(model).__name__}'s graph node by node, though the model "
@@ -313,8 +330,8 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
     inputs = as_tuple(example_inputs)
-    gm = capture(model, inputs, **trace_options)
-    return find_stages(gm, propagate(gm, inputs))
+    return _on_graph(model, inputs, lambda gm: find_stages(gm, propagate(gm, inputs)),
+                     **trace_options)
 
 
 @leaves_teacher_untouched
@@ -340,9 +357,11 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
         return grow_to_config(model, inputs, to_config, seed=seed, split=split, untie=untie,
                               verify=verify, as_graph=as_graph)
     if width is None:
-        _check_inputs(model, inputs)
-        student = copy.deepcopy(capture(model, inputs, frontend=frontend,
-                                        leaf_modules=leaf_modules))
+        def runs(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            propagate(gm, inputs)  # a graph that does not run: whose fault (see analyze)
+            return gm
+        student = copy.deepcopy(_on_graph(model, inputs, runs, frontend=frontend,
+                                          leaf_modules=leaf_modules))
     elif isinstance(width, Mapping):
         student = widen(model, inputs, widths=width, seed=seed, split=split, verify=False,
                         frontend=frontend, leaf_modules=leaf_modules, untie=untie,

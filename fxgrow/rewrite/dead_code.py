@@ -25,7 +25,12 @@ _MUTATING_OPERATORS = {operator.setitem, operator.delitem, operator.iadd, operat
 
 
 def _in_place_name(name: str) -> bool:
-    return name.endswith("_") and not name.endswith("__")
+    """``add_``, ``copy_``; ``__iadd__``, ``__setitem__``, ``__delitem__``."""
+    if name.startswith("__") and name.endswith("__"):
+        return name.startswith("__i") and name not in ("__index__", "__int__", "__invert__",
+                                                       "__iter__") or \
+            name in ("__setitem__", "__delitem__", "__setattr__", "__delattr__")
+    return name.endswith("_")
 
 
 def _mutable_schema(target) -> bool:

@@ -139,13 +139,23 @@ def _run_both(teacher: torch.nn.Module, student: torch.nn.Module, inputs: tuple,
 
 
 def _difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest |a - b| over all elements, and the largest |a| (computed in float64)."""
+    """Largest |a - b| over all elements, and the largest |a| (computed in float64).  Where
+    ``a`` is not finite (a teacher that overflows), ``b`` must hold the same inf or NaN (else
+    the difference is inf); those positions are left out of both figures.  A NaN in ``b``
+    where ``a`` is finite is an infinite difference (``max`` alone would skip it)."""
     max_abs, scale = 0.0, 0.0
     for x, y in zip(a, b):
         if x.numel() == 0:
             continue
         x64, y64 = x.detach().double(), y.detach().double()
-        max_abs = max(max_abs, float((x64 - y64).abs().max()))
+        finite = torch.isfinite(x64)
+        if not bool(finite.all()):
+            same = (x64 == y64) | (torch.isnan(x64) & torch.isnan(y64))
+            if not bool(same[~finite].all()):
+                max_abs = float("inf")
+            x64, y64 = torch.where(finite, x64, 0.0), torch.where(finite, y64, 0.0)
+        diff = float((x64 - y64).abs().max())
+        max_abs = float("inf") if diff != diff else max(max_abs, diff)  # NaN: as far as can be
         scale = max(scale, float(x64.abs().max()))
     return max_abs, scale
 
@@ -211,6 +221,8 @@ def _retarget(model: torch.nn.Module, old: torch.dtype, new: torch.dtype) -> tor
     casts and dtype assertions) made to name ``new`` instead."""
     if not isinstance(model, torch.fx.GraphModule):
         return model
+    hits = 0
+
     def swap(a: Any) -> Any:
         nonlocal hits
         if a is old:
@@ -298,6 +310,8 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: t
             f"runs in {name}). If the difference is not rounding it is a bug in fxgrow's "
             f"rules for this model; please report it (pass verify=False to get the student "
             f"anyway).")
+    assert result.teacher_rel is not None and result.student_rel is not None and \
+        result.reference_rel is not None
     bound = max(floor, CALIBRATION * result.teacher_rel)
     exact = TOLERANCE.get(getattr(torch, result.reference), 1e-5)
     if result.student_rel <= bound or result.reference_rel <= max(exact, bound):
