@@ -40,7 +40,7 @@ def finish(teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bo
 
 
 def _tensors(gm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    out = dict(gm.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = dict(gm.named_parameters(remove_duplicate=False))
     out.update(dict(gm.named_buffers(remove_duplicate=False)))
     return out
 

@@ -13,8 +13,9 @@ the last block (``grow(blocks=...)``), each starting as the identity.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -121,7 +122,7 @@ def _padded(analysis, group, width: int) -> bool:
         group.root in sp.roots(lay) for lay, _ in analysis.state.uniform)
 
 
-def _product(ratio, groups, skip) -> "Fraction":
+def _product(ratio, groups, skip):
     from fractions import Fraction
     out = Fraction(1)
     for g in groups:
@@ -169,26 +170,24 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         from .pad import stream_norms
         for name in pads:
             stream_norms(model, list(analysis.group(name).members))
-    student: torch.nn.Module = analysis.gm
+    student: torch.fx.GraphModule = analysis.gm
     if widths:
         try:
             student = widen(model, inputs, widths=widths, seed=seed, split=split, untie=untie,
-                            verify=False, as_graph=True)
+                            verify=False, as_graph=True)  # type: ignore[assignment]
         except WidthError as e:
             raise ConfigError(f"the target {width_fields} is not reachable exactly: {e}") \
                 from e
     if depth:
-        found = [s for s in stages(student, inputs)]
-        layers = {f: v for f, v in depth.items()}
-        (field, count), = layers.items() if len(layers) == 1 else (None, None)
-        if field is None:
-            raise ConfigError(f"fxgrow grows one layer count at a time, got {layers}")
+        found = list(stages(student, inputs))
+        (field, count), = depth.items()  # only the layer count is a depth field
         old = getattr(config, field)
         stage = next((s for s in found if s.count == old), None)
         if stage is None:
             raise ConfigError(f"no residual stage of {old} blocks to grow to {field}={count}; "
                               f"stages: {', '.join(f'{s.name} ({s.count})' for s in found)}")
-        student = grow(student, inputs, blocks={stage.name: count}, seed=seed, verify=False)
+        student = grow(student, inputs, blocks={stage.name: count}, seed=seed, verify=False,
+                       as_graph=True)  # type: ignore[assignment]
     if verify:
         from ..verify import verify as _verify
         student.meta["fxgrow_error"] = _verify(model, student, inputs)
