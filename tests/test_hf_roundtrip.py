@@ -236,3 +236,37 @@ def test_untie_on_request_and_layer_types_follow_depth(tmp_path):
     assert len(deeper.config.layer_types) == 3
     assert deeper.lm_head.weight is deeper.model.embed_tokens.weight
     assert_same_function(teacher, deeper, "qwen2")
+
+
+def test_interrupted_save_leaves_no_folder(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(**LLAMA_LIKE)).eval()
+    real = model.save_pretrained
+
+    def interrupted(path, **kw):
+        real(path, **kw)  # everything written, then the run is stopped before the rename
+        raise KeyboardInterrupt
+    monkeypatch.setattr(model, "save_pretrained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fxgrow.hf.save_folder(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(fxgrow.InputError, match="save_folder takes a transformers model"):
+        fxgrow.hf.save_folder(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_bfloat16_folder_stays_bfloat16(tmp_path):
+    from safetensors import safe_open
+    src, teacher = make_folder(tmp_path, "llama")
+    teacher = teacher.to(torch.bfloat16)
+    teacher.save_pretrained(src)
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--factor", "2"]) == 0
+    files = list(out.glob("*.safetensors"))
+    with safe_open(str(files[0]), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    student = T.AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert student.dtype == torch.bfloat16 and student.config.hidden_size == 128
+    kw = fresh_inputs(teacher.config, 2, 7)
+    keep = kw["attention_mask"].bool()
+    t, s = logits(teacher, **kw)[keep], logits(student, **kw)[keep]
+    assert float((t - s).abs().max() / t.abs().max()) <= 2e-2
