@@ -209,15 +209,30 @@ def test_hidden_x1_5_tied_and_gemma_norms(tmp_path, family, target):
     assert_same_function(teacher, student, family)
 
 
-@pytest.mark.parametrize("family,message", [
-    ("gemma3", r"q_norm \(Gemma3RMSNorm\) uses rms_norm_eps too but does not normalise the "
-               r"stream.*whole multiple of 64"),
-    ("gpt2", r"subtracts the mean \(a LayerNorm\).*multiples of 64"),
-])
-def test_non_whole_stream_refused(tmp_path, family, message):
-    src, teacher = make_folder(tmp_path, family)
+def test_gpt2_layernorm_stream_x1_5_average_expansion(tmp_path):
+    """LEMON's average expansion: the new stream channels hold the mean of the old ones."""
+    _, teacher = make_folder(tmp_path, "gpt2")
     ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
-    target = {"n_embd": 96, "n_head": 6} if family == "gpt2" else {"hidden_size": 96}
+    student = fxgrow.grow(teacher, ids, to_config={"n_embd": 96, "n_head": 6})
+    assert (student.config.n_embd, student.config.n_head) == (96, 6)
+    assert student.config.layer_norm_epsilon == pytest.approx(
+        teacher.config.layer_norm_epsilon * 64 / 96)
+    wte = student.transformer.wte.weight
+    assert torch.allclose(wte[:, 64:], wte[:, :64].mean(dim=1, keepdim=True).expand(-1, 32))
+    assert student.lm_head.weight is wte
+    assert_same_function(teacher, student, "gpt2")
+
+
+@pytest.mark.parametrize("family,target,message", [
+    ("gemma3", {"hidden_size": 96},
+     r"q_norm \(Gemma3RMSNorm\) uses rms_norm_eps too but does not normalise the stream.*"
+     r"whole multiple of 64"),
+    ("bert", {"hidden_size": 96, "num_attention_heads": 6},
+     r"not exact for BertForMaskedLM.*post-norm model.*whole multiple"),
+])
+def test_non_whole_stream_refused(tmp_path, family, target, message):
+    _, teacher = make_folder(tmp_path, family)
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
     with pytest.raises(fxgrow.ConfigError, match=message):
         fxgrow.grow(teacher, ids, to_config=target)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, WidthError
+from ..errors import ConfigError, PreservationError, WidthError
 from . import config as cfg
 
 _IGNORED = {"architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
@@ -196,14 +196,24 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
             raise ConfigError("a stream zero-padded to a non-whole width exists only as the "
                               "class (its norms' eps changes): drop as_graph=True")
         return student
-    grown = finish(model, student)
     if pads:
-        from .pad import pad_stream
-        from .student import check_fresh
+        from .fold import fold_tie_scales
+        from .pad import pad_graph
+        from .student import check_fresh, to_pretrained
         (name, width), = pads.items()
-        grown = pad_stream(grown, list(analysis.group(name).members), width, seed=seed)
+        fold_tie_scales(student)
+        extra = pad_graph(student, model, list(analysis.group(name).members), width, seed=seed)
+        grown = to_pretrained(model, student, check=False, extra=extra)
         if verify:
-            grown.fxgrow_error = check_fresh(model, grown)
+            try:
+                grown.fxgrow_error = check_fresh(model, grown)
+            except PreservationError as e:
+                raise ConfigError(
+                    f"growing the stream {name!r} to {width} (not a whole multiple) is not "
+                    f"exact for {cls.__name__} ({e}): its norms are not all before the "
+                    f"branches (a post-norm model); grow it by a whole multiple") from e
+    else:
+        grown = finish(model, student)
     got = grown.config
     off = {f: (getattr(got, f, None), v) for f, v in fields.items()
            if getattr(got, f, None) != v}
