@@ -124,6 +124,9 @@ def test_folder_cli_folder_exact(tmp_path, family):
     assert tok.chat_template == tokenizer().chat_template
     card = (out / "README.md").read_text()
     assert "preservation error" in card and str(src) in card
+    key, value = next(iter(target.items()))
+    old = json.loads((src / "config.json").read_text()).get(key)
+    assert f"| `{key}` | `{json.dumps(old)}` | `{json.dumps(value)}` |" in card
 
 
 def test_tied_model_stays_tied_and_exact(tmp_path):
