@@ -124,6 +124,9 @@ def test_folder_cli_folder_exact(tmp_path, family):
     assert tok.chat_template == tokenizer().chat_template
     card = (out / "README.md").read_text()
     assert "preservation error" in card and str(src) in card
+    key, value = next(iter(target.items()))
+    old = json.loads((src / "config.json").read_text()).get(key)
+    assert f"| `{key}` | `{json.dumps(old)}` | `{json.dumps(value)}` |" in card
 
 
 def test_tied_model_stays_tied_and_exact(tmp_path):
@@ -209,15 +212,30 @@ def test_hidden_x1_5_tied_and_gemma_norms(tmp_path, family, target):
     assert_same_function(teacher, student, family)
 
 
-@pytest.mark.parametrize("family,message", [
-    ("gemma3", r"q_norm \(Gemma3RMSNorm\) uses rms_norm_eps too but does not normalise the "
-               r"stream.*whole multiple of 64"),
-    ("gpt2", r"subtracts the mean \(a LayerNorm\).*multiples of 64"),
-])
-def test_non_whole_stream_refused(tmp_path, family, message):
-    src, teacher = make_folder(tmp_path, family)
+def test_gpt2_layernorm_stream_x1_5_average_expansion(tmp_path):
+    """LEMON's average expansion: the new stream channels hold the mean of the old ones."""
+    _, teacher = make_folder(tmp_path, "gpt2")
     ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
-    target = {"n_embd": 96, "n_head": 6} if family == "gpt2" else {"hidden_size": 96}
+    student = fxgrow.grow(teacher, ids, to_config={"n_embd": 96, "n_head": 6})
+    assert (student.config.n_embd, student.config.n_head) == (96, 6)
+    assert student.config.layer_norm_epsilon == pytest.approx(
+        teacher.config.layer_norm_epsilon * 64 / 96)
+    wte = student.transformer.wte.weight
+    assert torch.allclose(wte[:, 64:], wte[:, :64].mean(dim=1, keepdim=True).expand(-1, 32))
+    assert student.lm_head.weight is wte
+    assert_same_function(teacher, student, "gpt2")
+
+
+@pytest.mark.parametrize("family,target,message", [
+    ("gemma3", {"hidden_size": 96},
+     r"q_norm \(Gemma3RMSNorm\) uses rms_norm_eps too but does not normalise the stream.*"
+     r"whole multiple of 64"),
+    ("bert", {"hidden_size": 96, "num_attention_heads": 6},
+     r"not exact for BertForMaskedLM.*post-norm model.*whole multiple"),
+])
+def test_non_whole_stream_refused(tmp_path, family, target, message):
+    _, teacher = make_folder(tmp_path, family)
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
     with pytest.raises(fxgrow.ConfigError, match=message):
         fxgrow.grow(teacher, ids, to_config=target)
 
@@ -236,3 +254,37 @@ def test_untie_on_request_and_layer_types_follow_depth(tmp_path):
     assert len(deeper.config.layer_types) == 3
     assert deeper.lm_head.weight is deeper.model.embed_tokens.weight
     assert_same_function(teacher, deeper, "qwen2")
+
+
+def test_interrupted_save_leaves_no_folder(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(**LLAMA_LIKE)).eval()
+    real = model.save_pretrained
+
+    def interrupted(path, **kw):
+        real(path, **kw)  # everything written, then the run is stopped before the rename
+        raise KeyboardInterrupt
+    monkeypatch.setattr(model, "save_pretrained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fxgrow.hf.save_folder(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(fxgrow.InputError, match="save_folder takes a transformers model"):
+        fxgrow.hf.save_folder(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_bfloat16_folder_stays_bfloat16(tmp_path):
+    from safetensors import safe_open
+    src, teacher = make_folder(tmp_path, "llama")
+    teacher = teacher.to(torch.bfloat16)
+    teacher.save_pretrained(src)
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--factor", "2"]) == 0
+    files = list(out.glob("*.safetensors"))
+    with safe_open(str(files[0]), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    student = T.AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert student.dtype == torch.bfloat16 and student.config.hidden_size == 128
+    kw = fresh_inputs(teacher.config, 2, 7)
+    keep = kw["attention_mask"].bool()
+    t, s = logits(teacher, **kw)[keep], logits(student, **kw)[keep]
+    assert float((t - s).abs().max() / t.abs().max()) <= 2e-2

@@ -7,9 +7,10 @@ has the targeted fields.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InputError, UnknownGroupError
 from .folder import example_ids, load_folder, save_folder
@@ -57,6 +58,7 @@ def grow_folder(src: str | Path, out: str | Path, *, to_config: Any = None,
     config.json path; or ``blocks`` / ``widths`` (globs allowed) / ``factor``), check it on
     fresh inputs and write it to ``out`` as a Hugging Face folder."""
     import fxgrow
+
     from .student import to_pretrained
     if to_config is None and not blocks and not widths and factor is None:
         raise InputError("say how to grow: --to-config KEY=VALUE (or a config.json), --blocks, "
@@ -77,7 +79,7 @@ def grow_folder(src: str | Path, out: str | Path, *, to_config: Any = None,
         width: Any = factor if factor is not None else expand_globs(teacher, widths or {})
         graph = fxgrow.grow(teacher, x, blocks=dict(blocks or {}) or None, width=width or None,
                             seed=seed, split=split, untie=untie, as_graph=True)
-        student = to_pretrained(teacher, graph)
+        student = to_pretrained(teacher, graph)  # type: ignore[arg-type]
     written = save_folder(student, out, source=src, max_shard_size=max_shard_size,
                           overwrite=overwrite)
     return FolderGrowth(written, dict(getattr(student, "fxgrow_fields", {})),

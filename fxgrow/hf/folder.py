@@ -61,8 +61,12 @@ def model_card(student: Any, source: str | None, fields: dict, error: float | No
     lines.append(f"Grown from `{source}`" if source else "Grown from a teacher model")
     lines[-1] += " by function-preserving growth (Net2Net-style): on any input it computes " \
                  "what the teacher computed, until it is trained further."
-    lines += ["", "| config field | new value |", "|---|---|"]
-    lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in fields.items()] or ["| (none) | |"]
+    before: dict = {}
+    if source and (Path(source) / "config.json").is_file():
+        before = json.loads((Path(source) / "config.json").read_text())
+    lines += ["", "| config field | teacher | grown |", "|---|---|---|"]
+    lines += [f"| `{k}` | `{json.dumps(before.get(k))}` | `{json.dumps(v)}` |"
+              for k, v in fields.items()] or ["| (none) | | |"]
     if error is not None:
         lines += ["", f"Measured preservation error (max |student - teacher| / max |teacher| "
                       f"of the output, fresh inputs with a padding mask): {error:.3g}."]

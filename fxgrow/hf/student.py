@@ -40,7 +40,7 @@ def finish(teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bo
 
 
 def _tensors(gm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    out = dict(gm.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = dict(gm.named_parameters(remove_duplicate=False))
     out.update(dict(gm.named_buffers(remove_duplicate=False)))
     return out
 
@@ -101,14 +101,19 @@ def new_config(teacher, shapes: cfg.Shapes, sources: list[int] | None = None) ->
     return new, fields
 
 
-def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True):
-    """``gm`` (a student of ``teacher``) as an instance of ``type(teacher)``."""
+def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
+                  extra: dict | None = None):
+    """``gm`` (a student of ``teacher``) as an instance of ``type(teacher)``; ``extra``:
+    config fields no shape shows (a padded stream's eps)."""
     from transformers.initialization import no_init_weights
     gm = copy.deepcopy(gm)
     fold_tie_scales(gm)
     tensors = _tensors(gm)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     config, fields = new_config(teacher, shapes, gm.meta.get("fxgrow_layer_sources"))
+    if extra:
+        config = cfg.with_fields(config, extra)
+        fields.update(extra)
     untied = [a for a, src in _tie_sources(teacher).items()
               if a in tensors and src in tensors and tensors[a] is not tensors[src]]
     if untied and getattr(config, "tie_word_embeddings", False):  # untie=True
@@ -124,6 +129,12 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True):
             continue
         old = tensors[name]
         if old.shape == buf.shape and not torch.equal(old.to(buf.device, buf.dtype), buf):
+            if buf.numel() != 1:
+                raise ConfigError(
+                    f"the config found for the student ({fields}) gives {name} other values "
+                    f"than the student has (a constant derived from the config, e.g. a "
+                    f"rotary size); fxgrow compensates scalar constants only: keep the graph "
+                    f"(as_graph=True) or grow by whole multiples")
             scale_constant(gm, name, buf)
     tensors = _tensors(gm)
     state = {}

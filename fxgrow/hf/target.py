@@ -13,12 +13,13 @@ the last block (``grow(blocks=...)``), each starting as the identity.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from ..errors import ConfigError, WidthError
+from ..errors import ConfigError, PreservationError, WidthError
 from . import config as cfg
 
 _IGNORED = {"architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
@@ -121,7 +122,7 @@ def _padded(analysis, group, width: int) -> bool:
         group.root in sp.roots(lay) for lay, _ in analysis.state.uniform)
 
 
-def _product(ratio, groups, skip) -> "Fraction":
+def _product(ratio, groups, skip):
     from fractions import Fraction
     out = Fraction(1)
     for g in groups:
@@ -169,26 +170,24 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         from .pad import stream_norms
         for name in pads:
             stream_norms(model, list(analysis.group(name).members))
-    student: torch.nn.Module = analysis.gm
+    student: torch.fx.GraphModule = analysis.gm
     if widths:
         try:
             student = widen(model, inputs, widths=widths, seed=seed, split=split, untie=untie,
-                            verify=False, as_graph=True)
+                            verify=False, as_graph=True)  # type: ignore[assignment]
         except WidthError as e:
             raise ConfigError(f"the target {width_fields} is not reachable exactly: {e}") \
                 from e
     if depth:
-        found = [s for s in stages(student, inputs)]
-        layers = {f: v for f, v in depth.items()}
-        (field, count), = layers.items() if len(layers) == 1 else (None, None)
-        if field is None:
-            raise ConfigError(f"fxgrow grows one layer count at a time, got {layers}")
+        found = list(stages(student, inputs))
+        (field, count), = depth.items()  # only the layer count is a depth field
         old = getattr(config, field)
         stage = next((s for s in found if s.count == old), None)
         if stage is None:
             raise ConfigError(f"no residual stage of {old} blocks to grow to {field}={count}; "
                               f"stages: {', '.join(f'{s.name} ({s.count})' for s in found)}")
-        student = grow(student, inputs, blocks={stage.name: count}, seed=seed, verify=False)
+        student = grow(student, inputs, blocks={stage.name: count}, seed=seed, verify=False,
+                       as_graph=True)  # type: ignore[assignment]
     if verify:
         from ..verify import verify as _verify
         student.meta["fxgrow_error"] = _verify(model, student, inputs)
@@ -197,14 +196,24 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
             raise ConfigError("a stream zero-padded to a non-whole width exists only as the "
                               "class (its norms' eps changes): drop as_graph=True")
         return student
-    grown = finish(model, student)
     if pads:
-        from .pad import pad_stream
-        from .student import check_fresh
+        from .fold import fold_tie_scales
+        from .pad import pad_graph
+        from .student import check_fresh, to_pretrained
         (name, width), = pads.items()
-        grown = pad_stream(grown, list(analysis.group(name).members), width, seed=seed)
+        fold_tie_scales(student)
+        extra = pad_graph(student, model, list(analysis.group(name).members), width, seed=seed)
+        grown = to_pretrained(model, student, check=False, extra=extra)
         if verify:
-            grown.fxgrow_error = check_fresh(model, grown)
+            try:
+                grown.fxgrow_error = check_fresh(model, grown)
+            except PreservationError as e:
+                raise ConfigError(
+                    f"growing the stream {name!r} to {width} (not a whole multiple) is not "
+                    f"exact for {cls.__name__} ({e}): its norms are not all before the "
+                    f"branches (a post-norm model); grow it by a whole multiple") from e
+    else:
+        grown = finish(model, student)
     got = grown.config
     off = {f: (getattr(got, f, None), v) for f, v in fields.items()
            if getattr(got, f, None) != v}
