@@ -16,12 +16,20 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import fxgrow  # noqa: E402
-from fxgrow.errors import PreservationError, UnsupportedModelError  # noqa: E402
-from fxgrow.stream import (Checkpoint, CheckpointError, GrowthInterrupted, WriteError,  # noqa: E402
-                           depth_layout, grow_checkpoint, meta_model, verify_folders)
-from fxgrow.stream import grow as grow_mod  # noqa: E402
-from fxgrow.stream import writer as writer_mod  # noqa: E402
+import fxgrow
+from fxgrow.errors import PreservationError, UnsupportedModelError
+from fxgrow.stream import (
+    Checkpoint,
+    CheckpointError,
+    GrowthInterrupted,
+    WriteError,
+    depth_layout,
+    grow_checkpoint,
+    meta_model,
+    verify_folders,
+)
+from fxgrow.stream import grow as grow_mod
+from fxgrow.stream import writer as writer_mod
 
 
 def llama(layers: int = 3, hidden: int = 32, mlp: int = 48, dtype: str = "float32",

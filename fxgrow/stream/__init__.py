@@ -21,9 +21,9 @@ from .plan import StreamPlan, TensorSource, depth_layout, make_stream_plan
 from .verify import StreamedCheck, StreamedRun, run_streamed, verify_checkpoints
 
 __all__ = [
-    "Checkpoint", "TensorInfo", "read_header", "CheckpointError", "GrowthInterrupted",
-    "WriteError", "CheckpointPlan", "plan_checkpoint", "GrowthReport", "grow_checkpoint",
-    "parse_size", "write_student", "verify_folders", "verify_streamed",
-    "example_ids", "grown_config", "meta_model", "StreamPlan", "TensorSource", "depth_layout",
-    "make_stream_plan", "StreamedCheck", "StreamedRun", "run_streamed", "verify_checkpoints",
+    "Checkpoint", "CheckpointError", "CheckpointPlan", "GrowthInterrupted", "GrowthReport",
+    "StreamPlan", "StreamedCheck", "StreamedRun", "TensorInfo", "TensorSource", "WriteError",
+    "depth_layout", "example_ids", "grow_checkpoint", "grown_config", "make_stream_plan",
+    "meta_model", "parse_size", "plan_checkpoint", "read_header", "run_streamed",
+    "verify_checkpoints", "verify_folders", "verify_streamed", "write_student",
 ]

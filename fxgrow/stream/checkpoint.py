@@ -172,7 +172,7 @@ class Checkpoint:
             h.close()
         self._handles.clear()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:
