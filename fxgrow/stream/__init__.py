@@ -2,10 +2,12 @@
 tensor from safetensors shards into new shards, verify layer by layer.
 
 ``grow_checkpoint(src_dir, out_dir, blocks=..., widths=..., factor=...)`` is the entry point
-for Hugging Face folders; ``make_stream_plan`` / ``write_student`` / ``verify_checkpoints``
+for Hugging Face folders, ``widen_safetensors(meta_model, inputs, file, out_dir, ...)`` for
+any model whose state dict is a safetensors file; ``make_stream_plan`` / ``write_student`` / ``verify_checkpoints``
 are the parts, usable for any model whose state dict is in safetensors."""
 from .checkpoint import Checkpoint, TensorInfo, read_header
 from .errors import CheckpointError, GrowthInterrupted, WriteError
+from .generic import widen_safetensors
 from .grow import (
                    CheckpointPlan,
                    GrowthReport,
@@ -25,5 +27,6 @@ __all__ = [
     "StreamPlan", "StreamedCheck", "StreamedRun", "TensorInfo", "TensorSource", "WriteError",
     "depth_layout", "example_ids", "grow_checkpoint", "grown_config", "make_stream_plan",
     "meta_model", "parse_size", "plan_checkpoint", "read_header", "run_streamed",
-    "verify_checkpoints", "verify_folders", "verify_streamed", "write_student",
+    "verify_checkpoints", "verify_folders", "verify_streamed", "widen_safetensors",
+    "write_student",
 ]

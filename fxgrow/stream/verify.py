@@ -64,6 +64,17 @@ class StreamedRun(torch.fx.Interpreter):
         self.loaded.append(name)
         return t
 
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        """A leaf module of an fx-traced graph: its own tensors read for this call only."""
+        module = self.fetch_attr(target)
+        state: dict[str, torch.Tensor] = {}
+        for kind in ("named_parameters", "named_buffers"):
+            for name, value in getattr(module, kind)():
+                state[name] = self.get_attr(f"{target}.{name}", (), {}) \
+                    if self.aliases.get(f"{target}.{name}", f"{target}.{name}") in \
+                    self.ckpt.tensors or value.is_meta else value
+        return torch.func.functional_call(module, state, _off_meta(args), _off_meta(kwargs))
+
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
         if target in _NO_OPS:  # metadata asserts of a graph captured on meta
             return None
