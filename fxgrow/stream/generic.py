@@ -39,6 +39,7 @@ def widen_safetensors(model: torch.nn.Module, example_inputs: Any, src: str | Pa
     into ``out_dir`` (shards, dtype kept).  ``example_inputs`` are real tensors: the analysis
     runs on meta copies of them, the layer-streamed verification on them."""
     import fxgrow
+
     from ..rewrite.widen import apply
     from .verify import verify_checkpoints
     start = time.perf_counter()
