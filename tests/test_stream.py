@@ -16,12 +16,20 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import fxgrow  # noqa: E402
-from fxgrow.errors import PreservationError, UnsupportedModelError  # noqa: E402
-from fxgrow.stream import (Checkpoint, CheckpointError, GrowthInterrupted, WriteError,  # noqa: E402
-                           depth_layout, grow_checkpoint, meta_model, verify_folders)
-from fxgrow.stream import grow as grow_mod  # noqa: E402
-from fxgrow.stream import writer as writer_mod  # noqa: E402
+import fxgrow
+from fxgrow.errors import PreservationError, UnsupportedModelError
+from fxgrow.stream import (
+    Checkpoint,
+    CheckpointError,
+    GrowthInterrupted,
+    WriteError,
+    depth_layout,
+    grow_checkpoint,
+    meta_model,
+    verify_folders,
+)
+from fxgrow.stream import grow as grow_mod
+from fxgrow.stream import writer as writer_mod
 
 
 def llama(layers: int = 3, hidden: int = 32, mlp: int = 48, dtype: str = "float32",
@@ -285,3 +293,30 @@ def test_tied_embeddings_deepen_and_refuse_hidden_growth(tmp_path):
     assert student.lm_head.weight is student.model.embed_tokens.weight
     ids = torch.randint(0, 96, (2, 5))
     assert torch.allclose(_logits(student, ids), _logits(model, ids), atol=1e-5, rtol=0)
+
+
+def test_torchvision_state_dict_widened_from_safetensors(tmp_path):
+    """Any model: a meta-device resnet18 and its weights in one .safetensors file."""
+    torchvision = pytest.importorskip("torchvision")
+    from safetensors.torch import save_file
+
+    from fxgrow.stream import widen_safetensors
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "r18.safetensors")
+    with torch.device("meta"):
+        meta = torchvision.models.resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    r = widen_safetensors(meta, x, tmp_path / "r18.safetensors", tmp_path / "out", factor=1.5,
+                          max_shard_size="20MB", progress=False)
+    assert r.check is not None and r.check.max_rel < 1e-5 and len(r.shards) > 1
+    memory = fxgrow.widen(model, x, plan=r.plan.widen, verify=False).state_dict()
+    with Checkpoint(tmp_path / "out") as ck:
+        assert set(ck.tensors) == set(memory)
+        for name in ck.tensors:
+            assert torch.equal(ck.read(name), memory[name]), name

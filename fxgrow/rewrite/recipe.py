@@ -12,8 +12,9 @@ analysis, which may run on meta tensors), and applying it reads nothing but that
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -87,7 +88,7 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
 NoiseFn = Callable[[torch.Tensor, Gather], torch.Tensor]
 
 
-def apply_recipe(recipe: TensorRecipe, old: torch.Tensor, *, scratch: "Scratch | None" = None,
+def apply_recipe(recipe: TensorRecipe, old: torch.Tensor, *, scratch: Scratch | None = None,
                  noise: NoiseFn | None = None) -> torch.Tensor:
     """The student's tensor for ``recipe`` from the teacher's ``old`` (only read).  Always new
     memory; intermediates of multi-axis gathers go into ``scratch`` when given.  ``noise``

@@ -4,8 +4,9 @@ A ``Checkpoint`` parses every shard's header (the JSON that names each tensor's 
 and byte range) and checks that the files hold all the bytes the headers promise.  Tensors are
 read on demand with one read-only file handle per shard, straight into a fresh tensor
 (``readinto``): no memory map, so the pages of a shard never count against the process once
-a tensor is freed, and a byte range can be copied to the output without becoming a tensor.
-Row slices (``read_rows``) read only the rows asked for."""
+a tensor is freed, and a byte range can be copied to the output without becoming a tensor
+(``copy_to``).  Every student tensor that changes needs all of its teacher tensor (a widened
+axis reads every old position), so whole-tensor reads are all the growth needs."""
 from __future__ import annotations
 
 import json
@@ -141,13 +142,6 @@ class Checkpoint:
         info = self.tensors[name]
         return self._read(info, info.start, info.end).view(info.shape)
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of dimension 0 only (a contiguous byte range)."""
-        info = self.tensors[name]
-        row = math.prod(info.shape[1:]) * info.torch_dtype.itemsize
-        return self._read(info, info.start + start * row, info.start + stop * row).view(
-            (stop - start, *info.shape[1:]))
-
     def _read(self, info: TensorInfo, a: int, b: int) -> torch.Tensor:
         out = torch.empty(b - a, dtype=torch.uint8)
         h = self._handle(info.file)
@@ -178,7 +172,7 @@ class Checkpoint:
             h.close()
         self._handles.clear()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:

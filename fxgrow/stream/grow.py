@@ -11,9 +11,10 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -270,5 +271,14 @@ def _model_card(folder: Path, src: Path, plan: StreamPlan, new: Any, old: Any,
     (folder / "fxgrow_growth.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["CheckpointPlan", "GrowthReport", "grow_checkpoint", "plan_checkpoint", "write_student", "parse_size", "verify_folders",
-           "verify_streamed", "INDEX"]
+__all__ = [
+    "INDEX",
+    "CheckpointPlan",
+    "GrowthReport",
+    "grow_checkpoint",
+    "parse_size",
+    "plan_checkpoint",
+    "verify_folders",
+    "verify_streamed",
+    "write_student",
+]

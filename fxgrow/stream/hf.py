@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
