@@ -199,3 +199,31 @@ def test_lightning_grows_at_step_10(tmp_path):
     assert "net.blocks.2.fc1.bias" in {names[id(p)] for p in no_decay["params"]}
     # StepLR went on: halved at steps 5, 10, 15, 20
     assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(3e-3 / 16)
+
+
+def test_hf_trainer_grows_on_plateau_new_blocks_warmup(tmp_path):
+    """``monitor="loss"``: growth when the logged loss stops improving; only the new blocks
+    train afterwards (LLaMA-Pro), with a re-warmed schedule."""
+    transformers = pytest.importorskip("transformers")
+    from fxgrow.integrations.hf import GrowCallback
+    torch.manual_seed(0)
+    model = Classifier()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=16,
+        learning_rate=3e-2, lr_scheduler_type="constant", report_to=[], logging_steps=1,
+        save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    cb = GrowCallback(monitor="loss", patience=2, blocks={"blocks": 4}, trainable="new_blocks",
+                      schedule="warmup", warmup_steps=5)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb])
+    cb.attach(trainer)
+    trainer.train()
+    (event,) = cb.events
+    assert event.reason == "loss did not improve for 2 observations" and event.step < 30
+    assert event.loss_after == pytest.approx(event.loss_before, rel=1e-5)
+    inner = trainer.optimizer.optimizer
+    held = {id(p) for g in inner.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        new = n.startswith(("blocks.2.", "blocks.3."))
+        assert (id(p) in held) == new and p.requires_grad == new, n
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert min(lrs) < 3e-2 and lrs[-1] == pytest.approx(3e-2)  # ramped back up to the peak

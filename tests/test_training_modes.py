@@ -231,3 +231,26 @@ def test_hf_tied_dropout_grown_again_and_saved(tmp_path):
     loaded = fxgrow.load(path)
     loaded.train()
     assert loss(loaded) == pytest.approx(first, rel=1e-5)
+
+
+def test_torchvision_stochastic_depth_follows_the_mode():
+    """EfficientNet's stochastic depth (``torchvision.ops.stochastic_depth(..., training=
+    self.training)``, baked by fx tracing) reads the student's flag: grown in training mode
+    without a false alarm (0.0045 before), exact in eval mode, random in training mode."""
+    torchvision = pytest.importorskip("torchvision")
+    from fxgrow.frontend.modal import TrainingFlag
+    torch.manual_seed(0)
+    teacher = torchvision.models.efficientnet_b0(num_classes=10).train()
+    student = fxgrow.grow(teacher, X[:2], width={"features.1.0.block.0.0": 48})  # verify=True
+    flags = [m for m in student.modules() if isinstance(m, TrainingFlag)]
+    assert len(flags) == 9 and all(f.training for f in flags)  # the residual MBConv blocks
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(X[:2]), teacher(X[:2]), rtol=1e-5, atol=1e-6)
+    student.train()
+    for m in student.modules():  # the classifier's dropout off: only stochastic depth is random
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    with torch.no_grad():
+        assert not torch.equal(student(X[:2]), student(X[:2]))

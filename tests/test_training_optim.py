@@ -230,3 +230,44 @@ def test_freeze_bad_options():
         fxgrow.grow_during_training(teacher, opt, X, width=2, trainable="old")
     with pytest.raises(fxgrow.InputError, match="leaves nothing to train"):
         fxgrow.grow_during_training(teacher, opt, X, width=2, trainable="new_blocks")
+
+
+EVERY = {
+    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True),
+    "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-3, amsgrad=True),
+    "nadam": lambda ps: torch.optim.NAdam(ps, lr=1e-3),
+    "radam": lambda ps: torch.optim.RAdam(ps, lr=1e-3),
+    "adamax": lambda ps: torch.optim.Adamax(ps, lr=1e-3),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.9, centered=True),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2),
+    "adadelta": lambda ps: torch.optim.Adadelta(ps),
+    "asgd": lambda ps: torch.optim.ASGD(ps, lr=1e-2, t0=0),
+    "rprop": lambda ps: torch.optim.Rprop(ps, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+def test_every_torch_optimizer(name):
+    """Every torch.optim optimizer with per-parameter state: student-shaped state, the same
+    loss at growth, and training goes on."""
+    teacher, opt = trained(lambda m: EVERY[name](m.parameters()))
+    student = fxgrow.grow(teacher, X, width=2, split="random")
+    new = fxgrow.transfer_optimizer(opt, teacher, student)
+    assert type(new) is type(opt)
+    for p in student.parameters():
+        for key, value in new.state[p].items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                assert value.shape == p.shape, (name, key)
+    assert float(F.cross_entropy(student(X), Y)) == \
+        pytest.approx(float(F.cross_entropy(teacher(X), Y)), rel=1e-5)
+    steps(student, new, 2)
+
+
+def test_factored_state_refused():
+    if not hasattr(torch.optim, "Adafactor"):
+        pytest.skip("torch.optim.Adafactor is not in this torch")
+    teacher, opt = trained(lambda m: torch.optim.Adafactor(m.parameters(), lr=1e-2))
+    student = fxgrow.grow(teacher, X, width=2)
+    with pytest.raises(fxgrow.InputError, match=r"optimizer state 'row_var' of .* has shape "
+                                                r".*factored or flattened state"):
+        fxgrow.transfer_optimizer(opt, teacher, student)

@@ -15,6 +15,8 @@ Hugging Face transformers:
   becomes mode-aware too;
 * an attention node captured with ``dropout_p > 0`` reads its ``dropout_p`` from a
   :class:`TrainingOnly` module (``p`` in training mode, ``0.0`` in eval mode);
+* torchvision's ``stochastic_depth(x, p, mode, training)`` (fx bakes ``training`` too) reads
+  ``training`` from a :class:`TrainingFlag` module;
 * ``.train()`` / ``.eval()`` work again and set those modules' flags.
 
 Invariant: in eval mode the graph computes the teacher's eval function whatever mode it was
@@ -50,6 +52,22 @@ class TrainingOnly(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class TrainingFlag(nn.Module):
+    """The module's own training flag, as a value (the ``training`` argument of
+    ``torchvision.ops.stochastic_depth``)."""
+
+    def forward(self) -> bool:
+        return self.training
+
+
+def _stochastic_depth() -> object:
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # torchvision is optional
+        return None
+    return stochastic_depth
 
 
 def _free_path(gm: torch.fx.GraphModule, node: torch.fx.Node, suffix: str) -> str:
@@ -119,6 +137,22 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
             changed = True
+        elif node.target is _stochastic_depth() and node.target is not None:
+            args = list(node.args) + [None] * (4 - len(node.args))
+            train = args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+            if isinstance(train, bool):
+                path = _free_path(gm, node, "training_flag")
+                new_modules.append(TrainingFlag())
+                gm.add_submodule(path, new_modules[-1])
+                with gm.graph.inserting_before(node):
+                    flag = gm.graph.call_module(path, ())
+                flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
+                flag.meta["val"] = train
+                if len(node.args) > 3:
+                    node.args = node.args[:3] + (flag,) + node.args[4:]
+                else:
+                    node.kwargs = {**node.kwargs, "training": flag}
+                changed = True
         elif node.target in _SDPA:
             p = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
             if isinstance(p, (int, float)) and p > 0:

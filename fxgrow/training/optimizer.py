@@ -28,17 +28,20 @@ import torch
 
 from ..errors import InputError
 
-_FIRST = ("exp_avg", "momentum_buffer", "grad_avg", "prev")
-_SECOND = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta")
+_FIRST = ("exp_avg", "momentum_buffer", "grad_avg", "prev", "exp_inf")  # like gradients
+_SECOND = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta")  # like squares
+_VALUES = ("ax",)  # like the parameter itself (ASGD's average)
+_COPIED = ("step_size",)  # per-unit, scale-free (Rprop): copied
 
 
 def map_tensor(student: torch.nn.Module, name: str, tensor: torch.Tensor,
                kind: str = "grad") -> torch.Tensor:
     """``tensor`` (shaped like the teacher's parameter ``name``) mapped onto the student's
-    parameter: ``kind="grad"`` (gradients, first moments), ``"square"`` (second moments) or
-    ``"param"`` (the values themselves, as the rewrite made them)."""
-    if kind not in ("grad", "square", "param"):
-        raise InputError(f"kind must be 'grad', 'square' or 'param', got {kind!r}")
+    parameter: ``kind="grad"`` (gradients, first moments), ``"square"`` (second moments),
+    ``"param"`` (the values themselves, as the rewrite made them) or ``"copy"`` (copied to
+    the replicas unscaled)."""
+    if kind not in ("grad", "square", "param", "copy"):
+        raise InputError(f"kind must be 'grad', 'square', 'param' or 'copy', got {kind!r}")
     record = getattr(student, "meta", {}).get("fxgrow_expansions", {}).get(name)
     out = tensor
     for axis, index, fraction, consumed in record or ():
@@ -164,14 +167,26 @@ def transfer_groups(param_groups: list[dict], old_state: Mapping, teacher: torch
 
 def _map_state(student, name: str, param: torch.Tensor, old: Mapping[str, Any]) -> dict:
     mapped = {}
+    grown = bool(getattr(student, "meta", {}).get("fxgrow_expansions", {}).get(name))
     for key, value in old.items():
-        if not isinstance(value, torch.Tensor) or value.shape != param.shape or value.dim() == 0:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or not grown:
             mapped[key] = value.clone() if isinstance(value, torch.Tensor) else value
+        elif value.shape != param.shape:
+            raise InputError(f"optimizer state {key!r} of {name} has shape "
+                             f"{tuple(value.shape)}, not the parameter's {tuple(param.shape)} "
+                             f"(factored or flattened state, as Adafactor's or LBFGS's); fxgrow "
+                             f"cannot map it onto the widened parameter: start that optimizer "
+                             f"afresh on the student")
         elif key in _FIRST:
             mapped[key] = map_tensor(student, name, value, "grad").clone()
         elif key in _SECOND:
             mapped[key] = map_tensor(student, name, value, "square").clone()
+        elif key in _VALUES:
+            mapped[key] = map_tensor(student, name, value, "param").clone()
+        elif key in _COPIED:
+            mapped[key] = map_tensor(student, name, value, "copy").clone()
         else:
-            raise InputError(f"optimizer state {key!r} is not one fxgrow knows how to map "
-                             f"(supported: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta)")
+            raise InputError(f"optimizer state {key!r} of {name} is not one fxgrow knows how "
+                             f"to map (supported: SGD, Adam, AdamW, NAdam, RAdam, Adamax, "
+                             f"RMSprop, Adagrad, Adadelta, ASGD, Rprop)")
     return mapped

@@ -69,7 +69,7 @@ def main() -> None:
         if step == args.grow_at:
             before = F.cross_entropy(model(x), y).item()
             # the one new line: the student replaces the model, its optimizer the optimizer
-            # (rebuild any LR scheduler on the new optimizer)
+            # (an LR scheduler: pass scheduler= and take the third value it returns)
             model, optimizer = fxgrow.grow_during_training(
                 model, optimizer, x, width=args.width, blocks={"blocks": args.blocks})
             for group in optimizer.param_groups:  # see docs/training.md: copies share a unit's
