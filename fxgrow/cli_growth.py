@@ -54,8 +54,16 @@ def print_rank(loaded: Any, args: argparse.Namespace) -> None:
 
 def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
     from .api import capture
-    from .cli import (EXIT_OK, SpecError, _assignments, _count_params, _load, _save,
-                      _trace_options, _verify)
+    from .cli import (
+        EXIT_OK,
+        SpecError,
+        _assignments,
+        _count_params,
+        _load,
+        _save,
+        _trace_options,
+        _verify,
+    )
     from .rewrite.kernel import grow_kernel
     sizes = _assignments(args.kernel, "--kernel", "layer1.0.conv1=5")
     if not sizes:

@@ -7,12 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from helpers import teacher_unchanged
 
 import fxgrow
 from fxgrow.analysis.context import CONSUME, PRODUCE
 from fxgrow.rewrite.init import new_unit_axes
-
-from helpers import teacher_unchanged
 
 TOL = 1e-10
 

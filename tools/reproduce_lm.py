@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import fxgrow  # noqa: E402
+import fxgrow
 
 RECIPES = ("replicate", "replicate+split", "zero", "gradmax", "random pad")
 SCHEDULES = ("cont", "rewarm")
@@ -335,7 +335,7 @@ def plot(results: list[dict], cfg: dict, path: str) -> None:
     T = cfg["N"] // 4
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, sched in zip(axes, SCHEDULES):
-        def curve(key, offset, per, **kw):
+        def curve(key, offset, per, ax=ax, **kw):
             steps = [s for s, _ in results[0]["runs"][key]["hist"]]
             ys = [sum(r["runs"][key]["hist"][i][1] for r in results) / len(results)
                   for i in range(len(steps))]
@@ -376,7 +376,8 @@ def write_docs(results: list[dict], cfg: dict, meta: dict) -> None:
             "![validation loss against training FLOPs](img/reproduce_lm.png)",
             "<!-- reproduce_lm: end -->"]
     path = os.path.join(ROOT, "docs", "reproduction.md")
-    text = open(path).read()
+    with open(path) as fh:
+        text = fh.read()
     a, b = "<!-- reproduce_lm: begin", "<!-- reproduce_lm: end -->"
     if a in text:
         text = text[:text.index(a)] + "\n".join(body) + text[text.index(b) + len(b):]

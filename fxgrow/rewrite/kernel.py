@@ -16,7 +16,6 @@ import copy
 import difflib
 from typing import Any, Mapping
 
-import torch
 import torch.nn as nn
 
 from ..errors import InputError
