@@ -226,6 +226,18 @@ def test_rank_groups_scores_what_the_loss_sees():
         fxgrow.rank_groups(model, x, lambda m, b: m(b).sum(), x, init="replicate")
 
 
+def test_rank_groups_with_gradmax_scores_at_least_random_fan_in():
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+
+    def loss(m, b):
+        return F.cross_entropy(m(b[0])[0], b[1])
+    zero = {s.group: s.score for s in fxgrow.rank_groups(model, x, loss, (x, y))}
+    grad = {s.group: s.score for s in fxgrow.rank_groups(model, x, loss, (x, y), init="gradmax")}
+    assert grad["a1"] > zero["a1"] > 0 and grad["b1"] == zero["b1"] == 0.0
+
+
 def test_rank_lists_normalised_groups_unscored():
     model, x, batch = vit()
     scores = fxgrow.rank_groups(model, x, ce, batch)
