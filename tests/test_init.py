@@ -183,6 +183,18 @@ def test_plan_round_trip_keeps_init(resnet):
     assert student.get_submodule("layer1.0.conv2").weight[:, 64:].abs().sum() == 0
 
 
+def test_hand_written_plan_with_zero_on_a_normalised_group_is_refused():
+    model, x, _ = vit()
+    plan = fxgrow.plan(model, x, factor=2, init="zero").to_dict()
+    for c in plan["changes"]:
+        c["init"] = "zero"
+        c["map"]["fractions"] = [1.0] * c["map"]["old"] + [0.0] * (c["map"]["new"] -
+                                                                   c["map"]["old"])
+    with pytest.raises(fxgrow.WidthError, match="group 'patch_embed.proj' cannot take "
+                                                 "init='zero' exactly: .*normalised by layer_norm"):
+        fxgrow.widen(model, x, plan=fxgrow.WidenPlan.from_dict(plan))
+
+
 def test_bad_init_arguments(resnet):
     model, x, _ = resnet
     with pytest.raises(fxgrow.InputError, match="init must be one of 'replicate', 'zero', "
