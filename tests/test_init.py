@@ -266,3 +266,20 @@ def test_cli_inspect_rank(capsys):
     out = capsys.readouterr().out
     assert "groups ranked by the gradient new units would get" in out
     assert out.count("layer") >= 12
+
+
+@pytest.mark.slow
+def test_shufflenet_zero_init_exact_and_stage3_trunk_still_fixed():
+    """init="zero" widens every widenable group of shufflenet_v2_x0_5 exactly.  Stage3's trunk
+    (the channel-shuffled pieces) stays at its width: a piece whose interleave partner is
+    empty has no atom to grow, and fresh units there would need one (not implemented)."""
+    torch.manual_seed(0)
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    plan = fxgrow.plan(model, x, factor=2, init="zero")
+    assert {c.init for c in plan.changes} == {"zero"} and len(plan.changes) == 46
+    student = fxgrow.widen(model, x, plan=plan)
+    assert fxgrow.compare(model, student, x).max_abs <= TOL
+    changed = {c.group for c in plan.changes}
+    assert "stage3.0.branch2.0" in changed
+    assert not any(name.startswith("stage3.0.branch2.5") for name in changed)
