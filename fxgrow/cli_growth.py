@@ -78,7 +78,7 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
         s["done"] = f"{_count_params(student):,} parameters"
     result, tol, ok = _verify(loaded, student, args, ui)
     saved = _save(student, loaded, args, ui)
-    rows = {name: list(student.get_submodule(name).kernel_size) for name in sizes}
+    rows = {name: list(getattr(student.get_submodule(name), "kernel_size")) for name in sizes}
     if args.json:
         print(json.dumps({"model": loaded.label, "kernels": rows,
                           "parameters": {"before": _count_params(loaded.model),
