@@ -54,8 +54,16 @@ def print_rank(loaded: Any, args: argparse.Namespace) -> None:
 
 def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
     from .api import capture
-    from .cli import (EXIT_OK, SpecError, _assignments, _count_params, _load, _save,
-                      _trace_options, _verify)
+    from .cli import (
+        EXIT_OK,
+        SpecError,
+        _assignments,
+        _count_params,
+        _load,
+        _save,
+        _trace_options,
+        _verify,
+    )
     from .rewrite.kernel import grow_kernel
     sizes = _assignments(args.kernel, "--kernel", "layer1.0.conv1=5")
     if not sizes:
@@ -70,7 +78,7 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
         s["done"] = f"{_count_params(student):,} parameters"
     result, tol, ok = _verify(loaded, student, args, ui)
     saved = _save(student, loaded, args, ui)
-    rows = {name: list(student.get_submodule(name).kernel_size) for name in sizes}
+    rows = {name: list(getattr(student.get_submodule(name), "kernel_size")) for name in sizes}
     if args.json:
         print(json.dumps({"model": loaded.label, "kernels": rows,
                           "parameters": {"before": _count_params(loaded.model),

@@ -7,12 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from helpers import teacher_unchanged
 
 import fxgrow
 from fxgrow.analysis.context import CONSUME, PRODUCE
 from fxgrow.rewrite.init import new_unit_axes
-
-from helpers import teacher_unchanged
 
 TOL = 1e-10
 
@@ -184,6 +183,18 @@ def test_plan_round_trip_keeps_init(resnet):
     assert student.get_submodule("layer1.0.conv2").weight[:, 64:].abs().sum() == 0
 
 
+def test_hand_written_plan_with_zero_on_a_normalised_group_is_refused():
+    model, x, _ = vit()
+    plan = fxgrow.plan(model, x, factor=2, init="zero").to_dict()
+    for c in plan["changes"]:
+        c["init"] = "zero"
+        c["map"]["fractions"] = [1.0] * c["map"]["old"] + [0.0] * (c["map"]["new"] -
+                                                                   c["map"]["old"])
+    with pytest.raises(fxgrow.WidthError, match="group 'patch_embed.proj' cannot take "
+                                                 "init='zero' exactly: .*normalised by layer_norm"):
+        fxgrow.widen(model, x, plan=fxgrow.WidenPlan.from_dict(plan))
+
+
 def test_bad_init_arguments(resnet):
     model, x, _ = resnet
     with pytest.raises(fxgrow.InputError, match="init must be one of 'replicate', 'zero', "
@@ -227,6 +238,18 @@ def test_rank_groups_scores_what_the_loss_sees():
         fxgrow.rank_groups(model, x, lambda m, b: m(b).sum(), x, init="replicate")
 
 
+def test_rank_groups_with_gradmax_scores_at_least_random_fan_in():
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+
+    def loss(m, b):
+        return F.cross_entropy(m(b[0])[0], b[1])
+    zero = {s.group: s.score for s in fxgrow.rank_groups(model, x, loss, (x, y))}
+    grad = {s.group: s.score for s in fxgrow.rank_groups(model, x, loss, (x, y), init="gradmax")}
+    assert grad["a1"] > zero["a1"] > 0 and grad["b1"] == zero["b1"] == 0.0
+
+
 def test_rank_lists_normalised_groups_unscored():
     model, x, batch = vit()
     scores = fxgrow.rank_groups(model, x, ce, batch)
@@ -243,3 +266,20 @@ def test_cli_inspect_rank(capsys):
     out = capsys.readouterr().out
     assert "groups ranked by the gradient new units would get" in out
     assert out.count("layer") >= 12
+
+
+@pytest.mark.slow
+def test_shufflenet_zero_init_exact_and_stage3_trunk_still_fixed():
+    """init="zero" widens every widenable group of shufflenet_v2_x0_5 exactly.  Stage3's trunk
+    (the channel-shuffled pieces) stays at its width: a piece whose interleave partner is
+    empty has no atom to grow, and fresh units there would need one (not implemented)."""
+    torch.manual_seed(0)
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    plan = fxgrow.plan(model, x, factor=2, init="zero")
+    assert {c.init for c in plan.changes} == {"zero"} and len(plan.changes) == 46
+    student = fxgrow.widen(model, x, plan=plan)
+    assert fxgrow.compare(model, student, x).max_abs <= TOL
+    changed = {c.group for c in plan.changes}
+    assert "stage3.0.branch2.0" in changed
+    assert not any(name.startswith("stage3.0.branch2.5") for name in changed)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from helpers import teacher_unchanged
 
 import fxgrow
-from helpers import teacher_unchanged
 
 
 def test_resnet18_kernels_grow_exactly():

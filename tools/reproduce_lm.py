@@ -7,7 +7,7 @@ Protocol (per seed; ``N`` = the from-scratch run's steps):
 * from scratch: the big model (``--d 2*d``, ``2*L`` layers), AdamW, linear warm-up then cosine
   to zero over ``N`` steps, peak LR the best of ``--lrs`` on seed 0;
 * teacher: the small model (``d``, ``L``) for ``T = N/4`` steps of a schedule that spans
-  ``T + S`` steps (``S = N/2``: the student's budget), same peak LR;
+  ``T + S`` steps (``S``: the student's steps, ``--student-frac`` x N), same peak LR;
 * growth (fxgrow.grow, width x2 and blocks x2, verified exact in float32 on a validation
   batch; random pad is not exact by design) and ``S`` student steps with a fresh AdamW.
   Recipes: ``replicate`` (Net2Net, equal split), ``replicate+split`` (random split),
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import fxgrow  # noqa: E402
+import fxgrow
 
 RECIPES = ("replicate", "replicate+split", "zero", "gradmax", "random pad")
 SCHEDULES = ("cont", "rewarm")
@@ -204,7 +204,8 @@ def run_seed(seed: int, lr: float, cfg: dict, data, log, save=lambda out: None) 
     dev = cfg["device"]
     val = [batch_at(val_data, k, 12345, cfg["batch"], cfg["ctx"]).to(dev)
            for k in range(cfg["val_batches"])]
-    N, T, S, every = cfg["N"], cfg["N"] // 4, cfg["N"] // 2, cfg["eval_every"]
+    N, T, every = cfg["N"], cfg["N"] // 4, cfg["eval_every"]
+    S = round(cfg.get("student_frac", 1.0) * N)
     out = {"seed": seed, "lr": lr, "runs": {}}
     t0 = time.time()
     hist: list = []
@@ -286,22 +287,34 @@ def saved(result: dict, cfg: dict, key: str) -> float | None:
     return None
 
 
+def at_equal_flops(result: dict, cfg: dict, key: str) -> float | None:
+    """The grown run's validation loss where teacher + student FLOPs equal the from-scratch
+    run's (the last evaluation within that budget)."""
+    small = flops_per_token(cfg["d"], cfg["layers"], cfg["ctx"])
+    big = flops_per_token(2 * cfg["d"], 2 * cfg["layers"], cfg["ctx"])
+    budget = cfg["N"] - (cfg["N"] // 4) * small / big
+    within = [loss for step, loss in result["runs"][key]["hist"] if step <= budget + 1e-9]
+    return within[-1] if within else None
+
+
 def summarise(results: list[dict], cfg: dict) -> list[str]:
     keys = [k for k in results[0]["runs"] if "/" in k]
-    lines = ["| recipe | post-growth LR | exact at growth (max abs err) | final val loss | "
-             "reached from-scratch loss | compute saved (mean ± std over seeds that reach) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| recipe | post-growth LR | exact at growth (max abs err) | val loss at the "
+             "from-scratch FLOPs | final val loss | reached from-scratch loss | compute saved "
+             "(mean ± std) |", "|---|---|---|---|---|---|---|"]
     fin = [r["runs"]["scratch"]["hist"][-1][1] for r in results]
     lines.append(f"| from scratch (big, tuned LR {results[0]['lr']:g}) | - | - | "
-                 f"{_ms(fin, 4)} | - | 0 (reference) |")
+                 f"{_ms(fin, 4)} | {_ms(fin, 4)} | - | 0 (reference) |")
     for key in keys:
         recipe, sched = key.split("/")
         errs = [r["runs"][key]["error_at_growth"] for r in results]
         finals = [r["runs"][key]["hist"][-1][1] for r in results]
         sv = [saved(r, cfg, key) for r in results]
         got = [s for s in sv if s is not None]
+        eq = [at_equal_flops(r, cfg, key) for r in results]
+        eq_text = _ms(eq, 4) if all(v is not None for v in eq) else "-"
         lines.append(f"| {recipe} | {'rewarm' if sched == 'rewarm' else 'continued'} | "
-                     f"{max(errs):.1e} | {_ms(finals, 4)} | {len(got)}/{len(sv)} | "
+                     f"{max(errs):.1e} | {eq_text} | {_ms(finals, 4)} | {len(got)}/{len(sv)} | "
                      + (f"{_ms([100 * s for s in got], 1)} %" if got else "-") + " |")
     return lines
 
@@ -322,7 +335,7 @@ def plot(results: list[dict], cfg: dict, path: str) -> None:
     T = cfg["N"] // 4
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, sched in zip(axes, SCHEDULES):
-        def curve(key, offset, per, **kw):
+        def curve(key, offset, per, ax=ax, **kw):
             steps = [s for s, _ in results[0]["runs"][key]["hist"]]
             ys = [sum(r["runs"][key]["hist"][i][1] for r in results) / len(results)
                   for i in range(len(steps))]
@@ -354,8 +367,8 @@ def write_docs(results: list[dict], cfg: dict, meta: dict) -> None:
             f"Measured on {meta.get('device', '?')}, {meta.get('seconds', 0):.0f} s; teacher "
             f"d={cfg['d']}, {cfg['layers']} layers -> student/from scratch d={2 * cfg['d']}, "
             f"{2 * cfg['layers']} layers; context {cfg['ctx']} bytes, batch {cfg['batch']}, "
-            f"N={cfg['N']} from-scratch steps, teacher {cfg['N'] // 4}, student {cfg['N'] // 2} "
-            f"steps; LR tuned on seed 0 over {meta.get('lrs')}: {results[0]['lr']:g} "
+            f"N={cfg['N']} from-scratch steps, teacher {cfg['N'] // 4}, student "
+            f"{round(cfg.get('student_frac', 1.0) * cfg['N'])} steps; LR tuned on seed 0 over {meta.get('lrs')}: {results[0]['lr']:g} "
             f"(finals {meta.get('lr_finals')}); {len(results)} seeds; "
             f"{meta.get('train_bytes', 0) / 1e6:.1f} MB train, "
             f"{meta.get('val_bytes', 0) / 1e6:.2f} MB validation.", "",
@@ -363,7 +376,8 @@ def write_docs(results: list[dict], cfg: dict, meta: dict) -> None:
             "![validation loss against training FLOPs](img/reproduce_lm.png)",
             "<!-- reproduce_lm: end -->"]
     path = os.path.join(ROOT, "docs", "reproduction.md")
-    text = open(path).read()
+    with open(path) as fh:
+        text = fh.read()
     a, b = "<!-- reproduce_lm: begin", "<!-- reproduce_lm: end -->"
     if a in text:
         text = text[:text.index(a)] + "\n".join(body) + text[text.index(b) + len(b):]
@@ -383,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--head-dim", type=int, default=32, help="heads grow, their size stays")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="peak LRs tried for scratch")
+    p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3", help="peak LRs tried for scratch")
+    p.add_argument("--student-frac", type=float, default=1.0,
+                   help="student steps as a fraction of N (default 1: as many as scratch)")
     p.add_argument("--out", default="fxgrow-reproduce-lm-out")
     p.add_argument("--from", dest="from_", help="results.json of an earlier run")
     p.add_argument("--docs", action="store_true", help="write the table and plot into docs/")
@@ -408,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = dict(d=a.d, layers=a.layers, ctx=a.ctx, batch=a.batch, N=a.steps, device=dev,
-               head_dim=a.head_dim,
+               head_dim=a.head_dim, student_frac=a.student_frac,
                eval_every=max(1, a.steps // 40), val_batches=16, recipes=list(RECIPES),
                schedules=list(SCHEDULES))
     lrs = [float(x) for x in a.lrs.split(",")]

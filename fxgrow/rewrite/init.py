@@ -96,10 +96,20 @@ def initialise(analysis: Analysis, plan: WidenPlan, student: torch.fx.GraphModul
                loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
                batch: Any = None, iterations: int = 4) -> None:
     """Give the new units of every change with ``init`` "zero"/"gradmax" their fan-in."""
+    from ..errors import WidthError
+    from ..plan.init import check_init, fresh_init_blockers
     by_name = {g.name: g for g in analysis.groups}
+    for c in plan.changes:
+        check_init(c.init)
     fresh = {by_name[c.group].root for c in plan.changes if c.init != "replicate"}
     if not fresh:
         return
+    blockers = fresh_init_blockers(analysis)
+    for c in plan.changes:  # a plan written by hand (or for another model) may ask for it
+        why = blockers.get(by_name[c.group].root) if c.init != "replicate" else None
+        if why:
+            raise WidthError(f"group {c.group!r} cannot take init={c.init!r} exactly: {why}; "
+                             f"give it init='replicate' in the plan")
     gen = torch.Generator().manual_seed(plan.seed * 7 + 104729)
     fan_in = new_unit_axes(analysis, plan, fresh, PRODUCE)
     for am in fan_in:

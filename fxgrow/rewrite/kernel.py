@@ -16,7 +16,6 @@ import copy
 import difflib
 from typing import Any, Mapping
 
-import torch
 import torch.nn as nn
 
 from ..errors import InputError
@@ -95,7 +94,9 @@ def grow_kernel(model: nn.Module, example_inputs: Any, sizes: Mapping[str, Any],
         if not isinstance(conv, nn.modules.conv._ConvNd):
             raise KernelError(f"{name!r} is a {type(conv).__name__}, not a convolution "
                               f"(nn.Conv1d/2d/3d or nn.ConvTranspose1d/2d/3d)")
-        grow_conv(student.get_submodule(name), _sizes(name, conv, size))
+        target = student.get_submodule(name)
+        assert isinstance(target, nn.modules.conv._ConvNd)  # a copy of ``conv``
+        grow_conv(target, _sizes(name, conv, size))
     if verify:
         _verify(model, student, as_tuple(example_inputs))
     return student
