@@ -140,7 +140,8 @@ def test_copy_after_every_block_graph_and_hf(family):
     stacks = [stack(family)] + (["decoder.block"] if family == "t5" else [])
     after = [f"{s}.{i}" for s in stacks for i in range(2)]
     with teacher_unchanged(teacher):
-        graph = fxgrow.deepen(teacher, x, after=after, kind="block", verify=False)
+        graph = fxgrow.deepen(teacher, x, after=after, kind="block", verify=False,
+                              as_graph=True)
         err = fxgrow.compare(teacher, graph, x)
     assert err.max_rel <= TOL, err
     for s in stacks:
@@ -167,7 +168,8 @@ def test_llama_pro_every_second_block_and_append():
     """LLaMA-Pro on a 4-layer Llama: copies after layers 1 and 3 in one call (6 layers), and
     two copies appended at the end with grow (6 layers), graph and HF."""
     teacher, x = build("llama", 4), example("llama")
-    graph = fxgrow.deepen(teacher, x, after=["model.layers.1", "model.layers.3"], kind="block")
+    graph = fxgrow.deepen(teacher, x, after=["model.layers.1", "model.layers.3"], kind="block",
+                          as_graph=True)
     student, sd, updates = deeper_hf_model(teacher, [1, 3])
     assert updates == {"num_hidden_layers": 6}
     assert graph_insertions(graph.state_dict(), {"model.layers": 4}) == {"model.layers": [1, 3]}
@@ -181,9 +183,15 @@ def test_llama_pro_every_second_block_and_append():
     assert torch.equal(sd["model.layers.3.mlp.down_proj.weight"],
                        teacher.state_dict()["model.layers.2.mlp.down_proj.weight"])
     assert_same_function(teacher, student, "llama")
+    # without as_graph=True: the same deeper model, as the teacher's class, in one call
+    direct = fxgrow.deepen(teacher, x, after=["model.layers.1", "model.layers.3"], kind="block")
+    assert type(direct) is type(teacher) and direct.config.num_hidden_layers == 6
+    assert direct.state_dict().keys() == sd.keys()
+    assert all(torch.equal(direct.state_dict()[k], sd[k]) for k in sd)
+    assert_same_function(teacher, direct, "llama")
 
     with teacher_unchanged(teacher):
-        grown = fxgrow.grow(teacher, x, blocks={"model.layers": 6})
+        grown = fxgrow.grow(teacher, x, blocks={"model.layers": 6}, as_graph=True)
     appended, sd2, _ = deeper_hf_model(teacher, [3, 3])
     assert graph_insertions(grown.state_dict(), {"model.layers": 4}) == {"model.layers": [3, 3]}
     renumbered = hf_numbering(grown.state_dict(), {"model.layers": 4})
@@ -200,7 +208,8 @@ def test_append_blocks_graph_and_hf(family):
     teacher, x = build(family), example(family)
     stacks = [stack(family)] + (["decoder.block"] if family == "t5" else [])
     with teacher_unchanged(teacher):
-        graph = fxgrow.grow(teacher, x, blocks=dict.fromkeys(stacks, 4), verify=False)
+        graph = fxgrow.grow(teacher, x, blocks=dict.fromkeys(stacks, 4), verify=False,
+                            as_graph=True)
         err = fxgrow.compare(teacher, graph, x)
     assert err.max_rel <= TOL, err
     student, sd, updates = deeper_hf_model(teacher, [1, 1])

@@ -45,6 +45,23 @@ def _tensors(gm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _hf_tensors(teacher, gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    """The student's tensors under Hugging Face names: block copies the graph inserted
+    (``model.layers.1_deepen0``) renumbered into their layer stack in running order
+    (``fxgrow.rewrite.hf_depth.hf_numbering``); records which teacher layer each new layer
+    copies (``gm.meta["fxgrow_layer_sources"]``, for per-layer config lists)."""
+    tensors = _tensors(gm)
+    if not any("_deepen" in k for k in tensors):
+        return tensors
+    from ..rewrite.hf_depth import _graph_layers, hf_numbering, layer_stacks
+    stacks = {p: n for p, (_, n) in layer_stacks(teacher.state_dict(), teacher.config).items()}
+    renamed = hf_numbering(tensors, stacks)
+    if len(stacks) == 1 and "fxgrow_layer_sources" not in gm.meta:
+        ((prefix, n),) = stacks.items()
+        gm.meta["fxgrow_layer_sources"] = [i for _, i, _ in _graph_layers(tensors, prefix, n)]
+    return renamed
+
+
 def _layer_count_fields(teacher, gm_shapes: cfg.Shapes) -> dict[str, Any]:
     """Structural fields (num_hidden_layers) matched by the tensors the student has."""
     config, cls = teacher.config, type(teacher)
@@ -108,7 +125,7 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
     from transformers.initialization import no_init_weights
     gm = copy.deepcopy(gm)
     fold_tie_scales(gm)
-    tensors = _tensors(gm)
+    tensors = _hf_tensors(teacher, gm)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     config, fields = new_config(teacher, shapes, gm.meta.get("fxgrow_layer_sources"))
     if extra:
@@ -136,7 +153,7 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
                     f"rotary size); fxgrow compensates scalar constants only: keep the graph "
                     f"(as_graph=True) or grow by whole multiples")
             scale_constant(gm, name, buf)
-    tensors = _tensors(gm)
+    tensors = _hf_tensors(teacher, gm)
     state = {}
     tied = _tie_sources(model)
     for name in model.state_dict():
