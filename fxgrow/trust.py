@@ -26,6 +26,7 @@ import inspect
 import math
 import operator
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -102,10 +103,23 @@ def is_aten_op(name: str) -> bool:
     return _aten_schemas().get(name, False)
 
 
-@functools.cache
-def _ruled() -> dict[str, Any]:
-    """Qualified name -> function, for every function fxgrow has a rule for."""
+def _ruled(name: str = "") -> dict[str, Any]:
+    """Qualified name -> function, for every function fxgrow has a rule for (the rules for
+    timm's and torchvision's own functions too when ``name`` is one of theirs)."""
     from . import analysis  # noqa: F401  (registers every rule)
+    from .analysis.rules.registry import DEFERRED, _loaded, load_deferred
+    top = name.split(".")[0]
+    if top in DEFERRED and top not in sys.modules:
+        try:
+            importlib.import_module(top)
+        except ImportError:
+            pass
+    load_deferred()
+    return _ruled_now(frozenset(_loaded))
+
+
+@functools.cache
+def _ruled_now(loaded: frozenset[str]) -> dict[str, Any]:
     from .analysis.rules.registry import FUNCTIONS
     out: dict[str, Any] = {}
     for fn in list(FUNCTIONS):
@@ -204,7 +218,7 @@ def _import_public(name: str, packages: tuple[str, ...]) -> Any:
 def resolve_function(name: str, trusted: Iterable[str] = ()) -> Any:
     """The callable a graph's ``call_function`` target (or a stored function value) names."""
     trusted = tuple(trusted)
-    found = _ruled().get(name)
+    found = _ruled(name).get(name)
     if found is not None:
         return found
     if name.startswith("torch.ops.aten."):
