@@ -526,7 +526,9 @@ def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
         raise SpecError(f"-o/--output {args.output!r} is a folder; give a file name such as "
                         f"{out / ('student' + suffixes[0])}")
     if out.suffix.lower() not in suffixes:
-        raise SpecError(f"-o/--output must end in {' or '.join(suffixes)}, got {args.output!r}"
+        names = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else \
+            suffixes[0]
+        raise SpecError(f"-o/--output must end in {names}, got {args.output!r}"
                         + (f" (e.g. {out.with_suffix(suffixes[0])})" if out.name else ""))
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
