@@ -1,8 +1,10 @@
 """The ``fxgrow`` command line: inspect, widen, deepen, grow and draw models.
 
 Exit status: 0 success; 2 a user error (bad model spec, input shape, width or name; a model fxgrow
-cannot capture; a group that cannot widen), printed as one line; 1 an internal error (including
-a student that fails verification, which is a bug in fxgrow)."""
+cannot capture; a group that cannot widen; a saved file fxgrow refuses; a student that would not
+fit in memory; the machine's state: out of memory, a file that cannot be written), printed as one
+line; 1 an internal error (including a student that fails verification, which is a bug in
+fxgrow).  Everything that can be checked before work starts (options, -o, --student) is."""
 from __future__ import annotations
 
 import argparse
@@ -473,7 +475,7 @@ def _budget(analysis: Any, plan: Any, args: argparse.Namespace, ui: UI,
     """Print the planned student's size; refuse (without --yes) when it cannot fit."""
     from .estimate import estimate, human
     est = estimate(analysis, plan, stages=stages, blocks=blocks)
-    if not ui.quiet or not est.fits:
+    if not ui.quiet or not est.fits or getattr(args, "plan_only", False):
         print(f"fxgrow: {est}", file=ui.stream)
     if not est.fits and not getattr(args, "yes", False) and not getattr(args, "plan_only", False):
         raise ResourceError(
@@ -1101,6 +1103,14 @@ def main(argv: list[str] | None = None) -> int:
     except PreservationError as e:
         print(f"fxgrow: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_INTERNAL
+    except MemoryError:
+        print("fxgrow: error: out of memory; grow less (a smaller --factor, --width or "
+              "--blocks) or use smaller example inputs (--input-shape)", file=sys.stderr)
+        return EXIT_USER
+    except OSError as e:  # the machine's state (disk full, permissions), not a bug
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"fxgrow: error: {e.strerror or _short(e, 200)}{where}", file=sys.stderr)
+        return EXIT_USER
     except FxgrowError as e:
         print(f"fxgrow: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER

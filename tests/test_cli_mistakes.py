@@ -199,3 +199,27 @@ def test_documented_timm_spec_needs_no_input_shape():
     pytest.importorskip("timm")
     loaded = cli.load_model(args)
     assert [tuple(x.shape) for x in loaded.inputs] == [(1, 3, 64, 64)]
+
+
+def test_student_of_another_model_refused(capsys, tmp_path):
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def a():
+            return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+
+        def b():
+            return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2)).eval()
+    """))
+    spec = f"{tmp_path}/m.py"
+    student = tmp_path / "s.safetensors"
+    run(capsys, tmp_path, "widen", f"{spec}:a", "--input-shape", "2,8", "--factor", "2", "-o",
+        str(student), "-q", code=0)
+    assert student.is_file()
+    _, err = run(capsys, tmp_path, "draw", f"{spec}:b", "--input-shape", "2,8", "--student",
+                 str(student), "-o", "x.dot", "-q")
+    assert f"--student {student} was not grown from {spec}:b" in err
+    assert "give the model it was grown from" in err
+    run(capsys, tmp_path, "draw", f"{spec}:a", "--input-shape", "2,8", "--student", str(student),
+        "-o", str(tmp_path / "x.dot"), "-q", code=0)
+    assert (tmp_path / "x.dot").is_file()
