@@ -42,7 +42,8 @@ class ResourceError(FxgrowError):
 # -- progress and tables ---------------------------------------------------------------------------
 
 class UI:
-    """Progress on stderr (a spinner on terminals, one line per finished step otherwise)."""
+    """Progress on stderr: a spinner on terminals; otherwise a line when a step has run for a
+    second ("… analysing") and one when it ends ("✓ analysing: 14 groups (2.1 s)")."""
 
     FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -71,6 +72,13 @@ class UI:
                     k += 1
             spinner = threading.Thread(target=spin, daemon=True)
             spinner.start()
+        else:  # a log: say what is running once it takes more than a second
+            def announce() -> None:
+                if not stop.wait(1.0):
+                    self.stream.write(f"… {text}\n")
+                    self.stream.flush()
+            spinner = threading.Thread(target=announce, daemon=True)
+            spinner.start()
         ok = False
         try:
             yield state
@@ -79,6 +87,7 @@ class UI:
             stop.set()
             if spinner is not None:
                 spinner.join()
+            if self.tty:
                 self.stream.write("\r\033[K")
             dt = time.perf_counter() - t0
             mark = "✓" if ok else "✗"
