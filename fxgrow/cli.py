@@ -494,6 +494,37 @@ def _budget(analysis: Any, plan: Any, args: argparse.Namespace, ui: UI,
     return est
 
 
+def _deepen_budget(loaded: Loaded, args: argparse.Namespace, ui: UI, options: dict) -> None:
+    """deepen's planned size: the same deepen on a meta copy of the model (nothing allocated);
+    where that dry run cannot run on meta tensors, say so and go on."""
+    from .api import deepen
+    from .estimate import human, measured, meta_copy
+    try:
+        with ui.step("planning on meta tensors"):
+            student = deepen(meta_copy(loaded.model), tuple(x.to("meta") for x in loaded.inputs),
+                             **options)
+    except Exception as e:  # noqa: BLE001  (the real run reports real errors)
+        if not ui.quiet:
+            print(f"fxgrow: planned student: size unknown before building (the dry run on meta "
+                  f"tensors failed: {type(e).__name__}); growing it needs about "
+                  f"{human(_bytes(loaded.model))} more memory (a copy of the teacher) plus "
+                  f"the inserted layers", file=ui.stream)
+        return
+    est = measured(loaded.model, student)
+    if not ui.quiet or not est.fits:
+        print(f"fxgrow: {est}", file=ui.stream)
+    if not est.fits and not args.yes:
+        raise ResourceError(
+            f"the student would need about {human(est.needed_bytes)} of memory to build, and "
+            f"{human(est.available_bytes or 0)} is available; insert less, or pass --yes to "
+            f"try anyway")
+
+
+def _bytes(m: Any) -> int:
+    seen = {id(t): t for t in [*m.parameters(), *m.buffers()]}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
 def _apply(analysis: Any, plan: Any, ui: UI) -> Any:
     from .rewrite import apply
     with ui.step("rewriting the graph") as s:
@@ -693,11 +724,12 @@ def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
     _check_output(args, (".safetensors",))
     loaded = _load(args, ui)
     after = _after_names(args.after)
+    options = dict(after=after, kind=args.kind, kernel_size=args.kernel_size,
+                   batchnorm=args.batchnorm, layer=args.layer, seed=args.seed, verify=False,
+                   **_trace_options(args))
+    _deepen_budget(loaded, args, ui, options)
     with ui.step(f"inserting {args.kind} layers after {', '.join(after)}") as s:
-        student = deepen(loaded.model, loaded.inputs, after=after, kind=args.kind,
-                         kernel_size=args.kernel_size, batchnorm=args.batchnorm,
-                         layer=args.layer, seed=args.seed, verify=False,
-                         **_trace_options(args))
+        student = deepen(loaded.model, loaded.inputs, **options)
         s["done"] = f"{_count_params(student):,} parameters"
     teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
     result, tol, ok = _verify(loaded, student, args, ui)
@@ -992,6 +1024,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kernel-size", type=int, default=3, help="of inserted convs (default 3)")
     g.add_argument("--batchnorm", action="store_true", help="add an identity BatchNorm")
     g.add_argument("--layer", choices=("linear", "conv"), help="force the inserted layer type")
+    g.add_argument("--yes", action="store_true",
+                   help="deepen even when the planned student does not fit in available memory")
     _results(p)
     p.set_defaults(func=cmd_deepen)
 

@@ -55,3 +55,13 @@ def test_cli_plan_only_prints_the_estimate(capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert out.startswith("WidenPlan (seed 0): 37 groups")
     assert f"fxgrow: planned student: {STUDENT_PARAMS:,} parameters" in err
+
+
+def test_cli_deepen_prints_the_planned_size_before_building(capsys):
+    assert cli.main(["deepen", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--after",
+                     "layer3.1", "--kind", "block"]) == 0
+    out, err = capsys.readouterr()
+    planned = err.index("fxgrow: planned student: 12,870,184 parameters (1.10x the teacher's "
+                        "11,689,512)")
+    assert planned < err.index("inserting block layers")
+    assert "11,689,512 → 12,870,184" in out
