@@ -63,18 +63,9 @@ KNOWN_CLASSES = {  # module classes outside MODULE_PACKAGES that graphs contain:
 
 FILE_ARGUMENTS = frozenset({"filename", "file", "path", "f"})
 
-_TORCH_NAMESPACES = {  # qualified prefix -> the module objects its functions may live in
-    "torch": ("torch", "torch._C._VariableFunctions", "torch.functional"),
-    "torch.nn.functional": ("torch.nn.functional", "torch._C._nn"),
-    "torch.functional": ("torch.functional",),
-    "torch.fft": ("torch._C._fft",),
-    "torch.linalg": ("torch._C._linalg",),
-    "torch.special": ("torch._C._special",),
-    "torch._C._nn": ("torch._C._nn",),
-    "torch._C._fft": ("torch._C._fft",),
-    "torch._C._linalg": ("torch._C._linalg",),
-    "torch._C._special": ("torch._C._special",),
-}
+_TORCH_NAMESPACES = frozenset({  # where public torch functions are looked up by name
+    "torch", "torch.nn.functional", "torch.functional", "torch.fft", "torch.linalg",
+    "torch.special", "torch._C._nn", "torch._C._fft", "torch._C._linalg", "torch._C._special"})
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PART = re.compile(r"^[A-Za-z0-9_]+$")
@@ -169,8 +160,7 @@ def _aten(name: str) -> Any:
 
 def _torch_function(name: str) -> Any | None:
     prefix, _, fn = name.rpartition(".")
-    homes = _TORCH_NAMESPACES.get(prefix)
-    if homes is None or fn.startswith("_") or not _IDENT.match(fn):
+    if prefix not in _TORCH_NAMESPACES or fn.startswith("_") or not _IDENT.match(fn):
         return None
     module: Any = torch
     for part in prefix.split(".")[1:]:
