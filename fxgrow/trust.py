@@ -216,6 +216,11 @@ def resolve_function(name: str, trusted: Iterable[str] = ()) -> Any:
     found = _torch_function(name)
     if found is not None:
         return found
+    method = name.removeprefix("torch.Tensor.")
+    if method != name and _IDENT.match(method) and not method.startswith("_") and \
+            callable(getattr(torch.Tensor, method, None)) and \
+            (is_aten_op(method) or is_aten_op(method.rstrip("_"))):
+        return getattr(torch.Tensor, method)  # a tensor method called as a function
     if "." in name and _user_trusted(name, trusted):
         obj = _import_public(name, trusted)
         if not callable(obj):

@@ -299,3 +299,18 @@ def test_inspect_never_reads_weights_or_runs_the_graph(good, tmp_path, capsys, m
     assert "widenable" in capsys.readouterr().out and read == []
     assert main(["inspect", str(good), "-q", "--run"]) == 0
     assert read
+
+
+def test_saving_a_graph_load_would_refuse_says_so(tmp_path):
+    """A graph calling an importable function outside the allowlist saves, and the round-trip
+    check says that loading it needs trust."""
+    gm = fxgrow.trace(Small().eval())
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(out):
+        rounded = gm.graph.call_function(torch.Tensor.round, (out.args[0],))  # allowed
+        logged = gm.graph.call_function(json.dumps, ([1],))  # not allowed
+    out.args = ((rounded, logged),)
+    gm.recompile()
+    with pytest.raises(fxgrow.SaveError, match=r"s.safetensors was written, but fxgrow.load "
+                       r"refuses it by default: the graph calls json.dumps.*--trust"):
+        fxgrow.save(gm, tmp_path / "s.safetensors", example_inputs=X)
