@@ -1,29 +1,114 @@
-"""fxgrow: grow trained PyTorch models (Net2Net) as exact torch.fx graph rewrites."""
-from .analysis import Analysis, Blocker, ChannelGroup, Member
-from .api import analyze, deepen, groups, grow, plan, stages, widen
-from .errors import (BlockedGroupError, ConfigError, FxgrowError, InputError, PreservationError, TraceError,
-                     UnknownGroupError, UnsupportedModelError, WidthError)
-from .frontend import trace
-from .rewrite.deepen import DeepenError
-from .plan import GroupChange, ReplicationMap, WidenPlan
-from .training import grow_during_training, map_tensor, transfer_optimizer, transfer_scheduler
-from .verify import Comparison, compare
-from .draw import draw  # noqa: E402  (the function; the package is fxgrow.draw's module)
-from .io import load, save  # noqa: E402
-from . import compile, hf, passes  # noqa: E402,F401
+"""fxgrow: grow trained PyTorch models (Net2Net) as exact torch.fx graph rewrites.
+
+Importing the package is cheap (torch is not imported): each public name is imported on first
+use, so ``fxgrow --help`` starts fast while ``import fxgrow; fxgrow.widen(...)`` works as ever.
+``fxgrow.plan`` and ``fxgrow.draw`` are the functions, not the subpackages of the same names
+(``from fxgrow.plan import WidenPlan``, ``from fxgrow.draw import render`` reach those)."""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Analysis", "Blocker", "ChannelGroup", "Member", "analyze", "groups", "plan", "widen",
-    "deepen", "grow", "stages", "DeepenError", "transfer_optimizer", "grow_during_training",
-    "map_tensor", "transfer_scheduler",
-    "trace", "compare", "Comparison", "WidenPlan", "GroupChange", "ReplicationMap",
-    "FxgrowError", "TraceError", "InputError", "UnknownGroupError", "WidthError",
-    "BlockedGroupError", "UnsupportedModelError", "PreservationError", "ConfigError", "hf",
-    "draw", "save", "load", "passes", "compile",
-]
-from .rewrite.kernel import KernelError, grow_kernel  # noqa: E402
-from .ranking import GroupScore, rank_groups  # noqa: E402
+_EXPORTS = {  # public name -> the module that defines it ("" : the name is a submodule)
+    "Analysis": ".analysis", "Blocker": ".analysis", "ChannelGroup": ".analysis",
+    "Member": ".analysis",
+    "analyze": ".api", "deepen": ".api", "groups": ".api", "grow": ".api", "plan": ".api",
+    "stages": ".api", "widen": ".api",
+    "BlockedGroupError": ".errors", "FxgrowError": ".errors", "InputError": ".errors",
+    "PreservationError": ".errors", "TraceError": ".errors", "UnknownGroupError": ".errors",
+    "UnsupportedModelError": ".errors", "WidthError": ".errors", "LoadError": ".errors",
+    "SaveError": ".errors", "ConfigError": ".errors",
+    "trace": ".frontend", "DeepenError": ".rewrite.deepen",
+    "GroupChange": ".plan", "ReplicationMap": ".plan", "WidenPlan": ".plan",
+    "grow_during_training": ".training", "map_tensor": ".training",
+    "transfer_optimizer": ".training", "transfer_scheduler": ".training",
+    "grow_kernel": ".rewrite.kernel", "KernelError": ".rewrite.kernel",
+    "rank_groups": ".ranking", "GroupScore": ".ranking",
+    "Comparison": ".verify", "compare": ".verify",
+    "draw": ".draw", "load": ".io", "save": ".io",
+    "compile": "", "passes": "", "hf": "", "stream": "", "integrations": "",
+}
+_SHADOWED = frozenset({"plan", "draw"})  # functions named like a subpackage: the function wins
 
-__all__ += ["grow_kernel", "KernelError", "rank_groups", "GroupScore"]
+__all__ = [
+    "Analysis",
+    "BlockedGroupError",
+    "Blocker",
+    "ChannelGroup",
+    "Comparison",
+    "ConfigError",
+    "DeepenError",
+    "FxgrowError",
+    "GroupChange",
+    "GroupScore",
+    "InputError",
+    "KernelError",
+    "LoadError",
+    "Member",
+    "PreservationError",
+    "ReplicationMap",
+    "SaveError",
+    "TraceError",
+    "UnknownGroupError",
+    "UnsupportedModelError",
+    "WidenPlan",
+    "WidthError",
+    "analyze",
+    "compare",
+    "compile",
+    "deepen",
+    "draw",
+    "groups",
+    "grow",
+    "grow_during_training",
+    "grow_kernel",
+    "hf",
+    "load",
+    "map_tensor",
+    "passes",
+    "plan",
+    "rank_groups",
+    "save",
+    "stages",
+    "stream",
+    "trace",
+    "transfer_optimizer",
+    "transfer_scheduler",
+    "widen",
+]
+
+
+def __getattr__(name: str) -> Any:
+    where = _EXPORTS.get(name)
+    if where is None:
+        try:  # a submodule (fxgrow.io, fxgrow.trust ...), as the eager package exposed them
+            value: Any = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'fxgrow' has no attribute {name!r}") from None
+    elif where == "":
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``fxgrow.plan`` and ``fxgrow.draw`` the functions when the import system binds
+    the subpackages of the same names (as the eager ``from .api import plan`` did)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

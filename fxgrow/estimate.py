@@ -120,3 +120,30 @@ def estimate(analysis: Any, plan: Any = None, *, stages: list | None = None,
         nbytes += extra * sum(n * b for _, (n, b) in block)
     return Estimate(teacher, params, nbytes, 2 * nbytes, available_memory())
 
+
+
+def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters and buffers are meta tensors (no data is copied)."""
+    import copy
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in memo:
+            continue
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = torch.nn.Parameter(empty, t.requires_grad) \
+            if isinstance(t, torch.nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
+
+
+def measured(teacher: torch.nn.Module, student: torch.nn.Module) -> Estimate:
+    """The estimate for a student built on the meta device (e.g. by ``deepen``): its own size;
+    building it for real copies the teacher's graph, about one student's worth."""
+    def size(m: torch.nn.Module) -> tuple[int, int]:
+        seen: dict[int, torch.Tensor] = {}
+        for t in [*m.parameters(), *m.buffers()]:
+            seen.setdefault(id(t), t)
+        params = {id(p) for p in m.parameters()}
+        return (sum(t.numel() for i, t in seen.items() if i in params),
+                sum(t.numel() * t.element_size() for t in seen.values()))
+    n_s, b_s = size(student)
+    return Estimate(size(teacher)[0], n_s, b_s, b_s, available_memory())

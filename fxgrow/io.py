@@ -422,7 +422,12 @@ def _check_round_trip(model: torch.nn.Module, path: Path, example_inputs: Any) -
 
     from .modes import preserved
     xs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    loaded = load(path)
+    try:
+        loaded = load(path)
+    except LoadError as e:
+        raise SaveError(f"{path.name} was written, but fxgrow.load refuses it by default: {e}. "
+                        f"Whoever loads it must trust that name (trusted=... / --trust); or "
+                        f"save student.state_dict() instead") from e
     with preserved(model), torch.no_grad():
         model.eval()
         loaded.eval()

@@ -299,7 +299,7 @@ def _graph(desc: dict, root: torch.nn.Module, trusted: tuple, dec_env: Any) -> t
         elif op == "call_method":
             check_method(str(target), trusted)
         elif op == "placeholder":
-            if not _IDENT.match(str(target)) or str(target).startswith("_"):
+            if not _IDENT.match(str(target)) or str(target).startswith("__"):
                 raise LoadError(f"node {name}: malformed input name {target!r}")
         elif op != "output":
             raise LoadError(f"node {name}: unknown op {op!r}")

@@ -26,6 +26,7 @@ import inspect
 import math
 import operator
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,18 +63,9 @@ KNOWN_CLASSES = {  # module classes outside MODULE_PACKAGES that graphs contain:
 
 FILE_ARGUMENTS = frozenset({"filename", "file", "path", "f"})
 
-_TORCH_NAMESPACES = {  # qualified prefix -> the module objects its functions may live in
-    "torch": ("torch", "torch._C._VariableFunctions", "torch.functional"),
-    "torch.nn.functional": ("torch.nn.functional", "torch._C._nn"),
-    "torch.functional": ("torch.functional",),
-    "torch.fft": ("torch._C._fft",),
-    "torch.linalg": ("torch._C._linalg",),
-    "torch.special": ("torch._C._special",),
-    "torch._C._nn": ("torch._C._nn",),
-    "torch._C._fft": ("torch._C._fft",),
-    "torch._C._linalg": ("torch._C._linalg",),
-    "torch._C._special": ("torch._C._special",),
-}
+_TORCH_NAMESPACES = frozenset({  # where public torch functions are looked up by name
+    "torch", "torch.nn.functional", "torch.functional", "torch.fft", "torch.linalg",
+    "torch.special", "torch._C._nn", "torch._C._fft", "torch._C._linalg", "torch._C._special"})
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PART = re.compile(r"^[A-Za-z0-9_]+$")
@@ -102,10 +94,23 @@ def is_aten_op(name: str) -> bool:
     return _aten_schemas().get(name, False)
 
 
-@functools.cache
-def _ruled() -> dict[str, Any]:
-    """Qualified name -> function, for every function fxgrow has a rule for."""
+def _ruled(name: str = "") -> dict[str, Any]:
+    """Qualified name -> function, for every function fxgrow has a rule for (the rules for
+    timm's and torchvision's own functions too when ``name`` is one of theirs)."""
     from . import analysis  # noqa: F401  (registers every rule)
+    from .analysis.rules.registry import DEFERRED, _loaded, load_deferred
+    top = name.split(".")[0]
+    if top in DEFERRED and top not in sys.modules:
+        try:
+            importlib.import_module(top)
+        except ImportError:
+            pass
+    load_deferred()
+    return _ruled_now(frozenset(_loaded))
+
+
+@functools.cache
+def _ruled_now(loaded: frozenset[str]) -> dict[str, Any]:
     from .analysis.rules.registry import FUNCTIONS
     out: dict[str, Any] = {}
     for fn in list(FUNCTIONS):
@@ -155,8 +160,7 @@ def _aten(name: str) -> Any:
 
 def _torch_function(name: str) -> Any | None:
     prefix, _, fn = name.rpartition(".")
-    homes = _TORCH_NAMESPACES.get(prefix)
-    if homes is None or fn.startswith("_") or not _IDENT.match(fn):
+    if prefix not in _TORCH_NAMESPACES or fn.startswith("_") or not _IDENT.match(fn):
         return None
     module: Any = torch
     for part in prefix.split(".")[1:]:
@@ -204,7 +208,7 @@ def _import_public(name: str, packages: tuple[str, ...]) -> Any:
 def resolve_function(name: str, trusted: Iterable[str] = ()) -> Any:
     """The callable a graph's ``call_function`` target (or a stored function value) names."""
     trusted = tuple(trusted)
-    found = _ruled().get(name)
+    found = _ruled(name).get(name)
     if found is not None:
         return found
     if name.startswith("torch.ops.aten."):
@@ -212,6 +216,11 @@ def resolve_function(name: str, trusted: Iterable[str] = ()) -> Any:
     found = _torch_function(name)
     if found is not None:
         return found
+    method = name.removeprefix("torch.Tensor.")
+    if method != name and _IDENT.match(method) and not method.startswith("_") and \
+            callable(getattr(torch.Tensor, method, None)) and \
+            (is_aten_op(method) or is_aten_op(method.rstrip("_"))):
+        return getattr(torch.Tensor, method)  # a tensor method called as a function
     if "." in name and _user_trusted(name, trusted):
         obj = _import_public(name, trusted)
         if not callable(obj):

@@ -49,7 +49,8 @@ def test_widen_torchvision_subprocess(tmp_path):
     assert "12 channel groups widened" in out.stdout
     assert "conv1" in out.stdout and "64  →   96" in out.stdout
     assert "11,689,512 → 25,901,896" in out.stdout
-    assert "[ok, tolerance 1e-05]" in out.stdout
+    assert "[ok: max rel err <= tolerance 1e-05; the tolerance bounds the relative error]" \
+        in out.stdout
     assert "✓ verifying against the teacher" in out.stderr  # progress on stderr
     student = fxgrow.load(tmp_path / "wide.safetensors")
     assert student.conv1.out_channels == 96

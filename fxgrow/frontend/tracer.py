@@ -14,6 +14,9 @@ from ..errors import TraceError
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    import sys
+    if "timm" not in sys.modules:  # no timm model can be in use: do not import it
+        return (), ()
     try:
         from timm.layers import get_notrace_functions, get_notrace_modules
     except Exception:  # timm absent or without the registry

@@ -12,6 +12,8 @@ Anything without a rule blocks every channel group it touches (see ``dependency.
 """
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,7 +52,23 @@ def rule(*targets: Any) -> Callable[[Callable], Callable]:
     return register
 
 
+DEFERRED = {"timm": "timm_layers", "torchvision": "vision"}
+"""Library -> the rule module for its own layers, registered once the library is imported (a
+model using timm's classes has imported timm): fxgrow itself never imports them up front."""
+_loaded: set[str] = set()
+
+
+def load_deferred(everything: bool = False) -> None:
+    """Register the rules of the libraries in use (``everything``: of every installed one)."""
+    for library, module in DEFERRED.items():
+        if module not in _loaded and (everything or library in sys.modules):
+            _loaded.add(module)
+            importlib.import_module(f"{__package__}.{module}")
+
+
 def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
+    if len(_loaded) < len(DEFERRED):
+        load_deferred()
     if node.op == "call_function":
         try:
             return FUNCTIONS.get(node.target)
@@ -73,4 +91,5 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
 
 def all_rules() -> list[RuleEntry]:
     """Every registered rule (for the generated op-rule reference)."""
+    load_deferred(everything=True)
     return [*MODULES.values(), *FUNCTIONS.values(), *METHODS.values()]
