@@ -154,9 +154,7 @@ def test_llama_grown_2_to_4_layers(tmp_path, browser):
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 128, (1, 8))
-    student = fxgrow.grow(model, ids, blocks={"model.layers": 4}, as_graph=True) \
-        if "as_graph" in fxgrow.grow.__code__.co_varnames else \
-        fxgrow.grow(model, ids, blocks={"model.layers": 4})
+    student = fxgrow.grow(model, ids, blocks={"model.layers": 4}, as_graph=True)
     out = tmp_path / "llama.html"
     fxgrow.draw(model, ids, out, student=student)
     data = page_data(out)

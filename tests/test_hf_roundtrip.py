@@ -172,6 +172,21 @@ def test_student_class_depth_target_and_refusals():
         fxgrow.grow(teacher, ids, to_config={"hidden_sise": 128})
 
 
+def test_zero_padded_stream_and_appended_layers_together():
+    """hidden 64 -> 96 (zero padding, no whole multiple) and 2 -> 4 layers in one target: the
+    appended blocks copy the padded ones (padding comes before depth)."""
+    teacher = llama()
+    ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
+    grown = fxgrow.grow(teacher, ids, to_config={"hidden_size": 96, "num_attention_heads": 6,
+                                                  "num_key_value_heads": 3,
+                                                  "num_hidden_layers": 4})
+    assert type(grown) is T.LlamaForCausalLM
+    assert (grown.config.hidden_size, grown.config.num_hidden_layers) == (96, 4)
+    assert tuple(grown.model.layers[3].input_layernorm.weight.shape) == (96,)
+    assert grown.fxgrow_error <= TOL
+    assert_same_function(teacher, grown, "llama")
+
+
 def test_cli_width_globs_and_blocks(tmp_path):
     src, teacher = make_folder(tmp_path, "llama")
     out = tmp_path / "out"

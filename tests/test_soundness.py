@@ -389,10 +389,14 @@ def test_bf16_llama_calibrated(monkeypatch):
     m = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     ids = torch.randint(0, 64, (1, 8))
     monkeypatch.setitem(cmp.TOLERANCE, torch.bfloat16, 1e-9)
-    s = fxgrow.widen(m, ids, factor=2, split="random")
+    s = fxgrow.widen(m, ids, factor=2, split="random", as_graph=True)
     result = s.meta["fxgrow_error"]
     assert result.reference == "float64" and result.max_rel > 1e-9
     assert result.teacher_rel > 1e-4  # bf16 rounds the teacher itself this much
+    # the student as the teacher's class: its fresh-input check is calibrated the same way
+    hf = fxgrow.widen(m, ids, factor=2, split="random")
+    assert type(hf) is type(m) and hf.config.hidden_size == 64
+    assert next(hf.parameters()).dtype == torch.bfloat16 and hf.fxgrow_error > 1e-9
 
 
 @pytest.mark.slow

@@ -38,9 +38,7 @@ def main() -> None:
                                    num_key_value_heads=2, use_cache=False)
     llama = transformers.LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 128, (1, 8))
-    grown = fxgrow.grow(llama, ids, blocks={"model.layers": 4}, as_graph=True) \
-        if "as_graph" in fxgrow.grow.__code__.co_varnames else \
-        fxgrow.grow(llama, ids, blocks={"model.layers": 4})
+    grown = fxgrow.grow(llama, ids, blocks={"model.layers": 4}, as_graph=True)
     fxgrow.draw(llama, ids, work / "llama.html", student=grown)
     driver = chrome(work / "chromium")
     try:

@@ -12,6 +12,8 @@ the last block (``grow(blocks=...)``), each starting as the identity.
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -178,6 +180,19 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         except WidthError as e:
             raise ConfigError(f"the target {width_fields} is not reachable exactly: {e}") \
                 from e
+    if pads and as_graph:
+        raise ConfigError("a stream zero-padded to a non-whole width exists only as the "
+                          "class (its norms' eps changes): drop as_graph=True")
+    extra = None
+    if pads:  # pad before appending blocks, so that the copies are of the padded blocks
+        from .fold import fold_tie_scales
+        from .pad import pad_graph
+        (pad_name, pad_width), = pads.items()
+        if student is analysis.gm:
+            student = copy.deepcopy(student)
+        fold_tie_scales(student)
+        extra = pad_graph(student, model, list(analysis.group(pad_name).members), pad_width,
+                          seed=seed)
     if depth:
         found = list(stages(student, inputs))
         (field, count), = depth.items()  # only the layer count is a depth field
@@ -188,29 +203,21 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
                               f"stages: {', '.join(f'{s.name} ({s.count})' for s in found)}")
         student = grow(student, inputs, blocks={stage.name: count}, seed=seed, verify=False,
                        as_graph=True)  # type: ignore[assignment]
-    if verify:
+    if verify and not pads:
         from ..verify import verify as _verify
         student.meta["fxgrow_error"] = _verify(model, student, inputs)
     if as_graph:
-        if pads:
-            raise ConfigError("a stream zero-padded to a non-whole width exists only as the "
-                              "class (its norms' eps changes): drop as_graph=True")
         return student
     if pads:
-        from .fold import fold_tie_scales
-        from .pad import pad_graph
         from .student import check_fresh, to_pretrained
-        (name, width), = pads.items()
-        fold_tie_scales(student)
-        extra = pad_graph(student, model, list(analysis.group(name).members), width, seed=seed)
         grown = to_pretrained(model, student, check=False, extra=extra)
         if verify:
             try:
                 grown.fxgrow_error = check_fresh(model, grown)
             except PreservationError as e:
                 raise ConfigError(
-                    f"growing the stream {name!r} to {width} (not a whole multiple) is not "
-                    f"exact for {cls.__name__} ({e}): its norms are not all before the "
+                    f"growing the stream {pad_name!r} to {pad_width} (not a whole multiple) is "
+                    f"not exact for {cls.__name__} ({e}): its norms are not all before the "
                     f"branches (a post-norm model); grow it by a whole multiple") from e
     else:
         grown = finish(model, student)
