@@ -1192,3 +1192,72 @@ def test_plan_json_round_trip():
     other = fxgrow.plan(m, x, factor=2, seed=1)
     assert other.changes != plan.changes
     exact(m, x, plan=other)
+
+
+# -- 21. hand-written attention ---------------------------------------------------------------
+class HandAttention(nn.Module):
+    """softmax(q k^T * s) v written out, with heads, as timm's blocks do with fused_attn off."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.fused = fused
+        self.inp = nn.Linear(4, 8)
+        self.qkv = nn.Linear(8, 3 * 2 * 3)  # 3 x heads 2 x head dim 3
+        self.proj = nn.Linear(6, 8)
+        self.drop = nn.Dropout(0.0)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 3).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * 3 ** -0.5) @ k.transpose(-2, -1)
+            y = self.drop(attn.softmax(dim=-1)) @ v
+        return self.out(x + self.proj(y.transpose(1, 2).reshape(B, N, 6)))
+
+
+def _kinds(gs) -> dict:
+    return {name: (g.width, g.widenable, sorted((b.kind, b.reason) for b in g.blockers))
+            for name, g in gs.items()}
+
+
+def test_hand_written_attention_grows_heads_like_sdpa():
+    """q @ k^T and attn @ v block the head dim and the key positions as structure, with the
+    reasons SDPA gives, and the heads grow: the same groups as the fused model."""
+    x = rand(2, 5, 4)
+    hand, fused = f64(HandAttention(False)), f64(HandAttention(True))
+    fused.load_state_dict(hand.state_dict())
+    gh, gf = groups_of(hand, x), groups_of(fused, x)
+    heads = the_group(gh, "qkv")
+    assert heads.widenable and heads.width == 18
+    assert not [b for g in gh.values() for b in g.blockers if b.kind == "op"]
+    reasons = {b.reason for g in fxgrow.analyze(hand, x).all_groups for b in g.blockers}
+    assert "head dim contracted between query and key (and it sets the softmax scale)" in reasons
+    assert sorted(gh) == sorted(gf)
+    assert {n: k[:2] for n, k in _kinds(gh).items()} == {n: k[:2] for n, k in _kinds(gf).items()}
+    s = exact(hand, x, widths={"qkv": 36})  # 2 heads -> 4
+    assert s.qkv.out_features == 36 and s.proj.in_features == 12
+    first = next(n for n in s.graph.nodes if n.target == "reshape")
+    assert first.args[3:] == (3, 4, 3)
+
+
+class Bilinear(nn.Module):
+    """A contraction of two activations that is not attention (no softmax): it blocks as an
+    op, as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.a(x) @ self.b(x).transpose(-2, -1))
+
+
+def test_contraction_of_activations_outside_attention_blocks():
+    gs = groups_of(f64(Bilinear()), rand(2, 5, 4))
+    g = the_group(gs, "a")
+    assert not g.widenable and [b.kind for b in g.blockers] == ["op"]
+    assert "contraction between two activations" in g.blockers[0].reason

@@ -13,9 +13,9 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from helpers import widen_exact
 
 import fxgrow
-from helpers import widen_exact
 
 
 @pytest.fixture(autouse=True)
