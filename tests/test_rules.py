@@ -1261,3 +1261,58 @@ def test_contraction_of_activations_outside_attention_blocks():
     g = the_group(gs, "a")
     assert not g.widenable and [b.kind for b in g.blockers] == ["op"]
     assert "contraction between two activations" in g.blockers[0].reason
+
+
+# -- 22. gathers by an index tensor ---------------------------------------------------------------
+class RelPosBias(nn.Module):
+    """A relative-position bias table [entries, heads] gathered by an index buffer and added
+    to the attention scores: the entries are fixed, the heads grow with the attention's."""
+
+    def __init__(self, select: bool) -> None:
+        super().__init__()
+        self.select = select
+        self.qkv = nn.Linear(4, 3 * 2 * 3)
+        self.table = nn.Parameter(torch.randn(7, 2))
+        self.register_buffer("index", torch.randint(0, 7, (5, 5)))
+        self.proj = nn.Linear(6, 4)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 3).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.select:
+            bias = torch.index_select(self.table, 0, self.index.view(-1)).view(N, N, -1)
+        else:
+            bias = self.table[self.index.view(-1)].view(N, N, -1)
+        bias = bias.permute(2, 0, 1).unsqueeze(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(y.transpose(1, 2).reshape(B, N, 6))
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_gathered_bias_table_grows_with_heads(select):
+    m, x = f64(RelPosBias(select)), rand(2, 5, 4)
+    gs = groups_of(m, x)
+    heads = the_group(gs, "qkv")
+    assert heads.widenable and ("table", 1, "scale") in roles(heads)
+    assert not [b for g in gs.values() for b in g.blockers if b.kind == "op"]
+    s = exact(m, x, widths={"qkv": 36})
+    assert s.table.shape == (7, 4)
+    assert [torch.equal(b.flatten(), m.index.flatten()) for b in s.buffers()] == [True]
+
+
+class GatherChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+    def forward(self, x):
+        return self.b(self.a(x)[:, self.perm])
+
+
+def test_gather_on_a_channel_axis_blocks():
+    gs = groups_of(f64(GatherChannels()), rand(2, 3, 4, 4))
+    g = the_group(gs, "a")
+    assert not g.widenable
+    assert [(b.kind, b.reason) for b in g.blockers] == \
+        [("op", "axis gathered by an index tensor (its positions are fixed)")]

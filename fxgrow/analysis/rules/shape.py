@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..context import RuleContext, RuleError
 from ..layout import Fixed, Layout, Zip
 from ..values import SizeInfo, TensorInfo
+from . import gather
 from .registry import rule
 
 
@@ -609,9 +610,11 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     items = list(raw) if isinstance(raw, tuple) else [raw]
     concrete = [slice(cx.concrete(it.start), cx.concrete(it.stop), cx.concrete(it.step))
                 if isinstance(it, slice) else cx.concrete(it) for it in items]
-    if any(isinstance(c, torch.Tensor) or isinstance(c, (list, bool)) for c in concrete):
-        raise RuleError("advanced (tensor or list) indexing")
+    if any(isinstance(c, (list, bool)) for c in concrete):
+        raise RuleError("advanced (list or bool) indexing")
     n_axes = sum(1 for c in concrete if c is not None and c is not Ellipsis)
+    if any(isinstance(c, torch.Tensor) for c in concrete):
+        return gather.gather_index(cx, x, _expand_ellipsis(raw, x.ndim, n_axes))
     expanded_items = _expand_ellipsis(raw, x.ndim, n_axes)
     expanded = _expand_ellipsis(tuple(concrete), x.ndim, n_axes)
     out: list[Layout] = []
