@@ -582,9 +582,9 @@ def getitem(cx: RuleContext):
         if not container.per_axis:
             raise RuleError("indexing a derived size")
         sel = container.layouts[idx]
+        cx.sizes_handled(container)  # the result tracks the selected axes; the rest is unused
         if isinstance(idx, slice):
             return SizeInfo(tuple(sel), per_axis=True)
-        cx.sizes_handled(container)
         return SizeInfo((sel,))
     if isinstance(container, TensorInfo):
         return _index_tensor(cx, container)
