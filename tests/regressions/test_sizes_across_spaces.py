@@ -158,3 +158,18 @@ def test_segmentation_heads_sized_from_channel_tensors(name):
     x = torch.randn(1, 3, 64, 64)
     a = _grow_exact(m, x)
     assert not [b for g in a.all_groups for b in g.blockers if b.kind == "op"]
+
+
+@pytest.mark.xfail(reason="issue 11 item 2: the rewrite's dead-code elimination drops in-place "
+                          "updates whose result is unused (fixed with the rewrite's DCE)",
+                   strict=False)
+def test_inplace_update_kept_when_a_reshape_is_rewritten():
+    """An in-place update whose result is discarded, in a model where a reshape constant is
+    rewritten (so the rewrite runs dead-code elimination)."""
+    from fuzz.archs import Program, Step
+    from fuzz.check import check_program
+    report = check_program(Program(('seq', 4, 6), [
+        Step('linear', (0,), {'out': 6, 'bias': True}),
+        Step('shape_mix', (1,), {'form': 'issue', 'block': True}),
+        Step('inplace', (2,), {'forms': ['mul_discard', 'relu_discard']})], ((3, 'linear'),)))
+    assert not report.failures, "\n".join(str(f) for f in report.failures)
