@@ -1198,9 +1198,9 @@ def test_plan_json_round_trip():
 class HandAttention(nn.Module):
     """softmax(q k^T * s) v written out, with heads, as timm's blocks do with fused_attn off."""
 
-    def __init__(self, fused: bool) -> None:
+    def __init__(self, form: str) -> None:
         super().__init__()
-        self.fused = fused
+        self.form = form
         self.inp = nn.Linear(4, 8)
         self.qkv = nn.Linear(8, 3 * 2 * 3)  # 3 x heads 2 x head dim 3
         self.proj = nn.Linear(6, 8)
@@ -1211,8 +1211,11 @@ class HandAttention(nn.Module):
         x = self.inp(x)
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, 2, 3).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused:
+        if self.form == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v)
+        elif self.form == "einsum":  # torchvision's MaxViT
+            attn = torch.einsum("bhid,bhjd->bhij", q, k) * 3 ** -0.5
+            y = torch.einsum("bhij,bhjd->bhid", F.softmax(attn, dim=-1), v)
         else:
             attn = (q * 3 ** -0.5) @ k.transpose(-2, -1)
             y = self.drop(attn.softmax(dim=-1)) @ v
@@ -1224,11 +1227,12 @@ def _kinds(gs) -> dict:
             for name, g in gs.items()}
 
 
-def test_hand_written_attention_grows_heads_like_sdpa():
+@pytest.mark.parametrize("form", ["matmul", "einsum"])
+def test_hand_written_attention_grows_heads_like_sdpa(form):
     """q @ k^T and attn @ v block the head dim and the key positions as structure, with the
     reasons SDPA gives, and the heads grow: the same groups as the fused model."""
     x = rand(2, 5, 4)
-    hand, fused = f64(HandAttention(False)), f64(HandAttention(True))
+    hand, fused = f64(HandAttention(form)), f64(HandAttention("sdpa"))
     fused.load_state_dict(hand.state_dict())
     gh, gf = groups_of(hand, x), groups_of(fused, x)
     heads = the_group(gh, "qkv")

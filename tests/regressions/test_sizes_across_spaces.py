@@ -111,7 +111,9 @@ def test_maxvit_small():
     from torchvision.models.maxvit import MaxVit
     m = MaxVit(input_size=(56, 56), stem_channels=16, partition_size=7, block_channels=[16, 32],
                block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10)
-    _grow_exact(m, torch.randn(1, 3, 56, 56))
+    a = _grow_exact(m, torch.randn(1, 3, 56, 56))
+    # its einsum attention and gathered relative-position bias block nothing as ops
+    assert not [b for g in a.all_groups for b in g.blockers if b.kind == "op"]
 
 
 @pytest.mark.slow

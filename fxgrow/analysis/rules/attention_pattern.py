@@ -1,4 +1,5 @@
-"""Hand-written attention, recognised in the graph: ``softmax(q @ k^T * s [+ mask]) @ v``.
+"""Hand-written attention, recognised in the graph: ``softmax(q @ k^T * s [+ mask]) @ v``
+(with ``@``/``matmul`` or ``einsum``).
 
 Under ``scaled_dot_product_attention`` the head dim and the key positions are blocked as
 *structure* (they are not channel spaces) while the heads grow.  Written out by hand, the same
@@ -84,7 +85,8 @@ def from_scores(node, modules: dict, ndim: int) -> bool:
     for _ in range(_MAX_STEPS):
         if not isinstance(node, torch.fx.Node):
             return False
-        if (node.op == "call_function" and node.target in (operator.matmul, torch.matmul)) or \
+        if (node.op == "call_function" and node.target in (operator.matmul, torch.matmul,
+                                                           torch.einsum)) or \
                 (node.op == "call_method" and node.target == "matmul"):
             return True
         if not _passes(node, modules) or not node.args:

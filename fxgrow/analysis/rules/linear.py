@@ -124,16 +124,17 @@ def matmul(cx: RuleContext):
     return cx.out(out)
 
 
-def _attention_role(cx: RuleContext, aref, a_ndim: int, b_ndim: int) -> str | None:
+def _attention_role(cx: RuleContext, aref, a_ndim: int, b_ndim: int, out_ndim: int | None = None,
+                    a_last: bool = True) -> str | None:
     """Why the contraction is blocked if this is one of attention's two products:
     ``q @ k^T`` (its result goes to a softmax over the last axis) or ``attn @ v`` (``a`` comes
-    from one)."""
+    from one and is contracted over its last axis)."""
     if a_ndim < 2 or b_ndim < 2:
         return None
-    nd = max(a_ndim, b_ndim)
+    nd = out_ndim or max(a_ndim, b_ndim)
     if attention_pattern.feeds_softmax(cx.node, cx.state.modules, nd):
         return attention_pattern.HEAD_DIM
-    if attention_pattern.from_softmax(aref, cx.state.modules, a_ndim):
+    if a_last and attention_pattern.from_softmax(aref, cx.state.modules, a_ndim):
         return attention_pattern.KEYS
     return None
 
@@ -190,7 +191,11 @@ def einsum(cx: RuleContext):
             if len(uses) == 1:
                 cx.block(seen[letter], "summed over (a reduction over this axis)")
             else:
-                contract(cx, uses, seen[letter])
+                role = None
+                if len(refs) == 2 and len(uses) == 2:
+                    role = _attention_role(cx, refs[0], len(specs[0]), len(specs[1]),
+                                           len(out), specs[0][-1] == letter)
+                contract(cx, uses, seen[letter], role)
         else:
             for ref, axis in uses:
                 _produce(cx, ref, axis)
