@@ -1320,3 +1320,32 @@ def test_gather_on_a_channel_axis_blocks():
     assert not g.widenable
     assert [(b.kind, b.reason) for b in g.blockers] == \
         [("op", "axis gathered by an index tensor (its positions are fixed)")]
+
+
+# -- 23. run-time assertions on sizes ----------------------------------------------------------------
+class AssertSizes(nn.Module):
+    """``torch._assert(a.shape[1] == b.shape[1])`` (fx records it when traced: timm's GCViT):
+    the two channel axes must stay equal, so they are linked; ``== 4`` on a channel size
+    would fail in a wider student, so it blocks."""
+
+    def __init__(self, constant: bool) -> None:
+        super().__init__()
+        self.constant = constant
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        torch._assert(a.shape[1] == (4 if self.constant else b.shape[1]), "channels differ")
+        return self.c(torch.cat([a, b], 1))
+
+
+def test_assert_on_sizes_links_or_blocks():
+    x = rand(2, 3, 4, 4)
+    m = f64(AssertSizes(False))
+    g = the_group(groups_of(m, x), "a")
+    assert g.widenable and ("b.weight", 0, "produce") in roles(g)
+    s = exact(m, x, widths={"a": 6})
+    assert s.a.out_channels == s.b.out_channels == 6 and s.c.in_channels == 12
+    gs = groups_of(f64(AssertSizes(True)), x)
+    assert not the_group(gs, "a").widenable and the_group(gs, "b").widenable
+    assert "uses a size read from a channel axis" in str(the_group(gs, "a").blockers)

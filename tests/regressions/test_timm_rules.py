@@ -125,3 +125,13 @@ def test_nfnet_norm_free_block_traced_through():
     # what blocks now is the maths of its ScaledStdConv2d, not an opaque call: weight
     # standardisation over the input channels undoes the consumer's division
     assert "size-1 axis removed by a reshape" in op_reasons(a)
+
+
+def test_gcvit_asserted_sequence_lengths():
+    """GCViT asserts that two sequence lengths are equal (torch._assert): they are linked
+    instead of blocked as an op without a rule."""
+    m = timm.create_model("gcvit_xxtiny", img_size=64).eval()
+    x = torch.randn(1, 3, 64, 64)
+    a = fxgrow.analyze(m, x)
+    assert op_blockers(a) == []
+    widen_exact(m, x, factor=1.5)

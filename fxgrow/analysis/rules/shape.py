@@ -714,6 +714,22 @@ def get_attribute(cx: RuleContext):
     return cx.example()
 
 
+@rule(torch._assert)
+def assertion(cx: RuleContext):
+    """torch._assert(cond, msg): computes nothing.  ``a == b`` on two sizes links the axes
+    they were read from (they must stay equal in the student); a condition on any other size
+    read from a channel axis blocks it (the check would fail in a wider student)."""
+    cond = cx.arg(0, "condition")
+    if isinstance(cond, torch.fx.Node) and cond.op == "call_function" and \
+            cond.target is operator.eq and len(cond.args) == 2:
+        a, b = cx.value(cond.args[0]), cx.value(cond.args[1])
+        if isinstance(a, SizeInfo) and isinstance(b, SizeInfo) and \
+                len(a.layouts) == len(b.layouts) == 1 and not a.per_axis and not b.per_axis:
+            cx.unify(a.layouts[0], b.layouts[0], "sizes asserted equal")
+            cx.sizes_handled(cx.value(cond))
+    return None
+
+
 @rule(builtins.len)
 def length(cx: RuleContext):
     """len(x): the first axis's size (tracked) or a container's length."""
