@@ -82,7 +82,7 @@ class ShapeMix(Op):
 @register
 class Inplace(Op):
     name = "inplace"
-    FORMS = ["mul_", "add_", "iadd", "relu_", "masked_fill_"]
+    FORMS = ("mul_", "add_", "iadd", "relu_", "masked_fill_")
 
     def draw(self, draw, pool, src):
         return Step(self.name, (src,), {"forms": draw(st.lists(st.sampled_from(self.FORMS),
