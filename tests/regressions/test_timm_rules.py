@@ -135,3 +135,16 @@ def test_gcvit_asserted_sequence_lengths():
     a = fxgrow.analyze(m, x)
     assert op_blockers(a) == []
     widen_exact(m, x, factor=1.5)
+
+
+def test_nest_deblockify_rule():
+    """NesT's deblockify stays a no-trace function (``int(math.sqrt(T))``); its rule passes
+    the channels through."""
+    m = timm.create_model("nest_tiny", img_size=64).eval()
+    x = torch.randn(1, 3, 64, 64)
+    gm = fxgrow.trace(m)
+    assert any(n.op == "call_function" and n.target.__name__ == "deblockify"
+               for n in gm.graph.nodes)
+    a = fxgrow.analyze(m, x)
+    assert op_blockers(a) == []
+    widen_exact(m, x, factor=1.5)

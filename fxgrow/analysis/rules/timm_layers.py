@@ -89,3 +89,21 @@ if _attention is not None and hasattr(_attention, "maybe_add_mask"):
         if isinstance(mask, TensorInfo) and not causal:
             return cx.out(mask.layouts)
         return cx.info_for(cx.example(), "attention mask over token positions")
+
+try:
+    _nest = importlib.import_module("timm.models.nest")
+except Exception:  # timm absent, or an older one
+    _nest = None
+
+if _nest is not None and hasattr(_nest, "deblockify"):
+    @rule(_nest.deblockify)
+    def deblockify(cx: RuleContext):
+        """timm NesT deblockify(x [B, T, N, C], block_size) -> [B, H, W, C]: blocks of
+        positions laid back out as an image (``int(sqrt(T))`` keeps fx out); the channel axis
+        C passes through, the position axes are fixed."""
+        x = cx.tensor(cx.arg(0, "x"))
+        for lay in x.layouts[1:-1]:
+            cx.block(lay, "positions rearranged by deblockify", "structure")
+        shape = cx.out_shape()
+        return cx.out((x.layouts[0], *(cx.fixed(n, "spatial axis") for n in shape[1:-1]),
+                       x.layouts[-1]))
