@@ -120,6 +120,21 @@ VOCABULARY = {
         Step("embed", (0,), {"out": 4, "form": "functional"}),
         Step("to_vec", (5,), {"form": "token_mean", "n": 20}),
         Step("flinear", (6,), {"out": 3, "form": "einsum_vec", "bias": True})]),
+    "token_mixers_sized_by_shape": (MAP, [
+        Step("conv", (0,), _conv(6)), Step("shape_mix", (1,), {"form": "issue", "block": True}),
+        Step("shape_mix", (2,), {"form": "arith", "block": False, "g": 3}),
+        Step("shape_mix", (3,), {"form": "minus_one", "block": True}),
+        Step("shape_mix", (4,), {"form": "view_shape", "block": False}),
+        Step("binary", (5, 1), {"fn": "add"})]),
+    "seq_mixers_inplace_gathers": (SEQ, [
+        Step("linear", (0,), {"out": 6, "bias": True}),
+        Step("shape_mix", (1,), {"form": "issue", "block": True}),
+        Step("inplace", (2,), {"forms": ["mul_", "add_", "iadd", "relu_", "masked_fill_"]}),
+        Step("gather", (3,), {"form": "table", "index": [0, 2, 2, 4], "entries": 5}),
+        Step("gather", (4,), {"form": "getitem", "index": [3, 0, 0, 1], "entries": 5}),
+        Step("gather", (5,), {"form": "index_select", "index": [1, 1, 2, 3], "entries": 5}),
+        Step("rel_attn", (6,), {"heads": 2, "scale_first": False}),
+        Step("rel_attn", (7,), {"heads": 3, "scale_first": True})]),
     "unclaimed_reductions": (MAP, [
         Step("conv", (0,), _conv(6)), Step("reduce", (1,), {"fn": "sum_c"}),
         Step("conv", (0,), _conv(5)), Step("reduce", (3,), {"fn": "softmax_c"}),

@@ -1192,3 +1192,160 @@ def test_plan_json_round_trip():
     other = fxgrow.plan(m, x, factor=2, seed=1)
     assert other.changes != plan.changes
     exact(m, x, plan=other)
+
+
+# -- 21. hand-written attention ---------------------------------------------------------------
+class HandAttention(nn.Module):
+    """softmax(q k^T * s) v written out, with heads, as timm's blocks do with fused_attn off."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.inp = nn.Linear(4, 8)
+        self.qkv = nn.Linear(8, 3 * 2 * 3)  # 3 x heads 2 x head dim 3
+        self.proj = nn.Linear(6, 8)
+        self.drop = nn.Dropout(0.0)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 3).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.form == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif self.form == "einsum":  # torchvision's MaxViT
+            attn = torch.einsum("bhid,bhjd->bhij", q, k) * 3 ** -0.5
+            y = torch.einsum("bhij,bhjd->bhid", F.softmax(attn, dim=-1), v)
+        else:
+            attn = (q * 3 ** -0.5) @ k.transpose(-2, -1)
+            y = self.drop(attn.softmax(dim=-1)) @ v
+        return self.out(x + self.proj(y.transpose(1, 2).reshape(B, N, 6)))
+
+
+def _kinds(gs) -> dict:
+    return {name: (g.width, g.widenable, sorted((b.kind, b.reason) for b in g.blockers))
+            for name, g in gs.items()}
+
+
+@pytest.mark.parametrize("form", ["matmul", "einsum"])
+def test_hand_written_attention_grows_heads_like_sdpa(form):
+    """q @ k^T and attn @ v block the head dim and the key positions as structure, with the
+    reasons SDPA gives, and the heads grow: the same groups as the fused model."""
+    x = rand(2, 5, 4)
+    hand, fused = f64(HandAttention(form)), f64(HandAttention("sdpa"))
+    fused.load_state_dict(hand.state_dict())
+    gh, gf = groups_of(hand, x), groups_of(fused, x)
+    heads = the_group(gh, "qkv")
+    assert heads.widenable and heads.width == 18
+    assert not [b for g in gh.values() for b in g.blockers if b.kind == "op"]
+    reasons = {b.reason for g in fxgrow.analyze(hand, x).all_groups for b in g.blockers}
+    assert "head dim contracted between query and key (and it sets the softmax scale)" in reasons
+    assert sorted(gh) == sorted(gf)
+    assert {n: k[:2] for n, k in _kinds(gh).items()} == {n: k[:2] for n, k in _kinds(gf).items()}
+    s = exact(hand, x, widths={"qkv": 36})  # 2 heads -> 4
+    assert s.qkv.out_features == 36 and s.proj.in_features == 12
+    first = next(n for n in s.graph.nodes if n.target == "reshape")
+    assert first.args[3:] == (3, 4, 3)
+
+
+class Bilinear(nn.Module):
+    """A contraction of two activations that is not attention (no softmax): it blocks as an
+    op, as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.a(x) @ self.b(x).transpose(-2, -1))
+
+
+def test_contraction_of_activations_outside_attention_blocks():
+    gs = groups_of(f64(Bilinear()), rand(2, 5, 4))
+    g = the_group(gs, "a")
+    assert not g.widenable and [b.kind for b in g.blockers] == ["op"]
+    assert "contraction between two activations" in g.blockers[0].reason
+
+
+# -- 22. gathers by an index tensor ---------------------------------------------------------------
+class RelPosBias(nn.Module):
+    """A relative-position bias table [entries, heads] gathered by an index buffer and added
+    to the attention scores: the entries are fixed, the heads grow with the attention's."""
+
+    def __init__(self, select: bool) -> None:
+        super().__init__()
+        self.select = select
+        self.qkv = nn.Linear(4, 3 * 2 * 3)
+        self.table = nn.Parameter(torch.randn(7, 2))
+        self.register_buffer("index", torch.randint(0, 7, (5, 5)))
+        self.proj = nn.Linear(6, 4)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 3).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.select:
+            bias = torch.index_select(self.table, 0, self.index.view(-1)).view(N, N, -1)
+        else:
+            bias = self.table[self.index.view(-1)].view(N, N, -1)
+        bias = bias.permute(2, 0, 1).unsqueeze(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(y.transpose(1, 2).reshape(B, N, 6))
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_gathered_bias_table_grows_with_heads(select):
+    m, x = f64(RelPosBias(select)), rand(2, 5, 4)
+    gs = groups_of(m, x)
+    heads = the_group(gs, "qkv")
+    assert heads.widenable and ("table", 1, "scale") in roles(heads)
+    assert not [b for g in gs.values() for b in g.blockers if b.kind == "op"]
+    s = exact(m, x, widths={"qkv": 36})
+    assert s.table.shape == (7, 4)
+    assert [torch.equal(b.flatten(), m.index.flatten()) for b in s.buffers()] == [True]
+
+
+class GatherChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+    def forward(self, x):
+        return self.b(self.a(x)[:, self.perm])
+
+
+def test_gather_on_a_channel_axis_blocks():
+    gs = groups_of(f64(GatherChannels()), rand(2, 3, 4, 4))
+    g = the_group(gs, "a")
+    assert not g.widenable
+    assert [(b.kind, b.reason) for b in g.blockers] == \
+        [("op", "axis gathered by an index tensor (its positions are fixed)")]
+
+
+# -- 23. run-time assertions on sizes ----------------------------------------------------------------
+class AssertSizes(nn.Module):
+    """``torch._assert(a.shape[1] == b.shape[1])`` (fx records it when traced: timm's GCViT):
+    the two channel axes must stay equal, so they are linked; ``== 4`` on a channel size
+    would fail in a wider student, so it blocks."""
+
+    def __init__(self, constant: bool) -> None:
+        super().__init__()
+        self.constant = constant
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        torch._assert(a.shape[1] == (4 if self.constant else b.shape[1]), "channels differ")
+        return self.c(torch.cat([a, b], 1))
+
+
+def test_assert_on_sizes_links_or_blocks():
+    x = rand(2, 3, 4, 4)
+    m = f64(AssertSizes(False))
+    g = the_group(groups_of(m, x), "a")
+    assert g.widenable and ("b.weight", 0, "produce") in roles(g)
+    s = exact(m, x, widths={"a": 6})
+    assert s.a.out_channels == s.b.out_channels == 6 and s.c.in_channels == 12
+    gs = groups_of(f64(AssertSizes(True)), x)
+    assert not the_group(gs, "a").widenable and the_group(gs, "b").widenable
+    assert "uses a size read from a channel axis" in str(the_group(gs, "a").blockers)

@@ -1084,9 +1084,12 @@ class Blocks(Op):
 
 
 # the order in which hypothesis shrinks op choices: simplest first
+from . import archs_mixers  # noqa: E402, F401  (registers shape_mix, inplace, gather, rel_attn)
+
 OP_ORDER = ["act", "conv", "linear", "norm", "binary", "cat", "split", "pool", "gate",
             "to_vec", "to_seq", "to_map", "attn", "fconv", "shuffle", "reduce", "upsample",
-            "reuse", "tied", "flinear", "token_mix", "embed", "condition", "blocks"]
+            "reuse", "tied", "flinear", "token_mix", "embed", "condition", "blocks",
+            "shape_mix", "inplace", "gather", "rel_attn"]
 assert sorted(OP_ORDER) == sorted(OPS)
 
 

@@ -36,7 +36,7 @@ from torch.utils import _pytree as pytree
 
 import fxgrow
 from fxgrow.analysis.context import CONSUME, PRODUCE, SCALE
-from fxgrow.analysis.layout import Atom, Fixed
+from fxgrow.analysis.layout import Atom, Fixed, Zip
 from fxgrow.analysis.values import TensorInfo
 from fxgrow.rewrite import apply
 
@@ -332,6 +332,11 @@ def labels(sp, layout) -> list[tuple]:
         elif isinstance(seg, Atom):
             occ = seen[seg.id] = seen.get(seg.id, -1) + 1
             out += [((seg.id, occ, k),) for k in range(sp.width[seg.id])]
+        elif isinstance(seg, Zip):  # part k's unit p at p g + k (parts of equal size)
+            occ = seen[seg] = seen.get(seg, -1) + 1
+            parts = [labels(sp, part) for part in seg.parts]
+            out += [parts[k][p] + (("fixed", "zip part", k, occ),)
+                    for p in range(len(parts[0])) for k in range(len(parts))]
         else:  # the same merged segment twice in one layout: tell the occurrences apart
             occ = seen[seg] = seen.get(seg, -1) + 1
             outer, inner = labels(sp, seg.outer), labels(sp, seg.inner)

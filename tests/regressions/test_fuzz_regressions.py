@@ -346,3 +346,17 @@ def test_fuzz_probe_group_in_several_factors():
                                                                  'bias': True}}),
                Step(op='binary', inputs=(5, 5), params={'fn': 'sub'})],
         outputs=((9, 'linear'), (10, 'linear'), (11, 'linear')), dtype='float32', seed=159))
+
+
+# -- the symmetry probe on interleaved layouts ---------------------------------------------------
+# A channel shuffle of cat([x, x]) (or of two branches) lays the axis out as a Zip; the probe's
+# position labels did not know Zip and crashed (AttributeError), in the probe, not in fxgrow.
+def test_fuzz_probe_on_channel_shuffle_of_a_repeated_tensor():
+    assert_clean(Program(
+        input=('map', 2, 2, 2),
+        steps=[Step(op='conv', inputs=(0,), params={'out': 1, 'k': 1, 'stride': 1, 'groups': 1,
+                                                    'bias': False}),
+               Step(op='fconv', inputs=(1,), params={'out': 8, 'k': 1, 'bias': False}),
+               Step(op='cat', inputs=(2, 2), params={'fn': 'cat'}),
+               Step(op='shuffle', inputs=(3,), params={'fn': 'channel_shuffle'})],
+        outputs=((4, 'linear'),), dtype='float64', seed=0))

@@ -13,9 +13,9 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from helpers import widen_exact
 
 import fxgrow
-from helpers import widen_exact
 
 
 @pytest.fixture(autouse=True)
@@ -111,9 +111,67 @@ def test_maxvit_small():
     from torchvision.models.maxvit import MaxVit
     m = MaxVit(input_size=(56, 56), stem_channels=16, partition_size=7, block_channels=[16, 32],
                block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10)
-    _grow_exact(m, torch.randn(1, 3, 56, 56))
+    a = _grow_exact(m, torch.randn(1, 3, 56, 56))
+    # its einsum attention and gathered relative-position bias block nothing as ops
+    assert not [b for g in a.all_groups for b in g.blockers if b.kind == "op"]
 
 
 @pytest.mark.slow
 def test_maxvit_t():
     _grow_exact(torchvision.models.maxvit_t(), torch.randn(1, 3, 224, 224))
+
+
+# -- sizes read from a channel tensor and used elsewhere (issue 11, item 6) ------------------------
+class SizeArithmetic(nn.Module):
+    """``low.shape[-2:]`` sizes an interpolation (LR-ASPP, DeepLabV3): only the spatial sizes
+    are used, so ``low``'s channels may grow; ``c // 2`` sizes a view of a channel axis and is
+    rewritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low, self.high = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        low, high = self.low(x), self.high(x)
+        y = low + nn.functional.interpolate(high, size=low.shape[-2:], mode="nearest")
+        b, c, h, w = y.shape
+        z = y.view(b, c // 2, 2 * h * w).softmax(-1)  # pairs of channels x positions
+        return self.out(z.reshape(b, c, h, w))
+
+
+def test_sizes_from_a_channel_tensor_in_arithmetic_and_slices():
+    m = SizeArithmetic().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    a = fxgrow.analyze(m, x)
+    # the softmax fixes the pair factor 2 of the view; nothing blocks on a size
+    assert {b.reason for g in a.all_groups for b in g.blockers if b.kind == "op"} == \
+        {"softmax along this axis mixes its positions"}
+    assert [g.name for g in a.widenable] == ["low"]  # low and high: one group, by the add
+    s = widen_exact(m, x, tol=1e-12, widths={"low": 10})
+    assert s.low.out_channels == s.high.out_channels == s.out.in_channels == 10
+    view = next(n for n in s.graph.nodes if n.target == "view")
+    assert view.args[2] == 5  # c // 2 of the student, a constant
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_segmentation_heads_sized_from_channel_tensors(name):
+    m = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
+    x = torch.randn(1, 3, 64, 64)
+    a = _grow_exact(m, x)
+    assert not [b for g in a.all_groups for b in g.blockers if b.kind == "op"]
+
+
+@pytest.mark.xfail(reason="issue 11 item 2: the rewrite's dead-code elimination drops in-place "
+                          "updates whose result is unused (fixed with the rewrite's DCE)",
+                   strict=False)
+def test_inplace_update_kept_when_a_reshape_is_rewritten():
+    """An in-place update whose result is discarded, in a model where a reshape constant is
+    rewritten (so the rewrite runs dead-code elimination)."""
+    from fuzz.archs import Program, Step
+    from fuzz.check import check_program
+    report = check_program(Program(('seq', 4, 6), [
+        Step('linear', (0,), {'out': 6, 'bias': True}),
+        Step('shape_mix', (1,), {'form': 'issue', 'block': True}),
+        Step('inplace', (2,), {'forms': ['mul_discard', 'relu_discard']})], ((3, 'linear'),)))
+    assert not report.failures, "\n".join(str(f) for f in report.failures)

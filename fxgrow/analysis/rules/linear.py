@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..context import CONSUME, PRODUCE, RuleContext, RuleError
 from ..layout import Layout
 from ..values import TensorInfo
+from . import attention_pattern
 from .registry import rule
 
 
@@ -31,9 +32,10 @@ def _produce(cx: RuleContext, ref, axis: int) -> None:
     cx.produce(ref, axis)
 
 
-def contract(cx: RuleContext, operands, layout: Layout) -> None:
+def contract(cx: RuleContext, operands, layout: Layout, attention: str | None = None) -> None:
     """``operands``: (arg, axis) pairs contracted together along ``layout``.  One operand that
-    is a parameter takes the division; with none, a channel space here is blocked."""
+    is a parameter takes the division; with none, a channel space here is blocked (as
+    structure, with the reason ``attention``, for the two products of attention)."""
     for k, (ref, axis) in enumerate(operands):
         if cx._param_source(ref, axis) is not None:
             info = cx.value(ref)
@@ -42,6 +44,9 @@ def contract(cx: RuleContext, operands, layout: Layout) -> None:
             others = [o for j, o in enumerate(operands) if j != k]
             cx.consume(ref, axis, layout, others[0] if len(others) == 1 else None)
             return
+    if attention is not None:
+        cx.block(layout, attention, "structure")
+        return
     cx.block(layout, "contraction between two activations over this axis is not preserved "
                      "by replication")
 
@@ -106,7 +111,8 @@ def matmul(cx: RuleContext):
     al = ((one,) + a.layouts) if a.ndim == 1 else a.layouts
     bl = (b.layouts + (one,)) if b.ndim == 1 else b.layouts
     cx.unify(al[-1], bl[-2], "contracted axes of a matrix product")
-    contract(cx, [(bref, b.ndim - 2 if b.ndim > 1 else 0), (aref, a.ndim - 1)], al[-1])
+    contract(cx, [(bref, b.ndim - 2 if b.ndim > 1 else 0), (aref, a.ndim - 1)], al[-1],
+             _attention_role(cx, aref, a.ndim, b.ndim))
     if b.ndim > 1:
         _produce(cx, bref, b.ndim - 1)
     if a.ndim > 1:
@@ -116,6 +122,21 @@ def matmul(cx: RuleContext):
     batch = _broadcast_batch(cx, al[:-2], bl[:-2], batch_shape)
     out = batch + ((al[-2],) if a.ndim > 1 else ()) + ((bl[-1],) if b.ndim > 1 else ())
     return cx.out(out)
+
+
+def _attention_role(cx: RuleContext, aref, a_ndim: int, b_ndim: int, out_ndim: int | None = None,
+                    a_last: bool = True) -> str | None:
+    """Why the contraction is blocked if this is one of attention's two products:
+    ``q @ k^T`` (its result goes to a softmax over the last axis) or ``attn @ v`` (``a`` comes
+    from one and is contracted over its last axis)."""
+    if a_ndim < 2 or b_ndim < 2:
+        return None
+    nd = out_ndim or max(a_ndim, b_ndim)
+    if attention_pattern.feeds_softmax(cx.node, cx.state.modules, nd):
+        return attention_pattern.HEAD_DIM
+    if a_last and attention_pattern.from_softmax(aref, cx.state.modules, a_ndim):
+        return attention_pattern.KEYS
+    return None
 
 
 @rule(torch.addmm, "addmm")
@@ -170,7 +191,11 @@ def einsum(cx: RuleContext):
             if len(uses) == 1:
                 cx.block(seen[letter], "summed over (a reduction over this axis)")
             else:
-                contract(cx, uses, seen[letter])
+                role = None
+                if len(refs) == 2 and len(uses) == 2:
+                    role = _attention_role(cx, refs[0], len(specs[0]), len(specs[1]),
+                                           len(out), specs[0][-1] == letter)
+                contract(cx, uses, seen[letter], role)
         else:
             for ref, axis in uses:
                 _produce(cx, ref, axis)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..context import RuleContext
 from ..values import TensorInfo
+from . import attention_pattern
 from .common import norm_dims
 from .elementwise import binary
 from .registry import rule
@@ -114,6 +115,10 @@ def along_axis(cx: RuleContext):
         d = cx.concrete(cx.arg(1, "dim", None))
     if d is None:
         d = 0 if x.ndim in (0, 1, 3) else 1  # torch's legacy implicit softmax dim
+    if name == "softmax" and x.dim(d) == x.ndim - 1 and \
+            attention_pattern.from_scores(cx.arg(0), cx.state.modules, x.ndim):
+        cx.block(x.layouts[-1], "softmax over key positions", "structure")
+        return cx.out(x.layouts)
     cx.block(x.layouts[x.dim(d)], f"{name} along this axis mixes its positions")
     return cx.out(x.layouts)
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..context import RuleContext, RuleError
 from ..layout import Fixed, Layout, Zip
 from ..values import SizeInfo, TensorInfo
+from . import gather
 from .registry import rule
 
 
@@ -581,9 +582,9 @@ def getitem(cx: RuleContext):
         if not container.per_axis:
             raise RuleError("indexing a derived size")
         sel = container.layouts[idx]
+        cx.sizes_handled(container)  # the result tracks the selected axes; the rest is unused
         if isinstance(idx, slice):
             return SizeInfo(tuple(sel), per_axis=True)
-        cx.sizes_handled(container)
         return SizeInfo((sel,))
     if isinstance(container, TensorInfo):
         return _index_tensor(cx, container)
@@ -609,9 +610,11 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     items = list(raw) if isinstance(raw, tuple) else [raw]
     concrete = [slice(cx.concrete(it.start), cx.concrete(it.stop), cx.concrete(it.step))
                 if isinstance(it, slice) else cx.concrete(it) for it in items]
-    if any(isinstance(c, torch.Tensor) or isinstance(c, (list, bool)) for c in concrete):
-        raise RuleError("advanced (tensor or list) indexing")
+    if any(isinstance(c, (list, bool)) for c in concrete):
+        raise RuleError("advanced (list or bool) indexing")
     n_axes = sum(1 for c in concrete if c is not None and c is not Ellipsis)
+    if any(isinstance(c, torch.Tensor) for c in concrete):
+        return gather.gather_index(cx, x, _expand_ellipsis(raw, x.ndim, n_axes))
     expanded_items = _expand_ellipsis(raw, x.ndim, n_axes)
     expanded = _expand_ellipsis(tuple(concrete), x.ndim, n_axes)
     out: list[Layout] = []
@@ -709,6 +712,22 @@ def get_attribute(cx: RuleContext):
             return cx.example()
         raise RuleError(f"tensor attribute {name!r}")
     return cx.example()
+
+
+@rule(torch._assert)
+def assertion(cx: RuleContext):
+    """torch._assert(cond, msg): computes nothing.  ``a == b`` on two sizes links the axes
+    they were read from (they must stay equal in the student); a condition on any other size
+    read from a channel axis blocks it (the check would fail in a wider student)."""
+    cond = cx.arg(0, "condition")
+    if isinstance(cond, torch.fx.Node) and cond.op == "call_function" and \
+            cond.target is operator.eq and len(cond.args) == 2:
+        a, b = cx.value(cond.args[0]), cx.value(cond.args[1])
+        if isinstance(a, SizeInfo) and isinstance(b, SizeInfo) and \
+                len(a.layouts) == len(b.layouts) == 1 and not a.per_axis and not b.per_axis:
+            cx.unify(a.layouts[0], b.layouts[0], "sizes asserted equal")
+            cx.sizes_handled(cx.value(cond))
+    return None
 
 
 @rule(builtins.len)

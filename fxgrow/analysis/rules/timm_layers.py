@@ -1,6 +1,8 @@
 """Rules for timm's no-trace modules that fxgrow keeps whole (when timm is installed)."""
 from __future__ import annotations
 
+import importlib
+
 from ..context import RuleContext, RuleError
 from . import elementwise
 from .norm import per_channel
@@ -37,3 +39,71 @@ if _norm_act is not None:
         x = cx.tensor(cx.arg(0))
         per_channel(cx, x.layouts[1])
         return cx.out(x.layouts)
+
+
+# -- timm's no-trace functions and modules that fx cannot trace through ---------------------
+# (the others are traced through by the front end: their ops get the ordinary rules)
+try:  # (timm.layers re-exports functions under the names of these modules)
+    _attention = importlib.import_module("timm.layers.attention")
+    _conv2d_same = importlib.import_module("timm.layers.conv2d_same")
+    _pool2d_same = importlib.import_module("timm.layers.pool2d_same")
+except Exception:  # timm absent, or an older one
+    _attention = _conv2d_same = _pool2d_same = None
+
+if _conv2d_same is not None:
+    from . import conv as _conv
+    from . import pool as _pool
+
+    @rule(_conv2d_same.Conv2dSame)
+    def conv2d_same(cx: RuleContext):
+        """timm Conv2dSame: a Conv2d whose "same" padding is computed from the input size at
+        run time; padding is spatial only, so the channels are those of nn.Conv2d."""
+        return _conv._conv_module(cx, _conv.conv_channels)
+
+    @rule(_pool2d_same.MaxPool2dSame, _pool2d_same.AvgPool2dSame)
+    def pool2d_same(cx: RuleContext):
+        """timm Max/AvgPool2dSame: pooling after run-time "same" padding, per channel."""
+        return _pool._spatial_op(cx, 2)
+
+if _attention is not None and hasattr(_attention, "maybe_add_mask"):
+    from ..values import TensorInfo
+
+    @rule(_attention.maybe_add_mask)
+    def maybe_add_mask(cx: RuleContext):
+        """timm maybe_add_mask(scores, attn_mask): ``scores + attn_mask``, or ``scores`` when
+        there is no mask (the mask broadcasts as in an add)."""
+        if cx.example(cx.arg(1, "attn_mask", None)) is None:
+            return cx.out(cx.tensor(cx.arg(0, "scores")).layouts)
+        return elementwise.broadcast(cx, [cx.arg(0, "scores"), cx.arg(1, "attn_mask")])
+
+    @rule(_attention.resolve_self_attn_mask)
+    def resolve_self_attn_mask(cx: RuleContext):
+        """timm resolve_self_attn_mask(seq_len, attn, attn_mask, is_causal): None, a new causal
+        mask over token positions (fixed), or the given mask (as a float bias)."""
+        mask = cx.value(cx.arg(2, "attn_mask", None))
+        causal = cx.concrete(cx.arg(3, "is_causal", False))
+        if not causal:  # seq_len is not used
+            cx.sizes_handled(cx.value(cx.arg(0, "seq_len")))
+        if cx.example() is None:
+            return None
+        if isinstance(mask, TensorInfo) and not causal:
+            return cx.out(mask.layouts)
+        return cx.info_for(cx.example(), "attention mask over token positions")
+
+try:
+    _nest = importlib.import_module("timm.models.nest")
+except Exception:  # timm absent, or an older one
+    _nest = None
+
+if _nest is not None and hasattr(_nest, "deblockify"):
+    @rule(_nest.deblockify)
+    def deblockify(cx: RuleContext):
+        """timm NesT deblockify(x [B, T, N, C], block_size) -> [B, H, W, C]: blocks of
+        positions laid back out as an image (``int(sqrt(T))`` keeps fx out); the channel axis
+        C passes through, the position axes are fixed."""
+        x = cx.tensor(cx.arg(0, "x"))
+        for lay in x.layouts[1:-1]:
+            cx.block(lay, "positions rearranged by deblockify", "structure")
+        shape = cx.out_shape()
+        return cx.out((x.layouts[0], *(cx.fixed(n, "spatial axis") for n in shape[1:-1]),
+                       x.layouts[-1]))

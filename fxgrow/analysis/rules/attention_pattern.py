@@ -1,0 +1,99 @@
+"""Hand-written attention, recognised in the graph: ``softmax(q @ k^T * s [+ mask]) @ v``
+(with ``@``/``matmul`` or ``einsum``).
+
+Under ``scaled_dot_product_attention`` the head dim and the key positions are blocked as
+*structure* (they are not channel spaces) while the heads grow.  Written out by hand, the same
+maths reaches fxgrow as two matrix products of activations and a softmax, which block the same
+axes; these helpers let those rules say so with the same kind and reason, so a model with
+``fused_attn=False`` gets the groups it gets with SDPA.  Recognition only chooses the blocker's
+kind and wording: the axes are blocked either way, so it cannot make a student wrong."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+_SOFTMAX_FN = (F.softmax, torch.softmax)
+_SOFTMAX_MOD = (nn.Softmax,)
+# ops between the scores and the softmax, or the softmax and attn @ v, that keep positions
+_PASS_FN = {operator.mul, operator.truediv, operator.add, operator.sub, torch.mul, torch.div,
+            torch.add, torch.sub, torch.masked_fill, F.dropout}
+_PASS_METHOD = {"mul", "div", "add", "sub", "mul_", "div_", "add_", "sub_", "masked_fill",
+                "masked_fill_", "float", "to", "type_as", "half", "bfloat16", "contiguous"}
+_PASS_MOD = (nn.Dropout, nn.Identity)
+_MAX_STEPS = 6
+
+
+def _passes(node: torch.fx.Node, modules: dict) -> bool:
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target in _PASS_FN or name == "maybe_add_mask"
+    if node.op == "call_method":
+        return node.target in _PASS_METHOD
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _PASS_MOD)
+    return False
+
+
+def _softmax_last(node: torch.fx.Node, modules: dict, ndim: int) -> bool:
+    """A softmax over the last axis of a ``ndim``-d tensor."""
+    if node.op == "call_module" and isinstance(modules.get(node.target), _SOFTMAX_MOD):
+        d = modules[node.target].dim
+    elif (node.op == "call_function" and node.target in _SOFTMAX_FN) or \
+            (node.op == "call_method" and node.target == "softmax"):
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    else:
+        return False
+    return isinstance(d, int) and d % ndim == ndim - 1
+
+
+def feeds_softmax(node: torch.fx.Node, modules: dict, ndim: int) -> bool:
+    """``node`` (attention scores) reaches a softmax over its last axis through scaling,
+    masking and casts."""
+    for _ in range(_MAX_STEPS):
+        users = [u for u in node.users if u.op != "output"]
+        if not users:
+            return False
+        if any(_softmax_last(u, modules, ndim) for u in users):
+            return True
+        nxt = [u for u in users if _passes(u, modules)]
+        if len(nxt) != 1:
+            return False
+        node = nxt[0]
+    return False
+
+
+def from_softmax(node, modules: dict, ndim: int) -> bool:
+    """``node`` (attention weights) comes from a softmax over its last axis through dropout,
+    masking and casts."""
+    for _ in range(_MAX_STEPS):
+        if not isinstance(node, torch.fx.Node):
+            return False
+        if _softmax_last(node, modules, ndim):
+            return True
+        if not _passes(node, modules) or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+def from_scores(node, modules: dict, ndim: int) -> bool:
+    """``node`` is a softmax's input that comes from ``q @ k^T`` (through scaling, masks)."""
+    for _ in range(_MAX_STEPS):
+        if not isinstance(node, torch.fx.Node):
+            return False
+        if (node.op == "call_function" and node.target in (operator.matmul, torch.matmul,
+                                                           torch.einsum)) or \
+                (node.op == "call_method" and node.target == "matmul"):
+            return True
+        if not _passes(node, modules) or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+HEAD_DIM = "head dim contracted between query and key (and it sets the softmax scale)"
+KEYS = "key positions of attention (the softmax runs over them)"
