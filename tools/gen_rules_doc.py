@@ -27,6 +27,7 @@ TITLES = {
     "shape": "Shape, indexing and concatenation", "elementwise": "Element-wise ops",
     "attention": "Attention", "aten": "ATen ops (torch.export graphs)",
     "vision": "torchvision ops", "timm_layers": "timm layers",
+    "gather": "Gathers by an index tensor", "attention_pattern": "Hand-written attention",
 }
 
 

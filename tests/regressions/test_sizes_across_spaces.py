@@ -162,9 +162,6 @@ def test_segmentation_heads_sized_from_channel_tensors(name):
     assert not [b for g in a.all_groups for b in g.blockers if b.kind == "op"]
 
 
-@pytest.mark.xfail(reason="issue 11 item 2: the rewrite's dead-code elimination drops in-place "
-                          "updates whose result is unused (fixed with the rewrite's DCE)",
-                   strict=False)
 def test_inplace_update_kept_when_a_reshape_is_rewritten():
     """An in-place update whose result is discarded, in a model where a reshape constant is
     rewritten (so the rewrite runs dead-code elimination)."""
