@@ -99,10 +99,6 @@ def test_hf_trainer_grows_at_step_10(tmp_path):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
-@pytest.mark.xfail(reason="a Hugging Face model grown today is a torch.export graph that takes "
-                          "positional input_ids at the example shape only; the Trainer calls it "
-                          "with keyword arguments (needs the transformers-class student)",
-                   strict=False)
 def test_hf_trainer_gpt2_config(tmp_path):
     transformers = pytest.importorskip("transformers")
     from fxgrow.integrations.hf import GrowCallback
@@ -120,6 +116,10 @@ def test_hf_trainer_gpt2_config(tmp_path):
     cb.attach(trainer)
     trainer.train()
     assert trainer.state.global_step == 20
+    assert type(trainer.model) is transformers.GPT2LMHeadModel  # the grown model, its own class
+    assert trainer.model.config.n_embd == 64
+    event = cb.events[0]
+    assert event.loss_before == pytest.approx(event.loss_after, rel=1e-5)
     check_optimizer(trainer.model, trainer.optimizer)
 
 

@@ -183,6 +183,12 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
         model.tie_weights()  # the same tensor under both names, as from_pretrained gives
     model.train(teacher.training)
     model.fxgrow_fields = fields  # what changed in the config (read by save_folder)
+    # the growth record optimizer transfer reads (fxgrow.transfer_optimizer): the expansions,
+    # keyed by parameter names, which are the graph's unless blocks were renumbered
+    renumbered = any("_deepen" in k for k in _tensors(gm))
+    model.meta = {"fxgrow_expansions": {} if renumbered else
+                  dict(gm.meta.get("fxgrow_expansions", {})),
+                  "fxgrow_renumbered": renumbered}
     if check and not gm.meta.get("fxgrow_inexact"):
         model.fxgrow_error = check_fresh(teacher, model)
     return model

@@ -21,6 +21,8 @@ only; a Trainer run on them needs the transformers-class student (``fxgrow.grow`
 it when that lands; this callback calls ``fxgrow.grow`` and needs no change)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from typing import Any
 
 import torch
@@ -33,6 +35,7 @@ except ImportError as e:  # pragma: no cover - transformers is a dependency of t
 
 from ..errors import InputError
 from ..training import grow_during_training
+from ..training.grow import is_pretrained
 from .common import GrowthEvent, Trigger, as_inputs, become, count, measure
 
 
@@ -93,12 +96,27 @@ class GrowCallback(TrainerCallback):
             loader = dataloader if dataloader is not None else trainer.get_train_dataloader()
             with torch.random.fork_rng(devices=[]):  # the run's random stream stays as it was
                 batch = next(iter(loader))
-        inputs = as_inputs(model, batch, device)
-        before = measure(lambda: model(*inputs), model, self.seed)
+        if is_pretrained(model) and isinstance(batch, Mapping) and "input_ids" in batch:
+            # a Hugging Face batch: grow on its token ids, measure the loss on all of it
+            kwargs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            inputs = (kwargs["input_ids"],)
+
+            def run(m: torch.nn.Module) -> Any:  # eval mode: attention dropout is inside
+                m.eval()                          # the attention call (modes are restored)
+                return m(**kwargs)
+        else:
+            inputs = as_inputs(model, batch, device)
+
+            def run(m: torch.nn.Module) -> Any:
+                return m(*inputs)
+        before = measure(lambda: run(model), model, self.seed)
         n_before = count(model)
+        options = dict(self.options)
+        if is_pretrained(model) and not options.get("blocks"):
+            options.setdefault("as_graph", False)  # the Trainer calls the model's own class
         student, optimizer, scheduler = grow_during_training(
-            model, trainer.optimizer, inputs, scheduler=trainer.lr_scheduler, **self.options)
-        after = measure(lambda: student(*inputs), student, self.seed)
+            model, trainer.optimizer, inputs, scheduler=trainer.lr_scheduler, **options)
+        after = measure(lambda: run(student), student, self.seed)
         old_optimizer, old_scheduler = trainer.optimizer, trainer.lr_scheduler
         become(model, student)
         trainer.optimizer, trainer.lr_scheduler = optimizer, scheduler

@@ -24,6 +24,12 @@ def _has_dropout(model: torch.nn.Module) -> bool:
                for m in model.modules())
 
 
+def is_pretrained(model: torch.nn.Module) -> bool:
+    import sys
+    transformers = sys.modules.get("transformers")  # a model of it has imported it
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+
+
 def grow_during_training(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          example_inputs: Any, *, scheduler: Any = None,
                          schedule: str = "continue", warmup_steps: int = 0, speed: float = 2.0,
@@ -42,7 +48,16 @@ def grow_during_training(model: torch.nn.Module, optimizer: torch.optim.Optimize
     is given."""
     from ..api import grow
     grow_options.setdefault("split", "random")
-    grow_options.setdefault("as_graph", True)  # the graph records the expansions transferred
+    # the graph by default: its dropout can be tied to the teacher's masks (same-seed losses
+    # equal in training mode) and its names match the teacher's optimizer state.
+    # as_graph=False gives a Hugging Face model in width as its own class (the Trainer's
+    # callback asks for it), carrying the expansion record in ``student.meta``
+    if grow_options.get("as_graph") is False and (grow_options.get("blocks") or
+                                                  not is_pretrained(model)):
+        raise InputError("as_graph=False is for growing a Hugging Face model in width: "
+                         "block copies renumber its layers, which the optimizer transfer "
+                         "cannot follow; grow the graph (as_graph=True)")
+    grow_options.setdefault("as_graph", True)
     training = model.training
     if dropout not in ("tied", "independent"):
         raise InputError(f"dropout must be 'tied' or 'independent', got {dropout!r}")
@@ -51,7 +66,8 @@ def grow_during_training(model: torch.nn.Module, optimizer: torch.optim.Optimize
         source, previous = untie(model)  # grown before: the plain graph, the tied axes
     student = grow(source, example_inputs, **grow_options)
     set_training(student, training)
-    if dropout == "tied" and (grow_options.get("width") or previous) and _has_dropout(student):
+    if dropout == "tied" and (grow_options.get("width") or previous) and \
+            isinstance(student, torch.fx.GraphModule) and _has_dropout(student):
         tie_dropout(source, student, example_inputs, width=grow_options.get("width"),
                     seed=grow_options.get("seed", 0), split=grow_options["split"],
                     frontend=grow_options.get("frontend", "auto"),
