@@ -123,6 +123,33 @@ def test_hf_trainer_gpt2_config(tmp_path):
     check_optimizer(trainer.model, trainer.optimizer)
 
 
+def test_hf_trainer_llama_to_config(tmp_path):
+    """The growth given as a target config: wider and deeper in one step of a Trainer run."""
+    transformers = pytest.importorskip("transformers")
+    from fxgrow.integrations.hf import GrowCallback
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, use_cache=False)
+    model = transformers.LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 64, (48, 12), generator=torch.Generator().manual_seed(1))
+    data = [{"input_ids": r, "labels": r} for r in ids]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    cb = GrowCallback(at_step=6, to_config={"intermediate_size": 128, "num_hidden_layers": 3})
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
+    cb.attach(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 12
+    assert type(trainer.model) is transformers.LlamaForCausalLM
+    assert trainer.model.config.num_hidden_layers == 3
+    assert trainer.model.config.intermediate_size == 128
+    event = cb.events[0]
+    assert event.loss_before == pytest.approx(event.loss_after, rel=1e-5)
+    check_optimizer(trainer.model, trainer.optimizer)
+
+
 def test_trigger_plateau_and_bad_options():
     t = Trigger(monitor="loss", patience=2)
     for v in (1.0, 0.9, 0.95, 0.91):

@@ -53,9 +53,9 @@ class GrowCallback(pl.Callback):
                  inputs: Callable[[Any], Any] = _first, schedule: str = "continue",
                  warmup_steps: int = 0, speed: float = 2.0, trainable: str = "all",
                  seed: int = 0, **grow_options: Any) -> None:
-        if not grow_options.get("width") and not grow_options.get("blocks"):
+        if not any(grow_options.get(k) for k in ("width", "blocks", "to_config")):
             raise InputError("GrowCallback grows nothing: give width= and/or blocks= as for "
-                             "fxgrow.grow")
+                             "fxgrow.grow, or to_config= for a Hugging Face model")
         self.attr, self.inputs, self.seed = attr, inputs, seed
         self.trigger = Trigger(at_step, monitor, patience, min_delta, mode)
         self.options = dict(schedule=schedule, warmup_steps=warmup_steps, speed=speed,
