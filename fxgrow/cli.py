@@ -758,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (5GB)")
     h.add_argument("--untie", action="store_true", help="untie tied embeddings")
     h.add_argument("--overwrite", action="store_true", help="replace an existing -o folder")
+    h.add_argument("--stream", action="store_true",
+                   help="grow tensor by tensor from the files, never holding the model in "
+                        "memory (checkpoints larger than memory; docs/streaming.md)")
+    h.add_argument("--placement", choices=("interleave", "append"), default="interleave",
+                   help="with --stream and --blocks: copies after evenly spaced blocks "
+                        "(LLaMA-Pro, default) or at the end")
     p.set_defaults(func=cmd_grow)
 
     from .cli_growth import add_grow_kernel_parser

@@ -187,6 +187,21 @@ def test_zero_padded_stream_and_appended_layers_together():
     assert_same_function(teacher, grown, "llama")
 
 
+def test_cli_stream_llama_pro_and_mlp_width(tmp_path):
+    """``--stream``: the folder grown tensor by tensor (fxgrow.stream), LLaMA-Pro copies
+    interleaved and the MLP widened, verified layer by layer; loads and equals the teacher."""
+    src, teacher = make_folder(tmp_path, "llama")
+    out = tmp_path / "out"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--stream", "--blocks",
+                "model.layers=3", "--width", "model.layers.*.mlp.up_proj=192"]) == 0
+    student = load(out, "llama")
+    assert student.config.num_hidden_layers == 3 and student.config.intermediate_size == 192
+    assert_same_function(teacher, student, "llama")
+    assert cli(["grow", str(src), "-o", str(tmp_path / "o2"), "-q", "--stream",
+                "--to-config", "hidden_size=96"]) == 2   # not streamed: a clear refusal
+    assert not (tmp_path / "o2").exists()
+
+
 def test_cli_width_globs_and_blocks(tmp_path):
     src, teacher = make_folder(tmp_path, "llama")
     out = tmp_path / "out"

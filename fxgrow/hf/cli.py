@@ -91,6 +91,8 @@ def command(args, assignments) -> int:
     """The CLI's ``grow`` on a folder (``args`` from fxgrow.cli's parser)."""
     if not args.output:
         raise InputError("growing a Hugging Face folder needs -o OUT_FOLDER")
+    if getattr(args, "stream", False):
+        return _stream(args, assignments)
     result = grow_folder(
         args.model, args.output, to_config=args.to_config or None,
         blocks=assignments(args.blocks, "--blocks", "model.layers=4"),
@@ -101,4 +103,27 @@ def command(args, assignments) -> int:
     err = "n/a" if result.error is None else f"{result.error:.3g}"
     print(f"wrote {result.out}: {result.params_before:,} -> {result.params_after:,} parameters; "
           f"config: {fields}; max rel err on fresh inputs {err}")
+    return 0
+
+
+def _stream(args, assignments) -> int:
+    """``fxgrow grow SRC_FOLDER -o OUT_FOLDER --stream``: fxgrow.stream.grow_checkpoint."""
+    from ..stream import grow_checkpoint
+    if args.to_config:
+        raise InputError("--stream grows by --blocks, --width or --factor; --to-config is not "
+                         "streamed yet: give the widths and the block count instead")
+    if args.untie:
+        raise InputError("--stream keeps tied embeddings tied; drop --untie")
+    blocks = assignments(args.blocks, "--blocks", "model.layers=4") or {}
+    if len(blocks) > 1:
+        raise InputError(f"--stream grows one layer stack, got --blocks for {sorted(blocks)}")
+    stage, count = next(iter(blocks.items())) if blocks else (None, None)
+    report = grow_checkpoint(
+        args.model, args.output, blocks=count, stage=stage, placement=args.placement,
+        widths=assignments(args.width, "--width", "'model.layers.*.mlp.up_proj=256'") or None,
+        factor=args.factor, seed=args.seed, split=args.split,
+        max_shard_size=args.max_shard_size, verify=args.verify)
+    check = "not verified (--no-verify)" if report.check is None else str(report.check)
+    print(f"wrote {report.out_dir}: {len(report.shards)} shard(s), "
+          f"{report.bytes_written / 1e9:.2f} GB in {report.seconds:.1f} s; {check}")
     return 0
