@@ -214,14 +214,18 @@ def test_deepen_before_after_marks_inserted_layers():
     assert box.inserted == len(inserted)
 
 
-def test_export_graph_clusters_from_string_types():
+def tiny_llama():
+    """A 2-layer Llama config with random weights and 8 token ids."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
                                    use_cache=False)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(0, 64, (1, 8))
+    return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 64, (1, 8))
+
+
+def test_export_graph_clusters_from_string_types():
+    model, ids = tiny_llama()
     s = scene(model, ids)
     assert "model.layers.0" in s.clusters and "LlamaDecoderLayer" in s.clusters["model.layers.0"]
     folded = scene(model, ids, collapse="model.layers.*")
@@ -230,13 +234,7 @@ def test_export_graph_clusters_from_string_types():
 
 def test_llama_input_plumbing_folded_and_torch_names():
     """Mask, position and flag arithmetic becomes one box; ATen ops show their torch names."""
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                   use_cache=False)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(0, 64, (1, 8))
+    model, ids = tiny_llama()
     mask = torch.ones(1, 8, dtype=torch.long)
     s = scene(model, (ids, mask))
     box = next(i for i in s.items if i.id == f"box:{graph.PLUMBING}")
