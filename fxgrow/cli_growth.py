@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
+    import torch
 
 
 def synthetic_loss(seed: int):
@@ -14,6 +14,8 @@ def synthetic_loss(seed: int):
     3-d outputs such as token logits, 1 otherwise; mean of squares for 1-d outputs).  The CLI
     has no data: this only says which groups' new units would get gradient at all, and how
     much; ``fxgrow.rank_groups`` with a real batch and loss is what decisions should use."""
+    import torch
+    import torch.nn.functional as F
     labels: dict[tuple, torch.Tensor] = {}
 
     def loss_fn(model: torch.nn.Module, batch: tuple) -> torch.Tensor:

@@ -65,7 +65,7 @@ def test_output_checked_first(capsys, tmp_path, no_model, output, message):
 
 def test_draw_output_suffix_checked_first(capsys, tmp_path, no_model):
     _, err = run(capsys, tmp_path, "draw", *R18, "-o", "graph.jpg")
-    assert "must end in .svg, .png, .pdf, .dot or .gv, got 'graph.jpg' (e.g. graph.svg)" in err
+    assert "must end in .svg, .png, .pdf, .dot, .gv or .html, got 'graph.jpg' (e.g. graph.svg)" in err
 
 
 def test_student_file_checked_first(capsys, tmp_path, no_model):
