@@ -514,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=("torchvision", "timm", "hf"))
     ap.add_argument("--models", help="comma-separated model names (any suite)")
+    ap.add_argument("--family", help="comma-separated families (e.g. classification, video)")
     ap.add_argument("--limit", type=int, help="at most N models")
     ap.add_argument("--jobs", type=int, default=1, help="models run at once")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
@@ -537,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.models:
         want = set(a.models.split(","))
         cases = [c for c in cases if c.name in want]
+    if a.family:
+        fams = set(a.family.split(","))
+        cases = [c for c in cases if c.family in fams]
     old: dict[str, dict] = {}
     if a.json.exists():
         old = {f"{r['suite']}:{r['name']}": r for r in json.loads(a.json.read_text())["results"]}
