@@ -41,7 +41,7 @@ def test_quick_slice_has_no_bug(tmp_path):
     print(f"quick slice: {time.time() - t0:.0f} s")
 
 
-def _case(name: str = "toy") -> "sweep.Case":
+def _case(name: str = "toy") -> sweep.Case:
     return sweep.Case("toy", name, "toy")
 
 

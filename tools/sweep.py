@@ -303,6 +303,7 @@ def _tb(e: BaseException, frames: int = 4) -> str:
 def run_case(case: Case, max_params: int) -> Result:
     """Everything for one model (runs in the child)."""
     import torch
+
     import fxgrow
     from fxgrow.errors import FxgrowError, PreservationError, TraceError
     t0 = time.time()
