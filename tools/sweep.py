@@ -529,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--md", type=Path, default=DEFAULT_MD)
     ap.add_argument("--no-md", action="store_true", help="do not write the markdown table")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: write the markdown table from --json")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -552,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if c.key not in old]
     if a.limit:
         cases = cases[:a.limit]
+    if a.render:
+        cases = []
     pending = list(cases)
     from concurrent.futures import ThreadPoolExecutor
     t0 = time.time()
