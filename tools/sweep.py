@@ -270,7 +270,8 @@ def build_hf(name: str, meta: bool = False):
         cfg = tf.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
                                encoder_attention_heads=4, decoder_attention_heads=4,
                                encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
-                               max_source_positions=25, vocab_size=100)
+                               max_source_positions=25, vocab_size=100, pad_token_id=0,
+                               bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
         m, x = tf.WhisperModel(cfg).get_encoder(), torch.randn(1, 16, 50)
     else:
         raise KeyError(name)
