@@ -186,12 +186,13 @@ def _tv_kwargs(name: str) -> tuple[dict, Any]:
         return {}, torch.randn(1, 3, 16, 224, 224)
     if name.startswith(("r3d", "mc3", "r2plus1d", "swin3d")):
         return {}, torch.randn(1, 3, 4, SIZE, SIZE)
-    if name == "s3d":
-        return {}, torch.randn(1, 3, 16, SIZE, SIZE)
+    if name == "s3d":  # its last pool needs 2x7x7 after a 8x32x32 reduction
+        return {}, torch.randn(1, 3, 16, 224, 224)
     if name.startswith("raft"):
         return {}, (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
-    if name.startswith(("fcn", "deeplab", "lraspp")):
-        return {"aux_loss": False} if not name.startswith("lraspp") else {}, _image(SIZE)
+    if name.startswith(("fcn", "deeplab", "lraspp")):  # no backbone download either
+        return ({"weights_backbone": None} | ({} if name.startswith("lraspp") else
+                                              {"aux_loss": False}), _image(SIZE))
     return {}, _image(SIZE)
 
 
