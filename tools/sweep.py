@@ -302,8 +302,9 @@ def _tb(e: BaseException, frames: int = 4) -> str:
 
 # ---------------------------------------------------------------------------------- one model
 
-def run_case(case: Case, max_params: int) -> Result:
-    """Everything for one model (runs in the child)."""
+def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result:
+    """Everything for one model (runs in the child); ``frontend`` overrides the suite's
+    (fx with export as the fallback; Hugging Face: export)."""
     import torch
 
     import fxgrow
@@ -338,6 +339,8 @@ def run_case(case: Case, max_params: int) -> Result:
                     f"{max_params / 1e6:.0f} M", params=n)
     info = dict(input=_shape(x), params=n)
     options: dict[str, Any] = {"frontend": "export"} if case.suite == "hf" else {}
+    if frontend:
+        options["frontend"] = frontend
     if case.suite == "hf" and case.name in ("Dinov2Model", "Wav2Vec2Model", "WhisperEncoder"):
         options["outputs"] = "grow"
     if case.suite == "torchvision" and case.family == "detection":
@@ -385,7 +388,7 @@ def run_case(case: Case, max_params: int) -> Result:
                     dtype="float64", trace=_tb(e), **info)
 
 
-def _child(case: Case, max_params: int, mem_bytes: int, conn) -> None:
+def _child(case: Case, max_params: int, mem_bytes: int, conn, frontend: str | None) -> None:
     import psutil
     vms = psutil.Process().memory_info().vms
     try:  # the child may map at most mem_bytes beyond what it inherited
@@ -394,7 +397,7 @@ def _child(case: Case, max_params: int, mem_bytes: int, conn) -> None:
         pass
     os.nice(5)
     try:
-        res = run_case(case, max_params)
+        res = run_case(case, max_params, frontend)
     except MemoryError as e:
         res = Result(case.suite, case.name, case.family, case.module, "BUG",
                      f"out of memory (> {mem_bytes >> 20} MiB): {_first_line(e)}")
@@ -405,12 +408,14 @@ def _child(case: Case, max_params: int, mem_bytes: int, conn) -> None:
     conn.close()
 
 
-def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int) -> Result:
+def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int,
+                 frontend: str | None = None) -> Result:
     """Run ``case`` in a forked child; kill it past ``timeout`` or ``mem_mb`` of RSS."""
     import psutil
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(case, max_params, mem_mb << 20, send), daemon=True)
+    p = ctx.Process(target=_child, args=(case, max_params, mem_mb << 20, send, frontend),
+                    daemon=True)
     t0 = time.time()
     p.start()
     send.close()
@@ -526,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     ap.add_argument("--memory", type=int, default=6000, help="MiB per model")
     ap.add_argument("--max-params", type=float, default=150e6, help="skip bigger models")
+    ap.add_argument("--frontend", choices=("fx", "export", "auto"),
+                    help="capture with this front end (default: auto; HF: export)")
     ap.add_argument("--quick", action="store_true", help="a fast slice of ~10 small models")
     ap.add_argument("--skip-done", action="store_true", help="skip models already in --json")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
@@ -562,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     from concurrent.futures import ThreadPoolExecutor
     t0 = time.time()
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
-        futs = [(c, pool.submit(run_isolated, c, a.timeout, a.memory, int(a.max_params)))
+        futs = [(c, pool.submit(run_isolated, c, a.timeout, a.memory, int(a.max_params),
+                                       a.frontend))
                 for c in pending]
         for i, (c, f) in enumerate(futs):
             r = f.result()
