@@ -59,7 +59,8 @@ def toy_builder(monkeypatch):
 
 def test_exact_toy_model_in_a_subprocess(toy_builder):
     r = sweep.run_isolated(_case(), timeout=60, mem_mb=4000, max_params=10**9)
-    assert (r.cls, r.groups, r.widened, r.op_blocked, r.input) == ("exact", 3, 1, 0, "1x3x8x8")
+    assert (r.cls, r.groups, r.widenable, r.widened, r.op_blocked, r.input) == \
+        ("exact", 3, 1, 1, 0, "1x3x8x8")
     assert r.max_rel < 1e-6
 
 

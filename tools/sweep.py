@@ -87,6 +87,7 @@ class Result:
     detail: str = ""
     input: str = ""
     groups: int = 0
+    widenable: int = 0
     widened: int = 0
     op_blocked: int = 0
     max_rel: float | None = None
@@ -351,7 +352,8 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
         groups = analysis.groups
         ops = [(g, b) for g in groups for b in g.blockers if b.kind == "op"]
         op_groups = len({g.name for g, _ in ops})
-        info.update(groups=len(groups), op_blocked=op_groups)
+        info.update(groups=len(groups), op_blocked=op_groups,
+                    widenable=sum(g.widenable for g in groups))
         if not any(g.widenable for g in groups):
             first = f"{ops[0][1]}" if ops else "every group is fixed by the model's boundary"
             return done("partial" if ops else "exact", "no widenable group; " + first, **info)
@@ -366,6 +368,11 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
                     **info)
     detail = f"{ops[0][1]}" if ops else ""
     cls = "partial" if ops else "exact"
+    left = [g.name for g in groups if g.widenable and g.name not in
+            {c.group for c in plan.changes}]
+    if left and not ops:  # widenable, but factor= does not grow them (inner factors)
+        cls, detail = "partial", (f"{len(left)} widenable group(s) not grown by factor="
+                                  f"{FACTOR}, e.g. {left[0]}")
     try:
         student = fxgrow.widen(model, x, plan=plan, **options)
         cmp = student.meta.get("fxgrow_error")
@@ -454,7 +461,7 @@ def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int,
 def summary(results: list[dict]) -> dict[str, Any]:
     counts = {c: sum(r["cls"] == c for r in results) for c in CLASSES}
     timm = [r for r in results if r["suite"] == "timm"]
-    clean = [r for r in timm if r["cls"] == "exact"]
+    clean = [r for r in timm if r["cls"] in ("exact", "partial") and not r["op_blocked"]]
     return {"models": len(results), "counts": counts,
             "timm_families_run": len(timm), "timm_families_no_op_blocker": len(clean),
             "bugs": [f"{r['suite']}:{r['name']}: {r['detail']}" for r in results
@@ -476,7 +483,8 @@ def markdown(results: list[dict], meta: dict[str, Any]) -> str:
              f"limits), random init, eval mode, `fxgrow.widen(model, x, factor={FACTOR})` "
              "with verification; float64 when float32 verification fails.  Classes: "
              "**exact** (every group not fixed by the boundary widened, verified), "
-             "**partial** (verified; first `op` blocker named), **refused** (a clean "
+             "**partial** (verified; the first `op` blocker named, or widenable groups that `factor=` "
+             "does not grow), **refused** (a clean "
              "`FxgrowError`), **trace-fail**, **skipped** (over the parameter cap of this "
              "machine, or not run), **BUG** (raw exception, PreservationError, timeout, "
              "out of memory).", "",
@@ -488,13 +496,13 @@ def markdown(results: list[dict], meta: dict[str, Any]) -> str:
              "84/161, target >= 140/161).", ""]
     if s["bugs"]:
         lines += ["BUGs:", ""] + [f"* {_cell(b)}" for b in s["bugs"]] + [""]
-    lines += ["| suite | family | model | input | class | groups | widened | op-blocked "
-              "| max rel err | s | detail |", "|---|---|---|---|---|--:|--:|--:|--:|--:|---|"]
+    lines += ["| suite | family | model | input | class | groups | widenable | widened | op-blocked "
+              "| max rel err | s | detail |", "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|---|"]
     order = {"torchvision": 0, "timm": 1, "hf": 2}
     for r in sorted(results, key=lambda r: (order.get(r["suite"], 9), r["family"], r["name"])):
         err = "" if r["max_rel"] is None else f"{r['max_rel']:.1e}"
         lines.append(f"| {r['suite']} | {r['family']} | {r['name']} | {r['input']} | "
-                     f"{r['cls']} | {r['groups']} | {r['widened']} | {r['op_blocked']} | "
+                     f"{r['cls']} | {r['groups']} | {r.get('widenable', '')} | {r['widened']} | {r['op_blocked']} | "
                      f"{err} | {r['seconds']:.0f} | {_cell(r['detail'])} |")
     lines += ["", END]
     return "\n".join(lines)
