@@ -424,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, elapsed))
+    old = out.read_text() if out.exists() else ""
+    marker = "<!-- sweep:begin"  # tools/sweep.py's generated section is kept as it is
+    kept = "\n" + old[old.index(marker):] if marker in old else ""
+    out.write_text(render(rows, elapsed).rstrip("\n") + "\n" + kept)
     print(f"wrote {out} ({len(rows)} models, {elapsed:.1f} s)", file=sys.stderr)
     return 1 if any(r.error for r in rows) else 0
 
