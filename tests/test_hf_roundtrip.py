@@ -318,3 +318,20 @@ def test_bfloat16_folder_stays_bfloat16(tmp_path):
     keep = kw["attention_mask"].bool()
     t, s = logits(teacher, **kw)[keep], logits(student, **kw)[keep]
     assert float((t - s).abs().max() / t.abs().max()) <= 2e-2
+
+
+def test_widths_no_config_holds_refused_clearly():
+    """ViT ties heads x head size to hidden_size: x1.5 grows the heads (6 x 8) while the
+    LayerNorm stream doubles; no ViTConfig holds that, so the class student is a ConfigError
+    naming the shapes (not a raw load_state_dict error), and the graph is still available."""
+    torch.manual_seed(0)
+    m = T.ViTForImageClassification(T.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=32, patch_size=8, num_labels=10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(fxgrow.ConfigError, match=r"no config of ViTForImageClassification "
+                                                 r"gives the student's shapes.*q_proj.weight "
+                                                 r"is \[48, 64\].*as_graph=True"):
+        fxgrow.widen(m, x, factor=1.5)
+    graph = fxgrow.widen(m, x, factor=1.5, as_graph=True)
+    assert graph.meta["fxgrow_error"].max_rel <= TOL

@@ -35,6 +35,7 @@ import os
 import re
 import resource
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -373,6 +374,9 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
     if left and not ops:  # widenable, but factor= does not grow them (inner factors)
         cls, detail = "partial", (f"{len(left)} widenable group(s) not grown by factor="
                                   f"{FACTOR}, e.g. {left[0]}")
+    # the graph student: the sweep measures the analysis and the rewrite (a Hugging Face
+    # teacher otherwise comes back as its class, where a config can hold the widths)
+    options = dict(options, as_graph=True)
     try:
         student = fxgrow.widen(model, x, plan=plan, **options)
         cmp = student.meta.get("fxgrow_error")
@@ -415,6 +419,9 @@ def _child(case: Case, max_params: int, mem_bytes: int, conn, frontend: str | No
     conn.close()
 
 
+FORK_LOCK = threading.Lock()
+
+
 def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int,
                  frontend: str | None = None) -> Result:
     """Run ``case`` in a forked child; kill it past ``timeout`` or ``mem_mb`` of RSS."""
@@ -424,7 +431,8 @@ def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int,
     p = ctx.Process(target=_child, args=(case, max_params, mem_mb << 20, send, frontend),
                     daemon=True)
     t0 = time.time()
-    p.start()
+    with FORK_LOCK:  # fork only while no other thread holds a lock (stdout's: a child that
+        p.start()    # writes a warning would wait on it for ever)
     send.close()
     why = ""
     proc = psutil.Process(p.pid)
@@ -583,11 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         for i, (c, f) in enumerate(futs):
             r = f.result()
             old[c.key] = asdict(r)
-            print(f"[{i + 1}/{len(futs)} {time.time() - t0:.0f}s] {c.key}: {r.cls} "
-                  f"({r.seconds:.0f} s) {r.detail[:160]}", flush=True)
-            a.json.parent.mkdir(parents=True, exist_ok=True)
-            a.json.write_text(json.dumps({"meta": versions(), "results": list(old.values())},
-                                         indent=1))
+            with FORK_LOCK:  # no child is forked while this thread holds stdout's lock
+                print(f"[{i + 1}/{len(futs)} {time.time() - t0:.0f}s] {c.key}: {r.cls} "
+                      f"({r.seconds:.0f} s) {r.detail[:160]}", flush=True)
+                a.json.parent.mkdir(parents=True, exist_ok=True)
+                a.json.write_text(json.dumps({"meta": versions(),
+                                              "results": list(old.values())}, indent=1))
     results = list(old.values())
     if not a.no_md:
         write_md(a.md, markdown(results, versions()))

@@ -178,6 +178,15 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
                f"config holds") if inserted else ""
         raise ConfigError(f"{cls.__name__} has no place for the student's tensors "
                           f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)")
+    wanted = model.state_dict()
+    off = [f"{k} is {list(v.shape)}, the config gives {list(wanted[k].shape)}"
+           for k, v in state.items() if tuple(v.shape) != tuple(wanted[k].shape)]
+    if off:  # a config of the class cannot hold these widths (e.g. heads x head size tied)
+        raise ConfigError(
+            f"no config of {cls.__name__} gives the student's shapes (nearest: {fields}): "
+            f"{'; '.join(off[:4])}" + (f"; and {len(off) - 4} more" if len(off) > 4 else "")
+            + ". Keep the graph (as_graph=True), or grow to a config of the class "
+              "(grow(to_config=...))")
     model.load_state_dict(state, strict=True)
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()  # the same tensor under both names, as from_pretrained gives
