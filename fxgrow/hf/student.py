@@ -244,11 +244,10 @@ def main_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _fresh_deviation(teacher, student, *, dtype: torch.dtype | None = None
-                     ) -> tuple[float, list]:
+def _fresh_deviation(teacher, student) -> tuple[float, list]:
     """Largest relative difference of the main outputs (logits) on fresh inputs with padding,
     at the positions the mask keeps, and the outputs themselves (teacher's, student's) per
-    input; ``dtype``: run both in this dtype (float64 copies for the reference)."""
+    input."""
     worst, outs = 0.0, []
     for batch, length in ((1, 5), (3, 11)):
         kw = fresh_inputs(teacher.config, batch, length)
@@ -269,30 +268,27 @@ def _fresh_deviation(teacher, student, *, dtype: torch.dtype | None = None
     return worst, outs
 
 
-def _reference_agrees(teacher, student, outs: list, worst: float) -> bool:
-    """Calibration against the teacher's own rounding (as ``fxgrow.verify`` does for graphs):
-    float64 copies of both models on the same fresh inputs; the student passes when the copies
-    agree or its deviation is within 8x the teacher's own deviation from its float64 copy."""
-    params = sum(p.numel() * 8 for p in teacher.parameters()) + \
-        sum(p.numel() * 8 for p in student.parameters())
-    try:
-        import psutil
-        if params > psutil.virtual_memory().available / 2:
-            return False
-    except ImportError:
-        pass
-    t64 = copy.deepcopy(teacher).double().eval()
-    s64 = copy.deepcopy(student).double().eval()
-    ref, ref_outs = _fresh_deviation(t64, s64)
+def _reference_agrees(teacher, student, outs: list, worst: float,
+                      dtype: torch.dtype) -> bool:
+    """The graph verifier's calibration (``fxgrow.verify``) on the fresh inputs: copies of
+    both models in a more precise dtype that fits in memory; the student passes when the
+    copies agree or its deviation is within ``CALIBRATION`` x the teacher's own."""
+    from ..verify.compare import CALIBRATION, TOLERANCE, _reference_dtypes
+    precise = _reference_dtypes(teacher, student, dtype)
+    if not precise:
+        return False
+    t_ref = copy.deepcopy(teacher).to(precise[0]).eval()
+    s_ref = copy.deepcopy(student).to(precise[0]).eval()
+    ref, ref_outs = _fresh_deviation(t_ref, s_ref)
     own = max(float((t - r).abs().max()) / (float(r.abs().max()) or 1.0)
               for (t, _), (r, _) in zip(outs, ref_outs))
-    return ref <= 1e-8 or worst <= 8 * own
+    return ref <= TOLERANCE[precise[0]] or worst <= CALIBRATION * own
 
 
 def check_fresh(teacher, student, tol: float | None = None) -> float:
     """Largest relative difference of the main output (logits) on fresh inputs with padding,
     at the positions the mask keeps; raises PreservationError beyond the dtype's floor unless
-    float64 copies show the difference is the dtype's own rounding."""
+    more precise copies show the difference is the dtype's own rounding."""
     from ..verify.compare import TOLERANCE
     dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()),
                  torch.float32)
@@ -301,13 +297,13 @@ def check_fresh(teacher, student, tol: float | None = None) -> float:
     teacher.eval(), student.eval()
     try:
         worst, outs = _fresh_deviation(teacher, student)
-        calibrated = worst <= tol or _reference_agrees(teacher, student, outs, worst)
+        calibrated = worst <= tol or _reference_agrees(teacher, student, outs, worst, dtype)
     finally:
         teacher.train(modes[0]), student.train(modes[1])
     if not calibrated:
         raise PreservationError(
             f"the grown {type(student).__name__} differs from the teacher on fresh inputs "
-            f"(max rel err {worst:.3g} > {tol:g}, and float64 copies of both do not account "
-            f"for it); the config fields {student.fxgrow_fields} do not reproduce the graph. "
-            f"Keep the graph (as_graph=True) and please report it")
+            f"(max rel err {worst:.3g} > {tol:g}, and more precise copies of both do not "
+            f"account for it); the config fields {student.fxgrow_fields} do not reproduce "
+            f"the graph. Keep the graph (as_graph=True) and please report it")
     return worst
