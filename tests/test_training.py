@@ -44,13 +44,7 @@ Y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(2))
 IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models: one thread is about as fast, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models (conftest.py)
 
 
 def _seeded(make):

@@ -29,12 +29,7 @@ X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 Y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models (conftest.py)
 
 
 def gpt2() -> torch.nn.Module:
