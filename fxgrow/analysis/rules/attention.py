@@ -15,18 +15,12 @@ softmax(q k^T * scale) v over heads:
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..context import CONSUME, PRODUCE, RuleContext, RuleError
 from ..values import TensorInfo
 from .registry import rule
-
-_SDPA = [F.scaled_dot_product_attention]
-if hasattr(torch.ops.aten, "scaled_dot_product_attention"):
-    _SDPA.append(torch.ops.aten.scaled_dot_product_attention.default)
-
 
 def _unify_batch(cx: RuleContext, lays: list[tuple], shapes: list[tuple], out_batch: tuple):
     """Broadcast the leading (batch/head) axes of several operands."""
@@ -46,7 +40,7 @@ def _unify_batch(cx: RuleContext, lays: list[tuple], shapes: list[tuple], out_ba
     return tuple(reversed(result))
 
 
-@rule(*_SDPA)
+@rule(F.scaled_dot_product_attention, aten=("scaled_dot_product_attention.default",))
 def sdpa(cx: RuleContext):
     """scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
     enable_gqa): see the module docstring."""

@@ -147,20 +147,48 @@ def conv_transpose_module(cx: RuleContext):
     return _conv_module(cx, conv_transpose_channels)
 
 
-@rule(F.conv1d, F.conv2d, F.conv3d)
+@rule(F.conv1d, F.conv2d, F.conv3d, aten=("conv1d.default", "conv2d.default", "conv3d.default"))
 def conv_function(cx: RuleContext):
-    """F.convNd(x, weight, bias, stride, padding, dilation, groups)."""
+    """F.convNd(x, weight, bias, stride, padding, dilation, groups); depthwise (groups = input
+    channels): the groups argument follows the width."""
+    return _conv_call(cx, 6, transposed=False)
+
+
+@rule(aten=("convolution.default",))
+def aten_convolution(cx: RuleContext):
+    """aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding,
+    groups): the core ATen convolution (every convNd and conv_transposeNd)."""
+    return _conv_call(cx, 8, transposed=bool(cx.concrete(cx.arg(6, "transposed"))))
+
+
+@rule(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+      aten=("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
+def conv_transpose_function(cx: RuleContext):
+    """F.conv_transposeNd(x, weight, bias, stride, padding, output_padding, groups, dilation)."""
+    return _conv_call(cx, 6, transposed=True)
+
+
+def _conv_call(cx: RuleContext, groups_at: int, transposed: bool) -> TensorInfo:
+    """A functional convolution whose ``groups`` is argument ``groups_at``."""
     x = cx.tensor(cx.arg(0, "input"))
     wref, bref = cx.arg(1, "weight"), cx.arg(2, "bias", None)
-    groups = cx.concrete(cx.arg(6, "groups", 1))
+    groups = cx.concrete(cx.arg(groups_at, "groups", 1))
     wt = cx.example(wref)
     unbatched = x.ndim == wt.dim() - 1
     ch = 0 if unbatched else 1
-    cin, cout = x.shape[ch], wt.shape[0]
-    if groups == cin and groups > 1:
-        raise RuleError("functional depthwise conv: its groups argument would have to follow "
-                        "the width; use nn.Conv modules")
-    out = conv_channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
+    cin = x.shape[ch]
+    cout = wt.shape[1] * groups if transposed else wt.shape[0]
+    channels = conv_transpose_channels if transposed else conv_channels
+    out = channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
+    if groups == cin and groups > 1 and cx.spaces.roots(x.layouts[ch]):
+        xin = x.layouts[ch]
+        cx.sizes_handled(cx.value(cx.arg(groups_at, "groups")))
+
+        def new_args(size, args, kwargs):
+            if len(args) > groups_at:
+                return (*args[:groups_at], size(xin), *args[groups_at + 1:]), kwargs
+            return args, {**kwargs, "groups": size(xin)}
+        cx.rewrite_args(new_args, xin)
     for lay in cx.tensor(wref).layouts[2:]:
         cx.block(lay, "kernel size of a convolution", "structure")
     lead = () if unbatched else (x.layouts[0],)

@@ -45,13 +45,48 @@ _UNARY_METHODS = (
 )
 
 
-@rule(*_ACTIVATION_MODULES, *_DROPOUT_MODULES, *_UNARY_FUNCTIONS, *_UNARY_METHODS)
+_UNARY_ATEN = (
+    "relu.default", "gelu.default", "silu.default", "sigmoid.default", "tanh.default",
+    "hardtanh.default", "hardswish.default", "hardsigmoid.default", "leaky_relu.default",
+    "elu.default", "mish.default", "softplus.default", "exp.default", "log.default",
+    "sqrt.default", "rsqrt.default", "abs.default", "neg.default", "cos.default", "sin.default",
+    "erf.default", "reciprocal.default", "clamp.default", "clamp_min.default",
+    "clamp_max.default", "dropout.default", "clone.default", "contiguous.default",
+    "alias.default", "detach.default", "lift_fresh_copy.default", "to.dtype", "to.dtype_layout",
+    "to.device", "to.other", "_to_copy.default", "type_as.default", "logical_not.default",
+    "bitwise_not.default", "relu_.default", "silu_.default", "gelu_.default", "hardtanh_.default",
+    "square.default", "sign.default", "floor.default", "round.default", "nan_to_num.default",
+    "feature_dropout.default", "hardswish_.default", "hardsigmoid_.default", "dropout_.default",
+    "sigmoid_.default", "tanh_.default", "leaky_relu_.default", "elu_.default", "mish_.default",
+    "feature_dropout_.default", "alpha_dropout.default", "alpha_dropout_.default",
+    "feature_alpha_dropout.default", "feature_alpha_dropout_.default", "relu6.default",
+    "relu6_.default", "selu.default", "celu.default", "log1p.default", "expm1.default",
+    "ceil.default", "trunc.default", "clip.default", "exp_.default", "clamp_.default",
+    "clamp_min_.default", "threshold.default", "threshold_.default", "softshrink.default",
+    "hardshrink.default", "logit.default", "sgn.default", "isnan.default", "isinf.default",
+    "fill_.Scalar", "zero_.default", "erfinv.default", "tan.default", "acos.default",
+    "asin.default", "atan.default", "sinh.default", "cosh.default", "asinh.default",
+    "acosh.default", "atanh.default", "log2.default", "log10.default", "exp2.default",
+)
+"""The same ops as ATen overloads (``torch.export`` graphs)."""
+
+
+@rule(*_ACTIVATION_MODULES, *_DROPOUT_MODULES, *_UNARY_FUNCTIONS, *_UNARY_METHODS,
+      aten=_UNARY_ATEN)
 def unary(cx: RuleContext):
     """Pointwise (activation, math, dropout, dtype/device moves): every axis passes through."""
     return same_layouts(cx)
 
 
-@rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
+@rule(aten=("native_dropout.default",))
+def native_dropout(cx: RuleContext):
+    """aten.native_dropout(x, p, train) -> (out, mask): both pointwise in x, like dropout."""
+    x = cx.tensor(cx.arg(0))
+    return (TensorInfo(x.shape, x.layouts), TensorInfo(x.shape, x.layouts))
+
+
+@rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
+      aten=("zeros_like.default", "ones_like.default", "full_like.default", "empty_like.default"))
 def constant_like(cx: RuleContext):
     """A constant of the same shape: its replicas are equal, so it passes layouts through."""
     return same_layouts(cx)
@@ -85,7 +120,24 @@ _BINARY = (
 )
 
 
-@rule(*_BINARY)
+_BINARY_ATEN = (
+    "add.Tensor", "add.Scalar", "add_.Tensor", "sub.Tensor", "sub.Scalar", "rsub.Scalar",
+    "mul.Tensor", "mul.Scalar", "mul_.Tensor", "div.Tensor", "div.Scalar", "div.Tensor_mode",
+    "pow.Tensor_Scalar", "pow.Tensor_Tensor", "maximum.default", "minimum.default", "eq.Tensor",
+    "eq.Scalar", "ne.Tensor", "ne.Scalar", "lt.Tensor", "lt.Scalar", "le.Tensor", "le.Scalar",
+    "gt.Tensor", "gt.Scalar", "ge.Tensor", "ge.Scalar", "__and__.Tensor", "__or__.Tensor",
+    "logical_and.default", "logical_or.default", "bitwise_and.Tensor", "bitwise_or.Tensor",
+    "where.self", "masked_fill.Scalar", "masked_fill.Tensor", "floor_divide.default",
+    "remainder.Tensor", "remainder.Scalar", "lerp.Scalar", "addcmul.default", "clamp.Tensor",
+    "sub_.Tensor", "div_.Tensor", "mul_.Scalar", "add_.Scalar", "pow.Scalar", "atan2.default",
+    "fmod.Tensor", "fmod.Scalar", "bitwise_xor.Tensor", "logical_xor.default",
+    "where.ScalarOther", "where.ScalarSelf", "where.Scalar", "addcdiv.default",
+    "bitwise_and.Scalar", "bitwise_or.Scalar", "copy_.default", "lerp.Tensor",
+)
+"""The same ops as ATen overloads (``torch.export`` graphs)."""
+
+
+@rule(*_BINARY, aten=_BINARY_ATEN)
 def binary(cx: RuleContext):
     """Elementwise with broadcasting (add, mul, where, masked_fill, ...): operands of equal
     size on an axis share its space; size-1 operands broadcast and stay size 1.  On plain

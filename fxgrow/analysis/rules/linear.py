@@ -66,7 +66,7 @@ def linear_module(cx: RuleContext):
     return cx.out(x.layouts[:-1] + (out,))
 
 
-@rule(F.linear)
+@rule(F.linear, aten=("linear.default",))
 def linear_function(cx: RuleContext):
     """F.linear(x, W, b): as nn.Linear, with W and b read from the graph."""
     x = cx.tensor(cx.arg(0, "input"))
@@ -78,6 +78,7 @@ def linear_function(cx: RuleContext):
     bref = cx.arg(2, "bias", None)
     if bref is not None:
         cx.unify(w.layouts[0], cx.tensor(bref).layouts[0])
+        _produce(cx, bref, 0)
     return cx.out(x.layouts[:-1] + (w.layouts[0],))
 
 
@@ -100,7 +101,7 @@ def _broadcast_batch(cx: RuleContext, a: tuple, b: tuple, shape: tuple) -> tuple
 
 
 @rule(torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm",
-      "__matmul__")
+      "__matmul__", aten=("matmul.default", "mm.default", "bmm.default"))
 def matmul(cx: RuleContext):
     """a @ b: a's last axis and b's second-to-last are contracted; batch axes broadcast."""
     aref, bref = cx.arg(0), cx.arg(1)
@@ -139,7 +140,7 @@ def _attention_role(cx: RuleContext, aref, a_ndim: int, b_ndim: int, out_ndim: i
     return None
 
 
-@rule(torch.addmm, "addmm")
+@rule(torch.addmm, "addmm", aten=("addmm.default",))
 def addmm(cx: RuleContext):
     """addmm(bias, a, b) = bias + a @ b (2-D); the bias broadcasts over rows."""
     biasref, aref, bref = cx.arg(0), cx.arg(1), cx.arg(2)
@@ -163,7 +164,7 @@ def addmm(cx: RuleContext):
 _EINSUM = re.compile(r"^[a-zA-Z,]*->[a-zA-Z]*$")
 
 
-@rule(torch.einsum)
+@rule(torch.einsum, aten=("einsum.default",))
 def einsum(cx: RuleContext):
     """einsum: an index letter names one space in every operand it appears in; letters absent
     from the output are contracted (one parameter operand takes the division)."""

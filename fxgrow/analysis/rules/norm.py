@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -56,6 +58,30 @@ def batchnorm_function(cx: RuleContext):
     return cx.out(x.layouts)
 
 
+@rule(aten=("batch_norm.default", "native_batch_norm.default", "instance_norm.default",
+            "_native_batch_norm_legit_no_training.default", "_native_batch_norm_legit.default",
+            "_native_batch_norm_legit.no_stats", "cudnn_batch_norm.default"))
+def aten_batch_norm(cx: RuleContext):
+    """aten.batch_norm(x, weight, bias, running_mean, running_var, ...) and its native forms
+    (also instance_norm): per channel on axis 1.  The native forms also return the saved
+    per-channel statistics (or empty tensors)."""
+    x = cx.tensor(cx.arg(0, "input"))
+    c = x.layouts[1]
+    names = ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
+    if cx.node.target is torch.ops.aten._native_batch_norm_legit.no_stats:
+        names = names[:2]
+    for i, name in names:
+        ref = cx.arg(i, name, None)
+        if isinstance(ref, torch.fx.Node):
+            cx.unify(c, cx.tensor(ref).layouts[0], "per-channel parameter of a norm")
+    example = cx.example()
+    if not isinstance(example, (tuple, list)):
+        return cx.out(x.layouts)
+    stats = tuple(TensorInfo(tuple(t.shape), (c,)) if tuple(t.shape) == (x.shape[1],)
+                  else cx.info_for(t, "saved statistics") for t in example[1:])
+    return (TensorInfo(x.shape, x.layouts), *stats)
+
+
 def _normalized(cx: RuleContext, x: TensorInfo, k: int):
     """Merged layout of the last k axes (what a LayerNorm normalises over)."""
     merged = x.layouts[-k]
@@ -81,7 +107,8 @@ def layernorm_module(cx: RuleContext):
     return cx.out(x.layouts)
 
 
-@rule(F.layer_norm, F.rms_norm)
+@rule(F.layer_norm, F.rms_norm, aten=("layer_norm.default", "rms_norm.default",
+                                      "native_layer_norm.default"))
 def layernorm_function(cx: RuleContext):
     """F.layer_norm(x, normalized_shape, weight, bias, eps) (also F.rms_norm)."""
     x = cx.tensor(cx.arg(0, "input"))
@@ -109,7 +136,24 @@ def layernorm_function(cx: RuleContext):
                 args = (args[0], shape, *args[2:])
             return args, kwargs
         cx.rewrite_args(new_args, *axes)
-    return cx.out(x.layouts)
+    return _with_stats(cx, x, x.ndim - k)
+
+
+def _with_stats(cx: RuleContext, x: TensorInfo, lead: int):
+    """The normalised result, plus (native forms) the saved statistics: one per position of
+    the first ``lead`` axes of ``x``, size 1 (or a group count) after."""
+    example = cx.example()
+    if not isinstance(example, (tuple, list)):
+        return cx.out(x.layouts)
+    stats = []
+    for t in example[1:]:
+        shape = tuple(int(n) for n in t.shape)
+        if shape[:lead] == x.shape[:lead]:
+            stats.append(TensorInfo(shape, x.layouts[:lead] + tuple(
+                cx.fixed(n, "saved statistics") for n in shape[lead:])))
+        else:
+            stats.append(cx.info_for(t, "saved statistics"))
+    return (TensorInfo(x.shape, x.layouts), *stats)
 
 
 @rule(nn.GroupNorm)
@@ -135,26 +179,55 @@ def groupnorm_module(cx: RuleContext):
     return cx.out(x.layouts)
 
 
-@rule(F.group_norm)
+@rule(F.group_norm, aten=("group_norm.default",))
 def groupnorm_function(cx: RuleContext):
-    """F.group_norm(x, num_groups, weight, bias, eps): the num_groups argument stays."""
+    """F.group_norm(x, num_groups, weight, bias, eps): num_groups stays, or follows the width
+    when every channel is its own group."""
+    return _group_norm(cx, 1, None)
+
+
+@rule(aten=("native_group_norm.default",))
+def aten_native_group_norm(cx: RuleContext):
+    """aten.native_group_norm(x, weight, bias, N, C, HxW, group, eps) -> (out, mean, rstd):
+    C follows the width (and group, when every channel is its own group)."""
+    return _group_norm(cx, 6, 4)
+
+
+def _group_norm(cx: RuleContext, groups_at: int, channels_at: int | None):
     x = cx.tensor(cx.arg(0, "input"))
-    G = cx.concrete(cx.arg(1, "num_groups"))
+    G = cx.concrete(cx.arg(groups_at, "num_groups" if channels_at is None else "group"))
+    params = ((2, "weight"), (3, "bias")) if channels_at is None else ((1, "weight"), (2, "bias"))
     c = x.layouts[1]
     C = x.shape[1]
-    for i, name in ((2, "weight"), (3, "bias")):
+    for i, name in params:
         ref = cx.arg(i, name, None)
-        if ref is not None:
+        if isinstance(ref, torch.fx.Node):
             cx.unify(c, cx.tensor(ref).layouts[0], "affine parameter of a norm")
     if not isinstance(G, int):
         raise RuleError("num_groups is not a constant")
+    follow = [channels_at] if channels_at is not None else []
     if G == C:
-        cx.block(c, "group_norm with one channel per group: its num_groups argument would "
-                    "have to follow the width")
+        follow.append(groups_at)
     else:
         step = C // G
         pieces = cx.spaces.cut(c, range(step, C, step), cx.blocker("GroupNorm groups"))
         for p in pieces[1:]:
             cx.unify(pieces[0], p, "GroupNorm: every group must grow alike")
         cx.uniform(pieces[0], "normalised within a GroupNorm group")
-    return cx.out(x.layouts)
+    if follow and cx.spaces.roots(c):
+        cx.sizes_handled(*(cx.value(cx.arg(i)) for i in follow))
+
+        def new_args(size, args, kwargs):
+            args = list(args)
+            kwargs = dict(kwargs)
+            for i in follow:
+                if i < len(args):
+                    args[i] = size(c)
+                else:  # F.group_norm(x, num_groups=...)
+                    kwargs["num_groups"] = size(c)
+            return tuple(args), kwargs
+        cx.rewrite_args(new_args, c)
+    example = cx.example()
+    if not isinstance(example, (tuple, list)):
+        return cx.out(x.layouts)
+    return (TensorInfo(x.shape, x.layouts), *cx.info_for(tuple(example[1:]), "saved statistics"))

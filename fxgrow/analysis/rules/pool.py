@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..context import RuleContext
 from ..values import TensorInfo
-from .registry import rule
+from .registry import aten_op, rule
 
 _SPATIAL = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
@@ -47,22 +47,43 @@ def _spatial_op(cx: RuleContext, k: int):
     return info(example)
 
 
-@rule(*_SPATIAL)
+_SPATIAL_ATEN = {
+    "max_pool1d.default": 1, "max_pool2d.default": 2, "max_pool3d.default": 3,
+    "max_pool2d_with_indices.default": 2, "max_pool3d_with_indices.default": 3,
+    "max_pool1d_with_indices.default": 1, "avg_pool1d.default": 1, "avg_pool2d.default": 2,
+    "avg_pool3d.default": 3, "adaptive_avg_pool1d.default": 1, "adaptive_avg_pool2d.default": 2,
+    "adaptive_avg_pool3d.default": 3, "_adaptive_avg_pool2d.default": 2,
+    "_adaptive_avg_pool3d.default": 3, "adaptive_max_pool1d.default": 1,
+    "adaptive_max_pool2d.default": 2, "adaptive_max_pool3d.default": 3,
+}
+"""ATen pooling overloads and their number of spatial axes."""
+_SPATIAL_ATEN_OPS = {aten_op(name): k for name, k in _SPATIAL_ATEN.items()}
+
+
+@rule(*_SPATIAL, aten=tuple(_SPATIAL_ATEN))
 def pool(cx: RuleContext):
     """Pooling over the trailing spatial axes: per channel, so channels pass through."""
     target = type(cx.module) if cx.module is not None else cx.node.target
-    return _spatial_op(cx, _SPATIAL[target])
+    return _spatial_op(cx, _SPATIAL.get(target) or _SPATIAL_ATEN_OPS[target])
 
 
 @rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample,
-      F.upsample_nearest, F.upsample_bilinear)
+      F.upsample_nearest, F.upsample_bilinear,
+      aten=("upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_nearest3d.vec",
+            "upsample_linear1d.vec", "upsample_bilinear2d.vec", "upsample_bicubic2d.vec",
+            "upsample_trilinear3d.vec", "_upsample_nearest_exact2d.vec",
+            "_upsample_bilinear2d_aa.vec", "upsample_nearest2d.default",
+            "upsample_bilinear2d.default"))
 def interpolate(cx: RuleContext):
     """Resampling of the spatial axes (everything after batch and channel)."""
     x = cx.tensor(cx.arg(0))
     return _spatial_op(cx, x.ndim - 2)
 
 
-@rule(F.pad, torch.constant_pad_nd)
+@rule(F.pad, torch.constant_pad_nd,
+      aten=("pad.default", "constant_pad_nd.default", "reflection_pad1d.default",
+            "reflection_pad2d.default", "reflection_pad3d.default", "replication_pad1d.default",
+            "replication_pad2d.default", "replication_pad3d.default"))
 def pad(cx: RuleContext):
     """F.pad: padded axes get new fixed positions; padding a channel axis blocks it."""
     x = cx.tensor(cx.arg(0))

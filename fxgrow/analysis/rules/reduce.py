@@ -25,6 +25,14 @@ _REDUCTIONS = (
     "argmin", "nansum", "nanmean", "norm", "count_nonzero",
 )
 
+_REDUCTIONS_ATEN = (
+    "mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default", "amin.default",
+    "var.correction", "std.correction", "argmax.default", "argmin.default", "all.default",
+    "any.default", "any.dim",
+)
+"""The same ops as ATen overloads (``torch.export`` graphs)."""
+
+
 
 def op_name(target) -> str:
     """'mean' for torch.mean, Tensor.mean and aten.mean.dim alike."""
@@ -48,7 +56,7 @@ def _exact_under(cx: RuleContext, name: str) -> str | None:
     return None
 
 
-@rule(*_REDUCTIONS)
+@rule(*_REDUCTIONS, aten=_REDUCTIONS_ATEN)
 def reduction(cx: RuleContext):
     """Reduce over ``dim`` (all axes by default), optionally keeping size-1 axes.  Over a
     channel axis: max/min stay exact, means need uniform replication, anything else blocks."""
@@ -101,7 +109,9 @@ def max_min(cx: RuleContext):
 
 @rule(F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, "softmax",
       "log_softmax", torch.cumsum, "cumsum", torch.cumprod, "cumprod", F.normalize,
-      torch.nn.functional.local_response_norm)
+      torch.nn.functional.local_response_norm,
+      aten=("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
+            "cumsum.default", "cumprod.default"))
 def along_axis(cx: RuleContext):
     """softmax/log_softmax/cumsum/normalize along ``dim``: that axis mixes its positions, so a
     channel space there is blocked; the shape is unchanged."""

@@ -6,7 +6,9 @@ A rule is ``fn(cx: RuleContext) -> value`` where the value describes the node's 
 * module classes (``call_module``), matched by exact type, or by an ancestor whose ``forward``
   the class does not override -- a subclass with its own ``forward`` is *not* matched;
 * functions (``call_function``), matched by identity;
-* method names (``call_method``).
+* method names (``call_method``);
+* ATen overloads (``torch.export`` graphs), named in the same ``@rule`` as their torch
+  counterparts: ``@rule(torch.relu, F.relu, "relu", aten=("relu.default", "relu_.default"))``.
 
 Anything without a rule blocks every channel group it touches (see ``dependency.unknown_op``).
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+import torch
 import torch.fx
 
 
@@ -36,20 +39,69 @@ FUNCTIONS: dict[Any, RuleEntry] = {}
 METHODS: dict[str, RuleEntry] = {}
 
 
-def rule(*targets: Any) -> Callable[[Callable], Callable]:
-    """Register ``fn`` for module classes, functions and method names (strings)."""
+class RegistrationError(ValueError):
+    """A rule registered twice for one target, or for an ATen overload this torch lacks."""
+
+
+def aten_op(qualified: str) -> torch._ops.OpOverload:
+    """The ATen ``OpOverload`` named ``"name.overload"`` (e.g. ``"relu.default"``,
+    ``"add.Tensor"``); a name this torch does not have raises :class:`RegistrationError`."""
+    name, dot, overload = qualified.partition(".")
+    if not dot or not name or not overload:
+        raise RegistrationError(f"ATen overload {qualified!r}: write it as 'name.overload' "
+                                f"(e.g. 'relu.default', 'add.Tensor')")
+    try:
+        packet = getattr(torch.ops.aten, name)
+    except (AttributeError, RuntimeError):
+        packet = None
+    op = getattr(packet, overload, None) if isinstance(packet, torch._ops.OpOverloadPacket) \
+        and overload in packet.overloads() else None
+    if not isinstance(op, torch._ops.OpOverload):
+        raise RegistrationError(f"aten.{qualified} does not exist in torch {torch.__version__}")
+    return op
+
+
+def _table(target: Any) -> tuple[dict, str]:
+    if isinstance(target, str):
+        return METHODS, "method"
+    if isinstance(target, type):
+        return MODULES, "module"
+    return FUNCTIONS, "function"
+
+
+def rule(*targets: Any, aten: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+    """Register ``fn`` for module classes, functions, method names (strings) and the ATen
+    overloads ``aten`` names (``"relu.default"``: what ``torch.export`` graphs call).
+
+    Every target has one rule: registering a target twice, or naming an overload this torch
+    does not have, raises :class:`RegistrationError` (at import, where the rule is)."""
+    overloads = tuple(aten_op(q) for q in ((aten,) if isinstance(aten, str) else aten))
 
     def register(fn: Callable) -> Callable:
-        for t in targets:
-            if isinstance(t, str):
-                METHODS[t] = RuleEntry(fn, "method", t)
-            elif isinstance(t, type):
-                MODULES[t] = RuleEntry(fn, "module", t)
-            else:
-                FUNCTIONS[t] = RuleEntry(fn, "function", t)
+        for t in (*targets, *overloads):
+            table, kind = _table(t)
+            old = table.get(t)
+            if old is not None and not _same_fn(old.fn, fn):
+                raise RegistrationError(
+                    f"{_name(t)} already has the rule {old.fn.__module__}.{old.fn.__qualname__};"
+                    f" {fn.__module__}.{fn.__qualname__} would replace it")
+            table[t] = RuleEntry(fn, kind, t)
         return fn
 
     return register
+
+
+def _same_fn(a: Callable, b: Callable) -> bool:
+    """One function (or the same one defined again by a module reload)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def _name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target._opname}.{target._overloadname}"
+    if isinstance(target, str):
+        return f"method {target!r}"
+    return getattr(target, "__qualname__", None) or repr(target)
 
 
 DEFERRED = {"timm": "timm_layers", "torchvision": "vision"}

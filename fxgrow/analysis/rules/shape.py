@@ -169,7 +169,8 @@ def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
     return len(segs) > 1 or isinstance(segs[0], Zip)
 
 
-@rule("view", "reshape", torch.reshape, "view_as", "reshape_as")
+@rule("view", "reshape", torch.reshape, "view_as", "reshape_as",
+      aten=("view.default", "reshape.default", "_unsafe_view.default"))
 def reshape(cx: RuleContext):
     """view/reshape: see the module docstring.  The first reshape of a channel shuffle keeps
     its rows apart (see ``_shuffle_axis``)."""
@@ -206,7 +207,7 @@ def _flatten(cx: RuleContext, x: TensorInfo, start: int, end: int):
     return cx.out(x.layouts[:start] + (merged,) + x.layouts[end + 1:])
 
 
-@rule(torch.flatten, "flatten")
+@rule(torch.flatten, "flatten", aten=("flatten.using_ints",))
 def flatten(cx: RuleContext):
     """flatten(start_dim, end_dim): the axes merge row-major (channel x spatial: c S + s)."""
     x = cx.tensor(cx.arg(0))
@@ -220,7 +221,7 @@ def flatten_module(cx: RuleContext):
     return _flatten(cx, cx.tensor(cx.arg(0)), cx.module.start_dim, cx.module.end_dim)
 
 
-@rule(torch.unflatten, "unflatten", nn.Unflatten)
+@rule(torch.unflatten, "unflatten", nn.Unflatten, aten=("unflatten.int",))
 def unflatten(cx: RuleContext):
     """unflatten(dim, sizes): one axis factored into several (row-major)."""
     x = cx.tensor(cx.arg(0))
@@ -253,7 +254,7 @@ def unflatten(cx: RuleContext):
 
 
 # -- moving axes -----------------------------------------------------------------------------
-@rule(torch.permute, "permute")
+@rule(torch.permute, "permute", aten=("permute.default",))
 def permute(cx: RuleContext):
     """permute(dims): axes are reordered."""
     x = cx.tensor(cx.arg(0))
@@ -264,7 +265,8 @@ def permute(cx: RuleContext):
     return cx.out(tuple(x.layouts[x.dim(d)] for d in dims))
 
 
-@rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims")
+@rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims",
+      aten=("transpose.int", "swapaxes.default"))
 def transpose(cx: RuleContext):
     """transpose(d0, d1): two axes swap."""
     x = cx.tensor(cx.arg(0))
@@ -274,14 +276,14 @@ def transpose(cx: RuleContext):
     return cx.out(lay)
 
 
-@rule(torch.t, "t")
+@rule(torch.t, "t", aten=("t.default",))
 def t(cx: RuleContext):
     """t(): a 2-d transpose."""
     x = cx.tensor(cx.arg(0))
     return cx.out(tuple(reversed(x.layouts)))
 
 
-@rule(torch.movedim, "movedim", torch.moveaxis, "moveaxis")
+@rule(torch.movedim, "movedim", torch.moveaxis, "moveaxis", aten=("movedim.int",))
 def movedim(cx: RuleContext):
     """movedim(source, destination)."""
     x = cx.tensor(cx.arg(0))
@@ -295,7 +297,7 @@ def movedim(cx: RuleContext):
     return cx.out(tuple(x.layouts[d] for d in order))
 
 
-@rule(torch.unsqueeze, "unsqueeze")
+@rule(torch.unsqueeze, "unsqueeze", aten=("unsqueeze.default",))
 def unsqueeze(cx: RuleContext):
     """unsqueeze(d): a new fixed axis of size 1."""
     x = cx.tensor(cx.arg(0))
@@ -306,7 +308,7 @@ def unsqueeze(cx: RuleContext):
     return cx.out(lay)
 
 
-@rule(torch.squeeze, "squeeze")
+@rule(torch.squeeze, "squeeze", aten=("squeeze.dim", "squeeze.dims", "squeeze.default"))
 def squeeze(cx: RuleContext):
     """squeeze(dims): size-1 axes disappear (a size-1 channel space must then stay size 1)."""
     x = cx.tensor(cx.arg(0))
@@ -322,7 +324,7 @@ def squeeze(cx: RuleContext):
     return cx.out(keep)
 
 
-@rule("expand", torch.broadcast_to, "broadcast_to")
+@rule("expand", torch.broadcast_to, "broadcast_to", aten=("expand.default",))
 def expand(cx: RuleContext):
     """expand(sizes): size-1 axes repeat (they must stay size 1); new leading axes are fixed.
     Size entries on channel axes become -1 (keep the input's size)."""
@@ -355,7 +357,7 @@ def expand_as(cx: RuleContext):
     return cx.out(layouts)
 
 
-@rule("repeat", torch.tile, "tile")
+@rule("repeat", torch.tile, "tile", aten=("repeat.default",))
 def repeat(cx: RuleContext):
     """repeat(r...): an axis repeated r times is tiled: o -> o mod C (a fixed factor outside)."""
     x = cx.tensor(cx.arg(0))
@@ -387,11 +389,13 @@ def repeat_interleave(cx: RuleContext):
     return cx.out(lay)
 
 
-@rule(torch.flip, "flip", torch.roll, "roll", torch.fliplr, torch.flipud)
+@rule(torch.flip, "flip", torch.roll, "roll", torch.fliplr, torch.flipud,
+      aten=("flip.default", "roll.default"))
 def flip(cx: RuleContext):
     """flip/roll: a reordering of positions; fine on fixed axes, blocks channel axes."""
     x = cx.tensor(cx.arg(0))
-    dims = cx.concrete(cx.arg(2 if cx.node.target in (torch.roll, "roll") else 1, "dims", None))
+    rolls = (torch.roll, "roll", torch.ops.aten.roll.default)
+    dims = cx.concrete(cx.arg(2 if cx.node.target in rolls else 1, "dims", None))
     dims = range(x.ndim) if dims is None else ([dims] if isinstance(dims, int) else dims)
     for d in dims:
         cx.block(x.layouts[x.dim(d)], "positions reordered (flip/roll)")
@@ -406,7 +410,7 @@ def _tensor_list(cx: RuleContext, a: Any) -> list[TensorInfo]:
     return [t for t in v]
 
 
-@rule(torch.cat, torch.concat, torch.concatenate)
+@rule(torch.cat, torch.concat, torch.concatenate, aten=("cat.default", "concat.default"))
 def cat(cx: RuleContext):
     """cat(tensors, dim): input k occupies [off_k, off_k + C_k) of the result; the other axes
     of all inputs share spaces."""
@@ -424,7 +428,7 @@ def cat(cx: RuleContext):
     return cx.out(lay)
 
 
-@rule(torch.stack)
+@rule(torch.stack, aten=("stack.default",))
 def stack(cx: RuleContext):
     """stack(tensors, dim): a new fixed axis; the inputs' axes share spaces."""
     infos = _tensor_list(cx, cx.arg(0, "tensors"))
@@ -447,7 +451,8 @@ def _pieces_value(cx: RuleContext, x: TensorInfo, d: int, pieces: list[Layout]):
     return type(outs)(result) if isinstance(outs, (tuple, list)) else tuple(result)
 
 
-@rule(torch.split, "split", torch.split_with_sizes, "split_with_sizes")
+@rule(torch.split, "split", torch.split_with_sizes, "split_with_sizes",
+      aten=("split.Tensor", "split_with_sizes.default"))
 def split(cx: RuleContext):
     """split(sizes | size, dim): pieces [off_k, off_k + s_k).  Explicit sizes are rewritten;
     an equal split size ties the pieces to one map (they must stay equal)."""
@@ -518,7 +523,7 @@ def _replace_arg(args, kwargs, i, names, value):
     raise RuleError("argument to rewrite not found")
 
 
-@rule(torch.chunk, "chunk")
+@rule(torch.chunk, "chunk", aten=("chunk.default",))
 def chunk(cx: RuleContext):
     """chunk(n, dim): n equal pieces that must stay equal, so they share one map (a fused qkv,
     GLU halves)."""
@@ -540,7 +545,7 @@ def chunk(cx: RuleContext):
     return _pieces_value(cx, x, d, pieces)
 
 
-@rule(torch.unbind, "unbind")
+@rule(torch.unbind, "unbind", aten=("unbind.int",))
 def unbind(cx: RuleContext):
     """unbind(dim): one tensor per position; the positions are fixed."""
     x = cx.tensor(cx.arg(0))
@@ -551,7 +556,7 @@ def unbind(cx: RuleContext):
     return tuple(TensorInfo(tuple(o.shape), rest) for o in outs)
 
 
-@rule(torch.narrow, "narrow")
+@rule(torch.narrow, "narrow", aten=("narrow.default",))
 def narrow(cx: RuleContext):
     """narrow(dim, start, length): the piece [start, start + length); both are rewritten."""
     x = cx.tensor(cx.arg(0))
@@ -742,7 +747,7 @@ def length(cx: RuleContext):
 
 
 # -- channel-moving CNN ops --------------------------------------------------------------------
-@rule(nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle)
+@rule(nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle, aten=("pixel_shuffle.default",))
 def pixel_shuffle(cx: RuleContext):
     """pixel_shuffle(r): [C r^2] -> C with the r^2 factor moved to space; channels must come
     in whole blocks of r^2 (the factor is fixed)."""
@@ -755,7 +760,8 @@ def pixel_shuffle(cx: RuleContext):
                                     cx.fixed(shape[-1], "spatial axis")))
 
 
-@rule(nn.PixelUnshuffle, F.pixel_unshuffle, torch.pixel_unshuffle)
+@rule(nn.PixelUnshuffle, F.pixel_unshuffle, torch.pixel_unshuffle,
+      aten=("pixel_unshuffle.default",))
 def pixel_unshuffle(cx: RuleContext):
     """pixel_unshuffle(r): C -> [C r^2], each channel followed by its r^2 spatial offsets."""
     x = cx.tensor(cx.arg(0))
