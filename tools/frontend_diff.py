@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 
-def one(name: str, factor: float, max_params: float) -> dict:
+def one(name: str, factor: float, max_params: float, student: bool = True) -> dict:
     """Everything for one torchvision model (runs in the child)."""
     import torch
 
@@ -49,7 +49,7 @@ def one(name: str, factor: float, max_params: float) -> dict:
     row |= {"status": "equal" if diff.equal else "differ", "detail": diff.describe(),
             "fx_groups": diff.fx_groups, "export_groups": diff.export_groups,
             "fx_widenable": diff.fx_widenable, "export_widenable": diff.export_widenable}
-    if diff.export_widenable:
+    if diff.export_widenable and student:
         try:
             student = fxgrow.widen(model, x, factor=factor, frontend="export", as_graph=True)
             cmp = student.meta.get("fxgrow_error")
@@ -60,17 +60,18 @@ def one(name: str, factor: float, max_params: float) -> dict:
     return row | {"seconds": round(time.time() - t0, 1)}
 
 
-def _child(name: str, factor: float, max_params: float, conn) -> None:
+def _child(name: str, factor: float, max_params: float, student: bool, conn) -> None:
     try:
-        conn.send(one(name, factor, max_params))
+        conn.send(one(name, factor, max_params, student))
     except BaseException as e:  # noqa: BLE001 - reported as this model's row
         conn.send({"name": name, "status": "BUG", "detail": f"{type(e).__name__}: {e}"[:300]})
 
 
-def run(name: str, factor: float, max_params: float, timeout: float) -> dict:
+def run(name: str, factor: float, max_params: float, timeout: float,
+        student: bool = True) -> dict:
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(name, factor, max_params, send), daemon=True)
+    p = ctx.Process(target=_child, args=(name, factor, max_params, student, send), daemon=True)
     p.start()
     send.close()
     if recv.poll(timeout):
@@ -94,15 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--max-params", type=float, default=150e6)
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the rows already in --json; run only the other models")
+    ap.add_argument("--no-student", action="store_true", help="compare the groups only")
     a = ap.parse_args(argv)
     if a.models:
         names = a.models.split(",")
     else:
         from sweep import torchvision_cases
         names = [c.name for c in torchvision_cases() if c.family == a.family]
-    rows = []
-    for name in names:
-        row = run(name, a.factor, a.max_params, a.timeout)
+        sweep_rows = json.loads((ROOT / "docs" / "zoo_sweep.json").read_text())["results"]
+        size = {r["name"]: r.get("params") or 0 for r in sweep_rows}
+        names.sort(key=lambda n: size.get(n, 0))  # the small models first
+    rows = json.loads(a.json.read_text()) if a.keep and a.json and a.json.exists() else []
+    done = {r["name"] for r in rows}
+    for name in [n for n in names if n not in done]:
+        row = run(name, a.factor, a.max_params, a.timeout, not a.no_student)
         rows.append(row)
         print(f"{name:28s} {row['status']:8s} {row.get('student', ''):6s} {row['detail']}",
               flush=True)

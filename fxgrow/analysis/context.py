@@ -259,7 +259,9 @@ class RuleContext:
                 return (t, axis, chain) if t in self.state.tensors else None
             if len(a.users) != 1 or a.op not in ("call_method", "call_function"):
                 return None
-            name = a.target if a.op == "call_method" else getattr(a.target, "__name__", "")
+            name = a.target if a.op == "call_method" else \
+                a.target._opname if isinstance(a.target, torch._ops.OpOverload) else \
+                getattr(a.target, "__name__", "")  # aten.permute.default: "permute"
             if name == "t":
                 axis = 1 - axis
             elif name == "transpose":

@@ -73,7 +73,8 @@ def aten_embedding(cx: RuleContext):
 @rule(aten=("arange.default", "arange.start", "arange.start_step", "full.default",
             "zeros.default", "ones.default", "empty.memory_format", "scalar_tensor.default",
             "new_ones.default", "new_zeros.default", "new_full.default", "new_empty.default",
-            "rand.default", "randn.default"))
+            "rand.default", "randn.default", "empty_strided.default",
+            "randperm.default"))
 def creation(cx: RuleContext):
     """A new tensor from sizes only: every axis fixed (sizes read from channel axes block)."""
     return cx.info_for(cx.example(), "created tensor")
@@ -91,3 +92,17 @@ def sym_size(cx: RuleContext):
     """aten.sym_size(x, d): a size read at run time."""
     x = cx.tensor(cx.arg(0))
     return SizeInfo((x.layouts[x.dim(cx.concrete(cx.arg(1)))],))
+
+
+@rule(aten=("sym_numel.default",))
+def sym_numel(cx: RuleContext):
+    """aten.sym_numel(x): the product of every axis's size, tracked like a size."""
+    return SizeInfo(cx.tensor(cx.arg(0)).layouts)
+
+
+@rule(aten=("_local_scalar_dense.default",))
+def local_scalar(cx: RuleContext):
+    """aten._local_scalar_dense(x) (``x.item()``): the value of a one-element tensor; its axes
+    all have size 1, so no channel space is read."""
+    cx.tensor(cx.arg(0))
+    return cx.example()

@@ -67,6 +67,7 @@ _UNARY_ATEN = (
     "fill_.Scalar", "zero_.default", "erfinv.default", "tan.default", "acos.default",
     "asin.default", "atan.default", "sinh.default", "cosh.default", "asinh.default",
     "acosh.default", "atanh.default", "log2.default", "log10.default", "exp2.default",
+    "fill.Scalar",
 )
 """The same ops as ATen overloads (``torch.export`` graphs)."""
 
@@ -132,7 +133,8 @@ _BINARY_ATEN = (
     "sub_.Tensor", "div_.Tensor", "mul_.Scalar", "add_.Scalar", "pow.Scalar", "atan2.default",
     "fmod.Tensor", "fmod.Scalar", "bitwise_xor.Tensor", "logical_xor.default",
     "where.ScalarOther", "where.ScalarSelf", "where.Scalar", "addcdiv.default",
-    "bitwise_and.Scalar", "bitwise_or.Scalar", "copy_.default", "lerp.Tensor",
+    "bitwise_and.Scalar", "bitwise_or.Scalar", "copy_.default", "lerp.Tensor", "copy.default",
+    "bitwise_xor.Scalar", "div.Scalar_mode",
 )
 """The same ops as ATen overloads (``torch.export`` graphs)."""
 

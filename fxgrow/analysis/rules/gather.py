@@ -54,7 +54,7 @@ def gather_index(cx: RuleContext, x: TensorInfo, items: list) -> TensorInfo:
     return cx.out((*rest[:first], *idx[0].layouts, *rest[first:]))
 
 
-@rule(torch.index_select, "index_select")
+@rule(torch.index_select, "index_select", aten=("index_select.default",))
 def index_select(cx: RuleContext):
     """index_select(x, dim, index): ``x[..., index, ...]`` along ``dim`` (see the module
     docstring)."""
@@ -65,3 +65,12 @@ def index_select(cx: RuleContext):
     lay = list(x.layouts)
     lay[d] = idx.layouts[0] if idx.ndim else cx.fixed(1, "index_select of a scalar index")
     return cx.out(lay)
+
+
+@rule(aten=("index.Tensor",))
+def aten_index(cx: RuleContext):
+    """aten.index(x, indices): ``x[indices]`` with ``None`` for the axes taken whole (see
+    the module docstring)."""
+    x = cx.tensor(cx.arg(0))
+    items = [slice(None) if it is None else it for it in cx.arg(1, "indices")]
+    return gather_index(cx, x, items + [slice(None)] * (x.ndim - len(items)))

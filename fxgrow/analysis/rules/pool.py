@@ -96,3 +96,16 @@ def pad(cx: RuleContext):
             cx.block(layouts[d], "padded axis")
             layouts[d] = cx.fixed(shape[d], "padded axis")
     return cx.out(layouts)
+
+
+@rule(F.grid_sample, aten=("grid_sampler_2d.default", "grid_sampler.default"))
+def grid_sample(cx: RuleContext):
+    """grid_sample(x [N, C, H, W], grid [N, Ho, Wo, 2]): each channel sampled separately at
+    the grid's positions, so channels pass through; x's spatial axes and the grid's own axes
+    are positions (fixed), the batch axes are shared."""
+    x, grid = cx.tensor(cx.arg(0)), cx.tensor(cx.arg(1))
+    for lay in (*x.layouts[2:], *grid.layouts[1:]):
+        cx.block(lay, "sampling positions and the sampled axes are fixed")
+    cx.unify(x.layouts[0], grid.layouts[0], "batch axis of grid_sample")
+    shape = cx.out_shape()
+    return cx.out(x.layouts[:2] + tuple(cx.fixed(n, "spatial axis") for n in shape[2:]))

@@ -28,7 +28,9 @@ _REDUCTIONS = (
 _REDUCTIONS_ATEN = (
     "mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default", "amin.default",
     "var.correction", "std.correction", "argmax.default", "argmin.default", "all.default",
-    "any.default", "any.dim",
+    "any.default", "any.dim", "any.dims", "var.dim", "prod.default", "prod.dim_int",
+    "linalg_vector_norm.default", "norm.ScalarOpt_dim", "logsumexp.default", "nansum.default",
+    "count_nonzero.dim_IntList",
 )
 """The same ops as ATen overloads (``torch.export`` graphs)."""
 
@@ -62,7 +64,7 @@ def reduction(cx: RuleContext):
     channel axis: max/min stay exact, means need uniform replication, anything else blocks."""
     x = cx.tensor(cx.arg(0))
     name = op_name(cx.node.target)
-    dim_pos = 2 if name in ("norm", "vector_norm") else 1
+    dim_pos = 2 if name in ("norm", "vector_norm", "linalg_vector_norm") else 1
     dims = cx.concrete(cx.arg(dim_pos, "dim", None))
     dims = norm_dims(dims, x.ndim) if x.ndim else []
     keep = len(cx.out_shape()) == x.ndim
@@ -84,7 +86,9 @@ def reduction(cx: RuleContext):
     return cx.out(layouts)
 
 
-@rule(torch.max, torch.min, "max", "min", torch.median, "median")
+@rule(torch.max, torch.min, "max", "min", torch.median, "median",
+      aten=("max.dim", "min.dim", "max.default", "min.default", "max.other", "min.other",
+            "median.default", "median.dim"))
 def max_min(cx: RuleContext):
     """max/min: of two tensors it is elementwise; over ``dim`` it reduces (values, indices)."""
     other = cx.arg(1, "other", None) if cx.node.target not in (torch.median, "median") else None
@@ -146,3 +150,26 @@ def along_axis_module(cx: RuleContext):
         d = m.dim if m.dim is not None else (0 if x.ndim in (0, 1, 3) else 1)
     cx.block(x.layouts[x.dim(d)], f"{type(m).__name__} along this axis mixes its positions")
     return cx.out(x.layouts)
+
+
+@rule(torch.sort, "sort", torch.topk, "topk", torch.argsort, "argsort",
+      aten=("sort.default", "topk.default", "argsort.default"))
+def sort(cx: RuleContext):
+    """sort/topk/argsort along ``dim``: positions reordered (and cut) along it, so that axis
+    is blocked when it is a channel axis and fixed in the result; the other axes pass
+    through, to the values and the indices alike."""
+    x = cx.tensor(cx.arg(0))
+    topk = op_name(cx.node.target) == "topk"
+    d = x.dim(cx.concrete(cx.arg(2 if topk else 1, "dim", -1))) if x.ndim else None
+    if d is not None:
+        cx.block(x.layouts[d], f"positions reordered by {op_name(cx.node.target)}")
+
+    def info(t: torch.Tensor) -> TensorInfo:
+        shape = tuple(int(n) for n in t.shape)
+        lay = list(x.layouts)
+        if d is not None:
+            lay[d] = cx.fixed(shape[d], "sorted axis")
+        return TensorInfo(shape, tuple(lay))
+    example = cx.example()
+    return tuple(info(t) for t in example) if isinstance(example, (tuple, list)) \
+        else info(example)

@@ -123,6 +123,9 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
     cx.rewrite_args(new_args, *layouts)
 
 
+_aten = torch.ops.aten
+
+
 def _is(node: torch.fx.Node, methods: tuple, functions: tuple) -> bool:
     return (node.op == "call_method" and node.target in methods) or \
         (node.op == "call_function" and node.target in functions)
@@ -146,16 +149,19 @@ def _shuffle_axis(cx: RuleContext, x: TensorInfo, shape: tuple) -> int | None:
         return None
     t = _only_user(cx.node)
     if t is None or not _is(t, ("transpose", "swapaxes", "swapdims"),
-                            (torch.transpose, torch.swapaxes, torch.swapdims)):
+                            (torch.transpose, torch.swapaxes, torch.swapdims,
+                             _aten.transpose.int, _aten.swapaxes.default)):
         return None
     dims = cx.concrete([t.args[i] if i < len(t.args) else t.kwargs.get(k)
                         for i, k in ((1, "dim0"), (2, "dim1"))])
     if sorted(k % len(shape) for k in dims if isinstance(k, int)) != [d, d + 1]:
         return None
     m = _only_user(t)
-    if m is not None and _is(m, ("contiguous",), ()):
+    if m is not None and _is(m, ("contiguous",), (_aten.contiguous.default, _aten.clone.default)):
         m = _only_user(m)
-    if m is None or not _is(m, ("view", "reshape", "flatten"), (torch.reshape, torch.flatten)):
+    if m is None or not _is(m, ("view", "reshape", "flatten"), (
+            torch.reshape, torch.flatten, _aten.view.default, _aten.reshape.default,
+            _aten._unsafe_view.default, _aten.flatten.using_ints)):
         return None
     out = cx.example(m)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ins):
