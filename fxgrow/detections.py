@@ -22,6 +22,7 @@ Other outputs are checked by the calibrated verifier (:func:`fxgrow.verify.verif
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,7 +97,7 @@ def _field_error(t: torch.Tensor, s: torch.Tensor) -> float:
         return 0.0
     t64, s64 = t.detach().double(), s.detach().double()
     diff = float((t64 - s64).abs().max())
-    if diff != diff:
+    if math.isnan(diff):
         return float("inf")
     top = float(t64.abs().max())
     return diff / top if top > 0 else diff

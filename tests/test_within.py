@@ -7,13 +7,18 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 import torchvision
 from helpers import snapshot, teacher_unchanged
+from torch import nn
 
 import fxgrow
 from fxgrow.detections import compare_detections, verify_whole
-from fxgrow.errors import InputError, PreservationError, UnknownGroupError, UnsupportedModelError
+from fxgrow.errors import (
+    InputError,
+    PreservationError,
+    UnknownGroupError,
+    UnsupportedModelError,
+)
 from fxgrow.within import record_call
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,7 +56,7 @@ def grown():
 
 
 def test_detector_backbone_grows_exactly(grown):
-    teacher, x, student, before, backbone = grown
+    teacher, _, student, before, backbone = grown
     assert type(student) is type(teacher) and student is not teacher
     assert isinstance(student.backbone, torch.fx.GraphModule)
     assert teacher.backbone is backbone and not isinstance(backbone, torch.fx.GraphModule)
