@@ -76,13 +76,20 @@ def capture(model: torch.nn.Module, example_inputs: tuple, *, frontend: str = "a
 @leaves_teacher_untouched
 def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "auto",
             outputs: str = "fixed", leaf_modules: Iterable[type | str] = (),
-            autowrap_functions: Iterable[Callable] = ()) -> Analysis:
+            autowrap_functions: Iterable[Callable] = (), within: str | None = None) -> Analysis:
     """Capture ``model`` as a graph and find its channel groups on ``example_inputs``.
 
     ``outputs="fixed"`` (default) keeps every output's shape; ``"grow"`` lets channel axes of
     outputs widen (encoders whose output is a hidden state), and the teacher's outputs are then
-    compared with the student's at the positions the replication maps keep."""
+    compared with the student's at the positions the replication maps keep.
+
+    ``within="backbone"``: the analysis of that submodule, captured on the inputs it gets
+    during one forward of ``model`` (``fxgrow.within``); ``groups`` and ``plan`` take it too."""
     inputs = as_tuple(example_inputs)
+    if within is not None:
+        from .within import inner
+        return inner(model, inputs, within, analyze, frontend=frontend, outputs=outputs,
+                     leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
     return _on_graph(model, inputs, lambda gm: _analyze(gm, inputs, outputs),
                      frontend=frontend, leaf_modules=leaf_modules,
                      autowrap_functions=autowrap_functions)
@@ -192,7 +199,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
           leaf_modules: Iterable[type | str] = (),
           autowrap_functions: Iterable[Callable] = (), init: str = "replicate",
           loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-          batch: Any = None) -> torch.nn.Module:
+          batch: Any = None, within: str | None = None) -> torch.nn.Module:
     """Net2WiderNet on every group named in ``widths`` (group or module name -> new width) or,
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
     modified); with ``verify`` (default) it is checked against the teacher on the inputs.
@@ -206,7 +213,13 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     ``init``: ``"replicate"`` (Net2Net); ``"zero"``: new units get a fresh random fan-in and a
     zero fan-out wherever that is exact (groups normalised over the channel replicate:
     ``plan.changes[i].init`` says which); ``"gradmax"``: as "zero", the fan-in chosen to
-    maximise the fan-out's gradient norm for ``loss_fn(model, batch) -> loss``."""
+    maximise the fan-out's gradient norm for ``loss_fn(model, batch) -> loss``.
+
+    ``within="backbone"``: grow only that submodule, its inputs and outputs fixed, and return
+    a copy of ``model`` (its class) with the grown GraphModule in its place, the submodule's
+    and the whole model's outputs verified (``fxgrow.within``; ``deepen`` and ``grow`` too)."""
+    if within is not None:
+        return _within(widen, locals())
     from .rewrite.init import initialise
     if init == "gradmax" and (loss_fn is None or batch is None):
         raise InputError('init="gradmax" needs loss_fn=(model, batch) -> scalar loss and '
@@ -227,6 +240,15 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     else:  # never return a student that does not run: one cheap run on meta tensors
         check_runs(student, analysis.example_inputs)
     return _finish(model, student, as_graph)
+
+
+def _within(fn: Callable[..., torch.nn.Module], args: dict) -> torch.nn.Module:
+    """``fn`` (widen, deepen, grow) called with ``args`` (its own parameters) on the
+    submodule ``args["within"]`` of ``args["model"]`` (``fxgrow.within``)."""
+    from .within import grow_within
+    options = {k: v for k, v in args.items() if k not in ("model", "example_inputs", "within")}
+    return grow_within(args["model"], as_tuple(args["example_inputs"]), args["within"], fn,
+                       **options)
 
 
 def _finish(model: torch.nn.Module, student: torch.fx.GraphModule,
@@ -254,7 +276,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
            kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
            layer: str | None = None, seed: int = 0, verify: bool = True,
            frontend: str = "auto", as_graph: bool = False,
-           leaf_modules: Iterable[type | str] = ()) -> torch.nn.Module:
+           leaf_modules: Iterable[type | str] = (), within: str | None = None) -> torch.nn.Module:
     """Net2DeeperNet: insert layers after the named nodes or modules.
 
     ``kind="identity"``: an identity Linear (``[..., C]``) or k x k conv (``[N, C, ...]``),
@@ -267,6 +289,8 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     all in one call (LLaMA-Pro's interleaved expansion); pre-norm, sandwich-norm and
     parallel-residual transformer blocks, T5 blocks and ResNet blocks; post-norm blocks are
     refused."""
+    if within is not None:
+        return _within(deepen, locals())
     from .rewrite.block_copy import insert_blocks_after
     from .rewrite.deepen import deepen_node, node_values
     analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
@@ -342,12 +366,14 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
          as_graph: bool = False, to_config: Any = None,
          leaf_modules: Iterable[type | str] = (), init: str = "replicate",
          loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-         batch: Any = None) -> torch.nn.Module:
+         batch: Any = None, within: str | None = None) -> torch.nn.Module:
     """Widen (``width``: a factor, or {group or module: width}; ``init`` as in ``widen``) and
     deepen (``blocks``: {stage: new block count}) in one call, then verify against the teacher.
 
     ``to_config`` (a Hugging Face teacher): a config or {field: value} to reach exactly; the
     widths and blocks are found from it (``fxgrow.hf.target``)."""
+    if within is not None:
+        return _within(grow, locals())
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
     from .rewrite.block_copy import grow_stage

@@ -23,6 +23,8 @@ from typing import Any
 
 from .cli_models import (LARGE, Loaded, SpecError, _close, _count_params,  # noqa: F401
                          _describe_inputs, _short, _split_spec, _value, load_model)
+from .cli_within import add_flag as add_within_flag
+from .cli_within import check_whole, narrow
 from .errors import FxgrowError, PreservationError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
@@ -349,7 +351,7 @@ def _report(loaded: Loaded, student: Any, result: Any, tol: float, ok: bool, sav
 # -- commands -----------------------------------------------------------------------------------------
 
 def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
-    loaded = _load(args, ui)
+    loaded, _ = narrow(_load(args, ui), args, ui)
     analysis = _analyse(loaded, args, ui, outputs=args.outputs)
     groups = analysis.all_groups if args.all else analysis.groups
     stages = []
@@ -409,7 +411,8 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
 def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
     _check_factor(args)
     _check_output(args, (".safetensors",))
-    loaded = _load(args, ui)
+    whole = _load(args, ui)
+    loaded, call = narrow(whole, args, ui)
     analysis, plan = _plan(loaded, args, ui)
     _budget(analysis, plan, args, ui)
     if args.plan_only:
@@ -417,6 +420,7 @@ def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
         return EXIT_OK
     student = _apply(analysis, plan, ui)
     result, tol, ok = _verify(loaded, student, args, ui)
+    check_whole(whole, call, student, args, ui)
     saved = _save(student, loaded, args, ui)
     _report(loaded, student, result, tol, ok, saved, list(plan.changes), [], args, analysis.gm)
     return EXIT_OK
@@ -485,9 +489,11 @@ def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
         from .hf.cli import command
         return command(args, _assignments)
     _check_output(args, (".safetensors",))
-    loaded = _load(args, ui)
+    whole = _load(args, ui)
+    loaded, call = narrow(whole, args, ui)
     teacher_gm, changes, student = _grow(loaded, args, ui)
     result, tol, ok = _verify(loaded, student, args, ui)
+    check_whole(whole, call, student, args, ui)
     saved = _save(student, loaded, args, ui)
     _report(loaded, student, result, tol, ok, saved, changes, _new_modules(teacher_gm, student),
             args, teacher_gm)
@@ -699,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", action="store_true", help="also rank the widenable groups by the "
                    "gradient new units would get (fxgrow.rank_groups; synthetic batch)")
     p.add_argument("--width-limit", type=int, default=72, help=argparse.SUPPRESS)
+    add_within_flag(p)
     _run_flag(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -716,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", choices=("fixed", "grow"), default="fixed",
                    help="let output channel axes widen (encoders; default fixed)")
     p.add_argument("--plan-only", action="store_true", help="print the plan, change nothing")
+    add_within_flag(p)
     _results(p)
     p.set_defaults(func=cmd_widen)
 
@@ -751,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer3=23 --factor 1.25 -o grown.safetensors\n\n" + MODEL_HELP)
     _common(p)
     _growth(p, blocks=True)
+    add_within_flag(p)
     _results(p)
     h = p.add_argument_group("Hugging Face folders (MODEL is a folder with a config.json)")
     h.add_argument("--to-config", action="append", metavar="KEY=VALUE|config.json",
