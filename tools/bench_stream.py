@@ -6,12 +6,14 @@ in the same run:
 
 * the I/O bound: a plain read + write of the same shards (64 MB chunks), in a subprocess;
 * growth by depth (LLaMA-Pro, +25 % blocks, interleaved) and by MLP width (x1.5), each with
-  ``fxgrow.stream.grow_checkpoint`` in a subprocess, layer-streamed verification on;
+  ``fxgrow.stream.grow_checkpoint`` (or, with ``--cli``, ``fxgrow grow SRC -o OUT --stream``)
+  in a subprocess, layer-streamed verification on; each output is removed once measured
+  (unless ``--keep`` or ``--exact``), so the disk holds the teacher and one output at a time;
 * peak RSS of each subprocess (``ru_maxrss`` from ``wait4``) and its wall time;
 * exactness (``--exact``): teacher and grown student loaded with ``from_pretrained`` in float32,
   one after the other, logits on a few tokens compared.
 
-    .venv/bin/python tools/bench_stream.py --dir /tmp/fxgrow-bench [--model 7b] [--exact]
+    .venv/bin/python tools/bench_stream.py --dir /tmp/fxgrow-bench [--model 7b] [--exact] [--cli]
 """
 from __future__ import annotations
 
@@ -61,6 +63,13 @@ def write_teacher(folder: Path, name: str) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 2048}))
 
 
+CLI = """
+import sys
+from fxgrow.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
 def measured(code: str) -> dict:
     """Run ``code`` in a fresh interpreter under ``/usr/bin/time -v``: wall seconds, peak RSS
     (MB; measured by time's own wait4 on a child it forks, so none of this process's memory is
@@ -75,7 +84,8 @@ def measured(code: str) -> dict:
                          f"{p.stderr[-3000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
     out = p.stdout.strip()
-    result = json.loads(out.splitlines()[-1]) if out else {}
+    last = out.splitlines()[-1] if out else ""
+    result = json.loads(last) if last.startswith("{") else {"printed": last} if last else {}
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss / 1024), **result}
 
 
@@ -121,6 +131,8 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(SHAPES), default="1.1b")
     ap.add_argument("--exact", action="store_true", help="from_pretrained float32 check")
     ap.add_argument("--keep", action="store_true", help="keep the folders")
+    ap.add_argument("--cli", action="store_true",
+                    help="grow with `fxgrow grow SRC -o OUT --stream ...` instead of the API")
     args = ap.parse_args()
     root = Path(args.dir) / args.model
     teacher = root / "teacher"
@@ -130,18 +142,31 @@ def main() -> None:
         print(f"teacher written in {time.perf_counter() - t:.0f} s", flush=True)
     n = SHAPES[args.model]["num_hidden_layers"]
     mlp = SHAPES[args.model]["intermediate_size"]
-    runs = {"read+write (I/O bound)": COPY.format(src=str(teacher), dst=str(root / "copy")),
-            f"depth {n}->{-(-n * 5 // 4)} (LLaMA-Pro)": GROW.format(
-                src=str(teacher), dst=str(root / "depth"), kw={"blocks": -(-n * 5 // 4)}),
-            f"MLP width {mlp}->{mlp * 3 // 2}": GROW.format(
-                src=str(teacher), dst=str(root / "width"),
-                kw={"widths": {"model.layers.*.mlp.up_proj": mlp * 3 // 2}})}
+    depth, width = -(-n * 5 // 4), mlp * 3 // 2
+    up = "model.layers.*.mlp.up_proj"
+    if args.cli:
+        grow = {"depth": CLI.format(argv=["grow", str(teacher), "-o", str(root / "depth"),
+                                          "--stream", "--blocks", f"model.layers={depth}",
+                                          "--max-shard-size", "1GB"]),
+                "width": CLI.format(argv=["grow", str(teacher), "-o", str(root / "width"),
+                                          "--stream", "--width", f"{up}={width}",
+                                          "--max-shard-size", "1GB"])}
+    else:
+        grow = {"depth": GROW.format(src=str(teacher), dst=str(root / "depth"),
+                                     kw={"blocks": depth}),
+                "width": GROW.format(src=str(teacher), dst=str(root / "width"),
+                                     kw={"widths": {up: width}})}
+    runs = {("copy", "read+write (I/O bound)"): COPY.format(src=str(teacher),
+                                                            dst=str(root / "copy")),
+            ("depth", f"depth {n}->{depth} (LLaMA-Pro)"): grow["depth"],
+            ("width", f"MLP width {mlp}->{width}"): grow["width"]}
+    keep = args.keep or args.exact  # else each output is removed once measured (disk)
     results = {}
-    for name, code in runs.items():
-        for d in ("copy", "depth", "width"):
-            shutil.rmtree(root / d, ignore_errors=True) if name.startswith(
-                {"copy": "read", "depth": "depth", "width": "MLP"}[d]) else None
+    for (d, name), code in runs.items():
+        shutil.rmtree(root / d, ignore_errors=True)
         results[name] = measured(code)
+        if not keep:
+            shutil.rmtree(root / d, ignore_errors=True)
         print(name, json.dumps(results[name]), flush=True)
     if args.exact:
         for d in ("depth", "width"):

@@ -109,9 +109,6 @@ def command(args, assignments) -> int:
 def _stream(args, assignments) -> int:
     """``fxgrow grow SRC_FOLDER -o OUT_FOLDER --stream``: fxgrow.stream.grow_checkpoint."""
     from ..stream import grow_checkpoint
-    if args.to_config:
-        raise InputError("--stream grows by --blocks, --width or --factor; --to-config is not "
-                         "streamed yet: give the widths and the block count instead")
     if args.untie:
         raise InputError("--stream keeps tied embeddings tied; drop --untie")
     blocks = assignments(args.blocks, "--blocks", "model.layers=4") or {}
@@ -122,7 +119,8 @@ def _stream(args, assignments) -> int:
         args.model, args.output, blocks=count, stage=stage, placement=args.placement,
         widths=assignments(args.width, "--width", "'model.layers.*.mlp.up_proj=256'") or None,
         factor=args.factor, seed=args.seed, split=args.split,
-        max_shard_size=args.max_shard_size, verify=args.verify)
+        max_shard_size=args.max_shard_size, verify=args.verify,
+        to_config=list(args.to_config) if args.to_config else None)
     check = "not verified (--no-verify)" if report.check is None else str(report.check)
     print(f"wrote {report.out_dir}: {len(report.shards)} shard(s), "
           f"{report.bytes_written / 1e9:.2f} GB in {report.seconds:.1f} s; {check}")

@@ -79,7 +79,26 @@ def _get(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
     return getattr(gm.get_submodule(mod) if mod else gm, leaf)
 
 
+_RECORDS: list[list] = []
+
+
+class recording:
+    """``with recording() as folds:`` lists each ``(target, scale, shift)`` folded into a
+    parameter inside the block, in order (the new value is ``((t + shift) * scale - shift)``
+    computed in float64 with ``scale`` as given): what a streamed growth applies tensor by
+    tensor to reproduce a fold made on a graph of meta tensors."""
+
+    def __enter__(self) -> list:
+        _RECORDS.append([])
+        return _RECORDS[-1]
+
+    def __exit__(self, *exc) -> None:
+        _RECORDS.pop()
+
+
 def _scale_param(gm, target: str, scale: torch.Tensor, shift: float = 0.0) -> None:
+    if _RECORDS:
+        _RECORDS[-1].append((target, scale.detach().to("cpu", torch.float64).clone(), shift))
     t = _get(gm, target)
     with torch.no_grad():
         s = scale.to(dtype=torch.float64, device=t.device)

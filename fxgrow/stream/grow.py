@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, PreservationError
 from ..plan.plan import check_plan
-from ..rewrite.recipe import apply_recipe
 from .checkpoint import INDEX, Checkpoint
 from .errors import WriteError
-from .plan import StreamPlan, balanced, make_stream_plan
+from .plan import StreamPlan, balanced, make_stream_plan, make_tensor
 from .verify import StreamedCheck
 from .writer import (
     OutTensor,
@@ -73,10 +72,10 @@ def write_student(plan: StreamPlan, teacher: Checkpoint, folder: Path, *,
                     src = sources[spec.name]
                     if src.zero:
                         write_zeros(out, spec.nbytes)
-                    elif src.recipe is None:
+                    elif src.unchanged:
                         teacher.copy_to(src.source, out)
                     else:
-                        new = apply_recipe(src.recipe, teacher.read(src.source))
+                        new = make_tensor(src, teacher.read(src.source))
                         write_tensor(out, new, spec)
                         del new
                     bar.update(spec.nbytes)
@@ -112,43 +111,67 @@ class CheckpointPlan:
     plan: StreamPlan
     teacher_graph: torch.fx.GraphModule
     tokens: int
+    teacher_model: torch.nn.Module | None = None  # both on the meta device, for the
+    student_model: torch.nn.Module | None = None  # layer-streamed verification
 
 
 def plan_checkpoint(src_dir: str | Path, *, blocks: int | None = None, stage: str | None = None,
                     placement: str = "interleave", widths: Mapping[str, int] | None = None,
                     factor: float | None = None, seed: int = 0, split: str = "equal",
-                    tokens: int = 8) -> CheckpointPlan:
+                    tokens: int = 8, to_config: Any = None) -> CheckpointPlan:
     """Plan the growth of the Hugging Face folder ``src_dir`` from its config and its shards'
     headers alone: the model is built on the meta device, captured and analysed there (no
-    parameter memory), and every tensor checked against the config."""
+    parameter memory), and every tensor checked against the config.  ``to_config`` (a
+    config, a dict or a config.json path) names the target instead of blocks / widths /
+    factor: the widths and blocks the in-memory ``grow(to_config=)`` finds, with its maps
+    (not balanced) and its appended blocks, so both write the same tensors."""
     import transformers
 
     import fxgrow
 
-    from .hf import check_dtypes, example_ids, expand_widths, grown_config, meta_model
+    from .hf import check_dtypes, example_ids, expand_widths, grown_model, meta_model
     src = Path(src_dir)
     if not (src / "config.json").is_file():
         raise InputError(f"{src} has no config.json; grow_checkpoint takes a Hugging Face "
                          f"model folder")
-    if blocks is None and widths is None and factor is None:
-        raise InputError("nothing to grow: give blocks=, widths= or factor=")
+    if to_config is not None and (blocks is not None or widths is not None or
+                                  factor is not None):
+        raise InputError("to_config sets the widths and blocks itself: drop blocks=, widths= "
+                         "and factor=")
+    if blocks is None and widths is None and factor is None and to_config is None:
+        raise InputError("nothing to grow: give blocks=, widths=, factor= or to_config=")
     config = transformers.AutoConfig.from_pretrained(src)
     with Checkpoint(src) as teacher:
-        check_dtypes(config, {n: i.torch_dtype for n, i in teacher.tensors.items()})
+        stored = {n: i.torch_dtype for n, i in teacher.tensors.items()}
+        check_dtypes(config, stored)
         shapes = {n: i.shape for n, i in teacher.tensors.items()}
+    dtype = next((d for d in stored.values() if d.is_floating_point), torch.float32)
     model = meta_model(config)
     ids = example_ids(config, tokens)
     analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
-    wplan = None
-    if widths is not None or factor is not None:
+    wplan, fields = None, {}
+    if to_config is not None:
+        from .target import config_target
+        widths_, blocks, stage, fields = config_target(analysis, model, config, to_config)
+        placement = "append"  # grow(to_config=) appends copies of the last block
+        if widths_:
+            wplan = fxgrow.plan(analysis, widths=widths_, seed=seed, split=split)
+    elif widths is not None or factor is not None:
         names = [g.name for g in analysis.groups] + list(analysis.state.modules)
         wplan = balanced(fxgrow.plan(analysis, widths=expand_widths(widths, names),
                                      factor=factor, seed=seed, split=split), seed)
+    if wplan is not None:
         check_plan(analysis, wplan)
     plan = make_stream_plan(analysis, shapes, widen=wplan, blocks=blocks, stage=stage,
-                            placement=placement)
-    return CheckpointPlan(src, config, grown_config(config, model, plan), plan, analysis.gm,
-                          tokens)
+                            placement=placement, dtype=dtype)
+    new_config, student = grown_model(config, model, plan)
+    off = {f: (getattr(new_config, f, None), v) for f, v in fields.items()
+           if getattr(new_config, f, None) != v}
+    if off:
+        from ..errors import ConfigError
+        raise ConfigError("the grown checkpoint's config differs from the target: " + ", ".join(
+            f"{f}={g!r} (target {v!r})" for f, (g, v) in off.items()))
+    return CheckpointPlan(src, config, new_config, plan, analysis.gm, tokens, model, student)
 
 
 def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | None = None,
@@ -157,11 +180,13 @@ def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | N
                     seed: int = 0, split: str = "equal", max_shard_size: int | str = "5GB",
                     verify: bool = True, verify_tokens: int = 8,
                     progress: bool | None = None,
-                    planned: CheckpointPlan | None = None) -> GrowthReport:
+                    planned: CheckpointPlan | None = None,
+                    to_config: Any = None) -> GrowthReport:
     """Grow the Hugging Face folder ``src_dir`` into ``out_dir`` without loading the model:
     ``blocks`` (new block count of ``stage``, default the decoder's layers; LLaMA-Pro
     ``interleave`` or ``append``) and/or ``widths`` (group or module name, globs allowed ->
-    width) / ``factor``.  Plans on the meta device (``plan_checkpoint``, or pass its result as
+    width) / ``factor``, or ``to_config`` (the target config's fields; see
+    ``plan_checkpoint``).  Plans on the meta device (``plan_checkpoint``, or pass its result as
     ``planned``), streams the tensors, writes config.json with the new sizes and copies the
     other files (tokenizer, generation config).  With ``verify`` the student is run
     layer-streamed against the teacher before the folder appears."""
@@ -175,7 +200,7 @@ def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | N
     if planned is None:
         planned = plan_checkpoint(src, blocks=blocks, stage=stage, placement=placement,
                                   widths=widths, factor=factor, seed=seed, split=split,
-                                  tokens=verify_tokens)
+                                  tokens=verify_tokens, to_config=to_config)
     config, new_config, plan = planned.config, planned.new_config, planned.plan
     planned_at = time.perf_counter()
     with Checkpoint(src) as teacher, staging(out) as tmp:
@@ -192,7 +217,8 @@ def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | N
             with Checkpoint(tmp) as student:
                 check = verify_streamed(config, new_config, teacher, student, plan=plan,
                                         tokens=planned.tokens,
-                                        teacher_graph=planned.teacher_graph)
+                                        teacher_graph=planned.teacher_graph,
+                                        models=(planned.teacher_model, planned.student_model))
         verified = time.perf_counter()
         _model_card(tmp, src, plan, new_config, config, check)
         written = sum(p.stat().st_size for p in tmp.iterdir())
@@ -203,20 +229,48 @@ def grow_checkpoint(src_dir: str | Path, out_dir: str | Path, *, blocks: int | N
 
 def verify_streamed(config: Any, new_config: Any, teacher: Checkpoint, student: Checkpoint, *,
                     plan: StreamPlan | None = None, tokens: int = 8, check: bool = True,
-                    teacher_graph: torch.fx.GraphModule | None = None) -> StreamedCheck:
+                    teacher_graph: torch.fx.GraphModule | None = None,
+                    models: tuple[Any, Any] | None = None) -> StreamedCheck:
     """Teacher (``config``, ``teacher``'s tensors) against student (``new_config``,
     ``student``'s) on random tokens, each run layer-streamed in float32; raises
     ``PreservationError`` naming the tensors that differ from ``plan`` when they disagree.
-    ``teacher_graph``: the teacher already captured on ``tokens`` meta tokens (it is
-    modified: reads move next to their users)."""
+
+    Each model runs its own code on the meta device with every module's parameters read for
+    its call (``modules.run_modules``: no capture).  A model that reads a parameter outside
+    its module's call is run as a graph captured on ``tokens`` meta tokens instead
+    (``teacher_graph``: the teacher's, already captured; it is modified: reads move next to
+    their users).  ``models``: the two meta models, when already built."""
     from .hf import example_ids, meta_model
-    from .verify import verify_checkpoints
+    from .modules import run_modules
+    from .verify import judge, verify_checkpoints
     ids = example_ids(config, tokens)
-    t_model, s_model = meta_model(config), meta_model(new_config)
-    t_graph = teacher_graph if teacher_graph is not None else _capture(t_model, ids)
-    return verify_checkpoints(t_graph, _capture(s_model, ids), teacher, student,
-                              ids, plan=plan, teacher_aliases=_aliases(t_model, teacher),
-                              student_aliases=_aliases(s_model, student), check=check)
+    t_model, s_model = models if models is not None and None not in models else \
+        (meta_model(config), meta_model(new_config))
+    t_alias, s_alias = _aliases(t_model, teacher), _aliases(s_model, student)
+    try:
+        t_out, t_peak = run_modules(t_model, teacher, ids, aliases=t_alias)
+        s_out, s_peak = run_modules(s_model, student, ids, aliases=s_alias)
+    except (PreservationError, RuntimeError, NotImplementedError):
+        t_graph = teacher_graph if teacher_graph is not None else _capture(t_model, ids)
+        return verify_checkpoints(t_graph, _capture(s_model, ids), teacher, student, ids,
+                                  plan=plan, teacher_aliases=t_alias, student_aliases=s_alias,
+                                  check=check)
+    return judge(t_out, s_out, t_peak, s_peak, teacher, student, plan=plan, check=check,
+                 dtype=_tolerance_dtype(plan, student))
+
+
+def _tolerance_dtype(plan: StreamPlan | None, student: Checkpoint) -> torch.dtype:
+    """float32's tolerance, or the stored dtype's where the plan splits a unit into shares
+    that are no power of two (1/3 is not a bfloat16 number: the stored student rounds)."""
+    stored = {i.torch_dtype for i in student.tensors.values() if i.torch_dtype.is_floating_point}
+    low = [d for d in stored if d.itemsize < 4]
+    if plan is None or plan.widen is None or not low:
+        return torch.float32
+    for c in plan.widen.changes:
+        counts = c.map.counts if c.map.fractions is None else None
+        if counts is None or any(int(n) & (int(n) - 1) for n in counts):
+            return max(low, key=lambda d: torch.finfo(d).eps)
+    return torch.float32
 
 
 def verify_folders(teacher_dir: str | Path, student_dir: str | Path, *,

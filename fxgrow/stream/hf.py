@@ -90,6 +90,12 @@ def check_dtypes(config: Any, stored: Mapping[str, torch.dtype]) -> None:
 
 
 def grown_config(config: Any, model: torch.nn.Module, plan: StreamPlan) -> Any:
+    """The config whose model has exactly the plan's tensors (``grown_model``'s first half)."""
+    return grown_model(config, model, plan)[0]
+
+
+def grown_model(config: Any, model: torch.nn.Module,
+                plan: StreamPlan) -> tuple[Any, torch.nn.Module]:
     """The config whose model has exactly the plan's tensors, or ``UnsupportedModelError``.
 
     Sizes are read off the student's tensors (input embedding -> hidden_size, the first
@@ -145,4 +151,4 @@ def grown_config(config: Any, model: torch.nn.Module, plan: StreamPlan) -> Any:
     if lacking:
         raise UnsupportedModelError(f"the grown checkpoint lacks {lacking[0]!r}, which "
                                     f"{type(student).__name__}({changed}) has")
-    return new
+    return new, student

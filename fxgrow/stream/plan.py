@@ -21,7 +21,7 @@ from ..analysis.blocks import Stage, find_stages
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
 from ..plan.plan import GroupChange, ReplicationMap, WidenPlan, root_maps
 from ..rewrite.block_copy import residual_stream
-from ..rewrite.recipe import TensorRecipe, tensor_recipes
+from ..rewrite.recipe import TensorRecipe, apply_recipe, tensor_recipes
 from .errors import CheckpointError
 
 
@@ -35,6 +35,21 @@ class TensorSource:
     shape: tuple[int, ...]
     recipe: TensorRecipe | None = None
     zero: bool = False
+    folds: tuple[tuple[torch.Tensor, float], ...] = ()  # (scale, shift) after the recipe
+
+    @property
+    def unchanged(self) -> bool:
+        return self.recipe is None and not self.folds and not self.zero
+
+
+def make_tensor(src: TensorSource, old: torch.Tensor) -> torch.Tensor:
+    """Student tensor ``src`` from its teacher tensor ``old``: the recipe, then each fold
+    ``((t + shift) * scale - shift)`` in float64, rounded to the dtype (``hf.fold``'s
+    arithmetic, so a fold made on a graph in memory and one made here agree bit for bit)."""
+    new = apply_recipe(src.recipe, old) if src.recipe is not None else old
+    for scale, shift in src.folds:
+        new = ((new.double() + shift) * scale - shift).to(new.dtype)
+    return new
 
 
 @dataclass(frozen=True)
@@ -108,24 +123,57 @@ def _stage(analysis: Analysis, name: str | None) -> Stage:
                             f"{', '.join(s.name for s in stages) or 'none'}")
 
 
+def tie_folds(analysis: Analysis, widen: WidenPlan,
+              dtype: torch.dtype) -> dict[str, tuple[tuple[torch.Tensor, float], ...]]:
+    """Per parameter (canonical name), the scales that compensate widened tied weights.
+
+    A tied table widened along an axis read both as an embedding and as an output projection
+    counts each copied unit once per copy at the projection; the in-memory rewrite scales the
+    projection's input by the shares (``fxgrow_tie_scale*``) and ``hf.fold`` folds that scale
+    into the parameter that makes the input (a final norm's weight).  Here the rewrite runs on
+    the meta graph, its scales are made real (in the checkpoint's ``dtype``, as the in-memory
+    rewrite makes them in the tensor's), and the folds are recorded, not applied."""
+    from ..hf.fold import fold_tie_scales, recording
+    from ..plan.index_map import expand
+    from ..rewrite.widen import apply
+    state, sp = analysis.state, analysis.state.spaces
+    maps = root_maps(analysis, widen)
+    student = apply(analysis, widen)
+    for k, (pa, _) in enumerate(state.ties):
+        name = f"fxgrow_tie_scale{k}"
+        if any(r in maps for r in sp.roots(pa.layout)) and hasattr(student, name):
+            shape = getattr(student, name).shape
+            student.register_buffer(name, expand(sp, pa.layout, maps).fraction.to(dtype)
+                                    .reshape(shape))
+    try:
+        with recording() as folds:
+            fold_tie_scales(student)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"the plan widens a tied weight whose compensation fxgrow "
+                                    f"cannot fold into a parameter ({e}); leave that group "
+                                    f"alone, or grow the model in memory with untie=True") from e
+    out: dict[str, list] = {}
+    for target, scale, shift in folds:
+        out.setdefault(state.canonical.get(target, target), []).append((scale, shift))
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]], *,
                      widen: WidenPlan | None = None, blocks: int | None = None,
-                     stage: str | None = None, placement: str = "interleave") -> StreamPlan:
+                     stage: str | None = None, placement: str = "interleave",
+                     dtype: torch.dtype = torch.float32) -> StreamPlan:
     """The per-tensor plan for ``widen`` and/or growing ``stage`` (default: the longest) to
     ``blocks`` blocks.  ``teacher`` maps the checkpoint's tensor names to their shapes; each
-    must agree with the analysed model, and every parameter must be in it."""
+    must agree with the analysed model, and every parameter must be in it.  ``dtype``: the
+    checkpoint's, for the compensation of widened tied weights (``tie_folds``)."""
     state = analysis.state
     recipes: dict[str, TensorRecipe] = {}
+    folds: dict[str, tuple[tuple[torch.Tensor, float], ...]] = {}
     if widen is not None:
         maps = root_maps(analysis, widen)
         sp = state.spaces
-        for pa, _ in state.ties:
-            if any(r in maps for r in sp.roots(pa.layout)):
-                raise UnsupportedModelError(
-                    f"the plan widens an axis of {pa.target!r}, a tied weight (read both as "
-                    f"an embedding and as an output projection); its exact compensation is a "
-                    f"graph change that a checkpoint cannot carry.  Leave that group alone, or "
-                    f"grow the model in memory with fxgrow.widen")
+        if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.ties):
+            folds = tie_folds(analysis, widen, dtype)
         recipes = tensor_recipes(analysis, widen)
     shapes = {name: tuple(t.shape) for name, t in state.tensors.items()}
     for name, shape in teacher.items():
@@ -143,9 +191,10 @@ def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]],
                               f"another model")
 
     def source(name: str, new_name: str, zero: bool = False) -> TensorSource:
-        recipe = recipes.get(state.canonical.get(name, name))
+        canonical = state.canonical.get(name, name)
+        recipe = recipes.get(canonical)
         shape = recipe.new_shape if recipe else tuple(teacher[name])
-        return TensorSource(new_name, name, shape, recipe, zero)
+        return TensorSource(new_name, name, shape, recipe, zero, folds.get(canonical, ()))
 
     if blocks is None:
         return StreamPlan(tuple(source(n, n) for n in teacher), widen)

@@ -22,10 +22,9 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from ..errors import PreservationError
-from ..rewrite.recipe import apply_recipe
 from ..verify.compare import TOLERANCE
 from .checkpoint import Checkpoint
-from .plan import StreamPlan
+from .plan import StreamPlan, make_tensor
 
 
 class StreamedRun(torch.fx.Interpreter):
@@ -158,8 +157,7 @@ def replay(plan: StreamPlan, teacher: Checkpoint, student: Checkpoint) -> list[s
         if src.zero:
             ok = not bool(got.any())
         else:
-            old = teacher.read(src.source)
-            want = apply_recipe(src.recipe, old) if src.recipe else old
+            want = make_tensor(src, teacher.read(src.source))
             ok = want.shape == got.shape and want.dtype == got.dtype and \
                 bool(torch.equal(want, got))
         if not ok:
@@ -178,6 +176,15 @@ def verify_checkpoints(teacher_gm: torch.fx.GraphModule, student_gm: torch.fx.Gr
     from the plan (when ``plan`` is given)."""
     t_out, t_peak = run_streamed(teacher_gm, teacher, inputs, dtype=dtype, aliases=teacher_aliases)
     s_out, s_peak = run_streamed(student_gm, student, inputs, dtype=dtype, aliases=student_aliases)
+    return judge(t_out, s_out, t_peak, s_peak, teacher, student, plan=plan, dtype=dtype,
+                 check=check)
+
+
+def judge(t_out: Any, s_out: Any, t_peak: int, s_peak: int, teacher: Checkpoint,
+          student: Checkpoint, *, plan: StreamPlan | None = None,
+          dtype: torch.dtype = torch.float32, check: bool = True) -> StreamedCheck:
+    """Compare the two runs' outputs; with ``check``, raise ``PreservationError`` above the
+    tolerance of ``dtype``, naming the tensors that differ from ``plan`` (when given)."""
     max_abs, max_rel = compare_outputs(t_out, s_out)
     result = StreamedCheck(max_abs, max_rel, t_peak, s_peak)
     if check and not max_rel <= TOLERANCE.get(dtype, 1e-5):
