@@ -223,9 +223,9 @@ def write_docs(doc: dict) -> None:
 
 
 def _seed_job(job) -> dict:
-    seed, lr, cfg, out_dir = job
+    seed, lr, cfg, out_dir, scratch = job
     torch.set_num_threads(1)
-    out = run_seed(seed, lr, cfg, lm.stdlib_bytes(), lm._log)
+    out = run_seed(seed, lr, cfg, lm.stdlib_bytes(), lm._log, scratch)
     with open(os.path.join(out_dir, f"seed{seed}.json"), "w") as fh:  # survives a cut run
         json.dump(out, fh)
     return out
@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", default="4e-3,8e-3",
                    help="peak LRs tried for scratch on seed 0 (one: no tuning run)")
     p.add_argument("--more", action="store_true", help="also the variants in MORE")
+    p.add_argument("--only-more", action="store_true",
+                   help="only the variants in MORE (with --reuse: added to an earlier run)")
+    p.add_argument("--reuse", help="results.json of an earlier run with the same settings: its "
+                                   "from-scratch runs are reused and its variants kept")
     p.add_argument("--workers", type=int, default=1, help="processes (seeds in parallel)")
     p.add_argument("--out", default="fxgrow-reproduce-lm-study-out")
     p.add_argument("--from", dest="from_")
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = dict(d=a.d, layers=a.layers, ctx=a.ctx, batch=a.batch, N=a.steps, device="cpu",
                head_dim=a.head_dim, eval_every=max(1, a.steps // 20), val_batches=4,
-               variants=[list(v) for v in VARIANTS + (MORE if a.more else ())])
+               variants=[list(v) for v in (MORE if a.only_more else
+                                           VARIANTS + (MORE if a.more else ()))])
     lrs, seeds = [float(x) for x in a.lrs.split(",")], a.seeds
     if a.quick:
         cfg.update(d=16, layers=1, ctx=16, batch=4, N=16, eval_every=4, val_batches=1,
@@ -281,17 +286,32 @@ def main(argv: list[str] | None = None) -> int:
             finals[lr] = h[-1][1]
             lm._log(f"lr {lr:g}: scratch final {h[-1][1]:.4f}")
     lr = min(finals, key=finals.get) if finals else lrs[0]
-    jobs = [(s, lr, cfg, a.out) for s in range(seeds)]
+    earlier = None
+    if a.reuse:
+        with open(a.reuse) as fh:
+            earlier = json.load(fh)
+        same = ("d", "layers", "ctx", "batch", "N", "head_dim", "eval_every", "val_batches")
+        if any(earlier["cfg"][k] != cfg[k] for k in same) or earlier["results"][0]["lr"] != lr:
+            p.error("--reuse: the earlier run's settings differ from these")
+        finals = {float(k): v for k, v in earlier["meta"]["lr_finals"].items()}
+    jobs = [(s, lr, cfg, a.out, earlier["results"][s]["runs"]["scratch"]["hist"]
+             if earlier else None) for s in range(seeds)]
     if a.workers > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(a.workers) as pool:
             results = pool.map(_seed_job, jobs)
     else:
         results = [_seed_job(j) for j in jobs]
+    if earlier:  # the earlier variants first, then these
+        for old, new in zip(earlier["results"], results):
+            old["runs"].update(new["runs"])
+        results = earlier["results"]
+        cfg["variants"] = earlier["cfg"]["variants"] + cfg["variants"]
     with open(os.path.join(a.out, "results.json"), "w") as fh:
         json.dump({"cfg": cfg, "results": results, "meta": {
             "lrs": lrs, "lr_finals": {str(k): round(v, 4) for k, v in finals.items()},
-            "device": "CPU", "seconds": time.time() - t0, "workers": a.workers,
+            "device": "CPU", "workers": a.workers,
+            "seconds": time.time() - t0 + (earlier["meta"]["seconds"] if earlier else 0),
             "torch": torch.__version__}}, fh)
     print("\n".join(summarise(results, cfg)))
     if a.docs:
