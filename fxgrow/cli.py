@@ -132,6 +132,8 @@ def _trace_options(args: argparse.Namespace) -> dict:
 
 
 def _check_factor(args: argparse.Namespace) -> None:
+    from .cli_growth import check_init_flag
+    check_init_flag(args)
     f = getattr(args, "factor", None)
     if f is not None and (not math.isfinite(f) or f < 1):
         from .errors import WidthError
@@ -178,7 +180,8 @@ def _plan(loaded: Loaded, args: argparse.Namespace, ui: UI):
     with ui.step("planning") as s:
         plan = make_plan(analysis, widths=widths or None, factor=args.factor, seed=args.seed,
                          split=args.split, noise=args.noise,
-                         approximate=getattr(args, "approximate", False))
+                         approximate=getattr(args, "approximate", False),
+                         init=getattr(args, "init", "replicate"))
         s["done"] = f"{len(plan.changes)} groups to widen"
     return analysis, plan
 
@@ -231,8 +234,10 @@ def _bytes(m: Any) -> int:
 
 def _apply(analysis: Any, plan: Any, ui: UI) -> Any:
     from .rewrite import apply
+    from .rewrite.init import initialise
     with ui.step("rewriting the graph") as s:
         student = apply(analysis, plan)
+        initialise(analysis, plan, student)  # init="zero": the new units' fresh fan-in
         s["done"] = f"{_count_params(student):,} parameters"
     return student
 
@@ -316,8 +321,8 @@ def _report(loaded: Loaded, student: Any, result: Any, tol: float, ok: bool, sav
                  if teacher_gm is not None and n.name not in teacher_nodes and n.op != "get_attr"]
     if args.json:
         doc = {"model": loaded.label, "inputs": [list(x.shape) for x in loaded.inputs],
-               "groups_changed": [{"group": c.group, "old": c.old_width, "new": c.new_width}
-                                  for c in changes],
+               "groups_changed": [{"group": c.group, "old": c.old_width, "new": c.new_width,
+                                   "init": c.init} for c in changes],
                "modules_inserted": inserted, "nodes_inserted": len(new_nodes),
                "parameters": {"before": n_t, "after": n_s},
                "preservation": {"max_abs": result.max_abs, "max_rel": result.max_rel,
@@ -328,8 +333,11 @@ def _report(loaded: Loaded, student: Any, result: Any, tol: float, ok: bool, sav
     print(f"{loaded.label}  (input {_describe_inputs(loaded.inputs)})")
     if changes:
         print(f"\n{len(changes)} channel groups widened:")
-        print(table(["group", "width", "", "new"],
-                    [[c.group, c.old_width, "→", c.new_width] for c in changes], "lrcr"))
+        fresh = any(c.init != "replicate" for c in changes) or \
+            getattr(args, "init", "replicate") != "replicate"
+        print(table(["group", "width", "", "new"] + (["init"] if fresh else []),
+                    [[c.group, c.old_width, "→", c.new_width] + ([c.init] if fresh else [])
+                     for c in changes], "lrcrl"[:5 if fresh else 4]))
     if inserted:
         print(f"\ninserted ({len(new_nodes)} nodes):")
         for name in inserted:
@@ -648,6 +656,11 @@ def _growth(p: argparse.ArgumentParser, blocks: bool) -> None:
                    help="how a replicated unit's outgoing weights are shared among its copies: "
                         "equally (Net2Net) or by random shares summing to one (exact too, and "
                         "the copies learn apart)")
+    g.add_argument("--init", choices=("replicate", "zero", "gradmax"), default="replicate",
+                   help="how new units start: copies of old ones (Net2Net), or a fresh random "
+                        "fan-in and a zero fan-out (exact; normalised groups still replicate); "
+                        "gradmax needs a loss and a batch: use fxgrow.widen(init=\"gradmax\", "
+                        "loss_fn=..., batch=...) from Python")
     g.add_argument("--noise", type=float, default=0.0, metavar="X",
                    help="add the paper's noise to the copies (relative scale; not exact: the "
                         "error is reported, not checked)")

@@ -34,6 +34,26 @@ def synthetic_loss(seed: int):
     return loss_fn
 
 
+def check_init_flag(args: argparse.Namespace) -> None:
+    """``--init``: "zero" is planned per group (normalised groups replicate); "gradmax" is
+    refused, since the CLI has no training batch or loss to take the gradients of (random
+    labels would choose directions from noise)."""
+    init = getattr(args, "init", "replicate")
+    if init == "replicate":
+        return
+    from .cli_models import SpecError
+    if init == "gradmax":
+        raise SpecError("--init gradmax needs a training batch and a loss, which the command "
+                        "line does not have: use --init zero here, or from Python "
+                        "fxgrow.widen(model, x, factor=F, init=\"gradmax\", loss_fn=lambda m, b: "
+                        "..., batch=b)")
+    from .hf.folder import is_folder
+    if is_folder(args.model):
+        raise SpecError(f"--init {init} is not available for Hugging Face folders yet: drop "
+                        f"--init, or grow the model from Python with fxgrow.grow(..., "
+                        f"init={init!r})")
+
+
 def print_rank(loaded: Any, args: argparse.Namespace) -> None:
     """The groups ranked by ``fxgrow.rank_groups`` on the example inputs (see
     ``synthetic_loss``)."""

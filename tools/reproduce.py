@@ -6,7 +6,9 @@ spans ``N`` steps; at step ``T`` it is grown and the student trains on for the r
 learning rate, see docs/training.md).  Compared runs:
 
 * wider (x2 channels):  Net2WiderNet (fxgrow.widen, split="random", optimizer state moved),
-  Net2WiderNet with a fresh optimizer, random pad (the teacher's weights in place, the new
+  Net2WiderNet with a fresh optimizer, Net2WiderNet with an equal split, ``init="zero"`` (fresh
+  fan-in, zero fan-out) and ``init="gradmax"`` (the fan-in from the next batch's gradient; both
+  optimizer state moved), random pad (the teacher's weights in place, the new
   units randomly initialised: not function preserving, fresh optimizer), the wide model from
   random init for all ``N`` steps, and Net2WiderNet at equal compute (its schedule stretched
   over as many steps as the FLOPs of the from-scratch run pay for);
@@ -224,6 +226,17 @@ def run_seed(task: Task, seed: int, quick: bool = False, lr_scale: float | None 
     student = fxgrow.widen(teacher, example, factor=task.factor, split="random", seed=seed)
     out["net2wider_fresh"] = continue_from(
         student, make_optimizer(student, task.lr, task.weight_decay), scaled)
+    # the other recipes of fxgrow.widen, each with the optimizer state moved: replicate with an
+    # equal split (Net2Net's own), fresh fan-in / zero fan-out ("zero"), and the fan-in chosen
+    # by the gradient of the next training batch ("gradmax")
+    for key, kw in (("net2wider_equal", dict(split="equal")),
+                    ("zero", dict(init="zero", split="random")),
+                    ("gradmax", dict(init="gradmax", split="random", batch=batches(T),
+                                     loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1])))):
+        student = fxgrow.widen(teacher, example, factor=task.factor, seed=seed, **kw)
+        out[f"preservation_{key}"] = student.meta["fxgrow_error"].max_rel
+        out[key] = continue_from(student, fxgrow.transfer_optimizer(opt, teacher, student),
+                                 scaled)
     padded = random_pad(teacher, wide, task.blocks, seed + 2)
     out["random_pad_error"] = fxgrow.compare(teacher, padded, example).max_rel
     out["random_pad"] = continue_from(padded, make_optimizer(padded, task.lr, task.weight_decay),
@@ -305,7 +318,10 @@ def summarise(task: Task, runs: list[dict]) -> list[str]:
     lines.append(f"Training GFLOPs per step: teacher {flops['teacher'] / 1e9:.2f}, wide "
                  f"{flops['scratch_wide'] / 1e9:.2f}, deep {flops['scratch_deep'] / 1e9:.2f}.  "
                  f"Preservation error at growth (max rel): wider "
-                 f"{max(r['preservation_wider'] for r in runs):.1e}, deeper "
+                 f"{max(r['preservation_wider'] for r in runs):.1e} ("
+                 + ", ".join(f"{k} {max(r.get('preservation_' + k, 0.0) for r in runs):.1e}"
+                             for k in ("net2wider_equal", "zero", "gradmax")
+                             if k in runs[0]) + "), deeper "
                  f"{max(r['preservation_deeper'] for r in runs):.1e}; random pad "
                  f"{min(r['random_pad_error'] for r in runs):.2f} to "
                  f"{max(r['random_pad_error'] for r in runs):.2f}.")
@@ -319,10 +335,14 @@ def summarise(task: Task, runs: list[dict]) -> list[str]:
     lines.append("|---|" + "---|" * (len(ks) + 1))
     rows = [("Net2WiderNet", "net2wider", "scratch_wide"),
             ("Net2WiderNet, fresh optimizer", "net2wider_fresh", "scratch_wide"),
+            ("Net2WiderNet, equal split", "net2wider_equal", "scratch_wide"),
+            ('init="zero"', "zero", "scratch_wide"),
+            ('init="gradmax"', "gradmax", "scratch_wide"),
             ("random pad", "random_pad", "scratch_wide"),
             ("wide, random init", "scratch_wide", None),
             ("Net2DeeperNet", "net2deeper", "scratch_deep"),
             ("deep, random init", "scratch_deep", None)]
+    rows = [r for r in rows if r[1] in runs[0]]  # results of runs before the new recipes
     for label, key, _ in rows:
         grown = key not in ("scratch_wide", "scratch_deep")
         cells = [pct([at_step(r[key], (T + k) if grown else k) for r in runs]) for k in ks]
@@ -371,6 +391,9 @@ def plot(task: Task, runs: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     styles = {"net2wider": ("Net2WiderNet", "tab:blue", "-"),
               "net2wider_fresh": ("Net2WiderNet, fresh optimizer", "tab:cyan", "--"),
+              "net2wider_equal": ("Net2WiderNet, equal split", "tab:olive", ":"),
+              "zero": ('init="zero"', "tab:purple", "-"),
+              "gradmax": ('init="gradmax"', "tab:pink", "-"),
               "random_pad": ("random pad", "tab:red", "-"),
               "scratch_wide": ("wide, random init", "tab:orange", "-"),
               "net2deeper": ("Net2DeeperNet", "tab:green", "-"),
@@ -382,9 +405,10 @@ def plot(task: Task, runs: list[dict], path: str) -> None:
         ys = torch.tensor([[100 * e[2] for e in s] for s in sm])
         return xs, ys.mean(0), ys.std(0) if len(runs) > 1 else torch.zeros(ys.shape[1])
 
-    for ax, keys in ((axes[0], ("net2wider", "net2wider_fresh", "random_pad", "scratch_wide")),
+    for ax, keys in ((axes[0], ("net2wider", "net2wider_fresh", "net2wider_equal", "zero",
+                                "gradmax", "random_pad", "scratch_wide")),
                      (axes[1], ("net2deeper", "scratch_deep"))):
-        for key in keys:
+        for key in (k for k in keys if k in runs[0]):
             label, color, ls = styles[key]
             xs, m, s = curve(key, 0)
             ax.plot(xs, m, color=color, ls=ls, label=label)
@@ -395,7 +419,10 @@ def plot(task: Task, runs: list[dict], path: str) -> None:
         ax.legend(loc="lower right", fontsize=8)
     axes[0].set_title("wider (x2 channels)")
     axes[1].set_title("deeper (+1 block per stage)")
-    for key in ("net2wider", "scratch_wide", "net2deeper", "scratch_deep", "random_pad"):
+    for key in ("net2wider", "zero", "gradmax", "scratch_wide", "net2deeper", "scratch_deep",
+                "random_pad"):
+        if key not in runs[0]:
+            continue
         label, color, ls = styles[key]
         xs, m, s = curve(key, 1)
         axes[2].plot([x / 1e12 for x in xs], m, color=color, ls=ls, label=label)
@@ -462,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         with mp.get_context("spawn").Pool(args.workers) as pool:
             for r in pool.imap_unordered(_job, jobs):
                 results.append(r)
+                with open(os.path.join(args.out, "partial.json"), "w") as f:  # a cut run
+                    json.dump(results, f)
                 print(f"[reproduce] {r['task']} seed {r['seed']} done ({r['cpu_s']:.0f} s CPU, "
                       f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     else:

@@ -146,10 +146,15 @@ def schedule(peak: float, total: int, warmup: int, start: int = 0):
     return at
 
 
-def train(model, lr_at, steps, data, seed, cfg, val, offset=0, eval_every=0, hist=None):
-    """AdamW for ``steps``; validation every ``eval_every`` steps into ``hist``: (step, loss)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr_at(0), betas=(0.9, 0.95),
-                            weight_decay=0.1)
+def adamw(model: nn.Module, lr: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def train(model, lr_at, steps, data, seed, cfg, val, offset=0, eval_every=0, hist=None,
+          opt=None):
+    """AdamW (``opt``, else a fresh one) for ``steps``; validation every ``eval_every`` steps
+    into ``hist``: (step, loss).  Returns the optimizer."""
+    opt = opt if opt is not None else adamw(model, lr_at(0))
     model.train()
     for i in range(steps):
         for g in opt.param_groups:
@@ -162,7 +167,7 @@ def train(model, lr_at, steps, data, seed, cfg, val, offset=0, eval_every=0, his
         opt.step()
         if hist is not None and eval_every and ((i + 1) % eval_every == 0 or i + 1 == steps):
             hist.append((i + 1, val_loss(model, val)))
-    return model
+    return opt
 
 
 def random_pad(teacher: ByteLM, cfg: dict, seed: int) -> ByteLM:
