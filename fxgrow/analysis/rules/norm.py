@@ -82,6 +82,22 @@ def aten_batch_norm(cx: RuleContext):
     return (TensorInfo(x.shape, x.layouts), *stats)
 
 
+@rule(torch._weight_norm, aten=("_weight_norm.default",))
+def weight_norm(cx: RuleContext):
+    """_weight_norm(v, g, dim): ``g * v / ||v||`` with the norm over every axis but ``dim``.
+    Along ``dim`` it is per row (v and g share the space); the norm sums over the other axes,
+    where replicated units would count twice: they are blocked."""
+    v, g = cx.tensor(cx.arg(0, "v")), cx.tensor(cx.arg(1, "g"))
+    d = cx.concrete(cx.arg(2, "dim", 0))
+    keep = None if d == -1 else v.dim(d)  # dim=-1: one norm over the whole tensor
+    for k, lay in enumerate(v.layouts):
+        if k == keep:
+            cx.unify(lay, g.layouts[k], "weight norm: g per row of v")
+        else:
+            cx.block(lay, "summed over by a weight norm")
+    return cx.out(v.layouts)
+
+
 def _normalized(cx: RuleContext, x: TensorInfo, k: int):
     """Merged layout of the last k axes (what a LayerNorm normalises over)."""
     merged = x.layouts[-k]

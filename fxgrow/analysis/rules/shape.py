@@ -348,7 +348,7 @@ def expand(cx: RuleContext):
     return cx.out(layouts)
 
 
-@rule("expand_as")
+@rule("expand_as", aten=("expand_as.default",))
 def expand_as(cx: RuleContext):
     """expand_as(other): axes of equal size are shared with ``other``; size-1 axes expand."""
     x, other = cx.tensor(cx.arg(0)), cx.tensor(cx.arg(1))
