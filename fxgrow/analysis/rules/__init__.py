@@ -2,5 +2,5 @@
 and torchvision's own layers and functions once those libraries are imported: see
 ``registry.DEFERRED``)."""
 from . import (assign, aten, attention, conv, elementwise, guard, linear, norm, pool, reduce,  # noqa: F401
-               shape)
+               recurrent, shape)
 from .registry import all_rules, lookup, rule  # noqa: F401
