@@ -110,6 +110,7 @@ class LeafTracer(torch.fx.Tracer):
         """``through``: timm no-trace modules types and functions traced through."""
         self.example_inputs = example_inputs
         self.examples: ExampleValues | None = None
+        self.buffers_read: dict[str, torch.Tensor] = {}  # get_attr target -> tensor read
         through = set(through)
         self.through_types = tuple(t for t in through if isinstance(t, type))
         self.through_codes = {f.__code__ for f in through
@@ -142,9 +143,12 @@ class LeafTracer(torch.fx.Tracer):
                 not isinstance(attr_val, torch.nn.Parameter) and self._inside_through():
             saved, self.proxy_buffer_attributes = self.proxy_buffer_attributes, True
             try:
-                return super().getattr(attr, attr_val, parameter_proxy_cache)
+                proxy = super().getattr(attr, attr_val, parameter_proxy_cache)
             finally:
                 self.proxy_buffer_attributes = saved
+            if isinstance(proxy, torch.fx.Proxy) and proxy.node.op == "get_attr":
+                self.buffers_read.setdefault(proxy.node.target, attr_val)
+            return proxy
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def _inside_through(self) -> bool:
@@ -183,6 +187,17 @@ class LeafTracer(torch.fx.Tracer):
         return self._specialised(obj, kind)
 
 
+def _restore_buffers(root: torch.nn.Module, read: dict[str, torch.Tensor]) -> None:
+    """Buffers the traced code reassigned (ConViT caches its relative positions in one) get
+    back the tensors the graph's ``get_attr`` nodes read, before the GraphModule copies them.
+    (The model's own state is restored after capture in any case: ``modes.untouched``.)"""
+    for target, tensor in read.items():
+        owner, _, name = target.rpartition(".")
+        module = root.get_submodule(owner) if owner else root
+        if module._buffers.get(name) is not tensor:
+            module._buffers[name] = tensor
+
+
 def trace(model: torch.nn.Module, *, leaf_modules: Iterable[type | str] = (),
           autowrap_functions: Iterable[Callable] = (),
           concrete_args: dict[str, Any] | None = None,
@@ -204,6 +219,7 @@ def trace(model: torch.nn.Module, *, leaf_modules: Iterable[type | str] = (),
         try:
             with _unwrapped(functions):
                 graph = tracer.trace(model, concrete_args)
+            _restore_buffers(tracer.root, tracer.buffers_read)
             gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
             from .modal import make_modal  # F.dropout(training=...) follows the mode again
             return make_modal(gm, model.training)
