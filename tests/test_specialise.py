@@ -196,3 +196,16 @@ def test_timm_leaves_traced_through(name, kw, left):
     a = fxgrow.analyze(m, x)
     assert {b.split(": ", 1)[1] for b in _op_blockers(a)} == left
     widen_exact(m, x, factor=1.5)
+
+
+def test_timm_sequencer_lstm_hidden_units_grow():
+    m = timm.create_model("sequencer2d_s", pretrained=False, layers=(1, 1), patch_sizes=(4, 2),
+                          embed_dims=(16, 24), hidden_sizes=(8, 12), mlp_ratios=(2.0, 2.0),
+                          num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    a = fxgrow.analyze(m, x)
+    assert not [b for b in _op_blockers(a) if "LSTM" in b]
+    rnn = "stages.0.blocks.0.rnn_tokens.rnn_v"
+    assert a.group(rnn).widenable
+    s = widen_exact(m, x, widths={rnn: 4 * 12})
+    assert s.get_submodule(rnn).hidden_size == 12
