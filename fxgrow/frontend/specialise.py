@@ -2,10 +2,11 @@
 
 :class:`ExampleValues` evaluates nodes of the partial graph on the example inputs (lazily,
 each node once).  Only *static* values are handed back to Python: ones computed from tensor
-metadata (``shape``, ``size()``, ``dim()``, ``dtype``, ``len``) and constants by plain
-arithmetic, never from tensor data (``x.sum() > 0``, ``.item()``): a branch on data would be
-right for the example inputs only.  A value read from ``device`` is not static either: the
-graph also runs on meta tensors (shape propagation, streaming), where it differs."""
+metadata (``shape``, ``size()``, ``dim()``, ``len``) and constants by plain arithmetic, never
+from tensor data (``x.sum() > 0``, ``.item()``): a branch on data would be right for the
+example inputs only.  Values read from ``device`` or ``dtype`` are not static either: the
+graph also runs on meta tensors (shape propagation, streaming) and in float64 (the
+verifier's reference), where they differ."""
 from __future__ import annotations
 
 import builtins
@@ -18,19 +19,19 @@ import torch.fx
 import torch.fx._symbolic_trace as _fx_trace
 from torch.utils import _pytree as pytree
 
-_META_ATTRS = frozenset({"shape", "dtype", "ndim", "is_floating_point", "is_complex"})
+_META_ATTRS = frozenset({"shape", "ndim"})
 _META_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
 
 
 class NotStatic(Exception):
-    """The value depends on tensor data or the device (or could not be computed)."""
+    """The value depends on tensor data, the device or the dtype (or could not be computed)."""
 
 
 class ExampleValues:
     """Lazy evaluation of a graph under construction on ``example_inputs``.
 
     Invariant: ``static(node)`` holds only if ``node``'s value is a function of the example
-    inputs' sizes and dtypes (and constants) alone."""
+    inputs' sizes (and constants) alone."""
 
     def __init__(self, root: torch.nn.Module, example_inputs: tuple) -> None:
         self.root = root
@@ -83,7 +84,7 @@ class ExampleValues:
         return result
 
     def static(self, node: torch.fx.Node) -> bool:
-        """Whether ``node``'s value depends only on sizes, dtypes and constants."""
+        """Whether ``node``'s value depends only on sizes and constants."""
         known = self._static.get(node)
         if known is None:
             self.value(node)  # its ancestors' values, without deep recursion
@@ -95,7 +96,7 @@ class ExampleValues:
             name = node.args[1]
             if name in _META_ATTRS:
                 return True
-            if name == "device":
+            if name in ("device", "dtype"):
                 return False
         if node.op == "call_method" and node.target in _META_METHODS:
             return True
@@ -118,5 +119,5 @@ class ExampleValues:
         except Exception as e:  # the partial graph does not run: leave it to fx
             raise NotStatic(f"{type(e).__name__}: {e}") from e
         if not ok:
-            raise NotStatic(f"{node.name} depends on tensor data or the device")
+            raise NotStatic(f"{node.name} depends on tensor data, the device or the dtype")
         return self.value(node)
