@@ -19,9 +19,9 @@ class SpecialisedGraphError(FxgrowError):
 
 
 def traced_as(value: Any, expected: Any, where: str) -> None:
-    """Raise unless ``value`` is what it was at trace time (``expected``; a bool compares
-    ``bool(value)``).  Computes nothing."""
-    now = bool(value) if isinstance(expected, bool) else value
+    """Raise unless ``value``, converted as at trace time (``bool``, ``int``, ``float``: the
+    type of ``expected``), is ``expected``.  Computes nothing."""
+    now = type(expected)(value)
     if now != expected:
         raise SpecialisedGraphError(
             f"{where}: the graph was traced for inputs where this is {expected!r}, now it is "
