@@ -58,13 +58,15 @@ def capture(model: torch.nn.Module, example_inputs: tuple, *, frontend: str = "a
         raise InputError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
         with untouched(model):
-            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+                         example_inputs=example_inputs)
     if frontend == "export":
         with untouched(model):
             return export(model, example_inputs)
     try:
         with untouched(model):
-            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+                         example_inputs=example_inputs)
     except TraceError as fx_error:
         try:
             with untouched(model):

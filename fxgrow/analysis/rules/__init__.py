@@ -1,6 +1,6 @@
 """Every op rule fxgrow knows; importing this package registers them (the rules for timm's
 and torchvision's own layers and functions once those libraries are imported: see
 ``registry.DEFERRED``)."""
-from . import (aten, attention, blockers, conv, elementwise, gather, linear, norm,  # noqa: F401
-               pool, reduce, shape)
+from . import (assign, aten, attention, blockers, conv, elementwise, gather, guard,  # noqa: F401
+               linear, norm, pool, recurrent, reduce, shape)
 from .registry import all_rules, lookup, rule  # noqa: F401

@@ -80,14 +80,24 @@ def interpolate(cx: RuleContext):
     return _spatial_op(cx, x.ndim - 2)
 
 
-@rule(F.pad, torch.constant_pad_nd,
+_PAD_MODULES = tuple(getattr(nn, n) for n in (
+    "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
+    "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
+    "ReplicationPad2d", "ReplicationPad3d", "CircularPad1d", "CircularPad2d", "CircularPad3d")
+    if hasattr(nn, n))
+
+
+@rule(F.pad, torch.constant_pad_nd, *_PAD_MODULES,
       aten=("pad.default", "constant_pad_nd.default", "reflection_pad1d.default",
             "reflection_pad2d.default", "reflection_pad3d.default", "replication_pad1d.default",
             "replication_pad2d.default", "replication_pad3d.default"))
 def pad(cx: RuleContext):
-    """F.pad: padded axes get new fixed positions; padding a channel axis blocks it."""
+    """F.pad and nn.ZeroPad/ConstantPad/ReflectionPad/ReplicationPad/CircularPad modules
+    (``padding``: (left, right) pairs from the last axis on): padded axes get new fixed
+    positions; padding a channel axis blocks it."""
     x = cx.tensor(cx.arg(0))
-    widths = cx.concrete(cx.arg(1, "pad"))
+    widths = tuple(cx.module.padding) if cx.module is not None else \
+        cx.concrete(cx.arg(1, "pad"))
     shape = cx.out_shape()
     layouts = list(x.layouts)
     for i in range(len(widths) // 2):
