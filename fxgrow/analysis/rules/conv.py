@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..context import CONSUME, PRODUCE, SCALE, RuleContext, RuleError
 from ..layout import Layout
-from ..values import TensorInfo
+from ..values import SizeInfo, TensorInfo
 from .registry import rule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -47,6 +47,10 @@ class _Weights:
             self.cx.consume(ref, axis, info.layouts[axis])
         elif role == PRODUCE:
             self.cx.produce(ref, axis)
+        elif role == SCALE:
+            src = self.cx._param_source(ref, axis)
+            if src is not None:
+                self.cx.param(src[0], src[1], SCALE)
         return info.layouts[axis]
 
 
@@ -147,19 +151,43 @@ def conv_transpose_module(cx: RuleContext):
     return _conv_module(cx, conv_transpose_channels)
 
 
+def _depthwise_groups(cx: RuleContext, x: Layout, groups) -> None:
+    """The ``groups`` argument of a functional depthwise conv is the channel count: a constant
+    is rewritten to the new width of ``x``; a size read at run time from a channel axis
+    (``x.shape[1]``) follows the width by itself once that axis shares ``x``'s space."""
+    v = cx.value(groups)
+    if isinstance(v, SizeInfo):
+        if len(v.layouts) != 1:
+            raise RuleError("functional depthwise conv whose groups is computed from several "
+                            "sizes")
+        cx.unify(x, v.layouts[0], "groups of a depthwise conv read from another tensor")
+        cx.sizes_handled(v)
+        return
+
+    def new_args(size, args, kwargs):
+        if "groups" in kwargs or len(args) <= 6:
+            return args, {**kwargs, "groups": size(x)}
+        return (*args[:6], size(x), *args[7:]), kwargs
+
+    cx.rewrite_args(new_args, x)
+
+
 @rule(F.conv1d, F.conv2d, F.conv3d)
 def conv_function(cx: RuleContext):
-    """F.convNd(x, weight, bias, stride, padding, dilation, groups)."""
+    """F.convNd(x, weight, bias, stride, padding, dilation, groups).  Depthwise (groups =
+    C_in > 1, a blur filter ``[C, 1, k, k]`` or a ``[1, 1, k, k]`` one expanded to C rows):
+    filter rows and bias are per channel (copied with g) and ``groups`` becomes the new C_in,
+    so output channel o still reads input channel o // multiplier only."""
     x = cx.tensor(cx.arg(0, "input"))
     wref, bref = cx.arg(1, "weight"), cx.arg(2, "bias", None)
-    groups = cx.concrete(cx.arg(6, "groups", 1))
+    groups_arg = cx.arg(6, "groups", 1)
+    groups = cx.concrete(groups_arg)
     wt = cx.example(wref)
     unbatched = x.ndim == wt.dim() - 1
     ch = 0 if unbatched else 1
     cin, cout = x.shape[ch], wt.shape[0]
     if groups == cin and groups > 1:
-        raise RuleError("functional depthwise conv: its groups argument would have to follow "
-                        "the width; use nn.Conv modules")
+        _depthwise_groups(cx, x.layouts[ch], groups_arg)
     out = conv_channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
     for lay in cx.tensor(wref).layouts[2:]:
         cx.block(lay, "kernel size of a convolution", "structure")

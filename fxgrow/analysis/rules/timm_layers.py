@@ -14,6 +14,20 @@ except Exception:  # timm absent
     _norm_act = None
 
 
+try:
+    from timm.layers import activations as _activations
+except Exception:  # timm absent
+    _activations = None
+
+if _activations is not None:
+    _TIMM_ACTS = tuple(getattr(_activations, n) for n in
+                       ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish",
+                        "GELU", "GELUTanh", "QuickGELU") if hasattr(_activations, n))
+    # timm's activation modules: each forward applies one pointwise function (F.gelu,
+    # x * sigmoid(x) ...) to its input, unit by unit
+    rule(*_TIMM_ACTS)(elementwise.unary)
+
+
 def _pointwise(module) -> bool:
     """A submodule that acts unit by unit (activation, dropout, identity)."""
     import torch.fx
