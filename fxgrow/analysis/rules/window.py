@@ -8,6 +8,10 @@
   with row ``c * K + k`` the kernel offset ``k`` of channel ``c`` (``K`` = kernel volume), i.e.
   channel x a fixed factor: c -> [c K, (c + 1) K), as a flatten of channel x spatial.  The
   spatial axes are read by position (fixed), ``L`` (the window index) is fixed.
+* ``nn.Fold`` / ``F.fold`` (col2im), the inverse: ``[N, C * K, L] -> [N, C, *S]``, row
+  ``c * K + k`` summed into channel ``c``.  The rows are factored as (C, K): C is the result's
+  channel space, K (kernel offsets) and L are positions.  The sum of overlapping windows is per
+  channel, so replicated rows give replicated channels.
 """
 from __future__ import annotations
 
@@ -55,3 +59,26 @@ def im2col(cx: RuleContext):
         cx.spaces.merge(x.layouts[ch], cx.fixed(k, "kernel offset of unfold"))
     shape = cx.out_shape()
     return cx.out([*x.layouts[:ch], rows, cx.fixed(shape[-1], "window index of unfold")])
+
+
+@rule(nn.Fold, F.fold)
+def col2im(cx: RuleContext):
+    """nn.Fold / F.fold (col2im): see the module docstring."""
+    x = cx.tensor(cx.arg(0, "input"))
+    if cx.module is not None:
+        kernel = cx.module.kernel_size
+    else:
+        kernel = cx.concrete(cx.arg(2, "kernel_size"))
+    if x.ndim not in (2, 3):
+        raise RuleError(f"fold of a {x.ndim}-d input")
+    ch = x.ndim - 2  # (C K, L) unbatched or (N, C K, L)
+    kernel = (kernel,) * 2 if isinstance(kernel, int) else tuple(kernel)
+    k = math.prod(kernel)
+    cx.block(x.layouts[-1], "window index of fold: its size is fixed")
+    if k == 1:
+        rows = x.layouts[ch]
+    else:
+        rows, offsets = cx.spaces.split(x.layouts[ch], k, cx.blocker("fold rows"))
+        cx.block(offsets, "kernel offsets of fold", "structure")
+    shape = cx.out_shape()
+    return cx.out([*x.layouts[:ch], rows, *(cx.fixed(n, "spatial axis") for n in shape[ch + 1:])])
