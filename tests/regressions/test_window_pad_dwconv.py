@@ -200,3 +200,48 @@ def test_batchnorm_act_with_timm_gelu():
     assert op_reasons(a) == []
     s = widen_exact(m, x, tol=1e-12, widths={"a": 6})
     assert s.bn.num_features == 6 and s.bn.running_var.shape == (6,)
+
+
+# -- timm's relative-position logits, kept whole ----------------------------------------------------
+class RelAttn(nn.Module):
+    def __init__(self, halo: bool) -> None:
+        super().__init__()
+        from timm.layers.bottleneck_attn import BottleneckAttn
+        from timm.layers.halo_attn import HaloAttn
+        self.a = nn.Conv2d(3, 16, 1)
+        self.attn = HaloAttn(16, num_heads=2, block_size=4, halo_size=1) if halo else \
+            BottleneckAttn(16, feat_size=(4, 4), num_heads=2)
+        self.b = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        return self.b(self.attn(self.a(x)))
+
+
+@pytest.mark.parametrize("halo", [False, True])
+def test_relative_position_logits_kept_whole(halo):
+    from timm.layers.bottleneck_attn import PosEmbedRel
+    from timm.layers.halo_attn import PosEmbedRel as HaloPosEmbedRel
+    m = RelAttn(halo).eval()
+    x = torch.randn(1, 3, 8, 8) if halo else torch.randn(1, 3, 4, 4)
+    gm = fxgrow.trace(m)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"
+            and isinstance(gm.get_submodule(n.target), (PosEmbedRel, HaloPosEmbedRel))] == \
+        ["attn.pos_embed"]
+    a = fxgrow.analyze(m, x)
+    assert op_reasons(a) == []
+    g = a.group("a")
+    assert g.widenable
+    s = widen_exact(m, x, widths={"a": 24})
+    assert s.b.in_channels == 16  # the attention's output projection is another group
+    s = widen_exact(m, x, factor=2)  # every group: heads, head dims, the tables' columns
+    pe = s.get_submodule("attn.pos_embed")
+    assert pe.width_rel.shape[1] == pe.dim_head and pe.height_rel.shape[0] == \
+        m.attn.pos_embed.height_rel.shape[0]
+
+
+def test_botnet(one_thread):
+    m = timm.create_model("botnet26t_256", pretrained=False, img_size=64, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    a = fxgrow.analyze(m, x)
+    assert op_reasons(a) == []
+    widen_exact(m, x, factor=1.5)

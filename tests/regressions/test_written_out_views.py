@@ -243,3 +243,26 @@ def test_one_unit_gate_is_structure():
     assert "broadcast against a wider axis: must stay of size 1" in blockers(a, "structure")
     s = exact(m, x, widths={a.widenable[0].name: 6})
     assert s.f.out_channels == 8 and s.h.in_channels == 6
+
+
+def test_xcit_positional_encoding_repeat():
+    m = timm.create_model("xcit_nano_12_p8_224", img_size=32, depth=2).eval()
+    x = torch.randn(1, 3, 32, 32)
+    a = fxgrow.analyze(m, x)
+    # (x[:, 0] picks the class token from the token axis: not a channel group)
+    assert not [b for g in a.groups for b in g.blockers if b.kind == "op"]
+    assert "repeat" not in " ".join(blockers(a, "op"))
+    g = a.group("pos_embed.token_projection")
+    widen_exact(m, x, widths={g.name: g.width * 2})
+
+
+def test_focalnet_gates():
+    from timm.models.focalnet import FocalNet
+    m = FocalNet(depths=(1, 1), embed_dim=32, focal_levels=(3, 3), num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    a = fxgrow.analyze(m, x)
+    assert blockers(a, "op") == []
+    # q and ctx grow; the 4 gates (3 focal levels + the global one) are structure
+    assert a.group("layers.0.blocks.0.modulation.f[0:32]").widenable
+    assert a.group("layers.0.blocks.0.modulation.f[32:64]").widenable
+    widen_exact(m, x, factor=2)
