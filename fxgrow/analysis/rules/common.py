@@ -19,9 +19,7 @@ def broadcast(cx: RuleContext, operands: Iterable[Any]) -> TensorInfo:
 
     Replicating unit i of every operand the same way replicates unit i of the result, so every
     operand whose size on an axis equals the result's shares that axis's space.  An operand of
-    size 1 broadcasts: it does not couple, but it must stay of size 1 (a [B,1,H,W] mask, one
-    focal-level gate of FocalNet): a structure blocker, since one unit broadcast over many is
-    no channel space whatever the op."""
+    size 1 broadcasts: it does not couple, but it must stay of size 1 (a [B,1,H,W] mask)."""
     shape = cx.out_shape()
     tensors = [v for v in (cx.value(o) for o in operands) if isinstance(v, TensorInfo)]
     if not tensors:
@@ -35,9 +33,8 @@ def broadcast(cx: RuleContext, operands: Iterable[Any]) -> TensorInfo:
                 continue
             if t.shape[-k] == n:
                 along.append(t.layouts[-k])
-            else:  # size 1 broadcast against n: one unit, so it never grows (a scalar gate)
-                cx.block(t.layouts[-k], "broadcast against a wider axis: must stay of size 1",
-                         "structure")
+            else:  # size 1 broadcast against n
+                cx.block(t.layouts[-k], "broadcast against a wider axis: must stay of size 1")
         if not along:
             raise RuleError("cannot match operand shapes")
         for other in along[1:]:
