@@ -9,7 +9,8 @@
 * cat: input k occupies [off_k, off_k + C_k) of the result (the same tensor twice gives two
   segments with one map); split / narrow / slicing cut the layout at offsets, which are
   rewritten; chunk and equal splits tie the pieces to one map; unbind and integer indexing fix
-  the selected units.
+  the selected units.  Views written out by hand (``t[0], t[1], t[2]``, ``x[..., i::s]``,
+  ``x.shape[:-1] + (-1,)``) are recognised in ``handwritten``.
 * size / shape reads are tracked: a size read from a channel axis may only feed size arguments
   that are rewritten (see ``dependency._check_sizes``).
 """
@@ -613,7 +614,8 @@ def _expand_ellipsis(raw, ndim: int, n_axes: int) -> list:
 
 def _index_tensor(cx: RuleContext, x: TensorInfo):
     """Basic indexing: ints select (the selected unit is fixed and its offset rewritten),
-    slices cut (offsets rewritten; a step on a channel axis blocks), None adds an axis."""
+    slices cut (offsets rewritten; a step s on a channel axis is a view as (n / s, s), see
+    ``handwritten.strided``, or blocks), None adds an axis."""
     raw = cx.node.args[1]
     items = list(raw) if isinstance(raw, tuple) else [raw]
     concrete = [slice(cx.concrete(it.start), cx.concrete(it.stop), cx.concrete(it.step))
