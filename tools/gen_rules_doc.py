@@ -31,6 +31,7 @@ TITLES = {
     "attention": "Attention", "aten": "ATen ops (torch.export graphs)",
     "vision": "torchvision ops", "timm_layers": "timm layers",
     "gather": "Gathers by an index tensor", "attention_pattern": "Hand-written attention",
+    "window": "Sliding windows (unfold, fold)",
 }
 
 

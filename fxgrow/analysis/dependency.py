@@ -135,6 +135,22 @@ def _check_sizes(cx: RuleContext) -> None:
                               "width")
 
 
+_METADATA_ATTRS = frozenset(("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad",
+                             "layout", "is_sparse", "is_quantized", "is_meta"))
+_METADATA_METHODS = frozenset(("size", "dim", "ndimension", "numel", "nelement",
+                               "element_size", "is_contiguous", "get_device"))
+
+
+def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
+    """``user`` reads only ``node``'s metadata (``w.device``, ``w.dtype``, ``w.size(0)``), not
+    its values: the parameter is neither copied nor divided there (sizes read from it are
+    checked like any other size)."""
+    if user.op == "call_function" and user.target is getattr and user.args[0] is node:
+        return user.args[1] in _METADATA_ATTRS
+    return user.op == "call_method" and user.target in _METADATA_METHODS and \
+        user.args[0] is node
+
+
 def _finish_params(state: AnalysisState) -> None:
     """Parameters read through get_attr and not contracted are per-channel (copied); a tensor
     axis that is both copied and divided (tied weights) cannot follow one map."""
@@ -146,7 +162,7 @@ def _finish_params(state: AnalysisState) -> None:
             continue
         target = state.canonical.get(node.target, node.target)
         for user in node.users:
-            if (user, node) not in state.consumed:
+            if (user, node) not in state.consumed and not _reads_metadata(user, node):
                 for pa in by_target.get(target, ()):
                     pa.roles.add(SCALE)
     for pa in state.params.values():

@@ -119,7 +119,10 @@ class LeafTracer(torch.fx.Tracer):
         timm_modules = tuple(t for t in timm_modules if t not in through)
         timm_functions = tuple(f for f in timm_functions if f not in through)
         leaves = list(leaf_modules)
-        self.leaf_types = tuple(t for t in leaves if isinstance(t, type)) + timm_modules
+        from ..analysis.rules.registry import LEAVES, load_deferred
+        load_deferred()  # the rules of the libraries in use declare their leaves
+        self.leaf_types = tuple(t for t in leaves if isinstance(t, type)) + timm_modules + \
+            tuple(LEAVES)
         self.leaf_names = {t for t in leaves if isinstance(t, str)}
         super().__init__(autowrap_functions=tuple(autowrap_functions) + timm_functions)
 

@@ -2,5 +2,5 @@
 and torchvision's own layers and functions once those libraries are imported: see
 ``registry.DEFERRED``)."""
 from . import (assign, aten, attention, blockers, conv, elementwise, gather, guard,  # noqa: F401
-               linear, norm, pool, recurrent, reduce, shape)
+               linear, norm, pool, recurrent, reduce, shape, window)
 from .registry import all_rules, lookup, rule  # noqa: F401

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..context import CONSUME, PRODUCE, SCALE, RuleContext, RuleError
 from ..layout import Layout
-from ..values import TensorInfo
+from ..values import SizeInfo, TensorInfo
 from .registry import rule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -47,6 +47,10 @@ class _Weights:
             self.cx.consume(ref, axis, info.layouts[axis])
         elif role == PRODUCE:
             self.cx.produce(ref, axis)
+        elif role == SCALE:
+            src = self.cx._param_source(ref, axis)
+            if src is not None:
+                self.cx.param(src[0], src[1], SCALE)
         return info.layouts[axis]
 
 
@@ -147,10 +151,34 @@ def conv_transpose_module(cx: RuleContext):
     return _conv_module(cx, conv_transpose_channels)
 
 
+def _depthwise_groups(cx: RuleContext, x: Layout, groups, groups_at: int) -> None:
+    """The ``groups`` argument (positional index ``groups_at``) of a functional depthwise conv
+    is the channel count: a constant is rewritten to the new width of ``x``; a size read at run
+    time from a channel axis (``x.shape[1]``) follows the width by itself once that axis shares
+    ``x``'s space."""
+    v = cx.value(groups)
+    if isinstance(v, SizeInfo):
+        if len(v.layouts) != 1:
+            raise RuleError("functional depthwise conv whose groups is computed from several "
+                            "sizes")
+        cx.unify(x, v.layouts[0], "groups of a depthwise conv read from another tensor")
+        cx.sizes_handled(v)
+        return
+
+    def new_args(size, args, kwargs):
+        if "groups" in kwargs or len(args) <= groups_at:
+            return args, {**kwargs, "groups": size(x)}
+        return (*args[:groups_at], size(x), *args[groups_at + 1:]), kwargs
+
+    cx.rewrite_args(new_args, x)
+
+
 @rule(F.conv1d, F.conv2d, F.conv3d, aten=("conv1d.default", "conv2d.default", "conv3d.default"))
 def conv_function(cx: RuleContext):
-    """F.convNd(x, weight, bias, stride, padding, dilation, groups); depthwise (groups = input
-    channels): the groups argument follows the width."""
+    """F.convNd(x, weight, bias, stride, padding, dilation, groups).  Depthwise (groups =
+    C_in > 1, a blur filter ``[C, 1, k, k]`` or a ``[1, 1, k, k]`` one expanded to C rows):
+    filter rows and bias are per channel (copied with g) and ``groups`` becomes the new C_in,
+    so output channel o still reads input channel o // multiplier only."""
     return _conv_call(cx, 6, transposed=False)
 
 
@@ -172,23 +200,17 @@ def _conv_call(cx: RuleContext, groups_at: int, transposed: bool) -> TensorInfo:
     """A functional convolution whose ``groups`` is argument ``groups_at``."""
     x = cx.tensor(cx.arg(0, "input"))
     wref, bref = cx.arg(1, "weight"), cx.arg(2, "bias", None)
-    groups = cx.concrete(cx.arg(groups_at, "groups", 1))
+    groups_arg = cx.arg(groups_at, "groups", 1)
+    groups = cx.concrete(groups_arg)
     wt = cx.example(wref)
     unbatched = x.ndim == wt.dim() - 1
     ch = 0 if unbatched else 1
     cin = x.shape[ch]
     cout = wt.shape[1] * groups if transposed else wt.shape[0]
+    if groups == cin and groups > 1:
+        _depthwise_groups(cx, x.layouts[ch], groups_arg, groups_at)
     channels = conv_transpose_channels if transposed else conv_channels
     out = channels(cx, x.layouts[ch], _Weights(cx, wref, bref), groups, cin, cout)
-    if groups == cin and groups > 1 and cx.spaces.roots(x.layouts[ch]):
-        xin = x.layouts[ch]
-        cx.sizes_handled(cx.value(cx.arg(groups_at, "groups")))
-
-        def new_args(size, args, kwargs):
-            if len(args) > groups_at:
-                return (*args[:groups_at], size(xin), *args[groups_at + 1:]), kwargs
-            return args, {**kwargs, "groups": size(xin)}
-        cx.rewrite_args(new_args, xin)
     for lay in cx.tensor(wref).layouts[2:]:
         cx.block(lay, "kernel size of a convolution", "structure")
     lead = () if unbatched else (x.layouts[0],)

@@ -155,8 +155,26 @@ def _int_arithmetic(cx: RuleContext, values):
     sizes = [v for v in values if isinstance(v, SizeInfo)]
     if not sizes:
         return cx.example()
+    if cx.node.target is operator.add and isinstance(cx.example(), tuple) and \
+            all(isinstance(v, (tuple, list)) or (isinstance(v, SizeInfo) and v.per_axis)
+                for v in values):
+        return _joined_shape(cx, values)
     cx.sizes_handled(*sizes)
     return SizeInfo(tuple(lay for s in sizes for lay in s.layouts))
+
+
+def _joined_shape(cx: RuleContext, values) -> tuple:
+    """``x.shape[:-1] + (-1,)``: tuple concatenation, not arithmetic.  The result is a tuple
+    whose entries are one size per axis read (each tracking that axis only) and the literal
+    entries, so a view/reshape given it can check each entry against the axis it sizes."""
+    out: list = []
+    for v in values:
+        if isinstance(v, SizeInfo):
+            cx.sizes_handled(v)  # each entry below tracks its own axis
+            out.extend(SizeInfo((lay,)) for lay in v.layouts)
+        else:
+            out.extend(v)
+    return tuple(out)
 
 
 @rule(nn.PReLU, F.prelu, torch.prelu)

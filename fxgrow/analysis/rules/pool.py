@@ -1,8 +1,9 @@
 """Spatial ops: pooling, resampling, padding.
 
 They act on each channel separately (max/avg over a spatial window, interpolation), so every
-leading axis passes through and the spatial axes are fixed.  Padding a channel axis would add
-units that are not replicas: it blocks.
+leading axis passes through and the spatial axes are fixed.  A constant pad of a channel axis
+adds constant positions around its units (kept as fixed segments); a reflect / replicate /
+circular pad of a channel axis copies units by position: it blocks.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..context import RuleContext
+from ..context import RuleContext, RuleError
 from ..values import TensorInfo
 from .registry import aten_op, rule
 
@@ -80,30 +81,41 @@ def interpolate(cx: RuleContext):
     return _spatial_op(cx, x.ndim - 2)
 
 
-_PAD_MODULES = tuple(getattr(nn, n) for n in (
-    "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
-    "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
-    "ReplicationPad2d", "ReplicationPad3d", "CircularPad1d", "CircularPad2d", "CircularPad3d")
-    if hasattr(nn, n))
+def _pad_classes(*kinds: str) -> tuple:
+    return tuple(getattr(nn, f"{k}Pad{n}d") for k in kinds for n in (1, 2, 3)
+                 if hasattr(nn, f"{k}Pad{n}d"))
 
 
-@rule(F.pad, torch.constant_pad_nd, *_PAD_MODULES,
-      aten=("pad.default", "constant_pad_nd.default", "reflection_pad1d.default",
-            "reflection_pad2d.default", "reflection_pad3d.default", "replication_pad1d.default",
-            "replication_pad2d.default", "replication_pad3d.default"))
-def pad(cx: RuleContext):
-    """F.pad and nn.ZeroPad/ConstantPad/ReflectionPad/ReplicationPad/CircularPad modules
-    (``padding``: (left, right) pairs from the last axis on): padded axes get new fixed
-    positions; padding a channel axis blocks it."""
+_CONSTANT_PADS = _pad_classes("Zero", "Constant")
+_PAD_MODULES = _CONSTANT_PADS + _pad_classes("Reflection", "Replication", "Circular")
+
+
+def _pad(cx: RuleContext, widths, constant: bool) -> TensorInfo:
+    """Axis ``ndim - 1 - i`` gets ``widths[2i]`` positions before and ``widths[2i + 1]`` after.
+
+    A constant pad is a cat with constant segments: the result's axis is
+    ``Fixed(before) + x's layout + Fixed(after)``, so a channel axis keeps its space (unit c
+    sits at ``before + c`` and the padding stays constant whatever the width; the widths are
+    not sizes of the channel, nothing is rewritten).  A reflect / replicate / circular pad
+    copies units chosen by their position near the ends, which replication does not preserve,
+    and a negative width crops the last units: those block a channel axis."""
     x = cx.tensor(cx.arg(0))
-    widths = tuple(cx.module.padding) if cx.module is not None else \
-        cx.concrete(cx.arg(1, "pad"))
     shape = cx.out_shape()
     layouts = list(x.layouts)
+    if len(widths) % 2 or len(widths) // 2 > x.ndim:
+        raise RuleError(f"pad widths {list(widths)} do not fit a {x.ndim}-d input")
     for i in range(len(widths) // 2):
         d = x.ndim - 1 - i
-        if widths[2 * i] or widths[2 * i + 1]:
-            cx.block(layouts[d], "padded axis")
+        before, after = widths[2 * i], widths[2 * i + 1]
+        if not (before or after):
+            continue
+        if cx.spaces.is_fixed(layouts[d]):
+            layouts[d] = cx.fixed(shape[d], "padded axis")
+        elif constant and before >= 0 and after >= 0:
+            layouts[d] = (*(cx.fixed(before, "constant padding") if before else ()), *layouts[d],
+                          *(cx.fixed(after, "constant padding") if after else ()))
+        else:
+            cx.block(layouts[d], "padded axis (cropped, or padded with copies of its end units)")
             layouts[d] = cx.fixed(shape[d], "padded axis")
     return cx.out(layouts)
 
@@ -119,3 +131,35 @@ def grid_sample(cx: RuleContext):
     cx.unify(x.layouts[0], grid.layouts[0], "batch axis of grid_sample")
     shape = cx.out_shape()
     return cx.out(x.layouts[:2] + tuple(cx.fixed(n, "spatial axis") for n in shape[2:]))
+
+
+_CONSTANT_PAD_FUNCTIONS = (torch.constant_pad_nd, aten_op("constant_pad_nd.default"))
+
+
+@rule(F.pad, torch.constant_pad_nd, aten=("pad.default", "constant_pad_nd.default"))
+def pad(cx: RuleContext):
+    """F.pad / constant_pad_nd (``aten.pad(x, pad, mode, value)``, ``aten.constant_pad_nd(x,
+    pad, value)``): see ``_pad``."""
+    widths = cx.concrete(cx.arg(1, "pad"))
+    if not all(isinstance(w, int) for w in widths):
+        raise RuleError("pad widths that are not constants")
+    if cx.node.target in _CONSTANT_PAD_FUNCTIONS:
+        return _pad(cx, widths, True)
+    mode = cx.concrete(cx.arg(2, "mode", "constant"))
+    return _pad(cx, widths, mode == "constant")
+
+
+@rule(aten=("reflection_pad1d.default", "reflection_pad2d.default", "reflection_pad3d.default",
+            "replication_pad1d.default", "replication_pad2d.default",
+            "replication_pad3d.default"))
+def aten_copy_pad(cx: RuleContext):
+    """aten.reflection_padNd / replication_padNd(x, padding): see ``_pad`` (not constant)."""
+    return _pad(cx, tuple(cx.concrete(cx.arg(1, "padding"))), False)
+
+
+@rule(*_PAD_MODULES)
+def pad_module(cx: RuleContext):
+    """nn.ZeroPadNd / ConstantPadNd / ReflectionPadNd / ReplicationPadNd / CircularPadNd:
+    ``F.pad`` with the module's ``padding``; see ``_pad``."""
+    m = cx.module
+    return _pad(cx, tuple(m.padding), isinstance(m, _CONSTANT_PADS))

@@ -104,6 +104,16 @@ def _name(target: Any) -> str:
     return getattr(target, "__qualname__", None) or repr(target)
 
 
+LEAVES: set[type] = set()
+"""Module classes the fx front end keeps whole because their rule covers the whole forward
+(timm's relative-position logits, whose inner ops read a table's rows by position)."""
+
+
+def leaf(*classes: type) -> None:
+    """Keep ``classes`` whole when tracing (each must have a module rule)."""
+    LEAVES.update(classes)
+
+
 DEFERRED = {"timm": "timm_layers", "torchvision": "vision"}
 """Library -> the rule module for its own layers, registered once the library is imported (a
 model using timm's classes has imported timm): fxgrow itself never imports them up front."""

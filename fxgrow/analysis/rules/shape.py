@@ -9,7 +9,8 @@
 * cat: input k occupies [off_k, off_k + C_k) of the result (the same tensor twice gives two
   segments with one map); split / narrow / slicing cut the layout at offsets, which are
   rewritten; chunk and equal splits tie the pieces to one map; unbind and integer indexing fix
-  the selected units.
+  the selected units.  Views written out by hand (``t[0], t[1], t[2]``, ``x[..., i::s]``,
+  ``x.shape[:-1] + (-1,)``) are recognised in ``handwritten``.
 * size / shape reads are tracked: a size read from a channel axis may only feed size arguments
   that are rewritten (see ``dependency._check_sizes``).
 """
@@ -23,11 +24,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils import _pytree as pytree
 
 from ..context import RuleContext, RuleError
 from ..layout import Fixed, Layout, Zip
 from ..values import SizeInfo, TensorInfo
 from . import gather
+from .handwritten import run_time_entries, strided, unbound_by_hand
 from .registry import rule
 
 
@@ -94,6 +97,9 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
             for lay, src in zip(layouts, v.layouts):
                 cx.unify(lay, src, "shape read at run time from another tensor")
             cx.sizes_handled(v)
+            return
+        if isinstance(v, (tuple, list)) and len(v) == len(layouts):
+            run_time_entries(cx, layouts, v)
             return
         raise RuleError("the target shape is one run-time value; fxgrow cannot rewrite its "
                         "channel entries")
@@ -370,8 +376,11 @@ def repeat(cx: RuleContext):
     reps = cx.concrete(list(cx.node.args[1:]))
     if len(reps) == 1 and isinstance(reps[0], (list, tuple)):
         reps = list(reps[0])
-    if any(isinstance(r, SizeInfo) for r in cx.value(cx.node.args[1:])):
-        raise RuleError("repeat counts read from tensor sizes")
+    read = [r for r in pytree.tree_leaves(cx.value(cx.node.args[1:])) if isinstance(r, SizeInfo)]
+    if any(cx.spaces.roots(lay) for r in read for lay in r.layouts):
+        raise RuleError("repeat counts read from the size of a channel axis (they would "
+                        "change with the width)")
+    cx.sizes_handled(*read)  # counts read from batch / spatial axes: the same in the student
     lead = len(reps) - x.ndim
     if lead < 0:  # torch.tile pads the repeats with ones
         reps, lead = [1] * -lead + reps, 0
@@ -616,7 +625,8 @@ def _expand_ellipsis(raw, ndim: int, n_axes: int) -> list:
 
 def _index_tensor(cx: RuleContext, x: TensorInfo):
     """Basic indexing: ints select (the selected unit is fixed and its offset rewritten),
-    slices cut (offsets rewritten; a step on a channel axis blocks), None adds an axis."""
+    slices cut (offsets rewritten; a step s on a channel axis is a view as (n / s, s), see
+    ``handwritten.strided``, or blocks), None adds an axis."""
     raw = cx.node.args[1]
     items = list(raw) if isinstance(raw, tuple) else [raw]
     concrete = [slice(cx.concrete(it.start), cx.concrete(it.stop), cx.concrete(it.step))
@@ -640,7 +650,11 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
         if isinstance(c, int):
             i = c % n
             before, piece = window(cx, lay, i, i + 1, "index")
-            cx.block(piece, "selected by an integer index")
+            if unbound_by_hand(cx, k, n):
+                cx.block(piece, "every position selected by an integer index (an unbind "
+                                "written out: the axis is not a channel space)", "structure")
+            else:
+                cx.block(piece, "selected by an integer index")
             if cx.spaces.roots(lay):
                 rewrites[k] = ("int", before)
             continue
@@ -651,6 +665,10 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
             continue
         start, stop, step = c.indices(n)
         if step != 1:
+            if step > 1 and n % step == 0 and start < step and c.stop is None and \
+                    cx.spaces.roots(lay):
+                out.append(strided(cx, lay, k, step))
+                continue
             cx.block(lay, "strided slice on this axis")
             out.append(cx.fixed(len(range(start, stop, step)), "strided slice"))
             continue

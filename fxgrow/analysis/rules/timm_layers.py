@@ -14,6 +14,20 @@ except Exception:  # timm absent
     _norm_act = None
 
 
+try:
+    from timm.layers import activations as _activations
+except Exception:  # timm absent
+    _activations = None
+
+if _activations is not None:
+    _TIMM_ACTS = tuple(getattr(_activations, n) for n in
+                       ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish",
+                        "GELU", "GELUTanh", "QuickGELU") if hasattr(_activations, n))
+    # timm's activation modules: each forward applies one pointwise function (F.gelu,
+    # x * sigmoid(x) ...) to its input, unit by unit
+    rule(*_TIMM_ACTS)(elementwise.unary)
+
+
 def _pointwise(module) -> bool:
     """A submodule that acts unit by unit (activation, dropout, identity)."""
     import torch.fx
@@ -107,3 +121,39 @@ if _nest is not None and hasattr(_nest, "deblockify"):
         shape = cx.out_shape()
         return cx.out((x.layouts[0], *(cx.fixed(n, "spatial axis") for n in shape[1:-1]),
                        x.layouts[-1]))
+
+
+# -- relative-position logits (BoTNet, HaloNet), kept whole by the front end -----------------
+try:
+    _bottleneck = importlib.import_module("timm.layers.bottleneck_attn")
+    _halo = importlib.import_module("timm.layers.halo_attn")
+except Exception:  # timm absent, or an older one
+    _bottleneck = _halo = None
+
+if _bottleneck is not None and _halo is not None:
+    from .registry import leaf
+
+    _POS_EMBED_REL = tuple(getattr(m, "PosEmbedRel") for m in (_bottleneck, _halo)
+                           if hasattr(m, "PosEmbedRel"))
+
+    @rule(*_POS_EMBED_REL)
+    def pos_embed_rel(cx: RuleContext):
+        """timm PosEmbedRel(q [..., positions, D]) -> logits [..., positions, key positions]:
+        per query position, ``q . height_rel[r]`` and ``q . width_rel[r]`` over the head dim
+        D, shifted from relative offsets r to absolute key positions by pad / flatten /
+        reshape.  D is contracted with the tables' columns (consumer: divided); the tables'
+        rows are relative offsets and the key axis is positions (fixed), so the module is kept
+        whole instead of reading those rows as a channel space.  Leading axes (batch x heads,
+        blocks) pass through; ``dim_head`` follows D (HaloNet's reshape reads it)."""
+        q = cx.tensor(cx.arg(0))
+        d = q.layouts[-1]
+        for name in ("height_rel", "width_rel"):
+            cx.unify(d, cx.module_consume(name, 1, (cx.arg(0), q.ndim - 1)),
+                     "head dim contracted with the relative-position tables")
+        if hasattr(cx.module, "dim_head"):
+            cx.size_attr("dim_head", d)
+        cx.block(q.layouts[-2], "query positions of relative-position logits", "structure")
+        shape = cx.out_shape()
+        return cx.out([*q.layouts[:-1], cx.fixed(shape[-1], "key positions")])
+
+    leaf(*_POS_EMBED_REL)
