@@ -126,6 +126,13 @@ def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]],
                     f"an embedding and as an output projection); its exact compensation is a "
                     f"graph change that a checkpoint cannot carry.  Leave that group alone, or "
                     f"grow the model in memory with fxgrow.widen")
+        for rec in state.scales:
+            if any(r in maps for r in sp.roots(rec.layout)):
+                raise UnsupportedModelError(
+                    f"the plan widens the axis that node {rec.user!r} contracts between two "
+                    f"activations; its exact student multiplies one of them by the shares of "
+                    f"the copies, a graph change that a checkpoint cannot carry.  Leave that "
+                    f"group alone, or grow the model in memory with fxgrow.widen")
         recipes = tensor_recipes(analysis, widen)
     shapes = {name: tuple(t.shape) for name, t in state.tensors.items()}
     for name, shape in teacher.items():
