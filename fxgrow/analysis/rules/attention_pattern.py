@@ -30,15 +30,30 @@ _PASS_MOD = (nn.Dropout, nn.Identity)
 # N, N]); past one, only a softmax over dim=-1 is known to be over the keys
 _VIEW_METHOD = {"view", "reshape"}
 _MAX_STEPS = 6
+# the same ops in exported (ATen) graphs, by overload name
+_ATEN_SOFTMAX = {"softmax", "_softmax"}
+_ATEN_PASS = {"mul", "div", "add", "sub", "masked_fill", "dropout", "native_dropout", "to",
+              "_to_copy", "clone", "contiguous", "type_as", "alias"}
+_ATEN_VIEW = {"view", "reshape", "_unsafe_view"}
+_ATEN_MATMUL = {"matmul", "bmm", "einsum"}
+
+
+def _aten(node: torch.fx.Node) -> str | None:
+    """``softmax`` for ``aten.softmax.int`` (None for anything but an ATen overload)."""
+    t = node.target
+    if node.op == "call_function" and isinstance(t, torch._ops.OpOverload):
+        return t._schema.name.split("::")[-1]
+    return None
 
 
 def _is_view(node: torch.fx.Node) -> bool:
     return (node.op == "call_method" and node.target in _VIEW_METHOD) or \
-        (node.op == "call_function" and node.target is torch.reshape)
+        (node.op == "call_function" and node.target is torch.reshape) or \
+        _aten(node) in _ATEN_VIEW
 
 
 def _passes(node: torch.fx.Node, modules: dict) -> bool:
-    if _is_view(node):
+    if _is_view(node) or _aten(node) in _ATEN_PASS:
         return True
     if node.op == "call_function":
         name = getattr(node.target, "__name__", "")
@@ -56,7 +71,8 @@ def _softmax_last(node: torch.fx.Node, modules: dict, ndim: int, viewed: bool = 
     if node.op == "call_module" and isinstance(modules.get(node.target), _SOFTMAX_MOD):
         d = modules[node.target].dim
     elif (node.op == "call_function" and node.target in _SOFTMAX_FN) or \
-            (node.op == "call_method" and node.target == "softmax"):
+            (node.op == "call_method" and node.target == "softmax") or \
+            _aten(node) in _ATEN_SOFTMAX:
         d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     else:
         return False
@@ -106,7 +122,8 @@ def from_scores(node, modules: dict, ndim: int) -> bool:
             return False
         if (node.op == "call_function" and node.target in (operator.matmul, torch.matmul,
                                                            torch.einsum)) or \
-                (node.op == "call_method" and node.target == "matmul"):
+                (node.op == "call_method" and node.target == "matmul") or \
+                _aten(node) in _ATEN_MATMUL:
             return True
         if not _passes(node, modules) or not node.args:
             return False
