@@ -1249,8 +1249,8 @@ def test_hand_written_attention_grows_heads_like_sdpa(form):
 
 
 class Bilinear(nn.Module):
-    """A contraction of two activations that is not attention (no softmax): it blocks as an
-    op, as before."""
+    """A contraction of two activations that is not attention (no softmax): the student
+    multiplies one operand by the shares of the copies (``analysis/contraction.py``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -1260,11 +1260,15 @@ class Bilinear(nn.Module):
         return self.out(self.a(x) @ self.b(x).transpose(-2, -1))
 
 
-def test_contraction_of_activations_outside_attention_blocks():
-    gs = groups_of(f64(Bilinear()), rand(2, 5, 4))
+def test_contraction_of_activations_outside_attention_grows_with_a_scale():
+    m, x = f64(Bilinear()), rand(2, 5, 4)
+    gs = groups_of(m, x)
     g = the_group(gs, "a")
-    assert not g.widenable and [b.kind for b in g.blockers] == ["op"]
-    assert "contraction between two activations" in g.blockers[0].reason
+    assert g.widenable and g.width == 6
+    s = exact(m, x, widths={"a": 7})
+    assert s.a.out_features == s.b.out_features == 7
+    assert [n for n, _ in s.named_buffers()] == ["fxgrow_contract_scale0"]
+    assert sorted(s.fxgrow_contract_scale0.flatten().tolist()) == [0.5, 0.5, 1, 1, 1, 1, 1]
 
 
 # -- 22. gathers by an index tensor ---------------------------------------------------------------

@@ -73,6 +73,9 @@ class AnalysisState:
     outputs: list = field(default_factory=list)  # TensorInfo of each output tensor, in order
     ties: list = field(default_factory=list)  # (ParamAxis, consumer record): see _finish_params
     grow_outputs: bool = False  # outputs may widen (compared on the teacher's positions)
+    scales: list = field(default_factory=list)  # ContractionScale: see analysis/contraction.py
+    # (layout, Blocker) applied after the walk only to classes nothing fixes as structure
+    unless_structure: list = field(default_factory=list)
 
     def vals_by_name(self, gm: torch.fx.GraphModule) -> dict:
         """Example values keyed by the nodes of ``gm`` (a copy of this graph)."""
@@ -198,6 +201,12 @@ class RuleContext:
     def block(self, layout: Layout, reason: str, kind: str = "op") -> None:
         self.spaces.block(layout, self.blocker(reason, kind))
 
+    def block_unless_structure(self, layout: Layout, reason: str) -> None:
+        """Block ``layout``'s classes as an op, unless (once the whole graph is read) a class
+        is fixed as structure anyway -- a normalisation over a head dim that attention fixes
+        changes nothing, and is no reason to report the group."""
+        self.state.unless_structure.append((layout, self.blocker(reason)))
+
     def param(self, target: str, axis: int, role: str | None) -> Layout:
         """The layout of ``target``'s axis (created on first use) and record how it is used."""
         target = self.state.canonical.get(target, target)
@@ -226,8 +235,10 @@ class RuleContext:
         activations over a channel space is not exact."""
         src = self._param_source(a, axis)
         if src is None:
-            self.block(contracted, "contraction between two activations over this axis is "
-                                   "not preserved by replication")
+            from .contraction import scale_operand
+            if not scale_operand(self, [(a, axis)], contracted):
+                self.block(contracted, "contraction between two activations over this axis "
+                                       "is not preserved by replication")
             return
         target, paxis, chain = src
         self.param(target, paxis, CONSUME)

@@ -30,10 +30,22 @@ def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False) -> Ana
     state = AnalysisState(gm, vals, grow_outputs=grow_outputs)
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)
+    _block_unless_structure(state)
     _finish_params(state)
     state.spaces.freeze()
     state.spaces.settle_ties()
     return state
+
+
+def _block_unless_structure(state: AnalysisState) -> None:
+    """The deferred op blockers (``RuleContext.block_unless_structure``), on the classes
+    that no structure blocker fixes."""
+    sp = state.spaces
+    for layout, blocker in state.unless_structure:
+        for r in sp.roots(layout):
+            if not any(b.kind == "structure" for b in sp.blockers_of(r)):
+                if blocker not in sp.blockers[r]:
+                    sp.blockers[r].append(blocker)
 
 
 def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:

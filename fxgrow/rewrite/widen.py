@@ -21,6 +21,7 @@ import torch.fx
 from ..analysis import Analysis
 from ..plan.index_map import expand
 from ..plan.plan import WidenPlan, root_maps
+from .contraction import insert_scales
 from .dead_code import eliminate_dead_code, unused_nodes
 from .recipe import Scratch, apply_recipe, tensor_recipes
 
@@ -59,6 +60,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     ran_for_effect = unused_nodes(student.graph)
 
     _compensate_ties(student, analysis, maps, memo, untie)
+    scaled = insert_scales(student, analysis, maps)
     for rule in state.attrs:
         if any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
             setattr(student.get_submodule(rule.module), rule.attr, rule.compute(size))
@@ -68,7 +70,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         if rule is not None and any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
             node.args, node.kwargs = rule.compute(size, node.args, dict(node.kwargs))
             touched = True
-    if touched or state.ties:
+    if touched or state.ties or scaled:
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
     student.meta["fxgrow_expansions"] = {

@@ -174,6 +174,13 @@ def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]],
         sp = state.spaces
         if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.ties):
             folds = tie_folds(analysis, widen, dtype)
+        for rec in state.scales:
+            if any(r in maps for r in sp.roots(rec.layout)):
+                raise UnsupportedModelError(
+                    f"the plan widens the axis that node {rec.user!r} contracts between two "
+                    f"activations; its exact student multiplies one of them by the shares of "
+                    f"the copies, a graph change that a checkpoint cannot carry.  Leave that "
+                    f"group alone, or grow the model in memory with fxgrow.widen")
         recipes = tensor_recipes(analysis, widen)
     shapes = {name: tuple(t.shape) for name, t in state.tensors.items()}
     for name, shape in teacher.items():

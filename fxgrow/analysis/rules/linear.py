@@ -3,9 +3,10 @@
 * Linear ``y = x W^T + b``, W ``[out, in]``: the last axis of x is contracted with W's columns
   (consumer: divided by the replication count), W's rows produce the output space.
 * Matrix products (matmul, bmm, mm, einsum): contracted axes of the operands couple.  The
-  contraction is exact under replication only if one operand is a parameter whose slices are
-  divided; a contraction of two activations over a channel space blocks it.  Batch axes
-  broadcast like elementwise ops.
+  contraction is exact under replication if one operand is a parameter whose slices are
+  divided; between two activations, the student multiplies one of them by the shares of the
+  copies (``analysis/contraction.py``).  Attention's two products keep their head dim and key
+  positions blocked as structure.  Batch axes broadcast like elementwise ops.
 * Embedding ``W[ids]``: W's columns produce the output space; its rows are indexed by ids and
   never grow.
 """
@@ -19,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..context import CONSUME, PRODUCE, RuleContext, RuleError
+from ..contraction import scale_operand
 from ..layout import Layout
 from ..values import TensorInfo
 from . import attention_pattern
@@ -35,7 +37,8 @@ def _produce(cx: RuleContext, ref, axis: int) -> None:
 def contract(cx: RuleContext, operands, layout: Layout, attention: str | None = None) -> None:
     """``operands``: (arg, axis) pairs contracted together along ``layout``.  One operand that
     is a parameter takes the division; with none, a channel space here is blocked (as
-    structure, with the reason ``attention``, for the two products of attention)."""
+    structure, with the reason ``attention``, for the two products of attention) unless one
+    activation operand can take a share scale in the student (``scale_operand``)."""
     for k, (ref, axis) in enumerate(operands):
         if cx._param_source(ref, axis) is not None:
             info = cx.value(ref)
@@ -46,6 +49,8 @@ def contract(cx: RuleContext, operands, layout: Layout, attention: str | None = 
             return
     if attention is not None:
         cx.block(layout, attention, "structure")
+        return
+    if scale_operand(cx, operands, layout):
         return
     cx.block(layout, "contraction between two activations over this axis is not preserved "
                      "by replication")

@@ -49,28 +49,27 @@ def per_channel(cx: RuleContext, c) -> None:
 @rule(F.batch_norm, F.instance_norm)
 def batchnorm_function(cx: RuleContext):
     """F.batch_norm(x, running_mean, running_var, weight, bias, training, ...): per channel on
-    axis 1.  With batch statistics (``training=True``, and always for F.instance_norm) the
-    mean and variance are taken over every other axis: a channel space there is blocked.
-    This is timm's weight standardisation (StdConv2d, ScaledStdConv2d: batch_norm of the
-    weight viewed as [1, C_out, fan-in]): output channels are rows, each standardised alone,
-    so they grow exactly; the fan-in cannot, since a consumer's divided columns w/c change
-    the row's mean and variance (with one c for every unit they scale both by 1/c, which
-    the eps and the fixed fan-in scale of ScaledStdConv2d do not follow)."""
+    axis 1.  Statistics computed from the input (``training=True``; instance norm's
+    ``use_input_stats``) are a mean and a population variance over the other axes: exact only
+    under uniform replication of those axes -- a weight standardisation (timm's
+    ``StdConv2d``/``ScaledStdConv2d``: ``batch_norm(W.reshape(1, out, -1), training=True)``)
+    normalises over the fan-in, which grows with the input channels."""
     x = cx.tensor(cx.arg(0, "input"))
     c = x.layouts[1]
-    batch_stats = cx.node.target is F.instance_norm and \
-        cx.concrete(cx.arg(5, "use_input_stats", True)) or \
-        cx.node.target is F.batch_norm and cx.concrete(cx.arg(5, "training", False))
-    if batch_stats:
-        for d, lay in enumerate(x.layouts):
-            if d != 1:
-                cx.block(lay, "the statistics of a batch/instance norm with batch statistics "
-                              "are taken over this axis (weight standardisation: over the "
-                              "fan-in); replicated or divided units change them")
     for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
         ref = cx.arg(i, name, None)
         if ref is not None:
             cx.unify(c, cx.tensor(ref).layouts[0], "per-channel parameter of a norm")
+    if cx.node.target is F.instance_norm:
+        own, over = bool(cx.concrete(cx.arg(5, "use_input_stats", True))), x.layouts[2:]
+    else:
+        own, over = bool(cx.concrete(cx.arg(5, "training", False))), x.layouts[:1] + x.layouts[2:]
+    if own and over:
+        merged = over[0]
+        for lay in over[1:]:
+            merged = cx.spaces.merge(merged, lay)
+        cx.uniform(merged, "statistics of a batch/instance norm computed from its input over "
+                           "these axes (a weight standardisation's fan-in)")
     return cx.out(x.layouts)
 
 

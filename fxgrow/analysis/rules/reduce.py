@@ -133,7 +133,10 @@ def along_axis(cx: RuleContext):
             attention_pattern.from_scores(cx.arg(0), cx.state.modules, x.ndim):
         cx.block(x.layouts[-1], "softmax over key positions", "structure")
         return cx.out(x.layouts)
-    cx.block(x.layouts[x.dim(d)], f"{name} along this axis mixes its positions")
+    # over an axis fixed as structure anyway (a head dim attention fixes, the radix of split
+    # attention, a grouped conv's block count) it changes nothing: no reason to report
+    cx.block_unless_structure(x.layouts[x.dim(d)], f"{name} along this axis mixes its "
+                                                   f"positions")
     return cx.out(x.layouts)
 
 

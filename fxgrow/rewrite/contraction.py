@@ -1,0 +1,46 @@
+"""The student's share scales on contractions between two activations.
+
+For each ``ContractionScale`` whose class grows, the operand is multiplied by a constant
+buffer holding the shares of its contracted axis (``expand(...).fraction``: 1 / c(g(j)) for an
+equal split) right before the contracting node, and only there: see
+``analysis/contraction.py`` for why that is exact."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+
+from ..plan.index_map import expand
+
+PREFIX = "fxgrow_contract_scale"
+
+
+def insert_scales(student: torch.fx.GraphModule, analysis, maps: dict) -> bool:
+    """Insert the scale nodes into ``student`` (a copy of the analysed graph); True if any."""
+    state, sp = analysis.state, analysis.state.spaces
+    nodes = {n.name: n for n in student.graph.nodes}
+    like = next((t for t in (*student.parameters(), *student.buffers())
+                 if t.is_floating_point()), None)
+    device = like.device if like is not None else torch.device("cpu")
+    examples = {node.name: v for node, v in state.vals.items()} if state.scales else {}
+    changed = False
+    n = 0
+    for rec in state.scales:
+        if not any(r in maps for r in sp.roots(rec.layout)):
+            continue
+        user, operand = nodes[rec.user], nodes[rec.operand]
+        dtype = getattr(examples.get(rec.operand), "dtype", torch.float32)
+        shares = expand(sp, rec.layout, maps).fraction
+        scale = shares.to(dtype).view([-1] + [1] * (rec.ndim - 1 - rec.axis)).to(device)
+        while hasattr(student, f"{PREFIX}{n}"):  # a student widened again has some
+            n += 1
+        name = f"{PREFIX}{n}"
+        student.register_buffer(name, scale)
+        with student.graph.inserting_before(user):
+            factor = student.graph.get_attr(name)
+            scaled = student.graph.call_function(operator.mul, (operand, factor))
+        user.replace_input_with(operand, scaled)
+        changed = True
+    return changed
+
