@@ -14,6 +14,7 @@ from helpers import widen_exact
 from timm.layers import register_notrace_module
 
 import fxgrow
+from fxgrow.errors import FxgrowError
 from fxgrow.frontend.guards import SpecialisedGraphError, traced_as
 
 
@@ -153,22 +154,26 @@ def test_pad_modules():
     assert s.get_submodule("0").out_channels == 7
     channel_pad = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ConstantPad3d((0, 0, 0, 0, 1, 0), 0.5),
                                 nn.Conv2d(5, 2, 1)).eval()
-    a = fxgrow.analyze(channel_pad, x)
-    assert not a.group("0").widenable
+    # a constant pad of the channel axis is a cat with a constant unit: the channels still grow
+    s = widen_exact(channel_pad, x, widths={"0": 8})
+    assert s.get_submodule("2").in_channels == 9
 
 
-def test_weight_standardisation_grows_out_channels_only():
+def test_weight_standardisation_grows_out_channels():
+    """A standardised conv's rows are standardised one by one: its outputs grow.  The space
+    between two standardised convs (produced through one standardisation, read through the
+    other's fan-in statistics) stays whole."""
     from timm.layers import StdConv2d
     m = nn.Sequential(StdConv2d(3, 4, 3), nn.ReLU(), StdConv2d(4, 5, 1), nn.ReLU(),
                       nn.Conv2d(5, 2, 1)).eval()
     x = torch.randn(1, 3, 8, 8)
     a = fxgrow.analyze(m, x)
-    first = next(g for g in a.all_groups if g.name == "0")
-    assert not first.widenable  # the fan-in of the second standardised conv
-    assert any("weight standardisation" in b.reason for b in first.blockers)
+    assert not next(g for g in a.all_groups if g.name == "0").widenable
     assert a.group("2").widenable  # read by a plain conv
     s = widen_exact(m, x, widths={"2": 8})
     assert s.get_submodule("2").weight.shape == (8, 4, 1, 1)
+    with pytest.raises(FxgrowError):
+        fxgrow.widen(m, x, widths={"0": 8})
 
 
 def _op_blockers(a) -> list[str]:
