@@ -194,3 +194,23 @@ def test_cli_widen_within_backbone(capsys):
                  "backbon", "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "did you mean 'backbone'" in err
+
+
+def test_detections_matched_across_a_reorder_and_a_mask_jump():
+    torch.manual_seed(0)
+    n = 40
+    boxes = torch.rand(n, 4) * 100
+    boxes[:, 2:] += boxes[:, :2]
+    t = {"boxes": boxes, "scores": torch.linspace(0.9, 0.5, n), "labels": torch.arange(n) % 3,
+         "masks": torch.rand(n, 1, 16, 16)}
+    order = torch.arange(n)
+    order[[3, 4]] = order[[4, 3]]  # two near-tied detections swap places
+    s = {k: v[order].clone() for k, v in t.items()}
+    s["boxes"] = s["boxes"] + 1e-5
+    s["masks"][7] = s["masks"][7].roll(1, dims=-1)  # one mask pasted a pixel over
+    result = compare_detections([t], [s])
+    assert (result.detections, result.unmatched, result.jumps) == (n, 0, 1)
+    assert 1e-8 < result.max_rel < 1e-6  # the boxes' 1e-5 shift on a scale of ~200
+    s["labels"][0] = 2 - s["labels"][0] % 3  # a detection of another class: no partner
+    result = compare_detections([t], [s])
+    assert result.unmatched == 2 and result.detections == n - 1

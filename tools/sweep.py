@@ -437,8 +437,9 @@ def _whole(meta: dict) -> str:
     if whole is None or whole.detections is None:
         return f"whole model max rel {getattr(whole, 'max_rel', float('nan')):.2g}"
     ref = "" if whole.teacher_rel is None else f", teacher vs float64 {whole.teacher_rel:.2g}"
+    jumps = f", {whole.jumps} mask/keypoint jumps" if whole.jumps else ""
     return (f"whole model {whole.detections} detections matched ({whole.unmatched} "
-            f"unmatched), max rel {whole.max_rel:.2g}{ref}")
+            f"unmatched{jumps}), max rel {whole.max_rel:.2g}{ref}")
 
 
 def _child(case: Case, max_params: int, mem_bytes: int, conn, frontend: str | None) -> None:
