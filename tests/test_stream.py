@@ -318,3 +318,35 @@ def test_torchvision_state_dict_widened_from_safetensors(tmp_path):
         assert set(ck.tensors) == set(memory)
         for name in ck.tensors:
             assert torch.equal(ck.read(name), memory[name]), name
+
+
+def test_module_stream_runs_each_module_with_its_own_weights(tmp_path):
+    """run_modules: the meta model's own code with each module's parameters read for its call
+    equals the real model; a parameter read outside its module's call fails the run."""
+    from safetensors.torch import save_file
+
+    from fxgrow.stream import run_modules
+
+    class Net(torch.nn.Module):
+        def __init__(self, outside: bool = False) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+            self.outside = outside
+
+        def forward(self, x):
+            y = self.b(torch.relu(self.a(x)))
+            return y * self.b.bias if self.outside else y
+
+    torch.manual_seed(0)
+    real = Net()
+    save_file(real.state_dict(), tmp_path / "w.safetensors")
+    x = torch.randn(2, 4)
+    with torch.device("meta"):
+        meta, leaky = Net(), Net(outside=True)
+    with Checkpoint(tmp_path / "w.safetensors") as ck:
+        out, peak = run_modules(meta, ck, (x,))
+        assert torch.equal(out, real(x)) and peak == (4 * 6 + 6) * 4  # one module at a time
+        assert all(p.is_meta for p in meta.parameters())  # put back after each call
+        with pytest.raises((PreservationError, RuntimeError, NotImplementedError)):
+            run_modules(leaky, ck, (x,))
+        assert all(p.is_meta for p in leaky.parameters())
