@@ -259,7 +259,7 @@ def test_failed_write_leaves_no_folder(teacher, tmp_path, monkeypatch, failure):
     elif failure == "ctrl-c":
         def interrupt(*a, **k):
             raise KeyboardInterrupt
-        monkeypatch.setattr(grow_mod, "apply_recipe", interrupt)
+        monkeypatch.setattr(grow_mod, "make_tensor", interrupt)
         error, match = GrowthInterrupted, r"interrupted; the partial output .* was removed"
     else:
         out.mkdir()
@@ -281,12 +281,10 @@ def test_plan_on_meta_device_holds_no_parameters():
     assert {c.group: c.new_width for c in plan.changes}["model.layers.0.mlp.gate_proj"] == 96
 
 
-def test_tied_embeddings_deepen_and_refuse_hidden_growth(tmp_path):
+def test_tied_embeddings_deepen(tmp_path):
+    """(Widening a tied hidden size: tests/test_stream_config.py.)"""
     model = llama(layers=2, tie_word_embeddings=True)
     model.save_pretrained(tmp_path / "t")
-    with pytest.raises(UnsupportedModelError, match=r"widens an axis of 'model\.embed_tokens\."
-                                                    r"weight', a tied weight"):
-        grow_checkpoint(tmp_path / "t", tmp_path / "wide", factor=2, progress=False)
     r = grow_checkpoint(tmp_path / "t", tmp_path / "deep", blocks=3, progress=False)
     assert r.config.tie_word_embeddings and r.check.max_rel < 1e-6
     student = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "deep").eval()
@@ -320,3 +318,35 @@ def test_torchvision_state_dict_widened_from_safetensors(tmp_path):
         assert set(ck.tensors) == set(memory)
         for name in ck.tensors:
             assert torch.equal(ck.read(name), memory[name]), name
+
+
+def test_module_stream_runs_each_module_with_its_own_weights(tmp_path):
+    """run_modules: the meta model's own code with each module's parameters read for its call
+    equals the real model; a parameter read outside its module's call fails the run."""
+    from safetensors.torch import save_file
+
+    from fxgrow.stream import run_modules
+
+    class Net(torch.nn.Module):
+        def __init__(self, outside: bool = False) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+            self.outside = outside
+
+        def forward(self, x):
+            y = self.b(torch.relu(self.a(x)))
+            return y * self.b.bias if self.outside else y
+
+    torch.manual_seed(0)
+    real = Net()
+    save_file(real.state_dict(), tmp_path / "w.safetensors")
+    x = torch.randn(2, 4)
+    with torch.device("meta"):
+        meta, leaky = Net(), Net(outside=True)
+    with Checkpoint(tmp_path / "w.safetensors") as ck:
+        out, peak = run_modules(meta, ck, (x,))
+        assert torch.equal(out, real(x)) and peak == (4 * 6 + 6) * 4  # one module at a time
+        assert all(p.is_meta for p in meta.parameters())  # put back after each call
+        with pytest.raises((PreservationError, RuntimeError, NotImplementedError)):
+            run_modules(leaky, ck, (x,))
+        assert all(p.is_meta for p in leaky.parameters())

@@ -59,7 +59,9 @@ def test_cli_to_config_streamed_equals_in_memory(tmp_path, one_thread, dtype):
     cfg = transformers.AutoConfig.from_pretrained(tmp_path / "s")
     assert (cfg.intermediate_size, cfg.num_hidden_layers) == (144, 4)
     ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(_logits(tmp_path / "s", ids), _logits(src, ids), atol=1e-5, rtol=0)
+    # x3: shares of 1/3, which bfloat16 rounds (in memory as in the stream)
+    tol = 1e-5 if dtype == "float32" else 1e-3
+    assert torch.allclose(_logits(tmp_path / "s", ids), _logits(src, ids), atol=tol, rtol=0)
 
 
 def test_tied_hidden_size_widened_in_a_stream(tmp_path, one_thread):
