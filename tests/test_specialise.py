@@ -60,6 +60,16 @@ class _DataGate(nn.Module):
         return x
 
 
+@register_notrace_module
+class _DtypeGate(nn.Module):
+    """Branches on the dtype: never specialised (the float64 reference takes another)."""
+
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return x * 2
+        return x
+
+
 class _Net(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -104,8 +114,9 @@ def test_control_flow_on_a_channel_size_blocks_that_group():
         fxgrow.widen(m, x, widths={"stem": 8})
 
 
-def test_control_flow_on_data_keeps_the_module_whole():
-    m = _Net(_DataGate()).eval()
+@pytest.mark.parametrize("gate", [_DataGate, _DtypeGate])
+def test_control_flow_on_data_or_dtype_keeps_the_module_whole(gate):
+    m = _Net(gate()).eval()
     x = torch.randn(2, 3, 8, 8)
     from fxgrow.api import capture
     gm = capture(m, (x,))
