@@ -61,6 +61,16 @@ class _DataGate(nn.Module):
         return x
 
 
+@register_notrace_module
+class _DtypeGate(nn.Module):
+    """Branches on the dtype: never specialised (the float64 reference takes another)."""
+
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return x * 2
+        return x
+
+
 class _Net(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -105,8 +115,9 @@ def test_control_flow_on_a_channel_size_blocks_that_group():
         fxgrow.widen(m, x, widths={"stem": 8})
 
 
-def test_control_flow_on_data_keeps_the_module_whole():
-    m = _Net(_DataGate()).eval()
+@pytest.mark.parametrize("gate", [_DataGate, _DtypeGate])
+def test_control_flow_on_data_or_dtype_keeps_the_module_whole(gate):
+    m = _Net(gate()).eval()
     x = torch.randn(2, 3, 8, 8)
     from fxgrow.api import capture
     gm = capture(m, (x,))
@@ -185,12 +196,12 @@ def _op_blockers(a) -> list[str]:
     # GPSA fills a tensor of relative positions by item assignment; left: qk[0] / qk[1]
     # select q and k by an integer index (an op blocker of the index rule), and torch.zeros
     # sized by the token count has no rule
-    ("convit_tiny", dict(img_size=32, depth=2, embed_dim=48, num_heads=4),
+    ("convit_tiny", {"img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 4},
      {"selected by an integer index",
       "no rule for function torch.zeros; fxgrow does not know how it treats channels"}),
-    ("mobilevit_xxs", dict(), set()),  # MobileVitBlock resizes to whole patches
-    ("vgg11", dict(mlp_ratio=0.125, num_classes=10), set()),  # ConvMlp checks the input size
-    ("test_vit", dict(img_size=48), set()),  # resample_abs_pos_embed: sizes equal, no-op
+    ("mobilevit_xxs", {}, set()),  # MobileVitBlock resizes to whole patches
+    ("vgg11", {"mlp_ratio": 0.125, "num_classes": 10}, set()),  # ConvMlp checks the input size
+    ("test_vit", {"img_size": 48}, set()),  # resample_abs_pos_embed: sizes equal, no-op
 ])
 def test_timm_leaves_traced_through(name, kw, left):
     m = timm.create_model(name, pretrained=False, **kw).eval()

@@ -101,7 +101,8 @@ def _source_line() -> str:
 
 class LeafTracer(torch.fx.Tracer):
     """``torch.fx.Tracer`` that also keeps the given module types / qualified names as leaves,
-    and, given ``examples``, specialises control flow on sizes to them (guarded)."""
+    and, given ``example_inputs``, specialises control flow on sizes inside the timm leaves it
+    traces through to them (guarded)."""
 
     def __init__(self, leaf_modules: Iterable[type | str] = (),
                  autowrap_functions: Iterable[Callable] = (),
