@@ -82,7 +82,9 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
     ``outputs="fixed"`` (default) keeps every output's shape; ``"grow"`` lets channel axes of
     outputs widen (encoders whose output is a hidden state), and the teacher's outputs are then
     compared with the student's at the positions the replication maps keep."""
+    from .hf.student import default_outputs
     inputs = as_tuple(example_inputs)
+    outputs = default_outputs(model, outputs)
     return _on_graph(model, inputs, lambda gm: _analyze(gm, inputs, outputs),
                      frontend=frontend, leaf_modules=leaf_modules,
                      autowrap_functions=autowrap_functions)

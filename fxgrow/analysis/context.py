@@ -73,6 +73,7 @@ class AnalysisState:
     outputs: list = field(default_factory=list)  # TensorInfo of each output tensor, in order
     ties: list = field(default_factory=list)  # (ParamAxis, consumer record): see _finish_params
     grow_outputs: bool = False  # outputs may widen (compared on the teacher's positions)
+    fixed_outputs: int = 0  # with grow_outputs, how many leading outputs keep their shape
 
     def vals_by_name(self, gm: torch.fx.GraphModule) -> dict:
         """Example values keyed by the nodes of ``gm`` (a copy of this graph)."""

@@ -49,7 +49,8 @@ _SAME = {
         "eq.Tensor", "eq.Scalar", "ne.Tensor", "ne.Scalar", "lt.Tensor", "lt.Scalar",
         "le.Tensor", "le.Scalar", "gt.Tensor", "gt.Scalar", "ge.Tensor", "ge.Scalar",
         "__and__.Tensor", "__or__.Tensor", "logical_and.default", "logical_or.default",
-        "bitwise_and.Tensor", "bitwise_or.Tensor", "where.self", "masked_fill.Scalar",
+        "bitwise_and.Tensor", "bitwise_or.Tensor", "where.self", "where.ScalarOther",
+        "where.ScalarSelf", "masked_fill.Scalar",
         "masked_fill.Tensor", "floor_divide.default", "remainder.Tensor", "remainder.Scalar",
         "lerp.Scalar", "addcmul.default"),
     shape.reshape: _ops("view.default", "reshape.default", "_unsafe_view.default"),
@@ -145,8 +146,23 @@ def aten_embedding(cx: RuleContext):
     return cx.out(ids.layouts + (w.layouts[1],))
 
 
+@rule(*_ops("zeros.default", "ones.default"))
+def constant_creation(cx: RuleContext):
+    """A tensor of one value from literal sizes (T5's all-zero cross-attention position
+    bias, ``[1, heads, q, k]``): a replica of a constant is that constant, so every axis is
+    a space of its own that may join a channel space and grow with it (its size entry is
+    rewritten).  Sizes read from tensors: every axis fixed, as ``creation``."""
+    size = cx.node.args[0] if cx.node.args else cx.node.kwargs.get("size")
+    if not isinstance(size, (list, tuple)) or \
+            not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
+        return creation(cx)
+    layouts = tuple(cx.spaces.new(n) for n in cx.out_shape())
+    shape._rewrite_sizes(cx, layouts, 0, "size")
+    return cx.out(layouts)
+
+
 @rule(*_ops("arange.default", "arange.start", "arange.start_step", "full.default",
-            "zeros.default", "ones.default", "empty.memory_format", "scalar_tensor.default",
+            "empty.memory_format", "scalar_tensor.default",
             "new_ones.default", "new_zeros.default", "new_full.default", "new_empty.default",
             "rand.default", "randn.default"))
 def creation(cx: RuleContext):
