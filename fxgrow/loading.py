@@ -368,7 +368,8 @@ def load(path: str | os.PathLike, *, trusted: Iterable[str] = (),
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         from .hf.saving import load_student
-        return load_student(path)  # type: ignore[return-value]
+        model = load_student(path)
+        return model.to(device) if device is not None else model  # type: ignore[return-value]
     desc = info(path)
     trusted = tuple(str(t) for t in trusted)
     try:
