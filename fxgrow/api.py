@@ -92,6 +92,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
         from .within import inner
         return inner(model, inputs, within, analyze, frontend=frontend, outputs=outputs,
                      leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+    from .hf.student import default_outputs
+    outputs = default_outputs(model, outputs)
     return _on_graph(model, inputs, lambda gm: _analyze(gm, inputs, outputs),
                      frontend=frontend, leaf_modules=leaf_modules,
                      autowrap_functions=autowrap_functions)

@@ -397,7 +397,15 @@ def save(model: torch.nn.Module, path: str | os.PathLike, *, example_inputs: Any
     with ``verify`` (default), the file is loaded back and must give bit-identical outputs on
     them.  For any other module, save ``model.state_dict()`` (e.g. with
     ``safetensors.torch.save_file``).  ``teacher`` (optional) records the fingerprint of the
-    model this one was grown from (``fxgrow draw TEACHER --student FILE`` checks it)."""
+    model this one was grown from (``fxgrow draw TEACHER --student FILE`` checks it).
+
+    A Hugging Face student (the teacher's own class) is written as a Hugging Face folder at
+    ``path`` with its growth record (``fxgrow.hf.saving``)."""
+    from .hf.student import is_pretrained
+    if is_pretrained(model):
+        from .hf.saving import save_student
+        return save_student(model, path, example_inputs=example_inputs, verify=verify,
+                            teacher=teacher)
     if not isinstance(model, torch.fx.GraphModule):
         raise InputError(f"fxgrow.save takes a torch.fx.GraphModule (what fxgrow.widen/deepen/"
                          f"grow return), got {type(model).__name__}; for other modules save "

@@ -360,9 +360,16 @@ def load(path: str | os.PathLike, *, trusted: Iterable[str] = (),
     ``trusted`` names further functions, method names or module classes (or packages: a
     prefix of qualified names) the file may use beyond fxgrow's allowlist (``fxgrow.trust``);
     ``device`` is where the tensors go (default: CPU); ``weights=False`` reads no tensor data
-    (parameters are meta tensors of the declared shapes: enough to analyse, not to run)."""
+    (parameters are meta tensors of the declared shapes: enough to analyse, not to run).
+
+    A folder ``fxgrow.save`` wrote from a Hugging Face student loads as its class, growth
+    record in ``model.meta`` (``fxgrow.hf.saving``)."""
     from .io import _dec
     path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        from .hf.saving import load_student
+        model = load_student(path)
+        return model.to(device) if device is not None else model  # type: ignore[return-value]
     desc = info(path)
     trusted = tuple(str(t) for t in trusted)
     try:

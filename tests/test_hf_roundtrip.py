@@ -40,6 +40,9 @@ FAMILIES = {
                               word_embed_proj_dim=64, max_position_embeddings=64)),
     "bert": (T.BertConfig, dict(SMALL, hidden_size=64, intermediate_size=128,
                                 num_attention_heads=4, max_position_embeddings=64)),
+    "t5": (T.T5Config, dict(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                            num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
+                            pad_token_id=0, eos_token_id=2)),
 }
 # x2 targets: (field, value) pairs per family
 TARGETS = {
@@ -48,6 +51,10 @@ TARGETS = {
     "gpt_neox": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8},
     "opt": {"hidden_size": 128, "ffn_dim": 256, "num_attention_heads": 8,
             "word_embed_proj_dim": 128},
+    # encoder and decoder deepened too (transformers' T5 cannot generate with a cache when
+    # num_decoder_layers > num_layers: its cache is sized by num_layers)
+    "t5": {"d_model": 128, "d_ff": 256, "num_heads": 8, "num_layers": 4,
+           "num_decoder_layers": 3},
 }
 DEFAULT_TARGET = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
                   "num_key_value_heads": 4}
@@ -70,6 +77,7 @@ def make_folder(tmp: Path, family: str) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
     config = config_cls(**kwargs)
     model = (T.BertForMaskedLM(config) if family == "bert" else
+             T.T5ForConditionalGeneration(config) if family == "t5" else
              T.AutoModelForCausalLM.from_config(config)).eval()
     src = tmp / f"{family}-src"
     model.save_pretrained(src)
@@ -78,7 +86,8 @@ def make_folder(tmp: Path, family: str) -> tuple[Path, torch.nn.Module]:
 
 
 def load(path: Path, family: str):
-    cls = T.BertForMaskedLM if family == "bert" else T.AutoModelForCausalLM
+    cls = T.BertForMaskedLM if family == "bert" else \
+        T.AutoModelForSeq2SeqLM if family == "t5" else T.AutoModelForCausalLM
     return cls.from_pretrained(path).eval()
 
 
@@ -91,11 +100,14 @@ def assert_same_function(teacher, student, family: str) -> None:
     for batch, length in ((1, 6), (3, 13)):
         kw = fresh_inputs(teacher.config, batch, length, seed=batch)
         t, s = logits(teacher, **kw), logits(student, **kw)
-        keep = kw["attention_mask"].bool()
+        keep = kw["attention_mask"].bool()  # the encoder's mask for T5: decoder all kept
+        if t.shape[:2] != keep.shape:
+            keep = torch.ones(t.shape[:2], dtype=torch.bool)
         err = float((t[keep] - s[keep]).abs().max() / t[keep].abs().max())
         assert err <= TOL, (family, batch, length, err)
     if family != "bert":
         ids = fresh_inputs(teacher.config, 2, 5, seed=9)
+        ids.pop("decoder_input_ids", None)  # an encoder-decoder starts its decoder itself
         kw = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
         with torch.no_grad():
             a = teacher.generate(**ids, **kw)
@@ -127,6 +139,29 @@ def test_folder_cli_folder_exact(tmp_path, family):
     key, value = next(iter(target.items()))
     old = json.loads((src / "config.json").read_text()).get(key)
     assert f"| `{key}` | `{json.dumps(old)}` | `{json.dumps(value)}` |" in card
+
+
+def test_t5_cli_width_globs_blocks_and_non_whole_d_model(tmp_path):
+    """T5 through the CLI by --width globs and --blocks (encoder only), then d_model x1.5
+    (its RMSNorm stream zero-padded; the tied head's d_model ** -0.5 compensated)."""
+    src, teacher = make_folder(tmp_path, "t5")
+    out = tmp_path / "globs"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--blocks", "encoder.block=3",
+                "--width", "encoder.block.*.layer.1.DenseReluDense.wi=256",
+                "--width", "decoder.block.*.layer.2.DenseReluDense.wi=256"]) == 0
+    student = load(out, "t5")
+    assert (student.config.num_layers, student.config.num_decoder_layers,
+            student.config.d_ff) == (3, 2, 256)
+    assert_same_function(teacher, student, "t5")
+    out = tmp_path / "x1.5"
+    assert cli(["grow", str(src), "-o", str(out), "-q", "--to-config", "d_model=96",
+                "--to-config", "num_heads=6"]) == 0
+    student = load(out, "t5")
+    assert (student.config.d_model, student.config.num_heads) == (96, 6)
+    assert student.config.layer_norm_epsilon == pytest.approx(
+        teacher.config.layer_norm_epsilon * 64 / 96)
+    assert student.lm_head.weight is student.shared.weight
+    assert_same_function(teacher, student, "t5")
 
 
 def test_tied_model_stays_tied_and_exact(tmp_path):
@@ -254,6 +289,37 @@ def test_gpt2_layernorm_stream_x1_5_average_expansion(tmp_path):
     assert torch.allclose(wte[:, 64:], wte[:, :64].mean(dim=1, keepdim=True).expand(-1, 32))
     assert student.lm_head.weight is wte
     assert_same_function(teacher, student, "gpt2")
+
+
+@pytest.mark.parametrize("family,target", [
+    ("gpt_neox", {"hidden_size": 96, "num_attention_heads": 6}),  # parallel residual
+    ("opt", {"hidden_size": 96, "num_attention_heads": 6, "word_embed_proj_dim": 96}),
+])
+def test_layernorm_x1_5_neox_parallel_residual_and_opt_without_eps_field(tmp_path, family,
+                                                                        target):
+    """GPT-NeoX: both norms of a parallel block are pre-norms, so the average expansion is
+    exact with layer_norm_eps x 64/96 (and 6 heads of 16: its partial rotary size alone
+    would also fit 4 heads of 13).  OPT's LayerNorms take torch's default eps, which no
+    config field holds: the stream is scaled by sqrt(96/64) instead, eps unchanged."""
+    src, teacher = make_folder(tmp_path, family)
+    out = tmp_path / "out"
+    args = ["grow", str(src), "-o", str(out), "-q"]
+    for k, v in target.items():
+        args += ["--to-config", f"{k}={v}"]
+    assert cli(args) == 0
+    student = load(out, family)
+    for k, v in target.items():
+        assert getattr(student.config, k) == v
+    if family == "gpt_neox":
+        assert student.config.layer_norm_eps == pytest.approx(
+            teacher.config.layer_norm_eps * 64 / 96)
+    else:
+        assert student.model.decoder.final_layer_norm.eps == \
+            teacher.model.decoder.final_layer_norm.eps
+        emb, old = student.model.decoder.embed_tokens.weight, teacher.model.decoder.embed_tokens
+        assert torch.allclose(emb[:, :64], old.weight * (96 / 64) ** 0.5, atol=1e-6)
+        assert student.lm_head.weight is emb
+    assert_same_function(teacher, student, family)
 
 
 @pytest.mark.parametrize("family,target,message", [

@@ -55,9 +55,11 @@ def as_tuple(example_inputs: Any) -> tuple:
 def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence, outputs: str = "fixed") -> Analysis:
     """Shapes and channel groups of ``gm`` on ``example_inputs``.  ``outputs="grow"`` lets
     channel axes of the outputs widen (an encoder's hidden states); the teacher's outputs are
-    then found in the student's at the positions the replication maps keep."""
-    if outputs not in ("fixed", "grow"):
-        raise InputError(f"outputs must be 'fixed' or 'grow', got {outputs!r}")
+    then found in the student's at the positions the replication maps keep.  ``"main"``: the
+    first output (a model's logits) keeps its shape, the others may widen (the encoder hidden
+    state an encoder-decoder also returns)."""
+    if outputs not in ("fixed", "grow", "main"):
+        raise InputError(f"outputs must be 'fixed', 'grow' or 'main', got {outputs!r}")
     inputs = as_tuple(example_inputs)
     try:
         vals = propagate(gm, inputs)
@@ -69,5 +71,6 @@ def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence, outputs: str = "
         raise InputError(f"the model does not run on the example inputs ({shapes}): "
                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                          ". Pass inputs of the shape, dtype and device the model expects.") from e
-    state = dependency.run(gm, vals, grow_outputs=outputs == "grow")
+    state = dependency.run(gm, vals, grow_outputs=outputs != "fixed",
+                           fixed_outputs=int(outputs == "main"))
     return Analysis(gm, inputs, state, build_groups(state))

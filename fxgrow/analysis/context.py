@@ -76,6 +76,7 @@ class AnalysisState:
     scales: list = field(default_factory=list)  # ContractionScale: see analysis/contraction.py
     # (layout, Blocker) applied after the walk only to classes nothing fixes as structure
     unless_structure: list = field(default_factory=list)
+    fixed_outputs: int = 0  # with grow_outputs, how many leading outputs keep their shape
 
     def vals_by_name(self, gm: torch.fx.GraphModule) -> dict:
         """Example values keyed by the nodes of ``gm`` (a copy of this graph)."""

@@ -26,8 +26,9 @@ def describe(node: torch.fx.Node, module: Any = None) -> str:
     return f"function {mod + '.' if mod else ''}{getattr(t, '__name__', repr(t))}"
 
 
-def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False) -> AnalysisState:
-    state = AnalysisState(gm, vals, grow_outputs=grow_outputs)
+def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False,
+        fixed_outputs: int = 0) -> AnalysisState:
+    state = AnalysisState(gm, vals, grow_outputs=grow_outputs, fixed_outputs=fixed_outputs)
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)
     _block_unless_structure(state)
@@ -60,7 +61,7 @@ def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
         for v in pytree.tree_leaves(cx.value(node.args)):
             if isinstance(v, TensorInfo):
                 state.outputs.append(v)
-                if not state.grow_outputs:
+                if not state.grow_outputs or len(state.outputs) <= state.fixed_outputs:
                     for lay in v.layouts:
                         state.spaces.block(lay, cause)
             elif isinstance(v, SizeInfo):

@@ -44,6 +44,18 @@ def _params(m: torch.nn.Module) -> int:
     return total
 
 
+def _student_graph(student: Any, analysis: Analysis) -> Any:
+    """A Hugging Face student (the teacher's class) captured as the teacher was; any other
+    student as it is."""
+    from ..hf.student import is_pretrained
+    if isinstance(student, torch.fx.GraphModule) or not is_pretrained(student):
+        return student
+    from ..api import capture
+    frontend = analysis.gm.meta.get("fxgrow_frontend", "auto")
+    return capture(student, analysis.example_inputs,
+                   frontend="export" if frontend == "export" else "auto")
+
+
 def scene(model: Any, example_inputs: Any = None, *, student: torch.nn.Module | None = None,
           collapse: Any = None, title: str | None = None, sizes: bool = False,
           name: str | None = None, **trace_options: Any) -> Scene:
@@ -60,9 +72,11 @@ def scene(model: Any, example_inputs: Any = None, *, student: torch.nn.Module | 
         default = f"{name}: {len(groups)} channel groups, {widenable} widenable"
         return build(analysis.gm, analysis.state.vals, node_roots(analysis), by_root, groups,
                      blockers, collapse=collapse, title=title or default, sizes=sizes)
+    student = _student_graph(student, analysis)
     if not isinstance(student, torch.fx.GraphModule):
-        raise InputError("student= must be the GraphModule that fxgrow.widen/deepen/grow "
-                         f"returned, got {type(student).__name__}")
+        raise InputError("student= must be what fxgrow.widen/deepen/grow returned (a "
+                         f"GraphModule or the teacher's Hugging Face class), got "
+                         f"{type(student).__name__}")
     from ..analysis import analyze as analyze_graph
     inputs = analysis.example_inputs
     teacher_names = {n.name for n in analysis.gm.graph.nodes}

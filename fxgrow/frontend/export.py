@@ -43,13 +43,16 @@ def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModul
 @contextlib.contextmanager
 def _no_cache(model: torch.nn.Module):
     """A Hugging Face model captured without its key/value cache (``use_cache=False`` while
-    exporting; the user's config is restored): the graph computes the logits only."""
-    config = getattr(model, "config", None)
-    old = getattr(config, "use_cache", None)
-    if old:
-        config.use_cache = False
+    exporting, on the model's config and on the copies its submodules hold -- T5's decoder
+    stack keeps its own; the user's configs are restored): the graph computes the logits
+    only."""
+    configs = {id(c): (c, c.use_cache) for m in model.modules()
+               if (c := getattr(m, "config", None)) is not None and
+               getattr(c, "use_cache", None)}
+    for c, _ in configs.values():
+        c.use_cache = False
     try:
         yield
     finally:
-        if old:
-            config.use_cache = old
+        for c, old in configs.values():
+            c.use_cache = old

@@ -279,10 +279,15 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
             amap = getattr(config, "attribute_map", {}) or {}
             hidden, heads = (amap.get(k, k) for k in ("hidden_size", "num_attention_heads"))
             h = changed.get(hidden, getattr(config, hidden))
-            alt = dict(changed, **{heads: h // values[f]})  # more heads of the same size
-            if h % values[f] == 0 and score(dict(values, **alt, **{f: v})) == 0:
-                changed = {k: w for k, w in alt.items() if w != teacher.get(k, getattr(
-                    config, k, None))}
+            # more heads of the teacher's size first: a partial rotary size (GPT-NeoX's
+            # head_dim // 4) leaves other head sizes with the same shapes
+            for size in dict.fromkeys((v, values[f])):
+                alt = dict(changed, **{heads: h // size})  # more heads of the same size
+                alt.pop(f, None)
+                if h % size == 0 and score(dict(values, **alt, **{f: v})) == 0:
+                    changed = {k: w for k, w in alt.items() if w != teacher.get(k, getattr(
+                        config, k, None))}
+                    break
             else:  # or the head size said explicitly
                 changed[f] = values[f]
     got = shapes_for(cls, with_fields(config, changed))

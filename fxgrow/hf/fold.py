@@ -30,12 +30,21 @@ def _name(target) -> str:
 
 
 _VIEWS = {"view", "reshape", "_unsafe_view"}
+_LINEAR_MODULES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
 
 
 def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
     """Back through casts and aliases (and, given the last axis's size ``last``, views that
-    keep the last axis) to the op that made the values."""
-    while node.op == "call_function" and node.args and isinstance(node.args[0], torch.fx.Node):
+    keep the last axis) to the op that made the values; dropout modules (linear: they commute
+    with a scale) are passed too."""
+    while node.args and isinstance(node.args[0], torch.fx.Node):
+        if node.op == "call_module":
+            if type(node.graph.owning_module.get_submodule(node.target)) not in _LINEAR_MODULES:
+                break
+            node = node.args[0]
+            continue
+        if node.op != "call_function":
+            break
         name = _name(node.target)
         if name in _VIEWS and last is not None:
             shape = node.args[1] if len(node.args) > 1 else None
@@ -145,6 +154,12 @@ def fold_scale(gm: torch.fx.GraphModule, node: torch.fx.Node, scale: torch.Tenso
                 _own(gm, target, reader)
                 _scale_param(gm, target, scale, shift)
                 return
+        consts = [a for a in made.args if isinstance(a, (int, float))]
+        nodes = [a for a in made.args if isinstance(a, torch.fx.Node)]
+        if len(consts) == 1 and len(nodes) == 1 and len(nodes[0].users) == 1:
+            # x * c (T5's d_model ** -0.5 on the decoder output): (x s) c = (x c) s
+            fold_scale(gm, nodes[0], scale, seen | {made})
+            return
     elif kind in ("embedding",):
         target = _attr(gm, made.args[0])
         if target is not None:
@@ -194,6 +209,32 @@ def fold_tie_scales(gm: torch.fx.GraphModule) -> list[str]:
         done.append(node.target)
     if done:
         gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def rescale_width_constant(gm: torch.fx.GraphModule, old: int, new: int) -> int:
+    """Constants ``old ** -0.5`` a class computes from its width (T5 scales the decoder
+    output by ``d_model ** -0.5`` before the tied head) set to ``new ** -0.5``, the ratio
+    folded into what they multiply: the graph computes the same and matches a model built
+    with width ``new``.  Returns how many were changed."""
+    if old == new:
+        return 0
+    c_old, c_new = old ** -0.5, new ** -0.5
+    done = 0
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or _name(n.target) != "mul" or len(n.args) != 2:
+            continue
+        k = next((i for i, a in enumerate(n.args) if isinstance(a, float) and
+                  abs(a - c_old) <= 1e-12 * c_old), None)
+        if k is None or not isinstance(n.args[1 - k], torch.fx.Node):
+            continue
+        fold_scale(gm, n.args[1 - k], torch.tensor(c_old / c_new, dtype=torch.float64))
+        args = list(n.args)
+        args[k] = c_new
+        n.args = tuple(args)
+        done += 1
+    if done:
         gm.recompile()
     return done
 

@@ -47,10 +47,25 @@ def load_folder(path: str | os.PathLike):
 
 
 def example_ids(config: Any, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
-    """Example inputs made from the config: token ids below its vocabulary size."""
+    """Example inputs made from the config: token ids below its vocabulary size; for an
+    encoder-decoder (T5) also the attention mask and decoder ids starting with its
+    ``decoder_start_token_id``, in the order its ``forward`` takes them
+    (``input_ids, attention_mask, decoder_input_ids``)."""
     g = torch.Generator().manual_seed(seed)
     vocab = int(getattr(config, "vocab_size", None) or 100)
-    return (torch.randint(0, vocab, (batch, length), generator=g),)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    if not getattr(config, "is_encoder_decoder", False):
+        return (ids,)
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(config, "pad_token_id", None)
+    if start is None:
+        raise InputError("this encoder-decoder config has no decoder_start_token_id (nor "
+                         "pad_token_id) to start the decoder inputs with; set one in its "
+                         "config.json")
+    decoder = torch.randint(0, vocab, (batch, max(2, length // 2)), generator=g)
+    decoder[:, 0] = int(start)
+    return (ids, torch.ones_like(ids), decoder)
 
 
 def model_card(student: Any, source: str | None, fields: dict, error: float | None,

@@ -17,6 +17,13 @@ holds the mean of the old channels: the mean is unchanged, the variance is ``var
 so the same eps and weight compensation apply; the norms' new bias entries are zero, so
 their new output channels are zero and readers' new columns may be anything.  Exact for
 pre-norm blocks; a post-norm model (BERT) fails the check on fresh inputs and is refused.
+
+Where no config field holds the eps (OPT's LayerNorms use torch's default), the eps stays
+and the stream is scaled instead: every writer times ``k = sqrt(C' / C)`` makes the padded
+stream's variance (mean square) ``k^2 var C / C' = var``, so each norm computes ``k`` times
+its teacher's normalised values with the same eps, and its weight times ``1 / k`` (as
+above) restores them; a tied output head reading the scaled table gets ``1 / k`` folded
+into its input (the final norm).
 """
 from __future__ import annotations
 
@@ -50,18 +57,21 @@ def _norm_kind(module: torch.nn.Module, weight: str) -> tuple[str, float]:
     return kind, float(eps)
 
 
-def _eps_field(config: Any, eps: float) -> str:
+def _eps_field(config: Any, eps: float) -> str | None:
+    """The config field holding the norms' eps; None where none does (OPT builds its
+    LayerNorms with torch's default eps): the stream is then scaled instead (see below)."""
     hits = [k for k, v in config.to_dict().items() if isinstance(v, float) and v == eps
             and "eps" in k]
-    if len(hits) != 1:
-        raise ConfigError(f"no single config field holds the stream norms' eps {eps:g}, which "
-                          f"a non-whole width must change; grow the stream by a whole multiple")
-    return hits[0]
+    if len(hits) > 1:
+        raise ConfigError(f"several config fields hold the stream norms' eps {eps:g} "
+                          f"({', '.join(hits)}); grow the stream by a whole multiple")
+    return hits[0] if hits else None
 
 
-def stream_norms(model, members: list) -> tuple[dict, str, int]:
-    """The stream's RMS norms ({weight: (module, leaf, kind, eps)}), the config field of
-    their eps and the stream's width; raises ConfigError where zero padding is not exact."""
+def stream_norms(model, members: list) -> tuple[dict, str | None, int]:
+    """The stream's norms ({weight: (module, leaf, kind, eps)}), the config field of their
+    eps (None: no field holds it) and the stream's width; raises ConfigError where padding
+    is not exact."""
     config = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
     axes = [(m.target, m.axis, m.role) for m in members
@@ -87,7 +97,7 @@ def stream_norms(model, members: list) -> tuple[dict, str, int]:
         raise ConfigError(f"the stream's norms have different eps {sorted(eps)}")
     eps_field = _eps_field(config, eps.pop())
     stream_modules = {v[0] for v in norms.values()}
-    for name, m in model.named_modules():  # every norm reading this eps is over the stream
+    for name, m in model.named_modules() if eps_field else ():  # every norm reading this eps is over the stream
         e = next((getattr(m, a) for a in ("variance_epsilon", "eps")
                   if isinstance(getattr(m, a, None), float)), None)
         if e is not None and e == getattr(config, eps_field) and name not in stream_modules:
@@ -109,6 +119,7 @@ def pad_graph(gm: torch.fx.GraphModule, teacher, members: list, new: int, *,
     if new <= C:
         raise ConfigError(f"the stream is {C} wide; fxgrow only grows (asked for {new})")
     mean = any(v[2] == "layer" for v in norms.values())
+    grow = 1.0 if eps_field else math.sqrt(new / C)  # writers scaled: see the module doc
     axes = [(m.target, m.axis, m.role) for m in members
             if m.kind == "parameter" and m.target in params]
     g = torch.Generator().manual_seed(seed)
@@ -117,7 +128,7 @@ def pad_graph(gm: torch.fx.GraphModule, teacher, members: list, new: int, *,
     for t, a, role in axes:
         by_target.setdefault(t, []).append((a, role))
     done: dict[int, torch.nn.Parameter] = {}
-    for name, p in params.items():
+    for name, p in sorted(params.items(), key=lambda kv: kv[0] not in by_target):
         if id(p) in done:
             _set(gm, name, done[id(p)])
             continue
@@ -136,14 +147,37 @@ def pad_graph(gm: torch.fx.GraphModule, teacher, members: list, new: int, *,
                 extra = (torch.randn(pad_shape, generator=g, dtype=torch.float64) * std
                          ).to(t.dtype)
             elif mean:  # writes the stream: its new channels are the mean of the old ones
+                t = (t.double() * grow).to(t.dtype) if grow != 1.0 else t
                 extra = t.double().mean(dim=a, keepdim=True).expand(pad_shape).to(t.dtype)
             else:  # writes the stream (or is tied to what does): zero
+                t = (t.double() * grow).to(t.dtype) if grow != 1.0 else t
                 extra = torch.zeros(pad_shape, dtype=t.dtype)
             t = torch.cat([t, extra.to(t.device)], dim=a)
         if name in by_target:
             done[id(p)] = torch.nn.Parameter(t.contiguous(), requires_grad=p.requires_grad)
             _set(gm, name, done[id(p)])
+    if grow != 1.0:  # a tied head reads the scaled table: its input gets the inverse
+        _untie_scale(gm, list(by_target), grow)
+        gm.recompile()
+        return {}
     return {eps_field: getattr(teacher.config, eps_field) * C / new}
+
+
+def _untie_scale(gm: torch.fx.GraphModule, tied: list[str], grow: float) -> None:
+    """Every linear reading an embedding table of the stream (a tied output head) computes
+    what it did before the table was scaled by ``grow``: ``1 / grow`` folded into its
+    input."""
+    from .fold import _attr, _get, _name, _readers, fold_scale
+    for target in tied:
+        readers = _readers(gm, target)
+        if not any(r.op == "call_function" and _name(r.target) == "embedding"
+                   for r in readers):
+            continue
+        for r in readers:
+            head = _attr(gm, r.args[1]) if r.op == "call_function" and \
+                _name(r.target) == "linear" else None
+            if head is not None and _get(gm, head) is _get(gm, target):
+                fold_scale(gm, r.args[0], torch.tensor(1.0 / grow, dtype=torch.float64))
 
 
 def _set(gm: torch.nn.Module, name: str, value: torch.nn.Parameter) -> None:

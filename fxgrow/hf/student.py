@@ -18,7 +18,7 @@ import torch.fx
 
 from ..errors import ConfigError, PreservationError
 from . import config as cfg
-from .fold import fold_tie_scales, scale_constant
+from .fold import fold_tie_scales, rescale_width_constant, scale_constant
 
 
 def is_pretrained(model: Any) -> bool:
@@ -29,12 +29,23 @@ def is_pretrained(model: Any) -> bool:
     return isinstance(model, PreTrainedModel)
 
 
+def is_encoder_decoder(model: Any) -> bool:
+    return is_pretrained(model) and bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def default_outputs(model: Any, outputs: str) -> str:
+    """A Hugging Face encoder-decoder also returns its encoder's last hidden state, which
+    grows with ``d_model``: only its first output (the logits) stays fixed (``"main"``)."""
+    return "main" if outputs == "fixed" and is_encoder_decoder(model) else outputs
+
+
 def finish(teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bool = False
            ) -> torch.nn.Module:
     """What widen / deepen / grow return: the student as the teacher's class when the
     teacher is a Hugging Face model (unless ``as_graph``), else the graph."""
+    grown_outputs = student.meta.get("fxgrow_output_positions") is not None
     if as_graph or not is_pretrained(teacher) or \
-            student.meta.get("fxgrow_output_positions") is not None:  # outputs="grow"
+            (grown_outputs and not is_encoder_decoder(teacher)):  # outputs="grow"
         return student
     return to_pretrained(teacher, student)
 
@@ -67,7 +78,23 @@ def _layer_count_fields(teacher, gm_shapes: cfg.Shapes) -> dict[str, Any]:
     config, cls = teacher.config, type(teacher)
     p = cfg.probe(cls, config)
     fields: dict[str, Any] = {}
+    counted = set()
+    try:  # the layer stacks (T5: encoder.block, decoder.block): their count is their field
+        from ..rewrite.hf_depth import layer_stacks
+        stacks = layer_stacks(teacher.state_dict(), config)
+    except Exception:
+        stacks = {}
+    for prefix, (f, n) in stacks.items():
+        indices = {k[len(prefix) + 1:].split(".")[0] for k in gm_shapes
+                   if k.startswith(prefix + ".")}
+        got = 1 + max((int(i) for i in indices if i.isdigit()), default=n - 1)
+        counted.add(f)
+        if got != n:
+            fields[f] = got
+            fields.update(_lists(config, got))
     for f in p.structural:
+        if f in counted:
+            continue
         base = set(cfg.shapes_for(cls, config))
         if base <= set(gm_shapes) and len(base) == len(set(gm_shapes) & base) and \
                 not (set(gm_shapes) - base):
@@ -140,6 +167,9 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
     dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), None)
     with no_init_weights():
         model = cls._from_config(config, dtype=dtype)
+    if getattr(config, "scale_decoder_outputs", False):  # T5: output * d_model ** -0.5
+        hidden = config.attribute_map.get("hidden_size", "hidden_size")
+        rescale_width_constant(gm, getattr(teacher.config, hidden), getattr(config, hidden))
     state_names = set(model.state_dict())
     for name, buf in model.named_buffers():  # constants HF computes from the config
         if name in state_names or name not in tensors:

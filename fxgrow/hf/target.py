@@ -154,7 +154,9 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
     probe = cfg.probe(cls, config)
     layers = (getattr(config, "attribute_map", {}) or {}).get("num_hidden_layers",
                                                             "num_hidden_layers")
-    depth = {f: v for f, v in fields.items() if f in probe.structural and f == layers}
+    stacks = _stack_fields(model)
+    depth = {f: v for f, v in fields.items()
+             if f in stacks or (f in probe.structural and f == layers)}
     width_fields = {f: v for f, v in fields.items() if f not in depth}
     try:
         want = cfg.shapes_for(cls, cfg.with_fields(config, width_fields))
@@ -194,14 +196,21 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         extra = pad_graph(student, model, list(analysis.group(pad_name).members), pad_width,
                           seed=seed)
     if depth:
-        found = list(stages(student, inputs))
-        (field, count), = depth.items()  # only the layer count is a depth field
-        old = getattr(config, field)
-        stage = next((s for s in found if s.count == old), None)
-        if stage is None:
-            raise ConfigError(f"no residual stage of {old} blocks to grow to {field}={count}; "
-                              f"stages: {', '.join(f'{s.name} ({s.count})' for s in found)}")
-        student = grow(student, inputs, blocks={stage.name: count}, seed=seed, verify=False,
+        modules = dict(student.named_modules())
+        blocks = {}
+        for field, count in depth.items():  # the layer count(s): T5 has two stacks
+            if stacks.get(field) in modules:
+                blocks[stacks[field]] = count
+                continue
+            found = list(stages(student, inputs))
+            old = getattr(config, field)
+            stage = next((s for s in found if s.count == old), None)
+            if stage is None:
+                raise ConfigError(f"no residual stage of {old} blocks to grow to {field}="
+                                  f"{count}; stages: "
+                                  f"{', '.join(f'{s.name} ({s.count})' for s in found)}")
+            blocks[stage.name] = count
+        student = grow(student, inputs, blocks=blocks, seed=seed, verify=False,
                        as_graph=True)  # type: ignore[assignment]
     if verify and not pads:
         from ..verify import verify as _verify
@@ -228,6 +237,18 @@ def grow_to_config(model, inputs: tuple, to_config: Any, *, seed: int = 0,
         raise ConfigError("the grown model's config differs from the target: " + ", ".join(
             f"{f}={g!r} (target {v!r})" for f, (g, v) in off.items()))
     return grown
+
+
+def _stack_fields(model) -> dict[str, str]:
+    """{layer count field: its layer stack's module path} (``num_layers``: ``encoder.block``,
+    ``num_decoder_layers``: ``decoder.block``); empty where no stack matches the config."""
+    from ..errors import InputError
+    from ..rewrite.hf_depth import layer_stacks
+    try:
+        return {f: prefix for prefix, (f, _) in
+                layer_stacks(model.state_dict(), model.config).items()}
+    except InputError:
+        return {}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

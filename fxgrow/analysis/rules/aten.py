@@ -70,8 +70,23 @@ def aten_embedding(cx: RuleContext):
     return cx.out(ids.layouts + (w.layouts[1],))
 
 
+@rule(aten=("zeros.default", "ones.default"))
+def constant_creation(cx: RuleContext):
+    """A tensor of one value from literal sizes (T5's all-zero cross-attention position
+    bias, ``[1, heads, q, k]``): a replica of a constant is that constant, so every axis is
+    a space of its own that may join a channel space and grow with it (its size entry is
+    rewritten).  Sizes read from tensors: every axis fixed, as ``creation``."""
+    size = cx.node.args[0] if cx.node.args else cx.node.kwargs.get("size")
+    if not isinstance(size, (list, tuple)) or \
+            not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
+        return creation(cx)
+    layouts = tuple(cx.spaces.new(n) for n in cx.out_shape())
+    shape._rewrite_sizes(cx, layouts, 0, "size")
+    return cx.out(layouts)
+
+
 @rule(aten=("arange.default", "arange.start", "arange.start_step", "full.default",
-            "zeros.default", "ones.default", "empty.memory_format", "scalar_tensor.default",
+            "empty.memory_format", "scalar_tensor.default",
             "new_ones.default", "new_zeros.default", "new_full.default", "new_empty.default",
             "rand.default", "randn.default", "empty_strided.default",
             "randperm.default"))
