@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 import fxgrow
+from fxgrow.errors import BlockedGroupError
 
 
 def _shuffle(seq: list) -> list:
@@ -117,6 +118,11 @@ def test_shufflenet_stage3_trunk_refused_under_both_inits():
     assert float((t - y).abs().max() / t.abs().max()) <= 1e-10
     assert s.get_submodule("stage3.0.branch1.2").out_channels == 48  # the trunk kept its width
     assert s.get_submodule("stage3.0.branch2.0").out_channels == 96  # branch hidden grew
+    for init, extra in (("replicate", False), ("zero", True)):  # asked by name: refused
+        with pytest.raises(BlockedGroupError) as e:
+            fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 2}, init=init)
+        assert "a replica would land on the wrong side" in str(e.value)
+        assert ("init='zero' does not lift this yet" in str(e.value)) == extra
 
 
 @pytest.mark.xfail(strict=True, reason="growable zero-width atoms in the layout algebra are not "

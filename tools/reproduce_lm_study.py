@@ -185,7 +185,7 @@ def plot(results: list[dict], cfg: dict, path: str) -> None:
         ax.plot([(T * _ratio(cfg) + k) * big * tok / 1e12 for k in s], y, label=key)
     target = sum(r["runs"]["scratch"]["hist"][-1][1] for r in results) / len(results)
     ax.axhline(target, color="k", lw=0.5, ls=":")
-    ax.set_ylim(target - 0.1, target + 0.9)
+    ax.set_ylim(target - 0.35, target + 0.9)
     ax.set_xlabel("training FLOPs (x 1e12)")
     ax.set_ylabel("validation loss (nats / byte)")
     ax.set_title("CPU-scale study: init=\"zero\", post-growth optimisation")

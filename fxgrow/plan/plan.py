@@ -292,6 +292,10 @@ def make_plan(analysis: Analysis, widths: Mapping[str, int] | None = None,
             hint = (f" (its modules are also in the widenable group(s) "
                     f"{', '.join(repr(n) for n in others[:4])}: did you mean one of them?)"
                     if others else "")
+            if init != "replicate" and "channel shuffle" in reasons:
+                hint += (f"; init={init!r} does not lift this yet: such chains have exact "
+                         f"students with fresh units only at some widths, and fxgrow cannot "
+                         f"place their new units (docs/design.md, channel spaces)")
             raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: "
                                     f"{reasons}{hint}")
         if g.root in stuck and new != g.width:
