@@ -193,12 +193,10 @@ def _op_blockers(a) -> list[str]:
 
 
 @pytest.mark.parametrize("name, kw, left", [
-    # GPSA fills a tensor of relative positions by item assignment; left: qk[0] / qk[1]
-    # select q and k by an integer index (an op blocker of the index rule), and torch.zeros
-    # sized by the token count has no rule
+    # GPSA fills a tensor of relative positions by item assignment; left: torch.zeros sized
+    # by the token count has no rule (qk[0] / qk[1] together are an unbind: structure)
     ("convit_tiny", {"img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 4},
-     {"selected by an integer index",
-      "no rule for function torch.zeros; fxgrow does not know how it treats channels"}),
+     {"no rule for function torch.zeros; fxgrow does not know how it treats channels"}),
     ("mobilevit_xxs", {}, set()),  # MobileVitBlock resizes to whole patches
     ("vgg11", {"mlp_ratio": 0.125, "num_classes": 10}, set()),  # ConvMlp checks the input size
     ("test_vit", {"img_size": 48}, set()),  # resample_abs_pos_embed: sizes equal, no-op
