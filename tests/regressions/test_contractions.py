@@ -246,6 +246,12 @@ def test_one_head_sized_by_the_input_refuses_or_grows_exactly(frontend, transpos
             continue
         for w in (g.width + g.multiplicity, 2 * g.width):
             widen_exact(m, x, tol=1e-12, widths={g.name: w}, frontend=frontend)
+    # attention is recognised in both graphs (ATen softmax/matmul/views under export): its
+    # head dim is structure, never grown with a share scale
+    assert not a.state.scales
+    heads = [g for g in a.all_groups if any(b.reason.startswith("head dim contracted")
+                                            for b in g.blockers)]
+    assert heads and all(not g.widenable for g in heads)
     if frontend == "fx":
         assert any("size read from a channel axis" in b.reason
                    for b in a.group("inp").blockers)
