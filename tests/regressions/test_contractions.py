@@ -87,8 +87,8 @@ def test_gram_of_two_projections_grows_and_of_one_tensor_is_refused():
     one = Gram(same=True).double().eval()
     a = fxgrow.analyze(one, x)
     assert [str(b) for b in a.group("a").blockers] == [
-        "einsum: contraction between two activations over this axis is not preserved by "
-        "replication"]
+        ("einsum: contraction between two activations over this axis is not preserved by "
+         "replication")]
     with pytest.raises(FxgrowError, match="contraction between two activations"):
         fxgrow.widen(one, x, widths={"a": 9})
 
