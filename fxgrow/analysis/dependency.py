@@ -44,9 +44,9 @@ def _block_unless_structure(state: AnalysisState) -> None:
     sp = state.spaces
     for layout, blocker in state.unless_structure:
         for r in sp.roots(layout):
-            if not any(b.kind == "structure" for b in sp.blockers_of(r)):
-                if blocker not in sp.blockers[r]:
-                    sp.blockers[r].append(blocker)
+            if blocker not in sp.blockers[r] and \
+                    not any(b.kind == "structure" for b in sp.blockers_of(r)):
+                sp.blockers[r].append(blocker)
 
 
 def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:

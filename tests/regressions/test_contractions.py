@@ -87,8 +87,8 @@ def test_gram_of_two_projections_grows_and_of_one_tensor_is_refused():
     one = Gram(same=True).double().eval()
     a = fxgrow.analyze(one, x)
     assert [str(b) for b in a.group("a").blockers] == [
-        "einsum: contraction between two activations over this axis is not preserved by "
-        "replication"]
+        ("einsum: contraction between two activations over this axis is not preserved by "
+         "replication")]
     with pytest.raises(FxgrowError, match="contraction between two activations"):
         fxgrow.widen(one, x, widths={"a": 9})
 
@@ -143,9 +143,10 @@ class Radix(nn.Module):
     """Split attention (ResNeSt): a grouped conv makes ``radix`` blocks; a softmax runs over
     the radix factor of the attention logits, elementwise over the channels."""
 
-    def __init__(self, radix: int = 2, c: int = 4) -> None:
+    def __init__(self, module: bool, radix: int = 2, c: int = 4) -> None:
         super().__init__()
         self.radix = radix
+        self.softmax = nn.Softmax(dim=1) if module else None
         self.conv = nn.Conv2d(3, radix * c, 3, padding=1, groups=1)
         self.split = nn.Conv2d(radix * c, radix * c, 1, groups=radix)
         self.fc = nn.Conv2d(c, radix * c, 1)
@@ -156,13 +157,15 @@ class Radix(nn.Module):
         B, RC, H, W = x.shape
         x = x.reshape(B, self.radix, RC // self.radix, H, W)
         logits = self.fc(x.sum(1).mean((2, 3), keepdim=True))
-        attn = F.softmax(logits.view(B, 1, self.radix, -1).transpose(1, 2), dim=1)
+        logits = logits.view(B, 1, self.radix, -1).transpose(1, 2)
+        attn = self.softmax(logits) if self.softmax else F.softmax(logits, dim=1)
         attn = attn.reshape(B, self.radix, RC // self.radix, 1, 1)
         return self.out((x * attn).sum(1))
 
 
-def test_softmax_over_the_radix_is_no_op_blocker():
-    m = Radix().double().eval()
+@pytest.mark.parametrize("module", [False, True])
+def test_softmax_over_the_radix_is_no_op_blocker(module):
+    m = Radix(module).double().eval()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     a = fxgrow.analyze(m, x)
     assert not _op_reasons(a), _op_reasons(a)
@@ -246,6 +249,12 @@ def test_one_head_sized_by_the_input_refuses_or_grows_exactly(frontend, transpos
             continue
         for w in (g.width + g.multiplicity, 2 * g.width):
             widen_exact(m, x, tol=1e-12, widths={g.name: w}, frontend=frontend)
+    # attention is recognised in both graphs (ATen softmax/matmul/views under export): its
+    # head dim is structure, never grown with a share scale
+    assert not a.state.scales
+    heads = [g for g in a.all_groups if any(b.reason.startswith("head dim contracted")
+                                            for b in g.blockers)]
+    assert heads and all(not g.widenable for g in heads)
     if frontend == "fx":
         assert any("size read from a channel axis" in b.reason
                    for b in a.group("inp").blockers)

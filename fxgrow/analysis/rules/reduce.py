@@ -151,7 +151,8 @@ def along_axis_module(cx: RuleContext):
         d = 1
     else:
         d = m.dim if m.dim is not None else (0 if x.ndim in (0, 1, 3) else 1)
-    cx.block(x.layouts[x.dim(d)], f"{type(m).__name__} along this axis mixes its positions")
+    cx.block_unless_structure(x.layouts[x.dim(d)], f"{type(m).__name__} along this axis "
+                                                   f"mixes its positions")
     return cx.out(x.layouts)
 
 
