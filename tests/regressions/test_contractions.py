@@ -304,3 +304,14 @@ def test_split_attention_softmax_is_no_op_blocker(name):
     a = fxgrow.analyze(m, x)
     assert not _op_reasons(a)
     widen_exact(m, x, factor=1.5)
+
+
+def test_weight_standardisation_through_export_is_uniform_too():
+    """aten.batch_norm with training=True (export's form of the standardisation) adds the
+    same uniform constraint as F.batch_norm."""
+    m = StdConvNet().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    s = widen_exact(m, x, tol=1e-12, widths={"c1": 12}, frontend="export")
+    assert tuple(s.w.shape) == (5, 12, 3, 3)
+    with pytest.raises(WidthError, match="cannot be widened exactly to 7"):
+        fxgrow.widen(m, x, widths={"c1": 7}, frontend="export")

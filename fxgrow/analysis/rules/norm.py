@@ -34,7 +34,23 @@ def batchnorm_module(cx: RuleContext):
             x.ndim == {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d: 4}[type(m)]:
         ch = 0  # unbatched instance norm
     per_channel(cx, x.layouts[ch])
+    instance = isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
+    if m.training or not m.track_running_stats or getattr(m, "running_mean", None) is None:
+        input_statistics(cx, x.layouts[ch + 1:] if instance else
+                         x.layouts[:ch] + x.layouts[ch + 1:])
     return cx.out(x.layouts)
+
+
+def input_statistics(cx: RuleContext, over) -> None:
+    """A mean and population variance computed from the input over the axes ``over``: exact
+    only under uniform replication of those axes (every unit copied equally often)."""
+    if not over:
+        return
+    merged = over[0]
+    for lay in over[1:]:
+        merged = cx.spaces.merge(merged, lay)
+    cx.uniform(merged, "statistics of a batch/instance norm computed from its input over "
+                       "these axes (a weight standardisation's fan-in)")
 
 
 def per_channel(cx: RuleContext, c) -> None:
@@ -64,12 +80,8 @@ def batchnorm_function(cx: RuleContext):
         own, over = bool(cx.concrete(cx.arg(5, "use_input_stats", True))), x.layouts[2:]
     else:
         own, over = bool(cx.concrete(cx.arg(5, "training", False))), x.layouts[:1] + x.layouts[2:]
-    if own and over:
-        merged = over[0]
-        for lay in over[1:]:
-            merged = cx.spaces.merge(merged, lay)
-        cx.uniform(merged, "statistics of a batch/instance norm computed from its input over "
-                           "these axes (a weight standardisation's fan-in)")
+    if own:
+        input_statistics(cx, over)
     return cx.out(x.layouts)
 
 
@@ -89,6 +101,16 @@ def aten_batch_norm(cx: RuleContext):
         ref = cx.arg(i, name, None)
         if isinstance(ref, torch.fx.Node):
             cx.unify(c, cx.tensor(ref).layouts[0], "per-channel parameter of a norm")
+    target = cx.node.target
+    if target is torch.ops.aten._native_batch_norm_legit.no_stats:
+        own = True
+    elif target is torch.ops.aten._native_batch_norm_legit_no_training.default:
+        own = False
+    else:
+        own = bool(cx.concrete(cx.arg(5, "training", False)))
+    if own:
+        input_statistics(cx, x.layouts[2:] if target is torch.ops.aten.instance_norm.default
+                         else x.layouts[:1] + x.layouts[2:])
     example = cx.example()
     if not isinstance(example, (tuple, list)):
         return cx.out(x.layouts)

@@ -31,7 +31,7 @@ from ..layout import Fixed, Layout, Zip
 from ..values import SizeInfo, TensorInfo
 from . import gather
 from .handwritten import run_time_entries, strided, unbound_by_hand
-from .registry import rule
+from .registry import aten_op, rule
 
 
 # -- reshape ---------------------------------------------------------------------------------
@@ -181,14 +181,18 @@ def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
     return len(segs) > 1 or isinstance(segs[0], Zip)
 
 
+_AS_OTHER = ("view_as", "reshape_as", aten_op("view_as.default"), aten_op("reshape_as.default"))
+
+
 @rule("view", "reshape", torch.reshape, "view_as", "reshape_as",
-      aten=("view.default", "reshape.default", "_unsafe_view.default"))
+      aten=("view.default", "reshape.default", "_unsafe_view.default", "view_as.default",
+            "reshape_as.default"))
 def reshape(cx: RuleContext):
     """view/reshape: see the module docstring.  The first reshape of a channel shuffle keeps
     its rows apart (see ``_shuffle_axis``)."""
     x = cx.tensor(cx.arg(0))
     shape = cx.out_shape()
-    if cx.node.target in ("view_as", "reshape_as"):
+    if cx.node.target in _AS_OTHER:
         other = cx.tensor(cx.arg(1))
         layouts = reshape_layouts(cx, x, shape)
         for a, b in zip(layouts, other.layouts):
