@@ -78,7 +78,7 @@ def test_the_registry_has_one_rule_per_target_and_real_overloads():
         "for op in ops:\n"
         "    assert aten_op(f'{op._opname}.{op._overloadname}') is op, op\n"
         "print(len(entries), len(ops))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, check=False,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     n_entries, n_ops = map(int, out.stdout.split())
@@ -208,7 +208,7 @@ def test_torchvision_export_groups_equal_fx_groups(name, widenable, one_thread):
                                              ("ConvNextV2ForImageClassification", 8)])
 def test_hugging_face_convnets_grow_exactly_through_export(name, widenable, one_thread):
     transformers = pytest.importorskip("transformers")
-    conv = dict(num_labels=10, hidden_sizes=[16, 24, 32, 48], depths=[1, 1, 1, 1])
+    conv = {"num_labels": 10, "hidden_sizes": [16, 24, 32, 48], "depths": [1, 1, 1, 1]}
     if name == "ResNetForImageClassification":
         model = transformers.ResNetForImageClassification(
             transformers.ResNetConfig(embedding_size=16, **conv))
