@@ -26,17 +26,18 @@ sys.path.insert(0, str(ROOT / "tools"))
 def one(name: str, factor: float, max_params: float, student: bool = True) -> dict:
     """Everything for one torchvision model (runs in the child)."""
     import torch
+    from sweep import _count, build_torchvision
 
     import fxgrow
     from fxgrow.errors import FxgrowError
     from fxgrow.frontend.compare import compare_frontends
-    from sweep import _count, build_torchvision
     t0 = time.time()
     row: dict = {"name": name}
     try:
         n = _count(build_torchvision(name, meta=True)[0])
-    except Exception:  # noqa: BLE001 - some builders do not run on meta: count after building
-        n = 0
+    except Exception:  # noqa: BLE001 - some builders do not run on meta: the sweep's count
+        rows = json.loads((ROOT / "docs" / "zoo_sweep.json").read_text())["results"]
+        n = next((r.get("params") or 0 for r in rows if r["name"] == name), 0)
     if n > max_params:
         return row | {"status": "skipped", "detail": f"more than {max_params:.0f} parameters"}
     torch.manual_seed(0)

@@ -744,6 +744,13 @@ def get_attribute(cx: RuleContext):
                     "is_sparse", "is_quantized", "is_meta"):
             return cx.example()
         raise RuleError(f"tensor attribute {name!r}")
+    if isinstance(obj, (tuple, list)):  # torch.return_types: max(x, d).values, sort(..).indices
+        ex = cx.example(cx.arg(0))
+        item = getattr(ex, name, None)
+        for i, v in enumerate(ex if isinstance(ex, (tuple, list)) else ()):
+            if v is item and i < len(obj):
+                return obj[i]
+        raise RuleError(f"attribute {name!r} of a tuple")
     return cx.example()
 
 
