@@ -11,6 +11,7 @@ weights.
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import torch
@@ -22,6 +23,10 @@ from .fold import fold_tie_scales, rescale_width_constant, scale_constant
 
 
 def is_pretrained(model: Any) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (never imports transformers: a
+    model of its classes has imported it already)."""
+    if "transformers" not in sys.modules:
+        return False
     try:
         from transformers import PreTrainedModel
     except Exception:
