@@ -208,11 +208,11 @@ def test_draw_without_graphviz_is_a_user_error(capsys, tmp_path, monkeypatch):
 
 
 def test_internal_errors_exit_1(capsys, monkeypatch):
-    import fxgrow.cli as cli_module
+    import fxgrow.cli_steps as cli_steps
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
-    monkeypatch.setattr(cli_module, "load_model", boom)
+    monkeypatch.setattr(cli_steps, "load_model", boom)
     code, _, err = cli(capsys, "inspect", *R18)
     assert code == 1
     assert "internal error: RuntimeError: kaboom" in err and "Traceback" not in err
