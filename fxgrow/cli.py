@@ -24,7 +24,7 @@ from .errors import FxgrowError, PreservationError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    ui = UI(quiet=getattr(args, "quiet", False) or args.command == "demo")
+    ui = UI(quiet=getattr(args, "quiet", False))
     try:
         if "torch" not in sys.modules:  # the slowest part of a start: say what is happening
             with ui.step("importing torch"):

@@ -1,5 +1,4 @@
-"""The command line's commands: ``inspect``, ``widen``, ``deepen``, ``grow``, ``draw`` and
-``demo``, each ``cmd_X(args, ui) -> exit status`` built from the shared steps (cli_steps)."""
+"""The command line's commands: ``inspect``, ``widen``, ``deepen``, ``grow`` and ``draw``, each ``cmd_X(args, ui) -> exit status`` built from the shared steps (cli_steps)."""
 from __future__ import annotations
 
 import argparse
@@ -223,15 +222,3 @@ def _check_student(path: str, loaded: Loaded) -> None:
                         f"{fingerprint(loaded.model)}); give the model it was grown from, with "
                         f"the same options, or draw the student on its own: fxgrow draw {path} "
                         f"-o ...")
-
-
-def cmd_demo(args: argparse.Namespace, ui: UI) -> int:
-    import inspect as _inspect
-
-    from .demo import run
-    accepted = _inspect.signature(run).parameters
-    extra = {"out_dir": args.out_dir, "teacher_steps": args.teacher_steps,
-             "student_steps": args.student_steps, "threads": args.threads,
-             "progress": False if args.quiet else None}
-    kwargs = {k: v for k, v in extra.items() if v is not None and k in accepted}
-    return run(args.factor, args.seed, **kwargs)

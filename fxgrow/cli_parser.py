@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_commands import cmd_deepen, cmd_demo, cmd_draw, cmd_grow, cmd_inspect, cmd_widen
+from .cli_commands import cmd_deepen, cmd_draw, cmd_grow, cmd_inspect, cmd_widen
 from .cli_within import add_flag as add_within_flag
 
 
@@ -254,18 +254,4 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=float, help="resolution of PNG output")
     _run_flag(p)
     p.set_defaults(func=cmd_draw)
-
-    p = sub.add_parser("demo", help="train, grow exactly, keep training (the demo)",
-                       description="The demo (fxgrow.demo.run): a small ResNet trains on "
-                                   "scikit-learn's digits, fxgrow grows it wider and deeper "
-                                   "exactly, training continues; compared with the same "
-                                   "architecture trained from scratch.")
-    p.add_argument("--factor", type=float, default=1.5, help="width factor (default 1.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", help="where the plot, drawing and student go")
-    p.add_argument("--teacher-steps", type=int, help="training steps before growth")
-    p.add_argument("--student-steps", type=int, help="training steps after growth")
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    p.set_defaults(func=cmd_demo, traceback=False, verbose=True)
     return parser

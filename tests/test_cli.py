@@ -233,17 +233,6 @@ def test_help_teaches(capsys):
     assert info.value.code == 2
 
 
-def test_demo_subcommand(capsys, monkeypatch):
-    import fxgrow.demo
-    seen = {}
-    def run(factor, seed, *, out_dir="x", threads=1):
-        seen.update(factor=factor, seed=seed, out_dir=out_dir, threads=threads)
-        return 0
-    monkeypatch.setattr(fxgrow.demo, "run", run)
-    assert main(["demo", "--factor", "2", "--out-dir", "o", "--student-steps", "5"]) == 0
-    assert seen == {"factor": 2.0, "seed": 0, "out_dir": "o", "threads": 1}
-
-
 def test_model_spec_parsing():
     from fxgrow.cli import SpecError, _split_spec
     name, opts = _split_spec("LlamaForCausalLM?hidden_size=64&tie_word_embeddings=true"
