@@ -12,12 +12,16 @@ import os
 import sys
 import traceback
 
-from .cli_commands import EXIT_INTERNAL, EXIT_OK, EXIT_USER  # noqa: F401
-from .cli_console import UI, _library_noise_hidden, _one_line, table  # noqa: F401
+from .cli_commands import (EXIT_INTERNAL, EXIT_OK, EXIT_USER, cmd_deepen,  # noqa: F401
+                           cmd_draw, cmd_grow, cmd_inspect, cmd_widen)
+from .cli_console import (UI, _library_noise_hidden, _new_modules, _one_line,  # noqa: F401
+                          _report, table)
 from .cli_models import (LARGE, Loaded, SpecError, _close, _count_params,  # noqa: F401
                          _describe_inputs, _short, _split_spec, _value, load_model)
-from .cli_parser import build_parser
-from .cli_steps import ResourceError  # noqa: F401
+from .cli_parser import MODEL_HELP, build_parser  # noqa: F401
+from .cli_steps import (ResourceError, _analyse, _apply, _assignments, _budget,  # noqa: F401
+                        _check_factor, _check_output, _load, _plan, _save, _trace_options,
+                        _verify, _widen)
 from .errors import FxgrowError, PreservationError
 
 
