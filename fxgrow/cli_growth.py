@@ -57,7 +57,7 @@ def check_init_flag(args: argparse.Namespace) -> None:
 def print_rank(loaded: Any, args: argparse.Namespace) -> None:
     """The groups ranked by ``fxgrow.rank_groups`` on the example inputs (see
     ``synthetic_loss``)."""
-    from .cli import table
+    from .cli_console import table
     from .ranking import rank_groups
     scores = rank_groups(loaded.model, loaded.inputs, synthetic_loss(args.seed), loaded.inputs,
                          seed=args.seed)
@@ -76,16 +76,9 @@ def print_rank(loaded: Any, args: argparse.Namespace) -> None:
 
 def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
     from .api import capture
-    from .cli import (
-        EXIT_OK,
-        SpecError,
-        _assignments,
-        _count_params,
-        _load,
-        _save,
-        _trace_options,
-        _verify,
-    )
+    from .cli_commands import EXIT_OK
+    from .cli_models import SpecError, _count_params
+    from .cli_steps import _assignments, _load, _save, _trace_options, _verify
     from .rewrite.kernel import grow_kernel
     sizes = _assignments(args.kernel, "--kernel", "layer1.0.conv1=5")
     if not sizes:

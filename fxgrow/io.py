@@ -17,229 +17,18 @@ file and the module declare; see docs/guide.md, "Threat model".
 """
 from __future__ import annotations
 
-import builtins
-import importlib
-import inspect
 import json
-import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx
-from torch.fx.node import _get_qualified_name
 
+from .codec import _PATH, _dec, _enc, _import, _qualname  # noqa: F401
 from .errors import InputError, LoadError, SaveError
-from .trust import SAFE_BUILTINS, resolve_function
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-
-
-# -- values ----------------------------------------------------------------------------------------
-
-def _enc(v: Any, where: str) -> Any:
-    if isinstance(v, torch.fx.Node):
-        return {"node": v.name}
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, float):
-        return v if math.isfinite(v) else {"float": repr(v)}
-    if isinstance(v, torch.Size):
-        return {"size": [_enc(x, where) for x in v]}
-    if isinstance(v, tuple):
-        return {"tuple": [_enc(x, where) for x in v]}
-    if isinstance(v, list):
-        return [_enc(x, where) for x in v]
-    if isinstance(v, dict):
-        return {"dict": [[_enc(k, where), _enc(x, where)] for k, x in v.items()]}
-    if isinstance(v, slice):
-        return {"slice": [_enc(v.start, where), _enc(v.stop, where), _enc(v.step, where)]}
-    if isinstance(v, torch.dtype):
-        return {"dtype": str(v).removeprefix("torch.")}
-    if isinstance(v, torch.device):
-        return {"device": str(v)}
-    if isinstance(v, torch.memory_format):
-        return {"memory_format": str(v).removeprefix("torch.")}
-    if isinstance(v, torch.layout):
-        return {"layout": str(v).removeprefix("torch.")}
-    if v is Ellipsis:
-        return {"ellipsis": True}
-    if isinstance(v, complex):
-        return {"complex": [v.real, v.imag]}
-    raise SaveError(f"{where}: cannot store a value of type {type(v).__name__} ({v!r:.60}); "
-                    f"fxgrow saves graphs whose constants are numbers, strings, dtypes, devices, "
-                    f"slices and containers of them. Save student.state_dict() instead")
-
-
-def _dec(v: Any, env: dict | None, trusted: tuple) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, list):
-        return [_dec(x, env, trusted) for x in v]
-    if not isinstance(v, dict) or len(v) != 1:
-        raise LoadError(f"malformed value in the graph: {v!r:.80}")
-    (tag, x), = v.items()
-    if tag == "node":
-        if env is None or x not in env:
-            raise LoadError(f"the graph refers to node {x!r} before defining it")
-        return env[x]
-    if tag == "float":
-        if x not in ("inf", "-inf", "nan"):
-            raise LoadError(f"malformed float {x!r}")
-        return float(x)
-    if tag == "size":
-        return torch.Size(_dec(x, env, trusted))
-    if tag == "tuple":
-        return tuple(_dec(y, env, trusted) for y in x)
-    if tag == "dict":
-        return {_dec(k, env, trusted): _dec(y, env, trusted) for k, y in x}
-    if tag == "slice":
-        return slice(*(_dec(y, env, trusted) for y in x))
-    if tag in ("dtype", "memory_format", "layout"):
-        kind = {"dtype": torch.dtype, "memory_format": torch.memory_format,
-                "layout": torch.layout}[tag]
-        found = getattr(torch, str(x), None) if _IDENT.match(str(x)) else None
-        if not isinstance(found, kind):
-            raise LoadError(f"unknown torch {tag} {x!r}")
-        return found
-    if tag == "device":
-        try:
-            return torch.device(str(x))
-        except (RuntimeError, ValueError) as e:
-            raise LoadError(f"malformed device {x!r}") from e
-    if tag == "ellipsis":
-        return Ellipsis
-    if tag == "complex":
-        return complex(float(x[0]), float(x[1]))
-    if tag == "fn":
-        return resolve_function(str(x), trusted)
-    raise LoadError(f"unknown value tag {tag!r} in the graph")
-
-
-# -- names -----------------------------------------------------------------------------------------
-
-def _qualname(obj: Any) -> str:
-    """A name that imports back to ``obj``."""
-    candidates = []
-    try:
-        candidates.append(_get_qualified_name(obj))
-    except Exception:
-        pass
-    mod, name = getattr(obj, "__module__", None), getattr(obj, "__name__", None)
-    if mod and name:
-        candidates.append(f"{mod}.{name}")
-    qual = getattr(obj, "__qualname__", None)
-    if mod and qual and "<" not in qual:
-        candidates.append(f"{mod}.{qual}")
-    for c in candidates:
-        if c in SAFE_BUILTINS or c.startswith("builtins."):
-            c = c.removeprefix("builtins.")
-            if getattr(builtins, c, None) is obj:
-                return c
-            continue
-        try:
-            if _import(c) is obj:
-                return c
-        except Exception:
-            continue
-    raise SaveError(f"cannot name {obj!r} so that it imports back; fxgrow saves graphs that call "
-                    f"importable functions and classes only. Save student.state_dict() instead")
-
-
-def _import(name: str) -> Any:
-    """The object a qualified name imports to (save side: the names of a live model)."""
-    parts = name.split(".")
-    for k in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:k]))
-        except ImportError:
-            continue
-        for p in parts[k:]:
-            obj = getattr(obj, p)
-        return obj
-    raise ImportError(name)
-
-
-# -- modules ---------------------------------------------------------------------------------------
-
-_SIMPLE = (bool, int, float, str, type(None))
-
-
-def _plain(v: Any) -> bool:
-    if isinstance(v, _SIMPLE) or isinstance(v, (torch.dtype, torch.device)):
-        return True
-    if isinstance(v, (tuple, list)):
-        return all(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
-    return False
-
-
-def _ctor_kwargs(m: torch.nn.Module) -> dict:
-    """Constructor arguments read back from a module's attributes of the same names."""
-    try:
-        sig = inspect.signature(type(m).__init__)
-    except (TypeError, ValueError):
-        return {}
-    out = {}
-    for name, p in list(sig.parameters.items())[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in ("device", "dtype"):
-            continue
-        if name in m._parameters or name in m._buffers:
-            value = getattr(m, name, None)
-            if p.default is True or p.default is False or name == "bias":
-                out[name] = value is not None
-            continue
-        if name in m._modules:
-            continue
-        if not hasattr(m, name):
-            continue
-        value = getattr(m, name)
-        if isinstance(value, torch.Tensor):
-            continue
-        if _plain(value):
-            out[name] = value
-    return _special_kwargs(m, out)
-
-
-def _special_kwargs(m: torch.nn.Module, out: dict) -> dict:
-    if isinstance(m, torch.nn.MultiheadAttention):
-        out["bias"] = m.in_proj_bias is not None
-        out["add_bias_kv"] = m.bias_k is not None
-    return out
-
-
-def _attrs(m: torch.nn.Module) -> dict:
-    """Plain attributes (numbers, strings, tuples ...) and functions by name."""
-    out = {}
-    for k, v in vars(m).items():
-        if k.startswith("_") or k == "training":
-            continue
-        if _plain(v):
-            out[k] = _enc(v, f"attribute {k}")
-        elif callable(v) and not isinstance(v, (torch.nn.Module, torch.Tensor, type)) and \
-                (inspect.isfunction(v) or inspect.isbuiltin(v)):
-            try:
-                out[k] = {"fn": _qualname(v)}
-            except SaveError:
-                pass
-    return out
-
-
-def _module_record(path: str, m: torch.nn.Module, container: bool) -> dict:
-    rec: dict = {"path": path, "training": m.training}
-    if container:
-        rec["class"] = None
-        return rec
-    rec["class"] = _qualname(type(m))
-    rec["kwargs"] = {k: _enc(v, f"module {path}") for k, v in _ctor_kwargs(m).items()}
-    rec["attrs"] = _attrs(m)
-    return rec
+from .records import _attrs, _ctor_kwargs, _module_record  # noqa: F401
+from .saved import FORMAT, VERSION
 
 
 # -- save ------------------------------------------------------------------------------------------
@@ -450,11 +239,5 @@ def _check_round_trip(model: torch.nn.Module, path: Path, example_inputs: Any) -
 
 # -- load ----------------------------------------------------------------------------------------
 
-from .loading import (  # noqa: F401
-    FORMAT,
-    VERSION,
-    example_inputs,
-    info,
-    input_spec,
-    load,
-)
+from .loading import load  # noqa: E402, F401
+from .saved import example_inputs, info, input_spec  # noqa: E402, F401

@@ -208,11 +208,11 @@ def test_draw_without_graphviz_is_a_user_error(capsys, tmp_path, monkeypatch):
 
 
 def test_internal_errors_exit_1(capsys, monkeypatch):
-    import fxgrow.cli as cli_module
+    import fxgrow.cli_steps as cli_steps
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
-    monkeypatch.setattr(cli_module, "load_model", boom)
+    monkeypatch.setattr(cli_steps, "load_model", boom)
     code, _, err = cli(capsys, "inspect", *R18)
     assert code == 1
     assert "internal error: RuntimeError: kaboom" in err and "Traceback" not in err
@@ -231,17 +231,6 @@ def test_help_teaches(capsys):
     with pytest.raises(SystemExit) as info:
         main(["widen"])  # missing model: argparse's usage error
     assert info.value.code == 2
-
-
-def test_demo_subcommand(capsys, monkeypatch):
-    import fxgrow.demo
-    seen = {}
-    def run(factor, seed, *, out_dir="x", threads=1):
-        seen.update(factor=factor, seed=seed, out_dir=out_dir, threads=threads)
-        return 0
-    monkeypatch.setattr(fxgrow.demo, "run", run)
-    assert main(["demo", "--factor", "2", "--out-dir", "o", "--student-steps", "5"]) == 0
-    assert seen == {"factor": 2.0, "seed": 0, "out_dir": "o", "threads": 1}
 
 
 def test_model_spec_parsing():

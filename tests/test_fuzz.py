@@ -205,7 +205,7 @@ def test_probe_catches_a_missing_coupling(monkeypatch):
 def test_probe_catches_a_misplaced_segment(monkeypatch):
     """A broken cat rule that lays its inputs out in reverse order: the shapes still agree,
     so only the values show that the labels point at the wrong channels."""
-    import fxgrow.analysis.rules.shape as shape_rules
+    import fxgrow.analysis.rules.join as shape_rules
 
     def reversed_cat(cx):
         infos = shape_rules._tensor_list(cx, cx.arg(0, "tensors"))

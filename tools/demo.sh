@@ -4,4 +4,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/tools/setup.sh"
 cd "$root"
-exec .venv/bin/fxgrow demo "$@"
+# the demo is an example beside the library: tools/fxgrow_demo (python -m fxgrow_demo --help)
+PYTHONPATH="$root/tools${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m fxgrow_demo "$@"

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 import fxgrow
-from fxgrow.demo import (Data, History, SmallResNet, cosine, digits, make_optimizer, seeded,
-                         shift, train, train_flops_per_sample)
 from fxgrow.modes import set_training
+from fxgrow_demo import (Data, History, SmallResNet, cosine, digits, make_optimizer, seeded, shift,
+                         train, train_flops_per_sample)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..context import RuleContext
 from ..values import SizeInfo
-from . import linear, shape
+from . import join, linear, shape
 from .registry import rule
 
 
@@ -28,7 +28,7 @@ def aten_slice(cx: RuleContext):
         cx.block(x.layouts[d], "strided slice on this axis")
         lay[d] = cx.fixed(len(range(start, end, step)), "strided slice")
         return cx.out(lay)
-    before, piece = shape.window(cx, x.layouts[d], start, max(end, start), "slice")
+    before, piece = join.window(cx, x.layouts[d], start, max(end, start), "slice")
     lay[d] = piece
     if cx.spaces.roots(x.layouts[d]):
         for i, nm in ((2, "start"), (3, "end")):
@@ -51,7 +51,7 @@ def aten_select(cx: RuleContext):
     x = cx.tensor(cx.arg(0))
     d = x.dim(cx.concrete(cx.arg(1, "dim")))
     i = cx.concrete(cx.arg(2, "index")) % x.shape[d]
-    before, piece = shape.window(cx, x.layouts[d], i, i + 1, "select")
+    before, piece = join.window(cx, x.layouts[d], i, i + 1, "select")
     cx.block(piece, "selected by an integer index")
     if cx.spaces.roots(x.layouts[d]):
         cx.sizes_handled(cx.value(cx.arg(2, "index")))
