@@ -17,14 +17,13 @@ A *stage* is a run of consecutive blocks under one parent module (``layer1`` wit
 ``layer1.0``, ``layer1.1``)."""
 from __future__ import annotations
 
-import operator
 import re
 from dataclasses import dataclass
 
 import torch
 import torch.fx
 
-_ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)
+from .rules.registry import has_trait
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
     (add, the operand on the stream, the branch operand) or None."""
     for a in aliases(node, inside):
         for u in a.users:
-            if u in inside and _is_add(u) and a in u.args and \
+            if u in inside and is_add(u) and a in u.args and \
                     (path is None or _paths(u)[-1] == path
                      or nested and path in _paths(u)):
                 others = [b for b in u.args if isinstance(b, torch.fx.Node) and b is not a]
@@ -96,9 +95,9 @@ def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
     return None
 
 
-def _is_add(n: torch.fx.Node) -> bool:
-    return (n.op == "call_function" and n.target in _ADDS
-            or n.op == "call_method" and n.target in ("add", "add_"))
+def is_add(n: torch.fx.Node) -> bool:
+    """``n`` sums two operands (its rule has the trait "add")."""
+    return n.op in ("call_function", "call_method") and has_trait(n.target, "add")
 
 
 def _paths(node: torch.fx.Node) -> list[str]:

@@ -29,13 +29,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..analysis.blocks import Block, Stage, aliases, next_names, residual_add, stream_users
+from ..analysis.blocks import (Block, Stage, aliases, is_add, next_names, residual_add,
+                               stream_users)
+from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
 
-_PASS_THROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
-_ADD_TARGETS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)
 _LINEAR_FUNCTIONS = (torch.nn.functional.linear, torch.ops.aten.linear.default,
                      torch.nn.functional.conv1d, torch.nn.functional.conv2d,
                      torch.nn.functional.conv3d, torch.ops.aten.conv2d.default,
@@ -45,11 +45,6 @@ _ZERO_PRESERVING = ("stochastic_depth", "dropout", "view", "reshape", "_unsafe_v
                     "type_as", "float", "half", "bfloat16", "type")
 _STREAM_RESHAPES = ("view", "reshape", "_unsafe_view", "flatten", "unflatten")
 _SHAPE_READS = ("size", "sym_size", "dim", "getattr")
-
-
-def _is_add(n: torch.fx.Node) -> bool:
-    return (n.op == "call_function" and n.target in _ADD_TARGETS
-            or n.op == "call_method" and n.target in ("add", "add_"))
 
 
 def _name(target) -> str:
@@ -83,7 +78,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             if isinstance(getattr(m, "weight", None), torch.Tensor):
                 return [f"{n.target}.{p}" for p in ("weight", "bias")
                         if isinstance(getattr(m, p, None), torch.Tensor)]
-            if isinstance(m, _PASS_THROUGH_MODULES):
+            if has_trait(m, "keeps_zero"):
                 n = n.args[0]
                 continue
         elif n.op == "call_function" and n.target is operator.getitem and \
@@ -101,7 +96,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             refs = [n.args[0], n.args[2]]
             if all(isinstance(r, torch.fx.Node) and r.op == "get_attr" for r in refs):
                 return [r.target for r in refs]
-        elif _is_add(n):  # a sum of branches (parallel residual) or a bias: zero every term
+        elif is_add(n):  # a sum of branches (parallel residual) or a bias: zero every term
             found: list[str] = []
             for a in n.args[:2]:
                 if isinstance(a, torch.fx.Node) and a.op == "get_attr":
