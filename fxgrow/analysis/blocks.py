@@ -53,15 +53,6 @@ class Stage:
         return len(self.blocks)
 
 
-_ALIASES = ("to", "_to_copy", "alias", "contiguous", "clone", "detach", "type_as")
-_IGNORED = ("_assert_tensor_metadata",)
-
-
-def op_name(target) -> str:
-    name = getattr(target, "__name__", target)
-    return name.split(".")[0] if isinstance(name, str) else ""
-
-
 def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
     """``node`` and what inside the block merely re-labels it (dtype moves, copies)."""
     found, todo = [node], [node]
@@ -69,7 +60,7 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
         n = todo.pop()
         for u in n.users:
             if u in inside and u.op in ("call_function", "call_method") and \
-                    op_name(u.target) in _ALIASES and u.args and u.args[0] is n:
+                    has_trait(u.target, "alias") and u.args and u.args[0] is n:
                 found.append(u)
                 todo.append(u)
     return found
@@ -77,7 +68,7 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
 
 def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
     return [u for u in node.users if u in inside
-            and not (u.op == "call_function" and op_name(u.target) in _IGNORED)]
+            and not (u.op == "call_function" and has_trait(u.target, "metadata_check"))]
 
 
 def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,

@@ -16,8 +16,6 @@ from ..modes import set_training, untouched
 from .rules.registry import has_trait
 
 _META = torch.device("meta")
-_NO_OPS = {getattr(torch.ops.aten, n).default for n in ("_assert_tensor_metadata",)
-           if hasattr(torch.ops.aten, n)}
 
 
 def _conv(v: Any) -> Any:
@@ -221,7 +219,7 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
                                                     tie_weights=True) if state else \
                     sub(*args, **kwargs)
         elif op == "call_function":
-            if n.target in _NO_OPS:
+            if has_trait(n.target, "metadata_check"):
                 result = None
             else:
                 args, kwargs = _meta(args), _meta(kwargs)

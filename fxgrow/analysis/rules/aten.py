@@ -97,6 +97,7 @@ def creation(cx: RuleContext):
 
 @rule(aten=("_assert_tensor_metadata.default", "_assert_async.msg", "_assert_scalar.default",
             "sym_constrain_range_for_size.default"))
+@rule(aten=("_assert_tensor_metadata.default",), traits=("metadata_check",))
 def assertion(cx: RuleContext):
     """Run-time metadata checks export inserts: they compute nothing."""
     return None

@@ -80,6 +80,10 @@ _UNARY_ATEN = (
       F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
       torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign, "relu", "sigmoid",
       "tanh", traits=("activation",))
+@rule("to", "contiguous", "clone", "detach", "type_as",
+      aten=("to.dtype", "to.dtype_layout", "to.device", "to.other", "_to_copy.default",
+            "alias.default", "contiguous.default", "clone.default", "detach.default",
+            "type_as.default"), traits=("alias",))
 @rule(*_DROPOUT_MODULES, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
       F.feature_alpha_dropout, traits=("dropout",))
 @rule(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, traits=("keeps_zero",))

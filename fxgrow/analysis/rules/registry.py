@@ -34,6 +34,10 @@ TRAITS = {
     "keeps_zero": "maps an all-zero input to exactly zero in every mode (a zeroed residual "
                   "branch stays zero through it)",
     "add": "the sum of its two operands (a residual add)",
+    "alias": "re-labels its operand: the same values, copied or moved to another dtype or "
+             "device (a residual stream passes through it)",
+    "metadata_check": "checks its operand's metadata and computes nothing (skipped on meta "
+                      "tensors and when walking a residual stream)",
     "same_shape": "its output has the shape and dtype of its first (tensor) argument",
     "same_shape_operands": "with operands of one shape and dtype, its output has them",
 }
