@@ -48,6 +48,11 @@ def test_modules_inherit_traits_like_isinstance_unless_exact():
     (torch.eq, "same_shape_operands", False), (torch.exp, "same_shape", False),
     (F.softmax, "pointwise", False), ("softmax", "pointwise", False),
     ("softmax_", "pointwise", False), (torch.tanh, "pointwise", True),
+    (torch.ops.aten._unsafe_view.default, "reshape", True), ("unflatten", "reshape", True),
+    ("unflatten", "keeps_zero", False), (torch.transpose, "keeps_zero", True),
+    (torch.swapaxes, "keeps_zero", False), ("size", "size_read", True),
+    (torch.ops.aten.sym_size.int, "size_read", True), ("mul_", "mul", True),
+    (torch.ops.aten.clone.default, "alias", True), ("float", "alias", False),
 ])
 def test_trait_of_op(target, trait, expected):
     assert has_trait(target, trait) is expected

@@ -103,7 +103,7 @@ def assertion(cx: RuleContext):
     return None
 
 
-@rule(aten=("sym_size.int",))
+@rule(aten=("sym_size.int",), traits=("size_read",))
 def sym_size(cx: RuleContext):
     """aten.sym_size(x, d): a size read at run time."""
     x = cx.tensor(cx.arg(0))

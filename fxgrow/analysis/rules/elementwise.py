@@ -84,6 +84,10 @@ _UNARY_ATEN = (
       aten=("to.dtype", "to.dtype_layout", "to.device", "to.other", "_to_copy.default",
             "alias.default", "contiguous.default", "clone.default", "detach.default",
             "type_as.default"), traits=("alias",))
+@rule("contiguous", "clone", "to", "float", "half", "bfloat16", "type", "type_as", F.dropout,
+      aten=("_to_copy.default", "alias.default", "clone.default", "contiguous.default",
+            "to.dtype", "to.dtype_layout", "to.device", "to.other", "type_as.default",
+            "dropout.default"), traits=("keeps_zero",))
 @rule(*_DROPOUT_MODULES, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
       F.feature_alpha_dropout, traits=("dropout",))
 @rule(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, traits=("keeps_zero",))
@@ -158,6 +162,8 @@ _BINARY_ATEN = (
 @rule(*_BINARY, aten=_BINARY_ATEN, traits=("pointwise",))
 @rule(operator.add, operator.iadd, torch.add, "add", "add_", aten=("add.Tensor",),
       traits=("add",))
+@rule(operator.mul, torch.mul, "mul", "mul_",
+      aten=("mul.Tensor", "mul.Scalar", "mul_.Tensor", "mul_.Scalar"), traits=("mul",))
 @rule(operator.add, operator.iadd, torch.add, operator.mul, torch.mul,
       traits=("same_shape_operands",))
 def binary(cx: RuleContext):

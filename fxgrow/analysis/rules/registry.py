@@ -34,6 +34,10 @@ TRAITS = {
     "keeps_zero": "maps an all-zero input to exactly zero in every mode (a zeroed residual "
                   "branch stays zero through it)",
     "add": "the sum of its two operands (a residual add)",
+    "mul": "the product of its operands",
+    "reshape": "rearranges the positions of its operand without changing a value (view, "
+               "reshape, flatten, unflatten)",
+    "size_read": "reads sizes (size, dim, getattr), never a value",
     "alias": "re-labels its operand: the same values, copied or moved to another dtype or "
              "device (a residual stream passes through it)",
     "metadata_check": "checks its operand's metadata and computes nothing (skipped on meta "

@@ -184,6 +184,9 @@ def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
 _AS_OTHER = ("view_as", "reshape_as", aten_op("view_as.default"), aten_op("reshape_as.default"))
 
 
+@rule("view", "reshape", torch.reshape,
+      aten=("view.default", "reshape.default", "_unsafe_view.default"),
+      traits=("keeps_zero", "reshape"))
 @rule("view", "reshape", torch.reshape, "view_as", "reshape_as",
       aten=("view.default", "reshape.default", "_unsafe_view.default", "view_as.default",
             "reshape_as.default"))
@@ -223,7 +226,7 @@ def _flatten(cx: RuleContext, x: TensorInfo, start: int, end: int):
     return cx.out(x.layouts[:start] + (merged,) + x.layouts[end + 1:])
 
 
-@rule(torch.flatten, "flatten", aten=("flatten.using_ints",))
+@rule(torch.flatten, "flatten", aten=("flatten.using_ints",), traits=("keeps_zero", "reshape"))
 def flatten(cx: RuleContext):
     """flatten(start_dim, end_dim): the axes merge row-major (channel x spatial: c S + s)."""
     x = cx.tensor(cx.arg(0))
@@ -238,6 +241,7 @@ def flatten_module(cx: RuleContext):
 
 
 @rule(torch.unflatten, "unflatten", nn.Unflatten, aten=("unflatten.int",))
+@rule(torch.unflatten, "unflatten", aten=("unflatten.int",), traits=("reshape",))
 def unflatten(cx: RuleContext):
     """unflatten(dim, sizes): one axis factored into several (row-major)."""
     x = cx.tensor(cx.arg(0))
@@ -270,7 +274,7 @@ def unflatten(cx: RuleContext):
 
 
 # -- moving axes -----------------------------------------------------------------------------
-@rule(torch.permute, "permute", aten=("permute.default",))
+@rule(torch.permute, "permute", aten=("permute.default",), traits=("keeps_zero",))
 def permute(cx: RuleContext):
     """permute(dims): axes are reordered."""
     x = cx.tensor(cx.arg(0))
@@ -281,6 +285,7 @@ def permute(cx: RuleContext):
     return cx.out(tuple(x.layouts[x.dim(d)] for d in dims))
 
 
+@rule(torch.transpose, "transpose", aten=("transpose.int",), traits=("keeps_zero",))
 @rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims",
       aten=("transpose.int", "swapaxes.default"))
 def transpose(cx: RuleContext):
@@ -702,7 +707,7 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     return cx.out(out)
 
 
-@rule("size")
+@rule("size", traits=("size_read",))
 def size(cx: RuleContext):
     """x.size() / x.size(d): sizes read at run time, tracked by the axes they come from."""
     x = cx.tensor(cx.arg(0))
@@ -712,6 +717,7 @@ def size(cx: RuleContext):
     return SizeInfo((x.layouts[x.dim(d)],))
 
 
+@rule("dim", traits=("size_read",))
 @rule("dim", "ndimension", "numel", "nelement", "is_contiguous", "element_size",
       "is_floating_point", "get_device")
 def metadata(cx: RuleContext):
@@ -723,7 +729,7 @@ def metadata(cx: RuleContext):
     return cx.example()
 
 
-@rule(builtins.getattr)
+@rule(builtins.getattr, traits=("size_read",))
 def get_attribute(cx: RuleContext):
     """getattr(x, name): x.shape is a run-time size; x.T transposes; others are metadata."""
     obj = cx.value(cx.arg(0))
