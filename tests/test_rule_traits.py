@@ -52,6 +52,8 @@ def test_modules_inherit_traits_like_isinstance_unless_exact():
     ("unflatten", "keeps_zero", False), (torch.transpose, "keeps_zero", True),
     (torch.swapaxes, "keeps_zero", False), ("size", "size_read", True),
     (torch.ops.aten.sym_size.int, "size_read", True), ("mul_", "mul", True),
+    (torch.ops.aten.amax.default, "extremum", True), ("mean", "extremum", False),
+    (torch.t, "matrix_transpose", True), ("permute", "permute_axes", True),
     (torch.ops.aten.clone.default, "alias", True), ("float", "alias", False),
 ])
 def test_trait_of_op(target, trait, expected):

@@ -40,6 +40,7 @@ TRAITS = {
     "size_read": "reads sizes (size, dim, getattr), never a value",
     "swap_axes": "swaps the two axes its arguments 1 and 2 name (transpose)",
     "matrix_transpose": "swaps axes 0 and 1 of an at most 2-d tensor (t)",
+    "extremum": "the max or min over its dims (amax, amin): exact over replicated units",
     "permute_axes": "puts its operand's axes in the order its arguments name (permute)",
     "alias": "re-labels its operand: the same values, copied or moved to another dtype or "
              "device (a residual stream passes through it)",
