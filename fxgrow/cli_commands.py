@@ -48,8 +48,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
         if g.widenable:
             status = "widenable"
         elif g.fixed:
-            kinds = dict.fromkeys("input" if "input" in b.reason else "output"
-                                  if "output" in b.reason else b.kind for b in g.blockers)
+            kinds = dict.fromkeys(b.label for b in g.blockers)
             status = "fixed: model " + " and ".join(kinds)
         else:
             b = next(b for b in g.blockers if b.kind not in ("boundary", "structure"))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from fxgrow.analysis.rules import all_rules  # noqa: E402
+from fxgrow.analysis.rules.registry import TRAITS  # noqa: E402
 
 TITLES = {
     "conv": "Convolutions", "linear": "Linear layers and matrix products",
@@ -95,6 +96,14 @@ def render() -> str:
         f"{len(by_fn)} rules covering {kinds['module']} module classes, {kinds['function']} "
         f"functions and {kinds['method']} tensor methods.  Regenerate it with "
         "`python tools/gen_rules_doc.py`.",
+        "",
+        "Your own modules, functions and methods get rules with `fxgrow.register_rule(target, "
+        "fn)`: `fn` is a rule `fn(cx: RuleContext) -> value` like the ones below, or the name "
+        "of a built-in one (`\"pointwise\"`, `\"broadcast\"`); a module class with a rule is "
+        "kept whole when tracing.  Registering a target that already has a different rule "
+        "raises `RegistrationError`.  Each registration may also give its targets *traits* "
+        "(`registry.TRAITS`: " + ", ".join(f"`{t}`" for t in TRAITS) + "), which the other "
+        "passes ask instead of keeping op tables of their own.",
         "",
         "## Contents",
         "",

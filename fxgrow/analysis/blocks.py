@@ -17,14 +17,13 @@ A *stage* is a run of consecutive blocks under one parent module (``layer1`` wit
 ``layer1.0``, ``layer1.1``)."""
 from __future__ import annotations
 
-import operator
 import re
 from dataclasses import dataclass
 
 import torch
 import torch.fx
 
-_ADDS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)
+from .rules.registry import has_trait
 
 
 @dataclass(frozen=True)
@@ -54,15 +53,6 @@ class Stage:
         return len(self.blocks)
 
 
-_ALIASES = ("to", "_to_copy", "alias", "contiguous", "clone", "detach", "type_as")
-_IGNORED = ("_assert_tensor_metadata",)
-
-
-def op_name(target) -> str:
-    name = getattr(target, "__name__", target)
-    return name.split(".")[0] if isinstance(name, str) else ""
-
-
 def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
     """``node`` and what inside the block merely re-labels it (dtype moves, copies)."""
     found, todo = [node], [node]
@@ -70,7 +60,7 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
         n = todo.pop()
         for u in n.users:
             if u in inside and u.op in ("call_function", "call_method") and \
-                    op_name(u.target) in _ALIASES and u.args and u.args[0] is n:
+                    has_trait(u.target, "alias") and u.args and u.args[0] is n:
                 found.append(u)
                 todo.append(u)
     return found
@@ -78,7 +68,7 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
 
 def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
     return [u for u in node.users if u in inside
-            and not (u.op == "call_function" and op_name(u.target) in _IGNORED)]
+            and not (u.op == "call_function" and has_trait(u.target, "metadata_check"))]
 
 
 def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
@@ -87,7 +77,7 @@ def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
     (add, the operand on the stream, the branch operand) or None."""
     for a in aliases(node, inside):
         for u in a.users:
-            if u in inside and _is_add(u) and a in u.args and \
+            if u in inside and is_add(u) and a in u.args and \
                     (path is None or _paths(u)[-1] == path
                      or nested and path in _paths(u)):
                 others = [b for b in u.args if isinstance(b, torch.fx.Node) and b is not a]
@@ -96,9 +86,9 @@ def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
     return None
 
 
-def _is_add(n: torch.fx.Node) -> bool:
-    return (n.op == "call_function" and n.target in _ADDS
-            or n.op == "call_method" and n.target in ("add", "add_"))
+def is_add(n: torch.fx.Node) -> bool:
+    """``n`` sums two operands (its rule has the trait "add")."""
+    return n.op in ("call_function", "call_method") and has_trait(n.target, "add")
 
 
 def _paths(node: torch.fx.Node) -> list[str]:

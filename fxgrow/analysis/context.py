@@ -262,6 +262,8 @@ class RuleContext:
         return lay
 
     def _param_source(self, a: Any, axis: int):
+        from .rules.registry import has_trait  # the rules import this module
+
         chain = []
         user = self.node
         while isinstance(a, torch.fx.Node):
@@ -271,17 +273,14 @@ class RuleContext:
                 return (t, axis, chain) if t in self.state.tensors else None
             if len(a.users) != 1 or a.op not in ("call_method", "call_function"):
                 return None
-            name = a.target if a.op == "call_method" else \
-                a.target._opname if isinstance(a.target, torch._ops.OpOverload) else \
-                getattr(a.target, "__name__", "")  # aten.permute.default: "permute"
-            if name == "t":
+            if has_trait(a.target, "matrix_transpose"):
                 axis = 1 - axis
-            elif name == "transpose":
+            elif has_trait(a.target, "swap_axes"):
                 d0, d1 = a.args[1], a.args[2]
                 nd = self.example(a).dim()
                 d0, d1 = d0 % nd, d1 % nd
                 axis = d1 if axis == d0 else d0 if axis == d1 else axis
-            elif name == "permute":
+            elif has_trait(a.target, "permute_axes"):
                 dims = a.args[1:] if not isinstance(a.args[1], (tuple, list)) else a.args[1]
                 axis = dims[axis] % self.example(a).dim()
             else:

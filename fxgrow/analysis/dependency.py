@@ -52,12 +52,14 @@ def _block_unless_structure(state: AnalysisState) -> None:
 def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
     cx = RuleContext(state, node)
     if node.op == "placeholder":
-        cause = Blocker(node.name, "model input (fixed boundary)", kind="boundary")
+        cause = Blocker(node.name, "model input (fixed boundary)", kind="boundary",
+                        side="input")
         return _fixed_values(state.vals.get(node), cause)
     if node.op == "get_attr":
         return _get_attr(cx)
     if node.op == "output":
-        cause = Blocker(node.name, "model output (fixed boundary)", kind="boundary")
+        cause = Blocker(node.name, "model output (fixed boundary)", kind="boundary",
+                        side="output")
         for v in pytree.tree_leaves(cx.value(node.args)):
             if isinstance(v, TensorInfo):
                 state.outputs.append(v)

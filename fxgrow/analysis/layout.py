@@ -24,22 +24,29 @@ A class that meets a Fixed segment, or that an op cannot handle, is *blocked*: i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from typing import Iterable, Union
 
 
 @dataclass(frozen=True)
 class Blocker:
-    """Why a channel group cannot change width: the fx node and the reason."""
+    """Why a channel group cannot change width: the fx node and the reason; a boundary
+    blocker's ``side`` says which one ("input" or "output" of the model)."""
 
     node: str
     reason: str
     kind: str = "op"  # "boundary" (model input/output), "structure" (not a channel axis), "op"
+    side: str | None = None  # "input" | "output" for a boundary, else None
 
     @property
     def boundary(self) -> bool:
         return self.kind == "boundary"
+
+    @property
+    def label(self) -> str:
+        """What fixes the group, in one word: the boundary's side, else the kind."""
+        return self.side or self.kind
 
     def __str__(self) -> str:
         return f"{self.node}: {self.reason}"
@@ -636,9 +643,9 @@ class SpaceTable:
 
 
 def _misfit(blocker: Blocker) -> Blocker:
-    return Blocker(blocker.node, f"{blocker.reason} would cut inside a unit of a merged channel "
-                                 f"layout (a product such as channel x spatial, heads x head dim, "
-                                 f"or the result of repeated channel shuffles)", blocker.kind)
+    return replace(blocker, reason=f"{blocker.reason} would cut inside a unit of a merged "
+                                   f"channel layout (a product such as channel x spatial, heads x "
+                                   f"head dim, or the result of repeated channel shuffles)")
 
 
 def _atoms(seg: Segment) -> Iterable[int]:

@@ -13,10 +13,9 @@ from torch.utils import _pytree as pytree
 
 from ..errors import FxgrowError
 from ..modes import set_training, untouched
+from .rules.registry import has_trait
 
 _META = torch.device("meta")
-_NO_OPS = {getattr(torch.ops.aten, n).default for n in ("_assert_tensor_metadata",)
-           if hasattr(torch.ops.aten, n)}
 
 
 def _conv(v: Any) -> Any:
@@ -54,14 +53,6 @@ def _meta(x: Any) -> Any:
 
 
 # -- fast paths: output shapes of the commonest ops, without running meta kernels ------------
-_SAME_SHAPE_MODULES = (
-    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.ReLU,
-    torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU, torch.nn.Hardswish, torch.nn.Hardsigmoid,
-    torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Identity,
-    torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.Mish,
-)
-
-
 def _like(x: torch.Tensor, shape) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=x.dtype, device=_META)
 
@@ -76,7 +67,7 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
         return None
     x = args[0]
     t = type(m)
-    if t in _SAME_SHAPE_MODULES:
+    if has_trait(t, "same_shape", exact=True):
         return _like(x, x.shape)
     if t is torch.nn.Linear and x.dim() >= 1 and x.shape[-1] == m.in_features:
         return _like(x, (*x.shape[:-1], m.out_features))
@@ -99,17 +90,11 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
     return None
 
 
-_SAME_SHAPE_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.sigmoid,
-                         torch.nn.functional.silu, torch.nn.functional.gelu}
-_ELEMENTWISE = {__import__("operator").add, __import__("operator").iadd, torch.add,
-                __import__("operator").mul, torch.mul}
-
-
 def _fast_function(target, args: tuple, kwargs: dict):
-    if target in _SAME_SHAPE_FUNCTIONS and args and isinstance(args[0], torch.Tensor) and \
+    if has_trait(target, "same_shape") and args and isinstance(args[0], torch.Tensor) and \
             not kwargs.get("inplace", False):
         return _like(args[0], args[0].shape)
-    if target in _ELEMENTWISE and len(args) == 2 and not kwargs and \
+    if has_trait(target, "same_shape_operands") and len(args) == 2 and not kwargs and \
             all(isinstance(a, torch.Tensor) for a in args) and args[0].shape == args[1].shape \
             and args[0].dtype == args[1].dtype:
         return _like(args[0], args[0].shape)
@@ -234,7 +219,7 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
                                                     tie_weights=True) if state else \
                     sub(*args, **kwargs)
         elif op == "call_function":
-            if n.target in _NO_OPS:
+            if has_trait(n.target, "metadata_check"):
                 result = None
             else:
                 args, kwargs = _meta(args), _meta(kwargs)

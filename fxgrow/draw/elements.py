@@ -43,9 +43,7 @@ class DGroup:
         if not self.blockers:
             return "widenable"
         if self.fixed:
-            return "fixed (" + ", ".join(dict.fromkeys(
-                "input" if "input" in b.reason else "output" if "output" in b.reason
-                else b.kind for b in self.blockers)) + ")"
+            return "fixed (" + ", ".join(dict.fromkeys(b.label for b in self.blockers)) + ")"
         b = next(b for b in self.blockers if b.kind not in ("boundary", "structure"))
         return f"blocked by {b.node}"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from ..frontend.modal import TrainingOnly
 from ..modes import preserved
@@ -112,9 +113,7 @@ def loss_of(out: Any) -> torch.Tensor | None:
     return None
 
 
-_DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
-            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout, TrainingOnly, TiedDropout,
-            TiedAttention)
+_DROPOUT = (TrainingOnly, TiedDropout, TiedAttention)  # and every op with the trait "dropout"
 
 
 def measure(fn: Callable[[], Any], model: torch.nn.Module, seed: int) -> float | None:
@@ -124,7 +123,7 @@ def measure(fn: Callable[[], Any], model: torch.nn.Module, seed: int) -> float |
     are untouched (a measurement must not change the run)."""
     with torch.random.fork_rng(devices=[]), preserved(model), torch.no_grad():
         for m in model.modules():
-            if isinstance(m, _DROPOUT):
+            if isinstance(m, _DROPOUT) or has_trait(m, "dropout"):
                 m.training = False
         torch.manual_seed(seed)
         loss = loss_of(fn())

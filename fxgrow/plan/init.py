@@ -22,7 +22,7 @@ the initialisation each group actually got (``GroupChange.init``).
 from __future__ import annotations
 
 from ..analysis import Analysis
-from ..analysis.rules.reduce import op_name
+from ..analysis.rules.registry import has_trait
 from ..analysis.values import TensorInfo
 from ..errors import InputError
 
@@ -47,7 +47,7 @@ def fresh_init_blockers(analysis: Analysis) -> dict[int, str]:
                               f"the new units' values)")
     for node in state.gm.graph.nodes:
         if node.op not in ("call_function", "call_method") or \
-                op_name(node.target) not in ("amax", "amin"):
+                not has_trait(node.target, "extremum"):
             continue
         x = state.values.get(node.args[0]) if node.args else None
         if not isinstance(x, TensorInfo):

@@ -15,26 +15,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ACTIVATION_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
-    nn.PReLU, nn.Threshold, nn.LogSigmoid, nn.Tanhshrink,
-)
-ACTIVATION_FUNCTIONS = (
-    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardsigmoid, F.hardtanh, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
-    F.softplus, F.softsign,
-)
-ACTIVATION_METHODS = ("relu", "sigmoid", "tanh")
+from ..analysis.rules.registry import has_trait
 
 
 def activation_module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
-    """A fresh module computing the activation ``node`` applies, or None if it is not one."""
+    """A fresh module computing the activation ``node`` applies, or None if it is not one
+    (its rule has the trait "activation")."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
-        return copy.deepcopy(m) if isinstance(m, ACTIVATION_MODULES) else None
-    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS \
-            or node.op == "call_method" and node.target in ACTIVATION_METHODS:
+        return copy.deepcopy(m) if has_trait(m, "activation") else None
+    if node.op in ("call_function", "call_method") and has_trait(node.target, "activation"):
         return _FunctionActivation(node.target, node.args[1:], dict(node.kwargs),
                                    node.op == "call_method")
     return None

@@ -29,32 +29,22 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..analysis.blocks import Block, Stage, aliases, next_names, residual_add, stream_users
+from ..analysis.blocks import (Block, Stage, aliases, is_add, next_names, residual_add,
+                               stream_users)
+from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
 
-_PASS_THROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
-_ADD_TARGETS = (operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor)
 _LINEAR_FUNCTIONS = (torch.nn.functional.linear, torch.ops.aten.linear.default,
                      torch.nn.functional.conv1d, torch.nn.functional.conv2d,
                      torch.nn.functional.conv3d, torch.ops.aten.conv2d.default,
                      torch.ops.aten.conv1d.default)
-_ZERO_PRESERVING = ("stochastic_depth", "dropout", "view", "reshape", "_unsafe_view", "permute",
-                    "transpose", "contiguous", "clone", "flatten", "to", "_to_copy", "alias",
-                    "type_as", "float", "half", "bfloat16", "type")
-_STREAM_RESHAPES = ("view", "reshape", "_unsafe_view", "flatten", "unflatten")
-_SHAPE_READS = ("size", "sym_size", "dim", "getattr")
 
 
-def _is_add(n: torch.fx.Node) -> bool:
-    return (n.op == "call_function" and n.target in _ADD_TARGETS
-            or n.op == "call_method" and n.target in ("add", "add_"))
-
-
-def _name(target) -> str:
-    name = getattr(target, "__name__", target)
-    return name.split(".")[0] if isinstance(name, str) else ""
+def _calls(n: torch.fx.Node, trait: str) -> bool:
+    """``n`` calls a function or method whose rule has ``trait``."""
+    return n.op in ("call_function", "call_method") and has_trait(n.target, trait)
 
 
 def _reads_input(node: torch.fx.Node) -> bool:
@@ -83,7 +73,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             if isinstance(getattr(m, "weight", None), torch.Tensor):
                 return [f"{n.target}.{p}" for p in ("weight", "bias")
                         if isinstance(getattr(m, p, None), torch.Tensor)]
-            if isinstance(m, _PASS_THROUGH_MODULES):
+            if has_trait(m, "keeps_zero"):
                 n = n.args[0]
                 continue
         elif n.op == "call_function" and n.target is operator.getitem and \
@@ -101,7 +91,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             refs = [n.args[0], n.args[2]]
             if all(isinstance(r, torch.fx.Node) and r.op == "get_attr" for r in refs):
                 return [r.target for r in refs]
-        elif _is_add(n):  # a sum of branches (parallel residual) or a bias: zero every term
+        elif is_add(n):  # a sum of branches (parallel residual) or a bias: zero every term
             found: list[str] = []
             for a in n.args[:2]:
                 if isinstance(a, torch.fx.Node) and a.op == "get_attr":
@@ -112,10 +102,10 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
                     break
             else:
                 return found
-        elif n.op in ("call_function", "call_method") and _name(n.target) in _ZERO_PRESERVING:
+        elif _calls(n, "keeps_zero"):
             n = n.args[0]
             continue
-        elif n.op in ("call_function", "call_method") and _name(n.target) in ("mul", "mul_"):
+        elif _calls(n, "mul"):
             # zero * finite = 0: silence a factor that carries data; parameter-only factors
             # (a norm's scale, Gemma's 1 + w) are kept as they are
             data = [a for a in n.args if isinstance(a, torch.fx.Node) and a.op != "get_attr"
@@ -133,7 +123,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
 
 def _stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
     return [u for u in stream_users(node, inside)
-            if not (u.op in ("call_function", "call_method") and _name(u.target) in _SHAPE_READS)]
+            if not _calls(u, "size_read")]
 
 
 def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
@@ -157,8 +147,7 @@ def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
                               f"{current.name!r}; fxgrow cannot copy it exactly")
         op = users[0]
         if op in aliases(current, inside) or (
-                op.op in ("call_function", "call_method") and _name(op.target) in
-                _STREAM_RESHAPES and op.args and op.args[0] is current):
+                _calls(op, "reshape") and op.args and op.args[0] is current):
             current = op
             continue
         act = activation_module(gm, op)

@@ -21,6 +21,7 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from ..analysis.rules.registry import has_trait
 from ..errors import PreservationError
 from ..verify.compare import TOLERANCE
 from .checkpoint import Checkpoint
@@ -75,7 +76,7 @@ class StreamedRun(torch.fx.Interpreter):
         return torch.func.functional_call(module, state, _off_meta(args), _off_meta(kwargs))
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if target in _NO_OPS:  # metadata asserts of a graph captured on meta
+        if has_trait(target, "metadata_check"):  # metadata asserts of a graph captured on meta
             return None
         args, kwargs = _off_meta(args), _off_meta(kwargs)
         return super().call_function(target, args, kwargs)
@@ -89,8 +90,6 @@ class StreamedRun(torch.fx.Interpreter):
 
 _META = torch.device("meta")
 _CPU = torch.device("cpu")
-_NO_OPS = {getattr(torch.ops.aten, n).default for n in ("_assert_tensor_metadata",)
-           if hasattr(torch.ops.aten, n)}
 
 
 def _off_meta(x: Any) -> Any:

@@ -26,11 +26,9 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from ..analysis.rules.registry import has_trait
 from ..errors import InputError, PreservationError
 from ..modes import preserved, set_training, untouched
-
-_DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
-            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2,
              torch.float16: 5e-3}
@@ -72,7 +70,7 @@ def _mode(model: torch.nn.Module, mode: str) -> Iterator[None]:
         set_training(model, mode == "train")
         if mode == "train":
             for m in model.modules():
-                if isinstance(m, _DROPOUT):
+                if has_trait(m, "dropout"):
                     m.training = False
         yield
 

@@ -97,12 +97,13 @@ def creation(cx: RuleContext):
 
 @rule(aten=("_assert_tensor_metadata.default", "_assert_async.msg", "_assert_scalar.default",
             "sym_constrain_range_for_size.default"))
+@rule(aten=("_assert_tensor_metadata.default",), traits=("metadata_check",))
 def assertion(cx: RuleContext):
     """Run-time metadata checks export inserts: they compute nothing."""
     return None
 
 
-@rule(aten=("sym_size.int",))
+@rule(aten=("sym_size.int",), traits=("size_read",))
 def sym_size(cx: RuleContext):
     """aten.sym_size(x, d): a size read at run time."""
     x = cx.tensor(cx.arg(0))

@@ -16,7 +16,7 @@ from .registry import rule
 from .shape import _rewrite_sizes
 
 
-@rule(torch.permute, "permute", aten=("permute.default",))
+@rule(torch.permute, "permute", aten=("permute.default",), traits=("keeps_zero", "permute_axes"))
 def permute(cx: RuleContext):
     """permute(dims): axes are reordered."""
     x = cx.tensor(cx.arg(0))
@@ -27,6 +27,7 @@ def permute(cx: RuleContext):
     return cx.out(tuple(x.layouts[x.dim(d)] for d in dims))
 
 
+@rule(torch.transpose, "transpose", aten=("transpose.int",), traits=("keeps_zero", "swap_axes"))
 @rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims",
       aten=("transpose.int", "swapaxes.default"))
 def transpose(cx: RuleContext):
@@ -38,7 +39,7 @@ def transpose(cx: RuleContext):
     return cx.out(lay)
 
 
-@rule(torch.t, "t", aten=("t.default",))
+@rule(torch.t, "t", aten=("t.default",), traits=("matrix_transpose",))
 def t(cx: RuleContext):
     """t(): a 2-d transpose."""
     x = cx.tensor(cx.arg(0))

@@ -41,7 +41,7 @@ _UNARY_METHODS = (
     "sqrt", "rsqrt", "abs", "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "square",
     "sin", "cos", "erf", "reciprocal", "sign", "floor", "ceil", "round", "nan_to_num",
     "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "cpu",
-    "cuda", "requires_grad_", "type_as", "zero_", "fill_", "hardswish", "softmax_",
+    "cuda", "requires_grad_", "type_as", "zero_", "fill_", "hardswish",
 )
 
 
@@ -73,7 +73,27 @@ _UNARY_ATEN = (
 
 
 @rule(*_ACTIVATION_MODULES, *_DROPOUT_MODULES, *_UNARY_FUNCTIONS, *_UNARY_METHODS,
-      aten=_UNARY_ATEN)
+      aten=_UNARY_ATEN, traits=("pointwise",))
+@rule(nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+      nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
+      nn.Threshold, nn.LogSigmoid, nn.Tanhshrink, F.relu, torch.relu, F.relu6, F.leaky_relu,
+      F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+      torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign, "relu", "sigmoid",
+      "tanh", traits=("activation",))
+@rule("to", "contiguous", "clone", "detach", "type_as",
+      aten=("to.dtype", "to.dtype_layout", "to.device", "to.other", "_to_copy.default",
+            "alias.default", "contiguous.default", "clone.default", "detach.default",
+            "type_as.default"), traits=("alias",))
+@rule("contiguous", "clone", "to", "float", "half", "bfloat16", "type", "type_as", F.dropout,
+      aten=("_to_copy.default", "alias.default", "clone.default", "contiguous.default",
+            "to.dtype", "to.dtype_layout", "to.device", "to.other", "type_as.default",
+            "dropout.default"), traits=("keeps_zero",))
+@rule(*_DROPOUT_MODULES, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+      F.feature_alpha_dropout, traits=("dropout",))
+@rule(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, traits=("keeps_zero",))
+@rule(nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+      nn.Dropout, nn.Dropout2d, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Mish, torch.relu, F.relu,
+      torch.sigmoid, F.silu, F.gelu, traits=("same_shape",))
 def unary(cx: RuleContext):
     """Pointwise (activation, math, dropout, dtype/device moves): every axis passes through."""
     return same_layouts(cx)
@@ -139,7 +159,13 @@ _BINARY_ATEN = (
 """The same ops as ATen overloads (``torch.export`` graphs)."""
 
 
-@rule(*_BINARY, aten=_BINARY_ATEN)
+@rule(*_BINARY, aten=_BINARY_ATEN, traits=("pointwise",))
+@rule(operator.add, operator.iadd, torch.add, "add", "add_", aten=("add.Tensor",),
+      traits=("add",))
+@rule(operator.mul, torch.mul, "mul", "mul_",
+      aten=("mul.Tensor", "mul.Scalar", "mul_.Tensor", "mul_.Scalar"), traits=("mul",))
+@rule(operator.add, operator.iadd, torch.add, operator.mul, torch.mul,
+      traits=("same_shape_operands",))
 def binary(cx: RuleContext):
     """Elementwise with broadcasting (add, mul, where, masked_fill, ...): operands of equal
     size on an axis share its space; size-1 operands broadcast and stay size 1.  On plain
@@ -178,6 +204,7 @@ def _joined_shape(cx: RuleContext, values) -> tuple:
 
 
 @rule(nn.PReLU, F.prelu, torch.prelu)
+@rule(nn.PReLU, traits=("activation",))
 def prelu(cx: RuleContext):
     """PReLU: with one slope per channel (axis 1) the slopes are per-channel parameters."""
     x = cx.tensor(cx.arg(0))

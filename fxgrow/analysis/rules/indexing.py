@@ -130,7 +130,7 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     return cx.out(out)
 
 
-@rule("size")
+@rule("size", traits=("size_read",))
 def size(cx: RuleContext):
     """x.size() / x.size(d): sizes read at run time, tracked by the axes they come from."""
     x = cx.tensor(cx.arg(0))
@@ -140,6 +140,7 @@ def size(cx: RuleContext):
     return SizeInfo((x.layouts[x.dim(d)],))
 
 
+@rule("dim", traits=("size_read",))
 @rule("dim", "ndimension", "numel", "nelement", "is_contiguous", "element_size",
       "is_floating_point", "get_device")
 def metadata(cx: RuleContext):
@@ -151,7 +152,7 @@ def metadata(cx: RuleContext):
     return cx.example()
 
 
-@rule(builtins.getattr)
+@rule(builtins.getattr, traits=("size_read",))
 def get_attribute(cx: RuleContext):
     """getattr(x, name): x.shape is a run-time size; x.T transposes; others are metadata."""
     obj = cx.value(cx.arg(0))

@@ -25,6 +25,7 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 
 
 @rule(*_BATCHNORM)
+@rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, traits=("same_shape",))
 def batchnorm_module(cx: RuleContext):
     """BatchNorm/InstanceNorm: per-channel statistics and affine parameters on axis 1."""
     x = cx.tensor(cx.arg(0))

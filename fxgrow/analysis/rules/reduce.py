@@ -15,7 +15,7 @@ from ..values import TensorInfo
 from . import attention_pattern
 from .common import norm_dims
 from .elementwise import binary
-from .registry import rule
+from .registry import has_trait, rule
 
 _REDUCTIONS = (
     torch.mean, torch.sum, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
@@ -46,7 +46,7 @@ def _exact_under(cx: RuleContext, name: str) -> str | None:
     """How a reduction over replicated units can stay exact: "any" (max/min of a multiset
     with duplicates), "uniform" (a mean, or a population variance, equals the original when
     every unit is replicated the same number of times), or None (sums, norms ... block)."""
-    if name in ("amax", "amin"):
+    if has_trait(cx.node.target, "extremum"):
         return "any"
     if name in ("mean", "nanmean"):
         return "uniform"
@@ -59,6 +59,8 @@ def _exact_under(cx: RuleContext, name: str) -> str | None:
 
 
 @rule(*_REDUCTIONS, aten=_REDUCTIONS_ATEN)
+@rule(torch.amax, torch.amin, "amax", "amin", aten=("amax.default", "amin.default"),
+      traits=("extremum",))
 def reduction(cx: RuleContext):
     """Reduce over ``dim`` (all axes by default), optionally keeping size-1 axes.  Over a
     channel axis: max/min stay exact, means need uniform replication, anything else blocks."""

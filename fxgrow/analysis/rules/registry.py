@@ -11,6 +11,10 @@ A rule is ``fn(cx: RuleContext) -> value`` where the value describes the node's 
   counterparts: ``@rule(torch.relu, F.relu, "relu", aten=("relu.default", "relu_.default"))``.
 
 Anything without a rule blocks every channel group it touches (see ``dependency.unknown_op``).
+
+An entry also carries *traits*: facts about the op that passes other than the channel analysis
+rely on (``@rule(nn.Dropout, traits=("pointwise", "dropout"))``), so the registry is the one op
+table: see :data:`TRAITS` for each trait's meaning and :func:`has_trait` to ask.
 """
 from __future__ import annotations
 
@@ -22,12 +26,38 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.fx
 
+TRAITS = {
+    "pointwise": "computes each output element from the same element of its operand(s)",
+    "activation": "a pointwise nonlinearity Net2DeeperNet may repeat when it is idempotent "
+                  "(``rewrite.activation``)",
+    "dropout": "random in training, the identity in eval: verification turns it off",
+    "keeps_zero": "maps an all-zero input to exactly zero in every mode (a zeroed residual "
+                  "branch stays zero through it)",
+    "add": "the sum of its two operands (a residual add)",
+    "mul": "the product of its operands",
+    "reshape": "rearranges the positions of its operand without changing a value (view, "
+               "reshape, flatten, unflatten)",
+    "size_read": "reads sizes (size, dim, getattr), never a value",
+    "swap_axes": "swaps the two axes its arguments 1 and 2 name (transpose)",
+    "matrix_transpose": "swaps axes 0 and 1 of an at most 2-d tensor (t)",
+    "extremum": "the max or min over its dims (amax, amin): exact over replicated units",
+    "permute_axes": "puts its operand's axes in the order its arguments name (permute)",
+    "alias": "re-labels its operand: the same values, copied or moved to another dtype or "
+             "device (a residual stream passes through it)",
+    "metadata_check": "checks its operand's metadata and computes nothing (skipped on meta "
+                      "tensors and when walking a residual stream)",
+    "same_shape": "its output has the shape and dtype of its first (tensor) argument",
+    "same_shape_operands": "with operands of one shape and dtype, its output has them",
+}
+"""Trait -> what an op having it guarantees.  Only the ops listed with a trait have it."""
+
 
 @dataclass(frozen=True)
 class RuleEntry:
     fn: Callable
     kind: str  # "module" | "function" | "method"
     target: Any
+    traits: frozenset[str] = frozenset()
 
     @property
     def doc(self) -> str:
@@ -69,13 +99,21 @@ def _table(target: Any) -> tuple[dict, str]:
     return FUNCTIONS, "function"
 
 
-def rule(*targets: Any, aten: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+def rule(*targets: Any, aten: Iterable[str] = (),
+         traits: Iterable[str] = ()) -> Callable[[Callable], Callable]:
     """Register ``fn`` for module classes, functions, method names (strings) and the ATen
-    overloads ``aten`` names (``"relu.default"``: what ``torch.export`` graphs call).
+    overloads ``aten`` names (``"relu.default"``: what ``torch.export`` graphs call), giving
+    those targets ``traits`` (keys of :data:`TRAITS`).
 
     Every target has one rule: registering a target twice, or naming an overload this torch
-    does not have, raises :class:`RegistrationError` (at import, where the rule is)."""
+    does not have, raises :class:`RegistrationError` (at import, where the rule is).  One
+    function may be registered by several ``@rule`` lines (one per set of traits); a target
+    registered again for the same function gains the new traits."""
     overloads = tuple(aten_op(q) for q in ((aten,) if isinstance(aten, str) else aten))
+    traits = frozenset((traits,) if isinstance(traits, str) else traits)
+    unknown = sorted(traits - TRAITS.keys())
+    if unknown:
+        raise RegistrationError(f"unknown traits {unknown}; known: {sorted(TRAITS)}")
 
     def register(fn: Callable) -> Callable:
         for t in (*targets, *overloads):
@@ -85,7 +123,7 @@ def rule(*targets: Any, aten: Iterable[str] = ()) -> Callable[[Callable], Callab
                 raise RegistrationError(
                     f"{_name(t)} already has the rule {old.fn.__module__}.{old.fn.__qualname__};"
                     f" {fn.__module__}.{fn.__qualname__} would replace it")
-            table[t] = RuleEntry(fn, kind, t)
+            table[t] = RuleEntry(fn, kind, t, traits | (old.traits if old else frozenset()))
         return fn
 
     return register
@@ -149,6 +187,42 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
                 return entry if getattr(cls, "forward") is getattr(base, "forward") else None
         return None
     return None
+
+
+def has_trait(target: Any, trait: str, exact: bool = False) -> bool:
+    """Whether the rule of ``target`` -- a module (instance or class: its own entry, or with
+    ``exact`` False that of any base class, as ``isinstance`` would), a function, an ATen
+    overload or a method name -- was registered with ``trait``."""
+    if trait not in TRAITS:
+        raise KeyError(f"unknown trait {trait!r}; known: {sorted(TRAITS)}")
+    if len(_loaded) < len(DEFERRED):
+        load_deferred()
+    if isinstance(target, torch.nn.Module):
+        target = type(target)
+    if isinstance(target, type):
+        return any(trait in e.traits for e in (MODULES.get(c) for c in
+                                               (target.__mro__[:1] if exact else target.__mro__))
+                   if e is not None)
+    try:
+        entry = (METHODS if isinstance(target, str) else FUNCTIONS).get(target)
+    except TypeError:  # unhashable target
+        return False
+    return entry is not None and trait in entry.traits
+
+
+def node_has_trait(node: torch.fx.Node, trait: str, gm: torch.nn.Module | None = None) -> bool:
+    """Whether ``node`` calls an op with ``trait`` (a module call needs ``gm`` to find it)."""
+    if node.op in ("call_function", "call_method"):
+        return has_trait(node.target, trait)
+    if node.op == "call_module" and gm is not None:
+        return has_trait(gm.get_submodule(node.target), trait)
+    return False
+
+
+def with_trait(trait: str) -> tuple:
+    """Every registered target with ``trait`` (module classes, functions, overloads, method
+    names)."""
+    return tuple(e.target for e in all_rules() if trait in e.traits)
 
 
 def all_rules() -> list[RuleEntry]:

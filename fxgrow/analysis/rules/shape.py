@@ -171,6 +171,9 @@ def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
 _AS_OTHER = ("view_as", "reshape_as", aten_op("view_as.default"), aten_op("reshape_as.default"))
 
 
+@rule("view", "reshape", torch.reshape,
+      aten=("view.default", "reshape.default", "_unsafe_view.default"),
+      traits=("keeps_zero", "reshape"))
 @rule("view", "reshape", torch.reshape, "view_as", "reshape_as",
       aten=("view.default", "reshape.default", "_unsafe_view.default", "view_as.default",
             "reshape_as.default"))
@@ -210,7 +213,7 @@ def _flatten(cx: RuleContext, x: TensorInfo, start: int, end: int):
     return cx.out(x.layouts[:start] + (merged,) + x.layouts[end + 1:])
 
 
-@rule(torch.flatten, "flatten", aten=("flatten.using_ints",))
+@rule(torch.flatten, "flatten", aten=("flatten.using_ints",), traits=("keeps_zero", "reshape"))
 def flatten(cx: RuleContext):
     """flatten(start_dim, end_dim): the axes merge row-major (channel x spatial: c S + s)."""
     x = cx.tensor(cx.arg(0))
@@ -225,6 +228,7 @@ def flatten_module(cx: RuleContext):
 
 
 @rule(torch.unflatten, "unflatten", nn.Unflatten, aten=("unflatten.int",))
+@rule(torch.unflatten, "unflatten", aten=("unflatten.int",), traits=("reshape",))
 def unflatten(cx: RuleContext):
     """unflatten(dim, sizes): one axis factored into several (row-major)."""
     x = cx.tensor(cx.arg(0))

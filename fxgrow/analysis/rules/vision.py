@@ -14,7 +14,7 @@ except Exception:  # torchvision absent
     _stochastic_depth = None
 
 if _stochastic_depth is not None:
-    @rule(_stochastic_depth)
+    @rule(_stochastic_depth, traits=("keeps_zero",))
     def stochastic_depth(cx: RuleContext):
         """torchvision stochastic_depth: drops whole samples (mode "row") or the whole batch;
         the mask is shared by every channel, so replicas stay equal: pass-through."""
