@@ -60,3 +60,23 @@ class TiedLM(nn.Module):
 
     def forward(self, ids):
         return self.out(torch.relu(self.fc(self.emb(ids))))
+
+
+def shuffle_side_sequences(width: int, blocks: int) -> dict:
+    """ShuffleNet's chain of ``blocks`` units (halves ``width`` wide): for each channel position
+    of each producer (``("a", i)``, ``("b", i)``, ``("c<k>", i)``), its *side sequence* -- at
+    every later chunk, whether it is passed on (True) or consumed (False)."""
+    def shuffle(seq: list) -> list:
+        h = len(seq) // 2
+        return [u for j in range(h) for u in (seq[j], seq[h + j])]
+
+    t = shuffle([("a", i) for i in range(width)] + [("b", i) for i in range(width)])
+    seqs: dict = {p: [] for p in t}
+    for k in range(blocks):
+        n = len(t) // 2
+        for at, p in enumerate(t):
+            seqs[p].append(at >= n)
+        fresh = [(f"c{k}", i) for i in range(n)]
+        seqs.update((p, []) for p in fresh)
+        t = shuffle(t[:n] + fresh)
+    return seqs

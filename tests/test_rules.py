@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import fxgrow
 from fxgrow import BlockedGroupError, WidenPlan, WidthError
-from helpers import teacher_unchanged, widen_exact
+from helpers import shuffle_side_sequences, teacher_unchanged, widen_exact
 
 TOL = 1e-12  # float64
 
@@ -934,23 +934,7 @@ def _side_sequences_admit(c: int, blocks: int, width: int) -> bool:
     (it copies one) and every teacher unit's sequence has a student position (it is copied)."""
     from collections import Counter
 
-    def shuffle(seq):
-        h = len(seq) // 2
-        return [u for j in range(h) for u in (seq[j], seq[h + j])]
-
-    def sequences(w: int) -> dict:
-        t = shuffle([("a", i) for i in range(w)] + [("b", i) for i in range(w)])
-        seqs: dict = {p: [] for p in t}
-        for k in range(blocks):
-            n = len(t) // 2
-            for at, p in enumerate(t):
-                seqs[p].append(at >= n)
-            fresh = [(f"c{k}", i) for i in range(n)]
-            seqs.update((p, []) for p in fresh)
-            t = shuffle(t[:n] + fresh)
-        return seqs
-
-    teacher, student = sequences(c), sequences(width)
+    teacher, student = shuffle_side_sequences(c, blocks), shuffle_side_sequences(width, blocks)
     for producer in ["a", "b"] + [f"c{k}" for k in range(blocks)]:
         have = Counter(tuple(q) for (p, _), q in teacher.items() if p == producer)
         get = Counter(tuple(q) for (p, _), q in student.items() if p == producer)

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torchvision
 
+from helpers import shuffle_side_sequences
+
 import fxgrow
 from fxgrow.errors import BlockedGroupError
 
@@ -56,19 +58,7 @@ def _fresh_sequences_admit(c: int, blocks: int, width: int) -> bool:
     side (its *side sequence*; the widths fix the positions).  A fresh student exists iff, per
     producer, the student has at least as many positions of each side sequence as the teacher
     has units of it (replicas need more: every student sequence must be a teacher's)."""
-    def sequences(w: int) -> dict:
-        t = _shuffle([("a", i) for i in range(w)] + [("b", i) for i in range(w)])
-        seqs: dict = {p: [] for p in t}
-        for k in range(blocks):
-            n = len(t) // 2
-            for at, p in enumerate(t):
-                seqs[p].append(at >= n)
-            fresh = [(f"c{k}", i) for i in range(n)]
-            seqs.update((p, []) for p in fresh)
-            t = _shuffle(t[:n] + fresh)
-        return seqs
-
-    teacher, student = sequences(c), sequences(width)
+    teacher, student = shuffle_side_sequences(c, blocks), shuffle_side_sequences(width, blocks)
     for producer in ["a", "b"] + [f"c{k}" for k in range(blocks)]:
         have = Counter(tuple(q) for (p, _), q in teacher.items() if p == producer)
         get = Counter(tuple(q) for (p, _), q in student.items() if p == producer)
