@@ -380,10 +380,15 @@ def write_docs(results: list[dict], cfg: dict, meta: dict) -> None:
             *summarise(results, cfg), "",
             "![validation loss against training FLOPs](img/reproduce_lm.png)",
             "<!-- reproduce_lm: end -->"]
-    path = os.path.join(ROOT, "docs", "reproduction.md")
+    replace_section(os.path.join(ROOT, "docs", "reproduction.md"), "reproduce_lm", body)
+
+
+def replace_section(path: str, marker: str, body: list[str]) -> None:
+    """Put ``body`` (lines from ``<!-- marker: begin`` to ``<!-- marker: end -->``) in place of
+    that section of ``path``, or append it."""
     with open(path) as fh:
         text = fh.read()
-    a, b = "<!-- reproduce_lm: begin", "<!-- reproduce_lm: end -->"
+    a, b = f"<!-- {marker}: begin", f"<!-- {marker}: end -->"
     if a in text:
         text = text[:text.index(a)] + "\n".join(body) + text[text.index(b) + len(b):]
     else:

@@ -210,16 +210,8 @@ def write_docs(doc: dict) -> None:
             "run's FLOPs.", "", *summarise(results, cfg), "",
             "![CPU-scale study](img/reproduce_lm_study.png)",
             "<!-- reproduce_lm_study: end -->"]
-    path = os.path.join(lm.ROOT, "docs", "reproduction.md")
-    with open(path) as fh:
-        text = fh.read()
-    a, b = "<!-- reproduce_lm_study: begin", "<!-- reproduce_lm_study: end -->"
-    if a in text:
-        text = text[:text.index(a)] + "\n".join(body) + text[text.index(b) + len(b):]
-    else:
-        text += "\n" + "\n".join(body) + "\n"
-    with open(path, "w") as fh:
-        fh.write(text)
+    lm.replace_section(os.path.join(lm.ROOT, "docs", "reproduction.md"), "reproduce_lm_study",
+                       body)
 
 
 def _seed_job(job) -> dict:
