@@ -88,3 +88,23 @@ def test_node_traits_and_fast_shapes_match_the_ops():
         got = vals[nodes[name]]
         assert got.shape == (2, 3, 4, 4), name
     assert vals[nodes["exp"]].dtype == ref[1].dtype == torch.float32
+
+
+def test_torch_clone_and_detach_are_aliases_with_a_rule():
+    """torch.clone / torch.detach (the functions, not only the methods) pass channels through."""
+    import fxgrow
+    from fxgrow.analysis.rules import registry
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(torch.clone(torch.detach(self.a(x)))))
+
+    m, x = M().double(), torch.randn(2, 4, dtype=torch.float64)
+    s = fxgrow.widen(m, x, factor=2)
+    assert s.a.out_features == 12
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-12
+    assert {"alias", "keeps_zero", "pointwise"} <= registry.FUNCTIONS[torch.clone].traits

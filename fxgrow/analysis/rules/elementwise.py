@@ -33,7 +33,7 @@ _UNARY_FUNCTIONS = (
     torch.log1p, torch.expm1, torch.sqrt, torch.rsqrt, torch.abs, torch.neg, operator.neg,
     operator.pos, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, torch.square,
     torch.sin, torch.cos, torch.erf, torch.reciprocal, torch.sign, torch.floor, torch.ceil,
-    torch.round, torch.nan_to_num, torch.sigmoid_, torch.exp_,
+    torch.round, torch.nan_to_num, torch.sigmoid_, torch.exp_, torch.clone, torch.detach,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
 )
 _UNARY_METHODS = (
@@ -80,11 +80,12 @@ _UNARY_ATEN = (
       F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
       torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign, "relu", "sigmoid",
       "tanh", traits=("activation",))
-@rule("to", "contiguous", "clone", "detach", "type_as",
+@rule("to", "contiguous", "clone", "detach", "type_as", torch.clone, torch.detach,
       aten=("to.dtype", "to.dtype_layout", "to.device", "to.other", "_to_copy.default",
             "alias.default", "contiguous.default", "clone.default", "detach.default",
             "type_as.default"), traits=("alias",))
 @rule("contiguous", "clone", "to", "float", "half", "bfloat16", "type", "type_as", F.dropout,
+      torch.clone, torch.detach,
       aten=("_to_copy.default", "alias.default", "clone.default", "contiguous.default",
             "to.dtype", "to.dtype_layout", "to.device", "to.other", "type_as.default",
             "dropout.default"), traits=("keeps_zero",))
