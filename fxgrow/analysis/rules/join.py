@@ -137,6 +137,48 @@ def _replace_arg(args, kwargs, i, names, value):
     raise RuleError("argument to rewrite not found")
 
 
+@rule(torch.tensor_split, "tensor_split", aten=("tensor_split.indices", "tensor_split.sections"))
+def tensor_split(cx: RuleContext):
+    """tensor_split(indices | sections, dim).  Indices cut at those offsets: pieces of a growing
+    axis keep their own maps and the indices are rewritten to the new boundaries.  ``sections``
+    = k cuts into k near-equal pieces: equal pieces (k divides the size) grow alike and k stays;
+    unequal ones could not follow the width (blocked)."""
+    x = cx.tensor(cx.arg(0))
+    kw = cx.node.kwargs
+    spec_ref = cx.arg(1, "indices_or_sections", kw.get("indices", kw.get("sections")))
+    spec = cx.concrete(spec_ref)
+    d = x.dim(cx.concrete(cx.arg(2, "dim", 0)))
+    n = x.shape[d]
+    blk = cx.blocker("tensor_split")
+    if isinstance(spec, int):
+        q, r = divmod(n, spec)
+        pieces = cx.spaces.cut(x.layouts[d], [k * q + min(k, r) for k in range(1, spec)], blk)
+        if r:
+            if cx.spaces.roots(x.layouts[d]):
+                cx.block(x.layouts[d], "tensor_split into unequal sections: the pieces could "
+                                       "not follow the width")
+        else:
+            grow_alike(cx, pieces, "tensor_split into equal sections: pieces must grow alike")
+        return _pieces_value(cx, x, d, pieces)
+    offsets = [i + n if i < 0 else i for i in spec]
+    bounds = [0, *offsets, n]
+    if not offsets or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise RuleError(f"tensor_split indices {list(spec)} that are not increasing cuts "
+                        f"inside an axis of {n}")
+    pieces = cx.spaces.cut(x.layouts[d], offsets, blk)
+    if cx.spaces.roots(x.layouts[d]):
+        cx.sizes_handled(cx.value(spec_ref))
+
+        def new_args(size, args, kwargs):
+            cuts, acc = [], 0
+            for p in pieces[:-1]:
+                acc += size(p)
+                cuts.append(acc)
+            return _replace_arg(args, kwargs, 1, ("indices_or_sections", "indices"), cuts)
+        cx.rewrite_args(new_args, *pieces)
+    return _pieces_value(cx, x, d, pieces)
+
+
 @rule(torch.chunk, "chunk", aten=("chunk.default",))
 def chunk(cx: RuleContext):
     """chunk(n, dim): n equal pieces that must stay equal, so they share one map (a fused qkv,

@@ -5,7 +5,8 @@ import torch
 import torch.fx
 
 from ..context import RuleContext
-from .common import same_layouts
+from ..values import TensorInfo
+from .common import broadcast, same_layouts
 from .registry import rule
 
 try:
@@ -119,3 +120,43 @@ if _swin is not None:
         c = x.layouts[-1]
         return cx.out(x.layouts[:-3] + (cx.fixed(shape[-3], "spatial axis"),
                                         cx.fixed(shape[-2], "spatial axis"), c + c + c + c))
+
+
+try:
+    from torchvision.models.video import mvit as _mvit
+except Exception:  # torchvision absent
+    _mvit = None
+
+if _mvit is not None and hasattr(_mvit, "_unsqueeze"):
+    @rule(_mvit._unsqueeze)
+    def mvit_unsqueeze(cx: RuleContext):
+        """torchvision MViT's ``_unsqueeze(x, target_dim, expand_dim)`` -> ``(x', x.dim())``:
+        x with a new size-1 axis at ``expand_dim`` when it has one axis less than
+        ``target_dim`` (else x itself), and x's rank, which no width changes."""
+        x = cx.tensor(cx.arg(0))
+        target, at = cx.concrete(cx.arg(1, "target_dim")), cx.concrete(cx.arg(2, "expand_dim"))
+        layouts = list(x.layouts)
+        if x.ndim == target - 1:
+            layouts.insert(at % (x.ndim + 1), cx.fixed(1, "axis added by unsqueeze"))
+        out = cx.example()[0]
+        return (TensorInfo(tuple(out.shape), tuple(layouts)), x.ndim)
+
+    @rule(_mvit._squeeze)
+    def mvit_squeeze(cx: RuleContext):
+        """torchvision MViT's ``_squeeze(x, target_dim, expand_dim, tensor_dim)``: drops the
+        size-1 axis ``expand_dim`` that ``_unsqueeze`` added (when ``tensor_dim`` says it did)."""
+        x = cx.tensor(cx.arg(0))
+        target, at = cx.concrete(cx.arg(1, "target_dim")), cx.concrete(cx.arg(2, "expand_dim"))
+        layouts = list(x.layouts)
+        if cx.concrete(cx.arg(3, "tensor_dim")) == target - 1:
+            d = x.dim(at)
+            cx.block(layouts[d], "size-1 axis removed by squeeze")
+            del layouts[d]
+        return cx.out(layouts)
+
+    @rule(_mvit._add_shortcut)
+    def mvit_add_shortcut(cx: RuleContext):
+        """torchvision MViT's ``_add_shortcut(x, shortcut, with_cls)``: ``x += shortcut`` in
+        place (all tokens, or all but the class token): element-wise, x and shortcut share
+        every axis's space; the token axis is positions (fixed anyway)."""
+        return broadcast(cx, (cx.arg(0), cx.arg(1)))
