@@ -24,8 +24,9 @@ if _stochastic_depth is not None:
 
 try:
     from torchvision.models import swin_transformer as _swin
+    from torchvision.models.video import swin_transformer as _swin3d
 except Exception:  # torchvision absent
-    _swin = None
+    _swin = _swin3d = None
 
 
 def _heads_rows(cx: RuleContext, rows, head_dim: int, what: str):
@@ -45,11 +46,13 @@ if _swin is not None:
     from ..context import CONSUME, PRODUCE
     from ..values import TensorInfo
 
-    @rule(_swin.shifted_window_attention)
+    @rule(_swin.shifted_window_attention, _swin3d.shifted_window_attention_3d)
     def shifted_window_attention(cx: RuleContext):
-        """torchvision Swin window attention (input [B, H, W, C], qkv_weight [3C, C], proj_weight
-        [C, C], relative position bias [1, heads, N, N]): heads grow whole; C = heads x head_dim
-        for the input, the attention and the output alike; ``num_heads`` is rewritten."""
+        """torchvision Swin window attention (input [B, H, W, C] or [B, T, H, W, C] for the video
+        Swin, qkv_weight [3C, C], proj_weight [C, C], relative position bias [1, heads, N, N]):
+        heads grow whole; C = heads x head_dim for the input, the attention and the output alike;
+        ``num_heads`` is rewritten.  (Argument 11 is ``logit_scale`` in 2-d, ``training`` in 3-d:
+        only a tensor there is a per-head scale.)"""
         x = cx.tensor(cx.arg(0, "input"))
         qkv_w, proj_w = cx.arg(1, "qkv_weight"), cx.arg(2, "proj_weight")
         H = cx.concrete(cx.arg(5, "num_heads"))
@@ -99,9 +102,10 @@ if _swin is not None:
             cx.set_attr("num_heads", lambda size: size(heads), heads, module=path)
         return cx.out(x.layouts[:-1] + (pw.layouts[0],))
 
-    @rule(_swin._get_relative_position_bias)
+    @rule(_swin._get_relative_position_bias, _swin3d._get_relative_position_bias)
     def relative_position_bias(cx: RuleContext):
-        """Bias table [(2W-1)^2, heads] indexed by relative positions -> [1, heads, N, N]."""
+        """Bias table [(2W-1)^d, heads] indexed by relative positions -> [1, heads, N, N] (2-d
+        and video Swin)."""
         table = cx.tensor(cx.arg(0))
         cx.block(table.layouts[0], "relative positions, indexed", "structure")
         shape = cx.out_shape()

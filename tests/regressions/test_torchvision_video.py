@@ -1,5 +1,5 @@
-"""torch.tensor_split (indices and sections) and torchvision MViT's wrapped helpers
-(``_unsqueeze``, ``_squeeze``, ``_add_shortcut``)."""
+"""torch.tensor_split (indices and sections), torchvision MViT's wrapped helpers
+(``_unsqueeze``, ``_squeeze``, ``_add_shortcut``) and the video Swin's window attention."""
 from __future__ import annotations
 
 import pytest
@@ -57,5 +57,15 @@ def test_mvit_v1_b_has_no_op_blocker_and_grows_exactly():
     a = fxgrow.analyze(m, x)
     assert not [b for g in a.groups for b in g.blockers if b.kind == "op"]
     assert sum(g.widenable for g in a.groups) >= 30
+    s = fxgrow.widen(m, x, factor=1.5)
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-5
+
+
+def test_swin3d_t_has_no_op_blocker_and_grows_exactly():
+    torch.manual_seed(0)
+    m = torchvision.models.video.swin3d_t().eval()
+    x = torch.randn(1, 3, 8, 64, 64)
+    a = fxgrow.analyze(m, x)
+    assert not [b for g in a.groups for b in g.blockers if b.kind == "op"]
     s = fxgrow.widen(m, x, factor=1.5)
     assert fxgrow.compare(m, s, x).max_rel <= 1e-5
