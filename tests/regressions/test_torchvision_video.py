@@ -1,5 +1,6 @@
 """torch.tensor_split (indices and sections), torchvision MViT's wrapped helpers
-(``_unsqueeze``, ``_squeeze``, ``_add_shortcut``) and the video Swin's window attention."""
+(``_unsqueeze``, ``_squeeze``, ``_add_shortcut``, ``_add_rel_pos``) and the video Swin's window
+attention."""
 from __future__ import annotations
 
 import pytest
@@ -50,9 +51,10 @@ def test_tensor_split_into_unequal_sections_blocks():
         fxgrow.widen(m, x, widths={"a[0:3]": 6})
 
 
-def test_mvit_v1_b_has_no_op_blocker_and_grows_exactly():
+@pytest.mark.parametrize("name", ["mvit_v1_b", "mvit_v2_s"])
+def test_mvit_has_no_op_blocker_and_grows_exactly(name):
     torch.manual_seed(0)
-    m = torchvision.models.video.mvit_v1_b().eval()
+    m = getattr(torchvision.models.video, name)().eval()
     x = torch.randn(1, 3, 16, 224, 224)
     a = fxgrow.analyze(m, x)
     assert not [b for g in a.groups for b in g.blockers if b.kind == "op"]

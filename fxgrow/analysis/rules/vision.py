@@ -164,3 +164,23 @@ if _mvit is not None and hasattr(_mvit, "_unsqueeze"):
         place (all tokens, or all but the class token): element-wise, x and shortcut share
         every axis's space; the token axis is positions (fixed anyway)."""
         return broadcast(cx, (cx.arg(0), cx.arg(1)))
+
+    @rule(_mvit._add_rel_pos)
+    def mvit_add_rel_pos(cx: RuleContext):
+        """torchvision MViT's ``_add_rel_pos(attn [B, heads, Nq, Nk], q [B, heads, Nq, dim],
+        q_thw, k_thw, rel_pos_h/w/t [2n - 1, dim])``: per head, attention logits plus q's head
+        vectors contracted with relative-position tables over ``dim``.  Heads pass through
+        (attn and q share them); the head dim is contracted with the tables (structure, as in
+        any attention); token axes are positions."""
+        attn, q = cx.tensor(cx.arg(0, "attn")), cx.tensor(cx.arg(1, "q"))
+        cx.unify(attn.layouts[0], q.layouts[0], "batch axis")
+        cx.unify(attn.layouts[1], q.layouts[1], "heads of the logits and of the queries")
+        cx.block(q.layouts[3], "head dim contracted with relative-position tables", "structure")
+        for i, name in ((4, "rel_pos_h"), (5, "rel_pos_w"), (6, "rel_pos_t")):
+            table = cx.value(cx.arg(i, name))
+            if isinstance(table, TensorInfo):
+                cx.block(table.layouts[0], "relative positions, indexed", "structure")
+                cx.unify(table.layouts[1], q.layouts[3], "head dim of the position tables")
+        for lay in (*attn.layouts[2:], q.layouts[2]):
+            cx.block(lay, "token positions", "structure")
+        return cx.out(attn.layouts)
