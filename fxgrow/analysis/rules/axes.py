@@ -128,10 +128,10 @@ def repeat(cx: RuleContext):
     if len(reps) == 1 and isinstance(reps[0], (list, tuple)):
         reps = list(reps[0])
     read = [r for r in pytree.tree_leaves(cx.value(cx.node.args[1:])) if isinstance(r, SizeInfo)]
-    if any(cx.spaces.roots(lay) for r in read for lay in r.layouts):
-        raise RuleError("repeat counts read from the size of a channel axis (they would "
-                        "change with the width)")
-    cx.sizes_handled(*read)  # counts read from batch / spatial axes: the same in the student
+    for r in read:  # the counts stay constants: the axes they are read from must keep their size
+        for lay in r.layouts:
+            cx.block(lay, "repeat counts are read from the size of this axis", "structure")
+    cx.sizes_handled(*read)
     lead = len(reps) - x.ndim
     if lead < 0:  # torch.tile pads the repeats with ones
         reps, lead = [1] * -lead + reps, 0
