@@ -36,7 +36,7 @@ from torch.utils import _pytree as pytree
 
 import fxgrow
 from fxgrow.analysis.context import CONSUME, PRODUCE, SCALE
-from fxgrow.analysis.layout import Atom, Fixed, Zip
+from fxgrow.analysis.layout import Atom, Fixed, Stack, Zip
 from fxgrow.analysis.values import TensorInfo
 from fxgrow.rewrite import apply
 
@@ -337,6 +337,10 @@ def labels(sp, layout) -> list[tuple]:
             parts = [labels(sp, part) for part in seg.parts]
             out += [parts[k][p] + (("fixed", "zip part", k, occ),)
                     for p in range(len(parts[0])) for k in range(len(parts))]
+        elif isinstance(seg, Stack):  # rows laid end to end (a shuffle's first reshape)
+            occ = seen[seg] = seen.get(seg, -1) + 1
+            out += [lab + (("fixed", "stack row", k, occ),)
+                    for k, row in enumerate(seg.rows) for lab in labels(sp, row)]
         else:  # the same merged segment twice in one layout: tell the occurrences apart
             occ = seen[seg] = seen.get(seg, -1) + 1
             outer, inner = labels(sp, seg.outer), labels(sp, seg.inner)

@@ -360,3 +360,25 @@ def test_fuzz_probe_on_channel_shuffle_of_a_repeated_tensor():
                Step(op='cat', inputs=(2, 2), params={'fn': 'cat'}),
                Step(op='shuffle', inputs=(3,), params={'fn': 'channel_shuffle'})],
         outputs=((4, 'linear'),), dtype='float64', seed=0))
+
+
+def test_fuzz_symmetry_probe_through_a_shuffle_reshape():
+    """The oracle's labels know a Stack (the rows a channel shuffle's first reshape lays end
+    to end): its symmetry probe crashed on this program (seed 2026, example ~1030)."""
+    assert_clean(Program(
+        input=("map", 3, 6, 6),
+        steps=[Step("conv", (0,), {"out": 5, "k": 3, "stride": 1, "groups": 1, "bias": True}),
+               Step("cat", (1, 0), {"fn": "concat"}),
+               Step("upsample", (2,), {"fn": "manual_shuffle", "groups": 4, "c": 8,
+                                       "sizes": False}),
+               Step("act", (3,), {"fn": "relu6"}),
+               Step("fconv", (4,), {"out": 4, "k": 1, "bias": True}),
+               Step("upsample", (5,), {"fn": "manual_shuffle", "groups": 2, "c": 4,
+                                       "sizes": False}),
+               Step("reduce", (6,), {"fn": "amax_c"}),
+               Step("linear", (7,), {"out": 1, "bias": False, "form": "transpose"}),
+               Step("linear", (8,), {"out": 6, "bias": True, "form": "permute"}),
+               Step("fconv", (9,), {"out": 8, "k": 1, "bias": False}),
+               Step("gate", (5,), {"form": "mask", "hidden": 1}),
+               Step("gate", (2,), {"form": "se_conv", "hidden": 3})],
+        outputs=((10, "linear"), (11, "linear"), (12, "linear")), dtype="float64", seed=807))
