@@ -16,6 +16,23 @@ from ..plan.index_map import expand
 PREFIX = "fxgrow_contract_scale"
 
 
+def insert_scale(student: torch.fx.GraphModule, prefix: str, start: int, scale: torch.Tensor,
+                 user: torch.fx.Node, operand: torch.fx.Node) -> int:
+    """Register ``scale`` as the buffer ``{prefix}{n}`` (the first free ``n >= start``: a
+    student widened again has some) and make ``user`` read ``operand * scale`` in place of
+    ``operand``; returns ``n``."""
+    n = start
+    while hasattr(student, f"{prefix}{n}"):
+        n += 1
+    name = f"{prefix}{n}"
+    student.register_buffer(name, scale)
+    with student.graph.inserting_before(user):
+        factor = student.graph.get_attr(name)
+        scaled = student.graph.call_function(operator.mul, (operand, factor))
+    user.replace_input_with(operand, scaled)
+    return n
+
+
 def insert_scales(student: torch.fx.GraphModule, analysis, maps: dict) -> bool:
     """Insert the scale nodes into ``student`` (a copy of the analysed graph); True if any."""
     state, sp = analysis.state, analysis.state.spaces
@@ -33,14 +50,7 @@ def insert_scales(student: torch.fx.GraphModule, analysis, maps: dict) -> bool:
         dtype = getattr(examples.get(rec.operand), "dtype", torch.float32)
         shares = expand(sp, rec.layout, maps).fraction
         scale = shares.to(dtype).view([-1] + [1] * (rec.ndim - 1 - rec.axis)).to(device)
-        while hasattr(student, f"{PREFIX}{n}"):  # a student widened again has some
-            n += 1
-        name = f"{PREFIX}{n}"
-        student.register_buffer(name, scale)
-        with student.graph.inserting_before(user):
-            factor = student.graph.get_attr(name)
-            scaled = student.graph.call_function(operator.mul, (operand, factor))
-        user.replace_input_with(operand, scaled)
+        n = insert_scale(student, PREFIX, n, scale, user, operand)
         changed = True
     return changed
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import copyreg
-import operator
 from collections import OrderedDict
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch.fx
 from ..analysis import Analysis
 from ..plan.index_map import expand
 from ..plan.plan import WidenPlan, root_maps
-from .contraction import insert_scales
+from .contraction import insert_scale, insert_scales
 from .dead_code import eliminate_dead_code, unused_nodes
 from .recipe import Scratch, apply_recipe, tensor_recipes
 
@@ -181,15 +180,7 @@ def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
         like = memo[id(state.tensors[pa.target])]
         scale = frac.to(like.dtype)
         scale = scale.view([-1] + [1] * (example.dim() - 1 - act_axis)).to(like.device)
-        n = k
-        while hasattr(student, f"fxgrow_tie_scale{n}"):  # a student widened again has some
-            n += 1
-        name = f"fxgrow_tie_scale{n}"
-        student.register_buffer(name, scale)
-        with student.graph.inserting_before(user_node):
-            factor = student.graph.get_attr(name)
-            scaled = student.graph.call_function(operator.mul, (act_node, factor))
-        user_node.replace_input_with(act_node, scaled)
+        insert_scale(student, "fxgrow_tie_scale", k, scale, user_node, act_node)
 
 
 def _noise(t: torch.Tensor, e, axis: int, scale: float, gen: torch.Generator) -> torch.Tensor:
