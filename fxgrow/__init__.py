@@ -2,38 +2,65 @@
 
 Importing the package is cheap (torch is not imported): each public name is imported on first
 use, so ``fxgrow --help`` starts fast while ``import fxgrow; fxgrow.widen(...)`` works as ever.
-``fxgrow.plan`` and ``fxgrow.draw`` are the functions, not the subpackages of the same names
-(``from fxgrow.plan import WidenPlan``, ``from fxgrow.draw import render`` reach those)."""
+The packages follow the pipeline: ``frontend`` (trace) → ``analysis`` (shapes, channel spaces,
+rules) → ``planning`` → ``rewrite`` → ``verify``; beside them ``drawing``, ``io``, ``stream``,
+``hf``, ``training``, ``within`` and ``cli``."""
+
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> the module that defines it ("" : the name is a submodule)
-    "Analysis": ".analysis", "Blocker": ".analysis", "ChannelGroup": ".analysis",
+    "Analysis": ".analysis",
+    "Blocker": ".analysis",
+    "ChannelGroup": ".analysis",
     "Member": ".analysis",
-    "analyze": ".api", "deepen": ".api", "groups": ".api", "grow": ".api", "plan": ".api",
-    "stages": ".api", "widen": ".api",
-    "BlockedGroupError": ".errors", "FxgrowError": ".errors", "InputError": ".errors",
-    "PreservationError": ".errors", "TraceError": ".errors", "UnknownGroupError": ".errors",
-    "UnsupportedModelError": ".errors", "WidthError": ".errors", "LoadError": ".errors",
-    "SaveError": ".errors", "ConfigError": ".errors",
-    "trace": ".frontend", "DeepenError": ".rewrite.deepen",
-    "GroupChange": ".plan", "ReplicationMap": ".plan", "WidenPlan": ".plan",
-    "grow_during_training": ".training", "map_tensor": ".training",
-    "transfer_optimizer": ".training", "transfer_scheduler": ".training",
-    "grow_kernel": ".rewrite.kernel", "KernelError": ".rewrite.kernel",
-    "rank_groups": ".ranking", "GroupScore": ".ranking",
+    "analyze": ".api",
+    "deepen": ".api",
+    "groups": ".api",
+    "grow": ".api",
+    "plan": ".api",
+    "stages": ".api",
+    "widen": ".api",
+    "BlockedGroupError": ".errors",
+    "FxgrowError": ".errors",
+    "InputError": ".errors",
+    "PreservationError": ".errors",
+    "TraceError": ".errors",
+    "UnknownGroupError": ".errors",
+    "UnsupportedModelError": ".errors",
+    "WidthError": ".errors",
+    "LoadError": ".errors",
+    "SaveError": ".errors",
+    "ConfigError": ".errors",
+    "trace": ".frontend",
+    "DeepenError": ".rewrite.deepen",
+    "GroupChange": ".planning",
+    "ReplicationMap": ".planning",
+    "WidenPlan": ".planning",
+    "grow_during_training": ".training",
+    "map_tensor": ".training",
+    "transfer_optimizer": ".training",
+    "transfer_scheduler": ".training",
+    "grow_kernel": ".rewrite.kernel",
+    "KernelError": ".rewrite.kernel",
+    "rank_groups": ".planning.ranking",
+    "GroupScore": ".planning.ranking",
     "register_rule": ".analysis.rules.public",
-    "Comparison": ".verify", "compare": ".verify",
-    "draw": ".draw", "load": ".io", "save": ".io",
-    "compile": "", "passes": "", "hf": "", "stream": "", "integrations": "",
+    "Comparison": ".verify",
+    "compare": ".verify",
+    "draw": ".drawing",
+    "load": ".io",
+    "save": ".io",
+    "compile": "",
+    "passes": "",
+    "hf": "",
+    "stream": "",
+    "integrations": "",
 }
-_SHADOWED = frozenset({"plan", "draw"})  # functions named like a subpackage: the function wins
 
 __all__ = [
     "Analysis",
@@ -87,7 +114,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     where = _EXPORTS.get(name)
     if where is None:
-        try:  # a submodule (fxgrow.io, fxgrow.trust ...), as the eager package exposed them
+        try:  # a submodule (fxgrow.io, fxgrow.within ...), as the eager package exposed them
             value: Any = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError:
             raise AttributeError(f"module 'fxgrow' has no attribute {name!r}") from None
@@ -101,16 +128,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    """Keeps ``fxgrow.plan`` and ``fxgrow.draw`` the functions when the import system binds
-    the subpackages of the same names (as the eager ``from .api import plan`` did)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,11 +1,13 @@
 """The public functions: trace -> groups -> plan -> widen -> verify."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import functools
 import io
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.fx
@@ -15,9 +17,9 @@ from .analysis import analyze as _analyze
 from .analysis.shapes import GraphRunError
 from .errors import InputError, TraceError, UnknownGroupError, UnsupportedModelError
 from .frontend import export, trace
-from .plan import WidenPlan, check_plan, make_plan
-from .rewrite import apply
 from .modes import set_training, untouched
+from .planning import WidenPlan, check_plan, make_plan
+from .rewrite import apply
 from .verify import compare
 from .verify import verify as _verify
 from .verify.runs import check_runs
@@ -28,45 +30,64 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def leaves_teacher_untouched(fn: _F) -> _F:
     """Run ``fn(model, ...)`` inside :func:`fxgrow.modes.untouched`: whatever tracing and
     running the teacher does to its attributes, caches and buffers is undone on return."""
+
     @functools.wraps(fn)
     def call(model: Any, *args: Any, **kwargs: Any) -> Any:
         with untouched(model):
             return fn(model, *args, **kwargs)
+
     return call  # type: ignore[return-value]
 
 
 def _check_inputs(model: torch.nn.Module, inputs: tuple) -> None:
     if not isinstance(model, torch.nn.Module):
-        raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}; wrap a "
-                         f"function in an nn.Module whose forward calls it")
+        raise TraceError(
+            f"expected a torch.nn.Module, got {type(model).__name__}; wrap a "
+            f"function in an nn.Module whose forward calls it"
+        )
     params = [p for p in model.parameters()]
     if not params:
         return
     device = params[0].device
     for i, x in enumerate(inputs):
         if isinstance(x, torch.Tensor) and x.device != device and device.type != "meta":
-            raise InputError(f"example input {i} is on {x.device} but the model's parameters "
-                             f"are on {device}; move one to the other")
+            raise InputError(
+                f"example input {i} is on {x.device} but the model's parameters "
+                f"are on {device}; move one to the other"
+            )
 
 
-def capture(model: torch.nn.Module, example_inputs: tuple, *, frontend: str = "auto",
-            leaf_modules: Iterable[type | str] = (),
-            autowrap_functions: Iterable[Callable] = ()) -> torch.fx.GraphModule:
+def capture(
+    model: torch.nn.Module,
+    example_inputs: tuple,
+    *,
+    frontend: str = "auto",
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Iterable[Callable] = (),
+) -> torch.fx.GraphModule:
     """The model as a GraphModule: fx symbolic tracing, or torch.export where fx fails
     (``frontend="auto"``), or the one named ("fx" / "export")."""
     if frontend not in ("auto", "fx", "export"):
         raise InputError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
         with untouched(model):
-            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
-                         example_inputs=example_inputs)
+            return trace(
+                model,
+                leaf_modules=leaf_modules,
+                autowrap_functions=autowrap_functions,
+                example_inputs=example_inputs,
+            )
     if frontend == "export":
         with untouched(model):
             return export(model, example_inputs)
     try:
         with untouched(model):
-            return trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
-                         example_inputs=example_inputs)
+            return trace(
+                model,
+                leaf_modules=leaf_modules,
+                autowrap_functions=autowrap_functions,
+                example_inputs=example_inputs,
+            )
     except TraceError as fx_error:
         try:
             with untouched(model):
@@ -76,9 +97,16 @@ def capture(model: torch.nn.Module, example_inputs: tuple, *, frontend: str = "a
 
 
 @leaves_teacher_untouched
-def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "auto",
-            outputs: str = "fixed", leaf_modules: Iterable[type | str] = (),
-            autowrap_functions: Iterable[Callable] = (), within: str | None = None) -> Analysis:
+def analyze(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    frontend: str = "auto",
+    outputs: str = "fixed",
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Iterable[Callable] = (),
+    within: str | None = None,
+) -> Analysis:
     """Capture ``model`` as a graph and find its channel groups on ``example_inputs``.
 
     ``outputs="fixed"`` (default) keeps every output's shape; ``"grow"`` lets channel axes of
@@ -90,24 +118,50 @@ def analyze(model: torch.nn.Module, example_inputs: Any, *, frontend: str = "aut
     inputs = as_tuple(example_inputs)
     if within is not None:
         from .within import inner
-        return inner(model, inputs, within, analyze, frontend=frontend, outputs=outputs,
-                     leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+
+        return inner(
+            model,
+            inputs,
+            within,
+            analyze,
+            frontend=frontend,
+            outputs=outputs,
+            leaf_modules=leaf_modules,
+            autowrap_functions=autowrap_functions,
+        )
     from .hf.student import default_outputs
+
     outputs = default_outputs(model, outputs)
-    return _on_graph(model, inputs, lambda gm: _analyze(gm, inputs, outputs),
-                     frontend=frontend, leaf_modules=leaf_modules,
-                     autowrap_functions=autowrap_functions)
+    return _on_graph(
+        model,
+        inputs,
+        lambda gm: _analyze(gm, inputs, outputs),
+        frontend=frontend,
+        leaf_modules=leaf_modules,
+        autowrap_functions=autowrap_functions,
+    )
 
 
-def _on_graph(model: torch.nn.Module, inputs: tuple, use: Callable[[torch.fx.GraphModule], Any],
-              *, frontend: str = "auto", leaf_modules: Iterable[type | str] = (),
-              autowrap_functions: Iterable[Callable] = ()) -> Any:
+def _on_graph(
+    model: torch.nn.Module,
+    inputs: tuple,
+    use: Callable[[torch.fx.GraphModule], Any],
+    *,
+    frontend: str = "auto",
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Iterable[Callable] = (),
+) -> Any:
     """``use(gm)`` on the captured graph; where the graph does not run on ``inputs``
     (:class:`GraphRunError` from ``use``), find whose fault it is and fall back to
     torch.export when fx's graph is (``frontend="auto"``)."""
     _check_inputs(model, inputs)
-    gm = capture(model, inputs, frontend=frontend, leaf_modules=leaf_modules,
-                 autowrap_functions=autowrap_functions)
+    gm = capture(
+        model,
+        inputs,
+        frontend=frontend,
+        leaf_modules=leaf_modules,
+        autowrap_functions=autowrap_functions,
+    )
     try:
         return use(gm)
     except GraphRunError as failure:
@@ -115,8 +169,11 @@ def _on_graph(model: torch.nn.Module, inputs: tuple, use: Callable[[torch.fx.Gra
     # The captured graph does not run on the inputs: the inputs' fault (the model does not run
     # either), the front end's (the model runs, its graph does not), or fxgrow's own.
     _model_runs(model, inputs)
-    fallback = frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and \
-        gm.meta.get("fxgrow_frontend") != "export"
+    fallback = (
+        frontend == "auto"
+        and not isinstance(model, torch.fx.GraphModule)
+        and gm.meta.get("fxgrow_frontend") != "export"
+    )
     if not _graph_runs(gm, inputs):
         front = "torch.export" if gm.meta.get("fxgrow_frontend") == "export" else "torch.fx"
         if not fallback:
@@ -124,7 +181,8 @@ def _on_graph(model: torch.nn.Module, inputs: tuple, use: Callable[[torch.fx.Gra
                 f"the graph {front} captured from {type(model).__name__} does not run on the "
                 f"example inputs although the model does: {fx_failure}. Pass "
                 f"leaf_modules=[...] naming the module around that node, or try "
-                f"frontend='export'.") from fx_failure
+                f"frontend='export'."
+            ) from fx_failure
         try:
             with untouched(model):
                 gm = export(model, inputs)
@@ -141,13 +199,15 @@ def _on_graph(model: torch.nn.Module, inputs: tuple, use: Callable[[torch.fx.Gra
                     f"neither torch.fx nor torch.export captured a graph of "
                     f"{type(model).__name__} that runs on the example inputs, although the "
                     f"model does: fx's fails at {fx_failure}; export's at {failure}. Pass "
-                    f"leaf_modules=[...] naming the module around the fx node.") from failure
+                    f"leaf_modules=[...] naming the module around the fx node."
+                ) from failure
             fx_failure = failure
     raise UnsupportedModelError(
         f"fxgrow could not follow {type(model).__name__}'s graph node by node, though the model "
         f"and its graph run on these inputs: {fx_failure}. This is a limitation of fxgrow's "
         f"shape propagation, not a problem with the inputs; please report it (passing "
-        f"leaf_modules=[...] naming the module around that node may avoid it).") from fx_failure
+        f"leaf_modules=[...] naming the module around that node may avoid it)."
+    ) from fx_failure
 
 
 def _model_runs(model: torch.nn.Module, inputs: tuple) -> None:
@@ -158,12 +218,15 @@ def _model_runs(model: torch.nn.Module, inputs: tuple) -> None:
             set_training(model, False)
             model(*inputs)
     except Exception as e:
-        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor)
-                           else type(x).__name__ for x in inputs)
+        shapes = ", ".join(
+            str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs
+        )
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
-        raise InputError(f"the model does not run on the example inputs ({shapes}): "
-                         f"{type(e).__name__}: {first}. Pass inputs of the shape, dtype and "
-                         f"device the model expects, and the number its forward takes.") from e
+        raise InputError(
+            f"the model does not run on the example inputs ({shapes}): "
+            f"{type(e).__name__}: {first}. Pass inputs of the shape, dtype and "
+            f"device the model expects, and the number its forward takes."
+        ) from e
 
 
 def _graph_runs(gm: torch.fx.GraphModule, inputs: tuple) -> bool:
@@ -184,26 +247,50 @@ def groups(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
 
 
 @leaves_teacher_untouched
-def plan(model: torch.nn.Module | Analysis, example_inputs: Any = None, *,
-         widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
-         split: str = "equal", noise: float = 0.0, approximate: bool = False,
-         init: str = "replicate", **trace_options: Any) -> WidenPlan:
+def plan(
+    model: torch.nn.Module | Analysis,
+    example_inputs: Any = None,
+    *,
+    widths: Mapping[str, int] | None = None,
+    factor: float | None = None,
+    seed: int = 0,
+    split: str = "equal",
+    noise: float = 0.0,
+    approximate: bool = False,
+    init: str = "replicate",
+    **trace_options: Any,
+) -> WidenPlan:
     """What ``widen`` would do, without doing it (a dry run)."""
-    analysis = model if isinstance(model, Analysis) else \
-        analyze(model, example_inputs, **trace_options)
+    analysis = (
+        model if isinstance(model, Analysis) else analyze(model, example_inputs, **trace_options)
+    )
     return make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
 
 
 @leaves_teacher_untouched
-def widen(model: torch.nn.Module, example_inputs: Any, *,
-          widths: Mapping[str, int] | None = None, factor: float | None = None, seed: int = 0,
-          split: str = "equal", noise: float = 0.0, approximate: bool = False,
-          verify: bool = True, plan: WidenPlan | None = None, frontend: str = "auto",
-          outputs: str = "fixed", untie: bool = False, as_graph: bool = False,
-          leaf_modules: Iterable[type | str] = (),
-          autowrap_functions: Iterable[Callable] = (), init: str = "replicate",
-          loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-          batch: Any = None, within: str | None = None) -> torch.nn.Module:
+def widen(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    widths: Mapping[str, int] | None = None,
+    factor: float | None = None,
+    seed: int = 0,
+    split: str = "equal",
+    noise: float = 0.0,
+    approximate: bool = False,
+    verify: bool = True,
+    plan: WidenPlan | None = None,
+    frontend: str = "auto",
+    outputs: str = "fixed",
+    untie: bool = False,
+    as_graph: bool = False,
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Iterable[Callable] = (),
+    init: str = "replicate",
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    batch: Any = None,
+    within: str | None = None,
+) -> torch.nn.Module:
     """Net2WiderNet on every group named in ``widths`` (group or module name -> new width) or,
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
     modified); with ``verify`` (default) it is checked against the teacher on the inputs.
@@ -225,11 +312,20 @@ def widen(model: torch.nn.Module, example_inputs: Any, *,
     if within is not None:
         return _within(widen, locals())
     from .rewrite.init import initialise
+
     if init == "gradmax" and (loss_fn is None or batch is None):
-        raise InputError('init="gradmax" needs loss_fn=(model, batch) -> scalar loss and '
-                         'batch= (what loss_fn takes)')
-    analysis = analyze(model, example_inputs, frontend=frontend, outputs=outputs,
-                       leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+        raise InputError(
+            'init="gradmax" needs loss_fn=(model, batch) -> scalar loss and '
+            "batch= (what loss_fn takes)"
+        )
+    analysis = analyze(
+        model,
+        example_inputs,
+        frontend=frontend,
+        outputs=outputs,
+        leaf_modules=leaf_modules,
+        autowrap_functions=autowrap_functions,
+    )
     if plan is None:
         plan = make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
     elif not plan.approximate:
@@ -250,14 +346,18 @@ def _within(fn: Callable[..., torch.nn.Module], args: dict) -> torch.nn.Module:
     """``fn`` (widen, deepen, grow) called with ``args`` (its own parameters) on the
     submodule ``args["within"]`` of ``args["model"]`` (``fxgrow.within``)."""
     from .within import grow_within
+
     options = {k: v for k, v in args.items() if k not in ("model", "example_inputs", "within")}
-    return grow_within(args["model"], as_tuple(args["example_inputs"]), args["within"], fn,
-                       **options)
+    return grow_within(
+        args["model"], as_tuple(args["example_inputs"]), args["within"], fn, **options
+    )
 
 
-def _finish(model: torch.nn.Module, student: torch.fx.GraphModule,
-            as_graph: bool) -> torch.nn.Module:
+def _finish(
+    model: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bool
+) -> torch.nn.Module:
     from .hf.student import finish
+
     return finish(model, student, as_graph)
 
 
@@ -267,8 +367,10 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
         nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
     if not nodes:
         import difflib
-        known = [n.name for n in gm.graph.nodes] + \
-            [n.target for n in gm.graph.nodes if n.op == "call_module"]
+
+        known = [n.name for n in gm.graph.nodes] + [
+            n.target for n in gm.graph.nodes if n.op == "call_module"
+        ]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownGroupError(f"no node or module named {name!r} in the graph{hint}")
@@ -276,11 +378,22 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
 
 
 @leaves_teacher_untouched
-def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable[str],
-           kind: str = "identity", kernel_size: int = 3, batchnorm: bool = False,
-           layer: str | None = None, seed: int = 0, verify: bool = True,
-           frontend: str = "auto", as_graph: bool = False,
-           leaf_modules: Iterable[type | str] = (), within: str | None = None) -> torch.nn.Module:
+def deepen(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    after: str | Iterable[str],
+    kind: str = "identity",
+    kernel_size: int = 3,
+    batchnorm: bool = False,
+    layer: str | None = None,
+    seed: int = 0,
+    verify: bool = True,
+    frontend: str = "auto",
+    as_graph: bool = False,
+    leaf_modules: Iterable[type | str] = (),
+    within: str | None = None,
+) -> torch.nn.Module:
     """Net2DeeperNet: insert layers after the named nodes or modules.
 
     ``kind="identity"``: an identity Linear (``[..., C]``) or k x k conv (``[N, C, ...]``),
@@ -297,6 +410,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         return _within(deepen, locals())
     from .rewrite.block_copy import insert_blocks_after
     from .rewrite.deepen import deepen_node, node_values
+
     analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
     student = copy.deepcopy(analysis.gm)
     names = [after] if isinstance(after, str) else list(after)
@@ -304,23 +418,30 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
         raise InputError("after= names no node or module")
     if kind == "block":
         from .analysis.blocks import find_blocks
+
         vals = analysis.state.vals_by_name(student)
         blocks = {b.path: b for b in find_blocks(student, vals) if b.residual}
         if any(name not in blocks for name in names):  # T5-like blocks adding I in a child
-            blocks = {b.path: b for b in find_blocks(student, vals, nested=True)
-                      if b.residual} | blocks
+            blocks = {
+                b.path: b for b in find_blocks(student, vals, nested=True) if b.residual
+            } | blocks
         for name in names:
             if name not in blocks:
                 import difflib
 
                 from .analysis.blocks import why_not_residual
+
                 why = why_not_residual(student, vals, name)
                 close = difflib.get_close_matches(name, list(blocks), n=3)
                 raise UnknownGroupError(
                     f"no residual block named {name!r}"
                     + (f": module {name!r} runs in the graph, but {why}" if why else "")
-                    + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
-                       f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"))
+                    + (
+                        f"; did you mean {', '.join(repr(c) for c in close)}?"
+                        if close
+                        else f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"
+                    )
+                )
         insert_blocks_after(student, [blocks[name] for name in names])
         student.recompile()
         if verify:
@@ -332,18 +453,28 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: str | Iterable
     values = node_values(student, analysis.example_inputs, [n.name for n in targets])
     teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}
     sp = analysis.state.spaces
-    produced = {g.root for g in analysis.all_groups
-                if any(m.role == "produce" for m in g.members)}
+    produced = {g.root for g in analysis.all_groups if any(m.role == "produce" for m in g.members)}
     for node in targets:
         info = analysis.state.values.get(teacher_nodes[node.name])
         axis = None
         if info is not None and getattr(info, "ndim", 0) >= 3:
+
             def channel(layout) -> bool:  # some space on it is written by a layer
                 return any(r in produced for r in sp.roots(layout))
+
             has = [d for d in (1, info.ndim - 1) if channel(info.layouts[d])]
             axis = has[0] if len(has) == 1 else None
-        deepen_node(student, node, values.get(node.name), axis, kind=kind,
-                    kernel_size=kernel_size, batchnorm=batchnorm, layer=layer, seed=seed)
+        deepen_node(
+            student,
+            node,
+            values.get(node.name),
+            axis,
+            kind=kind,
+            kernel_size=kernel_size,
+            batchnorm=batchnorm,
+            layer=layer,
+            seed=seed,
+        )
     student.recompile()
     if verify:
         _verify(model, student, analysis.example_inputs)
@@ -357,20 +488,33 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
     """Residual stages of the model: runs of blocks that ``grow(blocks=...)`` can extend."""
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
+
     inputs = as_tuple(example_inputs)
-    return _on_graph(model, inputs, lambda gm: find_stages(gm, propagate(gm, inputs)),
-                     **trace_options)
+    return _on_graph(
+        model, inputs, lambda gm: find_stages(gm, propagate(gm, inputs)), **trace_options
+    )
 
 
 @leaves_teacher_untouched
-def grow(model: torch.nn.Module, example_inputs: Any, *,
-         blocks: Mapping[str, int] | None = None,
-         width: float | Mapping[str, int] | None = None, seed: int = 0, verify: bool = True,
-         split: str = "equal", frontend: str = "auto", untie: bool = False,
-         as_graph: bool = False, to_config: Any = None,
-         leaf_modules: Iterable[type | str] = (), init: str = "replicate",
-         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-         batch: Any = None, within: str | None = None) -> torch.nn.Module:
+def grow(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    blocks: Mapping[str, int] | None = None,
+    width: float | Mapping[str, int] | None = None,
+    seed: int = 0,
+    verify: bool = True,
+    split: str = "equal",
+    frontend: str = "auto",
+    untie: bool = False,
+    as_graph: bool = False,
+    to_config: Any = None,
+    leaf_modules: Iterable[type | str] = (),
+    init: str = "replicate",
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    batch: Any = None,
+    within: str | None = None,
+) -> torch.nn.Module:
     """Widen (``width``: a factor, or {group or module: width}; ``init`` as in ``widen``) and
     deepen (``blocks``: {stage: new block count}) in one call, then verify against the teacher.
 
@@ -381,25 +525,62 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
     from .analysis.blocks import find_stages
     from .analysis.shapes import propagate
     from .rewrite.block_copy import grow_stage
+
     inputs = as_tuple(example_inputs)
     if to_config is not None:
         from .hf.target import grow_to_config
-        return grow_to_config(model, inputs, to_config, seed=seed, split=split, untie=untie,
-                              verify=verify, as_graph=as_graph)
+
+        return grow_to_config(
+            model,
+            inputs,
+            to_config,
+            seed=seed,
+            split=split,
+            untie=untie,
+            verify=verify,
+            as_graph=as_graph,
+        )
     if width is None:
+
         def runs(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             propagate(gm, inputs)  # a graph that does not run: whose fault (see analyze)
             return gm
-        student = copy.deepcopy(_on_graph(model, inputs, runs, frontend=frontend,
-                                          leaf_modules=leaf_modules))
+
+        student = copy.deepcopy(
+            _on_graph(model, inputs, runs, frontend=frontend, leaf_modules=leaf_modules)
+        )
     elif isinstance(width, Mapping):
-        student = widen(model, inputs, widths=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules, untie=untie,
-                        as_graph=True, init=init, loss_fn=loss_fn, batch=batch)
+        student = widen(
+            model,
+            inputs,
+            widths=width,
+            seed=seed,
+            split=split,
+            verify=False,
+            frontend=frontend,
+            leaf_modules=leaf_modules,
+            untie=untie,
+            as_graph=True,
+            init=init,
+            loss_fn=loss_fn,
+            batch=batch,
+        )
     else:
-        student = widen(model, inputs, factor=width, seed=seed, split=split, verify=False,
-                        frontend=frontend, leaf_modules=leaf_modules, untie=untie,
-                        as_graph=True, init=init, loss_fn=loss_fn, batch=batch)
+        student = widen(
+            model,
+            inputs,
+            factor=width,
+            seed=seed,
+            split=split,
+            verify=False,
+            frontend=frontend,
+            leaf_modules=leaf_modules,
+            untie=untie,
+            as_graph=True,
+            init=init,
+            loss_fn=loss_fn,
+            batch=batch,
+        )
     if blocks:
         if not isinstance(blocks, Mapping):
             raise InputError("blocks must map a stage name to its new block count")
@@ -410,10 +591,12 @@ def grow(model: torch.nn.Module, example_inputs: Any, *,
         for name, count in blocks.items():
             if name not in found:
                 import difflib
+
                 close = difflib.get_close_matches(name, list(found), n=3)
                 raise UnknownGroupError(
                     f"no residual stage named {name!r}; stages: {', '.join(found) or 'none'}"
-                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                )
             if isinstance(count, bool) or not isinstance(count, int):
                 raise InputError(f"block count for {name!r} must be an integer, got {count!r}")
             grow_stage(student, found[name], count)

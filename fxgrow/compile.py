@@ -16,17 +16,19 @@ the model's tensors when it is given the model, otherwise from Dynamo's input na
 analyses a copy of the graph in which they are attributes again, so groups are named after
 modules as in ``fxgrow.groups``.  Analysis failures are recorded in the report, never raised:
 compilation always proceeds."""
+
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
 
-__all__ = ["InspectBackend", "CompileReport", "inspect_backend", "lift_parameters"]
+__all__ = ["CompileReport", "InspectBackend", "inspect_backend", "lift_parameters"]
 
 
 @dataclass
@@ -34,9 +36,9 @@ class CompileReport:
     """What the backend found in one captured graph."""
 
     index: int
-    graph_module: torch.fx.GraphModule            # the analysed copy (parameters as attributes)
-    parameters: dict[str, str]                    # Dynamo input name -> module path
-    groups: list = field(default_factory=list)    # fxgrow.ChannelGroup
+    graph_module: torch.fx.GraphModule  # the analysed copy (parameters as attributes)
+    parameters: dict[str, str]  # Dynamo input name -> module path
+    groups: list = field(default_factory=list)  # fxgrow.ChannelGroup
     error: str | None = None
 
     @property
@@ -44,16 +46,17 @@ class CompileReport:
         return [g for g in self.groups if g.widenable]
 
     def __str__(self) -> str:
-        head = (f"fxgrow: graph {self.index} captured by torch.compile: "
-                f"{len(self.parameters)} parameters/buffers")
+        head = (
+            f"fxgrow: graph {self.index} captured by torch.compile: "
+            f"{len(self.parameters)} parameters/buffers"
+        )
         if self.error:
             return f"{head}; analysis failed: {self.error}"
         lines = [f"{head}, {len(self.groups)} channel groups, {len(self.widenable)} widenable"]
         if self.groups:
             w = max(len(g.name) for g in self.groups)
             for g in self.groups:
-                status = "widenable" if g.widenable else \
-                    "; ".join(str(b) for b in g.blockers[:2])
+                status = "widenable" if g.widenable else "; ".join(str(b) for b in g.blockers[:2])
                 lines.append(f"  {g.name:<{w}}  {g.width:>6}  {status}")
         return "\n".join(lines)
 
@@ -74,22 +77,26 @@ def _path_from_name(name: str) -> str | None:
         return None
     names = parts[2::2]
     kinds = parts[1::2]
-    if not kinds or kinds[-1] not in ("parameters", "buffers") or \
-            any(k != "modules" for k in kinds[:-1]):
+    if (
+        not kinds
+        or kinds[-1] not in ("parameters", "buffers")
+        or any(k != "modules" for k in kinds[:-1])
+    ):
         return None
     return ".".join(names)
 
 
-def lift_parameters(gm: torch.fx.GraphModule, example_inputs: list,
-                    model: torch.nn.Module | None = None
-                    ) -> tuple[torch.fx.GraphModule, tuple, dict[str, str]]:
+def lift_parameters(
+    gm: torch.fx.GraphModule, example_inputs: list, model: torch.nn.Module | None = None
+) -> tuple[torch.fx.GraphModule, tuple, dict[str, str]]:
     """A copy of Dynamo's graph in which lifted parameters/buffers are ``get_attr`` nodes on a
     module tree under their module paths: (graph module, the remaining real inputs,
     input name -> path)."""
     by_id: dict[int, str] = {}
     if model is not None:
-        for name, t in list(model.named_parameters(remove_duplicate=False)) + \
-                list(model.named_buffers(remove_duplicate=False)):
+        for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)
+        ):
             by_id.setdefault(id(t), name)
     root = torch.nn.Module()
     graph = torch.fx.Graph()
@@ -146,8 +153,13 @@ class InspectBackend:
     ``verbose``: print each report to stderr; ``then``: a backend to hand the graph to after the
     analysis (default: run it eagerly), e.g. ``"inductor"``."""
 
-    def __init__(self, model: torch.nn.Module | None = None, *, verbose: bool = False,
-                 then: str | Callable | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        *,
+        verbose: bool = False,
+        then: str | Callable | None = None,
+    ) -> None:
         self.model = model
         self.verbose = verbose
         self.then = then
@@ -162,6 +174,7 @@ class InspectBackend:
             return gm.forward
         if isinstance(self.then, str):
             from torch._dynamo.backends.registry import lookup_backend
+
             return lookup_backend(self.then)(gm, example_inputs)
         return self.then(gm, example_inputs)
 
@@ -173,6 +186,7 @@ class InspectBackend:
             return CompileReport(index, gm, {}, error=f"{type(e).__name__}: {e}")
         try:
             from .analysis import analyze
+
             real = tuple(int(x) if isinstance(x, torch.SymInt) else x for x in inputs)
             groups = analyze(lifted, real).groups
         except Exception as e:

@@ -1,5 +1,6 @@
 """fxgrow's errors: every refusal is a subclass of :class:`FxgrowError` and says what was wrong
 and what the user can do about it."""
+
 from __future__ import annotations
 
 

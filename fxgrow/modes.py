@@ -2,10 +2,12 @@
 
 Graph modules from ``torch.export`` refuse ``.train()`` / ``.eval()``; assigning the
 ``training`` flags works for every model."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -86,10 +88,14 @@ def untouched(model: Any) -> Iterator[None]:
         return
     saved = []
     for m in model.modules():
-        entries = {k: (v, _contents(v) if isinstance(v, _CONTAINERS) else None)
-                   for k, v in m.__dict__.items()}
+        entries = {
+            k: (v, _contents(v) if isinstance(v, _CONTAINERS) else None)
+            for k, v in m.__dict__.items()
+        }
         saved.append((m, entries))
-    buffers = {id(b): (b, b.detach().clone()) for _, b in model.named_buffers(remove_duplicate=False)}
+    buffers = {
+        id(b): (b, b.detach().clone()) for _, b in model.named_buffers(remove_duplicate=False)
+    }
     try:
         yield
     finally:
@@ -104,6 +110,9 @@ def untouched(model: Any) -> Iterator[None]:
                     _restore_contents(v, contents)
         with torch.no_grad():
             for b, before in buffers.values():
-                if b.device.type != "meta" and b.shape == before.shape and \
-                        not torch.equal(b, before):
+                if (
+                    b.device.type != "meta"
+                    and b.shape == before.shape
+                    and not torch.equal(b, before)
+                ):
                     b.copy_(before)

@@ -15,9 +15,11 @@ torch marks the pass infrastructure as not backward compatible; these classes on
 ``call`` (the fxgrow function) and keep nothing else of it.  A pass returns a *new*
 GraphModule (fxgrow never modifies its input), which the PassManager hands to the next pass.
 Example inputs are needed because fxgrow's analysis runs shapes through the graph."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.fx
@@ -25,7 +27,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .analysis import as_tuple
 
-__all__ = ["WidenPass", "DeepenPass", "GrowPass", "VerifyPass"]
+__all__ = ["DeepenPass", "GrowPass", "VerifyPass", "WidenPass"]
 
 
 class _FxgrowPass(PassBase):
@@ -39,16 +41,31 @@ class _FxgrowPass(PassBase):
 class WidenPass(_FxgrowPass):
     """Net2WiderNet as a pass: ``fxgrow.widen(gm, example_inputs, widths=..., factor=...)``."""
 
-    def __init__(self, example_inputs: Any, *, widths: Mapping[str, int] | None = None,
-                 factor: float | None = None, seed: int = 0, verify: bool = True,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        example_inputs: Any,
+        *,
+        widths: Mapping[str, int] | None = None,
+        factor: float | None = None,
+        seed: int = 0,
+        verify: bool = True,
+        **options: Any,
+    ) -> None:
         super().__init__(example_inputs, verify=verify)
         self.widths, self.factor, self.seed, self.options = widths, factor, seed, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         from .api import widen
-        student = widen(graph_module, self.example_inputs, widths=self.widths,
-                        factor=self.factor, seed=self.seed, verify=self.verify, **self.options)
+
+        student = widen(
+            graph_module,
+            self.example_inputs,
+            widths=self.widths,
+            factor=self.factor,
+            seed=self.seed,
+            verify=self.verify,
+            **self.options,
+        )
         changed = _params(student) != _params(graph_module)
         return PassResult(student, changed)
 
@@ -56,31 +73,60 @@ class WidenPass(_FxgrowPass):
 class DeepenPass(_FxgrowPass):
     """Net2DeeperNet as a pass: ``fxgrow.deepen(gm, example_inputs, after=..., kind=...)``."""
 
-    def __init__(self, example_inputs: Any, *, after: str | Iterable[str],
-                 kind: str = "identity", verify: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        example_inputs: Any,
+        *,
+        after: str | Iterable[str],
+        kind: str = "identity",
+        verify: bool = True,
+        **options: Any,
+    ) -> None:
         super().__init__(example_inputs, verify=verify)
         self.after, self.kind, self.options = after, kind, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         from .api import deepen
-        student = deepen(graph_module, self.example_inputs, after=self.after, kind=self.kind,
-                         verify=self.verify, **self.options)
+
+        student = deepen(
+            graph_module,
+            self.example_inputs,
+            after=self.after,
+            kind=self.kind,
+            verify=self.verify,
+            **self.options,
+        )
         return PassResult(student, True)
 
 
 class GrowPass(_FxgrowPass):
     """Widen and deepen in one pass: ``fxgrow.grow(gm, example_inputs, blocks=..., width=...)``."""
 
-    def __init__(self, example_inputs: Any, *, blocks: Mapping[str, int] | None = None,
-                 width: float | Mapping[str, int] | None = None, seed: int = 0,
-                 verify: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        example_inputs: Any,
+        *,
+        blocks: Mapping[str, int] | None = None,
+        width: float | Mapping[str, int] | None = None,
+        seed: int = 0,
+        verify: bool = True,
+        **options: Any,
+    ) -> None:
         super().__init__(example_inputs, verify=verify)
         self.blocks, self.width, self.seed, self.options = blocks, width, seed, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         from .api import grow
-        student = grow(graph_module, self.example_inputs, blocks=self.blocks, width=self.width,
-                       seed=self.seed, verify=self.verify, **self.options)
+
+        student = grow(
+            graph_module,
+            self.example_inputs,
+            blocks=self.blocks,
+            width=self.width,
+            seed=self.seed,
+            verify=self.verify,
+            **self.options,
+        )
         return PassResult(student, bool(self.blocks) or self.width is not None)
 
 
@@ -94,8 +140,14 @@ class VerifyPass(_FxgrowPass):
     cannot change what the graph is checked against.  A failure names the passes before this
     check, not fxgrow's rules: fxgrow's own passes verify their own step."""
 
-    def __init__(self, reference: torch.nn.Module, example_inputs: Any, *,
-                 tol: float | None = None, mode: str = "eval") -> None:
+    def __init__(
+        self,
+        reference: torch.nn.Module,
+        example_inputs: Any,
+        *,
+        tol: float | None = None,
+        mode: str = "eval",
+    ) -> None:
         super().__init__(example_inputs)
         self.reference = _independent_copy(reference)
         self.tol, self.mode = tol, mode
@@ -105,6 +157,7 @@ class VerifyPass(_FxgrowPass):
         from .errors import PreservationError
         from .verify import compare
         from .verify.compare import tolerance
+
         self.last = compare(self.reference, graph_module, self.example_inputs, mode=self.mode)
         tol = tolerance(self.example_inputs, self.reference) if self.tol is None else self.tol
         if not self.last.max_rel <= tol:
@@ -113,13 +166,15 @@ class VerifyPass(_FxgrowPass):
                 f"{self.last} exceeds the tolerance {tol:g}. A pass that ran before this check "
                 f"changed what the graph computes; fxgrow's own passes (WidenPass, DeepenPass, "
                 f"GrowPass with verify=True) check their own step, so look at the others (a "
-                f"VerifyPass after each pass finds the first that breaks it)")
+                f"VerifyPass after each pass finds the first that breaks it)"
+            )
         return PassResult(graph_module, False)
 
 
 def _independent_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` that shares no tensor or module with it."""
     import copy
+
     with torch.no_grad():
         return copy.deepcopy(model)
 

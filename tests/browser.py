@@ -1,5 +1,6 @@
 """Headless Chromium for tests and benchmarks: Debian's ``chromium`` and ``chromium-driver``
 driven by selenium, the driver given explicitly (selenium-manager's downloads fail offline)."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,9 +8,18 @@ from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,900")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,900",
+)
 
 
 def available() -> str | None:
@@ -26,6 +36,7 @@ def available() -> str | None:
 def chrome(tmp: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     for flag in FLAGS:
         options.add_argument(flag)

@@ -10,7 +10,6 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _workers))
 
 
-
 @pytest.fixture(scope="module")
 def one_thread():
     """Small models: one thread is about as fast, and far faster on a loaded machine."""

@@ -1,8 +1,9 @@
 """Shared checks for fxgrow's tests."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -39,8 +40,11 @@ def train_step(student: torch.nn.Module, x) -> None:
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=1e-3)
     out = student(*x) if isinstance(x, tuple) else student(x)
-    loss = sum(o.float().pow(2).mean() for o in torch.utils._pytree.tree_leaves(out)
-               if isinstance(o, torch.Tensor))
+    loss = sum(
+        o.float().pow(2).mean()
+        for o in torch.utils._pytree.tree_leaves(out)
+        if isinstance(o, torch.Tensor)
+    )
     loss.backward()
     before = [p.detach().clone() for p in student.parameters()]
     opt.step()
@@ -66,6 +70,7 @@ def shuffle_side_sequences(width: int, blocks: int) -> dict:
     """ShuffleNet's chain of ``blocks`` units (halves ``width`` wide): for each channel position
     of each producer (``("a", i)``, ``("b", i)``, ``("c<k>", i)``), its *side sequence* -- at
     every later chunk, whether it is passed on (True) or consumed (False)."""
+
     def shuffle(seq: list) -> list:
         h = len(seq) // 2
         return [u for j in range(h) for u in (seq[j], seq[h + j])]

@@ -1,5 +1,6 @@
 """The export front end as complete as fx: one op table, Core ATen coverage, and the same groups
 through torch.export as through fx (minimal graphs, torchvision, Hugging Face)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -77,9 +78,16 @@ def test_the_registry_has_one_rule_per_target_and_real_overloads():
         "ops = [e.target for e in entries if isinstance(e.target, torch._ops.OpOverload)]\n"
         "for op in ops:\n"
         "    assert aten_op(f'{op._opname}.{op._overloadname}') is op, op\n"
-        "print(len(entries), len(ops))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, check=False,
-                         text=True, timeout=300)
+        "print(len(entries), len(ops))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     n_entries, n_ops = map(int, out.stdout.split())
     assert n_ops > 300 and n_entries > n_ops
@@ -94,6 +102,7 @@ def test_the_aten_module_has_no_second_table():
 def _core_ops() -> list:
     sys.path.insert(0, str(ROOT / "tools"))
     from gen_rules_doc import core_aten_ops
+
     return core_aten_ops()
 
 
@@ -173,9 +182,12 @@ def test_core_aten_graph_grows_exactly():
     """A model decomposed to the Core ATen opset (convolution, native batch norm, addmm over a
     permuted weight, max_pool2d_with_indices) grows as exactly as its source."""
     import torchvision
+
     torch.manual_seed(0)
-    model, x = torchvision.models.resnet18(weights=None, num_classes=10).eval(), \
-        torch.randn(1, 3, 32, 32)
+    model, x = (
+        torchvision.models.resnet18(weights=None, num_classes=10).eval(),
+        torch.randn(1, 3, 32, 32),
+    )
     gm = torch.export.export(model, (x,)).run_decompositions().module()
     targets = {n.target for n in gm.graph.nodes}
     assert aten.convolution.default in targets and aten.addmm.default in targets
@@ -188,11 +200,19 @@ def test_core_aten_graph_grows_exactly():
 
 # -- torchvision and Hugging Face through export -------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name, widenable", [
-    ("resnet18", 12), ("mobilenet_v3_small", 27), ("efficientnet_b0", 40),
-    ("shufflenet_v2_x0_5", 46), ("regnet_x_400mf", 49)])
+@pytest.mark.parametrize(
+    "name, widenable",
+    [
+        ("resnet18", 12),
+        ("mobilenet_v3_small", 27),
+        ("efficientnet_b0", 40),
+        ("shufflenet_v2_x0_5", 46),
+        ("regnet_x_400mf", 49),
+    ],
+)
 def test_torchvision_export_groups_equal_fx_groups(name, widenable, one_thread):
     import torchvision
+
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -204,17 +224,19 @@ def test_torchvision_export_groups_equal_fx_groups(name, widenable, one_thread):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, widenable", [("ResNetForImageClassification", 12),
-                                             ("ConvNextV2ForImageClassification", 8)])
+@pytest.mark.parametrize(
+    "name, widenable",
+    [("ResNetForImageClassification", 12), ("ConvNextV2ForImageClassification", 8)],
+)
 def test_hugging_face_convnets_grow_exactly_through_export(name, widenable, one_thread):
     transformers = pytest.importorskip("transformers")
     conv = {"num_labels": 10, "hidden_sizes": [16, 24, 32, 48], "depths": [1, 1, 1, 1]}
     if name == "ResNetForImageClassification":
         model = transformers.ResNetForImageClassification(
-            transformers.ResNetConfig(embedding_size=16, **conv))
+            transformers.ResNetConfig(embedding_size=16, **conv)
+        )
     else:
-        model = transformers.ConvNextV2ForImageClassification(
-            transformers.ConvNextV2Config(**conv))
+        model = transformers.ConvNextV2ForImageClassification(transformers.ConvNextV2Config(**conv))
     torch.manual_seed(0)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -226,8 +248,12 @@ def test_hugging_face_convnets_grow_exactly_through_export(name, widenable, one_
     grown = dict(student.named_parameters())
     assert any(p.shape != grown[n].shape for n, p in model.named_parameters() if n in grown)
     with torch.no_grad():
-        torch.testing.assert_close(student(x).logits if hasattr(student(x), "logits")
-                                   else student(x)[0], model(x).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            student(x).logits if hasattr(student(x), "logits") else student(x)[0],
+            model(x).logits,
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 class Sorted(nn.Module):
@@ -254,7 +280,5 @@ def test_sort_keeps_channels_along_other_axes_and_blocks_its_own(frontend):
     with torch.no_grad():
         torch.testing.assert_close(student(x), model(x), rtol=1e-4, atol=1e-5)
     across = Sorted(dim=1).eval()
-    hidden = next(g for g in fxgrow.analyze(across, x, frontend=frontend).groups
-                  if g.name == "a")
-    assert [b.reason for b in hidden.blockers if b.kind == "op"] == \
-        ["positions reordered by sort"]
+    hidden = next(g for g in fxgrow.analyze(across, x, frontend=frontend).groups if g.name == "a")
+    assert [b.reason for b in hidden.blockers if b.kind == "op"] == ["positions reordered by sort"]

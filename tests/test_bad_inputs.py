@@ -2,18 +2,25 @@
 wrong and what to do.  Where fxgrow does something (rather than refuse) with an input that
 looks risky -- a model in train mode, a module called twice, tied weights -- the test
 documents what is and is not preserved."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import fxgrow
-from fxgrow import (BlockedGroupError, DeepenError, InputError, TraceError, UnknownGroupError,
-                    WidthError)
 from fuzz.profiles import one_thread  # noqa: F401
 from helpers import TiedLM, teacher_unchanged
+
+import fxgrow
+from fxgrow import (
+    BlockedGroupError,
+    DeepenError,
+    InputError,
+    TraceError,
+    UnknownGroupError,
+    WidthError,
+)
 
 TOL = 1e-12
 
@@ -52,6 +59,7 @@ def net():
 
 def raises(exc, *fragments):
     """pytest.raises that also checks the message contains every fragment."""
+
     class _Check:
         def __enter__(self):
             self.ctx = pytest.raises(exc)
@@ -64,14 +72,17 @@ def raises(exc, *fragments):
             for f in fragments:
                 assert f in msg, f"{f!r} not in message: {msg}"
             return ok
+
     return _Check()
 
 
 # -- widths ----------------------------------------------------------------------------------
 def test_width_smaller_than_current(net):
     m, x = net
-    with teacher_unchanged(m), raises(WidthError, "'conv1'", "width 8", "only grows",
-                                      ">= 8", "got 4"):
+    with (
+        teacher_unchanged(m),
+        raises(WidthError, "'conv1'", "width 8", "only grows", ">= 8", "got 4"),
+    ):
         fxgrow.widen(m, x, widths={"conv1": 4})
 
 
@@ -108,8 +119,9 @@ def test_widths_not_a_mapping(net):
 
 
 # -- names -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("typo, suggestion", [("conv_1", "'conv1'"), ("convv2", "'conv2'"),
-                                              ("gcon", "'gconv'")])
+@pytest.mark.parametrize(
+    "typo, suggestion", [("conv_1", "'conv1'"), ("convv2", "'conv2'"), ("gcon", "'gconv'")]
+)
 def test_unknown_group_suggests_the_closest(net, typo, suggestion):
     m, x = net
     with raises(UnknownGroupError, repr(typo), "did you mean", suggestion):
@@ -146,8 +158,13 @@ def test_plan_for_another_model(net):
 def test_normalised_group_says_nearest_exact_widths(net):
     m, x = net
     # conv2 feeds a LayerNorm over channels: whole multiples of 6 only
-    with raises(WidthError, "'conv2'", "cannot be widened exactly to 9", "normalisation",
-                "Nearest exact widths: 6, 12"):
+    with raises(
+        WidthError,
+        "'conv2'",
+        "cannot be widened exactly to 9",
+        "normalisation",
+        "Nearest exact widths: 6, 12",
+    ):
         fxgrow.widen(m, x, widths={"conv2": 9})
     # gconv feeds a GroupNorm(2): whole multiples of its width
     with raises(WidthError, "'gconv'", "to 13", "Nearest exact widths: 8, 16"):
@@ -170,8 +187,13 @@ class GroupedOnly(nn.Module):
 def test_grouped_conv_says_nearest_exact_widths():
     m, x = GroupedOnly().double().eval(), torch.randn(2, 3, 4, 4, dtype=torch.float64)
     # conv1's 8 channels are 2 blocks of 4 (the grouped conv's groups): even widths only
-    with raises(WidthError, "'conv1'", "to 9", "unit of 4 channels repeats 2 times",
-                "Nearest exact widths: 8, 10"):
+    with raises(
+        WidthError,
+        "'conv1'",
+        "to 9",
+        "unit of 4 channels repeats 2 times",
+        "Nearest exact widths: 8, 10",
+    ):
         fxgrow.widen(m, x, widths={"conv1": 9})
     s = fxgrow.widen(m, x, widths={"conv1": 10})
     assert s.conv1.out_channels == 10 and s.gconv.in_channels == 10
@@ -184,9 +206,11 @@ def test_factor_is_rounded_up_to_the_nearest_exact_width(net):
     m, x = net
     plan = fxgrow.plan(m, x, factor=1.3)
     widths = {c.group: (c.old_width, c.new_width) for c in plan.changes}
-    assert widths == {"conv1": (8, 12),   # 2 blocks of 4 units: 4 * 1.3 -> 6 units per block
-                      "gconv": (8, 16),   # GroupNorm: whole multiples only -> 2x
-                      "conv2": (6, 12)}   # LayerNorm: whole multiples only -> 2x
+    assert widths == {
+        "conv1": (8, 12),  # 2 blocks of 4 units: 4 * 1.3 -> 6 units per block
+        "gconv": (8, 16),  # GroupNorm: whole multiples only -> 2x
+        "conv2": (6, 12),
+    }  # LayerNorm: whole multiples only -> 2x
     assert "conv1" in str(plan) and "8 -> 12" in str(plan)
     assert fxgrow.compare(m, fxgrow.widen(m, x, plan=plan), x).max_rel <= TOL
 
@@ -225,8 +249,12 @@ class DataDependent(nn.Module):
 
 def test_untraceable_model_raises_trace_error():
     m, x = DataDependent().eval(), torch.randn(2, 4)
-    with raises(TraceError, "torch.fx could not trace DataDependent", "leaf_modules",
-                "torch.export could not capture DataDependent"):
+    with raises(
+        TraceError,
+        "torch.fx could not trace DataDependent",
+        "leaf_modules",
+        "torch.export could not capture DataDependent",
+    ):
         fxgrow.widen(m, x, factor=2)
     with raises(TraceError, "torch.fx could not trace", "control flow"):
         fxgrow.widen(m, x, factor=2, frontend="fx")
@@ -246,8 +274,11 @@ def test_unknown_frontend(net):
 # -- example inputs -------------------------------------------------------------------------------
 def test_input_of_the_wrong_shape(net):
     m, x = net
-    with raises(InputError, "does not run on the example inputs ((2, 4, 6, 6))",
-                "Pass inputs of the shape, dtype and device the model expects"):
+    with raises(
+        InputError,
+        "does not run on the example inputs ((2, 4, 6, 6))",
+        "Pass inputs of the shape, dtype and device the model expects",
+    ):
         fxgrow.widen(m, torch.randn(2, 4, 6, 6, dtype=torch.float64), factor=2)
 
 
@@ -271,8 +302,9 @@ def test_inputs_not_a_tensor_or_tuple(net):
 
 def test_input_on_another_device(net):
     m, x = net
-    with raises(InputError, "example input 0 is on meta", "parameters are on cpu",
-                "move one to the other"):
+    with raises(
+        InputError, "example input 0 is on meta", "parameters are on cpu", "move one to the other"
+    ):
         fxgrow.widen(m, x.to("meta"), factor=2)
 
 
@@ -434,8 +466,12 @@ class CalledTwice(nn.Module):
 
 def test_deepen_block_says_why_a_module_is_no_block():
     m, x = CalledTwice().double().eval(), torch.randn(3, 4, dtype=torch.float64)
-    with raises(UnknownGroupError, "no residual block named 'b'", "called more than once",
-                "residual blocks: c"):
+    with raises(
+        UnknownGroupError,
+        "no residual block named 'b'",
+        "called more than once",
+        "residual blocks: c",
+    ):
         fxgrow.deepen(m, x, after="b", kind="block")
     s = fxgrow.deepen(m, x, after="c", kind="block")
     assert fxgrow.compare(m, s, x).max_rel <= TOL
@@ -443,8 +479,12 @@ def test_deepen_block_says_why_a_module_is_no_block():
 
 def test_deepen_on_an_ambiguous_3d_tensor_names_the_node():
     m, x = GeluNet().double().eval(), torch.randn(3, 5, 4, dtype=torch.float64)
-    with raises(InputError, "after node 'x'", "channels-first or channels-last",
-                "layer='conv' or layer='linear'"):
+    with raises(
+        InputError,
+        "after node 'x'",
+        "channels-first or channels-last",
+        "layer='conv' or layer='linear'",
+    ):
         fxgrow.deepen(m, x, after="x")
 
 

@@ -1,4 +1,5 @@
 """A boundary blocker says which side of the model fixes its group (structured, not text)."""
+
 from __future__ import annotations
 
 from dataclasses import replace

@@ -1,5 +1,6 @@
 """``--init`` on the command line: fresh fan-in / zero fan-out students through ``widen`` and
 ``grow``, the groups that must replicate, and gradmax refused with what to do instead."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ import fxgrow
 from fxgrow.cli import main
 
 R18 = ["torchvision:resnet18", "--input-shape", "1,3,32,32"]
-VIT = ["timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2", "--input-shape",
-       "1,3,32,32"]
+VIT = ["timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2", "--input-shape", "1,3,32,32"]
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -36,8 +36,9 @@ def _exact(teacher: torch.nn.Module, student: torch.nn.Module) -> float:
 
 def test_widen_init_zero(capsys, tmp_path, one_thread):
     path = tmp_path / "s.safetensors"
-    code, out, err = _cli(capsys, "widen", *R18, "--factor", "1.5", "--init", "zero", "-o",
-                          str(path), "-q", "--json")
+    code, out, err = _cli(
+        capsys, "widen", *R18, "--factor", "1.5", "--init", "zero", "-o", str(path), "-q", "--json"
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert {c["init"] for c in doc["groups_changed"]} == {"zero"}
@@ -54,18 +55,40 @@ def test_widen_init_zero(capsys, tmp_path, one_thread):
     for row in w_in[64:].reshape(32, -1):
         assert not any(torch.equal(row, o) for o in old)
     # the same command with --init replicate gives copies
-    code, out, _ = _cli(capsys, "widen", *R18, "--factor", "1.5", "-o",
-                        str(tmp_path / "r.safetensors"), "-q", "--json")
+    code, out, _ = _cli(
+        capsys,
+        "widen",
+        *R18,
+        "--factor",
+        "1.5",
+        "-o",
+        str(tmp_path / "r.safetensors"),
+        "-q",
+        "--json",
+    )
     rep = fxgrow.load(tmp_path / "r.safetensors").get_submodule("layer1.0.conv1").weight.detach()
     assert {c["init"] for c in json.loads(out)["groups_changed"]} == {"replicate"}
-    assert all(any(torch.equal(row, o) for o in rep[:64].reshape(64, -1))
-               for row in rep[64:].reshape(32, -1))
+    assert all(
+        any(torch.equal(row, o) for o in rep[:64].reshape(64, -1))
+        for row in rep[64:].reshape(32, -1)
+    )
 
 
 def test_grow_init_zero_text_report(capsys, tmp_path, one_thread):
     path = tmp_path / "g.safetensors"
-    code, out, err = _cli(capsys, "grow", *R18, "--factor", "2", "--blocks", "layer2=3",
-                          "--init", "zero", "-o", str(path))
+    code, out, err = _cli(
+        capsys,
+        "grow",
+        *R18,
+        "--factor",
+        "2",
+        "--blocks",
+        "layer2=3",
+        "--init",
+        "zero",
+        "-o",
+        str(path),
+    )
     assert code == 0, err
     assert "init" in out.splitlines()[out.splitlines().index("12 channel groups widened:") + 1]
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if "→" in line}
@@ -76,8 +99,7 @@ def test_grow_init_zero_text_report(capsys, tmp_path, one_thread):
 
 def test_layernorm_groups_replicate_under_init_zero(capsys, one_thread):
     pytest.importorskip("timm")
-    code, out, err = _cli(capsys, "widen", *VIT, "--factor", "2", "--init", "zero", "-q",
-                          "--json")
+    code, out, err = _cli(capsys, "widen", *VIT, "--factor", "2", "--init", "zero", "-q", "--json")
     assert code == 0, err
     doc = json.loads(out)
     inits = {c["group"]: c["init"] for c in doc["groups_changed"]}
@@ -107,7 +129,8 @@ def test_init_refused_for_hugging_face_folders(capsys, tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    code, _, err = _cli(capsys, "grow", str(folder), "--factor", "2", "--init", "zero", "-o",
-                        str(tmp_path / "out"))
+    code, _, err = _cli(
+        capsys, "grow", str(folder), "--factor", "2", "--init", "zero", "-o", str(tmp_path / "out")
+    )
     assert code == 2
     assert "--init zero is not available for Hugging Face folders yet" in err

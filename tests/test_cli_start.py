@@ -1,5 +1,6 @@
 """A fast start: --help/--version import no torch, `import fxgrow` imports no torch, and a
 torchvision model imports neither timm nor transformers (each in a fresh interpreter)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +9,9 @@ import textwrap
 
 
 def fresh(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -36,8 +38,8 @@ def test_import_fxgrow_is_lazy_and_complete():
         import fxgrow
         assert "torch" not in sys.modules
         assert callable(fxgrow.widen) and callable(fxgrow.plan) and callable(fxgrow.draw)
-        import fxgrow.plan.plan, fxgrow.draw.render  # the subpackages do not replace them
-        assert callable(fxgrow.plan) and callable(fxgrow.draw) and fxgrow.draw.scene
+        import fxgrow.planning.plan, fxgrow.drawing.render  # the subpackages do not replace them
+        assert callable(fxgrow.plan) and callable(fxgrow.draw) and fxgrow.drawing.scene
         assert fxgrow.io.load is fxgrow.load and fxgrow.LoadError.__module__ == "fxgrow.errors"
         print(sorted(set(fxgrow.__all__) - set(dir(fxgrow))))
     """)

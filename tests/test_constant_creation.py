@@ -1,6 +1,7 @@
 """``aten.zeros`` / ``aten.ones`` of literal sizes: a constant's replicas are the constant, so
 their axes grow with the channel space they meet (the size entry is rewritten) instead of
 blocking it (T5's all-zero cross-attention position bias over the heads)."""
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,11 @@ def test_zeros_and_ones_of_literal_sizes_grow_with_the_channels():
     torch.manual_seed(0)
     model, x = BiasedByConstant().eval(), torch.randn(5, 4)
     analysis = fxgrow.analyze(model, x, frontend="export")
-    group = next(g for g in analysis.groups
-                 if any(m.target == "a.weight" and m.axis == 0 for m in analysis.group(
-                     g.name).members))
+    group = next(
+        g
+        for g in analysis.groups
+        if any(m.target == "a.weight" and m.axis == 0 for m in analysis.group(g.name).members)
+    )
     assert group.widenable, group.blockers
     student = fxgrow.widen(model, x, factor=2, frontend="export", as_graph=True)
     assert tuple(student.get_submodule("a").weight.shape) == (2 * C, 4)

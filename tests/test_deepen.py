@@ -4,6 +4,7 @@ Covered: identity insertions after ReLUs (vgg11_bn, resnet18) and their modules,
 BatchNorm (exact in eval mode, not in train mode), the idempotence rule that refuses an identity
 insertion after GELU / SiLU and the zero residual block that replaces it, the choice between an
 identity Linear and an identity conv by tensor layout, name errors, and a training step."""
+
 from __future__ import annotations
 
 import copy
@@ -13,12 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from helpers import teacher_unchanged, train_step
 
 import fxgrow
 from fxgrow.rewrite.activation import is_idempotent
-from helpers import teacher_unchanged, train_step
 
-EXACT = 1e-6   # identity insertions copy values: any error is float32 rounding
+EXACT = 1e-6  # identity insertions copy values: any error is float32 rounding
 BN_EXACT = 1e-5  # the identity BatchNorm computes (h - m) / sqrt(v + eps) * sqrt(v + eps) + m
 
 
@@ -43,8 +44,9 @@ def deepen_exact(model: nn.Module, x, tol: float = EXACT, **kwargs) -> torch.fx.
 def new_modules(teacher: nn.Module, student: nn.Module) -> dict[str, nn.Module]:
     """Leaf modules of the student that the teacher does not have."""
     old = {name for name, _ in teacher.named_modules()}
-    return {name: m for name, m in student.named_modules()
-            if name not in old and not list(m.children())}
+    return {
+        name: m for name, m in student.named_modules() if name not in old and not list(m.children())
+    }
 
 
 def node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
@@ -72,22 +74,35 @@ def is_identity_conv(m: nn.Module, kernel_size: int = 3) -> bool:
     d = m.weight.dim() - 2
     expect = torch.zeros_like(m.weight)
     expect[(slice(None), slice(None)) + (k // 2,) * d] = torch.eye(c)
-    return (m.out_channels == c and m.groups == 1 and m.kernel_size == (k,) * d
-            and m.stride == (1,) * d and m.padding == (k // 2,) * d and m.dilation == (1,) * d
-            and torch.equal(m.weight, expect) and torch.equal(m.bias, torch.zeros(c)))
+    return (
+        m.out_channels == c
+        and m.groups == 1
+        and m.kernel_size == (k,) * d
+        and m.stride == (1,) * d
+        and m.padding == (k // 2,) * d
+        and m.dilation == (1,) * d
+        and torch.equal(m.weight, expect)
+        and torch.equal(m.bias, torch.zeros(c))
+    )
 
 
 def is_identity_linear(m: nn.Module, c: int | None = None) -> bool:
-    return (isinstance(m, nn.Linear) and m.in_features == m.out_features
-            and (c is None or m.in_features == c)
-            and torch.equal(m.weight, torch.eye(m.in_features))
-            and torch.equal(m.bias, torch.zeros(m.out_features)))
+    return (
+        isinstance(m, nn.Linear)
+        and m.in_features == m.out_features
+        and (c is None or m.in_features == c)
+        and torch.equal(m.weight, torch.eye(m.in_features))
+        and torch.equal(m.bias, torch.zeros(m.out_features))
+    )
 
 
 def activation_nodes(model: nn.Module, kind: type) -> list[str]:
     gm = fxgrow.trace(model)
-    return [n.name for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), kind)]
+    return [
+        n.name
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), kind)
+    ]
 
 
 # -- models, built once -----------------------------------------------------------------------
@@ -161,7 +176,7 @@ def test_identity_after_every_relu(name, request):
         layer, act = chain
         if targets[r].startswith("classifier."):  # vgg classifier: [N, 4096]
             assert is_identity_linear(layer, 4096), (r, layer)
-        else:                                      # [N, C, H, W]
+        else:  # [N, C, H, W]
             assert is_identity_conv(layer), (r, layer)
         assert isinstance(act, nn.ReLU)
     # the inserted layers are ordinary parameters of the student
@@ -176,7 +191,8 @@ def test_module_called_twice_is_deepened_at_every_call(resnet18):
         layer, act = inserted_chain(student, n)
         assert is_identity_conv(layer) and isinstance(act, nn.ReLU)
     assert {k for k in new_modules(resnet18, student)} == {
-        f"layer1.0.relu_deepen{k}.{part}" for k in (0, 1) for part in ("layer", "act")}
+        f"layer1.0.relu_deepen{k}.{part}" for k in (0, 1) for part in ("layer", "act")
+    }
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -246,8 +262,9 @@ def test_student_modes_follow_teacher():
     m = seeded(nn.Sequential, nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).train()
     student = fxgrow.deepen(m, randn(2, 3, 8, 8), after="1", batchnorm=True, verify=False)
     assert student.training
-    assert {name: mod.training for name, mod in student.named_modules()} == \
-        {name: True for name, _ in student.named_modules()}
+    assert {name: mod.training for name, mod in student.named_modules()} == {
+        name: True for name, _ in student.named_modules()
+    }
 
 
 # -- non-idempotent activations: refuse identity, residual is exact ------------------------------
@@ -264,7 +281,7 @@ def test_identity_after_gelu_silu_refused_residual_exact(act):
     assert set(new) == {"1_deepen0.layer1", "1_deepen0.act", "1_deepen0.layer2"}
     first, copy_act, last = new["1_deepen0.layer1"], new["1_deepen0.act"], new["1_deepen0.layer2"]
     assert isinstance(first, nn.Linear) and first.in_features == first.out_features == 7
-    assert first.weight.abs().sum() > 0       # f's first layer is random (it can learn) ...
+    assert first.weight.abs().sum() > 0  # f's first layer is random (it can learn) ...
     assert not last.weight.any() and not last.bias.any()  # ... its last layer zero: f(h) = 0
     assert type(copy_act) is type(act)
     # the block is h + f(h): an add reads the original node
@@ -281,6 +298,7 @@ def test_functional_gelu_refused_residual_exact():
 
         def forward(self, x):
             return self.b(F.gelu(self.a(x)))
+
     m, x = seeded(Fn), randn(3, 4)
     with pytest.raises(fxgrow.DeepenError, match="kind='residual'"):
         fxgrow.deepen(m, x, after="gelu")
@@ -304,8 +322,10 @@ def test_channels_last_4d_uses_linear(convnext):
     for kind, after in [("identity", "fc1"), ("residual", "act")]:
         student = deepen_exact(m, x, after=after, kind=kind)
         layers = [mod for name, mod in new_modules(m, student).items() if ".layer" in name]
-        assert layers and all(isinstance(l, nn.Linear) and l.in_features == 6 for l in layers), \
-            (kind, layers)
+        assert layers and all(isinstance(l, nn.Linear) and l.in_features == 6 for l in layers), (
+            kind,
+            layers,
+        )
         assert fxgrow.compare(m, student, other).max_rel <= EXACT
     model, x, gelu, student = convnext
     layer1 = student.get_submodule("features.1.0.block.4_deepen0.layer1")
@@ -314,11 +334,20 @@ def test_channels_last_4d_uses_linear(convnext):
 
 
 # -- the idempotence rule ----------------------------------------------------------------------
-@pytest.mark.parametrize("act, expected", [
-    (nn.ReLU(), True), (nn.ReLU6(), True), (nn.Hardtanh(-2, 3), True),
-    (nn.GELU(), False), (nn.SiLU(), False), (nn.LeakyReLU(0.1), False), (nn.Sigmoid(), False),
-    (nn.Tanh(), False),
-], ids=lambda v: repr(v) if isinstance(v, nn.Module) else None)
+@pytest.mark.parametrize(
+    "act, expected",
+    [
+        (nn.ReLU(), True),
+        (nn.ReLU6(), True),
+        (nn.Hardtanh(-2, 3), True),
+        (nn.GELU(), False),
+        (nn.SiLU(), False),
+        (nn.LeakyReLU(0.1), False),
+        (nn.Sigmoid(), False),
+        (nn.Tanh(), False),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, nn.Module) else None,
+)
 def test_is_idempotent(act, expected):
     assert is_idempotent(act) is expected
 
@@ -356,8 +385,16 @@ def test_tokens_get_identity_linear(shape):
 
 def test_vision_transformer_mlp():
     from torchvision.models.vision_transformer import VisionTransformer
-    m = seeded(VisionTransformer, image_size=32, patch_size=8, num_layers=1, num_heads=2,
-               hidden_dim=16, mlp_dim=32)
+
+    m = seeded(
+        VisionTransformer,
+        image_size=32,
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+    )
     x = randn(2, 3, 32, 32)
     gelu = "encoder.layers.encoder_layer_0.mlp.1"
     with pytest.raises(fxgrow.DeepenError):
@@ -397,10 +434,13 @@ def test_unknown_name_suggests_close_match(resnet18):
         fxgrow.deepen(mlp(nn.ReLU()), randn(4, 5), after=["1", "nothing_like_it"])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(after=[]), "names no node"),
-    (dict(after="1", kind="wider"), "kind must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(after=[]), "names no node"),
+        (dict(after="1", kind="wider"), "kind must be"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(fxgrow.InputError, match=match):
         fxgrow.deepen(mlp(nn.ReLU()), randn(4, 5), **kwargs)

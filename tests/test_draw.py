@@ -1,4 +1,5 @@
 """fxgrow.draw: DOT text and Graphviz output, parsed (colours, labels, blockers, folding)."""
+
 from __future__ import annotations
 
 import re
@@ -10,7 +11,7 @@ import torch.nn as nn
 import torchvision
 
 import fxgrow
-from fxgrow.draw import GraphvizNotFoundError, graph, palette, render, scene
+from fxgrow.drawing import GraphvizNotFoundError, graph, palette, render, scene
 
 SVG = "{http://www.w3.org/2000/svg}"
 needs_dot = pytest.mark.skipif(render.dot_binary() is None, reason="Graphviz `dot` not installed")
@@ -25,6 +26,7 @@ X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 # -- parsing -------------------------------------------------------------------------------------
+
 
 def dot_edges(src: str) -> list[dict]:
     """Every edge statement of DOT source as {src, dst, attrs}."""
@@ -42,8 +44,9 @@ def dot_nodes(src: str) -> dict[str, dict]:
 
 
 def _attrs(text: str) -> dict:
-    return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)} | \
-        {k: v for k, v in re.findall(r'(\w+)=([\d.]+)(?:,|$)', text)}
+    return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)} | {
+        k: v for k, v in re.findall(r"(\w+)=([\d.]+)(?:,|$)", text)
+    }
 
 
 def svg_parts(path) -> dict:
@@ -69,6 +72,7 @@ def svg_parts(path) -> dict:
 
 # -- teacher view --------------------------------------------------------------------------------
 
+
 def test_palette_distinct_and_not_blocker_red():
     colours = palette.palette(300)
     assert len(set(colours)) == 300
@@ -83,7 +87,8 @@ def test_palette_perceptually_distinct():
 
     def closest(n: int) -> float:
         labs = [palette._srgb_to_oklab(c) for c in palette.palette(n)]
-        return min(math.dist(a, b) for i, a in enumerate(labs) for b in labs[i + 1:])
+        return min(math.dist(a, b) for i, a in enumerate(labs) for b in labs[i + 1 :])
+
     assert closest(40) >= 0.06
     assert closest(122) >= 0.035
 
@@ -114,6 +119,7 @@ def test_blockers_are_outlined_with_reason():
 
         def forward(self, x):
             return self.b(torch.cumsum(torch.relu(self.a(x)), dim=1))
+
     src = fxgrow.draw(M().eval(), torch.randn(1, 3, 8, 8))
     node = dot_nodes(src)["cumsum"]
     assert node["color"] == palette.BLOCKER and "bold" in node["style"]
@@ -143,8 +149,9 @@ def test_densenet121_folded_svg_has_every_group_colour(tmp_path):
     full = scene(analysis)
     assert len(full.items) > 400
     auto = scene(analysis, collapse="auto")
-    assert auto.folded == [f"features.denseblock{k}" for k in range(1, 5)] + \
-        [f"features.transition{k}" for k in range(1, 4)]
+    assert auto.folded == [f"features.denseblock{k}" for k in range(1, 5)] + [
+        f"features.transition{k}" for k in range(1, 4)
+    ]
     assert len(auto.items) < 30
     path = tmp_path / "d.svg"
     fxgrow.draw(analysis, path=path, collapse="auto")
@@ -172,6 +179,7 @@ def test_collapse_depth_patterns_and_errors():
 
 
 # -- before / after ---------------------------------------------------------------------------------
+
 
 @needs_dot
 def test_resnet18_grown_before_after_svg(tmp_path):
@@ -201,12 +209,10 @@ def test_resnet18_grown_before_after_svg(tmp_path):
 
 def test_deepen_before_after_marks_inserted_layers():
     model = build("resnet18")
-    student = fxgrow.deepen(model, X32, after="layer1.0.conv1", kind="identity",
-                            batchnorm=True)
+    student = fxgrow.deepen(model, X32, after="layer1.0.conv1", kind="identity", batchnorm=True)
     s = scene(model, X32, student=student)
     inserted = [i for i in s.items if i.inserted]
-    assert [i.id for i in inserted] == ["layer1_0_conv1_deepen0_layer",
-                                        "layer1_0_conv1_deepen0_bn"]
+    assert [i.id for i in inserted] == ["layer1_0_conv1_deepen0_layer", "layer1_0_conv1_deepen0_bn"]
     assert not any(g.changed for g in s.groups)
     # folded: the box that holds inserted layers is marked too
     folded = scene(model, X32, student=student, collapse=2)
@@ -217,9 +223,15 @@ def test_deepen_before_after_marks_inserted_layers():
 def tiny_llama():
     """A 2-layer Llama config with random weights and 8 token ids."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                   use_cache=False)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        use_cache=False,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 64, (1, 8))
 
@@ -241,7 +253,7 @@ def test_llama_input_plumbing_folded_and_torch_names():
     assert len(box.nodes) >= graph.PLUMBING_MIN and "attention_mask" in box.nodes
     assert not box.out_groups and not box.inner_groups
     inputs = [i.title for i in s.items if i.kind == "input"]
-    assert inputs == ["input_ids"]             # the mask is folded into the plumbing box
+    assert inputs == ["input_ids"]  # the mask is folded into the plumbing box
     titles = {i.title for i in s.items if i.kind == "node"}
     assert "add" in titles and "matmul" in titles or "linear" in titles
     assert not any(t.endswith((".Tensor", ".default", ".int")) for t in titles)
@@ -250,6 +262,7 @@ def test_llama_input_plumbing_folded_and_torch_names():
 
 
 # -- files and Graphviz --------------------------------------------------------------------------
+
 
 @needs_dot
 def test_png_and_pdf_rendered(tmp_path):
@@ -283,12 +296,14 @@ def test_module_helpers():
 def test_before_after_falls_back_to_teacher_colours(monkeypatch):
     """If the student cannot be analysed, nodes it shares with the teacher keep their colours."""
     import fxgrow.analysis
+
     model = build("resnet18")
     analysis = fxgrow.analyze(model, X32)
     student = fxgrow.widen(model, X32, factor=1.5)
 
     def fail(*args, **kwargs):
         raise RuntimeError("no analysis")
+
     monkeypatch.setattr(fxgrow.analysis, "analyze", fail)
     s = scene(analysis, student=student)
     e = next(e for e in s.edges if e.src == "conv1" and e.dst == "bn1")
@@ -303,10 +318,10 @@ def test_many_groups_named_where_they_start():
     s = scene(model, X32)
     assert len(s.groups) > graph.NAMED_GROUPS
     named = [g for e in s.edges for g in e.names]
-    assert len(named) == len({g.index for g in named})          # once each
+    assert len(named) == len({g.index for g in named})  # once each
     drawn = {g.index for e in s.edges for g in e.groups}
     labelled = {g.index for e in s.edges for g in e.names + e.labels}
-    assert labelled == drawn                                    # every drawn group is named
+    assert labelled == drawn  # every drawn group is named
     src = render.to_dot(s)
     assert render.short_name(named[0].name) in src
 

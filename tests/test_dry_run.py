@@ -1,6 +1,7 @@
 """Dry runs never build the student: fxgrow.plan and `widen --plan-only` on ResNet-50 widened
 100x (a 235-billion-parameter student) answer with the exact planned size and allocate
 nothing of its size."""
+
 from __future__ import annotations
 
 import time
@@ -11,7 +12,7 @@ import torchvision
 
 import fxgrow
 from fxgrow import cli
-from fxgrow.estimate import estimate
+from fxgrow.planning.estimate import estimate
 
 X = torch.randn(1, 3, 64, 64)
 STUDENT_PARAMS = 234_666_093_800  # ResNet-50 with every widenable group x100
@@ -49,19 +50,47 @@ def test_cli_plan_only_prints_the_estimate(capsys, monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError("--plan-only built the student")
+
     monkeypatch.setattr(rewrite, "apply", refuse)
-    assert cli.main(["widen", "torchvision:resnet50", "--input-shape", "1,3,64,64", "--factor",
-                     "100", "--plan-only", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "widen",
+                "torchvision:resnet50",
+                "--input-shape",
+                "1,3,64,64",
+                "--factor",
+                "100",
+                "--plan-only",
+                "-q",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert out.startswith("WidenPlan (seed 0): 37 groups")
     assert f"fxgrow: planned student: {STUDENT_PARAMS:,} parameters" in err
 
 
 def test_cli_deepen_prints_the_planned_size_before_building(capsys):
-    assert cli.main(["deepen", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--after",
-                     "layer3.1", "--kind", "block"]) == 0
+    assert (
+        cli.main(
+            [
+                "deepen",
+                "torchvision:resnet18",
+                "--input-shape",
+                "1,3,32,32",
+                "--after",
+                "layer3.1",
+                "--kind",
+                "block",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
-    planned = err.index("fxgrow: planned student: 12,870,184 parameters (1.10x the teacher's "
-                        "11,689,512)")
+    planned = err.index(
+        "fxgrow: planned student: 12,870,184 parameters (1.10x the teacher's 11,689,512)"
+    )
     assert planned < err.index("inserting block layers")
     assert "11,689,512 → 12,870,184" in out

@@ -3,6 +3,7 @@
 The students are checked exact against their teachers and, where torchvision has the bigger
 architecture (resnet18 -> resnet34, resnet50 -> resnet101, resnet50 -> wide_resnet50_2), loaded
 into it with ``strict=True`` and checked exact again."""
+
 from __future__ import annotations
 
 import re
@@ -11,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from helpers import teacher_unchanged, train_step
 
 import fxgrow
-from helpers import teacher_unchanged, train_step
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ def block_order(gm: torch.fx.GraphModule, parent: str) -> list[str]:
     out = []
     for t in called_modules(gm):
         if t.startswith(parent + "."):
-            child = t[len(parent) + 1:].split(".")[0]
+            child = t[len(parent) + 1 :].split(".")[0]
             if child not in out:
                 out.append(child)
     return out
@@ -78,8 +79,9 @@ def resnet18() -> nn.Module:
 
 def test_stages_resnet18(resnet18):
     stages = fxgrow.stages(resnet18, X)
-    assert [(s.name, s.parent, s.count) for s in stages] == \
-        [(f"layer{k}", f"layer{k}", 2) for k in (1, 2, 3, 4)]
+    assert [(s.name, s.parent, s.count) for s in stages] == [
+        (f"layer{k}", f"layer{k}", 2) for k in (1, 2, 3, 4)
+    ]
     for s in stages:
         assert [b.path for b in s.blocks] == [f"{s.name}.0", f"{s.name}.1"]
         assert s.template.path == f"{s.name}.1"
@@ -133,13 +135,24 @@ def test_resnet50_to_wide_resnet50_2():
 # model -> (first stage, last stage, the new children of the first, of the last).  New modules
 # continue the numbering of their siblings (regnet: block2-0..2 -> block2-3).
 STAGES = {
-    "mobilenet_v2": ("features.2-3", "features.14-16", ["features.19"],
-                     ["features.20", "features.21"]),
-    "regnet_y_400mf": ("trunk_output.block2", "trunk_output.block4",
-                       ["trunk_output.block2.block2-3"],
-                       ["trunk_output.block4.block4-6", "trunk_output.block4.block4-7"]),
-    "efficientnet_b0": ("features.2", "features.6", ["features.2.2"],
-                        ["features.6.4", "features.6.5"]),
+    "mobilenet_v2": (
+        "features.2-3",
+        "features.14-16",
+        ["features.19"],
+        ["features.20", "features.21"],
+    ),
+    "regnet_y_400mf": (
+        "trunk_output.block2",
+        "trunk_output.block4",
+        ["trunk_output.block2.block2-3"],
+        ["trunk_output.block4.block4-6", "trunk_output.block4.block4-7"],
+    ),
+    "efficientnet_b0": (
+        "features.2",
+        "features.6",
+        ["features.2.2"],
+        ["features.6.4", "features.6.5"],
+    ),
 }
 
 
@@ -151,21 +164,23 @@ def test_stage_growth(name):
     assert stages[0].name == first and stages[-1].name == last
     counts = [s.count for s in stages]
     student = grow_exact(model, blocks={first: counts[0] + 1, last: counts[-1] + 2})
-    assert [s.count for s in fxgrow.stages(student, X)] == \
-        [counts[0] + 1] + counts[1:-1] + [counts[-1] + 2]
+    assert [s.count for s in fxgrow.stages(student, X)] == [counts[0] + 1] + counts[1:-1] + [
+        counts[-1] + 2
+    ]
     for stage, new in [(stages[0], new_first), (stages[-1], new_last)]:
         template = student.get_submodule(stage.template.path)
         parent = stage.parent
         for path in new:
             block = student.get_submodule(path)
             assert type(block) is type(template)
-            assert {k: v.shape for k, v in block.state_dict().items()} == \
-                {k: v.shape for k, v in template.state_dict().items()}
+            assert {k: v.shape for k, v in block.state_dict().items()} == {
+                k: v.shape for k, v in template.state_dict().items()
+            }
         # the copies run right after the stage's last block, in order
         order = block_order(student, parent)
-        tail = stage.template.path[len(parent) + 1:].split(".")[0]
-        names = [p[len(parent) + 1:] for p in new]
-        assert order[order.index(tail) + 1:order.index(tail) + 1 + len(names)] == names
+        tail = stage.template.path[len(parent) + 1 :].split(".")[0]
+        names = [p[len(parent) + 1 :] for p in new]
+        assert order[order.index(tail) + 1 : order.index(tail) + 1 + len(names)] == names
     assert fxgrow.compare(model, student, randn(2, 3, 96, 96, seed=2)).max_rel <= TOL
 
 
@@ -207,8 +222,10 @@ def test_block_copies_after_several_blocks_in_one_call(resnet18):
     assert fxgrow.compare(resnet18, student, X).max_rel <= TOL
     n_params = sum(p.numel() for p in student.parameters())
     assert n_params == sum(p.numel() for p in resnet18.parameters()) + sum(
-        p.numel() for b in ("layer1.0", "layer1.1", "layer2.1", "layer2.1")
-        for p in resnet18.get_submodule(b).parameters())
+        p.numel()
+        for b in ("layer1.0", "layer1.1", "layer2.1", "layer2.1")
+        for p in resnet18.get_submodule(b).parameters()
+    )
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -221,11 +238,14 @@ def test_unknown_stage(resnet18):
         fxgrow.grow(resnet18, X, blocks={"layr1": 3})
 
 
-@pytest.mark.parametrize("blocks, match", [
-    ({"layer1": 1}, "has 2 blocks; fxgrow only grows"),
-    ({"layer1": 3.0}, "must be an integer"),
-    (["layer1"], "must map a stage name"),
-])
+@pytest.mark.parametrize(
+    "blocks, match",
+    [
+        ({"layer1": 1}, "has 2 blocks; fxgrow only grows"),
+        ({"layer1": 3.0}, "must be an integer"),
+        (["layer1"], "must map a stage name"),
+    ],
+)
 def test_bad_block_counts(resnet18, blocks, match):
     with teacher_unchanged(resnet18), pytest.raises(fxgrow.InputError, match=match):
         fxgrow.grow(resnet18, X, blocks=blocks)

@@ -10,67 +10,101 @@
    tokens greedily with the KV cache.  The graph's copies, renumbered, are exactly those tensors.
 3. Refusals: BERT (post-norm), OPT with ``do_layer_norm_before=False``, unknown families.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 import transformers as T
+from helpers import teacher_unchanged
 
 import fxgrow
-from fxgrow.rewrite.hf_depth import (ZERO_BY_MODEL_TYPE, deeper_config, deeper_state_dict,
-                                     graph_insertions, graph_zero_targets, hf_numbering,
-                                     layer_stacks)
-from helpers import teacher_unchanged
+from fxgrow.rewrite.hf_depth import (
+    ZERO_BY_MODEL_TYPE,
+    deeper_config,
+    deeper_state_dict,
+    graph_insertions,
+    graph_zero_targets,
+    hf_numbering,
+    layer_stacks,
+)
 
 TOL = 1e-5
 V = 100
 SMALL = dict(vocab_size=V, use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                  num_key_value_heads=2, **SMALL)
+LLAMA_LIKE = dict(
+    hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL
+)
 
 
 def _config(family: str, layers: int = 2):
     if family == "llama":
         return T.LlamaForCausalLM, T.LlamaConfig(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "mistral":
-        return T.MistralForCausalLM, T.MistralConfig(num_hidden_layers=layers, sliding_window=4,
-                                                     **LLAMA_LIKE)
+        return T.MistralForCausalLM, T.MistralConfig(
+            num_hidden_layers=layers, sliding_window=4, **LLAMA_LIKE
+        )
     if family == "qwen2":
-        return T.Qwen2ForCausalLM, T.Qwen2Config(num_hidden_layers=layers, sliding_window=4,
-                                                 use_sliding_window=True, max_window_layers=1,
-                                                 tie_word_embeddings=True, **LLAMA_LIKE)
+        return T.Qwen2ForCausalLM, T.Qwen2Config(
+            num_hidden_layers=layers,
+            sliding_window=4,
+            use_sliding_window=True,
+            max_window_layers=1,
+            tie_word_embeddings=True,
+            **LLAMA_LIKE,
+        )
     if family == "gemma2":
-        return T.Gemma2ForCausalLM, T.Gemma2Config(num_hidden_layers=layers, head_dim=8,
-                                                   sliding_window=4, **LLAMA_LIKE)
+        return T.Gemma2ForCausalLM, T.Gemma2Config(
+            num_hidden_layers=layers, head_dim=8, sliding_window=4, **LLAMA_LIKE
+        )
     if family == "gemma3":
-        return T.Gemma3ForCausalLM, T.Gemma3TextConfig(num_hidden_layers=layers, head_dim=8,
-                                                       sliding_window=4, sliding_window_pattern=2,
-                                                       **LLAMA_LIKE)
+        return T.Gemma3ForCausalLM, T.Gemma3TextConfig(
+            num_hidden_layers=layers,
+            head_dim=8,
+            sliding_window=4,
+            sliding_window_pattern=2,
+            **LLAMA_LIKE,
+        )
     if family == "gemma":
-        return T.GemmaForCausalLM, T.GemmaConfig(num_hidden_layers=layers, head_dim=8,
-                                                 **LLAMA_LIKE)
+        return T.GemmaForCausalLM, T.GemmaConfig(num_hidden_layers=layers, head_dim=8, **LLAMA_LIKE)
     if family == "qwen3":
-        return T.Qwen3ForCausalLM, T.Qwen3Config(num_hidden_layers=layers, head_dim=8,
-                                                 **LLAMA_LIKE)
+        return T.Qwen3ForCausalLM, T.Qwen3Config(num_hidden_layers=layers, head_dim=8, **LLAMA_LIKE)
     if family == "olmo2":
         return T.Olmo2ForCausalLM, T.Olmo2Config(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "phi3":
         return T.Phi3ForCausalLM, T.Phi3Config(num_hidden_layers=layers, **LLAMA_LIKE)
     if family == "gpt2":
-        return T.GPT2LMHeadModel, T.GPT2Config(n_embd=32, n_inner=64, n_layer=layers, n_head=4,
-                                               n_positions=32, **SMALL)
+        return T.GPT2LMHeadModel, T.GPT2Config(
+            n_embd=32, n_inner=64, n_layer=layers, n_head=4, n_positions=32, **SMALL
+        )
     if family == "gpt_neox":
-        return T.GPTNeoXForCausalLM, T.GPTNeoXConfig(hidden_size=32, intermediate_size=64,
-                                                     num_hidden_layers=layers,
-                                                     num_attention_heads=4, **SMALL)
+        return T.GPTNeoXForCausalLM, T.GPTNeoXConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            **SMALL,
+        )
     if family == "opt":
-        return T.OPTForCausalLM, T.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
-                                             num_attention_heads=4, word_embed_proj_dim=32,
-                                             max_position_embeddings=32, **SMALL)
+        return T.OPTForCausalLM, T.OPTConfig(
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=32,
+            **SMALL,
+        )
     if family == "t5":
         return T.T5ForConditionalGeneration, T.T5Config(
-            d_model=32, d_ff=64, d_kv=8, num_layers=layers, num_heads=4,
-            decoder_start_token_id=0, **SMALL)
+            d_model=32,
+            d_ff=64,
+            d_kv=8,
+            num_layers=layers,
+            num_heads=4,
+            decoder_start_token_id=0,
+            **SMALL,
+        )
     raise AssertionError(family)
 
 
@@ -93,8 +127,12 @@ def example(family: str):
 
 
 def stack(family: str) -> str:
-    return {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers",
-            "opt": "model.decoder.layers", "t5": "encoder.block"}.get(family, "model.layers")
+    return {
+        "gpt2": "transformer.h",
+        "gpt_neox": "gpt_neox.layers",
+        "opt": "model.decoder.layers",
+        "t5": "encoder.block",
+    }.get(family, "model.layers")
 
 
 def assert_same_function(teacher, student, family: str) -> None:
@@ -126,8 +164,21 @@ def deeper_hf_model(teacher, insert_after):
     return student, sd, updates
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "phi3",
-            "gpt2", "gpt_neox", "opt", "t5"]
+FAMILIES = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "olmo2",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "opt",
+    "t5",
+]
 
 
 @pytest.mark.slow
@@ -140,13 +191,16 @@ def test_copy_after_every_block_graph_and_hf(family):
     stacks = [stack(family)] + (["decoder.block"] if family == "t5" else [])
     after = [f"{s}.{i}" for s in stacks for i in range(2)]
     with teacher_unchanged(teacher):
-        graph = fxgrow.deepen(teacher, x, after=after, kind="block", verify=False,
-                              as_graph=True)
+        graph = fxgrow.deepen(teacher, x, after=after, kind="block", verify=False, as_graph=True)
         err = fxgrow.compare(teacher, graph, x)
     assert err.max_rel <= TOL, err
     for s in stacks:
-        assert sorted(n for n, _ in graph.get_submodule(s).named_children()) == \
-            ["0", "0_deepen0", "1", "1_deepen0"]
+        assert sorted(n for n, _ in graph.get_submodule(s).named_children()) == [
+            "0",
+            "0_deepen0",
+            "1",
+            "1_deepen0",
+        ]
 
     zeroed = graph_zero_targets(teacher, x, f"{stacks[-1]}.1")
     names = ZERO_BY_MODEL_TYPE[teacher.config.model_type]
@@ -168,20 +222,27 @@ def test_llama_pro_every_second_block_and_append():
     """LLaMA-Pro on a 4-layer Llama: copies after layers 1 and 3 in one call (6 layers), and
     two copies appended at the end with grow (6 layers), graph and HF."""
     teacher, x = build("llama", 4), example("llama")
-    graph = fxgrow.deepen(teacher, x, after=["model.layers.1", "model.layers.3"], kind="block",
-                          as_graph=True)
+    graph = fxgrow.deepen(
+        teacher, x, after=["model.layers.1", "model.layers.3"], kind="block", as_graph=True
+    )
     student, sd, updates = deeper_hf_model(teacher, [1, 3])
     assert updates == {"num_hidden_layers": 6}
     assert graph_insertions(graph.state_dict(), {"model.layers": 4}) == {"model.layers": [1, 3]}
     renumbered = hf_numbering(graph.state_dict(), {"model.layers": 4})
     assert renumbered.keys() == sd.keys()
     assert all(torch.equal(renumbered[k], sd[k]) for k in sd)
-    assert torch.equal(sd["model.layers.2.self_attn.o_proj.weight"],
-                       torch.zeros_like(sd["model.layers.2.self_attn.o_proj.weight"]))
-    assert torch.equal(sd["model.layers.2.self_attn.q_proj.weight"],
-                       teacher.state_dict()["model.layers.1.self_attn.q_proj.weight"])
-    assert torch.equal(sd["model.layers.3.mlp.down_proj.weight"],
-                       teacher.state_dict()["model.layers.2.mlp.down_proj.weight"])
+    assert torch.equal(
+        sd["model.layers.2.self_attn.o_proj.weight"],
+        torch.zeros_like(sd["model.layers.2.self_attn.o_proj.weight"]),
+    )
+    assert torch.equal(
+        sd["model.layers.2.self_attn.q_proj.weight"],
+        teacher.state_dict()["model.layers.1.self_attn.q_proj.weight"],
+    )
+    assert torch.equal(
+        sd["model.layers.3.mlp.down_proj.weight"],
+        teacher.state_dict()["model.layers.2.mlp.down_proj.weight"],
+    )
     assert_same_function(teacher, student, "llama")
     # without as_graph=True: the same deeper model, as the teacher's class, in one call
     direct = fxgrow.deepen(teacher, x, after=["model.layers.1", "model.layers.3"], kind="block")
@@ -208,8 +269,9 @@ def test_append_blocks_graph_and_hf(family):
     teacher, x = build(family), example(family)
     stacks = [stack(family)] + (["decoder.block"] if family == "t5" else [])
     with teacher_unchanged(teacher):
-        graph = fxgrow.grow(teacher, x, blocks=dict.fromkeys(stacks, 4), verify=False,
-                            as_graph=True)
+        graph = fxgrow.grow(
+            teacher, x, blocks=dict.fromkeys(stacks, 4), verify=False, as_graph=True
+        )
         err = fxgrow.compare(teacher, graph, x)
     assert err.max_rel <= TOL, err
     student, sd, updates = deeper_hf_model(teacher, [1, 1])
@@ -234,8 +296,12 @@ def test_gemma2_layer_types_follow_the_copies():
     teacher = build("gemma2")
     student, sd, updates = deeper_hf_model(teacher, [0, 1])
     assert teacher.config.layer_types == ["sliding_attention", "full_attention"]
-    assert updates["layer_types"] == ["sliding_attention", "sliding_attention",
-                                      "full_attention", "full_attention"]
+    assert updates["layer_types"] == [
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "full_attention",
+    ]
     assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1, 2, 3]
     assert_same_function(teacher, student, "gemma2")
     wrong = deeper_config(teacher.config, {"num_hidden_layers": 4, "layer_types": None})
@@ -268,8 +334,14 @@ def test_gpt2_inverse_layer_index_scale_compensated():
 
 @pytest.mark.slow
 def test_post_norm_refused_everywhere():
-    cfg = T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, vocab_size=V, max_position_embeddings=16)
+    cfg = T.BertConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=V,
+        max_position_embeddings=16,
+    )
     torch.manual_seed(0)
     bert = T.BertModel(cfg).eval()
     ids = example("bert")
@@ -307,8 +379,10 @@ def test_dtype_kept_and_one_stack_named():
     llama = build("llama").to(torch.bfloat16)
     sd, updates = deeper_state_dict(llama.state_dict(), llama.config, [1])
     assert {t.dtype for t in sd.values()} == {torch.bfloat16}
-    assert torch.equal(sd["model.layers.2.mlp.up_proj.weight"],
-                       llama.state_dict()["model.layers.1.mlp.up_proj.weight"])
+    assert torch.equal(
+        sd["model.layers.2.mlp.up_proj.weight"],
+        llama.state_dict()["model.layers.1.mlp.up_proj.weight"],
+    )
     assert not sd["model.layers.2.mlp.down_proj.weight"].any()
     t5 = build("t5")
     sd, updates = deeper_state_dict(t5.state_dict(), t5.config, {"decoder.block": [1]})

@@ -2,6 +2,7 @@
 Hugging Face class: saved as a Hugging Face folder with the growth record beside it, loaded
 back as the class with the record (so ``transfer_optimizer`` maps the optimizer state), and
 drawn beside the teacher."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,16 @@ from fxgrow.hf import fresh_inputs
 
 def llama():
     torch.manual_seed(0)
-    return T.LlamaForCausalLM(T.LlamaConfig(
-        vocab_size=100, num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-        num_attention_heads=4, num_key_value_heads=2)).eval()
+    return T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=100,
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
 
 
 def test_save_load_hf_student_keeps_class_tensors_and_growth_record(tmp_path):
@@ -56,8 +64,9 @@ def test_save_load_hf_student_keeps_class_tensors_and_growth_record(tmp_path):
 def test_draw_teacher_with_hf_student(tmp_path):
     teacher = llama()
     ids = fresh_inputs(teacher.config, 2, 8)["input_ids"]
-    student = fxgrow.grow(teacher, ids, to_config={"intermediate_size": 256,
-                                                    "num_hidden_layers": 3})
+    student = fxgrow.grow(
+        teacher, ids, to_config={"intermediate_size": 256, "num_hidden_layers": 3}
+    )
     assert type(student) is T.LlamaForCausalLM
     dot = fxgrow.draw(teacher, ids, student=student)
     assert "teacher → student" in dot and "parameters" in dot

@@ -1,5 +1,6 @@
 """init= on widen: replicate / zero / gradmax, exact on real models; fresh units learn;
 rank_groups orders groups by their new units' gradient."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,19 +37,32 @@ def resnet():
 
 def vit():
     import timm
+
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
-                              num_classes=10).double().eval()
+    model = (
+        timm.create_model(
+            "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     return model, x, (x, torch.tensor([1, 7]))
 
 
 def llama():
     import transformers
+
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   vocab_size=100, use_cache=False)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        use_cache=False,
+    )
     model = transformers.LlamaForCausalLM(cfg).double().eval()
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
     return model, ids, ids
@@ -62,8 +76,11 @@ def _kwargs(init, loss, batch):
 def test_resnet18_each_init_exact(resnet, init):
     model, x, batch = resnet
     # gradmax runs double backward passes: two groups keep it quick
-    sizes = dict(widths={"layer1.0.conv1": 96, "layer3.0.conv2": 320}) if init == "gradmax" \
+    sizes = (
+        dict(widths={"layer1.0.conv1": 96, "layer3.0.conv2": 320})
+        if init == "gradmax"
         else dict(factor=1.5)
+    )
     with teacher_unchanged(model):
         student = fxgrow.widen(model, x, verify=False, **sizes, **_kwargs(init, ce, batch))
     assert fxgrow.compare(model, student, x).max_abs <= TOL
@@ -71,8 +88,9 @@ def test_resnet18_each_init_exact(resnet, init):
     assert w.shape[0] == 96
     new_rows, out_cols = w[64:], student.get_submodule("layer1.0.conv2").weight[:64, 64:]
     if init == "replicate":
-        change, = [c for c in fxgrow.plan(model, x, **sizes).changes
-                   if c.group == "layer1.0.conv1"]
+        (change,) = [
+            c for c in fxgrow.plan(model, x, **sizes).changes if c.group == "layer1.0.conv1"
+        ]
         assert torch.equal(new_rows, w[torch.as_tensor(change.map.source[64:])])
     else:  # own fan-in, zero fan-out
         assert new_rows.abs().sum() > 0 and out_cols.abs().sum() == 0
@@ -147,8 +165,7 @@ def test_gradmax_beats_random_fan_in():
     batch = (x, torch.randint(0, 4, (64,)))
     objective, norms = {}, {}
     for init in ("zero", "gradmax"):  # 4 new units in a 32-d input space
-        student = fxgrow.widen(model, x, widths={"fc1": 20}, init=init, loss_fn=ce,
-                               batch=batch)
+        student = fxgrow.widen(model, x, widths={"fc1": 20}, init=init, loss_fn=ce, batch=batch)
         g = torch.autograd.grad(ce(student, batch), student.fc2.weight)[0]
         objective[init] = float(g[:, 16:].pow(2).sum())
         norms[init] = float(student.fc1.weight[16:].detach().norm(dim=1).mean())
@@ -165,6 +182,7 @@ def test_amax_over_channels_replicates():
         def forward(self, x):
             h = self.a(x)
             return self.b(h) + h.amax(dim=-1, keepdim=True)
+
     torch.manual_seed(0)
     model, x = M().double(), torch.randn(5, 4, dtype=torch.float64)
     plan = fxgrow.plan(model, x, factor=2, init="zero")
@@ -188,17 +206,22 @@ def test_hand_written_plan_with_zero_on_a_normalised_group_is_refused():
     plan = fxgrow.plan(model, x, factor=2, init="zero").to_dict()
     for c in plan["changes"]:
         c["init"] = "zero"
-        c["map"]["fractions"] = [1.0] * c["map"]["old"] + [0.0] * (c["map"]["new"] -
-                                                                   c["map"]["old"])
-    with pytest.raises(fxgrow.WidthError, match="group 'patch_embed.proj' cannot take "
-                                                 "init='zero' exactly: .*normalised by layer_norm"):
+        c["map"]["fractions"] = [1.0] * c["map"]["old"] + [0.0] * (
+            c["map"]["new"] - c["map"]["old"]
+        )
+    with pytest.raises(
+        fxgrow.WidthError,
+        match="group 'patch_embed.proj' cannot take "
+        "init='zero' exactly: .*normalised by layer_norm",
+    ):
         fxgrow.widen(model, x, plan=fxgrow.WidenPlan.from_dict(plan))
 
 
 def test_bad_init_arguments(resnet):
     model, x, _ = resnet
-    with pytest.raises(fxgrow.InputError, match="init must be one of 'replicate', 'zero', "
-                                                 "'gradmax', got 'random'"):
+    with pytest.raises(
+        fxgrow.InputError, match="init must be one of 'replicate', 'zero', 'gradmax', got 'random'"
+    ):
         fxgrow.widen(model, x, factor=2, init="random")
     with pytest.raises(fxgrow.InputError, match='init="gradmax" needs loss_fn'):
         fxgrow.widen(model, x, factor=2, init="gradmax")
@@ -211,8 +234,7 @@ def test_new_unit_masks(resnet):
     root = analysis.group("layer1.0.conv1").root
     fan_in = {(a.target, a.axis): a.mask for a in new_unit_axes(analysis, plan, {root}, PRODUCE)}
     fan_out = {(a.target, a.axis): a.mask for a in new_unit_axes(analysis, plan, {root}, CONSUME)}
-    assert fan_in[("layer1.0.conv1.weight", 0)].nonzero().flatten().tolist() == \
-        list(range(64, 80))
+    assert fan_in[("layer1.0.conv1.weight", 0)].nonzero().flatten().tolist() == list(range(64, 80))
     assert list(fan_out) == [("layer1.0.conv2.weight", 1)]
 
 
@@ -245,6 +267,7 @@ def test_rank_groups_with_gradmax_scores_at_least_random_fan_in():
 
     def loss(m, b):
         return F.cross_entropy(m(b[0])[0], b[1])
+
     zero = {s.group: s.score for s in fxgrow.rank_groups(model, x, loss, (x, y))}
     grad = {s.group: s.score for s in fxgrow.rank_groups(model, x, loss, (x, y), init="gradmax")}
     assert grad["a1"] > zero["a1"] > 0 and grad["b1"] == zero["b1"] == 0.0
@@ -261,8 +284,10 @@ def test_rank_lists_normalised_groups_unscored():
 
 def test_cli_inspect_rank(capsys):
     from fxgrow.cli import main
-    assert main(["inspect", "torchvision:resnet18", "--input-shape", "2,3,32,32", "--rank",
-                 "-q"]) == 0
+
+    assert (
+        main(["inspect", "torchvision:resnet18", "--input-shape", "2,3,32,32", "--rank", "-q"]) == 0
+    )
     out = capsys.readouterr().out
     assert "groups ranked by the gradient new units would get" in out
     assert out.count("layer") >= 12

@@ -1,4 +1,5 @@
 """fxgrow.save / fxgrow.load: one safetensors file, no pickle, bit-identical round trips."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import torch.nn as nn
 import torchvision
 
 import fxgrow
-from fxgrow.io import LoadError, example_inputs, info
+from fxgrow import LoadError
+from fxgrow.io import example_inputs, info
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -56,8 +58,10 @@ def assert_same(a: nn.Module, b: nn.Module, x) -> None:
 
 def load_without_pickle(path) -> torch.fx.GraphModule:
     """fxgrow.load with pickle and torch.load made to fail: loading must use neither."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used while loading")
+
     with pytest.MonkeyPatch.context() as mp:
         for name in ("loads", "load", "Unpickler"):
             mp.setattr(pickle, name, refuse)
@@ -85,9 +89,13 @@ def test_grown_resnet_round_trip(tmp_path):
 
 def test_deepened_students_round_trip(tmp_path):
     teacher = resnet18()
-    for i, kwargs in enumerate([dict(after="layer1.0.relu", kind="residual"),
-                                dict(after="layer2.1.conv1", batchnorm=True),
-                                dict(after="layer3.1", kind="block")]):
+    for i, kwargs in enumerate(
+        [
+            dict(after="layer1.0.relu", kind="residual"),
+            dict(after="layer2.1.conv1", batchnorm=True),
+            dict(after="layer3.1", kind="block"),
+        ]
+    ):
         student = fxgrow.deepen(teacher, X, verify=False, **kwargs)
         path = fxgrow.save(student, tmp_path / f"d{i}.safetensors", example_inputs=X)
         assert_same(student, fxgrow.load(path), X)
@@ -95,8 +103,9 @@ def test_deepened_students_round_trip(tmp_path):
 
 def _vit() -> nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
-                                                num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64
+    ).eval()
 
 
 def _timm() -> nn.Module:
@@ -128,9 +137,16 @@ def test_weights_are_plain_safetensors(tmp_path):
 
 def test_export_student_with_tied_weights(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                   use_cache=False, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        use_cache=False,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     teacher = transformers.LlamaForCausalLM(cfg).eval()
     ids = (torch.randint(0, 64, (2, 8)),)
@@ -143,8 +159,9 @@ def test_export_student_with_tied_weights(tmp_path):
     # tied weights: one tensor in the student, one in the loaded model
     names = [n for n, _ in student.named_parameters(remove_duplicate=False)]
     shared = {n for n in names if n.endswith("embed_tokens.weight") or n.endswith("lm_head.weight")}
-    assert len({id(student.get_parameter(n)) for n in shared}) == \
-        len({id(loaded.get_parameter(n)) for n in shared})
+    assert len({id(student.get_parameter(n)) for n in shared}) == len(
+        {id(loaded.get_parameter(n)) for n in shared}
+    )
     assert type(loaded(*ids)).__name__ == "CausalLMOutputWithPast"  # pytree output kept
 
 
@@ -171,16 +188,26 @@ def _node(desc, name):
     return next(n for n in desc["graph"] if n["name"] == name)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: _node(d, "flatten").update(target="os.system"),
-     r"calls os.system, which fxgrow does not load.*trusted=\('os.system',\)"),
-    (lambda d: _node(d, "flatten").update(target="eval"), "does not load"),
-    (lambda d: _node(d, "flatten").update(target="torch.__builtins__"), "does not load"),
-    (lambda d: _node(d, "flatten").update(op="call_method", target="x; import os"), "malformed"),
-    (lambda d: d["modules"][0].update({"class": "subprocess.Popen", "role": "leaf"}),
-     "trusted packages"),
-    (lambda d: d.update(format="something"), "unknown format"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda d: _node(d, "flatten").update(target="os.system"),
+            r"calls os.system, which fxgrow does not load.*trusted=\('os.system',\)",
+        ),
+        (lambda d: _node(d, "flatten").update(target="eval"), "does not load"),
+        (lambda d: _node(d, "flatten").update(target="torch.__builtins__"), "does not load"),
+        (
+            lambda d: _node(d, "flatten").update(op="call_method", target="x; import os"),
+            "malformed",
+        ),
+        (
+            lambda d: d["modules"][0].update({"class": "subprocess.Popen", "role": "leaf"}),
+            "trusted packages",
+        ),
+        (lambda d: d.update(format="something"), "unknown format"),
+    ],
+)
 def test_untrusted_names_refused(tmp_path, edit, message):
     student = fxgrow.widen(small(), X, factor=1.5)
     path = fxgrow.save(student, tmp_path / "s.safetensors")
@@ -190,7 +217,8 @@ def test_untrusted_names_refused(tmp_path, edit, message):
 
 
 def test_trusted_extension():
-    from fxgrow.trust import resolve_class, resolve_function
+    from fxgrow.io.trust import resolve_class, resolve_function
+
     assert resolve_function("math.sqrt") is __import__("math").sqrt
     assert resolve_function("torch.nn.functional.gelu") is torch.nn.functional.gelu
     assert resolve_function("torch.ops.aten.add.Tensor") is torch.ops.aten.add.Tensor
@@ -218,7 +246,7 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
         doubled = gm.graph.call_function(local, (out.args[0],))
     out.args = (doubled,)
     gm.recompile()
-    with pytest.raises(fxgrow.io.SaveError, match="imports back"):
+    with pytest.raises(fxgrow.SaveError, match="imports back"):
         fxgrow.save(gm, tmp_path / "m.safetensors")
 
 

@@ -13,6 +13,7 @@ in eval mode and in train mode (batch statistics, dropout off).  For each row:
   and BatchNorm over a batch of 4 at 1x1 spatial size in train mode amplifies rounding);
 * the same seed gives the same student, bit for bit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,12 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from fuzz.profiles import one_thread  # noqa: F401
+from helpers import teacher_unchanged
 from torch.utils import _pytree as pytree
 
 import fxgrow
 from fxgrow.verify.compare import outputs
-from fuzz.profiles import one_thread  # noqa: F401
-from helpers import teacher_unchanged
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 NOISE_FACTOR = 4
@@ -64,10 +65,19 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.patch = nn.Conv2d(3, d, 4, stride=4)
         self.pos = nn.Parameter(torch.randn(1, 16, d) * 0.02)
-        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
-            ln1=nn.LayerNorm(d), attn=nn.MultiheadAttention(d, heads, batch_first=True),
-            ln2=nn.LayerNorm(d), fc1=nn.Linear(d, 2 * d), fc2=nn.Linear(2 * d, d),
-            drop=nn.Dropout(0.1))) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                dict(
+                    ln1=nn.LayerNorm(d),
+                    attn=nn.MultiheadAttention(d, heads, batch_first=True),
+                    ln2=nn.LayerNorm(d),
+                    fc1=nn.Linear(d, 2 * d),
+                    fc2=nn.Linear(2 * d, d),
+                    drop=nn.Dropout(0.1),
+                )
+            )
+            for _ in range(depth)
+        )
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, classes)
 
@@ -127,8 +137,9 @@ def test_matrix(name, dtype, device):
     flags = [m.training for m in teacher.modules()]
     with teacher_unchanged(teacher):
         student = fxgrow.widen(teacher, x, factor=1.5, seed=1, verify=False)
-        grown = [p for n, p in student.named_parameters() if p.shape !=
-                 teacher.get_parameter(n).shape]
+        grown = [
+            p for n, p in student.named_parameters() if p.shape != teacher.get_parameter(n).shape
+        ]
         assert grown, "nothing was widened"
         for t in [*student.parameters(), *student.buffers()]:
             assert t.device.type == device

@@ -1,5 +1,6 @@
 """fxgrow in compiler pipelines: fx PassManager passes, torch.compile of students, and the
 analysis-only torch.compile backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,13 +29,18 @@ def fuse_pass(gm: torch.fx.GraphModule) -> PassResult:
 
 
 def module_types(gm: torch.fx.GraphModule) -> set[str]:
-    return {type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes
-            if n.op == "call_module"}
+    return {
+        type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"
+    }
 
 
 def test_passes_are_passbase():
-    for p in (WidenPass(X, factor=2), DeepenPass(X, after="relu"), GrowPass(X, blocks={}),
-              VerifyPass(resnet18(), X)):
+    for p in (
+        WidenPass(X, factor=2),
+        DeepenPass(X, after="relu"),
+        GrowPass(X, blocks={}),
+        VerifyPass(resnet18(), X),
+    ):
         assert isinstance(p, PassBase)
 
 
@@ -45,8 +51,8 @@ def test_fuse_then_widen_then_verify():
     result = pm(fxgrow.trace(teacher))
     student = result.graph_module
     assert result.modified
-    assert "BatchNorm2d" not in module_types(student)       # fused
-    assert student.conv1.out_channels == 96                  # widened
+    assert "BatchNorm2d" not in module_types(student)  # fused
+    assert student.conv1.out_channels == 96  # widened
     assert verify.last.max_rel < 1e-5
     assert fxgrow.compare(teacher, student, X).max_rel < 1e-5
 
@@ -56,11 +62,15 @@ def test_widen_then_fuse_and_deepen_in_one_manager():
     verify = VerifyPass(teacher, X)
     # stage growth reads module paths from node.meta["nn_module_stack"], which fuse's
     # re-tracing drops: grow before fusing
-    pm = PassManager([WidenPass(X, widths={"layer1.0.conv1": 128}),
-                      GrowPass(X, blocks={"layer3": 3}),
-                      pass_result_wrapper(lambda gm: fuse(gm)),
-                      DeepenPass(X, after="layer2.0.relu", kind="residual"),
-                      verify])
+    pm = PassManager(
+        [
+            WidenPass(X, widths={"layer1.0.conv1": 128}),
+            GrowPass(X, blocks={"layer3": 3}),
+            pass_result_wrapper(lambda gm: fuse(gm)),
+            DeepenPass(X, after="layer2.0.relu", kind="residual"),
+            verify,
+        ]
+    )
     student = pm(fxgrow.trace(teacher)).graph_module
     assert student.get_submodule("layer1.0.conv1").out_channels == 128
     assert "BatchNorm2d" not in module_types(student)
@@ -76,6 +86,7 @@ def test_verify_pass_catches_a_broken_pass():
         with torch.no_grad():
             gm.fc.bias.add_(1.0)
         return PassResult(gm, True)
+
     pm = PassManager([WidenPass(X, factor=1.5), perturb, VerifyPass(teacher, X)])
     with pytest.raises(Exception) as info:  # PassManager wraps the pass's error
         pm(fxgrow.trace(teacher))
@@ -85,9 +96,15 @@ def test_verify_pass_catches_a_broken_pass():
 def test_compiled_student_matches_eager():
     """The default backend (inductor) compiles a grown student; same outputs as eager."""
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(8 * 8 * 8, 4)).eval()
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 4),
+    ).eval()
     x = torch.randn(2, 3, 8, 8)
     student = fxgrow.grow(teacher, x, width=2.0)
     torch._dynamo.reset()
@@ -123,6 +140,7 @@ def test_inspect_backend_survives_what_it_cannot_analyse(capsys):
     class Odd(nn.Module):
         def forward(self, x):
             return torch.fft.rfft(x, dim=1).abs()
+
     backend = InspectBackend(verbose=True)
     torch._dynamo.reset()
     out = torch.compile(Odd(), backend=backend)(torch.randn(2, 8))
@@ -131,8 +149,10 @@ def test_inspect_backend_survives_what_it_cannot_analyse(capsys):
 
 
 def test_dynamo_names_to_paths():
-    assert _path_from_name("L_self_modules_layer1_modules_0_modules_conv1_parameters_weight_") == \
-        "layer1.0.conv1.weight"
+    assert (
+        _path_from_name("L_self_modules_layer1_modules_0_modules_conv1_parameters_weight_")
+        == "layer1.0.conv1.weight"
+    )
     assert _path_from_name("L_self_modules_bn1_buffers_running_mean_") == "bn1.running_mean"
     assert _path_from_name("L_self_parameters_cls_token_") == "cls_token"
     assert _path_from_name("L_x_") is None

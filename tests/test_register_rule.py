@@ -1,14 +1,15 @@
 """fxgrow.register_rule: a user's own module gets a rule and models grow through it exactly."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import widen_exact
 
 import fxgrow
 from fxgrow.analysis.rules.registry import RegistrationError
-from helpers import widen_exact
 
 
 class NumpySoftsign(nn.Module):
@@ -40,8 +41,9 @@ def test_untraceable_module_without_rule_fails_clearly():
             return super().forward(x)
 
     with pytest.raises(fxgrow.FxgrowError):
-        fxgrow.widen(_net(Unregistered()), torch.randn(2, 3, 8, 8, dtype=torch.float64),
-                     widths={"0": 6})
+        fxgrow.widen(
+            _net(Unregistered()), torch.randn(2, 3, 8, 8, dtype=torch.float64), widths={"0": 6}
+        )
 
 
 def test_builtin_rule_for_user_module_grows_exactly():

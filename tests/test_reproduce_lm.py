@@ -1,4 +1,5 @@
 """The language-model reproduction's --quick slice runs end to end on CPU."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "too
 @pytest.mark.slow
 def test_reproduce_lm_quick(tmp_path, capsys):
     import reproduce_lm
+
     assert reproduce_lm.main(["--quick", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "results.json").read_text())
     runs = doc["results"][0]["runs"]
@@ -26,13 +28,19 @@ def test_reproduce_lm_quick(tmp_path, capsys):
 
 def test_flops_and_saved_bookkeeping():
     import reproduce_lm as r
+
     cfg = dict(d=64, layers=2, ctx=128, N=100)
     big = r.flops_per_token(128, 4, 128)
     assert big == 6 * (4 * 12 * 128 * 128 + 256 * 128) + 6 * 4 * 128 * 128
-    result = {"runs": {"scratch": {"hist": [(100, 1.0)]},
-                       "zero/cont": {"hist": [(0, 2.0), (40, 1.1), (50, 0.99)]}}}
+    result = {
+        "runs": {
+            "scratch": {"hist": [(100, 1.0)]},
+            "zero/cont": {"hist": [(0, 2.0), (40, 1.1), (50, 0.99)]},
+        }
+    }
     small = r.flops_per_token(64, 2, 128)
-    assert r.saved(result, cfg, "zero/cont") == pytest.approx(1 - (25 * small + 50 * big)
-                                                              / (100 * big))
+    assert r.saved(result, cfg, "zero/cont") == pytest.approx(
+        1 - (25 * small + 50 * big) / (100 * big)
+    )
     result["runs"]["zero/cont"]["hist"][-1] = (50, 1.01)
     assert r.saved(result, cfg, "zero/cont") is None

@@ -1,6 +1,7 @@
 """The student's module tree: ``widen.apply`` copies it with ``_copy``, which must give what
 ``copy.deepcopy`` gives (same structure, sharing, attributes, hooks, tensors), and the student
 must own every one of its tensors (the teacher is only read)."""
+
 from __future__ import annotations
 
 import copy
@@ -10,10 +11,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from helpers import TiedLM, teacher_unchanged
 
 import fxgrow
 from fxgrow.rewrite.widen import _copy
-from helpers import TiedLM, teacher_unchanged
 
 
 def _hook(module, args, output):
@@ -63,8 +64,10 @@ def _walk(x: Any, seen: dict[int, int], out: list) -> None:
     seen[id(x)] = len(seen)
     out.append(f"<{type(x).__qualname__}")
     if isinstance(x, torch.Tensor):
-        out.append(f"{x.dtype}{tuple(x.shape)}{x.stride()}{x.storage_offset()}"
-                   f"{x.requires_grad}{x.detach().flatten().tolist()}")
+        out.append(
+            f"{x.dtype}{tuple(x.shape)}{x.stride()}{x.storage_offset()}"
+            f"{x.requires_grad}{x.detach().flatten().tolist()}"
+        )
         _walk(x.grad, seen, out)
         _walk(x.untyped_storage().data_ptr() in _walk.ptrs, seen, out)
     elif isinstance(x, (dict, OrderedDict)):
@@ -128,8 +131,9 @@ def test_student_owns_every_tensor():
     """No student parameter or buffer shares storage with the teacher, the teacher is not
     changed, and tensors the plan leaves alone are copies too."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 5, 1), nn.BatchNorm2d(5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 5, 1), nn.BatchNorm2d(5)
+    ).eval()
     x = torch.randn(2, 3, 8, 8)
     with teacher_unchanged(model):
         student = fxgrow.widen(model, x, factor=2)

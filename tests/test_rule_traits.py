@@ -1,5 +1,6 @@
 """Traits of registry entries: the registry is the one op table, and what other passes ask
 (is it an activation? dropout? a residual add?) is answered from it."""
+
 from __future__ import annotations
 
 import operator
@@ -10,8 +11,14 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxgrow.analysis.rules.registry import (TRAITS, RegistrationError, has_trait,
-                                            node_has_trait, rule, with_trait)
+from fxgrow.analysis.rules.registry import (
+    TRAITS,
+    RegistrationError,
+    has_trait,
+    node_has_trait,
+    rule,
+    with_trait,
+)
 from fxgrow.analysis.shapes import propagate
 from fxgrow.verify.compare import outputs
 
@@ -37,25 +44,46 @@ def test_modules_inherit_traits_like_isinstance_unless_exact():
     assert has_trait(nn.Dropout, "same_shape", exact=True)
 
 
-@pytest.mark.parametrize("target,trait,expected", [
-    (nn.ReLU, "activation", True), (nn.PReLU, "activation", True), ("relu", "activation", True),
-    (torch.sigmoid, "activation", True), (nn.Identity, "activation", False),
-    (torch.ops.aten.relu.default, "activation", False),
-    (nn.AlphaDropout, "dropout", True), (nn.AlphaDropout, "keeps_zero", False),
-    (nn.Dropout2d, "keeps_zero", True), (nn.Identity, "keeps_zero", True),
-    (operator.add, "add", True), ("add_", "add", True), (torch.ops.aten.add.Tensor, "add", True),
-    (operator.sub, "add", False), (torch.mul, "same_shape_operands", True),
-    (torch.eq, "same_shape_operands", False), (torch.exp, "same_shape", False),
-    (F.softmax, "pointwise", False), ("softmax", "pointwise", False),
-    ("softmax_", "pointwise", False), (torch.tanh, "pointwise", True),
-    (torch.ops.aten._unsafe_view.default, "reshape", True), ("unflatten", "reshape", True),
-    ("unflatten", "keeps_zero", False), (torch.transpose, "keeps_zero", True),
-    (torch.swapaxes, "keeps_zero", False), ("size", "size_read", True),
-    (torch.ops.aten.sym_size.int, "size_read", True), ("mul_", "mul", True),
-    (torch.ops.aten.amax.default, "extremum", True), ("mean", "extremum", False),
-    (torch.t, "matrix_transpose", True), ("permute", "permute_axes", True),
-    (torch.ops.aten.clone.default, "alias", True), ("float", "alias", False),
-])
+@pytest.mark.parametrize(
+    "target,trait,expected",
+    [
+        (nn.ReLU, "activation", True),
+        (nn.PReLU, "activation", True),
+        ("relu", "activation", True),
+        (torch.sigmoid, "activation", True),
+        (nn.Identity, "activation", False),
+        (torch.ops.aten.relu.default, "activation", False),
+        (nn.AlphaDropout, "dropout", True),
+        (nn.AlphaDropout, "keeps_zero", False),
+        (nn.Dropout2d, "keeps_zero", True),
+        (nn.Identity, "keeps_zero", True),
+        (operator.add, "add", True),
+        ("add_", "add", True),
+        (torch.ops.aten.add.Tensor, "add", True),
+        (operator.sub, "add", False),
+        (torch.mul, "same_shape_operands", True),
+        (torch.eq, "same_shape_operands", False),
+        (torch.exp, "same_shape", False),
+        (F.softmax, "pointwise", False),
+        ("softmax", "pointwise", False),
+        ("softmax_", "pointwise", False),
+        (torch.tanh, "pointwise", True),
+        (torch.ops.aten._unsafe_view.default, "reshape", True),
+        ("unflatten", "reshape", True),
+        ("unflatten", "keeps_zero", False),
+        (torch.transpose, "keeps_zero", True),
+        (torch.swapaxes, "keeps_zero", False),
+        ("size", "size_read", True),
+        (torch.ops.aten.sym_size.int, "size_read", True),
+        ("mul_", "mul", True),
+        (torch.ops.aten.amax.default, "extremum", True),
+        ("mean", "extremum", False),
+        (torch.t, "matrix_transpose", True),
+        ("permute", "permute_axes", True),
+        (torch.ops.aten.clone.default, "alias", True),
+        ("float", "alias", False),
+    ],
+)
 def test_trait_of_op(target, trait, expected):
     assert has_trait(target, trait) is expected
 
@@ -63,6 +91,7 @@ def test_trait_of_op(target, trait, expected):
 def test_softmax_method_in_place_has_no_rule():
     """softmax mixes the positions along its dim: not pointwise (torch has no softmax_)."""
     from fxgrow.analysis.rules.registry import METHODS
+
     assert "softmax_" not in METHODS and "softmax" in METHODS
 
 

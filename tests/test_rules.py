@@ -6,6 +6,7 @@ reaches a consumer (a conv or linear) before the model output, because outputs a
 boundaries.  Each widening is done through ``helpers.widen_exact``, which also checks that the
 teacher's state_dict is bit-identical afterwards.
 """
+
 from __future__ import annotations
 
 import operator
@@ -15,10 +16,10 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import shuffle_side_sequences, teacher_unchanged, widen_exact
 
 import fxgrow
 from fxgrow import BlockedGroupError, WidenPlan, WidthError
-from helpers import shuffle_side_sequences, teacher_unchanged, widen_exact
 
 TOL = 1e-12  # float64
 
@@ -115,10 +116,14 @@ def test_conv_bn_relu_conv_replication():
     g = gs["conv1"]
     assert (g.width, g.unit, g.widenable) == (4, 4, True)
     assert roles(g) == {
-        ("conv1.weight", 0, "produce"), ("conv1.bias", 0, "produce"),
-        ("bn.weight", 0, "scale"), ("bn.bias", 0, "scale"),
-        ("bn.running_mean", 0, "scale"), ("bn.running_var", 0, "scale"),
-        ("conv2.weight", 1, "consume")}
+        ("conv1.weight", 0, "produce"),
+        ("conv1.bias", 0, "produce"),
+        ("bn.weight", 0, "scale"),
+        ("bn.bias", 0, "scale"),
+        ("bn.running_mean", 0, "scale"),
+        ("bn.running_var", 0, "scale"),
+        ("conv2.weight", 1, "consume"),
+    }
     assert attrs(g) == {"conv1.out_channels", "bn.num_features", "conv2.in_channels"}
     assert not gs["conv1[in]"].widenable and gs["conv1[in]"].boundary
     assert not gs["conv2"].widenable and gs["conv2"].boundary
@@ -147,15 +152,15 @@ def test_conv_bn_relu_conv_replication():
     assert torch.equal(s.bn.num_batches_tracked, m.bn.num_batches_tracked)
     # consumer columns are divided by the counts; the replicas of a column sum to the original
     cnt = torch.tensor(counts, dtype=torch.float64)[idx]
-    assert torch.allclose(s.conv2.weight, m.conv2.weight[:, idx] / cnt.view(1, -1, 1, 1),
-                          rtol=0, atol=1e-15)
+    assert torch.allclose(
+        s.conv2.weight, m.conv2.weight[:, idx] / cnt.view(1, -1, 1, 1), rtol=0, atol=1e-15
+    )
     summed = torch.zeros_like(m.conv2.weight).index_add_(1, idx, s.conv2.weight)
     assert torch.allclose(summed, m.conv2.weight, rtol=0, atol=1e-15)
     assert torch.equal(s.conv2.bias, m.conv2.bias)
     # the same request without a plan gives the same student (the map depends on the seed only)
     s2 = exact(m, x, widths={"conv1": 7})
-    assert all(torch.equal(a, b) for a, b in zip(s.state_dict().values(),
-                                                  s2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(s.state_dict().values(), s2.state_dict().values()))
 
 
 # -- 2. residual add -----------------------------------------------------------------------------
@@ -177,9 +182,12 @@ def test_residual_add_shares_one_group():
     assert the_group(gs, "conv_b") is shared
     assert shared.width == 4 and shared.widenable
     assert roles(shared) == {
-        ("conv_a.weight", 0, "produce"), ("conv_a.bias", 0, "produce"),
-        ("conv_b.weight", 0, "produce"), ("conv_b.bias", 0, "produce"),
-        ("head.weight", 1, "consume")}
+        ("conv_a.weight", 0, "produce"),
+        ("conv_a.bias", 0, "produce"),
+        ("conv_b.weight", 0, "produce"),
+        ("conv_b.bias", 0, "produce"),
+        ("head.weight", 1, "consume"),
+    }
     for name in ("conv_a", "conv_b", shared.name):
         s = exact(m, x, widths={name: 6})
         assert s.conv_a.weight.shape == (6, 3, 3, 3) and s.conv_b.weight.shape == (6, 3, 1, 1)
@@ -266,8 +274,11 @@ def test_broadcast_mask_does_not_couple():
     feat = the_group(gs, "conv1")
     assert feat.width == 4 and feat.widenable
     assert roles(feat) == {
-        ("conv1.weight", 0, "produce"), ("conv1.bias", 0, "produce"),
-        ("mask_conv.weight", 1, "consume"), ("conv2.weight", 1, "consume")}
+        ("conv1.weight", 0, "produce"),
+        ("conv1.bias", 0, "produce"),
+        ("mask_conv.weight", 1, "consume"),
+        ("conv2.weight", 1, "consume"),
+    }
     mask = the_group(gs, "mask_conv")
     assert mask is not feat and mask.width == 1 and not mask.widenable
     assert any("broadcast" in str(b) for b in mask.blockers), mask.blockers
@@ -304,9 +315,13 @@ def test_se_gate_couples_with_feature_map():
     assert the_group(gs, "fc2") is feat
     assert feat.width == 8 and feat.widenable
     assert roles(feat) == {
-        ("conv1.weight", 0, "produce"), ("conv1.bias", 0, "produce"),
-        ("fc2.weight", 0, "produce"), ("fc2.bias", 0, "produce"),
-        ("fc1.weight", 1, "consume"), ("conv2.weight", 1, "consume")}
+        ("conv1.weight", 0, "produce"),
+        ("conv1.bias", 0, "produce"),
+        ("fc2.weight", 0, "produce"),
+        ("fc2.bias", 0, "produce"),
+        ("fc1.weight", 1, "consume"),
+        ("conv2.weight", 1, "consume"),
+    }
     squeeze = the_group(gs, "fc1")
     assert squeeze is not feat and squeeze.width == 2 and squeeze.widenable
     s = exact(m, x, widths={"fc2": 12})
@@ -336,13 +351,19 @@ def test_linear_over_tokens_is_not_a_channel_group():
     m, x = f64(TokenMLP()), rand(2, 3, 5)
     gs = groups_of(m, x)
     ch = the_group(gs, "conv_a")
-    assert roles(ch) == {("conv_a.weight", 0, "produce"), ("conv_a.bias", 0, "produce"),
-                         ("conv_b.weight", 1, "consume")}
+    assert roles(ch) == {
+        ("conv_a.weight", 0, "produce"),
+        ("conv_a.bias", 0, "produce"),
+        ("conv_b.weight", 1, "consume"),
+    }
     assert not {"lin_tokens", "lin_back"} & set(ch.modules)
     tok = the_group(gs, "lin_tokens")
     assert tok is not ch and tok.width == 6 and tok.widenable
-    assert roles(tok) == {("lin_tokens.weight", 0, "produce"), ("lin_tokens.bias", 0, "produce"),
-                          ("lin_back.weight", 1, "consume")}
+    assert roles(tok) == {
+        ("lin_tokens.weight", 0, "produce"),
+        ("lin_tokens.bias", 0, "produce"),
+        ("lin_back.weight", 1, "consume"),
+    }
     s = exact(m, x, widths={"conv_a": 8})
     assert s.conv_a.out_channels == 8 and s.conv_b.in_channels == 8
     assert s.lin_tokens.weight.shape == (6, 5)
@@ -568,8 +589,11 @@ def test_layernorm_over_channels():
     m, x = f64(LNMLP()), rand(2, 3, 6)
     g = the_group(groups_of(m, x), "fc1")
     assert (g.width, g.widenable) == (8, True)
-    assert {("ln.weight", 0, "scale"), ("ln.bias", 0, "scale"),
-            ("fc2.weight", 1, "consume")} <= roles(g)
+    assert {
+        ("ln.weight", 0, "scale"),
+        ("ln.bias", 0, "scale"),
+        ("fc2.weight", 1, "consume"),
+    } <= roles(g)
     s = exact(m, x, factor=2)
     assert s.ln.normalized_shape == (16,) and s.ln.weight.shape == (16,)
     assert s.fc1.out_features == 16 and s.fc2.in_features == 16
@@ -608,8 +632,10 @@ class SoftmaxOverChannels(nn.Module):
         return self.conv3(torch.relu(self.conv2(torch.softmax(self.conv1(x), 1))))
 
 
-@pytest.mark.parametrize("model, target, why", [(SumOverChannels, "sum", "reduced over"),
-                                                (SoftmaxOverChannels, torch.softmax, "softmax")])
+@pytest.mark.parametrize(
+    "model, target, why",
+    [(SumOverChannels, "sum", "reduced over"), (SoftmaxOverChannels, torch.softmax, "softmax")],
+)
 def test_reduction_over_channels_blocks(model, target, why):
     m, x = f64(model()), rand(2, 3, 3, 3)
     node = node_named(m, target)  # "sum_1" (fx renames the method call), "softmax"
@@ -726,7 +752,9 @@ def test_split_with_sizes():
     gs = groups_of(m, x)
     pieces = producing(gs, "conv1")
     assert sorted((g.name, g.width, g.widenable) for g in pieces) == [
-        ("conv1[0:3]", 3, True), ("conv1[3:8]", 5, True)]
+        ("conv1[0:3]", 3, True),
+        ("conv1[3:8]", 5, True),
+    ]
     assert ("conv_p.weight", 1, "consume") in roles(gs["conv1[0:3]"])
     assert ("conv_q.weight", 1, "consume") in roles(gs["conv1[3:8]"])
     s = exact(m, x, factor=2)
@@ -756,7 +784,10 @@ def test_narrow_and_slice(form):
     m, x = f64(Window(form)), rand(2, 3, 3, 3)
     gs = groups_of(m, x)
     assert sorted(g.name for g in producing(gs, "conv1")) == [
-        "conv1[0:2]", "conv1[2:6]", "conv1[6:8]"]
+        "conv1[0:2]",
+        "conv1[2:6]",
+        "conv1[6:8]",
+    ]
     assert ("conv2.weight", 1, "consume") in roles(gs["conv1[2:6]"])
     s = exact(m, x, widths={"conv1[2:6]": 7, "conv1[0:2]": 3})
     assert s.conv1.out_channels == 12 and s.conv2.in_channels == 7 and s.conv3.in_channels == 12
@@ -869,10 +900,15 @@ def _replicas_exist(c: int, blocks: int, width: int) -> bool:
         n = len(t) // 2
         if set(t[:n]) != sides[k] or set(t[n:]) & sides[k]:
             return False
-        return any(rest(shuffle(t[:n] + cs), k + 1)
-                   for cs in replicas([f"c{k}.{i}" for i in range(c)], n))
-    return any(rest(shuffle(a + b), 0) for a in replicas([f"a{i}" for i in range(c)], width)
-               for b in replicas([f"b{i}" for i in range(c)], width))
+        return any(
+            rest(shuffle(t[:n] + cs), k + 1) for cs in replicas([f"c{k}.{i}" for i in range(c)], n)
+        )
+
+    return any(
+        rest(shuffle(a + b), 0)
+        for a in replicas([f"a{i}" for i in range(c)], width)
+        for b in replicas([f"b{i}" for i in range(c)], width)
+    )
 
 
 @pytest.mark.parametrize("form", ["view-transpose-view", "module"])
@@ -967,8 +1003,11 @@ def test_shuffle_chain_refusals_are_sound():
         for blocks in range(1, 5):
             m, x = f64(ShuffleChain(c, blocks)), rand(2, 2, 2, 2)
             gs = fxgrow.analyze(m, x).all_groups
-            grows = any(g.widenable for g in gs
-                        if any(mb.module == "a" and mb.role == "produce" for mb in g.members))
+            grows = any(
+                g.widenable
+                for g in gs
+                if any(mb.module == "a" and mb.role == "produce" for mb in g.members)
+            )
             exists = [w for w in range(c + 1, 3 * c + 1) if _side_sequences_admit(c, blocks, w)]
             if grows:
                 assert exists, (c, blocks)
@@ -986,8 +1025,9 @@ def test_shuffle_chain_refusals_match_exhaustive_search(c, blocks):
     none (deep chains of chunks cut an odd-sized piece down to single units)."""
     m, x = f64(ShuffleChain(c, blocks)), rand(2, 2, 2, 2)
     gs = fxgrow.analyze(m, x).all_groups
-    branch = [g for g in gs if any(mb.module in ("a", "b") and mb.role == "produce"
-                                   for mb in g.members)]
+    branch = [
+        g for g in gs if any(mb.module in ("a", "b") and mb.role == "produce" for mb in g.members)
+    ]
     can_grow = any(g.widenable for g in branch)
     assert can_grow == any(_replicas_exist(c, blocks, w) for w in (c + 1, c + 2))
     if can_grow:
@@ -996,8 +1036,10 @@ def test_shuffle_chain_refusals_match_exhaustive_search(c, blocks):
         assert s.a.out_channels > c
     else:
         for g in branch:
-            assert any(b.node.startswith(("chunk", "view")) and "interleave" in b.reason
-                       for b in g.blockers), g.blockers
+            assert any(
+                b.node.startswith(("chunk", "view")) and "interleave" in b.reason
+                for b in g.blockers
+            ), g.blockers
         with pytest.raises(BlockedGroupError, match="interleave"):
             fxgrow.widen(m, x, widths={branch[0].name: branch[0].width + 1})
 
@@ -1019,8 +1061,11 @@ def test_conv_transpose():
     gs = groups_of(m, x)
     assert ("up.weight", 0, "consume") in roles(the_group(gs, "conv1"))
     up = the_group(gs, "up")
-    assert up.widenable and {("up.weight", 1, "produce"), ("up.bias", 0, "produce"),
-                             ("conv2.weight", 1, "consume")} <= roles(up)
+    assert up.widenable and {
+        ("up.weight", 1, "produce"),
+        ("up.bias", 0, "produce"),
+        ("conv2.weight", 1, "consume"),
+    } <= roles(up)
     s = exact(m, x, factor=2)
     assert s.up.weight.shape == (8, 12, 2, 2)
     assert s.up.in_channels == 8 and s.up.out_channels == 12 and s.conv2.in_channels == 12
@@ -1084,8 +1129,8 @@ class RepeatExpand(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.conv1(x))
-        tiled = h.repeat(1, 2, 1, 1)                       # o -> o mod C
-        inter = h.repeat_interleave(2, dim=1)              # o -> o // 2
+        tiled = h.repeat(1, 2, 1, 1)  # o -> o mod C
+        inter = h.repeat_interleave(2, dim=1)  # o -> o // 2
         pooled = h.mean((2, 3), keepdim=True).expand(-1, -1, 3, 3)
         return self.conv2(tiled) + self.conv3(inter) + self.conv4(torch.cat([h, pooled], 1))
 
@@ -1094,8 +1139,11 @@ def test_repeat_and_expand():
     m, x = f64(RepeatExpand()), rand(2, 3, 3, 3)
     g = the_group(groups_of(m, x), "conv1")
     assert g.widenable and g.width == 4
-    assert {("conv2.weight", 1, "consume"), ("conv3.weight", 1, "consume"),
-            ("conv4.weight", 1, "consume")} <= roles(g)
+    assert {
+        ("conv2.weight", 1, "consume"),
+        ("conv3.weight", 1, "consume"),
+        ("conv4.weight", 1, "consume"),
+    } <= roles(g)
     s = exact(m, x, widths={"conv1": 6})
     assert s.conv1.out_channels == 6
     assert s.conv2.in_channels == 12 and s.conv3.in_channels == 12 and s.conv4.in_channels == 12
@@ -1123,9 +1171,12 @@ def test_module_called_twice_couples_its_inputs():
     inputs = the_group(gs, "conv_a")
     assert the_group(gs, "conv_b") is inputs and inputs.widenable
     assert roles(inputs) == {
-        ("conv_a.weight", 0, "produce"), ("conv_a.bias", 0, "produce"),
-        ("conv_b.weight", 0, "produce"), ("conv_b.bias", 0, "produce"),
-        ("shared.weight", 1, "consume")}
+        ("conv_a.weight", 0, "produce"),
+        ("conv_a.bias", 0, "produce"),
+        ("conv_b.weight", 0, "produce"),
+        ("conv_b.bias", 0, "produce"),
+        ("shared.weight", 1, "consume"),
+    }
     out = the_group(gs, "shared")
     assert out.widenable and ("head.weight", 1, "consume") in roles(out)
     s = exact(m, x, widths={"conv_b": 6})
@@ -1198,17 +1249,19 @@ class HandAttention(nn.Module):
         if self.form == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v)
         elif self.form == "einsum":  # torchvision's MaxViT
-            attn = torch.einsum("bhid,bhjd->bhij", q, k) * 3 ** -0.5
+            attn = torch.einsum("bhid,bhjd->bhij", q, k) * 3**-0.5
             y = torch.einsum("bhij,bhjd->bhid", F.softmax(attn, dim=-1), v)
         else:
-            attn = (q * 3 ** -0.5) @ k.transpose(-2, -1)
+            attn = (q * 3**-0.5) @ k.transpose(-2, -1)
             y = self.drop(attn.softmax(dim=-1)) @ v
         return self.out(x + self.proj(y.transpose(1, 2).reshape(B, N, 6)))
 
 
 def _kinds(gs) -> dict:
-    return {name: (g.width, g.widenable, sorted((b.kind, b.reason) for b in g.blockers))
-            for name, g in gs.items()}
+    return {
+        name: (g.width, g.widenable, sorted((b.kind, b.reason) for b in g.blockers))
+        for name, g in gs.items()
+    }
 
 
 @pytest.mark.parametrize("form", ["matmul", "einsum"])
@@ -1306,8 +1359,9 @@ def test_gather_on_a_channel_axis_blocks():
     gs = groups_of(f64(GatherChannels()), rand(2, 3, 4, 4))
     g = the_group(gs, "a")
     assert not g.widenable
-    assert [(b.kind, b.reason) for b in g.blockers] == \
-        [("op", "axis gathered by an index tensor (its positions are fixed)")]
+    assert [(b.kind, b.reason) for b in g.blockers] == [
+        ("op", "axis gathered by an index tensor (its positions are fixed)")
+    ]
 
 
 # -- 23. run-time assertions on sizes ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 own fan-in, zero fan-out) rather than replicas?  A closed form, checked against an exhaustive
 search, and what it says about shufflenet_v2_x0_5's stage3 (which no replicating student
 widens: tests/test_rules.py)."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,6 @@ from collections import Counter
 import pytest
 import torch
 import torchvision
-
 from helpers import shuffle_side_sequences
 
 import fxgrow
@@ -28,6 +28,7 @@ def _fresh_students_exist(c: int, blocks: int, width: int) -> bool:
     rows and columns copied, share 1), every other position is fresh (None: any fan-in, zero
     fan-out).  Each chunk must send exactly the teacher's units of each side to that side;
     fresh units may go either way (their consumer columns are zero)."""
+
     def placements(units: list, n: int):
         for pos in itertools.permutations(range(n), len(units)):
             seq: list = [None] * n
@@ -47,10 +48,16 @@ def _fresh_students_exist(c: int, blocks: int, width: int) -> bool:
         n = len(t) // 2
         if set(t[:n]) - {None} != sides[k] or set(t[n:]) & sides[k]:
             return False
-        return any(rest(_shuffle(t[:n] + cs), k + 1)
-                   for cs in placements([f"c{k}.{i}" for i in range(c)], n))
-    return any(rest(_shuffle(a + b), 0) for a in placements([f"a{i}" for i in range(c)], width)
-               for b in placements([f"b{i}" for i in range(c)], width))
+        return any(
+            rest(_shuffle(t[:n] + cs), k + 1)
+            for cs in placements([f"c{k}.{i}" for i in range(c)], n)
+        )
+
+    return any(
+        rest(_shuffle(a + b), 0)
+        for a in placements([f"a{i}" for i in range(c)], width)
+        for b in placements([f"b{i}" for i in range(c)], width)
+    )
 
 
 def _fresh_sequences_admit(c: int, blocks: int, width: int) -> bool:
@@ -100,8 +107,7 @@ def test_shufflenet_stage3_trunk_refused_under_both_inits():
     a = fxgrow.analyze(m, x)
     trunk = [g for g in a.all_groups if g.name.startswith("stage3.0.branch1.2")]
     assert trunk and not any(g.widenable for g in trunk)
-    assert any("must grow alike" in str(b) and "chunk" in b.node for g in trunk
-               for b in g.blockers)
+    assert any("must grow alike" in str(b) and "chunk" in b.node for g in trunk for b in g.blockers)
     s = fxgrow.widen(m, x, factor=2.0, init="zero", verify=False)
     with torch.no_grad():
         t, y = m(x), s(x)
@@ -115,8 +121,11 @@ def test_shufflenet_stage3_trunk_refused_under_both_inits():
         assert ("init='zero' does not lift this yet" in str(e.value)) == extra
 
 
-@pytest.mark.xfail(strict=True, reason="growable zero-width atoms in the layout algebra are not "
-                   "implemented: fresh units are only appended to existing channel spaces")
+@pytest.mark.xfail(
+    strict=True,
+    reason="growable zero-width atoms in the layout algebra are not "
+    "implemented: fresh units are only appended to existing channel spaces",
+)
 def test_shufflenet_stage3_trunk_grows_with_fresh_units():
     torch.manual_seed(0)
     m = torchvision.models.shufflenet_v2_x0_5(weights=None).eval().double()

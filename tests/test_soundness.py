@@ -1,15 +1,16 @@
 """Never wrong, never a raw crash: in-place updates survive the rewrite, the teacher is left
 untouched by every call, errors inside fxgrow are not blamed on the user's inputs, the verifier
 is calibrated to the teacher's own rounding, and a student that would not run is refused."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
-
-import fxgrow
 from fuzz.profiles import one_thread  # noqa: F401
 from helpers import teacher_unchanged
+
+import fxgrow
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +19,7 @@ def _seed():
 
 
 # -- in-place updates are not dead code -------------------------------------------------------
+
 
 class PosAdd(nn.Module):
     """An in-place ``add_`` whose result is unused (torchvision MViT's positional encoding),
@@ -50,12 +52,13 @@ def test_in_place_update_survives_the_rewrite():
 
 def test_dead_code_keeps_side_effects_only():
     from fxgrow.rewrite.dead_code import eliminate_dead_code, has_side_effect
+
     g = torch.fx.Graph()
     x = g.placeholder("x")
     y = g.placeholder("y")
-    size = g.call_method("size", (x, 1))           # pure, made dead below
-    mul = g.call_function(torch.mul, (x, 2))       # pure, dead
-    add_ = g.call_method("add_", (x, y))          # in place, no users
+    size = g.call_method("size", (x, 1))  # pure, made dead below
+    mul = g.call_function(torch.mul, (x, 2))  # pure, dead
+    add_ = g.call_method("add_", (x, y))  # in place, no users
     setitem = g.call_function(__import__("operator").setitem, (x, 0, 1.0))
     out = g.call_function(torch.add, (x, y), {"out": y})
     iadd = g.call_method("__iadd__", (y, 1))
@@ -74,11 +77,13 @@ def test_dead_code_keeps_side_effects_only():
 def _small_mvit(monkeypatch, name: str):
     import torchvision
     import torchvision.models.video.mvit as tvm
+
     build = tvm._mvit
 
     def small(*args, **kwargs):  # the builders fix 16 x 224 x 224; 4 x 64 x 64 keeps it fast
         kwargs["spatial_size"], kwargs["temporal_size"] = (64, 64), 4
         return build(*args, **kwargs)
+
     monkeypatch.setattr(tvm, "_mvit", small)
     return getattr(torchvision.models.video, name)().eval(), torch.randn(1, 3, 4, 64, 64)
 
@@ -97,9 +102,11 @@ def test_mvit_pos_embedding_add_is_kept(monkeypatch, name):
 
 # -- the teacher is untouched by every call ---------------------------------------------------
 
+
 def _fingerprint(model: nn.Module) -> dict:
     """Every module's attributes: tensors by value (the state dict), containers by their
     items' identities, everything else by identity and, for plain values, by value."""
+
     def item(v):
         if isinstance(v, torch.Tensor):
             return ("tensor", id(v))
@@ -178,6 +185,7 @@ def test_efficientformer_groups_then_widen():
 
 def test_torchvision_untouched_by_every_call():
     import torchvision
+
     m = torchvision.models.resnet18(num_classes=10).train()  # train: batch norm statistics
     x = torch.randn(2, 3, 32, 32)
     _every_call(m, x, after="layer1.0.relu", stage="layer1")
@@ -186,6 +194,7 @@ def test_torchvision_untouched_by_every_call():
 
 def test_untouched_restores_attributes_containers_and_buffers():
     from fxgrow.modes import untouched
+
     m = nn.BatchNorm1d(3)
     m.cache = {}
     keep = m.cache
@@ -200,6 +209,7 @@ def test_untouched_restores_attributes_containers_and_buffers():
 
 
 # -- errors inside fxgrow or the front end are not blamed on the inputs ------------------------
+
 
 def _zero_first_shift(shift: list, x: torch.Tensor) -> torch.Tensor:
     """Assigns into its list argument, as torchvision's Swin3d ``_get_window_and_shift_size``."""
@@ -233,6 +243,7 @@ def test_function_that_mutates_its_list_argument():
 
 def test_failure_of_fxgrows_shape_propagation_is_not_an_input_error(monkeypatch):
     import fxgrow.analysis.shapes as shapes
+
     monkeypatch.setattr(shapes, "_plain", lambda x: x)  # fxgrow's bug: fx's immutable lists
     with pytest.raises(fxgrow.UnsupportedModelError) as e:
         fxgrow.groups(ShiftNet().eval(), torch.randn(2, 3, 4, 4))
@@ -267,8 +278,12 @@ def test_graph_that_does_not_run_falls_back_to_export():
     with pytest.raises(fxgrow.TraceError) as e:
         fxgrow.widen(m, x, factor=2, frontend="fx")
     msg = str(e.value)
-    assert "the graph torch.fx captured from TracedWrong does not run on the example inputs " \
-        "although the model does: node 'view'" in msg and "frontend='export'" in msg
+    assert (
+        "the graph torch.fx captured from TracedWrong does not run on the example inputs "
+        "although the model does: node 'view'"
+        in msg
+        and "frontend='export'" in msg
+    )
 
 
 def test_stages_and_grow_fall_back_to_export_too():
@@ -281,8 +296,11 @@ def test_stages_and_grow_fall_back_to_export_too():
 
 
 def test_inputs_the_model_itself_rejects_are_input_errors():
-    with pytest.raises(fxgrow.InputError, match=r"the model does not run on the example inputs "
-                       r"\(\(2, 4, 8, 8\)\)"):
+    with pytest.raises(
+        fxgrow.InputError,
+        match=r"the model does not run on the example inputs "
+        r"\(\(2, 4, 8, 8\)\)",
+    ):
         fxgrow.groups(TracedWrong().eval(), torch.randn(2, 4, 8, 8))
 
 
@@ -290,6 +308,7 @@ def test_inputs_the_model_itself_rejects_are_input_errors():
 @pytest.mark.parametrize("name", ["swin3d_t", "swin3d_s", "swin3d_b"])
 def test_swin3d(name):
     import torchvision
+
     m = getattr(torchvision.models.video, name)().eval()
     x = torch.randn(1, 3, 4, 64, 64)
     with teacher_unchanged(m):
@@ -314,6 +333,7 @@ def test_hiera_falls_back_to_export():
 
 
 # -- a verifier calibrated to the teacher's own rounding --------------------------------------
+
 
 class Cancel(nn.Module):
     """Large hidden values and an output that cancels them: float32 rounds the teacher itself
@@ -382,10 +402,17 @@ def test_bf16_llama_calibrated(monkeypatch):
     bf16 floor made tiny (the 0.85 B-parameter model exceeded the old fixed 2e-2)."""
     transformers = pytest.importorskip("transformers")
     import importlib
+
     cmp = importlib.import_module("fxgrow.verify.compare")
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   vocab_size=64, use_cache=False)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        use_cache=False,
+    )
     m = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     ids = torch.randint(0, 64, (1, 8))
     monkeypatch.setitem(cmp.TOLERANCE, torch.bfloat16, 1e-9)
@@ -408,15 +435,19 @@ def test_timm_false_alarms(name):
     s = fxgrow.widen(m, x, factor=1.5)  # verify=True: no PreservationError
     result = s.meta["fxgrow_error"]
     if result.reference is not None:  # beyond the float32 floor: decided by calibration
-        assert result.student_rel <= 8 * result.teacher_rel or \
-            result.reference_rel <= 8 * result.teacher_rel
+        assert (
+            result.student_rel <= 8 * result.teacher_rel
+            or result.reference_rel <= 8 * result.teacher_rel
+        )
 
 
 # -- a student that does not run is never returned, and is named ------------------------------
 
+
 def _broken_apply(monkeypatch):
     """fxgrow's rewrite with a bug planted: the reshape keeps a wrong channel count."""
     import fxgrow.api as api
+
     apply = api.apply
 
     def broken(*args, **kwargs):
@@ -425,6 +456,7 @@ def _broken_apply(monkeypatch):
         node.args = (node.args[0], node.args[1], 7, -1)
         student.recompile()
         return student
+
     monkeypatch.setattr(api, "apply", broken)
 
 
@@ -435,19 +467,23 @@ def test_student_that_does_not_run_is_refused_naming_the_node(monkeypatch, verif
     with teacher_unchanged(m), pytest.raises(fxgrow.PreservationError) as e:
         fxgrow.widen(m, x, factor=2, verify=verify)
     msg = str(e.value)
-    assert msg.startswith("the student does not run on the example inputs: node 'reshape' "
-                          "(call_method reshape) fails: RuntimeError: shape '[2, 7, -1]'")
+    assert msg.startswith(
+        "the student does not run on the example inputs: node 'reshape' "
+        "(call_method reshape) fails: RuntimeError: shape '[2, 7, -1]'"
+    )
     assert "bug in fxgrow's rewrite" in msg
 
 
 def test_check_runs_uses_meta_tensors(monkeypatch):
     import fxgrow.analysis.shapes as shapes
     from fxgrow.verify.runs import check_runs
+
     m, x = PosAdd().eval(), torch.randn(2, 3, 8, 8)
     s = fxgrow.widen(m, x, factor=2, verify=False)
 
     def real_run(*args):
         raise AssertionError("ran on real tensors")
+
     monkeypatch.setattr(shapes, "_Recorder", real_run)
     check_runs(s, (x,))  # meta only: no arithmetic
 

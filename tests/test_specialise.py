@@ -1,6 +1,7 @@
 """Control flow on sizes inside timm's no-trace leaves, specialised to the example inputs
 (``frontend/specialise.py``, guards in ``frontend/guards.py``), on minimal graphs; recurrent
 layers, pad modules and weight standardisation (rules)."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ class _Resize(nn.Module):
         H, W = x.shape[-2:]
         if H % 4 != 0:
             x = F.interpolate(x, size=(8, 8), mode="bilinear")
-        pad = int(math.ceil(W / 4) * 4 - W) + int(math.sqrt(W)) - int(W ** 0.5)
+        pad = int(math.ceil(W / 4) * 4 - W) + int(math.sqrt(W)) - int(W**0.5)
         if pad > 0:
             x = F.pad(x, (0, pad))
         return self.conv(x)
@@ -109,8 +110,9 @@ def test_control_flow_on_a_channel_size_blocks_that_group():
     a = fxgrow.analyze(m, x)
     stem = a.group("stem")
     assert not stem.widenable
-    assert any("decides control flow" in b.reason and "x.shape[1] == 4" in b.reason
-               for b in stem.blockers)
+    assert any(
+        "decides control flow" in b.reason and "x.shape[1] == 4" in b.reason for b in stem.blockers
+    )
     with pytest.raises(fxgrow.BlockedGroupError):
         fxgrow.widen(m, x, widths={"stem": 8})
 
@@ -120,6 +122,7 @@ def test_control_flow_on_data_or_dtype_keeps_the_module_whole(gate):
     m = _Net(gate()).eval()
     x = torch.randn(2, 3, 8, 8)
     from fxgrow.api import capture
+
     gm = capture(m, (x,))
     assert any(n.op == "call_module" and n.target == "inner" for n in gm.graph.nodes)
     a = fxgrow.analyze(m, x)
@@ -143,8 +146,9 @@ class _Recurrent(nn.Module):
 def test_recurrent_layers_grow_exactly(kind, kw):
     m = _Recurrent(kind, **kw).double().eval()
     x = torch.randn(2, 7, 6, dtype=torch.float64)
-    s = widen_exact(m, x, tol=1e-12, widths={"a": 11, "rnn": 9 * {nn.LSTM: 4, nn.GRU: 3,
-                                                                      nn.RNN: 1}[kind]})
+    s = widen_exact(
+        m, x, tol=1e-12, widths={"a": 11, "rnn": 9 * {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[kind]}
+    )
     rnn = s.get_submodule("rnn")
     assert (rnn.input_size, rnn.hidden_size) == (11, 9)
     assert rnn.weight_hh_l0.shape[1] == 9
@@ -158,13 +162,15 @@ def test_lstm_with_projection_or_initial_state_is_refused():
 
 
 def test_pad_modules():
-    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ZeroPad2d((1, 2, 0, 1)), nn.ReflectionPad2d(1),
-                      nn.Conv2d(4, 2, 3)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.ZeroPad2d((1, 2, 0, 1)), nn.ReflectionPad2d(1), nn.Conv2d(4, 2, 3)
+    ).eval()
     x = torch.randn(1, 3, 6, 6)
     s = widen_exact(m, x, widths={"0": 7})
     assert s.get_submodule("0").out_channels == 7
-    channel_pad = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ConstantPad3d((0, 0, 0, 0, 1, 0), 0.5),
-                                nn.Conv2d(5, 2, 1)).eval()
+    channel_pad = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.ConstantPad3d((0, 0, 0, 0, 1, 0), 0.5), nn.Conv2d(5, 2, 1)
+    ).eval()
     # a constant pad of the channel axis is a cat with a constant unit: the channels still grow
     s = widen_exact(channel_pad, x, widths={"0": 8})
     assert s.get_submodule("2").in_channels == 9
@@ -175,8 +181,10 @@ def test_weight_standardisation_grows_out_channels():
     between two standardised convs (produced through one standardisation, read through the
     other's fan-in statistics) stays whole."""
     from timm.layers import StdConv2d
-    m = nn.Sequential(StdConv2d(3, 4, 3), nn.ReLU(), StdConv2d(4, 5, 1), nn.ReLU(),
-                      nn.Conv2d(5, 2, 1)).eval()
+
+    m = nn.Sequential(
+        StdConv2d(3, 4, 3), nn.ReLU(), StdConv2d(4, 5, 1), nn.ReLU(), nn.Conv2d(5, 2, 1)
+    ).eval()
     x = torch.randn(1, 3, 8, 8)
     a = fxgrow.analyze(m, x)
     assert not next(g for g in a.all_groups if g.name == "0").widenable
@@ -192,19 +200,28 @@ def _op_blockers(a) -> list[str]:
     return sorted({str(b) for g in a.groups for b in g.blockers if b.kind == "op"})
 
 
-@pytest.mark.parametrize("name, kw, left", [
-    # GPSA fills a tensor of relative positions by item assignment; left: torch.zeros sized
-    # by the token count has no rule (qk[0] / qk[1] together are an unbind: structure)
-    ("convit_tiny", {"img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 4},
-     {"no rule for function torch.zeros; fxgrow does not know how it treats channels"}),
-    ("mobilevit_xxs", {}, set()),  # MobileVitBlock resizes to whole patches
-    ("vgg11", {"mlp_ratio": 0.125, "num_classes": 10}, set()),  # ConvMlp checks the input size
-    ("test_vit", {"img_size": 48}, set()),  # resample_abs_pos_embed: sizes equal, no-op
-])
+@pytest.mark.parametrize(
+    "name, kw, left",
+    [
+        # GPSA fills a tensor of relative positions by item assignment; left: torch.zeros sized
+        # by the token count has no rule (qk[0] / qk[1] together are an unbind: structure)
+        (
+            "convit_tiny",
+            {"img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 4},
+            {"no rule for function torch.zeros; fxgrow does not know how it treats channels"},
+        ),
+        ("mobilevit_xxs", {}, set()),  # MobileVitBlock resizes to whole patches
+        ("vgg11", {"mlp_ratio": 0.125, "num_classes": 10}, set()),  # ConvMlp checks the input size
+        ("test_vit", {"img_size": 48}, set()),  # resample_abs_pos_embed: sizes equal, no-op
+    ],
+)
 def test_timm_leaves_traced_through(name, kw, left):
     m = timm.create_model(name, pretrained=False, **kw).eval()
-    x = torch.randn(1, 3, 32, 32) if "img_size" not in kw else \
-        torch.randn(1, 3, kw["img_size"], kw["img_size"])
+    x = (
+        torch.randn(1, 3, 32, 32)
+        if "img_size" not in kw
+        else torch.randn(1, 3, kw["img_size"], kw["img_size"])
+    )
     gm = fxgrow.api.capture(m, (x,))
     assert _guards(gm)
     a = fxgrow.analyze(m, x)
@@ -213,9 +230,16 @@ def test_timm_leaves_traced_through(name, kw, left):
 
 
 def test_timm_sequencer_lstm_hidden_units_grow():
-    m = timm.create_model("sequencer2d_s", pretrained=False, layers=(1, 1), patch_sizes=(4, 2),
-                          embed_dims=(16, 24), hidden_sizes=(8, 12), mlp_ratios=(2.0, 2.0),
-                          num_classes=5).eval()
+    m = timm.create_model(
+        "sequencer2d_s",
+        pretrained=False,
+        layers=(1, 1),
+        patch_sizes=(4, 2),
+        embed_dims=(16, 24),
+        hidden_sizes=(8, 12),
+        mlp_ratios=(2.0, 2.0),
+        num_classes=5,
+    ).eval()
     x = torch.randn(1, 3, 32, 32)
     a = fxgrow.analyze(m, x)
     assert not [b for b in _op_blockers(a) if "LSTM" in b]

@@ -1,6 +1,7 @@
 """Streamed growth of checkpoints (fxgrow.stream): bit-identical to the in-memory rewrite, exact
 after from_pretrained, bounded memory, a verifier that names a corrupted tensor, and clear
 errors for bad checkpoints and interrupted runs."""
+
 from __future__ import annotations
 
 import errno
@@ -32,12 +33,24 @@ from fxgrow.stream import grow as grow_mod
 from fxgrow.stream import writer as writer_mod
 
 
-def llama(layers: int = 3, hidden: int = 32, mlp: int = 48, dtype: str = "float32",
-          tie_word_embeddings: bool = False):
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=mlp,
-                                   num_hidden_layers=layers, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64,
-                                   dtype=dtype, tie_word_embeddings=tie_word_embeddings)
+def llama(
+    layers: int = 3,
+    hidden: int = 32,
+    mlp: int = 48,
+    dtype: str = "float32",
+    tie_word_embeddings: bool = False,
+):
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        dtype=dtype,
+        tie_word_embeddings=tie_word_embeddings,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # norms away from 1 so that a wrong copy shows
@@ -68,9 +81,14 @@ def _logits(model, ids):
 def test_depth_and_width_exact_after_from_pretrained(teacher, tmp_path):
     src, model = teacher
     before = _digest(src)
-    r = grow_checkpoint(src, tmp_path / "out", blocks=5,
-                        widths={"model.layers.*.mlp.up_proj": 96}, max_shard_size="60KB",
-                        progress=False)
+    r = grow_checkpoint(
+        src,
+        tmp_path / "out",
+        blocks=5,
+        widths={"model.layers.*.mlp.up_proj": 96},
+        max_shard_size="60KB",
+        progress=False,
+    )
     assert r.config.num_hidden_layers == 5 and r.config.intermediate_size == 96
     assert r.plan.layers == (0, 0, 1, 2, 2) and r.plan.zeroed == (1, 4)
     assert r.check is not None and r.check.max_rel < 1e-6
@@ -84,15 +102,18 @@ def test_depth_and_width_exact_after_from_pretrained(teacher, tmp_path):
     assert not sd["model.layers.4.mlp.down_proj.weight"].any()
     ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(3))
     assert torch.allclose(_logits(student, ids), _logits(model, ids), atol=1e-5, rtol=0)
-    assert torch.equal(student.generate(ids, max_new_tokens=4, do_sample=False),
-                       model.generate(ids, max_new_tokens=4, do_sample=False))
+    assert torch.equal(
+        student.generate(ids, max_new_tokens=4, do_sample=False),
+        model.generate(ids, max_new_tokens=4, do_sample=False),
+    )
     assert _digest(src) == before  # the teacher's files are untouched
 
 
 def test_streamed_width_equals_in_memory_bit_for_bit(teacher, tmp_path):
     src, model = teacher
-    r = grow_checkpoint(src, tmp_path / "out", factor=2, split="random", verify=False,
-                        progress=False)
+    r = grow_checkpoint(
+        src, tmp_path / "out", factor=2, split="random", verify=False, progress=False
+    )
     assert r.config.hidden_size == 64 and r.config.num_attention_heads == 8
     assert r.config.num_key_value_heads == 4 and r.config.intermediate_size == 96
     ids = torch.randint(0, 96, (1, 8))
@@ -110,8 +131,14 @@ def test_streamed_width_equals_in_memory_bit_for_bit(teacher, tmp_path):
 def test_bfloat16_keeps_dtype_and_stays_exact(tmp_path):
     model = llama(layers=2, dtype="bfloat16")
     model.save_pretrained(tmp_path / "t")
-    r = grow_checkpoint(tmp_path / "t", tmp_path / "s", blocks=3, placement="append",
-                        widths={"model.layers.*.mlp.up_proj": 72}, progress=False)
+    r = grow_checkpoint(
+        tmp_path / "t",
+        tmp_path / "s",
+        blocks=3,
+        placement="append",
+        widths={"model.layers.*.mlp.up_proj": 72},
+        progress=False,
+    )
     assert r.plan.layers == (0, 1, 1) and r.plan.zeroed == (2,)
     # x1.5 with balanced maps: shares 1 and 1/2 only, exact in bfloat16 (checked in float32)
     assert set(r.plan.widen.changes[0].map.counts) == {1, 2} and r.check.max_rel < 1e-6
@@ -140,9 +167,12 @@ def test_verifier_names_a_corrupted_tensor(teacher, tmp_path):
             raw[k] ^= 0x80
         f.seek(info.start)
         f.write(raw)
-    with pytest.raises(PreservationError, match=r"does not compute the teacher's function: max "
-                       r"abs err .* stored tensors that differ from the plan: "
-                       r"model\.layers\.1\.mlp\.up_proj\.weight$"):
+    with pytest.raises(
+        PreservationError,
+        match=r"does not compute the teacher's function: max "
+        r"abs err .* stored tensors that differ from the plan: "
+        r"model\.layers\.1\.mlp\.up_proj\.weight$",
+    ):
         verify_folders(src, out, plan=r.plan)
 
 
@@ -151,13 +181,20 @@ def test_peak_memory_of_streamed_growth_stays_below_checkpoint(tmp_path):
     interpreter (VmHWM, the high-water mark of the process since exec, minus its RSS after
     the imports) stays far below the checkpoint's size."""
     from fxgrow.stream.writer import OutTensor, shard, write_index, write_tensor
+
     src = tmp_path / "t"
-    cfg = transformers.LlamaConfig(vocab_size=24000, hidden_size=640, intermediate_size=1728,
-                                   num_hidden_layers=4, num_attention_heads=10,
-                                   num_key_value_heads=5, dtype="float32",
-                                   tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
-    specs = [OutTensor(n, "F32", tuple(p.shape))
-             for n, p in meta_model(cfg).state_dict().items()]
+    cfg = transformers.LlamaConfig(
+        vocab_size=24000,
+        hidden_size=640,
+        intermediate_size=1728,
+        num_hidden_layers=4,
+        num_attention_heads=10,
+        num_key_value_heads=5,
+        dtype="float32",
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    specs = [OutTensor(n, "F32", tuple(p.shape)) for n, p in meta_model(cfg).state_dict().items()]
     src.mkdir()
     for s in shard(specs, 60_000_000):
         with open(src / s.file, "wb") as out:
@@ -182,8 +219,9 @@ print(json.dumps({{"size": sum(f.stat().st_size for f in src.glob("*.safetensors
                   "base": base, "peak": peak, "written": r.bytes_written}}))
 """
     env = dict(os.environ, PYTHONPATH=str(Path(fxgrow.__file__).parents[1]))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads(res.stdout.strip().splitlines()[-1])
     assert 180e6 < m["size"] < 260e6 and m["written"] > m["size"]
@@ -201,9 +239,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_missing_shard(teacher, tmp_path):
     t = _copy(teacher[0], tmp_path / "t")
-    (t / "model-00002-of-00005.safetensors").unlink() if \
-        (t / "model-00002-of-00005.safetensors").exists() else \
-        sorted(t.glob("model-0*.safetensors"))[1].unlink()
+    (t / "model-00002-of-00005.safetensors").unlink() if (
+        t / "model-00002-of-00005.safetensors"
+    ).exists() else sorted(t.glob("model-0*.safetensors"))[1].unlink()
     with pytest.raises(CheckpointError, match=r"shard .* is missing; the checkpoint is incomplete"):
         grow_checkpoint(t, tmp_path / "s", blocks=4, progress=False)
     assert not (tmp_path / "s").exists()
@@ -221,20 +259,30 @@ def test_dtype_and_shape_disagreeing_with_config(teacher, tmp_path):
     t = _copy(teacher[0], tmp_path / "t")
     cfg = json.loads((t / "config.json").read_text())
     (t / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}))
-    with pytest.raises(CheckpointError, match=r"is stored as torch.float32 but config.json says "
-                                              r"dtype torch.bfloat16"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is stored as torch.float32 but config.json says "
+        r"dtype torch.bfloat16",
+    ):
         grow_checkpoint(t, tmp_path / "s", blocks=4, progress=False)
     (t / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
-    with pytest.raises(CheckpointError, match=r"has shape \[48, 32\] in the checkpoint but "
-                                              r"\[64, 32\] in the model its config builds"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"has shape \[48, 32\] in the checkpoint but "
+        r"\[64, 32\] in the model its config builds",
+    ):
         grow_checkpoint(t, tmp_path / "s", blocks=4, progress=False)
 
 
 def test_growth_without_a_config_is_refused(teacher, tmp_path):
-    with pytest.raises(UnsupportedModelError, match=r"the growth has no config of "
-                                                    r"LlamaForCausalLM.*widen every block alike"):
-        grow_checkpoint(teacher[0], tmp_path / "s", widths={"model.layers.0.mlp.up_proj": 96},
-                        progress=False)
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"the growth has no config of "
+        r"LlamaForCausalLM.*widen every block alike",
+    ):
+        grow_checkpoint(
+            teacher[0], tmp_path / "s", widths={"model.layers.0.mlp.up_proj": 96}, progress=False
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -244,8 +292,9 @@ def test_failed_write_leaves_no_folder(teacher, tmp_path, monkeypatch, failure):
     before = _digest(src)
     out = tmp_path / "s"
     if failure == "disk full":
-        monkeypatch.setattr(writer_mod.shutil, "disk_usage",
-                            lambda p: type("U", (), {"free": 1000})())
+        monkeypatch.setattr(
+            writer_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})()
+        )
         error, match = WriteError, r"not enough disk space in .*: the student needs"
     elif failure == "no space mid-write":
         calls = []
@@ -254,11 +303,14 @@ def test_failed_write_leaves_no_folder(teacher, tmp_path, monkeypatch, failure):
             calls.append(spec.name)
             if len(calls) > 2:
                 raise OSError(errno.ENOSPC, "No space left on device")
+
         monkeypatch.setattr(grow_mod, "write_tensor", full)
         error, match = WriteError, r"disk full while writing .*the partial output was removed"
     elif failure == "ctrl-c":
+
         def interrupt(*a, **k):
             raise KeyboardInterrupt
+
         monkeypatch.setattr(grow_mod, "make_tensor", interrupt)
         error, match = GrowthInterrupted, r"interrupted; the partial output .* was removed"
     else:
@@ -266,8 +318,14 @@ def test_failed_write_leaves_no_folder(teacher, tmp_path, monkeypatch, failure):
         (out / "x").write_text("")
         error, match = WriteError, r"already exists and is not empty"
     with pytest.raises(error, match=match):
-        grow_checkpoint(src, out, blocks=4, widths={"model.layers.*.mlp.up_proj": 96},
-                        verify=False, progress=False)
+        grow_checkpoint(
+            src,
+            out,
+            blocks=4,
+            widths={"model.layers.*.mlp.up_proj": 96},
+            verify=False,
+            progress=False,
+        )
     assert [p.name for p in tmp_path.iterdir()] == (["s"] if failure == "exists" else [])
     assert _digest(src) == before
 
@@ -299,6 +357,7 @@ def test_torchvision_state_dict_widened_from_safetensors(tmp_path):
     from safetensors.torch import save_file
 
     from fxgrow.stream import widen_safetensors
+
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     with torch.no_grad():
@@ -306,12 +365,21 @@ def test_torchvision_state_dict_widened_from_safetensors(tmp_path):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "r18.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "r18.safetensors"
+    )
     with torch.device("meta"):
         meta = torchvision.models.resnet18()
     x = torch.randn(2, 3, 32, 32)
-    r = widen_safetensors(meta, x, tmp_path / "r18.safetensors", tmp_path / "out", factor=1.5,
-                          max_shard_size="20MB", progress=False)
+    r = widen_safetensors(
+        meta,
+        x,
+        tmp_path / "r18.safetensors",
+        tmp_path / "out",
+        factor=1.5,
+        max_shard_size="20MB",
+        progress=False,
+    )
     assert r.check is not None and r.check.max_rel < 1e-5 and len(r.shards) > 1
     memory = fxgrow.widen(model, x, plan=r.plan.widen, verify=False).state_dict()
     with Checkpoint(tmp_path / "out") as ck:

@@ -1,6 +1,7 @@
 """Streamed growth to a target config (``--stream --to-config``) and of tied hidden sizes:
 the streamed checkpoint holds bit for bit the tensors of the in-memory growth, and loads into
 a model computing the teacher's function."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,17 @@ from fxgrow.stream import Checkpoint, grow_checkpoint
 
 
 def _llama(folder: Path, *, tie: bool = False, dtype: str = "float32", layers: int = 2) -> Path:
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
-                                   num_hidden_layers=layers, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64,
-                                   dtype=dtype, tie_word_embeddings=tie)
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        dtype=dtype,
+        tie_word_embeddings=tie,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -93,7 +101,9 @@ def test_to_config_refusals(tmp_path, one_thread):
     with pytest.raises(ConfigError, match="changes nothing"):
         grow_checkpoint(src, tmp_path / "b", to_config={"intermediate_size": 48})
     with pytest.raises(ConfigError, match=r"from 32 to 48, not a whole multiple.* \(e\.g\. 64\)"):
-        grow_checkpoint(src, tmp_path / "c", to_config={"hidden_size": 48,
-                                                        "num_attention_heads": 6,
-                                                        "num_key_value_heads": 3})
+        grow_checkpoint(
+            src,
+            tmp_path / "c",
+            to_config={"hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3},
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

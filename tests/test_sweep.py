@@ -1,5 +1,6 @@
 """tools/sweep.py: the CI slice runs with no BUG, and the sweep's own machinery (subprocess
 isolation, time limit, classification, the generated table) does what it says."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,9 +25,22 @@ def test_quick_slice_has_no_bug(tmp_path):
     out = tmp_path / "quick.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), "--quick",
-                           "--json", str(out), "--no-md", "--timeout", "120"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "sweep.py"),
+            "--quick",
+            "--json",
+            str(out),
+            "--no-md",
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
     assert [n for _, n in sweep.QUICK] == list(results)
@@ -39,8 +53,9 @@ def test_quick_slice_has_no_bug(tmp_path):
     assert results["shufflenet_v2_x0_5"]["detail"].startswith("chunk_")
     detector = results["fasterrcnn_mobilenet_v3_large_320_fpn"]  # its backbone, within=
     assert detector["cls"] == "exact" and detector["widened"] == 30
-    assert detector["detail"].startswith("within backbone: whole model 100 detections matched "
-                                         "(0 unmatched)")
+    assert detector["detail"].startswith(
+        "within backbone: whole model 100 detections matched (0 unmatched)"
+    )
     print(f"quick slice: {time.time() - t0:.0f} s")
 
 
@@ -51,19 +66,28 @@ def _case(name: str = "toy") -> sweep.Case:
 @pytest.fixture
 def toy_builder(monkeypatch):
     """A builder for suite "toy"; a forked child inherits the patched table."""
+
     def build(name: str, meta: bool = False):
         if name == "hang":
             time.sleep(60)
-        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
-                                    torch.nn.Conv2d(4, 2, 1))
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
+        )
         return model, torch.randn(1, 3, 8, 8)
+
     monkeypatch.setitem(sweep.BUILDERS, "toy", build)
 
 
 def test_exact_toy_model_in_a_subprocess(toy_builder):
     r = sweep.run_isolated(_case(), timeout=60, mem_mb=4000, max_params=10**9)
-    assert (r.cls, r.groups, r.widenable, r.widened, r.op_blocked, r.input) == \
-        ("exact", 3, 1, 1, 0, "1x3x8x8")
+    assert (r.cls, r.groups, r.widenable, r.widened, r.op_blocked, r.input) == (
+        "exact",
+        3,
+        1,
+        1,
+        0,
+        "1x3x8x8",
+    )
     assert r.max_rel < 1e-6
 
 
@@ -79,14 +103,18 @@ def test_raw_exception_is_a_bug_and_fxgrow_error_a_refusal(toy_builder, monkeypa
 
     def boom(*args, **kwargs):
         raise RuntimeError("shape mismatch in a rule")
+
     monkeypatch.setattr(fxgrow, "analyze", boom)
     r = sweep.run_isolated(_case(), timeout=60, mem_mb=4000, max_params=10**9)
-    assert (r.cls, r.detail) == ("BUG", "raw exception in analyze/plan: RuntimeError: shape "
-                                 "mismatch in a rule")
+    assert (r.cls, r.detail) == (
+        "BUG",
+        "raw exception in analyze/plan: RuntimeError: shape mismatch in a rule",
+    )
     assert "boom" in r.trace
 
     def refuse(*args, **kwargs):
         raise fxgrow.UnsupportedModelError("node x: cannot grow\nmore text")
+
     monkeypatch.setattr(fxgrow, "analyze", refuse)
     r = sweep.run_isolated(_case(), timeout=60, mem_mb=4000, max_params=10**9)
     assert (r.cls, r.detail) == ("refused", "UnsupportedModelError: node x: cannot grow")
@@ -98,19 +126,39 @@ def test_parameter_cap_skips(toy_builder):
 
 
 def test_timm_family_is_the_name_prefix():
-    assert [sweep.timm_family(n) for n in ("resnet50d", "vit_tiny_patch16_224", "beitv2_base",
-                                           "efficientnet_b0")] == \
-        ["resnet", "vit", "beitv", "efficientnet"]
+    assert [
+        sweep.timm_family(n)
+        for n in ("resnet50d", "vit_tiny_patch16_224", "beitv2_base", "efficientnet_b0")
+    ] == ["resnet", "vit", "beitv", "efficientnet"]
 
 
 def test_markdown_section_replaced_in_place(tmp_path):
     md = tmp_path / "zoo.md"
     md.write_text("# Zoo\n\nintro\n")
-    meta = {"date": "2026-01-01", "torch": "t", "torchvision": "v", "timm": "m",
-            "transformers": "h"}
-    row = dict(suite="timm", name="a_b", family="a", module="m", cls="BUG", detail="x | y",
-               input="1x3x8x8", groups=1, widened=0, op_blocked=0, max_rel=None,
-               dtype="float32", params=1, seconds=1.0, trace="")
+    meta = {
+        "date": "2026-01-01",
+        "torch": "t",
+        "torchvision": "v",
+        "timm": "m",
+        "transformers": "h",
+    }
+    row = dict(
+        suite="timm",
+        name="a_b",
+        family="a",
+        module="m",
+        cls="BUG",
+        detail="x | y",
+        input="1x3x8x8",
+        groups=1,
+        widened=0,
+        op_blocked=0,
+        max_rel=None,
+        dtype="float32",
+        params=1,
+        seconds=1.0,
+        trace="",
+    )
     sweep.write_md(md, sweep.markdown([row], meta))
     sweep.write_md(md, sweep.markdown([row, dict(row, name="a_c", cls="exact")], meta))
     text = md.read_text()

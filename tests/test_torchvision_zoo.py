@@ -4,6 +4,7 @@ Every model is widened x1.5 on every widenable channel group and checked for: ex
 preservation (float32 and float64), the teacher left untouched, every group either widened or
 fixed, the student's tensor shapes and module attributes, a training step, and determinism in
 the seed.  A few resnet50 tests cover explicit widths and the errors users see."""
+
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,9 @@ from functools import cached_property
 import pytest
 import torch
 import torchvision
+from helpers import train_step, widen_exact
 
 import fxgrow
-from helpers import train_step, widen_exact
 
 pytestmark = pytest.mark.slow
 
@@ -172,8 +173,11 @@ def test_unwidened_groups_are_fixed(case: Case):
         assert c.new_width > c.old_width, c
     widenable = {g.name for g in case.analysis.widenable}
     assert widenable - planned.keys() == set()
-    not_fixed = {g.name: [str(b) for b in g.blockers]
-                 for g in case.analysis.groups if g.name not in planned and not g.fixed}
+    not_fixed = {
+        g.name: [str(b) for b in g.blockers]
+        for g in case.analysis.groups
+        if g.name not in planned and not g.fixed
+    }
     if case.name == "shufflenet_v2_x0_5":
         # No Net2Net widening of stage3's trunk exists (docs/zoo.md; tests/test_rules.py
         # checks the same pattern by exhaustive search): its 7 chunks of channel-shuffled
@@ -183,8 +187,9 @@ def test_unwidened_groups_are_fixed(case: Case):
         assert not_fixed, "stage3's trunk cannot grow; fxgrow must say so"
         for name, reasons in not_fixed.items():
             assert name.startswith("stage3."), (name, reasons)
-            assert reasons and all(r.split(":")[0].startswith(("chunk", "view"))
-                                   and "interleave" in r for r in reasons), (name, reasons)
+            assert reasons and all(
+                r.split(":")[0].startswith(("chunk", "view")) and "interleave" in r for r in reasons
+            ), (name, reasons)
         assert any(g.startswith("stage2.") for g in planned)
         assert any(g.startswith("stage4.") for g in planned)
         return
@@ -208,11 +213,16 @@ def test_student_shapes(case: Case):
             assert student.get_submodule(m.module) is not None
             full = t_tensors[m.target].shape[m.axis]
             if m.positions == full:
-                assert s_tensors[m.target].shape[m.axis] == c.new_width * m.positions // g.width, \
-                    (c, m)
+                assert s_tensors[m.target].shape[m.axis] == c.new_width * m.positions // g.width, (
+                    c,
+                    m,
+                )
     expected = expected_shapes(case)
-    wrong = {k: (tuple(v.shape), expected[k]) for k, v in s_tensors.items()
-             if tuple(v.shape) != expected[k]}
+    wrong = {
+        k: (tuple(v.shape), expected[k])
+        for k, v in s_tensors.items()
+        if tuple(v.shape) != expected[k]
+    }
     assert not wrong, f"student tensors with unexpected shapes (got, expected): {wrong}"
     assert check_module_attributes(student) > 0
     with torch.no_grad():
@@ -231,8 +241,9 @@ def test_seed_determinism(case: Case):
     for k, v in first.items():
         assert torch.equal(v, again[k]), f"{k} differs between two widenings with seed 0"
     del again
-    maps = lambda seed: [c.map.source for c in  # noqa: E731
-                         fxgrow.plan(case.analysis, factor=FACTOR, seed=seed).changes]
+    maps = lambda seed: [
+        c.map.source for c in fxgrow.plan(case.analysis, factor=FACTOR, seed=seed).changes
+    ]
     assert maps(0) == maps(0)
     assert maps(1) != maps(0), "seeds 0 and 1 gave the same replication maps"
 
@@ -282,11 +293,15 @@ def test_resnet50_residual_stage_width(resnet50):
     assert student.get_submodule("layer2.0.conv3").out_channels == 512
     assert student.get_submodule("fc").in_features == 2048
     changed = {k for k, v in _tensors(student).items() if v.shape != model.state_dict()[k].shape}
-    assert changed == {k for k in model.state_dict()
-                       if any(k.startswith(p + ".") for p in STAGE1_OUT + STAGE1_BN)
-                       and not k.endswith("num_batches_tracked")} \
-        | {f"{n}.weight" for n in ("layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1",
-                                   "layer2.0.downsample.0")}
+    assert changed == {
+        k
+        for k in model.state_dict()
+        if any(k.startswith(p + ".") for p in STAGE1_OUT + STAGE1_BN)
+        and not k.endswith("num_batches_tracked")
+    } | {
+        f"{n}.weight"
+        for n in ("layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1", "layer2.0.downsample.0")
+    }
     check_module_attributes(student)
 
 

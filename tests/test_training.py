@@ -17,6 +17,7 @@ for BatchNorm networks under any split, and for LayerNorm/RMSNorm networks under
 ``split="equal"``; under ``split="random"`` a normalisation over the replicated residual
 stream mixes the unequal shares into every channel's gradient, so there the relation is only
 approximate (``test_random_split_through_layernorm``; see docs/training.md)."""
+
 from __future__ import annotations
 
 import copy
@@ -26,10 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from helpers import widen_exact
 
 import fxgrow
 from fxgrow.modes import set_training
-from helpers import widen_exact
 
 TOL = 1e-5
 BLOCKS = {"layer1": 3, "layer3": 3}  # resnet18: two stages one block deeper
@@ -60,17 +61,26 @@ def resnet18() -> nn.Module:
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
     timm = pytest.importorskip("timm")
-    return _seeded(lambda: timm.create_model("vit_tiny_patch16_224", img_size=32,
-                                             pretrained=False, num_classes=10)).eval()
+    return _seeded(
+        lambda: timm.create_model(
+            "vit_tiny_patch16_224", img_size=32, pretrained=False, num_classes=10
+        )
+    ).eval()
 
 
 @pytest.fixture(scope="module")
 def llama() -> nn.Module:
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64,
-                                   use_cache=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
     return _seeded(lambda: transformers.LlamaForCausalLM(cfg)).eval()
 
 
@@ -152,23 +162,36 @@ def grads(model: nn.Module, inputs, loss_fn) -> tuple[float, dict[str, torch.Ten
     set_training(model, True)
     loss = loss_fn(model(inputs))
     loss.backward()
-    return float(loss.detach()), {n: p.grad for n, p in model.named_parameters()
-                                  if p.grad is not None}
+    return float(loss.detach()), {
+        n: p.grad for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
-def assert_mapped(student, name: str, teacher_value: torch.Tensor, student_value: torch.Tensor,
-                  kind: str = "grad", rtol: float = 1e-4, atol: float = 0.0) -> None:
+def assert_mapped(
+    student,
+    name: str,
+    teacher_value: torch.Tensor,
+    student_value: torch.Tensor,
+    kind: str = "grad",
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+) -> None:
     want = fxgrow.map_tensor(student, name, teacher_value, kind)
     assert want.shape == student_value.shape, name
     scale = float(want.abs().max()) or 1.0
     err = float((want - student_value).abs().max())
-    assert err <= rtol * scale + atol, \
+    assert err <= rtol * scale + atol, (
         f"{name}: mapped {kind} differs by {err:.3g} (scale {scale:.3g})"
+    )
 
 
 CASES = {  # model, inputs, loss, growth options; exact cases only (see the module docstring)
-    "resnet18-random-wider-deeper": ("resnet18", X, image_loss,
-                                     dict(width=1.5, blocks=BLOCKS, split="random")),
+    "resnet18-random-wider-deeper": (
+        "resnet18",
+        X,
+        image_loss,
+        dict(width=1.5, blocks=BLOCKS, split="random"),
+    ),
     "vit-equal": ("vit", X, image_loss, dict(width=1.5, split="equal")),
     "llama-equal": ("llama", IDS, lm_loss, dict(width=2, split="equal", as_graph=True)),
 }
@@ -285,8 +308,9 @@ def test_transfer_optimizer(case, opt_name, request, grown):
     # the new optimizer: same type and hyperparameters, every student parameter once
     assert type(s_opt) is type(t_opt)
     for tg, sg in zip(t_opt.param_groups, s_opt.param_groups):
-        assert {k: v for k, v in tg.items() if k != "params"} == \
-            {k: v for k, v in sg.items() if k != "params"}
+        assert {k: v for k, v in tg.items() if k != "params"} == {
+            k: v for k, v in sg.items() if k != "params"
+        }
     held = [id(p) for g in s_opt.param_groups for p in g["params"]]
     assert sorted(held) == sorted(id(p) for p in student.parameters())
     teacher_names = set(dict(teacher.named_parameters()))
@@ -322,12 +346,15 @@ def test_transfer_optimizer(case, opt_name, request, grown):
             assert_mapped(student, name, t_step, s_step, rtol=1e-3, atol=atol)
         else:  # Adam's update is scale-free: every copy takes the teacher's step, unscaled
             ones = torch.ones_like(t_step)
-            copied = fxgrow.map_tensor(student, name, t_step) / fxgrow.map_tensor(student, name, ones)
+            copied = fxgrow.map_tensor(student, name, t_step) / fxgrow.map_tensor(
+                student, name, ones
+            )
             # only where the gradient is more than rounding noise (a key bias's gradient is 0
             # in exact arithmetic; Adam normalises its rounding noise to full-size steps)
             rms = t_opt.state[p]["exp_avg_sq"].sqrt()
-            mask = fxgrow.map_tensor(student, name, rms) / fxgrow.map_tensor(student, name, ones) \
-                > 1e-3 * float(rms.max())
+            mask = fxgrow.map_tensor(student, name, rms) / fxgrow.map_tensor(
+                student, name, ones
+            ) > 1e-3 * float(rms.max())
             err = float(((copied - s_step).abs() * mask).max())
             assert err <= 1e-3 * lr + atol, f"{name}: Adam step differs by {err:.3g}"
 
@@ -345,15 +372,17 @@ def test_transfer_optimizer(case, opt_name, request, grown):
 def test_transfer_optimizer_export_graph(request, grown):
     """A Hugging Face model through torch.export: AdamW state mapped, loss exact, decreasing."""
     model, student, inputs, loss_fn = student_for("llama-equal", request, grown)
-    teacher, t_opt = with_state(model, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.01),
-                                inputs, loss_fn)
+    teacher, t_opt = with_state(
+        model, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.01), inputs, loss_fn
+    )
     s_opt = fxgrow.transfer_optimizer(t_opt, teacher, student)
     assert_state_mapped(teacher, t_opt, student, s_opt)
     set_training(teacher, True)
     set_training(student, True)
     with torch.no_grad():
-        assert float(loss_fn(student(inputs))) == pytest.approx(float(loss_fn(teacher(inputs))),
-                                                                rel=1e-5)
+        assert float(loss_fn(student(inputs))) == pytest.approx(
+            float(loss_fn(teacher(inputs))), rel=1e-5
+        )
     losses = []
     for _ in range(4):
         s_opt.zero_grad()
@@ -371,8 +400,7 @@ def test_grow_during_training(resnet18):
     set_training(teacher, True)
     with torch.no_grad():
         loss_before = float(image_loss(copy.deepcopy(teacher)(X)))
-    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width=1.5,
-                                                 blocks={"layer2": 3})
+    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width=1.5, blocks={"layer2": 3})
     assert student.training and all(m.training for m in student.modules())
     assert isinstance(s_opt, torch.optim.AdamW)
     loss = image_loss(student(X))

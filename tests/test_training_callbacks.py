@@ -4,6 +4,7 @@
 ends with the bigger model, every trainable parameter in the optimizer with student-shaped
 state, the scheduler carried on, and the loss right after growth equal to the loss right before
 on the same batch."""
+
 from __future__ import annotations
 
 import math
@@ -68,13 +69,24 @@ def check_optimizer(model: nn.Module, optimizer) -> None:
 def test_hf_trainer_grows_at_step_10(tmp_path):
     transformers = pytest.importorskip("transformers")
     from fxgrow.integrations.hf import GrowCallback
+
     torch.manual_seed(0)
     model = Classifier()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=16,
-        learning_rate=3e-3, warmup_steps=2, lr_scheduler_type="linear", report_to=[],
-        logging_steps=5, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
-        dataloader_num_workers=0)
+        output_dir=str(tmp_path),
+        max_steps=20,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        lr_scheduler_type="linear",
+        report_to=[],
+        logging_steps=5,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
     cb = GrowCallback(at_step=10, width=2, blocks={"blocks": 3})
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb])
     cb.attach(trainer)
@@ -102,15 +114,31 @@ def test_hf_trainer_grows_at_step_10(tmp_path):
 def test_hf_trainer_gpt2_config(tmp_path):
     transformers = pytest.importorskip("transformers")
     from fxgrow.integrations.hf import GrowCallback
+
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
-                                  use_cache=False, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        vocab_size=64,
+        n_positions=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = transformers.GPT2LMHeadModel(cfg)
     ids = torch.randint(0, 64, (64, 12), generator=torch.Generator().manual_seed(1))
     data = [{"input_ids": r, "labels": r} for r in ids]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8, report_to=[],
-        save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+        output_dir=str(tmp_path),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     cb = GrowCallback(at_step=10, width=2)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
     cb.attach(trainer)
@@ -127,16 +155,30 @@ def test_hf_trainer_llama_to_config(tmp_path):
     """The growth given as a target config: wider and deeper in one step of a Trainer run."""
     transformers = pytest.importorskip("transformers")
     from fxgrow.integrations.hf import GrowCallback
+
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, use_cache=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_cache=False,
+    )
     model = transformers.LlamaForCausalLM(cfg)
     ids = torch.randint(0, 64, (48, 12), generator=torch.Generator().manual_seed(1))
     data = [{"input_ids": r, "labels": r} for r in ids]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, report_to=[],
-        save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     cb = GrowCallback(at_step=6, to_config={"intermediate_size": 128, "num_hidden_layers": 3})
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
     cb.attach(trainer)
@@ -191,24 +233,41 @@ def test_lightning_grows_at_step_10(tmp_path):
             return loss
 
         def configure_optimizers(self):
-            opt = torch.optim.AdamW([{"params": [p for n, p in self.named_parameters()
-                                                 if n.endswith("weight")], "weight_decay": 0.01},
-                                     {"params": [p for n, p in self.named_parameters()
-                                                 if n.endswith("bias")], "weight_decay": 0.0}],
-                                    lr=3e-3)
+            opt = torch.optim.AdamW(
+                [
+                    {
+                        "params": [p for n, p in self.named_parameters() if n.endswith("weight")],
+                        "weight_decay": 0.01,
+                    },
+                    {
+                        "params": [p for n, p in self.named_parameters() if n.endswith("bias")],
+                        "weight_decay": 0.0,
+                    },
+                ],
+                lr=3e-3,
+            )
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     torch.manual_seed(0)
     data = Data()
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(data.x, data.y), batch_size=16, shuffle=True)
+        torch.utils.data.TensorDataset(data.x, data.y), batch_size=16, shuffle=True
+    )
     task = Task()
     n_before = sum(p.numel() for p in task.net.parameters())
     cb = GrowCallback("net", at_step=10, width=2, blocks={"blocks": 3})
-    trainer = L.Trainer(max_steps=20, callbacks=[cb], accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=20,
+        callbacks=[cb],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(task, loader)
     assert trainer.global_step == 20
     (event,) = cb.events
@@ -233,14 +292,31 @@ def test_hf_trainer_grows_on_plateau_new_blocks_warmup(tmp_path):
     train afterwards (LLaMA-Pro), with a re-warmed schedule."""
     transformers = pytest.importorskip("transformers")
     from fxgrow.integrations.hf import GrowCallback
+
     torch.manual_seed(0)
     model = Classifier()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=16,
-        learning_rate=3e-2, lr_scheduler_type="constant", report_to=[], logging_steps=1,
-        save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
-    cb = GrowCallback(monitor="loss", patience=2, blocks={"blocks": 4}, trainable="new_blocks",
-                      schedule="warmup", warmup_steps=5)
+        output_dir=str(tmp_path),
+        max_steps=30,
+        per_device_train_batch_size=16,
+        learning_rate=3e-2,
+        lr_scheduler_type="constant",
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    cb = GrowCallback(
+        monitor="loss",
+        patience=2,
+        blocks={"blocks": 4},
+        trainable="new_blocks",
+        schedule="warmup",
+        warmup_steps=5,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb])
     cb.attach(trainer)
     trainer.train()

@@ -5,6 +5,7 @@ under DDP, and the parameters are still identical across ranks; the loss on the 
 the same right before and right after.  The same run with ZeroRedundancyOptimizer (sharded
 state mapped, gathered and re-partitioned) and with FSDP2 after growth ends at the very loss of
 the plain AdamW run."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,24 @@ REFERENCE: dict = {}
 def run(tmp_path: Path, *flags: str) -> dict:
     out = tmp_path / "result.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(EXAMPLE), "--steps", "15", "--grow-at", "10", "--out", str(out), *flags]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(EXAMPLE),
+        "--steps",
+        "15",
+        "--grow-at",
+        "10",
+        "--out",
+        str(out),
+        *flags,
+    ]
+    proc = subprocess.run(
+        cmd, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -11,6 +11,7 @@
   widened channels) and updated alike by the next training step.
 * save -> load -> transfer_optimizer: the expansion record survives, state is student-shaped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,29 +35,52 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small models (conftest.py)
 
 def gpt2() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, vocab_size=64,
-                                  n_positions=32, use_cache=False, bos_token_id=0,
-                                  eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=64,
+        vocab_size=64,
+        n_positions=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(cfg).train()
 
 
 def bert() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, vocab_size=64, max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
     return transformers.BertForMaskedLM(cfg).train()
 
 
 def opt_lm() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 ffn_dim=64, vocab_size=64, max_position_embeddings=32,
-                                 word_embed_proj_dim=32, use_cache=False)
+    cfg = transformers.OPTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=64,
+        vocab_size=64,
+        max_position_embeddings=32,
+        word_embed_proj_dim=32,
+        use_cache=False,
+    )
     return transformers.OPTForCausalLM(cfg).train()
 
 
-MODELS = {"gpt2": (gpt2, "transformer.h.0.mlp.c_fc"),
-          "bert": (bert, "bert.encoder.layer.0.intermediate.dense")}
+MODELS = {
+    "gpt2": (gpt2, "transformer.h.0.mlp.c_fc"),
+    "bert": (bert, "bert.encoder.layer.0.intermediate.dense"),
+}
 # (nn.Dropout sites, attention rates) of the tiny configs; OPT's attention dropout is 0
 DROPOUTS = {"gpt2": (5, 2), "bert": (5, 2), "opt": (4, 0)}
 
@@ -108,8 +132,7 @@ def test_hf_grown_in_train_mode_hidden_width(name):
     # independent masks when asked: the same loss only in eval mode
     teacher.train()
     student, _ = fxgrow.grow_during_training(teacher, opt, IDS, width=2, dropout="independent")
-    assert len([m for m in student.modules() if type(m) is torch.nn.Dropout]) == \
-        DROPOUTS[name][0]
+    assert len([m for m in student.modules() if type(m) is torch.nn.Dropout]) == DROPOUTS[name][0]
     with torch.no_grad():
         assert float(lm_loss(seeded(student, IDS))) != pytest.approx(before, rel=1e-5)
 
@@ -130,8 +153,9 @@ def test_hf_same_dropout_seed_same_loss(name):
         again = float(lm_loss(seeded(teacher, IDS, seed=8)))
     assert before != again  # dropout is on
     student, s_opt = fxgrow.grow_during_training(teacher, opt, IDS, width={mlp: 128})
-    assert student.get_parameter(mlp.replace("c_fc", "c_proj") + ".weight" if "c_fc" in mlp
-                                 else mlp + ".weight").shape[:2] in ((128, 32), (32, 128))
+    assert student.get_parameter(
+        mlp.replace("c_fc", "c_proj") + ".weight" if "c_fc" in mlp else mlp + ".weight"
+    ).shape[:2] in ((128, 32), (32, 128))
     loss = lm_loss(seeded(student, IDS))
     assert float(loss.detach()) == pytest.approx(before, rel=1e-5)
     loss.backward()
@@ -152,8 +176,9 @@ def test_timm_dropout_and_batchnorm_carried():
         before = float(F.cross_entropy(seeded(copy.deepcopy(teacher), X), Y))
         other = float(F.cross_entropy(seeded(copy.deepcopy(teacher), X, seed=8), Y))
     assert before != other  # dropout (p=0.5 before the classifier) is on
-    student, _ = fxgrow.grow_during_training(teacher, opt, X, width={"layer1.0.conv1": 96},
-                                                 blocks={"layer2": 3})
+    student, _ = fxgrow.grow_during_training(
+        teacher, opt, X, width={"layer1.0.conv1": 96}, blocks={"layer2": 3}
+    )
     assert student.training and student.get_parameter("layer1.0.conv1.weight").shape[0] == 96
     bn_t, bn_s = teacher.get_submodule("layer1.0.bn1"), student.get_submodule("layer1.0.bn1")
     assert bn_s.momentum == bn_t.momentum and student.get_submodule("bn1").momentum == 0.3
@@ -219,8 +244,9 @@ def test_hf_tied_dropout_grown_again_and_saved(tmp_path):
     assert loss(s1) == pytest.approx(first, rel=1e-5)
     assert loss(s2) == pytest.approx(first, rel=1e-5)
     tied = [m for m in s2.modules() if isinstance(m, TiedDropout)]
-    assert tied and all(m.axes[0][1] == 32 and len(m.axes[0][2]) == 128 for m in tied
-                        if m.axes[0][0] == 2)
+    assert tied and all(
+        m.axes[0][1] == 32 and len(m.axes[0][2]) == 128 for m in tied if m.axes[0][0] == 2
+    )
     assert all(len(g["params"]) for g in o2.param_groups)
     path = fxgrow.save(s2, tmp_path / "s2.safetensors", example_inputs=(IDS,))
     loaded = fxgrow.load(path)
@@ -234,6 +260,7 @@ def test_torchvision_stochastic_depth_follows_the_mode():
     without a false alarm (0.0045 before), exact in eval mode, random in training mode."""
     torchvision = pytest.importorskip("torchvision")
     from fxgrow.frontend.modal import TrainingFlag
+
     torch.manual_seed(0)
     teacher = torchvision.models.efficientnet_b0(num_classes=10).train()
     student = fxgrow.grow(teacher, X[:2], width={"features.1.0.block.0.0": 48})  # verify=True

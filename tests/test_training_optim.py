@@ -9,6 +9,7 @@
 * ``trainable=``: "new_blocks" trains only inserted blocks, "new_units" only new positions;
   frozen values do not move under AdamW (weight decay included).
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,12 @@ def grouped(model: Net) -> torch.optim.Optimizer:
     model.embed.requires_grad_(False)  # frozen: not in the optimizer
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1, "lr": 1e-3},
-                              {"params": rest, "weight_decay": 0.0, "lr": 2e-3}])
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": 0.1, "lr": 1e-3},
+            {"params": rest, "weight_decay": 0.0, "lr": 2e-3},
+        ]
+    )
 
 
 def test_param_groups_and_frozen_parameters():
@@ -69,12 +74,18 @@ def test_param_groups_and_frozen_parameters():
     student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width=2, blocks={"blocks": 3})
     names = {id(p): n for n, p in student.named_parameters()}
     decay, rest = s_opt.param_groups
-    assert (decay["weight_decay"], decay["lr"], rest["weight_decay"], rest["lr"]) == \
-        (0.1, 1e-3, 0.0, 2e-3)
-    assert {names[id(p)] for p in decay["params"]} == \
-        {f"blocks.{i}.fc{j}.weight" for i in range(3) for j in (1, 2)} | {"head.weight"}
-    assert {names[id(p)] for p in rest["params"]} == \
-        {f"blocks.{i}.fc{j}.bias" for i in range(3) for j in (1, 2)} | {"head.bias"}
+    assert (decay["weight_decay"], decay["lr"], rest["weight_decay"], rest["lr"]) == (
+        0.1,
+        1e-3,
+        0.0,
+        2e-3,
+    )
+    assert {names[id(p)] for p in decay["params"]} == {
+        f"blocks.{i}.fc{j}.weight" for i in range(3) for j in (1, 2)
+    } | {"head.weight"}
+    assert {names[id(p)] for p in rest["params"]} == {
+        f"blocks.{i}.fc{j}.bias" for i in range(3) for j in (1, 2)
+    } | {"head.bias"}
     assert not student.get_parameter("embed.weight").requires_grad
     assert student.get_parameter("embed.weight").shape == (32, 8)
     for g in s_opt.param_groups:
@@ -119,8 +130,13 @@ SCHEDULES = {
     "step": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
     "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20),
     "sequential": lambda o: torch.optim.lr_scheduler.SequentialLR(
-        o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=3),
-            torch.optim.lr_scheduler.ExponentialLR(o, 0.9)], milestones=[3]),
+        o,
+        [
+            torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=3),
+            torch.optim.lr_scheduler.ExponentialLR(o, 0.9),
+        ],
+        milestones=[3],
+    ),
 }
 
 
@@ -176,8 +192,9 @@ def test_schedule_bad_options():
         transfer_scheduler(sched, opt, mode="linear")
     with pytest.raises(fxgrow.InputError, match="needs warmup_steps >= 1"):
         transfer_scheduler(sched, opt, mode="warmup")
-    two = torch.optim.SGD([{"params": [teacher.head.weight]}, {"params": [teacher.head.bias]}],
-                          lr=0.1)
+    two = torch.optim.SGD(
+        [{"params": [teacher.head.weight]}, {"params": [teacher.head.bias]}], lr=0.1
+    )
     with pytest.raises(fxgrow.InputError, match="drives 1 param groups, the new optimizer has 2"):
         transfer_scheduler(sched, two)
 
@@ -190,14 +207,18 @@ def steps(model, opt, n: int = 3) -> None:
 
 
 def test_freeze_new_blocks():
-    teacher, opt = trained(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2,
-                                                       weight_decay=0.1))
-    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, blocks={"blocks": 4},
-                                                 trainable="new_blocks")
-    held = {n for n, p in student.named_parameters()
-            if any(p is q for g in s_opt.param_groups for q in g["params"])}
-    assert held == {f"blocks.{i}.fc{j}.{k}" for i in (2, 3) for j in (1, 2)
-                    for k in ("weight", "bias")}
+    teacher, opt = trained(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1))
+    student, s_opt = fxgrow.grow_during_training(
+        teacher, opt, X, blocks={"blocks": 4}, trainable="new_blocks"
+    )
+    held = {
+        n
+        for n, p in student.named_parameters()
+        if any(p is q for g in s_opt.param_groups for q in g["params"])
+    }
+    assert held == {
+        f"blocks.{i}.fc{j}.{k}" for i in (2, 3) for j in (1, 2) for k in ("weight", "bias")
+    }
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     steps(student, s_opt)
     for n, p in student.named_parameters():
@@ -205,10 +226,8 @@ def test_freeze_new_blocks():
 
 
 def test_freeze_new_units():
-    teacher, opt = trained(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2,
-                                                       weight_decay=0.1))
-    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width=2,
-                                                 trainable="new_units")
+    teacher, opt = trained(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1))
+    student, s_opt = fxgrow.grow_during_training(teacher, opt, X, width=2, trainable="new_units")
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     steps(student, s_opt)
     old = dict(teacher.named_parameters())
@@ -258,8 +277,9 @@ def test_every_torch_optimizer(name):
         for key, value in new.state[p].items():
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 assert value.shape == p.shape, (name, key)
-    assert float(F.cross_entropy(student(X), Y)) == \
-        pytest.approx(float(F.cross_entropy(teacher(X), Y)), rel=1e-5)
+    assert float(F.cross_entropy(student(X), Y)) == pytest.approx(
+        float(F.cross_entropy(teacher(X), Y)), rel=1e-5
+    )
     steps(student, new, 2)
 
 
@@ -268,6 +288,9 @@ def test_factored_state_refused():
         pytest.skip("torch.optim.Adafactor is not in this torch")
     teacher, opt = trained(lambda m: torch.optim.Adafactor(m.parameters(), lr=1e-2))
     student = fxgrow.grow(teacher, X, width=2)
-    with pytest.raises(fxgrow.InputError, match=r"optimizer state 'row_var' of .* has shape "
-                                                r".*factored or flattened state"):
+    with pytest.raises(
+        fxgrow.InputError,
+        match=r"optimizer state 'row_var' of .* has shape "
+        r".*factored or flattened state",
+    ):
         fxgrow.transfer_optimizer(opt, teacher, student)

@@ -13,6 +13,7 @@ torch.export front end (random init, tiny inputs, no downloads).
 6. The torch.export front end: a model fx cannot trace is captured automatically, its groups
    are named by module paths, and the student trains.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import teacher_unchanged, train_step, widen_exact
 from torch.fx.passes.shape_prop import ShapeProp
 
 import fxgrow
-from helpers import teacher_unchanged, train_step, widen_exact
 
 TOL = 1e-5  # float32, eval mode
 
@@ -50,8 +51,13 @@ def assert_input_dependent(model: nn.Module, x: torch.Tensor) -> None:
     """The output depends on the input: the exactness checks below are not vacuous."""
     with torch.no_grad():
         a = first_tensor(model(x)).double()
-        b = first_tensor(model(randn(*x.shape, seed=7) if x.is_floating_point()
-                               else torch.randint_like(x, 0, int(x.max()) + 1))).double()
+        b = first_tensor(
+            model(
+                randn(*x.shape, seed=7)
+                if x.is_floating_point()
+                else torch.randint_like(x, 0, int(x.max()) + 1)
+            )
+        ).double()
     assert a.abs().max() > 0
     assert (a - b).abs().max() / a.abs().max() > 1e-3
 
@@ -64,12 +70,14 @@ def is_inner(g: fxgrow.ChannelGroup, outer: fxgrow.ChannelGroup) -> bool:
     """``g`` is laid out inside ``outer`` on a shared parameter axis (a value head dim inside
     the heads): the axis is outer.unit x g.unit, and ``factor`` grows only the outer class."""
     axes = {(m.target, m.axis) for m in outer.members if m.kind == "parameter"}
-    return g.width == outer.unit * g.unit and \
-        any((m.target, m.axis) in axes for m in g.members if m.kind == "parameter")
+    return g.width == outer.unit * g.unit and any(
+        (m.target, m.axis) in axes for m in g.members if m.kind == "parameter"
+    )
 
 
-def assert_every_group_widened(analysis: fxgrow.Analysis, plan: fxgrow.WidenPlan,
-                               inner: tuple[str, ...] = ()) -> None:
+def assert_every_group_widened(
+    analysis: fxgrow.Analysis, plan: fxgrow.WidenPlan, inner: tuple[str, ...] = ()
+) -> None:
     """Every widenable group is in the plan, except the named ones, which must each be laid
     out inside a widened group (they then grow with it: value head dims inside heads)."""
     changed = {c.group for c in plan.changes}
@@ -85,8 +93,11 @@ def assert_every_group_widened(analysis: fxgrow.Analysis, plan: fxgrow.WidenPlan
 def sdpa_inputs(student: torch.fx.GraphModule, x) -> list[tuple[torch.Size, ...]]:
     """Shapes of (query, key, value) at every scaled_dot_product_attention of the student."""
     ShapeProp(student).propagate(*(x if isinstance(x, tuple) else (x,)))
-    return [tuple(a.meta["tensor_meta"].shape for a in n.args[:3])
-            for n in student.graph.nodes if "scaled_dot_product_attention" in str(n.target)]
+    return [
+        tuple(a.meta["tensor_meta"].shape for a in n.args[:3])
+        for n in student.graph.nodes
+        if "scaled_dot_product_attention" in str(n.target)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +107,7 @@ def sdpa_inputs(student: torch.fx.GraphModule, x) -> list[tuple[torch.Size, ...]
 
 def _torchvision(name: str, **kwargs):
     import torchvision
+
     model = seeded(getattr(torchvision.models, name), **kwargs)
     if name == "vit_b_16":  # torchvision zero-initialises the head: the output would be 0
         with torch.no_grad():
@@ -105,6 +117,7 @@ def _torchvision(name: str, **kwargs):
 
 def _timm(name: str, **kwargs):
     import timm
+
     return seeded(timm.create_model, name, pretrained=False, **kwargs)
 
 
@@ -128,24 +141,30 @@ def test_vision_widen_x2_exact_and_complete(name):
     analysis = fxgrow.analyze(model, x)
     plan = fxgrow.plan(analysis, factor=2)
     # only the model's input channels (RGB) and its classes are fixed
-    assert [g.name for g in analysis.groups if not g.widenable] == \
-        [g.name for g in analysis.groups if g.boundary]
+    assert [g.name for g in analysis.groups if not g.widenable] == [
+        g.name for g in analysis.groups if g.boundary
+    ]
     assert len([g for g in analysis.groups if not g.widenable]) == 2
     assert_every_group_widened(analysis, plan)
     student = widen_exact(model, x, factor=2)
     for c in plan.changes:
         assert c.new_width == 2 * c.old_width, c
-    assert sum(p.numel() for p in student.parameters()) > \
-        2 * sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in student.parameters()) > 2 * sum(
+        p.numel() for p in model.parameters()
+    )
 
 
 @pytest.mark.slow
 def test_timm_efficientnet_keeps_batchnormact_modules():
     from timm.layers import BatchNormAct2d
+
     model = _timm("efficientnet_b0")
     gm = fxgrow.trace(model)
-    bnact = [n for n in gm.graph.nodes if n.op == "call_module"
-             and isinstance(gm.get_submodule(n.target), BatchNormAct2d)]
+    bnact = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), BatchNormAct2d)
+    ]
     assert bnact, "timm's BatchNormAct2d was traced through instead of kept as a module"
     assert len(bnact) == sum(isinstance(m, BatchNormAct2d) for m in model.modules())
 
@@ -159,32 +178,61 @@ H, MLP, HEADS, VOCAB = 32, 64, 4, 100
 
 def gpt2():
     import transformers
-    cfg = transformers.GPT2Config(n_embd=H, n_inner=MLP, n_layer=2, n_head=HEADS,
-                                  vocab_size=VOCAB, n_positions=16, use_cache=False,
-                                  bos_token_id=0, eos_token_id=0)
+
+    cfg = transformers.GPT2Config(
+        n_embd=H,
+        n_inner=MLP,
+        n_layer=2,
+        n_head=HEADS,
+        vocab_size=VOCAB,
+        n_positions=16,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return seeded(transformers.GPT2LMHeadModel, cfg)
 
 
 def llama():
     import transformers
-    cfg = transformers.LlamaConfig(hidden_size=H, intermediate_size=MLP, num_hidden_layers=2,
-                                   num_attention_heads=HEADS, num_key_value_heads=2,
-                                   vocab_size=VOCAB, use_cache=False)
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=H,
+        intermediate_size=MLP,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        use_cache=False,
+    )
     return seeded(transformers.LlamaForCausalLM, cfg)
 
 
 def bert():
     import transformers
-    cfg = transformers.BertConfig(hidden_size=H, intermediate_size=MLP, num_hidden_layers=2,
-                                  num_attention_heads=HEADS, vocab_size=VOCAB,
-                                  max_position_embeddings=16)
+
+    cfg = transformers.BertConfig(
+        hidden_size=H,
+        intermediate_size=MLP,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        vocab_size=VOCAB,
+        max_position_embeddings=16,
+    )
     return seeded(transformers.BertModel, cfg)
 
 
 def hf_vit():
     import transformers
-    cfg = transformers.ViTConfig(hidden_size=H, intermediate_size=MLP, num_hidden_layers=2,
-                                 num_attention_heads=HEADS, image_size=32, patch_size=8)
+
+    cfg = transformers.ViTConfig(
+        hidden_size=H,
+        intermediate_size=MLP,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        image_size=32,
+        patch_size=8,
+    )
     return seeded(transformers.ViTModel, cfg)
 
 
@@ -216,7 +264,8 @@ def test_gpt2_widen_x2_exact_tied():
     vocab_by_hidden = [p for p in student.parameters() if tuple(p.shape) == (VOCAB, 2 * H)]
     assert len(vocab_by_hidden) == 1
     assert student.get_parameter("lm_head.weight") is student.get_parameter(
-        "transformer.wte.weight")
+        "transformer.wte.weight"
+    )
 
 
 @pytest.mark.slow
@@ -236,13 +285,17 @@ def test_llama_gqa_widen_x2_exact(llama_model):
     analysis = fxgrow.analyze(model, ids)
     plan = fxgrow.plan(analysis, factor=2)
     # the value head dims sit inside the KV heads: factor grows the heads only
-    assert_every_group_widened(analysis, plan, inner=("model.layers.0.self_attn.v_proj",
-                                                      "model.layers.1.self_attn.v_proj"))
+    assert_every_group_widened(
+        analysis, plan, inner=("model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj")
+    )
     kv = analysis.group("model.layers.0.self_attn.q_proj")
     assert kv.unit == 2  # the KV head count: whole query groups replicate with their KV head
     assert {(m.target, m.axis) for m in kv.members if m.kind == "parameter"} >= {
-        ("model.layers.0.self_attn.q_proj.weight", 0), ("model.layers.0.self_attn.k_proj.weight", 0),
-        ("model.layers.0.self_attn.v_proj.weight", 0), ("model.layers.0.self_attn.o_proj.weight", 1)}
+        ("model.layers.0.self_attn.q_proj.weight", 0),
+        ("model.layers.0.self_attn.k_proj.weight", 0),
+        ("model.layers.0.self_attn.v_proj.weight", 0),
+        ("model.layers.0.self_attn.o_proj.weight", 1),
+    }
     change = next(c for c in plan.changes if c.group == kv.name)
     assert (change.map.old, change.map.new) == (2, 4)
     student = widen_exact(model, ids, factor=2, as_graph=True)
@@ -268,10 +321,14 @@ def test_llama_gqa_widen_x2_exact(llama_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("make,inner", [
-    (bert, ("encoder.layer.0.attention.self.value", "encoder.layer.1.attention.self.value")),
-    (hf_vit, ("layers.0.attention.v_proj", "layers.1.attention.v_proj")),
-], ids=["BertModel", "ViTModel"])
+@pytest.mark.parametrize(
+    "make,inner",
+    [
+        (bert, ("encoder.layer.0.attention.self.value", "encoder.layer.1.attention.self.value")),
+        (hf_vit, ("layers.0.attention.v_proj", "layers.1.attention.v_proj")),
+    ],
+    ids=["BertModel", "ViTModel"],
+)
 def test_hf_encoder_widen_x2_grows_hidden_state(make, inner):
     model = make()
     x = token_ids() if make is bert else randn(2, 3, 32, 32)
@@ -344,8 +401,9 @@ def test_grow_llama_blocks_and_width_exact(llama_model):
     assert stage.name == "model.layers"
     assert [b.path for b in stage.blocks] == ["model.layers.0", "model.layers.1"]
     with teacher_unchanged(model):
-        student = fxgrow.grow(model, ids, blocks={"model.layers": 4}, width=2, verify=False,
-                              as_graph=True)
+        student = fxgrow.grow(
+            model, ids, blocks={"model.layers": 4}, width=2, verify=False, as_graph=True
+        )
         err = fxgrow.compare(model, student, ids)
     assert err.max_rel <= TOL, err
     for i in range(4):
@@ -448,7 +506,11 @@ def test_multihead_attention_heads_doubled(need_weights):
     assert heads.unit == 4 and heads.width == 16
     # embed_dim = num_heads x head_dim: the input, the heads and the output are one space
     assert {m.target for m in heads.members if m.kind == "parameter"} >= {
-        "inp.weight", "attn.in_proj_weight", "attn.out_proj.weight", "out.weight"}
+        "inp.weight",
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
+        "out.weight",
+    }
     plan = fxgrow.plan(analysis, factor=2)
     assert_every_group_widened(analysis, plan)
     student = widen_exact(model, x, factor=2)
@@ -488,9 +550,14 @@ def test_explicit_matmul_attention_heads_widen_head_dim_fixed():
     heads = analysis.group("q")
     assert (heads.unit, heads.width, heads.widenable) == (2, 16, True)
     # the q/k head dim: 8 units, contracted between two activations -> not widenable
-    head_dim = [g for g in analysis.all_groups if g.unit == 8 and not g.widenable
-                and any(m.target == "q.weight" and m.axis == 0 for m in g.members)
-                and any(m.target == "k.weight" and m.axis == 0 for m in g.members)]
+    head_dim = [
+        g
+        for g in analysis.all_groups
+        if g.unit == 8
+        and not g.widenable
+        and any(m.target == "q.weight" and m.axis == 0 for m in g.members)
+        and any(m.target == "k.weight" and m.axis == 0 for m in g.members)
+    ]
     assert len(head_dim) == 1, [(g.name, g.unit) for g in analysis.all_groups]
     assert any("matmul" in str(b) for b in head_dim[0].blockers)
     plan = fxgrow.plan(analysis, factor=2)
@@ -499,8 +566,9 @@ def test_explicit_matmul_attention_heads_widen_head_dim_fixed():
     student = widen_exact(model, x, factor=2)
     assert params(student, "q.weight") == (32, 32)
     ShapeProp(student).propagate(x)
-    scores = [n for n in student.graph.nodes if n.op == "call_function"
-              and n.target is torch.softmax]
+    scores = [
+        n for n in student.graph.nodes if n.op == "call_function" and n.target is torch.softmax
+    ]
     assert [tuple(n.meta["tensor_meta"].shape) for n in scores] == [(2, 4, 6, 6)]  # 4 heads
     matmuls = [n for n in student.graph.nodes if n.target is torch.matmul]
     q_in = matmuls[0].args[0].meta["tensor_meta"].shape
@@ -514,8 +582,11 @@ class GQAttention(nn.Module):
         super().__init__()
         self.hq, self.hkv, self.hd = hq, hkv, hd
         self.inp = nn.Linear(8, d)
-        self.q, self.k, self.v = nn.Linear(d, hq * hd), nn.Linear(d, hkv * hd), \
-            nn.Linear(d, hkv * hd)
+        self.q, self.k, self.v = (
+            nn.Linear(d, hq * hd),
+            nn.Linear(d, hkv * hd),
+            nn.Linear(d, hkv * hd),
+        )
         self.o, self.out = nn.Linear(hq * hd, d), nn.Linear(d, 4)
 
     def forward(self, x):
@@ -551,7 +622,7 @@ def test_sdpa_gqa_replicates_whole_kv_groups():
         assert torch.equal(qw[j], qw[src]) and torch.equal(kw[j], kw[src])
         assert torch.equal(vw[j], vw[src])
         # ... and the output projection divides the whole group by its replication count
-        o_rows = ow[: 16, j]
+        o_rows = ow[:16, j]
         assert torch.allclose(o_rows, t_ow[:, src] / g.counts[src], atol=1e-7)
     q, k, v = sdpa_inputs(student, x)[0]
     assert (q[1], k[1], v[1], q[-1]) == (8, 4, 4, hd)
@@ -578,7 +649,10 @@ def test_swiglu_gate_and_up_one_group():
     assert hidden.widenable and hidden.width == 32
     assert analysis.group("up").name == hidden.name
     assert {(m.target, m.axis) for m in hidden.members if m.kind == "parameter"} == {
-        ("gate.weight", 0), ("up.weight", 0), ("down.weight", 1)}
+        ("gate.weight", 0),
+        ("up.weight", 0),
+        ("down.weight", 1),
+    }
     plan = fxgrow.plan(analysis, factor=2)
     assert_every_group_widened(analysis, plan)
     student = widen_exact(model, x, factor=2)
@@ -664,12 +738,15 @@ def test_export_front_end_llama_names_and_training(llama_model):
     analysis = fxgrow.analyze(model, ids)
     assert analysis.gm.meta.get("fxgrow_frontend") == "export"
     names = {g.name for g in analysis.groups}
-    assert {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj",
-            "model.layers.0.mlp.gate_proj", "model.layers.0.self_attn.v_proj",
-            "lm_head"} <= names
+    assert {
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.0.self_attn.v_proj",
+        "lm_head",
+    } <= names
     # widen one group by its module path
-    student = widen_exact(model, ids, widths={"model.layers.0.mlp.gate_proj": 96},
-                          as_graph=True)
+    student = widen_exact(model, ids, widths={"model.layers.0.mlp.gate_proj": 96}, as_graph=True)
     assert isinstance(student, torch.fx.GraphModule)
     assert params(student, "model.layers.0.mlp.up_proj.weight") == (96, H)
     assert params(student, "model.layers.0.mlp.down_proj.weight") == (H, 96)

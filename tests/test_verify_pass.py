@@ -1,4 +1,5 @@
 """VerifyPass checks against its own copy of the reference, and blames the passes before it."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,10 @@ def test_in_place_pass_cannot_change_the_reference():
     # the copy is independent of the teacher: the reference still gives the teacher's outputs
     with torch.no_grad():
         assert torch.equal(verify.reference(X), expected)
-    assert all(p.data_ptr() != q.data_ptr() for p, q in
-               zip(verify.reference.parameters(), teacher.parameters()))
+    assert all(
+        p.data_ptr() != q.data_ptr()
+        for p, q in zip(verify.reference.parameters(), teacher.parameters())
+    )
 
 
 def test_in_place_pass_on_the_teacher_itself_is_caught():

@@ -1,6 +1,7 @@
 """within=: a submodule grown in place (a detector's backbone), the whole model verified, the
 teacher untouched, and the refusals (no such submodule, never called, called twice, inputs
 that are not tensors)."""
+
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,6 @@ from helpers import snapshot, teacher_unchanged
 from torch import nn
 
 import fxgrow
-from fxgrow.detections import compare_detections, verify_whole
 from fxgrow.errors import (
     InputError,
     PreservationError,
@@ -20,6 +20,7 @@ from fxgrow.errors import (
     UnsupportedModelError,
 )
 from fxgrow.within import record_call
+from fxgrow.within.detections import compare_detections, verify_whole
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,8 +33,14 @@ def calibrated_detector() -> tuple[nn.Module, torch.Tensor]:
     statistics of the example image: its features are O(1), so its detections depend on the
     image (with the initial statistics MobileNet's features shrink to 1e-8)."""
     torch.manual_seed(0)
-    model = torchvision.models.get_model(DETECTOR, weights=None, weights_backbone=None,
-                                         min_size=SIZE, max_size=SIZE, box_score_thresh=0.0)
+    model = torchvision.models.get_model(
+        DETECTOR,
+        weights=None,
+        weights_backbone=None,
+        min_size=SIZE,
+        max_size=SIZE,
+        box_score_thresh=0.0,
+    )
     x = torch.rand(1, 3, SIZE, SIZE)
     call = record_call(model, "backbone", (x,))
     for m in call.module.modules():
@@ -113,8 +120,7 @@ def test_whole_model_check_catches_a_wrong_backbone(grown):
 
 def test_unknown_path_suggests_the_closest(grown):
     teacher, x, _, _, _ = grown
-    with pytest.raises(UnknownGroupError, match="no submodule 'backbon'; did you mean "
-                                                "'backbone'"):
+    with pytest.raises(UnknownGroupError, match="no submodule 'backbon'; did you mean 'backbone'"):
         fxgrow.widen(teacher, x, factor=1.5, within="backbon")
     with pytest.raises(InputError, match="names the model itself"):
         fxgrow.groups(teacher, x, within="")
@@ -122,8 +128,10 @@ def test_unknown_path_suggests_the_closest(grown):
 
 def test_inputs_that_are_not_tensors_are_refused(grown):
     teacher, x, _, _, _ = grown
-    with pytest.raises(InputError, match="input 'x' of FeaturePyramidNetwork.forward is a "
-                                         "OrderedDict, not a tensor"):
+    with pytest.raises(
+        InputError,
+        match="input 'x' of FeaturePyramidNetwork.forward is a OrderedDict, not a tensor",
+    ):
         fxgrow.widen(teacher, x, factor=1.5, within="backbone.fpn")
 
 
@@ -133,9 +141,14 @@ class Outer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 4, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 4, 1),
+        )
         self.shared = nn.Conv2d(4, 4, 1)
         self.unused = nn.Conv2d(4, 4, 1)
 
@@ -179,19 +192,35 @@ def test_submodule_never_called_or_called_twice():
 
 def test_cli_widen_within_backbone(capsys):
     from fxgrow.cli import main
-    spec = (f"torchvision:{DETECTOR}?weights_backbone=none&min_size={SIZE}&max_size={SIZE}"
-            f"&box_score_thresh=0")
-    code = main(["widen", spec, "--input-shape", f"1,3,{SIZE},{SIZE}", "--factor", "1.5",
-                 "--within", "backbone", "--json"])
+
+    spec = (
+        f"torchvision:{DETECTOR}?weights_backbone=none&min_size={SIZE}&max_size={SIZE}"
+        f"&box_score_thresh=0"
+    )
+    code = main(
+        [
+            "widen",
+            spec,
+            "--input-shape",
+            f"1,3,{SIZE},{SIZE}",
+            "--factor",
+            "1.5",
+            "--within",
+            "backbone",
+            "--json",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     import json
+
     doc = json.loads(out.out)
     assert doc["model"].endswith("[within backbone]") and len(doc["groups_changed"]) == 30
     assert doc["preservation"]["ok"]
     assert "whole model: 100 detections matched, 0 unmatched" in out.err
-    code = main(["inspect", spec, "--input-shape", f"1,3,{SIZE},{SIZE}", "--within",
-                 "backbon", "-q"])
+    code = main(
+        ["inspect", spec, "--input-shape", f"1,3,{SIZE},{SIZE}", "--within", "backbon", "-q"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "did you mean 'backbone'" in err
 
@@ -201,8 +230,12 @@ def test_detections_matched_across_a_reorder_and_a_mask_jump():
     n = 40
     boxes = torch.rand(n, 4) * 100
     boxes[:, 2:] += boxes[:, :2]
-    t = {"boxes": boxes, "scores": torch.linspace(0.9, 0.5, n), "labels": torch.arange(n) % 3,
-         "masks": torch.rand(n, 1, 16, 16)}
+    t = {
+        "boxes": boxes,
+        "scores": torch.linspace(0.9, 0.5, n),
+        "labels": torch.arange(n) % 3,
+        "masks": torch.rand(n, 1, 16, 16),
+    }
     order = torch.arange(n)
     order[[3, 4]] = order[[4, 3]]  # two near-tied detections swap places
     s = {k: v[order].clone() for k, v in t.items()}

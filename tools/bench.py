@@ -20,6 +20,7 @@ are timed interleaved, with one torch thread by default (``--threads``).
     .venv/bin/python tools/bench.py                   # -> docs/benchmarks.md
     .venv/bin/python tools/bench.py --models resnet50 --reps 3 --out /tmp/bench.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,17 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import fxgrow  # noqa: E402
+import fxgrow
 
 MODELS = ("resnet50", "densenet121", "mobilenet_v2")
 INPUT = (1, 3, 224, 224)
@@ -64,8 +66,7 @@ class Timing:
         return f"{self.low:.3f}–{self.high:.3f}"
 
 
-def timeit_interleaved(fns: list[Callable[[], Any]], warmup: int,
-                       reps: int) -> list[Timing]:
+def timeit_interleaved(fns: list[Callable[[], Any]], warmup: int, reps: int) -> list[Timing]:
     """Time ``fns`` interleaved (a b c, c b a, a b c, ...) so that all see the same machine
     load; each timed call starts after a garbage collection.  The minor page faults of each
     call are counted too: writing fresh memory costs a fault per page."""
@@ -85,8 +86,10 @@ def timeit_interleaved(fns: list[Callable[[], Any]], warmup: int,
             faults[k].append(_minor_faults() - f0)
             del result
     page_mb = _PAGE / 2**20
-    return [Timing(statistics.median(t), min(t), max(t), statistics.median(f) * page_mb)
-            for t, f in zip(times, faults)]
+    return [
+        Timing(statistics.median(t), min(t), max(t), statistics.median(f) * page_mb)
+        for t, f in zip(times, faults)
+    ]
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -102,6 +105,7 @@ def _minor_faults() -> int:
 
 def build(name: str) -> torch.nn.Module:
     import torchvision
+
     torch.manual_seed(0)
     return torchvision.models.get_model(name, weights=None).eval()
 
@@ -199,9 +203,13 @@ def render(rows: list[Row], args: argparse.Namespace, tp_version: str, elapsed: 
         f"* Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} "
         f"{platform.machine()}, load average {args.load} at the start of the run; "
         f"{torch.get_num_threads()} torch thread(s)"
-        + (" (one thread keeps timings stable when other processes share the CPUs; it makes "
-           "Torch-Pruning's forward pass slower than with all cores)"
-           if torch.get_num_threads() == 1 else "") + ".",
+        + (
+            " (one thread keeps timings stable when other processes share the CPUs; it makes "
+            "Torch-Pruning's forward pass slower than with all cores)"
+            if torch.get_num_threads() == 1
+            else ""
+        )
+        + ".",
         f"* Software: Python {platform.python_version()}, torch {torch.__version__}, "
         f"Torch-Pruning {tp_version}.",
         f"* Date: {today}.  Whole run: {elapsed:.0f} s.",
@@ -231,12 +239,14 @@ def render(rows: list[Row], args: argparse.Namespace, tp_version: str, elapsed: 
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r.model} | {r.fx_groups} | {r.tp_groups} | {r.analyze} | "
-                     f"{r.analyze.spread()} | {r.tp} | {r.tp.spread()} | {r.trace_a} | "
-                     f"{r.trace_a.spread()} | {r.analysis_ratio:.2f} | "
-                     f"{r.analyze.low / r.tp.low:.2f} | {r.analysis_bound:.2f} | "
-                     f"{r.trace_a.median / r.analyze.median:.0%} | "
-                     f"{_ok(r.analysis_ratio, ANALYSIS_TARGET)} |")
+        lines.append(
+            f"| {r.model} | {r.fx_groups} | {r.tp_groups} | {r.analyze} | "
+            f"{r.analyze.spread()} | {r.tp} | {r.tp.spread()} | {r.trace_a} | "
+            f"{r.trace_a.spread()} | {r.analysis_ratio:.2f} | "
+            f"{r.analyze.low / r.tp.low:.2f} | {r.analysis_bound:.2f} | "
+            f"{r.trace_a.median / r.analyze.median:.0%} | "
+            f"{_ok(r.analysis_ratio, ANALYSIS_TARGET)} |"
+        )
     met = sum(r.analysis_ratio <= ANALYSIS_TARGET for r in rows)
     lines += ["", f"Target ratio <= {ANALYSIS_TARGET:g} met for {met} of {len(rows)} models."]
     lines += [
@@ -259,30 +269,38 @@ def render(rows: list[Row], args: argparse.Namespace, tp_version: str, elapsed: 
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r.model} | {r.params_before:,} -> {r.params_after:,} | "
-                     f"{r.student_mb:.0f} | {r.widen} | {r.widen.spread()} | {r.copy} | "
-                     f"{r.copy.spread()} | {r.trace_w} | {r.trace_w.spread()} | "
-                     f"{r.widen_ratio:.1f} | {r.widen.low / r.copy.low:.1f} | "
-                     f"{r.widen_bound:.1f} | {r.widen.faulted_mb:.0f}, {r.copy.faulted_mb:.0f} | "
-                     f"{_ok(r.widen_ratio, WIDEN_TARGET)} |")
+        lines.append(
+            f"| {r.model} | {r.params_before:,} -> {r.params_after:,} | "
+            f"{r.student_mb:.0f} | {r.widen} | {r.widen.spread()} | {r.copy} | "
+            f"{r.copy.spread()} | {r.trace_w} | {r.trace_w.spread()} | "
+            f"{r.widen_ratio:.1f} | {r.widen.low / r.copy.low:.1f} | "
+            f"{r.widen_bound:.1f} | {r.widen.faulted_mb:.0f}, {r.copy.faulted_mb:.0f} | "
+            f"{_ok(r.widen_ratio, WIDEN_TARGET)} |"
+        )
     met = sum(r.widen_ratio <= WIDEN_TARGET for r in rows)
-    lines += ["", f"Target ratio <= {WIDEN_TARGET:g} met for {met} of {len(rows)} models.",
-              "",
-              "MB faulted in: the median memory per call that the kernel had to map in (minor "
-              "page faults x page size).  The copy's time depends on it: when the allocator "
-              "hands back memory the previous call freed, nothing faults and the copy runs at "
-              "memory speed; when it maps fresh memory, every page faults and the copy is "
-              "several times slower.  Which happens varies from process to process, so the "
-              "widen/copy ratio of a model whose student is large (resnet50) varies with it.  "
-              "The same bytes copied into tensors this process already holds (`dst.copy_(t)`, "
-              "no page faults, timed in the same interleaved runs) show the copy's cost without "
-              "them:",
-              "",
-              "| model | copy into held memory (s) | range | copy (s) | ratio widen / copy into "
-              "held memory |",
-              "|---|--:|--:|--:|--:|"]
-    lines += [f"| {r.model} | {r.copy_held} | {r.copy_held.spread()} | {r.copy} | "
-              f"{r.widen.median / r.copy_held.median:.1f} |" for r in rows]
+    lines += [
+        "",
+        f"Target ratio <= {WIDEN_TARGET:g} met for {met} of {len(rows)} models.",
+        "",
+        "MB faulted in: the median memory per call that the kernel had to map in (minor "
+        "page faults x page size).  The copy's time depends on it: when the allocator "
+        "hands back memory the previous call freed, nothing faults and the copy runs at "
+        "memory speed; when it maps fresh memory, every page faults and the copy is "
+        "several times slower.  Which happens varies from process to process, so the "
+        "widen/copy ratio of a model whose student is large (resnet50) varies with it.  "
+        "The same bytes copied into tensors this process already holds (`dst.copy_(t)`, "
+        "no page faults, timed in the same interleaved runs) show the copy's cost without "
+        "them:",
+        "",
+        "| model | copy into held memory (s) | range | copy (s) | ratio widen / copy into "
+        "held memory |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    lines += [
+        f"| {r.model} | {r.copy_held} | {r.copy_held.spread()} | {r.copy} | "
+        f"{r.widen.median / r.copy_held.median:.1f} |"
+        for r in rows
+    ]
     if any(r.rewrite for r in rows):
         lines += [
             "",
@@ -294,9 +312,13 @@ def render(rows: list[Row], args: argparse.Namespace, tp_version: str, elapsed: 
             "| model | rewrite only (s) | range | share of widen | ratio rewrite/copy |",
             "|---|--:|--:|--:|--:|",
         ]
-        lines += [f"| {r.model} | {r.rewrite} | {r.rewrite.spread()} | "
-                  f"{r.rewrite.median / r.widen.median:.0%} | "
-                  f"{r.rewrite.median / r.copy.median:.1f} |" for r in rows if r.rewrite]
+        lines += [
+            f"| {r.model} | {r.rewrite} | {r.rewrite.spread()} | "
+            f"{r.rewrite.median / r.widen.median:.0%} | "
+            f"{r.rewrite.median / r.copy.median:.1f} |"
+            for r in rows
+            if r.rewrite
+        ]
     lines += _conclusions(rows)
     lines.append("")
     return "\n".join(lines)
@@ -325,43 +347,57 @@ def _conclusions(rows: list[Row]) -> list[str]:
             f"| {r.model} | {r.analysis_ratio:.2f} | {r.analysis_bound:.2f} | "
             f"{_verdict(r.analysis_ratio, r.analysis_bound, ANALYSIS_TARGET)} | "
             f"{r.widen_ratio:.1f} | {r.widen_bound:.1f} | "
-            f"{_verdict(r.widen_ratio, r.widen_bound, WIDEN_TARGET)} |")
-    cells = [(r.analysis_ratio, r.analysis_bound, ANALYSIS_TARGET) for r in rows] + \
-        [(r.widen_ratio, r.widen_bound, WIDEN_TARGET) for r in rows]
+            f"{_verdict(r.widen_ratio, r.widen_bound, WIDEN_TARGET)} |"
+        )
+    cells = [(r.analysis_ratio, r.analysis_bound, ANALYSIS_TARGET) for r in rows] + [
+        (r.widen_ratio, r.widen_bound, WIDEN_TARGET) for r in rows
+    ]
     met = sum(ratio <= target for ratio, _, target in cells)
     out = sum(ratio > target and bound > target for ratio, bound, target in cells)
-    lines += ["", f"Of {len(cells)} target cells: {met} met, {out} out of reach of an fx front "
-                  f"end (its trace alone is over the target), "
-                  f"{len(cells) - met - out} not met but within reach."]
+    lines += [
+        "",
+        f"Of {len(cells)} target cells: {met} met, {out} out of reach of an fx front "
+        f"end (its trace alone is over the target), "
+        f"{len(cells) - met - out} not met but within reach.",
+    ]
     reach = []
     for r in rows:
         if r.analysis_ratio > ANALYSIS_TARGET >= r.analysis_bound:
-            reach.append(f"* {r.model}, analysis: {r.analyze.median * 1e3:.0f} ms, of which the "
-                         f"fx trace is {r.trace_a.median * 1e3:.0f} ms; the target is "
-                         f"{ANALYSIS_TARGET * r.tp.median * 1e3:.0f} ms, so the rest "
-                         f"(shapes, channel spaces, groups: "
-                         f"{(r.analyze.median - r.trace_a.median) * 1e3:.0f} ms) would have to "
-                         f"fit in {(ANALYSIS_TARGET * r.tp.median - r.trace_a.median) * 1e3:.0f}"
-                         f" ms.")
+            reach.append(
+                f"* {r.model}, analysis: {r.analyze.median * 1e3:.0f} ms, of which the "
+                f"fx trace is {r.trace_a.median * 1e3:.0f} ms; the target is "
+                f"{ANALYSIS_TARGET * r.tp.median * 1e3:.0f} ms, so the rest "
+                f"(shapes, channel spaces, groups: "
+                f"{(r.analyze.median - r.trace_a.median) * 1e3:.0f} ms) would have to "
+                f"fit in {(ANALYSIS_TARGET * r.tp.median - r.trace_a.median) * 1e3:.0f}"
+                f" ms."
+            )
         if r.widen_ratio > WIDEN_TARGET >= r.widen_bound:
-            reach.append(f"* {r.model}, widen: {r.widen.median * 1e3:.0f} ms against a copy of "
-                         f"{r.copy.median * 1e3:.0f} ms; `widen` must trace "
-                         f"({r.trace_w.median * 1e3:.0f} ms) and write the student's bytes "
-                         f"(about the copy), which already makes "
-                         f"{(r.trace_w.median + r.copy.median) / r.copy.median:.1f}x.")
+            reach.append(
+                f"* {r.model}, widen: {r.widen.median * 1e3:.0f} ms against a copy of "
+                f"{r.copy.median * 1e3:.0f} ms; `widen` must trace "
+                f"({r.trace_w.median * 1e3:.0f} ms) and write the student's bytes "
+                f"(about the copy), which already makes "
+                f"{(r.trace_w.median + r.copy.median) / r.copy.median:.1f}x."
+            )
         elif r.widen_ratio <= WIDEN_TARGET and r.copy.faulted_mb > 0.25 * r.student_mb:
-            reach.append(f"* {r.model}, widen: met in this run, with the copy faulting in "
-                         f"{r.copy.faulted_mb:.0f} of its {r.student_mb:.0f} MB.  The same "
-                         f"bytes copied without page faults take "
-                         f"{r.copy_held.median * 1e3:.0f} ms; widen, which faulted in "
-                         f"{r.widen.faulted_mb:.0f} MB itself, takes "
-                         f"{r.widen.median / r.copy_held.median:.1f}x that.  Whether this cell "
-                         f"is met depends on the allocator's state as much as on fxgrow: in a "
-                         f"process where freed memory is handed back, neither faults and the "
-                         f"ratio is well above the target.")
+            reach.append(
+                f"* {r.model}, widen: met in this run, with the copy faulting in "
+                f"{r.copy.faulted_mb:.0f} of its {r.student_mb:.0f} MB.  The same "
+                f"bytes copied without page faults take "
+                f"{r.copy_held.median * 1e3:.0f} ms; widen, which faulted in "
+                f"{r.widen.faulted_mb:.0f} MB itself, takes "
+                f"{r.widen.median / r.copy_held.median:.1f}x that.  Whether this cell "
+                f"is met depends on the allocator's state as much as on fxgrow: in a "
+                f"process where freed memory is handed back, neither faults and the "
+                f"ratio is well above the target."
+            )
     if reach:
-        lines += ["", "Cells within reach, and met cells that depend on the machine's state:",
-                  ""] + reach
+        lines += [
+            "",
+            "Cells within reach, and met cells that depend on the machine's state:",
+            "",
+        ] + reach
     return lines
 
 
@@ -374,26 +410,40 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS),
-                    help=f"comma-separated torchvision models (default {','.join(MODELS)})")
+    ap.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated torchvision models (default {','.join(MODELS)})",
+    )
     ap.add_argument("--reps", type=int, default=7, help="timed runs per measurement")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: multi-threaded kernels slow down "
-                    "erratically when other processes share the CPUs; 0 keeps torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: multi-threaded kernels slow down "
+        "erratically when other processes share the CPUs; 0 keeps torch's default)",
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write "
-                    "(default docs/benchmarks.md)")
+    ap.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="markdown file to write (default docs/benchmarks.md)",
+    )
     args = ap.parse_args(argv)
     try:
         import torch_pruning as tp
     except ImportError:
-        print("tools/bench.py: Torch-Pruning is not installed, so there is nothing to compare "
-              "against; install it with `.venv/bin/python -m pip install torch-pruning` (the "
-              "`bench` extra) and run again.  Nothing was measured.", file=sys.stderr)
+        print(
+            "tools/bench.py: Torch-Pruning is not installed, so there is nothing to compare "
+            "against; install it with `.venv/bin/python -m pip install torch-pruning` (the "
+            "`bench` extra) and run again.  Nothing was measured.",
+            file=sys.stderr,
+        )
         return 0
     tp_version = getattr(tp, "__version__", "?")
     try:
         from importlib.metadata import version
+
         tp_version = version("torch-pruning")
     except Exception:
         pass
@@ -409,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for i, name in enumerate(names, 1):
+
         def log(msg: str) -> None:
             print(f"[{i}/{len(names)}] {name}: {msg}", file=sys.stderr, flush=True)
+
         model = build(name)
         x = torch.randn(*INPUT)
 
@@ -418,35 +470,60 @@ def main(argv: list[str] | None = None) -> int:
         fx_groups = len(fxgrow.analyze(model, x).groups)
         n_tp = len(tp_groups(tp, model, x))
         analyze, tp_time, trace_a = timeit_interleaved(
-            [lambda: fxgrow.analyze(model, x), lambda: tp_groups(tp, model, x),
-             lambda: fx_trace(model)],
-            args.warmup, args.reps)
-        log(f"fxgrow analyze {analyze} s, Torch-Pruning {tp_time} s, fx trace {trace_a} s "
+            [
+                lambda: fxgrow.analyze(model, x),
+                lambda: tp_groups(tp, model, x),
+                lambda: fx_trace(model),
+            ],
+            args.warmup,
+            args.reps,
+        )
+        log(
+            f"fxgrow analyze {analyze} s, Torch-Pruning {tp_time} s, fx trace {trace_a} s "
             f"(ratio {analyze.median / tp_time.median:.2f}, bound "
-            f"{trace_a.median / tp_time.median:.2f}); fxgrow widen ...")
+            f"{trace_a.median / tp_time.median:.2f}); fxgrow widen ..."
+        )
 
         student = fxgrow.widen(model, x, factor=2, verify=False)
         held = copy_bytes(student)
-        fns = [lambda: fxgrow.widen(model, x, factor=2, verify=False),
-               lambda: copy_bytes(student), lambda: fx_trace(model),
-               lambda: copy_into(held, student)]
+        fns = [
+            lambda: fxgrow.widen(model, x, factor=2, verify=False),
+            lambda: copy_bytes(student),
+            lambda: fx_trace(model),
+            lambda: copy_into(held, student),
+        ]
         if rewrite_only is not None:
             analysis = fxgrow.analyze(model, x)
             plan = fxgrow.plan(analysis, factor=2)
             fns.append(lambda: rewrite_only(analysis, plan))
-        widen, copy, trace_w, copy_held, *rewrite = timeit_interleaved(fns, args.warmup,
-                                                                         args.reps)
+        widen, copy, trace_w, copy_held, *rewrite = timeit_interleaved(fns, args.warmup, args.reps)
         del held
-        nbytes = sum(t.numel() * t.element_size()
-                     for t in (*student.parameters(), *student.buffers()))
-        log(f"widen {widen} s, copy {copy} s, fx trace {trace_w} s "
+        nbytes = sum(
+            t.numel() * t.element_size() for t in (*student.parameters(), *student.buffers())
+        )
+        log(
+            f"widen {widen} s, copy {copy} s, fx trace {trace_w} s "
             f"(ratio {widen.median / copy.median:.1f}, bound "
-            f"{trace_w.median / copy.median:.1f})")
-        rows.append(Row(name, fx_groups, n_tp, analyze, tp_time,
-                        sum(p.numel() for p in model.parameters()),
-                        sum(p.numel() for p in student.parameters()), nbytes / 2**20,
-                        widen, copy, trace_a, trace_w, copy_held,
-                        rewrite[0] if rewrite else None))
+            f"{trace_w.median / copy.median:.1f})"
+        )
+        rows.append(
+            Row(
+                name,
+                fx_groups,
+                n_tp,
+                analyze,
+                tp_time,
+                sum(p.numel() for p in model.parameters()),
+                sum(p.numel() for p in student.parameters()),
+                nbytes / 2**20,
+                widen,
+                copy,
+                trace_a,
+                trace_w,
+                copy_held,
+                rewrite[0] if rewrite else None,
+            )
+        )
         del model, student
         gc.collect()
 

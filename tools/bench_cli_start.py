@@ -5,6 +5,7 @@ and the first use of ``fxgrow.widen`` (which imports torch), each run in a fresh
 
 Prints the median and the fastest of ``--runs`` wall-clock times per command (seconds) and
 the machine's load average, as a markdown table for docs/benchmarks.md."""
+
 from __future__ import annotations
 
 import argparse

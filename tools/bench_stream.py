@@ -15,6 +15,7 @@ in the same run:
 
     .venv/bin/python tools/bench_stream.py --dir /tmp/fxgrow-bench [--model 7b] [--exact] [--cli]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,24 @@ import time
 from pathlib import Path
 
 SHAPES = {
-    "1.1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
-    "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+    "1.1b": dict(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    ),
+    "7b": dict(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+    ),
 }
 
 
@@ -42,11 +57,19 @@ def write_teacher(folder: Path, name: str) -> None:
 
     from fxgrow.stream.hf import meta_model
     from fxgrow.stream.writer import OutTensor, shard, write_index, write_tensor
-    config = transformers.LlamaConfig(**SHAPES[name], dtype="bfloat16", tie_word_embeddings=False,
-                                      architectures=["LlamaForCausalLM"])
+
+    config = transformers.LlamaConfig(
+        **SHAPES[name],
+        dtype="bfloat16",
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
     model = meta_model(config)
-    specs = [OutTensor(n, "BF16", tuple(p.shape)) for n, p in model.state_dict().items()
-             if "rotary" not in n]
+    specs = [
+        OutTensor(n, "BF16", tuple(p.shape))
+        for n, p in model.state_dict().items()
+        if "rotary" not in n
+    ]
     folder.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     for s in shard(specs, 1_000_000_000):
@@ -76,12 +99,14 @@ def measured(code: str) -> dict:
     counted), and the JSON the code prints last."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     start = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", code], capture_output=True,
-                       env=env, text=True)
+    p = subprocess.run(
+        ["/usr/bin/time", "-v", sys.executable, "-c", code], capture_output=True, env=env, text=True
+    )
     wall = time.perf_counter() - start
     if p.returncode:
-        raise SystemExit(f"subprocess failed ({p.returncode}):\n{code}\n{p.stdout}\n"
-                         f"{p.stderr[-3000:]}")
+        raise SystemExit(
+            f"subprocess failed ({p.returncode}):\n{code}\n{p.stdout}\n{p.stderr[-3000:]}"
+        )
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
     out = p.stdout.strip()
     last = out.splitlines()[-1] if out else ""
@@ -131,8 +156,11 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(SHAPES), default="1.1b")
     ap.add_argument("--exact", action="store_true", help="from_pretrained float32 check")
     ap.add_argument("--keep", action="store_true", help="keep the folders")
-    ap.add_argument("--cli", action="store_true",
-                    help="grow with `fxgrow grow SRC -o OUT --stream ...` instead of the API")
+    ap.add_argument(
+        "--cli",
+        action="store_true",
+        help="grow with `fxgrow grow SRC -o OUT --stream ...` instead of the API",
+    )
     args = ap.parse_args()
     root = Path(args.dir) / args.model
     teacher = root / "teacher"
@@ -145,21 +173,46 @@ def main() -> None:
     depth, width = -(-n * 5 // 4), mlp * 3 // 2
     up = "model.layers.*.mlp.up_proj"
     if args.cli:
-        grow = {"depth": CLI.format(argv=["grow", str(teacher), "-o", str(root / "depth"),
-                                          "--stream", "--blocks", f"model.layers={depth}",
-                                          "--max-shard-size", "1GB"]),
-                "width": CLI.format(argv=["grow", str(teacher), "-o", str(root / "width"),
-                                          "--stream", "--width", f"{up}={width}",
-                                          "--max-shard-size", "1GB"])}
+        grow = {
+            "depth": CLI.format(
+                argv=[
+                    "grow",
+                    str(teacher),
+                    "-o",
+                    str(root / "depth"),
+                    "--stream",
+                    "--blocks",
+                    f"model.layers={depth}",
+                    "--max-shard-size",
+                    "1GB",
+                ]
+            ),
+            "width": CLI.format(
+                argv=[
+                    "grow",
+                    str(teacher),
+                    "-o",
+                    str(root / "width"),
+                    "--stream",
+                    "--width",
+                    f"{up}={width}",
+                    "--max-shard-size",
+                    "1GB",
+                ]
+            ),
+        }
     else:
-        grow = {"depth": GROW.format(src=str(teacher), dst=str(root / "depth"),
-                                     kw={"blocks": depth}),
-                "width": GROW.format(src=str(teacher), dst=str(root / "width"),
-                                     kw={"widths": {up: width}})}
-    runs = {("copy", "read+write (I/O bound)"): COPY.format(src=str(teacher),
-                                                            dst=str(root / "copy")),
-            ("depth", f"depth {n}->{depth} (LLaMA-Pro)"): grow["depth"],
-            ("width", f"MLP width {mlp}->{width}"): grow["width"]}
+        grow = {
+            "depth": GROW.format(src=str(teacher), dst=str(root / "depth"), kw={"blocks": depth}),
+            "width": GROW.format(
+                src=str(teacher), dst=str(root / "width"), kw={"widths": {up: width}}
+            ),
+        }
+    runs = {
+        ("copy", "read+write (I/O bound)"): COPY.format(src=str(teacher), dst=str(root / "copy")),
+        ("depth", f"depth {n}->{depth} (LLaMA-Pro)"): grow["depth"],
+        ("width", f"MLP width {mlp}->{width}"): grow["width"],
+    }
     keep = args.keep or args.exact  # else each output is removed once measured (disk)
     results = {}
     for (d, name), code in runs.items():
@@ -173,8 +226,11 @@ def main() -> None:
             results[f"exact {d}"] = measured(EXACT.format(src=str(teacher), dst=str(root / d)))
             print(f"exact {d}", json.dumps(results[f"exact {d}"]), flush=True)
     teacher_bytes = sum(f.stat().st_size for f in teacher.glob("*.safetensors"))
-    print(json.dumps({"model": args.model, "teacher_gb": round(teacher_bytes / 1e9, 2),
-                      **results}, indent=1))
+    print(
+        json.dumps(
+            {"model": args.model, "teacher_gb": round(teacher_bytes / 1e9, 2), **results}, indent=1
+        )
+    )
     if not args.keep:
         for d in ("copy", "depth", "width"):
             shutil.rmtree(root / d, ignore_errors=True)

@@ -9,6 +9,7 @@
    padding mask, greedy generate(use_cache=True) identical.
 3. Growth during training on CUDA: AdamW state moved to the student, loss before = after.
 Prints one line per check and exits non-zero if any fails."""
+
 from __future__ import annotations
 
 import sys
@@ -23,6 +24,7 @@ def check_resnet() -> str:
     import torchvision
 
     import fxgrow
+
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10).to(DEVICE).eval()
     x = torch.randn(4, 3, 64, 64, device=DEVICE)
@@ -35,14 +37,29 @@ def check_llama_bf16() -> str:
     import transformers
 
     import fxgrow
+
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, torch_dtype="bfloat16")
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        torch_dtype="bfloat16",
+    )
     t = transformers.LlamaForCausalLM(cfg).to(DEVICE, torch.bfloat16).eval()
     ids = torch.randint(0, 256, (2, 12), device=DEVICE)
-    s = fxgrow.grow(t, ids, to_config={"hidden_size": 192, "num_attention_heads": 6,
-                                        "num_key_value_heads": 3, "num_hidden_layers": 4})
+    s = fxgrow.grow(
+        t,
+        ids,
+        to_config={
+            "hidden_size": 192,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 3,
+            "num_hidden_layers": 4,
+        },
+    )
     assert type(s) is transformers.LlamaForCausalLM, type(s)
     assert s.config.hidden_size == 192 and s.config.num_hidden_layers == 4
     assert next(s.parameters()).device.type == DEVICE
@@ -58,14 +75,17 @@ def check_llama_bf16() -> str:
     ga = t.generate(fresh[1:], max_new_tokens=8, do_sample=False)
     gb = s.generate(fresh[1:], max_new_tokens=8, do_sample=False)
     same = torch.equal(ga, gb)
-    return (f"Llama bf16 on CUDA -> hidden 192, 4 layers: max rel logit err {rel:.2e} on fresh "
-            f"inputs with padding; greedy generate identical: {same}")
+    return (
+        f"Llama bf16 on CUDA -> hidden 192, 4 layers: max rel logit err {rel:.2e} on fresh "
+        f"inputs with padding; greedy generate identical: {same}"
+    )
 
 
 def check_training() -> str:
     import torchvision
 
     import fxgrow
+
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10).to(DEVICE).train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
@@ -82,14 +102,19 @@ def check_training() -> str:
     s.eval()
     with torch.no_grad():
         after = torch.nn.functional.cross_entropy(s(x), y).item()
-    devices = {v.device.type for st in opt2.state.values() for v in st.values()
-               if isinstance(v, torch.Tensor) and v.dim()}
+    devices = {
+        v.device.type
+        for st in opt2.state.values()
+        for v in st.values()
+        if isinstance(v, torch.Tensor) and v.dim()
+    }
     return f"growth during training on CUDA: loss {before:.6f} -> {after:.6f}, state on {devices}"
 
 
 def main() -> int:
-    print(torch.__version__, torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE,
-          flush=True)
+    print(
+        torch.__version__, torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE, flush=True
+    )
     failed = 0
     for check in (check_resnet, check_llama_bf16, check_training):
         try:

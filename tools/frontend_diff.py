@@ -9,6 +9,7 @@ parameter/buffer members (``fxgrow.frontend.compare``), then the export student 
     .venv/bin/python tools/frontend_diff.py --family classification --json /tmp/fe.json
     .venv/bin/python tools/frontend_diff.py --models resnet18,mobilenet_v3_small
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,12 @@ def one(name: str, factor: float, max_params: float, student: bool = True) -> di
     import fxgrow
     from fxgrow.errors import FxgrowError
     from fxgrow.frontend.compare import compare_frontends
+
     t0 = time.time()
     row: dict = {"name": name}
     try:
         n = _count(build_torchvision(name, meta=True)[0])
-    except Exception:  # noqa: BLE001 - some builders do not run on meta: the sweep's count
+    except Exception:
         rows = json.loads((ROOT / "docs" / "zoo_sweep.json").read_text())["results"]
         n = next((r.get("params") or 0 for r in rows if r["name"] == name), 0)
     if n > max_params:
@@ -47,9 +49,14 @@ def one(name: str, factor: float, max_params: float, student: bool = True) -> di
         diff = compare_frontends(model, x)
     except FxgrowError as e:
         return row | {"status": "error", "detail": f"{type(e).__name__}: {e}".splitlines()[0]}
-    row |= {"status": "equal" if diff.equal else "differ", "detail": diff.describe(),
-            "fx_groups": diff.fx_groups, "export_groups": diff.export_groups,
-            "fx_widenable": diff.fx_widenable, "export_widenable": diff.export_widenable}
+    row |= {
+        "status": "equal" if diff.equal else "differ",
+        "detail": diff.describe(),
+        "fx_groups": diff.fx_groups,
+        "export_groups": diff.export_groups,
+        "fx_widenable": diff.fx_widenable,
+        "export_widenable": diff.export_widenable,
+    }
     if diff.export_widenable and student:
         try:
             student = fxgrow.widen(model, x, factor=factor, frontend="export", as_graph=True)
@@ -64,12 +71,11 @@ def one(name: str, factor: float, max_params: float, student: bool = True) -> di
 def _child(name: str, factor: float, max_params: float, student: bool, conn) -> None:
     try:
         conn.send(one(name, factor, max_params, student))
-    except BaseException as e:  # noqa: BLE001 - reported as this model's row
+    except BaseException as e:
         conn.send({"name": name, "status": "BUG", "detail": f"{type(e).__name__}: {e}"[:300]})
 
 
-def run(name: str, factor: float, max_params: float, timeout: float,
-        student: bool = True) -> dict:
+def run(name: str, factor: float, max_params: float, timeout: float, student: bool = True) -> dict:
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(name, factor, max_params, student, send), daemon=True)
@@ -90,20 +96,27 @@ def run(name: str, factor: float, max_params: float, timeout: float,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="comma-separated torchvision model names")
-    ap.add_argument("--family", default="classification",
-                    help="torchvision submodule when --models is not given")
+    ap.add_argument(
+        "--family",
+        default="classification",
+        help="torchvision submodule when --models is not given",
+    )
     ap.add_argument("--factor", type=float, default=1.5)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--max-params", type=float, default=150e6)
     ap.add_argument("--json", type=Path, help="write the rows here")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the rows already in --json; run only the other models")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the rows already in --json; run only the other models",
+    )
     ap.add_argument("--no-student", action="store_true", help="compare the groups only")
     a = ap.parse_args(argv)
     if a.models:
         names = a.models.split(",")
     else:
         from sweep import torchvision_cases
+
         names = [c.name for c in torchvision_cases() if c.family == a.family]
         sweep_rows = json.loads((ROOT / "docs" / "zoo_sweep.json").read_text())["results"]
         size = {r["name"]: r.get("params") or 0 for r in sweep_rows}
@@ -113,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in [n for n in names if n not in done]:
         row = run(name, a.factor, a.max_params, a.timeout, not a.no_student)
         rows.append(row)
-        print(f"{name:28s} {row['status']:8s} {row.get('student', ''):6s} {row['detail']}",
-              flush=True)
+        print(
+            f"{name:28s} {row['status']:8s} {row.get('student', ''):6s} {row['detail']}", flush=True
+        )
         if a.json:
             a.json.write_text(json.dumps(rows, indent=1))
     ran = [r for r in rows if r["status"] != "skipped"]
     equal = sum(r["status"] == "equal" for r in ran)
     exact = sum(r.get("student") == "exact" for r in ran)
-    print(f"{equal}/{len(ran)} equal groups; {exact}/{len(ran)} exact export students "
-          f"({len(rows) - len(ran)} skipped)")
+    print(
+        f"{equal}/{len(ran)} equal groups; {exact}/{len(ran)} exact export students "
+        f"({len(rows) - len(ran)} skipped)"
+    )
     return 0
 
 

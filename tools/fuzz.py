@@ -14,6 +14,7 @@ analysis.  Each call must give an exact student or a FxgrowError naming a node.
 The survey runs every example without stopping; if anything failed, hypothesis then shrinks the
 first failure to a minimal program, printed as Python to paste into tests/regressions/.
 Exit status: 0 when no example failed."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from hypothesis import Phase, given, settings  # noqa: E402
-from hypothesis import seed as hypothesis_seed  # noqa: E402
-
-from fuzz.archs import programs  # noqa: E402
-from fuzz.check import check_program  # noqa: E402
-from fuzz.profiles import DTYPES, NIGHTLY, NIGHTLY_STEPS  # noqa: E402
+import torch
+from fuzz.archs import programs
+from fuzz.check import check_program
+from fuzz.profiles import DTYPES, NIGHTLY, NIGHTLY_STEPS
+from hypothesis import Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 
 
 def survey(n: int, steps: int, seed: int | None) -> dict:
@@ -74,8 +74,14 @@ def survey(n: int, steps: int, seed: int | None) -> dict:
     if seed is not None:
         run = hypothesis_seed(seed)(run)
     run()
-    return {"stats": stats, "ops": ops, "failures": failures, "notes": notes,
-            "outcomes": outcomes, "reasons": reasons}
+    return {
+        "stats": stats,
+        "ops": ops,
+        "failures": failures,
+        "notes": notes,
+        "outcomes": outcomes,
+        "reasons": reasons,
+    }
 
 
 def reason(message: str) -> str:
@@ -91,8 +97,12 @@ def shrink(kind: str, steps: int, seed: int | None):
     """Let hypothesis find and shrink an example failing with ``kind``; the minimal program."""
     found: list = []
 
-    @settings(NIGHTLY, max_examples=NIGHTLY.max_examples, derandomize=seed is None,
-              phases=[Phase.generate, Phase.shrink])
+    @settings(
+        NIGHTLY,
+        max_examples=NIGHTLY.max_examples,
+        derandomize=seed is None,
+        phases=[Phase.generate, Phase.shrink],
+    )
     @given(programs(max_steps=steps, dtypes=DTYPES))
     def run(program):
         report = check_program(program)
@@ -114,34 +124,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--examples", type=int, default=NIGHTLY.max_examples)
     ap.add_argument("--steps", type=int, default=NIGHTLY_STEPS, help="most ops per program")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="hypothesis seed (default: derandomized, the same examples every run)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="hypothesis seed (default: derandomized, the same examples every run)",
+    )
     ap.add_argument("--no-shrink", action="store_true")
     ap.add_argument("--reasons", type=int, default=15, help="refusal reasons to list")
     ap.add_argument("--json", help="write the summary here")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: the models are tiny, and on a busy machine "
-                         "OpenMP threads waiting for each other slow every op down)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the models are tiny, and on a busy machine "
+        "OpenMP threads waiting for each other slow every op down)",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
 
-    print(f"fxgrow fuzz: {args.examples} examples, up to {args.steps} ops each, "
-          f"{'seed ' + str(args.seed) if args.seed is not None else 'derandomized'}; "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"fxgrow fuzz: {args.examples} examples, up to {args.steps} ops each, "
+        f"{'seed ' + str(args.seed) if args.seed is not None else 'derandomized'}; "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     start = time.perf_counter()
     result = survey(args.examples, args.steps, args.seed)
     elapsed = time.perf_counter() - start
     stats, failures = result["stats"], result["failures"]
 
-    print(f"\nexamples run:        {stats['examples']} in {elapsed:.1f} s "
-          f"({elapsed / max(stats['examples'], 1):.2f} s per example)")
+    print(
+        f"\nexamples run:        {stats['examples']} in {elapsed:.1f} s "
+        f"({elapsed / max(stats['examples'], 1):.2f} s per example)"
+    )
     print(f"exact students:      {stats['exact students']}")
     print(f"named refusals:      {stats['named refusals']}")
     print(f"symmetry probes:     {stats['probed']}")
-    print(f"dtypes:              " + ", ".join(f"{k[6:]} {v}" for k, v in stats.items()
-                                               if k.startswith("dtype ")))
+    print(
+        "dtypes:              "
+        + ", ".join(f"{k[6:]} {v}" for k, v in stats.items() if k.startswith("dtype "))
+    )
     print("ops drawn:           " + ", ".join(f"{k} {v}" for k, v in result["ops"].most_common()))
     per_call: dict = {}
     for (call, outcome), v in result["outcomes"].items():
@@ -153,9 +178,14 @@ def main() -> int:
     for (call, why), v in result["reasons"].most_common(args.reasons):
         print(f"  {v:>5} x {call}: {why}")
     kinds = collections.Counter(f.kind for _, f in failures)
-    print(f"failures:            {len(failures)} "
-          + (f"({', '.join(f'{k} {v}' for k, v in kinds.items())})" if failures else
-             "(no wrong student, no non-fxgrow exception)"))
+    print(
+        f"failures:            {len(failures)} "
+        + (
+            f"({', '.join(f'{k} {v}' for k, v in kinds.items())})"
+            if failures
+            else "(no wrong student, no non-fxgrow exception)"
+        )
+    )
     if result["notes"]:
         print("known message notes: " + "; ".join(f"{v} x {k}" for k, v in result["notes"].items()))
 
@@ -169,16 +199,27 @@ def main() -> int:
 
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"examples": stats["examples"], "seconds": round(elapsed, 1),
-                       "exact_students": stats["exact students"],
-                       "named_refusals": stats["named refusals"],
-                       "failures": [{"kind": f.kind, "action": f.action, "detail": f.detail,
-                                     "program": repr(p)} for p, f in failures],
-                       "ops": dict(result["ops"]), "notes": dict(result["notes"]),
-                       "per_call": {k: dict(v) for k, v in per_call.items()},
-                       "refusals": [[c, w, v] for (c, w), v in result["reasons"].most_common()],
-                       "seed": args.seed, "max_steps": args.steps,
-                       "torch": torch.__version__}, fh, indent=1)
+            json.dump(
+                {
+                    "examples": stats["examples"],
+                    "seconds": round(elapsed, 1),
+                    "exact_students": stats["exact students"],
+                    "named_refusals": stats["named refusals"],
+                    "failures": [
+                        {"kind": f.kind, "action": f.action, "detail": f.detail, "program": repr(p)}
+                        for p, f in failures
+                    ],
+                    "ops": dict(result["ops"]),
+                    "notes": dict(result["notes"]),
+                    "per_call": {k: dict(v) for k, v in per_call.items()},
+                    "refusals": [[c, w, v] for (c, w), v in result["reasons"].most_common()],
+                    "seed": args.seed,
+                    "max_steps": args.steps,
+                    "torch": torch.__version__,
+                },
+                fh,
+                indent=1,
+            )
     shrunk = None
     if failures and not args.no_shrink:
         kind = failures[0][1].kind

@@ -4,6 +4,7 @@ headless Chromium shows them.
 
     .venv/bin/python tools/html_pictures.py [--out docs/img]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def main() -> None:
     import torchvision
     import transformers
+    from browser import available, chrome
 
     import fxgrow
-    from browser import available, chrome
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/img")
     args = ap.parse_args()
@@ -33,9 +35,15 @@ def main() -> None:
     x = torch.randn(1, 3, 32, 32)
     r50 = torchvision.models.resnet50().eval()
     fxgrow.draw(r50, x, work / "resnet50.html", student=fxgrow.widen(r50, x, factor=1.5))
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, use_cache=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_cache=False,
+    )
     llama = transformers.LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 128, (1, 8))
     grown = fxgrow.grow(llama, ids, blocks={"model.layers": 4}, as_graph=True)
@@ -46,8 +54,9 @@ def main() -> None:
         driver.execute_script("fxgrow.show('student'); fxgrow.find('layer3.0.conv3')")
         driver.save_screenshot(str(out / "html_resnet50.png"))
         driver.get((work / "llama.html").as_uri())
-        driver.execute_script("fxgrow.show('student/model.layers.2'); "
-                              "fxgrow.find('model.layers.2.mlp.gate_proj')")
+        driver.execute_script(
+            "fxgrow.show('student/model.layers.2'); fxgrow.find('model.layers.2.mlp.gate_proj')"
+        )
         driver.save_screenshot(str(out / "html_llama.png"))
     finally:
         driver.quit()

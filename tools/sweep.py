@@ -24,6 +24,7 @@ Results are merged by model into the JSON file (``--json``), so runs can be spli
 markdown table in ``docs/zoo.md`` (between the sweep markers) is regenerated from the whole
 JSON file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,18 @@ DETECTION_SIZE = 224  # detectors grow their backbone (within="backbone") at thi
 CLASSES = ("exact", "partial", "refused", "trace-fail", "skipped", "BUG")
 
 # A fast slice for CI: small models covering exact, partial and refused/trace-fail outcomes.
-QUICK = (("torchvision", "resnet18"), ("torchvision", "mobilenet_v3_small"),
-         ("torchvision", "squeezenet1_0"), ("torchvision", "shufflenet_v2_x0_5"),
-         ("torchvision", "fasterrcnn_mobilenet_v3_large_320_fpn"),
-         ("timm", "test_vit"), ("timm", "resnet10t"), ("timm", "test_efficientnet"),
-         ("hf", "ViTForImageClassification"), ("hf", "ResNetForImageClassification"))
+QUICK = (
+    ("torchvision", "resnet18"),
+    ("torchvision", "mobilenet_v3_small"),
+    ("torchvision", "squeezenet1_0"),
+    ("torchvision", "shufflenet_v2_x0_5"),
+    ("torchvision", "fasterrcnn_mobilenet_v3_large_320_fpn"),
+    ("timm", "test_vit"),
+    ("timm", "resnet10t"),
+    ("timm", "test_efficientnet"),
+    ("hf", "ViTForImageClassification"),
+    ("hf", "ResNetForImageClassification"),
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ _TV_SUBMODULES = ("", "segmentation", "video", "optical_flow", "detection")
 
 def torchvision_cases() -> list[Case]:
     import torchvision
+
     cases = []
     for sub in _TV_SUBMODULES:
         mod = getattr(torchvision.models, sub) if sub else torchvision.models
@@ -120,18 +129,63 @@ def timm_family(name: str) -> str:
     return re.split(r"[_\d]", name)[0] or name
 
 
-_SMALL = ("test", "pico", "femto", "atto", "zepto", "nano", "xxxs", "xxs", "tiny", "xs",
-          "mini", "micro", "small", "lite", "light", "b0", "s0", "m0", "t", "s")
-_LARGE = ("large", "huge", "giant", "xlarge", "xxlarge", "big", "base", "medium", "384", "448",
-          "512", "320", "336", "gigantic", "enormous", "so400m", "1b", "6b")
+_SMALL = (
+    "test",
+    "pico",
+    "femto",
+    "atto",
+    "zepto",
+    "nano",
+    "xxxs",
+    "xxs",
+    "tiny",
+    "xs",
+    "mini",
+    "micro",
+    "small",
+    "lite",
+    "light",
+    "b0",
+    "s0",
+    "m0",
+    "t",
+    "s",
+)
+_LARGE = (
+    "large",
+    "huge",
+    "giant",
+    "xlarge",
+    "xxlarge",
+    "big",
+    "base",
+    "medium",
+    "384",
+    "448",
+    "512",
+    "320",
+    "336",
+    "gigantic",
+    "enormous",
+    "so400m",
+    "1b",
+    "6b",
+)
 
 
 def _smallness(name: str) -> tuple:
     """Sort key: names with small-size words first, large-size words last, then the fewest
     digits of depth/width, then the shortest name."""
     parts = re.split(r"[_]", name)
-    small = min((i for i, w in enumerate(_SMALL) for p in parts if p == w or p.startswith(w)
-                 and w not in ("t", "s")), default=len(_SMALL))
+    small = min(
+        (
+            i
+            for i, w in enumerate(_SMALL)
+            for p in parts
+            if p == w or p.startswith(w) and w not in ("t", "s")
+        ),
+        default=len(_SMALL),
+    )
     large = sum(1 for p in parts for w in _LARGE if w in p)
     nums = [int(n) for n in re.findall(r"\d+", name)]
     return (large, small, sum(nums) if nums else 0, len(name), name)
@@ -140,6 +194,7 @@ def _smallness(name: str) -> tuple:
 def timm_cases() -> list[Case]:
     import timm
     from timm.models import _registry
+
     fams: dict[str, list[str]] = {}
     for name in timm.list_models():
         fams.setdefault(timm_family(name), []).append(name)
@@ -150,14 +205,31 @@ def timm_cases() -> list[Case]:
     return cases
 
 
-_HF = ("ViTForImageClassification", "ConvNextForImageClassification",
-       "ConvNextV2ForImageClassification", "ResNetForImageClassification",
-       "SwinForImageClassification", "Dinov2Model", "Wav2Vec2Model", "WhisperEncoder")
+_HF = (
+    "ViTForImageClassification",
+    "ConvNextForImageClassification",
+    "ConvNextV2ForImageClassification",
+    "ResNetForImageClassification",
+    "SwinForImageClassification",
+    "Dinov2Model",
+    "Wav2Vec2Model",
+    "WhisperEncoder",
+)
 
 
 def hf_cases() -> list[Case]:
-    return [Case("hf", n, n.replace("ForImageClassification", "").replace("Model", "")
-                 .replace("Encoder", "").lower(), "transformers") for n in _HF]
+    return [
+        Case(
+            "hf",
+            n,
+            n.replace("ForImageClassification", "")
+            .replace("Model", "")
+            .replace("Encoder", "")
+            .lower(),
+            "transformers",
+        )
+        for n in _HF
+    ]
 
 
 def all_cases(only: str | None) -> list[Case]:
@@ -167,14 +239,17 @@ def all_cases(only: str | None) -> list[Case]:
 
 # ---------------------------------------------------------------------------------- models
 
+
 def _image(size: int, batch: int = 2):
     import torch
+
     return torch.randn(batch, 3, size, size)
 
 
 def _tv_kwargs(name: str) -> tuple[dict, Any]:
     """Builder kwargs and example input for a torchvision model (64 px where it allows)."""
     import torch
+
     if name.startswith("vit_"):
         patch = int(re.search(r"_(\d+)$", name).group(1))
         size = 4 * patch
@@ -200,11 +275,17 @@ def _tv_kwargs(name: str) -> tuple[dict, Any]:
         # built for 224 px (no resize to 800), every detection kept: the whole-model check
         # compares 100-300 detections, not an empty list
         thresh = "box_score_thresh" if "rcnn" in name else "score_thresh"
-        return {"weights_backbone": None, "min_size": DETECTION_SIZE,
-                "max_size": DETECTION_SIZE, thresh: 0.0}, _image(DETECTION_SIZE, 1)
+        return {
+            "weights_backbone": None,
+            "min_size": DETECTION_SIZE,
+            "max_size": DETECTION_SIZE,
+            thresh: 0.0,
+        }, _image(DETECTION_SIZE, 1)
     if name.startswith(("fcn", "deeplab", "lraspp")):  # no backbone download either
-        return ({"weights_backbone": None} | ({} if name.startswith("lraspp") else
-                                              {"aux_loss": False}), _image(SIZE))
+        return (
+            {"weights_backbone": None} | ({} if name.startswith("lraspp") else {"aux_loss": False}),
+            _image(SIZE),
+        )
     return {}, _image(SIZE)
 
 
@@ -215,6 +296,7 @@ def _count(model) -> int:
 def build_torchvision(name: str, meta: bool = False):
     import torch
     import torchvision
+
     kwargs, x = _tv_kwargs(name)
     if meta:
         with torch.device("meta"):
@@ -233,8 +315,11 @@ def calibrate_batchnorm(model, path: str, x) -> None:
     import torch
 
     from fxgrow.within import record_call
+
     call = record_call(model, path, x if isinstance(x, tuple) else (x,))
-    norms = [m for m in call.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        m for m in call.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
     if not norms:
         return
     for m in norms:
@@ -251,6 +336,7 @@ def build_timm(name: str, meta: bool = False):
     (``img_size=64``), else the model's default input size."""
     import timm
     import torch
+
     if meta:
         with torch.device("meta"):
             return timm.create_model(name, pretrained=False), None
@@ -260,7 +346,7 @@ def build_timm(name: str, meta: bool = False):
         with torch.no_grad():
             model(x)
         return model, x
-    except Exception:  # noqa: BLE001 - probing the sizes the model accepts
+    except Exception:
         pass
     try:
         torch.manual_seed(0)
@@ -268,7 +354,7 @@ def build_timm(name: str, meta: bool = False):
         with torch.no_grad():
             small(x)
         return small, x
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     cfg = model.pretrained_cfg or {}
     size = tuple(cfg.get("input_size", (3, 224, 224)))
@@ -279,36 +365,77 @@ def build_hf(name: str, meta: bool = False):
     """Tiny configs, random weights: no downloads."""
     import torch
     import transformers as tf
+
     tiny = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     conv = dict(num_labels=10, hidden_sizes=[16, 24, 32, 48], depths=[1, 1, 1, 1])
     if name == "ViTForImageClassification":
-        m, x = tf.ViTForImageClassification(tf.ViTConfig(
-            hidden_size=32, image_size=32, patch_size=8, num_labels=10, **tiny)), _image(32)
+        m, x = (
+            tf.ViTForImageClassification(
+                tf.ViTConfig(hidden_size=32, image_size=32, patch_size=8, num_labels=10, **tiny)
+            ),
+            _image(32),
+        )
     elif name == "ConvNextForImageClassification":
         m, x = tf.ConvNextForImageClassification(tf.ConvNextConfig(**conv)), _image(SIZE)
     elif name == "ConvNextV2ForImageClassification":
         m, x = tf.ConvNextV2ForImageClassification(tf.ConvNextV2Config(**conv)), _image(SIZE)
     elif name == "ResNetForImageClassification":
-        m, x = tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=16, **conv)), \
-            _image(SIZE)
+        m, x = (
+            tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=16, **conv)),
+            _image(SIZE),
+        )
     elif name == "SwinForImageClassification":
-        m, x = tf.SwinForImageClassification(tf.SwinConfig(
-            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
-            window_size=4, num_labels=10)), _image(32)
+        m, x = (
+            tf.SwinForImageClassification(
+                tf.SwinConfig(
+                    image_size=32,
+                    patch_size=4,
+                    embed_dim=16,
+                    depths=[1, 1],
+                    num_heads=[2, 4],
+                    window_size=4,
+                    num_labels=10,
+                )
+            ),
+            _image(32),
+        )
     elif name == "Dinov2Model":
-        m, x = tf.Dinov2Model(tf.Dinov2Config(hidden_size=32, image_size=32, patch_size=8,
-                                              **tiny)), _image(32)
+        m, x = (
+            tf.Dinov2Model(tf.Dinov2Config(hidden_size=32, image_size=32, patch_size=8, **tiny)),
+            _image(32),
+        )
     elif name == "Wav2Vec2Model":
-        m, x = tf.Wav2Vec2Model(tf.Wav2Vec2Config(
-            hidden_size=32, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, **tiny)), \
-            torch.randn(1, 1600)
+        m, x = (
+            tf.Wav2Vec2Model(
+                tf.Wav2Vec2Config(
+                    hidden_size=32,
+                    conv_dim=(16, 16),
+                    conv_stride=(5, 2),
+                    conv_kernel=(10, 3),
+                    num_conv_pos_embeddings=16,
+                    num_conv_pos_embedding_groups=4,
+                    **tiny,
+                )
+            ),
+            torch.randn(1, 1600),
+        )
     elif name == "WhisperEncoder":
-        cfg = tf.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
-                               encoder_attention_heads=4, decoder_attention_heads=4,
-                               encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
-                               max_source_positions=25, vocab_size=100, pad_token_id=0,
-                               bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+        cfg = tf.WhisperConfig(
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=1,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=16,
+            max_source_positions=25,
+            vocab_size=100,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
         m, x = tf.WhisperModel(cfg).get_encoder(), torch.randn(1, 16, 50)
     else:
         raise KeyError(name)
@@ -333,10 +460,11 @@ def _first_line(e: BaseException) -> str:
 
 def _tb(e: BaseException, frames: int = 4) -> str:
     lines = traceback.format_exception(type(e), e, e.__traceback__)
-    return "".join(lines[-2 * frames - 1:])[-3000:]
+    return "".join(lines[-2 * frames - 1 :])[-3000:]
 
 
 # ---------------------------------------------------------------------------------- one model
+
 
 def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result:
     """Everything for one model (runs in the child); ``frontend`` overrides the suite's
@@ -345,6 +473,7 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
 
     import fxgrow
     from fxgrow.errors import FxgrowError, PreservationError, TraceError
+
     t0 = time.time()
     base = dict(suite=case.suite, name=case.name, family=case.family, module=case.module)
 
@@ -354,21 +483,27 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
     build = BUILDERS[case.suite]
     try:
         n = _count(build(case.name, meta=True)[0])
-    except Exception:  # noqa: BLE001 - some builders do not run on meta; count after building
+    except Exception:
         n = 0
     if n > max_params:
-        return done("skipped", f"{n / 1e6:.0f} M parameters > --max-params "
-                    f"{max_params / 1e6:.0f} M", params=n)
+        return done(
+            "skipped",
+            f"{n / 1e6:.0f} M parameters > --max-params {max_params / 1e6:.0f} M",
+            params=n,
+        )
     torch.manual_seed(0)
     try:
         model, x = build(case.name)
-    except Exception as e:  # noqa: BLE001 - not fxgrow's: the zoo's builder failed
+    except Exception as e:
         return done("skipped", f"builder failed: {_first_line(e)}")
     model.eval()
     n = _count(model)
     if n > max_params:  # the builder did not run on meta tensors
-        return done("skipped", f"{n / 1e6:.0f} M parameters > --max-params "
-                    f"{max_params / 1e6:.0f} M", params=n)
+        return done(
+            "skipped",
+            f"{n / 1e6:.0f} M parameters > --max-params {max_params / 1e6:.0f} M",
+            params=n,
+        )
     info = dict(input=_shape(x), params=n)
     options: dict[str, Any] = {"frontend": "export"} if case.suite == "hf" else {}
     if frontend:
@@ -382,8 +517,9 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
         groups = analysis.groups
         ops = [(g, b) for g in groups for b in g.blockers if b.kind == "op"]
         op_groups = len({g.name for g, _ in ops})
-        info.update(groups=len(groups), op_blocked=op_groups,
-                    widenable=sum(g.widenable for g in groups))
+        info.update(
+            groups=len(groups), op_blocked=op_groups, widenable=sum(g.widenable for g in groups)
+        )
         if not any(g.widenable for g in groups):
             first = f"{ops[0][1]}" if ops else "every group is fixed by the model's boundary"
             return done("partial" if ops else "exact", "no widenable group; " + first, **info)
@@ -393,16 +529,16 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
         return done("trace-fail", _first_line(e), **info)
     except FxgrowError as e:
         return done("refused", _first_line(e), **info)
-    except Exception as e:  # noqa: BLE001 - a raw exception out of fxgrow is a bug
-        return done("BUG", "raw exception in analyze/plan: " + _first_line(e), trace=_tb(e),
-                    **info)
+    except Exception as e:
+        return done("BUG", "raw exception in analyze/plan: " + _first_line(e), trace=_tb(e), **info)
     detail = f"{ops[0][1]}" if ops else ""
     cls = "partial" if ops else "exact"
-    left = [g.name for g in groups if g.widenable and g.name not in
-            {c.group for c in plan.changes}]
+    left = [g.name for g in groups if g.widenable and g.name not in {c.group for c in plan.changes}]
     if left and not ops:  # widenable, but factor= does not grow them (inner factors)
-        cls, detail = "partial", (f"{len(left)} widenable group(s) not grown by factor="
-                                  f"{FACTOR}, e.g. {left[0]}")
+        cls, detail = (
+            "partial",
+            (f"{len(left)} widenable group(s) not grown by factor={FACTOR}, e.g. {left[0]}"),
+        )
     # the graph student: the sweep measures the analysis and the rewrite (a Hugging Face
     # teacher otherwise comes back as its class, where a config can hold the widths)
     within = options.get("within")
@@ -418,18 +554,28 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
         fp32 = _first_line(e)
     except FxgrowError as e:
         return done("refused", _first_line(e), **info)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return done("BUG", "raw exception in widen: " + _first_line(e), trace=_tb(e), **info)
     # float32 verification failed: does float64 pass (a false alarm) or fail (wrong student)?
     try:
         m64, x64 = copy.deepcopy(model).double(), _double(x)
         student = fxgrow.widen(m64, x64, factor=FACTOR, **options)
         cmp = (student.get_submodule(within) if within else student).meta.get("fxgrow_error")
-        return done("BUG", f"false alarm: float32 {fp32}; float64 passes", dtype="float64",
-                    max_rel=getattr(cmp, "max_rel", None), **info)
-    except Exception as e:  # noqa: BLE001
-        return done("BUG", f"wrong student: float32 {fp32}; float64 {_first_line(e)}",
-                    dtype="float64", trace=_tb(e), **info)
+        return done(
+            "BUG",
+            f"false alarm: float32 {fp32}; float64 passes",
+            dtype="float64",
+            max_rel=getattr(cmp, "max_rel", None),
+            **info,
+        )
+    except Exception as e:
+        return done(
+            "BUG",
+            f"wrong student: float32 {fp32}; float64 {_first_line(e)}",
+            dtype="float64",
+            trace=_tb(e),
+            **info,
+        )
 
 
 def _whole(meta: dict) -> str:
@@ -438,12 +584,15 @@ def _whole(meta: dict) -> str:
         return f"whole model max rel {getattr(whole, 'max_rel', float('nan')):.2g}"
     ref = "" if whole.teacher_rel is None else f", teacher vs float64 {whole.teacher_rel:.2g}"
     jumps = f", {whole.jumps} mask/keypoint jumps" if whole.jumps else ""
-    return (f"whole model {whole.detections} detections matched ({whole.unmatched} "
-            f"unmatched{jumps}), max rel {whole.max_rel:.2g}{ref}")
+    return (
+        f"whole model {whole.detections} detections matched ({whole.unmatched} "
+        f"unmatched{jumps}), max rel {whole.max_rel:.2g}{ref}"
+    )
 
 
 def _child(case: Case, max_params: int, mem_bytes: int, conn, frontend: str | None) -> None:
     import psutil
+
     vms = psutil.Process().memory_info().vms
     try:  # the child may map at most mem_bytes beyond what it inherited
         resource.setrlimit(resource.RLIMIT_AS, (vms + mem_bytes, vms + mem_bytes))
@@ -453,11 +602,24 @@ def _child(case: Case, max_params: int, mem_bytes: int, conn, frontend: str | No
     try:
         res = run_case(case, max_params, frontend)
     except MemoryError as e:
-        res = Result(case.suite, case.name, case.family, case.module, "BUG",
-                     f"out of memory (> {mem_bytes >> 20} MiB): {_first_line(e)}")
-    except BaseException as e:  # noqa: BLE001 - nothing may escape the child unreported
-        res = Result(case.suite, case.name, case.family, case.module, "BUG",
-                     "raw exception: " + _first_line(e), trace=_tb(e))
+        res = Result(
+            case.suite,
+            case.name,
+            case.family,
+            case.module,
+            "BUG",
+            f"out of memory (> {mem_bytes >> 20} MiB): {_first_line(e)}",
+        )
+    except BaseException as e:
+        res = Result(
+            case.suite,
+            case.name,
+            case.family,
+            case.module,
+            "BUG",
+            "raw exception: " + _first_line(e),
+            trace=_tb(e),
+        )
     conn.send(asdict(res))
     conn.close()
 
@@ -465,17 +627,20 @@ def _child(case: Case, max_params: int, mem_bytes: int, conn, frontend: str | No
 FORK_LOCK = threading.Lock()
 
 
-def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int,
-                 frontend: str | None = None) -> Result:
+def run_isolated(
+    case: Case, timeout: float, mem_mb: int, max_params: int, frontend: str | None = None
+) -> Result:
     """Run ``case`` in a forked child; kill it past ``timeout`` or ``mem_mb`` of RSS."""
     import psutil
+
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(case, max_params, mem_mb << 20, send, frontend),
-                    daemon=True)
+    p = ctx.Process(
+        target=_child, args=(case, max_params, mem_mb << 20, send, frontend), daemon=True
+    )
     t0 = time.time()
     with FORK_LOCK:  # fork only while no other thread holds a lock (stdout's: a child that
-        p.start()    # writes a warning would wait on it for ever)
+        p.start()  # writes a warning would wait on it for ever)
     send.close()
     why = ""
     proc = psutil.Process(p.pid)
@@ -503,20 +668,31 @@ def run_isolated(case: Case, timeout: float, mem_mb: int, max_params: int,
     p.join(10)
     if not why:
         why = f"child died (exit code {p.exitcode})"
-    return Result(case.suite, case.name, case.family, case.module, "BUG", why,
-                  seconds=round(time.time() - t0, 1))
+    return Result(
+        case.suite,
+        case.name,
+        case.family,
+        case.module,
+        "BUG",
+        why,
+        seconds=round(time.time() - t0, 1),
+    )
 
 
 # ---------------------------------------------------------------------------------- output
+
 
 def summary(results: list[dict]) -> dict[str, Any]:
     counts = {c: sum(r["cls"] == c for r in results) for c in CLASSES}
     timm = [r for r in results if r["suite"] == "timm"]
     clean = [r for r in timm if r["cls"] in ("exact", "partial") and not r["op_blocked"]]
-    return {"models": len(results), "counts": counts,
-            "timm_families_run": len(timm), "timm_families_no_op_blocker": len(clean),
-            "bugs": [f"{r['suite']}:{r['name']}: {r['detail']}" for r in results
-                     if r["cls"] == "BUG"]}
+    return {
+        "models": len(results),
+        "counts": counts,
+        "timm_families_run": len(timm),
+        "timm_families_no_op_blocker": len(clean),
+        "bugs": [f"{r['suite']}:{r['name']}: {r['detail']}" for r in results if r["cls"] == "BUG"],
+    }
 
 
 def _cell(text: str) -> str:
@@ -526,39 +702,51 @@ def _cell(text: str) -> str:
 def markdown(results: list[dict], meta: dict[str, Any]) -> str:
     s = summary(results)
     c = s["counts"]
-    lines = [BEGIN, "", "## Sweep: every torchvision builder, one model per timm family, "
-             "Hugging Face from config", "",
-             f"Generated {meta['date']} by `python tools/sweep.py` (torch {meta['torch']}, "
-             f"torchvision {meta['torchvision']}, timm {meta['timm']}, transformers "
-             f"{meta['transformers']}).  Each model in its own subprocess (time and memory "
-             f"limits), random init, eval mode, `fxgrow.widen(model, x, factor={FACTOR})` "
-             "with verification; float64 when float32 verification fails.  Classes: "
-             "**exact** (every group not fixed by the boundary widened, verified), "
-             "**partial** (verified; the first `op` blocker named, or widenable groups that `factor=` "
-             "does not grow), **refused** (a clean "
-             "`FxgrowError`), **trace-fail**, **skipped** (over the parameter cap of this "
-             "machine, or not run), **BUG** (raw exception, PreservationError, timeout, "
-             "out of memory).  Detectors (family `detection`, which cannot be captured whole) "
-             "grow their backbone: `within=\"backbone\"` at 1x3x224x224 (SSD: its own 300 / "
-             "320 px), backbone batch norms set from the input, every detection kept; max rel "
-             "err is the backbone's and the detail gives the whole model's (detections matched "
-             "by label, box and score; `fxgrow.detections`).", "",
-             "| class | " + " | ".join(CLASSES) + " | total |",
-             "|---|" + "--:|" * (len(CLASSES) + 1),
-             "| models | " + " | ".join(str(c[k]) for k in CLASSES) + f" | {s['models']} |", "",
-             f"timm families with no `op` blocker: **{s['timm_families_no_op_blocker']}** of "
-             f"{s['timm_families_run']} run (timm has 161 families by name prefix; baseline "
-             "84/161, target >= 140/161).", ""]
+    lines = [
+        BEGIN,
+        "",
+        "## Sweep: every torchvision builder, one model per timm family, Hugging Face from config",
+        "",
+        f"Generated {meta['date']} by `python tools/sweep.py` (torch {meta['torch']}, "
+        f"torchvision {meta['torchvision']}, timm {meta['timm']}, transformers "
+        f"{meta['transformers']}).  Each model in its own subprocess (time and memory "
+        f"limits), random init, eval mode, `fxgrow.widen(model, x, factor={FACTOR})` "
+        "with verification; float64 when float32 verification fails.  Classes: "
+        "**exact** (every group not fixed by the boundary widened, verified), "
+        "**partial** (verified; the first `op` blocker named, or widenable groups that `factor=` "
+        "does not grow), **refused** (a clean "
+        "`FxgrowError`), **trace-fail**, **skipped** (over the parameter cap of this "
+        "machine, or not run), **BUG** (raw exception, PreservationError, timeout, "
+        "out of memory).  Detectors (family `detection`, which cannot be captured whole) "
+        'grow their backbone: `within="backbone"` at 1x3x224x224 (SSD: its own 300 / '
+        "320 px), backbone batch norms set from the input, every detection kept; max rel "
+        "err is the backbone's and the detail gives the whole model's (detections matched "
+        "by label, box and score; `fxgrow.within.detections`).",
+        "",
+        "| class | " + " | ".join(CLASSES) + " | total |",
+        "|---|" + "--:|" * (len(CLASSES) + 1),
+        "| models | " + " | ".join(str(c[k]) for k in CLASSES) + f" | {s['models']} |",
+        "",
+        f"timm families with no `op` blocker: **{s['timm_families_no_op_blocker']}** of "
+        f"{s['timm_families_run']} run (timm has 161 families by name prefix; baseline "
+        "84/161, target >= 140/161).",
+        "",
+    ]
     if s["bugs"]:
         lines += ["BUGs:", ""] + [f"* {_cell(b)}" for b in s["bugs"]] + [""]
-    lines += ["| suite | family | model | input | class | groups | widenable | widened | op-blocked "
-              "| max rel err | s | detail |", "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|---|"]
+    lines += [
+        "| suite | family | model | input | class | groups | widenable | widened | op-blocked "
+        "| max rel err | s | detail |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
     order = {"torchvision": 0, "timm": 1, "hf": 2}
     for r in sorted(results, key=lambda r: (order.get(r["suite"], 9), r["family"], r["name"])):
         err = "" if r["max_rel"] is None else f"{r['max_rel']:.1e}"
-        lines.append(f"| {r['suite']} | {r['family']} | {r['name']} | {r['input']} | "
-                     f"{r['cls']} | {r['groups']} | {r.get('widenable', '')} | {r['widened']} | {r['op_blocked']} | "
-                     f"{err} | {r['seconds']:.0f} | {_cell(r['detail'])} |")
+        lines.append(
+            f"| {r['suite']} | {r['family']} | {r['name']} | {r['input']} | "
+            f"{r['cls']} | {r['groups']} | {r.get('widenable', '')} | {r['widened']} | {r['op_blocked']} | "
+            f"{err} | {r['seconds']:.0f} | {_cell(r['detail'])} |"
+        )
     lines += ["", END]
     return "\n".join(lines)
 
@@ -566,7 +754,7 @@ def markdown(results: list[dict], meta: dict[str, Any]) -> str:
 def write_md(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(new)
@@ -577,12 +765,18 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
     import transformers
-    return {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__,
-            "transformers": transformers.__version__}
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 # ---------------------------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -594,20 +788,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     ap.add_argument("--memory", type=int, default=6000, help="MiB per model")
     ap.add_argument("--max-params", type=float, default=150e6, help="skip bigger models")
-    ap.add_argument("--frontend", choices=("fx", "export", "auto"),
-                    help="capture with this front end (default: auto; HF: export)")
+    ap.add_argument(
+        "--frontend",
+        choices=("fx", "export", "auto"),
+        help="capture with this front end (default: auto; HF: export)",
+    )
     ap.add_argument("--quick", action="store_true", help="a fast slice of ~10 small models")
     ap.add_argument("--skip-done", action="store_true", help="skip models already in --json")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--md", type=Path, default=DEFAULT_MD)
     ap.add_argument("--no-md", action="store_true", help="do not write the markdown table")
-    ap.add_argument("--render", action="store_true",
-                    help="run nothing: write the markdown table from --json")
+    ap.add_argument(
+        "--render", action="store_true", help="run nothing: write the markdown table from --json"
+    )
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
+
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     import fxgrow  # noqa: F401  - imported once here, inherited by every forked child
+
     if a.quick:
         known = {c.key: c for c in torchvision_cases() + hf_cases()}
         cases = [known.get(f"{s}:{n}", Case(s, n, timm_family(n))) for s, n in QUICK]
@@ -625,30 +825,35 @@ def main(argv: list[str] | None = None) -> int:
     if a.skip_done:
         cases = [c for c in cases if c.key not in old]
     if a.limit:
-        cases = cases[:a.limit]
+        cases = cases[: a.limit]
     if a.render:
         cases = []
     pending = list(cases)
     from concurrent.futures import ThreadPoolExecutor
+
     t0 = time.time()
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
-        futs = [(c, pool.submit(run_isolated, c, a.timeout, a.memory, int(a.max_params),
-                                       a.frontend))
-                for c in pending]
+        futs = [
+            (c, pool.submit(run_isolated, c, a.timeout, a.memory, int(a.max_params), a.frontend))
+            for c in pending
+        ]
         for i, (c, f) in enumerate(futs):
             r = f.result()
             old[c.key] = asdict(r)
             with FORK_LOCK:  # no child is forked while this thread holds stdout's lock
-                print(f"[{i + 1}/{len(futs)} {time.time() - t0:.0f}s] {c.key}: {r.cls} "
-                      f"({r.seconds:.0f} s) {r.detail[:160]}", flush=True)
+                print(
+                    f"[{i + 1}/{len(futs)} {time.time() - t0:.0f}s] {c.key}: {r.cls} "
+                    f"({r.seconds:.0f} s) {r.detail[:160]}",
+                    flush=True,
+                )
                 a.json.parent.mkdir(parents=True, exist_ok=True)
-                a.json.write_text(json.dumps({"meta": versions(),
-                                              "results": list(old.values())}, indent=1))
+                a.json.write_text(
+                    json.dumps({"meta": versions(), "results": list(old.values())}, indent=1)
+                )
     results = list(old.values())
     if not a.no_md:
         write_md(a.md, markdown(results, versions()))
-    s = summary([asdict(r) if not isinstance(r, dict) else r for r in
-                 [old[c.key] for c in cases]])
+    s = summary([asdict(r) if not isinstance(r, dict) else r for r in [old[c.key] for c in cases]])
     print(json.dumps(s, indent=1))
     return 0
 

@@ -12,6 +12,7 @@ again on a float64 copy of the model and input (widened separately).
 More families (timm, Hugging Face, ...) are added as further ``ModelSpec`` entries in
 ``SPECS``: a name, a factory returning a module and a function returning example inputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,16 +23,17 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import fxgrow  # noqa: E402
+import fxgrow
 
 FACTOR = 1.5
 BATCH = 2
@@ -61,7 +63,9 @@ def _image(size: int = SIZE, batch: int = BATCH) -> Callable[[], torch.Tensor]:
 def _torchvision(name: str, size: int = SIZE, **kwargs: Any) -> ModelSpec:
     def build() -> torch.nn.Module:
         import torchvision
+
         return torchvision.models.get_model(name, weights=None, **kwargs)
+
     note = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     return ModelSpec(name, "torchvision", build, _image(size), note)
 
@@ -85,9 +89,13 @@ SPECS: list[ModelSpec] = [
     _torchvision("mnasnet0_5"),
     _torchvision("squeezenet1_0"),
     _torchvision("shufflenet_v2_x0_5"),
-    ModelSpec("vit_b_16", "torchvision", lambda: _random_head(
-        __import__("torchvision").models.vit_b_16(image_size=32)), _image(32),
-        "image_size=32; its zero-initialised head re-drawn at random"),
+    ModelSpec(
+        "vit_b_16",
+        "torchvision",
+        lambda: _random_head(__import__("torchvision").models.vit_b_16(image_size=32)),
+        _image(32),
+        "image_size=32; its zero-initialised head re-drawn at random",
+    ),
     _torchvision("swin_t"),
     _torchvision("convnext_tiny"),
 ]
@@ -104,23 +112,35 @@ def _random_head(model: torch.nn.Module) -> torch.nn.Module:
 def _timm(name: str, size: int = SIZE, **kwargs: Any) -> ModelSpec:
     def build() -> torch.nn.Module:
         import timm
+
         return timm.create_model(name, pretrained=False, **kwargs)
+
     note = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     return ModelSpec(name, "timm", build, _image(size), note)
 
 
-def _hf(arch: str, inputs: Callable[[], Any], grow_outputs: bool = False, **config: Any) -> ModelSpec:
+def _hf(
+    arch: str, inputs: Callable[[], Any], grow_outputs: bool = False, **config: Any
+) -> ModelSpec:
     def build() -> torch.nn.Module:
         import transformers
+
         cls = getattr(transformers, arch)
         cfg = cls.config_class(**config)
         if hasattr(cfg, "use_cache"):
             cfg.use_cache = False
         return cls(cfg)
+
     note = ", ".join(f"{k}={v}" for k, v in config.items())
     options = (("outputs", "grow"),) if grow_outputs else ()
-    return ModelSpec(arch, "hugging face", build, inputs, note + (
-        "; outputs grow" if grow_outputs else ""), options)
+    return ModelSpec(
+        arch,
+        "hugging face",
+        build,
+        inputs,
+        note + ("; outputs grow" if grow_outputs else ""),
+        options,
+    )
 
 
 def _ids(batch: int = BATCH, length: int = 8, vocab: int = 100) -> Callable[[], torch.Tensor]:
@@ -133,10 +153,8 @@ SPECS += [
     _timm("deit_tiny_patch16_224", size=32, img_size=32),
     _timm("convnext_atto"),
     _timm("efficientnet_b0"),
-    _hf("GPT2LMHeadModel", _ids(), n_embd=32, n_layer=2, n_head=4, vocab_size=100,
-        n_positions=64),
-    _hf("LlamaForCausalLM", _ids(), hidden_size=32, num_key_value_heads=2, vocab_size=100,
-        **_TINY),
+    _hf("GPT2LMHeadModel", _ids(), n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64),
+    _hf("LlamaForCausalLM", _ids(), hidden_size=32, num_key_value_heads=2, vocab_size=100, **_TINY),
     _hf("BertModel", _ids(), True, hidden_size=32, vocab_size=100, **_TINY),
     _hf("ViTModel", _image(32), True, hidden_size=32, image_size=32, patch_size=8, **_TINY),
 ]
@@ -164,8 +182,10 @@ class Row:
 
 def _leaves(out: Any) -> list[torch.Tensor]:
     from torch.utils import _pytree as pytree
-    return [t.double() for t in pytree.tree_leaves(out)
-            if isinstance(t, torch.Tensor) and t.numel()]
+
+    return [
+        t.double() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.numel()
+    ]
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -185,8 +205,10 @@ def _to_double(x: Any) -> Any:
 
 
 def _shapes(x: Any) -> str:
-    return ", ".join("x".join(str(d) for d in t.shape) if isinstance(t, torch.Tensor)
-                     else type(t).__name__ for t in _as_tuple(x))
+    return ", ".join(
+        "x".join(str(d) for d in t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        for t in _as_tuple(x)
+    )
 
 
 def measure(spec: ModelSpec) -> Row:
@@ -306,17 +328,21 @@ def render(rows: list[Row], elapsed: float) -> str:
     ]
     for r in rows:
         if r.error and r.err32 is None:
-            lines.append(f"| {r.spec.name} | {r.input_shapes} | {r.groups or '—'} | "
-                         f"{r.widened or '—'} | **failed** — {_md(r.error)} | — | — | "
-                         f"{r.params_before:,} -> — |")
+            lines.append(
+                f"| {r.spec.name} | {r.input_shapes} | {r.groups or '—'} | "
+                f"{r.widened or '—'} | **failed** — {_md(r.error)} | — | — | "
+                f"{r.params_before:,} -> — |"
+            )
             continue
         why = [f"{r.fixed} fixed (boundary)"]
         if r.blocked:
             why.append(f"{len(r.blocked)} blocked: {_md(_by_module(r.blocked))}")
             by = "; ".join(f"{_by_module(n)}: {reason}" for reason, n in r.reasons.items())
             why.append(f"blocked by {_md(by)}")
-        why += [f"inner factor, not grown by factor= (e.g. a value head dim): {_md(n)}"
-                for n in r.unchanged_widenable]
+        why += [
+            f"inner factor, not grown by factor= (e.g. a value head dim): {_md(n)}"
+            for n in r.unchanged_widenable
+        ]
         if r.error:
             why.append(f"**{_md(r.error)}**")
         mark = " †" if r.signal is not None and r.signal < SIGNAL_FLOOR else ""
@@ -324,7 +350,8 @@ def render(rows: list[Row], elapsed: float) -> str:
         lines.append(
             f"| {r.spec.name} | {r.input_shapes} | {r.groups} | {r.widened} | "
             f"{'<br>'.join(why)} | {_err(r.err32)}{mark} | {_err(r.err64)}{mark} | "
-            f"{r.params_before:,} -> {r.params_after:,} ({ratio:.2f}x) |")
+            f"{r.params_before:,} -> {r.params_after:,} ({ratio:.2f}x) |"
+        )
     if any(r.spec.name.startswith("shufflenet") and r.blocked for r in rows):
         lines += [
             "",
@@ -364,8 +391,7 @@ def render(rows: list[Row], elapsed: float) -> str:
             "| model | input-dependent share of the output | max rel err fp64, last bias zeroed |",
             "|---|--:|--:|",
         ]
-        lines += [f"| {r.spec.name} | {r.signal:.1e} | {_err(r.err64_nobias)} |"
-                  for r in flagged]
+        lines += [f"| {r.spec.name} | {r.signal:.1e} | {_err(r.err64_nobias)} |" for r in flagged]
     lines.append("")
     return "\n".join(lines)
 
@@ -383,6 +409,7 @@ def _by_module(names: list[str]) -> str:
 def _tv_version() -> str:
     try:
         import torchvision
+
         return torchvision.__version__
     except ImportError:
         return ""
@@ -390,14 +417,20 @@ def _tv_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", help="comma-separated subset of: "
-                    + ", ".join(s.name for s in SPECS))
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write "
-                    "(default docs/zoo.md)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: the fp32 errors then do not depend "
-                    "on the thread count, and shared CPUs do not slow the run down; 0 keeps "
-                    "torch's default)")
+    ap.add_argument(
+        "--models", help="comma-separated subset of: " + ", ".join(s.name for s in SPECS)
+    )
+    ap.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="markdown file to write (default docs/zoo.md)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the fp32 errors then do not depend "
+        "on the thread count, and shared CPUs do not slow the run down; 0 keeps "
+        "torch's default)",
+    )
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -415,18 +448,24 @@ def main(argv: list[str] | None = None) -> int:
     for i, spec in enumerate(specs, 1):
         print(f"[{i}/{len(specs)}] {spec.name} ...", file=sys.stderr, flush=True)
         row = measure(spec)
-        status = f"FAILED ({row.error})" if row.error else \
-            f"{row.groups} groups, {row.widened} widened, rel err fp32 {_err(row.err32)}, " \
+        status = (
+            f"FAILED ({row.error})"
+            if row.error
+            else f"{row.groups} groups, {row.widened} widened, rel err fp32 {_err(row.err32)}, "
             f"fp64 {_err(row.err64)}"
-        print(f"[{i}/{len(specs)}] {spec.name}: {status} [{row.seconds:.1f} s]",
-              file=sys.stderr, flush=True)
+        )
+        print(
+            f"[{i}/{len(specs)}] {spec.name}: {status} [{row.seconds:.1f} s]",
+            file=sys.stderr,
+            flush=True,
+        )
         rows.append(row)
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.read_text() if out.exists() else ""
     marker = "<!-- sweep:begin"  # tools/sweep.py's generated section is kept as it is
-    kept = "\n" + old[old.index(marker):] if marker in old else ""
+    kept = "\n" + old[old.index(marker) :] if marker in old else ""
     out.write_text(render(rows, elapsed).rstrip("\n") + "\n" + kept)
     print(f"wrote {out} ({len(rows)} models, {elapsed:.1f} s)", file=sys.stderr)
     return 1 if any(r.error for r in rows) else 0

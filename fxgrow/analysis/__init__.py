@@ -1,8 +1,10 @@
 """Analysis: shapes, then channel spaces united into groups."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.fx
@@ -14,7 +16,7 @@ from .group import ChannelGroup, Member, build_groups, find_group
 from .layout import Blocker
 from .shapes import GraphRunError, propagate
 
-__all__ = ["Analysis", "ChannelGroup", "Member", "Blocker", "analyze"]
+__all__ = ["Analysis", "Blocker", "ChannelGroup", "Member", "analyze"]
 
 
 @dataclass
@@ -31,8 +33,11 @@ class Analysis:
         """Channel groups.  Classes tied only to non-channel axes (spatial positions, the fixed
         factor of a reshape or a depthwise multiplier, vocabulary rows) and classes no layer
         produces (kernel axes, unused parts of buffers) are left out; ``all_groups`` has them."""
-        return [g for g in self.all_groups if g.produced
-                and not (g.blockers and all(b.kind == "structure" for b in g.blockers))]
+        return [
+            g
+            for g in self.all_groups
+            if g.produced and not (g.blockers and all(b.kind == "structure" for b in g.blockers))
+        ]
 
     def group(self, name: str) -> ChannelGroup:
         """A group by its name or the name of a module with a member in it."""
@@ -48,8 +53,10 @@ def as_tuple(example_inputs: Any) -> tuple:
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs)
-    raise InputError("example_inputs must be a tensor or a tuple of positional inputs, got "
-                     f"{type(example_inputs).__name__}")
+    raise InputError(
+        "example_inputs must be a tensor or a tuple of positional inputs, got "
+        f"{type(example_inputs).__name__}"
+    )
 
 
 def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence, outputs: str = "fixed") -> Analysis:
@@ -66,11 +73,15 @@ def analyze(gm: torch.fx.GraphModule, example_inputs: Sequence, outputs: str = "
     except GraphRunError:  # whose fault: fxgrow.api.analyze tells by running the model
         raise
     except Exception as e:
-        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
-                           for x in inputs)
-        raise InputError(f"the model does not run on the example inputs ({shapes}): "
-                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                         ". Pass inputs of the shape, dtype and device the model expects.") from e
-    state = dependency.run(gm, vals, grow_outputs=outputs != "fixed",
-                           fixed_outputs=int(outputs == "main"))
+        shapes = ", ".join(
+            str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs
+        )
+        raise InputError(
+            f"the model does not run on the example inputs ({shapes}): "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            ". Pass inputs of the shape, dtype and device the model expects."
+        ) from e
+    state = dependency.run(
+        gm, vals, grow_outputs=outputs != "fixed", fixed_outputs=int(outputs == "main")
+    )
     return Analysis(gm, inputs, state, build_groups(state))

@@ -15,6 +15,7 @@ the strict rule and ``nested`` is the fallback for names the strict rule does no
 
 A *stage* is a run of consecutive blocks under one parent module (``layer1`` with
 ``layer1.0``, ``layer1.1``)."""
+
 from __future__ import annotations
 
 import re
@@ -28,11 +29,11 @@ from .rules.registry import has_trait
 
 @dataclass(frozen=True)
 class Block:
-    path: str                 # module path, e.g. "layer1.1"
-    input: str                # node name of I
-    output: str               # node name of O
-    nodes: tuple[str, ...]    # node names inside, in graph order
-    residual: bool            # identity-shaped with I added back
+    path: str  # module path, e.g. "layer1.1"
+    input: str  # node name of I
+    output: str  # node name of O
+    nodes: tuple[str, ...]  # node names inside, in graph order
+    residual: bool  # identity-shaped with I added back
 
 
 @dataclass(frozen=True)
@@ -59,27 +60,37 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
     while todo:
         n = todo.pop()
         for u in n.users:
-            if u in inside and u.op in ("call_function", "call_method") and \
-                    has_trait(u.target, "alias") and u.args and u.args[0] is n:
+            if (
+                u in inside
+                and u.op in ("call_function", "call_method")
+                and has_trait(u.target, "alias")
+                and u.args
+                and u.args[0] is n
+            ):
                 found.append(u)
                 todo.append(u)
     return found
 
 
 def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
-    return [u for u in node.users if u in inside
-            and not (u.op == "call_function" and has_trait(u.target, "metadata_check"))]
+    return [
+        u
+        for u in node.users
+        if u in inside and not (u.op == "call_function" and has_trait(u.target, "metadata_check"))
+    ]
 
 
-def residual_add(node: torch.fx.Node, inside: set, path: str | None = None,
-                 nested: bool = False):
+def residual_add(node: torch.fx.Node, inside: set, path: str | None = None, nested: bool = False):
     """An add inside the block that adds (an alias of) ``node`` to a branch computed inside:
     (add, the operand on the stream, the branch operand) or None."""
     for a in aliases(node, inside):
         for u in a.users:
-            if u in inside and is_add(u) and a in u.args and \
-                    (path is None or _paths(u)[-1] == path
-                     or nested and path in _paths(u)):
+            if (
+                u in inside
+                and is_add(u)
+                and a in u.args
+                and (path is None or _paths(u)[-1] == path or nested and path in _paths(u))
+            ):
                 others = [b for b in u.args if isinstance(b, torch.fx.Node) and b is not a]
                 if len(others) == 1 and others[0] in inside and others[0].op != "get_attr":
                     return u, a, others[0]
@@ -136,27 +147,35 @@ def _depends_on(node: torch.fx.Node, source: torch.fx.Node, inside: set) -> bool
     return False
 
 
-def _stream_output(vals: dict, inputs: list, outputs: list, inside: set, path: str,
-                   nested: bool):
+def _stream_output(vals: dict, inputs: list, outputs: list, inside: set, path: str, nested: bool):
     """The one output with a residual input's shape whose other outputs are side results
     independent of that input (T5's position bias), or None."""
     for i in inputs:
         if residual_add(i, inside, path, nested) is None:
             continue
         same = [o for o in outputs if _shape(vals, o) == _shape(vals, i)]
-        if len(same) == 1 and not any(_depends_on(o, i, inside) for o in outputs
-                                      if o is not same[0]):
+        if len(same) == 1 and not any(
+            _depends_on(o, i, inside) for o in outputs if o is not same[0]
+        ):
             return same[0]
     return None
 
 
-def _classify(gm: torch.fx.GraphModule, vals: dict, path: str,
-              nodes: list[torch.fx.Node], nested: bool = False) -> Block | str:
+def _classify(
+    gm: torch.fx.GraphModule,
+    vals: dict,
+    path: str,
+    nodes: list[torch.fx.Node],
+    nested: bool = False,
+) -> Block | str:
     """The block that ``path``'s nodes form, or why they form none."""
     inside = set(nodes)
     nested = nested and not _is_container(nodes, path)
-    inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
-                                if a not in inside and a.op != "get_attr"))
+    inputs = list(
+        dict.fromkeys(
+            a for n in nodes for a in n.all_input_nodes if a not in inside and a.op != "get_attr"
+        )
+    )
     outputs = [n for n in nodes if any(u not in inside for u in n.users)]
     if not inputs:
         return "its nodes read no tensor from outside it"
@@ -164,24 +183,35 @@ def _classify(gm: torch.fx.GraphModule, vals: dict, path: str,
         stream = _stream_output(vals, inputs, outputs, inside, path, nested)
         outputs = [stream] if stream is not None else outputs
     if len(outputs) != 1:
-        return (f"its nodes hand {len(outputs)} results to the rest of the graph "
-                f"({', '.join(o.name for o in outputs[:4])}); a block has one output (a module "
-                f"called more than once, or one with several outputs, is not a block)")
+        return (
+            f"its nodes hand {len(outputs)} results to the rest of the graph "
+            f"({', '.join(o.name for o in outputs[:4])}); a block has one output (a module "
+            f"called more than once, or one with several outputs, is not a block)"
+        )
     o = outputs[0]
-    streams = [i for i in inputs if _shape(vals, i) is not None
-               and _shape(vals, i) == _shape(vals, o)
-               and residual_add(i, inside, path, nested) is not None]
-    learned = any(n.op == "call_module" and any(True for _ in
-                                                  gm.get_submodule(n.target).parameters())
-                  or any(a.op == "get_attr" for a in n.all_input_nodes) for n in nodes)
+    streams = [
+        i
+        for i in inputs
+        if _shape(vals, i) is not None
+        and _shape(vals, i) == _shape(vals, o)
+        and residual_add(i, inside, path, nested) is not None
+    ]
+    learned = any(
+        n.op == "call_module"
+        and any(True for _ in gm.get_submodule(n.target).parameters())
+        or any(a.op == "get_attr" for a in n.all_input_nodes)
+        for n in nodes
+    )
     if len(streams) == 1 and learned:  # residual: the stream is added back to a learned
         # branch; other inputs (masks, rotary tables) are shared
         return Block(path, streams[0].name, o.name, tuple(n.name for n in nodes), True)
     if len(inputs) == 1 and len(streams) != 1:
         return Block(path, inputs[0].name, o.name, tuple(n.name for n in nodes), False)
     if not streams:
-        return ("no input of it is added back to its output by a residual add (not a "
-                "residual block; a post-norm block normalises after the add)")
+        return (
+            "no input of it is added back to its output by a residual add (not a "
+            "residual block; a post-norm block normalises after the add)"
+        )
     return f"it has {len(inputs)} inputs and no single residual stream"
 
 
@@ -191,8 +221,9 @@ def find_blocks(gm: torch.fx.GraphModule, vals: dict, nested: bool = False) -> l
     return [b for b in found if isinstance(b, Block)]
 
 
-def why_not_residual(gm: torch.fx.GraphModule, vals: dict, path: str,
-                     nested: bool = False) -> str | None:
+def why_not_residual(
+    gm: torch.fx.GraphModule, vals: dict, path: str, nested: bool = False
+) -> str | None:
     """Why module ``path`` is no residual block; None if no node of the graph runs in it."""
     nodes = _members(gm).get(path)
     if nodes is None:
@@ -219,8 +250,11 @@ def find_stages(gm: torch.fx.GraphModule, vals: dict, nested: bool = False) -> l
             if runs and runs[-1][-1].output == b.input:
                 runs[-1].append(b)
                 continue
-            lead = children[k - 1] if k and children[k - 1].output == b.input \
-                and not children[k - 1].residual else None
+            lead = (
+                children[k - 1]
+                if k and children[k - 1].output == b.input and not children[k - 1].residual
+                else None
+            )
             runs.append([lead, b] if lead else [b])
         for run in runs:
             if len(runs) == 1:

@@ -1,8 +1,10 @@
 """State of one analysis and the small API op rules use to read and constrain it."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
@@ -12,7 +14,7 @@ from .layout import Blocker, Fixed, Layout, SpaceTable
 from .values import SizeInfo, TensorInfo
 
 PRODUCE = "produce"  # writes the space: new unit j copies unit g(j)
-SCALE = "scale"      # per-channel parameter/buffer: copies with g
+SCALE = "scale"  # per-channel parameter/buffer: copies with g
 CONSUME = "consume"  # reads the space: column j = column g(j) / c(g(j))
 
 SizeFn = Callable[[Layout], int]
@@ -141,7 +143,8 @@ class RuleContext:
         if isinstance(a, torch.fx.Node):  # a pytree leaf: the common case, without pytree
             return self.state.values[a]
         return pytree.tree_map(
-            lambda x: self.state.values[x] if isinstance(x, torch.fx.Node) else x, a)
+            lambda x: self.state.values[x] if isinstance(x, torch.fx.Node) else x, a
+        )
 
     def tensor(self, a: Any) -> TensorInfo:
         v = self.value(a)
@@ -165,7 +168,8 @@ class RuleContext:
         if isinstance(a, torch.fx.Node):
             return self.state.vals.get(a)
         return pytree.tree_map(
-            lambda x: self.state.vals.get(x) if isinstance(x, torch.fx.Node) else x, a)
+            lambda x: self.state.vals.get(x) if isinstance(x, torch.fx.Node) else x, a
+        )
 
     # -- building values -----------------------------------------------------------------------
     def blocker(self, reason: str, kind: str = "op") -> Blocker:
@@ -183,16 +187,19 @@ class RuleContext:
             raise RuleError(f"rule produced {len(layouts)} axes for a {len(shape)}-d result")
         for lay, n in zip(layouts, shape):
             if self.spaces.size(lay) != n:
-                raise RuleError(f"rule produced an axis of size {self.spaces.size(lay)}, "
-                                f"the result has {n}")
+                raise RuleError(
+                    f"rule produced an axis of size {self.spaces.size(lay)}, the result has {n}"
+                )
         return TensorInfo(shape, layouts)
 
     def info_for(self, t: Any, reason: str) -> Any:
         """Fresh all-fixed values for an example value (tensor or container)."""
+
         def conv(v):
             if isinstance(v, torch.Tensor):
                 return TensorInfo(tuple(v.shape), tuple(self.fixed(n, reason) for n in v.shape))
             return v
+
         return pytree.tree_map(conv, t)
 
     # -- constraints ---------------------------------------------------------------------------
@@ -215,8 +222,12 @@ class RuleContext:
         pa = self.state.params.get(key)
         if pa is None:
             size = self.state.tensors[target].shape[axis]
-            pa = ParamAxis(target, axis, self.spaces.new(int(size)),
-                           is_buffer=target in self.state.buffer_names)
+            pa = ParamAxis(
+                target,
+                axis,
+                self.spaces.new(int(size)),
+                is_buffer=target in self.state.buffer_names,
+            )
             self.state.params[key] = pa
         if role is not None:
             pa.roles.add(role)
@@ -228,8 +239,9 @@ class RuleContext:
             return None
         return self.param(f"{self.node.target}.{name}", axis, role)
 
-    def consume(self, a: Any, axis: int, contracted: Layout,
-                activation: tuple[Any, int] | None = None) -> None:
+    def consume(
+        self, a: Any, axis: int, contracted: Layout, activation: tuple[Any, int] | None = None
+    ) -> None:
         """Operand ``a`` is contracted along ``axis`` (layout ``contracted``) with
         ``activation`` = (node, axis): if ``a`` is a parameter read directly (through
         transposes), its slices are divided on rewrite; otherwise a contraction of two
@@ -237,15 +249,20 @@ class RuleContext:
         src = self._param_source(a, axis)
         if src is None:
             from .contraction import scale_operand
+
             if not scale_operand(self, [(a, axis)], contracted):
-                self.block(contracted, "contraction between two activations over this axis "
-                                       "is not preserved by replication")
+                self.block(
+                    contracted,
+                    "contraction between two activations over this axis "
+                    "is not preserved by replication",
+                )
             return
         target, paxis, chain = src
         self.param(target, paxis, CONSUME)
         self.state.consumed.update(chain)
         self.state.params[(target, paxis)].consumers.append(
-            (self.node, chain[-1], *(activation or (None, None))))
+            (self.node, chain[-1], *(activation or (None, None)))
+        )
 
     def produce(self, a: Any, axis: int) -> None:
         """A directly read parameter's axis writes a new space (for naming and roles)."""
@@ -256,8 +273,10 @@ class RuleContext:
     def module_consume(self, name: str, axis: int, activation: tuple[Any, int]) -> Layout:
         """``module_param(name, axis, CONSUME)``, remembering the activation it contracts."""
         lay = self.module_param(name, axis, CONSUME)
-        key = (self.state.canonical.get(f"{self.node.target}.{name}",
-                                        f"{self.node.target}.{name}"), axis)
+        key = (
+            self.state.canonical.get(f"{self.node.target}.{name}", f"{self.node.target}.{name}"),
+            axis,
+        )
         self.state.params[key].consumers.append((self.node, None, *activation))
         return lay
 
@@ -289,8 +308,13 @@ class RuleContext:
             user, a = a, a.args[0]
         return None
 
-    def set_attr(self, attr: str, compute: Callable[[SizeFn], Any], *layouts: Layout,
-                 module: str | None = None) -> None:
+    def set_attr(
+        self,
+        attr: str,
+        compute: Callable[[SizeFn], Any],
+        *layouts: Layout,
+        module: str | None = None,
+    ) -> None:
         """Module attribute ``attr`` of this call_module (or ``module``) follows new sizes."""
         self.state.attrs.append(AttrRule(module or self.node.target, attr, compute, layouts))
 

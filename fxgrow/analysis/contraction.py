@@ -14,6 +14,7 @@ contraction's input only).  Fresh units (share 0) contribute nothing, as at a co
 Gradients stay in the Net2Net relation: d y / d a_j = s_j b_j, what a divided consumer column
 gives.  The rewrite (``rewrite/contraction.py``) inserts the node only where the class grows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ def scale_operand(cx, operands, layout: Layout) -> bool:
     ref, axis, ex = best
     if not cx.spaces.roots(layout):
         return True  # fixed positions only: nothing can grow, nothing to scale
-    cx.state.scales.append(ContractionScale(cx.node.name, ref.name, axis % ex.dim(), ex.dim(),
-                                            layout))
+    cx.state.scales.append(
+        ContractionScale(cx.node.name, ref.name, axis % ex.dim(), ex.dim(), layout)
+    )
     return True

@@ -1,5 +1,6 @@
 """The dependency analysis: walk the graph once, apply each node's op rule, and collect the
 channel spaces that must share one replication map."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,9 @@ def describe(node: torch.fx.Node, module: Any = None) -> str:
     return f"function {mod + '.' if mod else ''}{getattr(t, '__name__', repr(t))}"
 
 
-def run(gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False,
-        fixed_outputs: int = 0) -> AnalysisState:
+def run(
+    gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False, fixed_outputs: int = 0
+) -> AnalysisState:
     state = AnalysisState(gm, vals, grow_outputs=grow_outputs, fixed_outputs=fixed_outputs)
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)
@@ -44,22 +46,21 @@ def _block_unless_structure(state: AnalysisState) -> None:
     sp = state.spaces
     for layout, blocker in state.unless_structure:
         for r in sp.roots(layout):
-            if blocker not in sp.blockers[r] and \
-                    not any(b.kind == "structure" for b in sp.blockers_of(r)):
+            if blocker not in sp.blockers[r] and not any(
+                b.kind == "structure" for b in sp.blockers_of(r)
+            ):
                 sp.blockers[r].append(blocker)
 
 
 def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
     cx = RuleContext(state, node)
     if node.op == "placeholder":
-        cause = Blocker(node.name, "model input (fixed boundary)", kind="boundary",
-                        side="input")
+        cause = Blocker(node.name, "model input (fixed boundary)", kind="boundary", side="input")
         return _fixed_values(state.vals.get(node), cause)
     if node.op == "get_attr":
         return _get_attr(cx)
     if node.op == "output":
-        cause = Blocker(node.name, "model output (fixed boundary)", kind="boundary",
-                        side="output")
+        cause = Blocker(node.name, "model output (fixed boundary)", kind="boundary", side="output")
         for v in pytree.tree_leaves(cx.value(node.args)):
             if isinstance(v, TensorInfo):
                 state.outputs.append(v)
@@ -72,8 +73,10 @@ def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
         return None
     entry = lookup(node, cx.module)
     if entry is None:
-        return unknown_op(cx, f"no rule for {describe(node, cx.module)}; fxgrow does not know "
-                              "how it treats channels")
+        return unknown_op(
+            cx,
+            f"no rule for {describe(node, cx.module)}; fxgrow does not know how it treats channels",
+        )
     try:
         value = entry.fn(cx)
     except RuleError as e:
@@ -103,6 +106,7 @@ def _fixed_values(example: Any, cause: Blocker) -> Any:
         if isinstance(v, torch.Tensor):
             return TensorInfo(tuple(v.shape), tuple((Fixed(int(n), cause),) for n in v.shape))
         return v
+
     return pytree.tree_map(conv, example)
 
 
@@ -146,14 +150,37 @@ def _check_sizes(cx: RuleContext) -> None:
     for v in pytree.tree_leaves(cx.value((cx.node.args, cx.node.kwargs))):
         if isinstance(v, SizeInfo) and id(v) not in cx.handled_sizes:
             for lay in v.layouts:
-                cx.block(lay, "uses a size read from a channel axis; it would change with the "
-                              "width")
+                cx.block(
+                    lay, "uses a size read from a channel axis; it would change with the width"
+                )
 
 
-_METADATA_ATTRS = frozenset(("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad",
-                             "layout", "is_sparse", "is_quantized", "is_meta"))
-_METADATA_METHODS = frozenset(("size", "dim", "ndimension", "numel", "nelement",
-                               "element_size", "is_contiguous", "get_device"))
+_METADATA_ATTRS = frozenset(
+    (
+        "shape",
+        "dtype",
+        "device",
+        "ndim",
+        "is_cuda",
+        "requires_grad",
+        "layout",
+        "is_sparse",
+        "is_quantized",
+        "is_meta",
+    )
+)
+_METADATA_METHODS = frozenset(
+    (
+        "size",
+        "dim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "element_size",
+        "is_contiguous",
+        "get_device",
+    )
+)
 
 
 def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
@@ -162,8 +189,7 @@ def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
     checked like any other size)."""
     if user.op == "call_function" and user.target is getattr and user.args[0] is node:
         return user.args[1] in _METADATA_ATTRS
-    return user.op == "call_method" and user.target in _METADATA_METHODS and \
-        user.args[0] is node
+    return user.op == "call_method" and user.target in _METADATA_METHODS and user.args[0] is node
 
 
 def _finish_params(state: AnalysisState) -> None:
@@ -190,7 +216,12 @@ def _finish_params(state: AnalysisState) -> None:
                 pa.roles.discard(CONSUME)
                 state.ties.extend((pa, c) for c in pa.consumers)
             else:
-                state.spaces.block(pa.layout, Blocker(
-                    pa.target, "tensor is both copied (producer/per-channel) and divided "
-                               "(consumer), and fxgrow cannot find the activation to "
-                               "compensate; untie the weights to widen"))
+                state.spaces.block(
+                    pa.layout,
+                    Blocker(
+                        pa.target,
+                        "tensor is both copied (producer/per-channel) and divided "
+                        "(consumer), and fxgrow cannot find the activation to "
+                        "compensate; untie the weights to widen",
+                    ),
+                )

@@ -1,4 +1,5 @@
 """Channel groups: the user-facing view of the analysis's classes of channel spaces."""
+
 from __future__ import annotations
 
 import difflib
@@ -58,8 +59,9 @@ class ChannelGroup:
     def fixed(self) -> bool:
         """Blocked only by the model's boundaries or by being tied to non-channel axes
         (spatial, batch): nothing about it is unknown to fxgrow."""
-        return bool(self.blockers) and all(b.kind in ("boundary", "structure")
-                                           for b in self.blockers)
+        return bool(self.blockers) and all(
+            b.kind in ("boundary", "structure") for b in self.blockers
+        )
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -120,15 +122,21 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
         if not (produced or read):
             unproduced.add(r)
             if not sp.blockers[r]:
-                sp.blockers[r].append(Blocker(ms[0].target, "no layer produces this space (a "
-                                              "kernel axis, or an unused part of a tensor)",
-                                              "structure"))
+                sp.blockers[r].append(
+                    Blocker(
+                        ms[0].target,
+                        "no layer produces this space (a "
+                        "kernel axis, or an unused part of a tensor)",
+                        "structure",
+                    )
+                )
     groups: list[ChannelGroup] = []
     used: set[str] = set()
 
     def structural(r: int) -> bool:
         b = sp.blockers[r]
         return r in unproduced or bool(b) and all(x.kind == "structure" for x in b)
+
     order = sorted(members, key=structural)  # stable: visible groups take plain names first
     for r in order:
         ms = members[r]
@@ -138,8 +146,9 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
             name, k = f"{base}#{k}", k + 1
         used.add(name)
         blockers = tuple(dict.fromkeys(sp.blockers[r]))
-        groups.append(ChannelGroup(name, width, sp.width[r], tuple(ms), blockers, r,
-                                   r not in unproduced))
+        groups.append(
+            ChannelGroup(name, width, sp.width[r], tuple(ms), blockers, r, r not in unproduced)
+        )
     position = {r: i for i, r in enumerate(members)}
     return sorted(groups, key=lambda g: position[g.root])
 
@@ -162,17 +171,22 @@ def find_group(groups: list[ChannelGroup], name: str) -> ChannelGroup:
         if g.name == name:
             return g
     owning = [g for g in groups if name in g.modules]
-    producing = [g for g in owning
-                 if any(m.module == name and m.role == PRODUCE for m in g.members)]
+    producing = [
+        g for g in owning if any(m.module == name and m.role == PRODUCE for m in g.members)
+    ]
     for candidates in (owning, producing):
         if len(candidates) == 1:
             return candidates[0]
     if len(producing) > 1 or len(owning) > 1:
         options = ", ".join(g.name for g in (producing or owning))
-        raise UnknownGroupError(f"module {name!r} belongs to several channel groups ({options}); "
-                                f"name the group instead")
+        raise UnknownGroupError(
+            f"module {name!r} belongs to several channel groups ({options}); name the group instead"
+        )
     known = list(dict.fromkeys([g.name for g in groups] + [m for g in groups for m in g.modules]))
     close = difflib.get_close_matches(name, known, n=3)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
-        "; `fxgrow.groups(model, inputs)` lists them"
+    hint = (
+        f"; did you mean {', '.join(repr(c) for c in close)}?"
+        if close
+        else "; `fxgrow.groups(model, inputs)` lists them"
+    )
     raise UnknownGroupError(f"no channel group or module named {name!r}{hint}")

@@ -22,11 +22,13 @@ Every tensor axis the analysis sees has a *layout*: a tuple of segments laid end
 
 A class that meets a Fixed segment, or that an op cannot handle, is *blocked*: it keeps its width.
 """
+
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from math import prod
-from typing import Iterable, Union
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ class Atom:
 
 @dataclass(frozen=True)
 class Prod:
-    outer: "Layout"
-    inner: "Layout"
+    outer: Layout
+    inner: Layout
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Stack:
     rows: tuple  # tuple[Layout, ...], equal sizes
 
 
-Segment = Union[Fixed, Atom, Prod, Zip, Stack]
+Segment = Fixed | Atom | Prod | Zip | Stack
 Layout = tuple  # tuple[Segment, ...]
 
 
@@ -302,12 +304,20 @@ class SpaceTable:
         if len(a) != 1 or type(a[0]) is not Atom or self._resolved is not None:
             return False
         i = a[0].id
-        if i in self.refined or self.parent[i] != i or len(self.members[i]) != 1 \
-                or self.blockers[i]:
+        if (
+            i in self.refined
+            or self.parent[i] != i
+            or len(self.members[i]) != 1
+            or self.blockers[i]
+        ):
             return False
         rb = self.resolve(b)
-        if len(rb) < 2 or any(type(seg) is not Atom for seg in rb) or \
-                self.size(rb) != self.width[i] or any(seg.id == i for seg in rb):
+        if (
+            len(rb) < 2
+            or any(type(seg) is not Atom for seg in rb)
+            or self.size(rb) != self.width[i]
+            or any(seg.id == i for seg in rb)
+        ):
             return False
         self.refined[i] = rb
         return True
@@ -392,8 +402,9 @@ class SpaceTable:
             self._zip_atom(atom.id, [self.size(p) for p in z.parts])
             self._unify((atom,), (z,))
             return
-        if not (isinstance(x, Zip) and isinstance(y, Zip)) or \
-                [self.size(p) for p in x.parts] != [self.size(p) for p in y.parts]:
+        if not (isinstance(x, Zip) and isinstance(y, Zip)) or [self.size(p) for p in x.parts] != [
+            self.size(p) for p in y.parts
+        ]:
             raise StructureError("interleaved layouts that do not line up")
         for p, q in zip(x.parts, y.parts):
             self._unify(p, q)
@@ -401,6 +412,7 @@ class SpaceTable:
     def _zip_atom(self, atom: int, sizes: list[int]) -> None:
         """Refine the class of ``atom`` into interleaved parts of ``sizes`` (balanced).  Its
         parts are about to be united with those of a Zip, which is already tied."""
+
         def make(m):
             fresh = [self.new(n) for n in sizes]
             return (Zip(tuple(fresh)),), [a.id for (a,) in fresh]
@@ -454,7 +466,7 @@ class SpaceTable:
     def cut(self, layout: Layout, positions: Iterable[int], blocker: Blocker) -> list[Layout]:
         """Pieces of ``layout`` between the given cut positions (refining atoms as needed).
         Where a cut would fall inside a product, the layout is blocked and cut as fixed."""
-        positions = sorted(set(p for p in positions if 0 < p < self.size(layout)))
+        positions = sorted({p for p in positions if 0 < p < self.size(layout)})
         self._why = blocker
         try:
             return self._cut_layout(layout, positions)
@@ -462,7 +474,7 @@ class SpaceTable:
             blocker = _misfit(blocker)
             self.block(layout, blocker)
             bounds = [0, *positions, self.size(layout)]
-            return [(Fixed(b - a, blocker),) for a, b in zip(bounds, bounds[1:])]
+            return [(Fixed(b - a, blocker),) for a, b in itertools.pairwise(bounds)]
 
     def _cut_layout(self, layout: Layout, positions: list[int]) -> list[Layout]:
         stack = list(reversed(self.resolve(layout)))
@@ -566,8 +578,10 @@ class SpaceTable:
         for stacked, rows_axis, shuffled in ((outer, inner, True), (inner, outer, False)):
             if len(stacked) == 1 and isinstance(stacked[0], Stack):
                 rows = stacked[0].rows
-                if not (all(isinstance(f, Fixed) for f in rows_axis)
-                        and self.size(rows_axis) == len(rows)):  # not the shuffle's merge
+                if not (
+                    all(isinstance(f, Fixed) for f in rows_axis)
+                    and self.size(rows_axis) == len(rows)
+                ):  # not the shuffle's merge
                     cause = _misfit(self._why)
                     self.block(stacked, cause)
                     return (Fixed(self.size(outer) * self.size(inner), cause),)
@@ -603,13 +617,17 @@ class SpaceTable:
                 if not stuck:
                     continue
                 if any(not self.size(lay) for lay in layouts):
-                    why = ("this piece of a channel shuffle's interleave has one unit more "
-                           "than its partner, which is empty here; a replica would land on "
-                           "the wrong side of the cut")
+                    why = (
+                        "this piece of a channel shuffle's interleave has one unit more "
+                        "than its partner, which is empty here; a replica would land on "
+                        "the wrong side of the cut"
+                    )
                 else:
-                    why = ("a channel shuffle interleaves it with channels that cannot grow, "
-                           "and the parts of an interleave must grow alike (a replica would "
-                           "land on the wrong side of a later chunk or split)")
+                    why = (
+                        "a channel shuffle interleaves it with channels that cannot grow, "
+                        "and the parts of an interleave must grow alike (a replica would "
+                        "land on the wrong side of a later chunk or split)"
+                    )
                 cause = Blocker(blocker.node, f"{blocker.reason}: {why}")
                 for rs in roots:
                     for r in rs:
@@ -643,9 +661,12 @@ class SpaceTable:
 
 
 def _misfit(blocker: Blocker) -> Blocker:
-    return replace(blocker, reason=f"{blocker.reason} would cut inside a unit of a merged "
-                                   f"channel layout (a product such as channel x spatial, heads x "
-                                   f"head dim, or the result of repeated channel shuffles)")
+    return replace(
+        blocker,
+        reason=f"{blocker.reason} would cut inside a unit of a merged "
+        f"channel layout (a product such as channel x spatial, heads x "
+        f"head dim, or the result of repeated channel shuffles)",
+    )
 
 
 def _atoms(seg: Segment) -> Iterable[int]:
@@ -655,7 +676,7 @@ def _atoms(seg: Segment) -> Iterable[int]:
         for s in (*seg.outer, *seg.inner):
             yield from _atoms(s)
     elif isinstance(seg, (Zip, Stack)):
-        for part in (seg.parts if isinstance(seg, Zip) else seg.rows):
+        for part in seg.parts if isinstance(seg, Zip) else seg.rows:
             for s in part:
                 yield from _atoms(s)
 

@@ -1,6 +1,7 @@
 """Shape propagation: run the graph once on meta tensors (no arithmetic, no memory) and keep
 every node's example value.  Falls back to the real example inputs when an op has no meta
 kernel or needs data (``.item()``, data-dependent shapes)."""
+
 from __future__ import annotations
 
 import operator
@@ -27,8 +28,22 @@ def _conv(v: Any) -> Any:
 
 
 # leaves that ``_conv`` returns unchanged, and containers ``_meta`` may look through itself
-_PLAIN = frozenset({int, float, bool, complex, str, type(None), type(...), slice, torch.dtype,
-                    torch.layout, torch.memory_format, torch.Size})
+_PLAIN = frozenset(
+    {
+        int,
+        float,
+        bool,
+        complex,
+        str,
+        type(None),
+        type(...),
+        slice,
+        torch.dtype,
+        torch.layout,
+        torch.memory_format,
+        torch.Size,
+    }
+)
 _CONTAINERS = frozenset({tuple, list, dict, immutable_list, immutable_dict})
 
 
@@ -71,17 +86,30 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
         return _like(x, x.shape)
     if t is torch.nn.Linear and x.dim() >= 1 and x.shape[-1] == m.in_features:
         return _like(x, (*x.shape[:-1], m.out_features))
-    if t is torch.nn.Conv2d and x.dim() == 4 and isinstance(m.padding, tuple) and \
-            x.shape[1] == m.in_channels:
-        h, w = (_window(n, k, s, p, d) for n, k, s, p, d in
-                zip(x.shape[2:], m.kernel_size, m.stride, m.padding, m.dilation))
+    if (
+        t is torch.nn.Conv2d
+        and x.dim() == 4
+        and isinstance(m.padding, tuple)
+        and x.shape[1] == m.in_channels
+    ):
+        h, w = (
+            _window(n, k, s, p, d)
+            for n, k, s, p, d in zip(x.shape[2:], m.kernel_size, m.stride, m.padding, m.dilation)
+        )
         return _like(x, (x.shape[0], m.out_channels, h, w))
     if t in (torch.nn.MaxPool2d, torch.nn.AvgPool2d) and x.dim() == 4 and not m.ceil_mode:
-        pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+        pair = lambda v: v if isinstance(v, tuple) else (v, v)
         dil = pair(getattr(m, "dilation", 1))
-        h, w = (_window(n, k, s, p, d) for n, k, s, p, d in
-                zip(x.shape[2:], pair(m.kernel_size), pair(m.stride or m.kernel_size),
-                    pair(m.padding), dil))
+        h, w = (
+            _window(n, k, s, p, d)
+            for n, k, s, p, d in zip(
+                x.shape[2:],
+                pair(m.kernel_size),
+                pair(m.stride or m.kernel_size),
+                pair(m.padding),
+                dil,
+            )
+        )
         return _like(x, (*x.shape[:2], h, w))
     if t is torch.nn.AdaptiveAvgPool2d and x.dim() == 4:
         size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
@@ -91,22 +119,39 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
 
 
 def _fast_function(target, args: tuple, kwargs: dict):
-    if has_trait(target, "same_shape") and args and isinstance(args[0], torch.Tensor) and \
-            not kwargs.get("inplace", False):
+    if (
+        has_trait(target, "same_shape")
+        and args
+        and isinstance(args[0], torch.Tensor)
+        and not kwargs.get("inplace", False)
+    ):
         return _like(args[0], args[0].shape)
-    if has_trait(target, "same_shape_operands") and len(args) == 2 and not kwargs and \
-            all(isinstance(a, torch.Tensor) for a in args) and args[0].shape == args[1].shape \
-            and args[0].dtype == args[1].dtype:
+    if (
+        has_trait(target, "same_shape_operands")
+        and len(args) == 2
+        and not kwargs
+        and all(isinstance(a, torch.Tensor) for a in args)
+        and args[0].shape == args[1].shape
+        and args[0].dtype == args[1].dtype
+    ):
         return _like(args[0], args[0].shape)
-    if target is torch.cat and not kwargs.get("out") and args and \
-            isinstance(args[0], (list, tuple)) and args[0] and \
-            all(isinstance(a, torch.Tensor) for a in args[0]):
+    if (
+        target is torch.cat
+        and not kwargs.get("out")
+        and args
+        and isinstance(args[0], (list, tuple))
+        and args[0]
+        and all(isinstance(a, torch.Tensor) for a in args[0])
+    ):
         ts = args[0]
         d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-        if isinstance(d, int) and len({t.dtype for t in ts}) == 1 and \
-                len({t.dim() for t in ts}) == 1:
+        if (
+            isinstance(d, int)
+            and len({t.dtype for t in ts}) == 1
+            and len({t.dim() for t in ts}) == 1
+        ):
             d %= ts[0].dim()
-            rest = {tuple(t.shape[:d]) + tuple(t.shape[d + 1:]) for t in ts}
+            rest = {tuple(t.shape[:d]) + tuple(t.shape[d + 1 :]) for t in ts}
             if len(rest) == 1:
                 shape = list(ts[0].shape)
                 shape[d] = sum(t.shape[d] for t in ts)
@@ -124,8 +169,11 @@ class GraphRunError(FxgrowError):
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         self.node = node.name if node is not None else None
         self.cause = cause
-        where = f"node {node.name!r} ({node.op} {_target_name(node)})" if node is not None \
+        where = (
+            f"node {node.name!r} ({node.op} {_target_name(node)})"
+            if node is not None
             else "the graph's inputs"
+        )
         super().__init__(f"{where} fails: {type(cause).__name__}: {first}")
 
 
@@ -138,9 +186,9 @@ def _user_function(target: Any) -> bool:
     """A call_function target that is neither torch's nor a Python operator (a wrapped or
     no-trace function, which may mutate the lists it is given)."""
     module = getattr(target, "__module__", None) or ""
-    return not (module == "torch" or module.startswith("torch.") or
-             module in ("_operator", "builtins")) and \
-        not isinstance(target, torch._ops.OpOverload)
+    return not (
+        module == "torch" or module.startswith("torch.") or module in ("_operator", "builtins")
+    ) and not isinstance(target, torch._ops.OpOverload)
 
 
 def _plain(x: Any) -> Any:
@@ -212,12 +260,20 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
             sub = gm.get_submodule(n.target)
             result = _fast_module(sub, args, kwargs)
             if result is None:
-                state = {k: meta_of(v) for k, v in
-                         (*sub.named_parameters(remove_duplicate=False),
-                          *sub.named_buffers(remove_duplicate=False))}
-                result = torch.func.functional_call(sub, state, args, kwargs, strict=False,
-                                                    tie_weights=True) if state else \
-                    sub(*args, **kwargs)
+                state = {
+                    k: meta_of(v)
+                    for k, v in (
+                        *sub.named_parameters(remove_duplicate=False),
+                        *sub.named_buffers(remove_duplicate=False),
+                    )
+                }
+                result = (
+                    torch.func.functional_call(
+                        sub, state, args, kwargs, strict=False, tie_weights=True
+                    )
+                    if state
+                    else sub(*args, **kwargs)
+                )
         elif op == "call_function":
             if has_trait(n.target, "metadata_check"):
                 result = None
@@ -234,8 +290,11 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
             result = getattr(self_obj, n.target)(*rest, **kwargs)
         elif op == "get_attr":
             value = operator.attrgetter(n.target)(gm)  # missing: the real run says so
-            result = meta_of(value) if isinstance(value, torch.Tensor) and \
-                registered(n.target, value) else _meta(value)
+            result = (
+                meta_of(value)
+                if isinstance(value, torch.Tensor) and registered(n.target, value)
+                else _meta(value)
+            )
         elif op == "placeholder":
             if n.target.startswith("*"):
                 result = list(args_iter)
@@ -243,8 +302,10 @@ def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.
                 result = next(args_iter, _MISSING)
                 if result is _MISSING:
                     if not args:
-                        raise RuntimeError(f"Expected positional argument for parameter "
-                                           f"{n.target}, but one was not passed in!")
+                        raise RuntimeError(
+                            f"Expected positional argument for parameter "
+                            f"{n.target}, but one was not passed in!"
+                        )
                     result = args[0]
         else:  # output
             result = args[0]

@@ -1,4 +1,5 @@
 """What the analysis knows about each fx node's value."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ A group is compared by what it is on the model's own tensors: its width and unit
 widenable, and its parameter/buffer members (name, axis, role, positions) -- the names are the
 model's module paths under both front ends.  Module attributes and graph constants differ by
 construction (fx rewrites module attributes, export graph arguments) and are left out."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -17,8 +18,11 @@ Signature = tuple
 
 
 def signature(group: Any) -> Signature:
-    members = sorted((m.kind, m.target, m.axis, m.role, m.offset, m.positions)
-                     for m in group.members if m.kind in ("parameter", "buffer"))
+    members = sorted(
+        (m.kind, m.target, m.axis, m.role, m.offset, m.positions)
+        for m in group.members
+        if m.kind in ("parameter", "buffer")
+    )
     return (group.width, group.unit, group.widenable, tuple(members))
 
 
@@ -40,26 +44,38 @@ class FrontendDiff:
     def describe(self, limit: int = 3) -> str:
         if self.equal:
             return f"{self.fx_groups} groups, {self.fx_widenable} widenable: equal"
-        return (f"fx {self.fx_groups} groups ({self.fx_widenable} widenable), export "
-                f"{self.export_groups} ({self.export_widenable}); only fx: "
-                f"{', '.join(self.only_fx[:limit]) or '-'}; only export: "
-                f"{', '.join(self.only_export[:limit]) or '-'}")
+        return (
+            f"fx {self.fx_groups} groups ({self.fx_widenable} widenable), export "
+            f"{self.export_groups} ({self.export_widenable}); only fx: "
+            f"{', '.join(self.only_fx[:limit]) or '-'}; only export: "
+            f"{', '.join(self.only_export[:limit]) or '-'}"
+        )
 
 
 def _label(group: Any) -> str:
-    state = "widenable" if group.widenable else \
-        (str(group.blockers[0]) if group.blockers else "blocked")
+    state = (
+        "widenable"
+        if group.widenable
+        else (str(group.blockers[0]) if group.blockers else "blocked")
+    )
     return f"{group.name} [{group.width}] {state}"
 
 
 def compare_frontends(model: torch.nn.Module, inputs: Any, **options: Any) -> FrontendDiff:
     """Analyse ``model`` with ``frontend="fx"`` and ``frontend="export"`` and compare groups."""
     import fxgrow
+
     fx = fxgrow.analyze(model, inputs, frontend="fx", **options).groups
     ex = fxgrow.analyze(model, inputs, frontend="export", **options).groups
     left = Counter(signature(g) for g in fx)
     right = Counter(signature(g) for g in ex)
     only_fx = tuple(_label(g) for g in fx if (left - right)[signature(g)] > 0)
     only_ex = tuple(_label(g) for g in ex if (right - left)[signature(g)] > 0)
-    return FrontendDiff(len(fx), len(ex), sum(g.widenable for g in fx),
-                        sum(g.widenable for g in ex), only_fx, only_ex)
+    return FrontendDiff(
+        len(fx),
+        len(ex),
+        sum(g.widenable for g in fx),
+        sum(g.widenable for g in ex),
+        only_fx,
+        only_ex,
+    )

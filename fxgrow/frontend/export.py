@@ -6,6 +6,7 @@ data-dependent Python control flow on shapes).
 attributes under their original module paths (``model.layers.0.self_attn.q_proj.weight``), read
 by ``get_attr`` nodes.  fxgrow analyses and rewrites that GraphModule like any other; the
 student it returns is a GraphModule with trainable parameters."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,22 +22,25 @@ def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModul
     """``model`` captured by ``torch.export`` on ``example_inputs`` (static shapes)."""
     noise = io.StringIO()
     try:  # export prints the failing graph on errors: keep it out of the user's terminal
-        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), \
-                _no_cache(model):
+        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), _no_cache(model):
             program = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
         if "Cache" in str(e):
-            hint = (" (a Hugging Face model returning its key/value cache: build it with "
-                    "use_cache=False in its config)")
-        raise TraceError(f"torch.export could not capture {type(model).__name__}: "
-                         f"{first}{hint}") from e
+            hint = (
+                " (a Hugging Face model returning its key/value cache: build it with "
+                "use_cache=False in its config)"
+            )
+        raise TraceError(
+            f"torch.export could not capture {type(model).__name__}: {first}{hint}"
+        ) from e
     gm = program.module()
     if not isinstance(gm, torch.fx.GraphModule):
         raise TraceError(f"torch.export returned a {type(gm).__name__}, not a GraphModule")
     gm.meta["fxgrow_frontend"] = "export"
     from .modal import make_modal  # dropout follows .train()/.eval() again (see modal.py)
+
     return make_modal(gm, model.training)
 
 
@@ -46,9 +50,11 @@ def _no_cache(model: torch.nn.Module):
     exporting, on the model's config and on the copies its submodules hold -- T5's decoder
     stack keeps its own; the user's configs are restored): the graph computes the logits
     only."""
-    configs = {id(c): (c, c.use_cache) for m in model.modules()
-               if (c := getattr(m, "config", None)) is not None and
-               getattr(c, "use_cache", None)}
+    configs = {
+        id(c): (c, c.use_cache)
+        for m in model.modules()
+        if (c := getattr(m, "config", None)) is not None and getattr(c, "use_cache", None)
+    }
     for c, _ in configs.values():
         c.use_cache = False
     try:

@@ -7,6 +7,7 @@ graph, and a run on inputs of other sizes that would take another branch raises 
 silently following the traced one.  The analysis treats the sizes a guard reads like any
 other use of a size: one read from a channel axis blocks that channel group (a wider student
 would take another branch); spatial and batch sizes are fixed anyway."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,4 +26,5 @@ def traced_as(value: Any, expected: Any, where: str) -> None:
     if now != expected:
         raise SpecialisedGraphError(
             f"{where}: the graph was traced for inputs where this is {expected!r}, now it is "
-            f"{now!r}; capture the model again with inputs of these sizes")
+            f"{now!r}; capture the model again with inputs of these sizes"
+        )

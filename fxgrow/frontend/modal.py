@@ -23,6 +23,7 @@ Invariant: in eval mode the graph computes the teacher's eval function whatever 
 captured in; in training mode dropout is active and resampled on every call.  Other
 ``self.training`` branches of the model's code (batch norm in training mode, router noise) stay
 as captured; ``meta["fxgrow_captured_training"]`` records the mode of the capture."""
+
 from __future__ import annotations
 
 import torch
@@ -31,11 +32,20 @@ from torch import nn
 from torch.nn import functional as F
 
 _ATEN = torch.ops.aten
-_DROPOUT = {_ATEN.dropout.default: nn.Dropout, _ATEN.feature_dropout.default: nn.Dropout2d,
-            _ATEN.alpha_dropout.default: nn.AlphaDropout, torch.dropout: nn.Dropout}
-_FUNCTIONAL = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
-               F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
-               F.feature_alpha_dropout: nn.FeatureAlphaDropout}
+_DROPOUT = {
+    _ATEN.dropout.default: nn.Dropout,
+    _ATEN.feature_dropout.default: nn.Dropout2d,
+    _ATEN.alpha_dropout.default: nn.AlphaDropout,
+    torch.dropout: nn.Dropout,
+}
+_FUNCTIONAL = {
+    F.dropout: nn.Dropout,
+    F.dropout1d: nn.Dropout1d,
+    F.dropout2d: nn.Dropout2d,
+    F.dropout3d: nn.Dropout3d,
+    F.alpha_dropout: nn.AlphaDropout,
+    F.feature_alpha_dropout: nn.FeatureAlphaDropout,
+}
 _SDPA = (_ATEN.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
 
 
@@ -101,7 +111,7 @@ def _taken(gm: torch.fx.GraphModule, path: str) -> bool:
 def _dropout_kind(node: torch.fx.Node) -> tuple[type, float] | None:
     """(module class, p) of a dropout call whose rate and mode are constants, else None."""
     if node.target in _DROPOUT:
-        p, train = (list(node.args[1:3]) + [0.5, True][len(node.args) - 1:])[:2]
+        p, train = (list(node.args[1:3]) + [0.5, True][len(node.args) - 1 :])[:2]
         cls = _DROPOUT[node.target]
     elif node.target in _FUNCTIONAL:
         args = list(node.args[1:3])

@@ -7,6 +7,7 @@ from tensor data (``x.sum() > 0``, ``.item()``): a branch on data would be right
 example inputs only.  Values read from ``device`` or ``dtype`` are not static either: the
 graph also runs on meta tensors (shape propagation, streaming) and in float64 (the
 verifier's reference), where they differ."""
+
 from __future__ import annotations
 
 import builtins
@@ -100,11 +101,15 @@ class ExampleValues:
                 return False
         if node.op == "call_method" and node.target in _META_METHODS:
             return True
-        if node.op == "call_function" and node.target is builtins.len and \
-                isinstance(self.value(node.args[0]), torch.Tensor):
+        if (
+            node.op == "call_function"
+            and node.target is builtins.len
+            and isinstance(self.value(node.args[0]), torch.Tensor)
+        ):
             return True
-        if node.op in ("call_module", "placeholder") and \
-                any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(self.value(node))):
+        if node.op in ("call_module", "placeholder") and any(
+            isinstance(v, torch.Tensor) for v in pytree.tree_leaves(self.value(node))
+        ):
             return False
         if any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(self.value(node))):
             return False

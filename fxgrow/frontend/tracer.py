@@ -9,12 +9,14 @@ fx cannot trace through is kept whole after all, and the trace retried.
 Given example inputs, control flow on sizes (``if H != W``, ``int(x.shape[-1])``) takes the
 branch the inputs take, and the graph keeps a guard of that decision (``guards.traced_as``):
 the analysis then blocks any channel group whose size decided a branch."""
+
 from __future__ import annotations
 
 import contextlib
 import operator
 import sys
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.fx
@@ -27,6 +29,7 @@ from .specialise import ExampleValues, NotStatic
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
     import sys
+
     if "timm" not in sys.modules:  # no timm model can be in use: do not import it
         return (), ()
     try:
@@ -39,6 +42,7 @@ def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
 def _has_rule(target: type | Callable) -> bool:
     """Whether fxgrow's analysis has a rule for a module class or a function."""
     from ..analysis.rules.registry import FUNCTIONS, MODULES, load_deferred
+
     load_deferred()  # timm's layer rules, once timm is in use
     try:
         return target in MODULES if isinstance(target, type) else target in FUNCTIONS
@@ -91,6 +95,7 @@ class _Proxy(torch.fx.Proxy):
 def _source_line() -> str:
     """``file:line `code``` of the innermost frame outside torch and fxgrow."""
     import traceback
+
     for frame in reversed(traceback.extract_stack()):
         name = frame.filename.replace("\\", "/")
         if "/torch/" not in name and "/fxgrow/" not in name:
@@ -104,26 +109,32 @@ class LeafTracer(torch.fx.Tracer):
     and, given ``example_inputs``, specialises control flow on sizes inside the timm leaves it
     traces through to them (guarded)."""
 
-    def __init__(self, leaf_modules: Iterable[type | str] = (),
-                 autowrap_functions: Iterable[Callable] = (),
-                 through: Iterable[type | Callable] = (),
-                 example_inputs: tuple | None = None) -> None:
+    def __init__(
+        self,
+        leaf_modules: Iterable[type | str] = (),
+        autowrap_functions: Iterable[Callable] = (),
+        through: Iterable[type | Callable] = (),
+        example_inputs: tuple | None = None,
+    ) -> None:
         """``through``: timm no-trace modules types and functions traced through."""
         self.example_inputs = example_inputs
         self.examples: ExampleValues | None = None
         self.buffers_read: dict[str, torch.Tensor] = {}  # get_attr target -> tensor read
         through = set(through)
         self.through_types = tuple(t for t in through if isinstance(t, type))
-        self.through_codes = {f.__code__ for f in through
-                              if not isinstance(f, type) and hasattr(f, "__code__")}
+        self.through_codes = {
+            f.__code__ for f in through if not isinstance(f, type) and hasattr(f, "__code__")
+        }
         timm_modules, timm_functions = _timm_notrace()
         timm_modules = tuple(t for t in timm_modules if t not in through)
         timm_functions = tuple(f for f in timm_functions if f not in through)
         leaves = list(leaf_modules)
         from ..analysis.rules.registry import LEAVES, load_deferred
+
         load_deferred()  # the rules of the libraries in use declare their leaves
-        self.leaf_types = tuple(t for t in leaves if isinstance(t, type)) + timm_modules + \
-            tuple(LEAVES)
+        self.leaf_types = (
+            tuple(t for t in leaves if isinstance(t, type)) + timm_modules + tuple(LEAVES)
+        )
         self.leaf_names = {t for t in leaves if isinstance(t, str)}
         super().__init__(autowrap_functions=tuple(autowrap_functions) + timm_functions)
 
@@ -143,8 +154,12 @@ class LeafTracer(torch.fx.Tracer):
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         """Inside traced-through timm leaves, buffers are proxies too (``get_attr``): their
         methods then take traced sizes (ConViT: ``self.rel_indices.expand(B, ...)``)."""
-        if self.examples is not None and isinstance(attr_val, torch.Tensor) and \
-                not isinstance(attr_val, torch.nn.Parameter) and self._inside_through():
+        if (
+            self.examples is not None
+            and isinstance(attr_val, torch.Tensor)
+            and not isinstance(attr_val, torch.nn.Parameter)
+            and self._inside_through()
+        ):
             saved, self.proxy_buffer_attributes = self.proxy_buffer_attributes, True
             try:
                 proxy = super().getattr(attr, attr_val, parameter_proxy_cache)
@@ -157,8 +172,10 @@ class LeafTracer(torch.fx.Tracer):
 
     def _inside_through(self) -> bool:
         """Whether tracing is inside a timm no-trace module or function traced through."""
-        if any(isinstance(t, type) and issubclass(t, self.through_types)
-               for _path, t in getattr(self, "module_stack", {}).values()):
+        if any(
+            isinstance(t, type) and issubclass(t, self.through_types)
+            for _path, t in getattr(self, "module_stack", {}).values()
+        ):
             return True
         frame = sys._getframe(2)
         while frame is not None:
@@ -202,10 +219,14 @@ def _restore_buffers(root: torch.nn.Module, read: dict[str, torch.Tensor]) -> No
             module._buffers[name] = tensor
 
 
-def trace(model: torch.nn.Module, *, leaf_modules: Iterable[type | str] = (),
-          autowrap_functions: Iterable[Callable] = (),
-          concrete_args: dict[str, Any] | None = None,
-          example_inputs: tuple | None = None) -> torch.fx.GraphModule:
+def trace(
+    model: torch.nn.Module,
+    *,
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Iterable[Callable] = (),
+    concrete_args: dict[str, Any] | None = None,
+    example_inputs: tuple | None = None,
+) -> torch.fx.GraphModule:
     """``model`` as a ``torch.fx.GraphModule`` (returned as is if it already is one).
 
     With ``example_inputs``, control flow on sizes is specialised to them (guarded: see
@@ -218,19 +239,25 @@ def trace(model: torch.nn.Module, *, leaf_modules: Iterable[type | str] = (),
     modules = {t for t in timm_modules if not _has_rule(t)}
     functions = {f for f in timm_functions if not _has_rule(f)}
     while True:  # trace through what has no rule; keep whole what fx cannot trace through
-        tracer = LeafTracer(leaf_modules, autowrap_functions, through=modules | functions,
-                            example_inputs=example_inputs)
+        tracer = LeafTracer(
+            leaf_modules,
+            autowrap_functions,
+            through=modules | functions,
+            example_inputs=example_inputs,
+        )
         try:
             with _unwrapped(functions):
                 graph = tracer.trace(model, concrete_args)
             _restore_buffers(tracer.root, tracer.buffers_read)
             gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
             from .modal import make_modal  # F.dropout(training=...) follows the mode again
+
             return make_modal(gm, model.training)
         except Exception as e:
             stack = list(getattr(tracer, "module_stack", {}).values())
-            culprit = _culprit(e, functions) or \
-                next((t for _path, t in reversed(stack) if t in modules), None)
+            culprit = _culprit(e, functions) or next(
+                (t for _path, t in reversed(stack) if t in modules), None
+            )
             if culprit is not None:
                 modules.discard(culprit)
                 functions.discard(culprit)

@@ -14,6 +14,7 @@ counting.  Buffers such as rotary ``inv_freq`` pin the head dimension, which fxg
 changes; fields that no tensor shape depends on and that are defined by a quotient (GPT-2's
 head count: ``hidden_size / num_attention_heads``) keep that quotient.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,6 +36,7 @@ LAYER_LISTS = ("layer_types",)
 
 def _meta_model(cls: type, config: Any) -> torch.nn.Module:
     from transformers.initialization import no_init_weights
+
     with torch.device("meta"), no_init_weights():
         return cls._from_config(config)
 
@@ -52,6 +54,7 @@ def tensor_shapes(model: torch.nn.Module) -> Shapes:
 @functools.lru_cache(maxsize=256)
 def _shapes_cached(cls: type, key: str) -> tuple:
     import json
+
     config = _config_from(cls, json.loads(key))
     return tuple(sorted(tensor_shapes(_meta_model(cls, config)).items()))
 
@@ -63,6 +66,7 @@ def _config_from(cls: type, d: dict) -> Any:
 
 def _key(config: Any) -> str:
     import json
+
     d = config.to_dict()
     d.pop("transformers_version", None)
     return json.dumps(d, sort_keys=True, default=str)
@@ -75,9 +79,10 @@ def shapes_for(cls: type, config: Any) -> Shapes:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"{cls.__name__} cannot be built from the config "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                          ) from e
+        raise ConfigError(
+            f"{cls.__name__} cannot be built from the config "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
 
 
 def with_fields(config: Any, fields: Mapping[str, Any]) -> Any:
@@ -90,8 +95,13 @@ def with_fields(config: Any, fields: Mapping[str, Any]) -> Any:
         if name in fields or not isinstance(v, (list, tuple)) or not v:
             continue
         for k, n in list(fields.items()):
-            if isinstance(n, int) and not isinstance(n, bool) and \
-                    getattr(config, k, None) == len(v) and n != len(v) and "layer" in k:
+            if (
+                isinstance(n, int)
+                and not isinstance(n, bool)
+                and getattr(config, k, None) == len(v)
+                and n != len(v)
+                and "layer" in k
+            ):
                 fields[name] = [v[i % len(v)] for i in range(n)]
     if any(name in fields for name in LAYER_LISTS):  # set together: validators see both
         d = new.to_dict()
@@ -111,16 +121,25 @@ def _head_dim(config: Any) -> dict[str, int]:
     num_attention_heads``): ``head_dim``, which many classes read when it is set."""
     if "head_dim" in config.to_dict() or hasattr(config, "head_dim"):
         return {}
-    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads",
-                                                                  None)
+    hidden, heads = (
+        getattr(config, "hidden_size", None),
+        getattr(config, "num_attention_heads", None),
+    )
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
         return {"head_dim": hidden // heads}
     return {}
 
 
 def _int_fields(config: Any) -> dict[str, int | None]:
-    skip = {"pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-            "sep_token_id", "cls_token_id", "chunk_size_feed_forward"}
+    skip = {
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "decoder_start_token_id",
+        "sep_token_id",
+        "cls_token_id",
+        "chunk_size_feed_forward",
+    }
     out: dict[str, int | None] = {}
     for k, v in config.to_dict().items():
         if k in skip or k.startswith("_") or isinstance(v, bool):
@@ -163,16 +182,28 @@ def probe(cls: type, config: Any) -> Probe:
         if set(shapes) != set(base):
             if value is None:
                 continue
-            partner = next((q for q, w in ints.items() if q != field and w == value and
-                            q not in follows and _same_keys(cls, config, base, field, q)),
-                           None)
+            partner = next(
+                (
+                    q
+                    for q, w in ints.items()
+                    if q != field
+                    and w == value
+                    and q not in follows
+                    and _same_keys(cls, config, base, field, q)
+                ),
+                None,
+            )
             if partner is None:
                 structural.append(field)
                 continue
             follows[partner] = field  # sizes equal in the teacher that must stay equal
             shapes = shapes_for(cls, with_fields(config, {field: trial, partner: trial}))
-        changed = {(n, a): (shapes[n][a], base[n][a]) for n in base
-                   for a in range(len(base[n])) if shapes[n][a] != base[n][a]}
+        changed = {
+            (n, a): (shapes[n][a], base[n][a])
+            for n in base
+            for a in range(len(base[n]))
+            if shapes[n][a] != base[n][a]
+        }
         if not changed:
             continue
         if value is None:  # a field standing in for a size: the axes it sets are its value
@@ -182,7 +213,7 @@ def probe(cls: type, config: Any) -> Probe:
             if len(olds) != 1:
                 continue
             implicit[field] = olds.pop()
-            exps[field] = {k: 1.0 for k in changed}
+            exps[field] = dict.fromkeys(changed, 1.0)
         else:
             exps[field] = {k: math.log2(new / old) for k, (new, old) in changed.items()}
     return Probe(base, exps, tuple(structural), implicit, follows)
@@ -212,16 +243,27 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
     """The integer fields that make every (non-structural) tensor of ``cls`` the size in
     ``want``; raises ConfigError with the tensors that cannot be matched."""
     p = probe(cls, config)
-    teacher = {f: (v if v is not None else p.implicit[f])
-               for f, v in _int_fields(config).items() if f in p.exponents}
+    teacher = {
+        f: (v if v is not None else p.implicit[f])
+        for f, v in _int_fields(config).items()
+        if f in p.exponents
+    }
     fields = sorted(p.exponents)
-    axes = sorted({k for f in fields for k in p.exponents[f]} |
-                  {(n, a) for n in p.base if n in want for a in range(len(p.base[n]))
-                   if len(want[n]) == len(p.base[n]) and want[n][a] != p.base[n][a]})
+    axes = sorted(
+        {k for f in fields for k in p.exponents[f]}
+        | {
+            (n, a)
+            for n in p.base
+            if n in want
+            for a in range(len(p.base[n]))
+            if len(want[n]) == len(p.base[n]) and want[n][a] != p.base[n][a]
+        }
+    )
     for n in p.base:
         if n in want and len(want[n]) != len(p.base[n]):
-            raise ConfigError(f"{n} has {len(want[n])} axes in the student and "
-                              f"{len(p.base[n])} in {cls.__name__}")
+            raise ConfigError(
+                f"{n} has {len(want[n])} axes in the student and {len(p.base[n])} in {cls.__name__}"
+            )
     rows, rhs = [], []
     for n, a in axes:
         if n not in want:
@@ -233,15 +275,16 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
         A = torch.tensor(rows, dtype=torch.float64)
         b = torch.tensor(rhs, dtype=torch.float64).unsqueeze(1)
         x = torch.linalg.lstsq(A, b, driver="gelsd").solution.squeeze(1).tolist()
-        values = {f: max(1, round(teacher[f] * 2 ** xi)) for f, xi in zip(fields, x)}
+        values = {f: max(1, round(teacher[f] * 2**xi)) for f, xi in zip(fields, x)}
 
     def score(vals: dict[str, int]) -> int:
         try:
             got = shapes_for(cls, with_fields(config, vals))
         except ConfigError:
-            return 10 ** 9
-        return sum(got.get(n) != want.get(n) for n in want if n in p.base) + \
-            len(set(got) - set(want))
+            return 10**9
+        return sum(got.get(n) != want.get(n) for n in want if n in p.base) + len(
+            set(got) - set(want)
+        )
 
     best = score(values)
     for f in p.structural:  # a size field that adds tensors when it differs from another
@@ -285,22 +328,30 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
                 alt = dict(changed, **{heads: h // size})  # more heads of the same size
                 alt.pop(f, None)
                 if h % size == 0 and score(dict(values, **alt, **{f: v})) == 0:
-                    changed = {k: w for k, w in alt.items() if w != teacher.get(k, getattr(
-                        config, k, None))}
+                    changed = {
+                        k: w
+                        for k, w in alt.items()
+                        if w != teacher.get(k, getattr(config, k, None))
+                    }
                     break
             else:  # or the head size said explicitly
                 changed[f] = values[f]
     got = shapes_for(cls, with_fields(config, changed))
-    bad = [m for m in _mismatches(got, want) if not m.startswith(("the config's model has",))
-           and "no counterpart" not in m]
+    bad = [
+        m
+        for m in _mismatches(got, want)
+        if not m.startswith(("the config's model has",)) and "no counterpart" not in m
+    ]
     if bad:
         fields_txt = ", ".join(f"{f}={v}" for f, v in changed.items()) or "the teacher's"
         raise ConfigError(
             f"no config of {cls.__name__} gives the student's shapes (nearest: {fields_txt}): "
-            + "; ".join(bad[:4]) + (f"; and {len(bad) - 4} more" if len(bad) > 4 else "")
+            + "; ".join(bad[:4])
+            + (f"; and {len(bad) - 4} more" if len(bad) > 4 else "")
             + ". A config holds one size per kind of layer: widen every layer's group alike "
-              "(e.g. --width 'model.layers.*.mlp.up_proj=N'), or keep the graph "
-              "(as_graph=True)")
+            "(e.g. --width 'model.layers.*.mlp.up_proj=N'), or keep the graph "
+            "(as_graph=True)"
+        )
     return changed
 
 
@@ -310,8 +361,12 @@ def keep_quotients(config: Any, changed: dict[str, int], probed: set[str]) -> di
     out = dict(changed)
     amap = getattr(config, "attribute_map", {}) or {}
     hidden, heads = (amap.get(k, k) for k in ("hidden_size", "num_attention_heads"))
-    if hidden in out and heads not in out and heads not in probed and \
-            getattr(config, "head_dim", None) is None:
+    if (
+        hidden in out
+        and heads not in out
+        and heads not in probed
+        and getattr(config, "head_dim", None) is None
+    ):
         old_h, n = getattr(config, hidden), getattr(config, heads, None)
         if isinstance(n, int) and n > 0 and old_h % n == 0 and out[hidden] % (old_h // n) == 0:
             out[heads] = out[hidden] // (old_h // n)
@@ -321,5 +376,6 @@ def keep_quotients(config: Any, changed: dict[str, int], probed: set[str]) -> di
 def follow(cls: type, config: Any, field: str, value: int) -> dict[str, int]:
     """Fields that must equal ``field`` (probed together), at ``value``."""
     p = probe(cls, config)
-    return {f: value for f, leader in p.follows.items() if field in (leader, f)} | \
-        {leader: value for f, leader in p.follows.items() if f == field}
+    return {f: value for f, leader in p.follows.items() if field in (leader, f)} | {
+        leader: value for f, leader in p.follows.items() if f == field
+    }

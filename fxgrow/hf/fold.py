@@ -8,6 +8,7 @@ that op's input gets the inverse, folded the same way.  Used to remove the tie-c
 buffers of widened students (``fxgrow_tie_scale*``) so the student is a state dict of the
 teacher's class, and to compensate config-derived constants (Gemma's embedding scale).
 """
+
 from __future__ import annotations
 
 import operator
@@ -17,8 +18,16 @@ import torch.fx
 
 from ..errors import UnsupportedModelError
 
-_PASS = {"alias", "to", "_to_copy", "clone", "contiguous", "type_as", "detach",
-         "_assert_tensor_metadata"}
+_PASS = {
+    "alias",
+    "to",
+    "_to_copy",
+    "clone",
+    "contiguous",
+    "type_as",
+    "detach",
+    "_assert_tensor_metadata",
+}
 
 
 def _name(target) -> str:
@@ -114,8 +123,12 @@ def _scale_param(gm, target: str, scale: torch.Tensor, shift: float = 0.0) -> No
         t.copy_(((t.double() + shift) * s - shift).to(t.dtype))
 
 
-def fold_scale(gm: torch.fx.GraphModule, node: torch.fx.Node, scale: torch.Tensor,
-               seen: frozenset = frozenset()) -> None:
+def fold_scale(
+    gm: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    scale: torch.Tensor,
+    seen: frozenset = frozenset(),
+) -> None:
     """Make ``node``'s values ``node * scale`` (``scale``: a scalar or one value per position
     of the last axis) by changing a parameter; raises UnsupportedModelError where no affine
     parameter makes ``node``."""
@@ -142,8 +155,11 @@ def fold_scale(gm: torch.fx.GraphModule, node: torch.fx.Node, scale: torch.Tenso
             shift, reader = 0.0, made
             if target is None and isinstance(arg, torch.fx.Node):
                 inner = _through(arg)
-                if inner.op == "call_function" and _name(inner.target) == "add" and \
-                        len(inner.args) == 2:
+                if (
+                    inner.op == "call_function"
+                    and _name(inner.target) == "add"
+                    and len(inner.args) == 2
+                ):
                     a, c = inner.args
                     if isinstance(c, torch.fx.Node):
                         a, c = c, a
@@ -167,23 +183,27 @@ def fold_scale(gm: torch.fx.GraphModule, node: torch.fx.Node, scale: torch.Tenso
             for r in _readers(gm, target):  # a tied table: its other readers undo the scale
                 if r is made:
                     continue
-                if r.op == "call_function" and _name(r.target) == "linear" and \
-                        _attr(gm, r.args[1]) is not None:
+                if (
+                    r.op == "call_function"
+                    and _name(r.target) == "linear"
+                    and _attr(gm, r.args[1]) is not None
+                ):
                     fold_scale(gm, r.args[0], 1.0 / scale, seen | {made})
                 else:
                     raise UnsupportedModelError(
-                        f"cannot fold a scale into {target}: {r.name} also reads it")
+                        f"cannot fold a scale into {target}: {r.name} also reads it"
+                    )
             return
     raise UnsupportedModelError(
         f"cannot fold a scale into the op that makes {node.name} ({kind}): fxgrow folds into "
         f"norm weights and embedding tables only; pass untie=True or keep the graph "
-        f"(as_graph=True)")
+        f"(as_graph=True)"
+    )
 
 
 def _own(gm, target: str, user: torch.fx.Node) -> None:
     if any(r is not user for r in _readers(gm, target)):
-        raise UnsupportedModelError(
-            f"cannot fold a scale into {target}: other ops read it too")
+        raise UnsupportedModelError(f"cannot fold a scale into {target}: other ops read it too")
 
 
 def fold_tie_scales(gm: torch.fx.GraphModule) -> list[str]:
@@ -200,7 +220,8 @@ def fold_tie_scales(gm: torch.fx.GraphModule) -> list[str]:
             act = mul.args[0]
             if scale.dim() != 1:
                 raise UnsupportedModelError(
-                    f"{node.target} scales an axis other than the last; pass untie=True")
+                    f"{node.target} scales an axis other than the last; pass untie=True"
+                )
             fold_scale(gm, act, scale)
             mul.replace_all_uses_with(act)
             gm.graph.erase_node(mul)
@@ -220,13 +241,19 @@ def rescale_width_constant(gm: torch.fx.GraphModule, old: int, new: int) -> int:
     with width ``new``.  Returns how many were changed."""
     if old == new:
         return 0
-    c_old, c_new = old ** -0.5, new ** -0.5
+    c_old, c_new = old**-0.5, new**-0.5
     done = 0
     for n in list(gm.graph.nodes):
         if n.op != "call_function" or _name(n.target) != "mul" or len(n.args) != 2:
             continue
-        k = next((i for i, a in enumerate(n.args) if isinstance(a, float) and
-                  abs(a - c_old) <= 1e-12 * c_old), None)
+        k = next(
+            (
+                i
+                for i, a in enumerate(n.args)
+                if isinstance(a, float) and abs(a - c_old) <= 1e-12 * c_old
+            ),
+            None,
+        )
         if k is None or not isinstance(n.args[1 - k], torch.fx.Node):
             continue
         fold_scale(gm, n.args[1 - k], torch.tensor(c_old / c_new, dtype=torch.float64))
@@ -244,13 +271,18 @@ def scale_constant(gm: torch.fx.GraphModule, target: str, new: torch.Tensor) -> 
     ``old / new`` into what it multiplies, so the graph computes the same."""
     old = _get(gm, target)
     ratio = (old.double() / new.double()).to(torch.float64)
-    uses = [u for n in gm.graph.nodes if n.op == "get_attr" and n.target == target
-            for u in _users_through(n)]
+    uses = [
+        u
+        for n in gm.graph.nodes
+        if n.op == "get_attr" and n.target == target
+        for u in _users_through(n)
+    ]
     for u in uses:
         if not (u.op == "call_function" and _name(u.target) == "mul"):
             raise UnsupportedModelError(
                 f"{target} changes with the config and is used by {u.name} ({u.target}), not "
-                f"a multiplication: fxgrow cannot compensate it")
+                f"a multiplication: fxgrow cannot compensate it"
+            )
         other = u.args[0] if _attr(gm, u.args[1]) == target else u.args[1]
         fold_scale(gm, other, ratio.reshape(()) if ratio.numel() == 1 else ratio)
     with torch.no_grad():

@@ -6,6 +6,7 @@ than one shard, the source's tokenizer files and chat template, a model card -- 
 ``out_dir`` as it was: everything is written to a temporary sibling folder first and renamed
 at the end.  Tensors are written in their own dtype (no float32 copy of a bfloat16 model).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ from ..errors import InputError
 
 # what a source folder holds that is not the model's weights or config: copied as is
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
-_OWN = {"config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-        "README.md", "generation_config.json"}
+_OWN = {
+    "config.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "README.md",
+    "generation_config.json",
+}
 
 
 def is_folder(path: str | os.PathLike) -> bool:
@@ -35,6 +41,7 @@ def load_folder(path: str | os.PathLike):
     """The model in ``path`` as its architecture's class (``config.architectures[0]``), in the
     dtype it was saved in, in eval mode."""
     import transformers
+
     if not is_folder(path):
         raise InputError(f"{path} is not a Hugging Face model folder (no config.json)")
     config = transformers.AutoConfig.from_pretrained(path)
@@ -60,52 +67,71 @@ def example_ids(config: Any, batch: int = 2, length: int = 16, seed: int = 0) ->
     if start is None:
         start = getattr(config, "pad_token_id", None)
     if start is None:
-        raise InputError("this encoder-decoder config has no decoder_start_token_id (nor "
-                         "pad_token_id) to start the decoder inputs with; set one in its "
-                         "config.json")
+        raise InputError(
+            "this encoder-decoder config has no decoder_start_token_id (nor "
+            "pad_token_id) to start the decoder inputs with; set one in its "
+            "config.json"
+        )
     decoder = torch.randint(0, vocab, (batch, max(2, length // 2)), generator=g)
     decoder[:, 0] = int(start)
     return (ids, torch.ones_like(ids), decoder)
 
 
-def model_card(student: Any, source: str | None, fields: dict, error: float | None,
-               note: str = "") -> str:
+def model_card(
+    student: Any, source: str | None, fields: dict, error: float | None, note: str = ""
+) -> str:
     """A short README.md: what was grown from what, and the measured preservation error."""
     name = type(student).__name__
     lines = [f"# {name} grown with fxgrow", ""]
     lines.append(f"Grown from `{source}`" if source else "Grown from a teacher model")
-    lines[-1] += " by function-preserving growth (Net2Net-style): on any input it computes " \
-                 "what the teacher computed, until it is trained further."
+    lines[-1] += (
+        " by function-preserving growth (Net2Net-style): on any input it computes "
+        "what the teacher computed, until it is trained further."
+    )
     before: dict = {}
     if source and (Path(source) / "config.json").is_file():
         before = json.loads((Path(source) / "config.json").read_text())
     lines += ["", "| config field | teacher | grown |", "|---|---|---|"]
-    lines += [f"| `{k}` | `{json.dumps(before.get(k))}` | `{json.dumps(v)}` |"
-              for k, v in fields.items()] or ["| (none) | | |"]
+    lines += [
+        f"| `{k}` | `{json.dumps(before.get(k))}` | `{json.dumps(v)}` |" for k, v in fields.items()
+    ] or ["| (none) | | |"]
     if error is not None:
-        lines += ["", f"Measured preservation error (max |student - teacher| / max |teacher| "
-                      f"of the output, fresh inputs with a padding mask): {error:.3g}."]
+        lines += [
+            "",
+            f"Measured preservation error (max |student - teacher| / max |teacher| "
+            f"of the output, fresh inputs with a padding mask): {error:.3g}.",
+        ]
     if note:
         lines += ["", note]
     from .. import __version__
+
     params = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values())
     lines += ["", f"{params:,} parameters.  Written by fxgrow {__version__}.", ""]
     return "\n".join(lines)
 
 
-def save_folder(student: Any, out_dir: str | os.PathLike, *, source: str | os.PathLike | None
-                = None, max_shard_size: str | int = "5GB", overwrite: bool = False,
-                note: str = "") -> Path:
+def save_folder(
+    student: Any,
+    out_dir: str | os.PathLike,
+    *,
+    source: str | os.PathLike | None = None,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    note: str = "",
+) -> Path:
     """Write ``student`` (a ``transformers.PreTrainedModel``) as a Hugging Face folder.
 
     ``source``: the teacher's folder, whose tokenizer files, chat template and generation
     config are copied.  ``max_shard_size``: as ``save_pretrained`` takes it ("2GB", bytes).
     An existing ``out_dir`` is refused unless ``overwrite``."""
     from .student import is_pretrained
+
     if not is_pretrained(student):
-        raise InputError(f"save_folder takes a transformers model, got {type(student).__name__}"
-                         f" (a graph student: grow it without as_graph=True, or save it with "
-                         f"fxgrow.save)")
+        raise InputError(
+            f"save_folder takes a transformers model, got {type(student).__name__}"
+            f" (a graph student: grow it without as_graph=True, or save it with "
+            f"fxgrow.save)"
+        )
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass overwrite=True (--overwrite) or another folder")
@@ -124,8 +150,9 @@ def save_folder(student: Any, out_dir: str | os.PathLike, *, source: str | os.Pa
                 shutil.copy2(gen, tmp / gen.name)
         fields = getattr(student, "fxgrow_fields", {}) or {}
         error = getattr(student, "fxgrow_error", None)
-        (tmp / "README.md").write_text(model_card(student, None if source is None else
-                                                  str(source), fields, error, note))
+        (tmp / "README.md").write_text(
+            model_card(student, None if source is None else str(source), fields, error, note)
+        )
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             if old.exists():

@@ -25,6 +25,7 @@ its teacher's normalised values with the same eps, and its weight times ``1 / k`
 above) restores them; a tied output head reading the scaled table gets ``1 / k`` folded
 into its input (the final norm).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,12 +41,19 @@ def _norm_kind(module: torch.nn.Module, weight: str) -> tuple[str, float]:
     """("mul" | "one_plus" | "layer", eps): an RMS norm scaling by ``w`` or ``1 + w``, or a
     norm that subtracts the mean (LayerNorm)."""
     import copy
+
     w = getattr(module, weight)
     n = w.shape[0]
     x = torch.randn(2, n, generator=torch.Generator().manual_seed(0)).to(w.dtype)
     probe = copy.deepcopy(module)
-    eps = next((getattr(module, a) for a in ("variance_epsilon", "eps", "epsilon")
-                if isinstance(getattr(module, a, None), float)), None)
+    eps = next(
+        (
+            getattr(module, a)
+            for a in ("variance_epsilon", "eps", "epsilon")
+            if isinstance(getattr(module, a, None), float)
+        ),
+        None,
+    )
     if eps is None:
         raise ConfigError(f"{type(module).__name__} has no eps attribute fxgrow knows")
     with torch.no_grad():
@@ -60,11 +68,14 @@ def _norm_kind(module: torch.nn.Module, weight: str) -> tuple[str, float]:
 def _eps_field(config: Any, eps: float) -> str | None:
     """The config field holding the norms' eps; None where none does (OPT builds its
     LayerNorms with torch's default eps): the stream is then scaled instead (see below)."""
-    hits = [k for k, v in config.to_dict().items() if isinstance(v, float) and v == eps
-            and "eps" in k]
+    hits = [
+        k for k, v in config.to_dict().items() if isinstance(v, float) and v == eps and "eps" in k
+    ]
     if len(hits) > 1:
-        raise ConfigError(f"several config fields hold the stream norms' eps {eps:g} "
-                          f"({', '.join(hits)}); grow the stream by a whole multiple")
+        raise ConfigError(
+            f"several config fields hold the stream norms' eps {eps:g} "
+            f"({', '.join(hits)}); grow the stream by a whole multiple"
+        )
     return hits[0] if hits else None
 
 
@@ -74,42 +85,58 @@ def stream_norms(model, members: list) -> tuple[dict, str | None, int]:
     is not exact."""
     config = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
-    axes = [(m.target, m.axis, m.role) for m in members
-            if m.kind == "parameter" and m.target in params]
+    axes = [
+        (m.target, m.axis, m.role) for m in members if m.kind == "parameter" and m.target in params
+    ]
     old = {params[t].shape[a] for t, a, _ in axes}
     if len(old) != 1:
         raise ConfigError(f"the stream's axes have different sizes {sorted(old)}")
     C = old.pop()
     norms = {}
-    for t, a, role in axes:
+    for t, _a, role in axes:
         mod, _, leaf = t.rpartition(".")
         module = model.get_submodule(mod)
         weight = getattr(module, "weight", None)  # a norm: a per-channel weight (a bias of
-        if role not in ("produce", "consume") and isinstance(weight, torch.Tensor) and \
-                weight.dim() == 1:  # a Linear writes the stream: zero-padded like its rows)
+        if (
+            role not in ("produce", "consume")
+            and isinstance(weight, torch.Tensor)
+            and weight.dim() == 1
+        ):  # a Linear writes the stream: zero-padded like its rows)
             norms[t] = (mod, leaf) + _norm_kind(module, "weight")
     kinds = {v[2] == "layer" for v in norms.values()}
     if len(kinds) > 1:
-        raise ConfigError("the stream has both LayerNorms and RMSNorms: neither zero padding "
-                          "nor the average expansion keeps both exact")
+        raise ConfigError(
+            "the stream has both LayerNorms and RMSNorms: neither zero padding "
+            "nor the average expansion keeps both exact"
+        )
     eps = {v[3] for v in norms.values()}
     if len(eps) != 1:
         raise ConfigError(f"the stream's norms have different eps {sorted(eps)}")
     eps_field = _eps_field(config, eps.pop())
     stream_modules = {v[0] for v in norms.values()}
-    for name, m in model.named_modules() if eps_field else ():  # every norm reading this eps is over the stream
-        e = next((getattr(m, a) for a in ("variance_epsilon", "eps")
-                  if isinstance(getattr(m, a, None), float)), None)
+    for name, m in (
+        model.named_modules() if eps_field else ()
+    ):  # every norm reading this eps is over the stream
+        e = next(
+            (
+                getattr(m, a)
+                for a in ("variance_epsilon", "eps")
+                if isinstance(getattr(m, a, None), float)
+            ),
+            None,
+        )
         if e is not None and e == getattr(config, eps_field) and name not in stream_modules:
             raise ConfigError(
                 f"{name} ({type(m).__name__}) uses {eps_field} too but does not normalise "
                 f"the stream: a new {eps_field} would change it; grow the stream by a whole "
-                f"multiple of {C}")
+                f"multiple of {C}"
+            )
     return norms, eps_field, C
 
 
-def pad_graph(gm: torch.fx.GraphModule, teacher, members: list, new: int, *,
-              seed: int = 0) -> dict[str, Any]:
+def pad_graph(
+    gm: torch.fx.GraphModule, teacher, members: list, new: int, *, seed: int = 0
+) -> dict[str, Any]:
     """Pad the stream's tensors of ``gm`` (a student of ``teacher`` whose stream is still
     the teacher's width) to ``new`` channels in place, as described above; returns the
     config field that changes with it (the norms' eps).  The graph itself is not run again:
@@ -120,8 +147,9 @@ def pad_graph(gm: torch.fx.GraphModule, teacher, members: list, new: int, *,
         raise ConfigError(f"the stream is {C} wide; fxgrow only grows (asked for {new})")
     mean = any(v[2] == "layer" for v in norms.values())
     grow = 1.0 if eps_field else math.sqrt(new / C)  # writers scaled: see the module doc
-    axes = [(m.target, m.axis, m.role) for m in members
-            if m.kind == "parameter" and m.target in params]
+    axes = [
+        (m.target, m.axis, m.role) for m in members if m.kind == "parameter" and m.target in params
+    ]
     g = torch.Generator().manual_seed(seed)
     shrink = math.sqrt(C / new)
     by_target: dict[str, list] = {}
@@ -144,8 +172,7 @@ def pad_graph(gm: torch.fx.GraphModule, teacher, members: list, new: int, *,
                 extra = torch.full(pad_shape, float(t.double().mean()), dtype=t.dtype)
             elif role == "consume" and not _produces(name, by_target):
                 std = float(t.double().std()) if t.numel() > 1 else 0.02
-                extra = (torch.randn(pad_shape, generator=g, dtype=torch.float64) * std
-                         ).to(t.dtype)
+                extra = (torch.randn(pad_shape, generator=g, dtype=torch.float64) * std).to(t.dtype)
             elif mean:  # writes the stream: its new channels are the mean of the old ones
                 t = (t.double() * grow).to(t.dtype) if grow != 1.0 else t
                 extra = t.double().mean(dim=a, keepdim=True).expand(pad_shape).to(t.dtype)
@@ -168,14 +195,17 @@ def _untie_scale(gm: torch.fx.GraphModule, tied: list[str], grow: float) -> None
     what it did before the table was scaled by ``grow``: ``1 / grow`` folded into its
     input."""
     from .fold import _attr, _get, _name, _readers, fold_scale
+
     for target in tied:
         readers = _readers(gm, target)
-        if not any(r.op == "call_function" and _name(r.target) == "embedding"
-                   for r in readers):
+        if not any(r.op == "call_function" and _name(r.target) == "embedding" for r in readers):
             continue
         for r in readers:
-            head = _attr(gm, r.args[1]) if r.op == "call_function" and \
-                _name(r.target) == "linear" else None
+            head = (
+                _attr(gm, r.args[1])
+                if r.op == "call_function" and _name(r.target) == "linear"
+                else None
+            )
             if head is not None and _get(gm, head) is _get(gm, target):
                 fold_scale(gm, r.args[0], torch.tensor(1.0 / grow, dtype=torch.float64))
 

@@ -12,6 +12,7 @@ Invariant: ``load(save(student, folder))`` is ``type(student)`` with the same te
 for bit) and the same growth record; with ``example_inputs`` the written folder is loaded
 back and must give identical outputs.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,24 +27,36 @@ from ..errors import InputError, LoadError
 RECORD_FILE = "fxgrow_growth.json"
 
 
-def save_student(model: Any, path: str | os.PathLike, *, example_inputs: Any = None,
-                 verify: bool = True, teacher: Any = None) -> Path:
+def save_student(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    example_inputs: Any = None,
+    verify: bool = True,
+    teacher: Any = None,
+) -> Path:
     """Write ``model`` (a ``PreTrainedModel``) as a Hugging Face folder at ``path`` with its
     growth record; ``teacher``'s fingerprint is recorded when given."""
     from ..training import record
     from .folder import save_folder
+
     out = Path(path)
     if out.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-        raise InputError(f"{type(model).__name__} is a Hugging Face model: fxgrow.save writes "
-                         f"it as a folder (config.json + safetensors), not as the single file "
-                         f"{out.name}; pass a folder path")
+        raise InputError(
+            f"{type(model).__name__} is a Hugging Face model: fxgrow.save writes "
+            f"it as a folder (config.json + safetensors), not as the single file "
+            f"{out.name}; pass a folder path"
+        )
     meta = getattr(model, "meta", None) or {}
-    desc: dict[str, Any] = {"class": type(model).__name__,
-                            "renumbered": bool(meta.get("fxgrow_renumbered", False))}
+    desc: dict[str, Any] = {
+        "class": type(model).__name__,
+        "renumbered": bool(meta.get("fxgrow_renumbered", False)),
+    }
     if meta.get(record.KEY):
         desc[record.KEY] = record.encode(meta[record.KEY])
     if teacher is not None:
-        from ..io import fingerprint
+        from ..io.saving import fingerprint
+
         desc["teacher"] = {"fingerprint": fingerprint(teacher)}
     save_folder(model, out, overwrite=True)
     (out / RECORD_FILE).write_text(json.dumps(desc))
@@ -57,6 +70,7 @@ def load_student(path: str | os.PathLike) -> torch.nn.Module:
     record (empty for a folder fxgrow did not write)."""
     from ..training import record
     from .folder import load_folder
+
     model = load_folder(path)
     meta: dict[str, Any] = {record.KEY: {}, "fxgrow_renumbered": False}
     f = Path(path) / RECORD_FILE
@@ -66,8 +80,10 @@ def load_student(path: str | os.PathLike) -> torch.nn.Module:
             meta[record.KEY] = record.decode(desc.get(record.KEY, {}))
             meta["fxgrow_renumbered"] = bool(desc.get("renumbered", False))
         except (ValueError, TypeError, AttributeError) as e:
-            raise LoadError(f"{f} is malformed ({type(e).__name__}: {e}); it was not written "
-                            f"by fxgrow.save or is damaged") from e
+            raise LoadError(
+                f"{f} is malformed ({type(e).__name__}: {e}); it was not written "
+                f"by fxgrow.save or is damaged"
+            ) from e
     model.meta = meta
     return model
 
@@ -76,6 +92,7 @@ def _check_round_trip(model: Any, path: Path, example_inputs: Any) -> None:
     from ..api import as_tuple
     from ..errors import PreservationError
     from .student import main_output
+
     inputs = as_tuple(example_inputs)
     again = load_student(path)
     modes = model.training
@@ -87,5 +104,7 @@ def _check_round_trip(model: Any, path: Path, example_inputs: Any) -> None:
     finally:
         model.train(modes)
     if a.shape != b.shape or not torch.equal(a, b):
-        raise PreservationError(f"the folder {path} loads as a model whose outputs differ from "
-                                f"the saved {type(model).__name__}'s")
+        raise PreservationError(
+            f"the folder {path} loads as a model whose outputs differ from "
+            f"the saved {type(model).__name__}'s"
+        )

@@ -8,6 +8,7 @@ Tie-compensation buffers are folded into the final norm first, and constants HF 
 the config (non-persistent buffers such as Gemma's embedding scale) are compensated in the
 weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,13 +45,17 @@ def default_outputs(model: Any, outputs: str) -> str:
     return "main" if outputs == "fixed" and is_encoder_decoder(model) else outputs
 
 
-def finish(teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bool = False
-           ) -> torch.nn.Module:
+def finish(
+    teacher: torch.nn.Module, student: torch.fx.GraphModule, as_graph: bool = False
+) -> torch.nn.Module:
     """What widen / deepen / grow return: the student as the teacher's class when the
     teacher is a Hugging Face model (unless ``as_graph``), else the graph."""
     grown_outputs = student.meta.get("fxgrow_output_positions") is not None
-    if as_graph or not is_pretrained(teacher) or \
-            (grown_outputs and not is_encoder_decoder(teacher)):  # outputs="grow"
+    if (
+        as_graph
+        or not is_pretrained(teacher)
+        or (grown_outputs and not is_encoder_decoder(teacher))
+    ):  # outputs="grow"
         return student
     return to_pretrained(teacher, student)
 
@@ -70,6 +75,7 @@ def _hf_tensors(teacher, gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
     if not any("_deepen" in k for k in tensors):
         return tensors
     from ..rewrite.hf_depth import _graph_layers, hf_numbering, layer_stacks
+
     stacks = {p: n for p, (_, n) in layer_stacks(teacher.state_dict(), teacher.config).items()}
     renamed = hf_numbering(tensors, stacks)
     if len(stacks) == 1 and "fxgrow_layer_sources" not in gm.meta:
@@ -86,12 +92,14 @@ def _layer_count_fields(teacher, gm_shapes: cfg.Shapes) -> dict[str, Any]:
     counted = set()
     try:  # the layer stacks (T5: encoder.block, decoder.block): their count is their field
         from ..rewrite.hf_depth import layer_stacks
+
         stacks = layer_stacks(teacher.state_dict(), config)
     except Exception:
         stacks = {}
     for prefix, (f, n) in stacks.items():
-        indices = {k[len(prefix) + 1:].split(".")[0] for k in gm_shapes
-                   if k.startswith(prefix + ".")}
+        indices = {
+            k[len(prefix) + 1 :].split(".")[0] for k in gm_shapes if k.startswith(prefix + ".")
+        }
         got = 1 + max((int(i) for i in indices if i.isdigit()), default=n - 1)
         counted.add(f)
         if got != n:
@@ -101,8 +109,11 @@ def _layer_count_fields(teacher, gm_shapes: cfg.Shapes) -> dict[str, Any]:
         if f in counted:
             continue
         base = set(cfg.shapes_for(cls, config))
-        if base <= set(gm_shapes) and len(base) == len(set(gm_shapes) & base) and \
-                not (set(gm_shapes) - base):
+        if (
+            base <= set(gm_shapes)
+            and len(base) == len(set(gm_shapes) & base)
+            and not (set(gm_shapes) - base)
+        ):
             continue
         v = getattr(config, f)
         for n in range(v + 1, 8 * v + 2):
@@ -116,8 +127,9 @@ def _layer_count_fields(teacher, gm_shapes: cfg.Shapes) -> dict[str, Any]:
 
 
 def _extra_params(gm_shapes, names) -> set:
-    return {n for n in gm_shapes if n not in names and not n.startswith("fxgrow_")
-            and ".layers." in n}
+    return {
+        n for n in gm_shapes if n not in names and not n.startswith("fxgrow_") and ".layers." in n
+    }
 
 
 def _lists(config, n: int) -> dict[str, Any]:
@@ -139,7 +151,8 @@ def new_config(teacher, shapes: cfg.Shapes, sources: list[int] | None = None) ->
         for name in cfg.LAYER_LISTS:
             v = getattr(config, name, None)
             if isinstance(v, (list, tuple)) and len(sources) == fields.get(
-                    config.attribute_map.get("num_hidden_layers", "num_hidden_layers")):
+                config.attribute_map.get("num_hidden_layers", "num_hidden_layers")
+            ):
                 fields[name] = [v[s] for s in sources]
     deeper = cfg.with_fields(config, fields)
     widths = cfg.solve_widths(cls, deeper, shapes)
@@ -150,11 +163,13 @@ def new_config(teacher, shapes: cfg.Shapes, sources: list[int] | None = None) ->
     return new, fields
 
 
-def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
-                  extra: dict | None = None):
+def to_pretrained(
+    teacher, gm: torch.fx.GraphModule, *, check: bool = True, extra: dict | None = None
+):
     """``gm`` (a student of ``teacher``) as an instance of ``type(teacher)``; ``extra``:
     config fields no shape shows (a padded stream's eps)."""
     from transformers.initialization import no_init_weights
+
     gm = copy.deepcopy(gm)
     fold_tie_scales(gm)
     tensors = _hf_tensors(teacher, gm)
@@ -163,8 +178,11 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
     if extra:
         config = cfg.with_fields(config, extra)
         fields.update(extra)
-    untied = [a for a, src in _tie_sources(teacher).items()
-              if a in tensors and src in tensors and tensors[a] is not tensors[src]]
+    untied = [
+        a
+        for a, src in _tie_sources(teacher).items()
+        if a in tensors and src in tensors and tensors[a] is not tensors[src]
+    ]
     if untied and getattr(config, "tie_word_embeddings", False):  # untie=True
         config.tie_word_embeddings = False
         fields["tie_word_embeddings"] = False
@@ -180,8 +198,11 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
         if name in state_names or name not in tensors:
             continue
         old = tensors[name]
-        if old.shape == buf.shape and old.dtype != buf.dtype and \
-                torch.equal(old, buf.to(old.device, old.dtype)):
+        if (
+            old.shape == buf.shape
+            and old.dtype != buf.dtype
+            and torch.equal(old, buf.to(old.device, old.dtype))
+        ):
             # the same constant, rounded to the teacher's dtype (a bf16 model's rotary
             # frequencies): take the teacher's values, which is what it computed with
             with torch.no_grad():
@@ -193,7 +214,8 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
                     f"the config found for the student ({fields}) gives {name} other values "
                     f"than the student has (a constant derived from the config, e.g. a "
                     f"rotary size); fxgrow compensates scalar constants only: keep the graph "
-                    f"(as_graph=True) or grow by whole multiples")
+                    f"(as_graph=True) or grow by whole multiples"
+                )
             scale_constant(gm, name, buf)
     tensors = _hf_tensors(teacher, gm)
     state = {}
@@ -203,25 +225,48 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
         if src not in tensors:
             raise ConfigError(f"the student has no tensor for {name} of {cls.__name__}")
         state[name] = tensors[src]
-    extra = [k for k in tensors if k not in state and k not in dict(model.named_buffers())
-             and not _alias_of_state(k, tensors, state)]
+    extra = [
+        k
+        for k in tensors
+        if k not in state
+        and k not in dict(model.named_buffers())
+        and not _alias_of_state(k, tensors, state)
+    ]
     if extra:
-        inserted = sorted({k.split("_deepen")[0] + "_deepen" + k.split("_deepen")[1].split(".")[0]
-                           for k in extra if "_deepen" in k})
-        why = (f": the inserted blocks {', '.join(inserted)} are no layers of its config; "
-               f"grow(blocks=...) or to_config={{'num_hidden_layers': N}} append layers the "
-               f"config holds") if inserted else ""
-        raise ConfigError(f"{cls.__name__} has no place for the student's tensors "
-                          f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)")
+        inserted = sorted(
+            {
+                k.split("_deepen")[0] + "_deepen" + k.split("_deepen")[1].split(".")[0]
+                for k in extra
+                if "_deepen" in k
+            }
+        )
+        why = (
+            (
+                f": the inserted blocks {', '.join(inserted)} are no layers of its config; "
+                f"grow(blocks=...) or to_config={{'num_hidden_layers': N}} append layers the "
+                f"config holds"
+            )
+            if inserted
+            else ""
+        )
+        raise ConfigError(
+            f"{cls.__name__} has no place for the student's tensors "
+            f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)"
+        )
     wanted = model.state_dict()
-    off = [f"{k} is {list(v.shape)}, the config gives {list(wanted[k].shape)}"
-           for k, v in state.items() if tuple(v.shape) != tuple(wanted[k].shape)]
+    off = [
+        f"{k} is {list(v.shape)}, the config gives {list(wanted[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(wanted[k].shape)
+    ]
     if off:  # a config of the class cannot hold these widths (e.g. heads x head size tied)
         raise ConfigError(
             f"no config of {cls.__name__} gives the student's shapes (nearest: {fields}): "
-            f"{'; '.join(off[:4])}" + (f"; and {len(off) - 4} more" if len(off) > 4 else "")
+            f"{'; '.join(off[:4])}"
+            + (f"; and {len(off) - 4} more" if len(off) > 4 else "")
             + ". Keep the graph (as_graph=True), or grow to a config of the class "
-              "(grow(to_config=...))")
+            "(grow(to_config=...))"
+        )
     model.load_state_dict(state, strict=True)
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()  # the same tensor under both names, as from_pretrained gives
@@ -230,9 +275,10 @@ def to_pretrained(teacher, gm: torch.fx.GraphModule, *, check: bool = True,
     # the growth record optimizer transfer reads (fxgrow.transfer_optimizer): the expansions,
     # keyed by parameter names, which are the graph's unless blocks were renumbered
     renumbered = any("_deepen" in k for k in _tensors(gm))
-    model.meta = {"fxgrow_expansions": {} if renumbered else
-                  dict(gm.meta.get("fxgrow_expansions", {})),
-                  "fxgrow_renumbered": renumbered}
+    model.meta = {
+        "fxgrow_expansions": {} if renumbered else dict(gm.meta.get("fxgrow_expansions", {})),
+        "fxgrow_renumbered": renumbered,
+    }
     if check and not gm.meta.get("fxgrow_inexact"):
         model.fxgrow_error = check_fresh(teacher, model)
     return model
@@ -255,8 +301,9 @@ def _tie_sources(model) -> dict[str, str]:
     return out
 
 
-def fresh_inputs(config, batch: int = 3, length: int = 11, seed: int = 123,
-                 pad: int = 3) -> dict[str, torch.Tensor]:
+def fresh_inputs(
+    config, batch: int = 3, length: int = 11, seed: int = 123, pad: int = 3
+) -> dict[str, torch.Tensor]:
     """Token ids and a left-padding attention mask (row 0 padded by ``pad``) of a shape the
     graph was not captured at; decoder ids for encoder-decoders."""
     g = torch.Generator().manual_seed(seed)
@@ -267,8 +314,9 @@ def fresh_inputs(config, batch: int = 3, length: int = 11, seed: int = 123,
         mask[0, :pad] = 0
     out = {"input_ids": ids, "attention_mask": mask}
     if getattr(config, "is_encoder_decoder", False):
-        out["decoder_input_ids"] = torch.randint(0, vocab, (batch, max(2, length // 2)),
-                                                 generator=g)
+        out["decoder_input_ids"] = torch.randint(
+            0, vocab, (batch, max(2, length // 2)), generator=g
+        )
     return out
 
 
@@ -292,8 +340,10 @@ def _fresh_deviation(teacher, student) -> tuple[float, list]:
             t = main_output(teacher(**kw, use_cache=False)).double()
             s = main_output(student(**kw, use_cache=False)).double()
         if t.shape != s.shape:
-            raise PreservationError(f"the grown {type(student).__name__} returns "
-                                    f"{tuple(s.shape)}, the teacher {tuple(t.shape)}")
+            raise PreservationError(
+                f"the grown {type(student).__name__} returns "
+                f"{tuple(s.shape)}, the teacher {tuple(t.shape)}"
+            )
         keep = kw["attention_mask"].bool()
         if t.dim() >= 2 and t.shape[:2] == keep.shape:
             t, s = t[keep], s[keep]
@@ -303,20 +353,22 @@ def _fresh_deviation(teacher, student) -> tuple[float, list]:
     return worst, outs
 
 
-def _reference_agrees(teacher, student, outs: list, worst: float,
-                      dtype: torch.dtype) -> bool:
+def _reference_agrees(teacher, student, outs: list, worst: float, dtype: torch.dtype) -> bool:
     """The graph verifier's calibration (``fxgrow.verify``) on the fresh inputs: copies of
     both models in a more precise dtype that fits in memory; the student passes when the
     copies agree or its deviation is within ``CALIBRATION`` x the teacher's own."""
     from ..verify.compare import CALIBRATION, TOLERANCE, _reference_dtypes
+
     precise = _reference_dtypes(teacher, student, dtype)
     if not precise:
         return False
     t_ref = copy.deepcopy(teacher).to(precise[0]).eval()
     s_ref = copy.deepcopy(student).to(precise[0]).eval()
     ref, ref_outs = _fresh_deviation(t_ref, s_ref)
-    own = max(float((t - r).abs().max()) / (float(r.abs().max()) or 1.0)
-              for (t, _), (r, _) in zip(outs, ref_outs))
+    own = max(
+        float((t - r).abs().max()) / (float(r.abs().max()) or 1.0)
+        for (t, _), (r, _) in zip(outs, ref_outs)
+    )
     return ref <= TOLERANCE[precise[0]] or worst <= CALIBRATION * own
 
 
@@ -325,8 +377,8 @@ def check_fresh(teacher, student, tol: float | None = None) -> float:
     at the positions the mask keeps; raises PreservationError beyond the dtype's floor unless
     more precise copies show the difference is the dtype's own rounding."""
     from ..verify.compare import TOLERANCE
-    dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()),
-                 torch.float32)
+
+    dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), torch.float32)
     tol = TOLERANCE.get(dtype, 1e-5) if tol is None else tol
     modes = (teacher.training, student.training)
     teacher.eval(), student.eval()
@@ -340,5 +392,6 @@ def check_fresh(teacher, student, tol: float | None = None) -> float:
             f"the grown {type(student).__name__} differs from the teacher on fresh inputs "
             f"(max rel err {worst:.3g} > {tol:g}, and more precise copies of both do not "
             f"account for it); the config fields {student.fxgrow_fields} do not reproduce "
-            f"the graph. Keep the graph (as_graph=True) and please report it")
+            f"the graph. Keep the graph (as_graph=True) and please report it"
+        )
     return worst

@@ -2,6 +2,7 @@
 (:class:`GrowthEvent`), turning a batch into example inputs, measuring the loss across growth,
 and :func:`become` (the model object takes the student's identity, for loops that hold a
 reference to the model in a local variable, as ``transformers.Trainer`` does)."""
+
 from __future__ import annotations
 
 import inspect
@@ -38,17 +39,28 @@ class Trigger:
     improved by more than ``min_delta`` for ``patience`` observations (``mode="min"`` or
     ``"max"``)."""
 
-    def __init__(self, at_step: int | None = None, monitor: str | None = None,
-                 patience: int = 3, min_delta: float = 0.0, mode: str = "min") -> None:
+    def __init__(
+        self,
+        at_step: int | None = None,
+        monitor: str | None = None,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        mode: str = "min",
+    ) -> None:
         if (at_step is None) == (monitor is None):
-            raise InputError("give exactly one of at_step= (grow at that optimizer step) and "
-                             "monitor= (grow when that logged metric plateaus)")
-        if at_step is not None and (isinstance(at_step, bool) or not isinstance(at_step, int)
-                                    or at_step < 1):
+            raise InputError(
+                "give exactly one of at_step= (grow at that optimizer step) and "
+                "monitor= (grow when that logged metric plateaus)"
+            )
+        if at_step is not None and (
+            isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 1
+        ):
             raise InputError(f"at_step must be a positive integer, got {at_step!r}")
         if mode not in ("min", "max") or patience < 1 or min_delta < 0:
-            raise InputError(f"mode must be 'min' or 'max', patience >= 1 and min_delta >= 0; "
-                             f"got {mode!r}, {patience!r}, {min_delta!r}")
+            raise InputError(
+                f"mode must be 'min' or 'max', patience >= 1 and min_delta >= 0; "
+                f"got {mode!r}, {patience!r}, {min_delta!r}"
+            )
         self.at_step, self.monitor, self.patience = at_step, monitor, patience
         self.min_delta, self.sign = min_delta, 1.0 if mode == "min" else -1.0
         self.best, self.stale, self.fired = math.inf, 0, False
@@ -81,22 +93,28 @@ def as_inputs(model: torch.nn.Module, batch: Any, device: torch.device | None = 
         names = list(inspect.signature(model.forward).parameters)
         unknown = [k for k in batch if k not in names]
         if unknown:
-            raise InputError(f"batch keys {unknown} are not parameters of "
-                             f"{type(model).__name__}.forward{tuple(names)}; pass "
-                             f"example_inputs= as a tuple")
+            raise InputError(
+                f"batch keys {unknown} are not parameters of "
+                f"{type(model).__name__}.forward{tuple(names)}; pass "
+                f"example_inputs= as a tuple"
+            )
         present = [n for n in names if n in batch]
-        if names[:len(present)] != present:
-            raise InputError(f"the batch gives {present} but {type(model).__name__}.forward "
-                             f"takes {names}: the batch must give its first parameters; pass "
-                             f"example_inputs= as a tuple")
+        if names[: len(present)] != present:
+            raise InputError(
+                f"the batch gives {present} but {type(model).__name__}.forward "
+                f"takes {names}: the batch must give its first parameters; pass "
+                f"example_inputs= as a tuple"
+            )
         batch = tuple(batch[n] for n in present)
     elif isinstance(batch, torch.Tensor):
         batch = (batch,)
     elif isinstance(batch, list):
         batch = tuple(batch)
     if not isinstance(batch, tuple):
-        raise InputError(f"cannot use a {type(batch).__name__} as example inputs; pass "
-                         f"example_inputs= as a tuple of tensors")
+        raise InputError(
+            f"cannot use a {type(batch).__name__} as example inputs; pass "
+            f"example_inputs= as a tuple of tensors"
+        )
     if device is not None:
         batch = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in batch)
     return batch

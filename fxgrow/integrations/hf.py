@@ -19,10 +19,10 @@ first training batch (ordered by ``forward``'s parameters) or given as ``example
 Hugging Face models grown today become a ``torch.export`` graph that runs at the example shape
 only; a Trainer run on them needs the transformers-class student (``fxgrow.grow`` will return
 it when that lands; this callback calls ``fxgrow.grow`` and needs no change)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Any
 
 import torch
@@ -30,8 +30,7 @@ import torch
 try:
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - transformers is a dependency of the test suite
-    raise ImportError("fxgrow.integrations.hf needs transformers (pip install transformers)") \
-        from e
+    raise ImportError("fxgrow.integrations.hf needs transformers (pip install transformers)") from e
 
 from ..errors import InputError
 from ..training import grow_during_training
@@ -45,18 +44,38 @@ class GrowCallback(TrainerCallback):
     ``split`` ...); ``schedule``, ``warmup_steps``, ``speed``, ``trainable`` are
     ``grow_during_training``'s."""
 
-    def __init__(self, trainer: Any = None, *, at_step: int | None = None,
-                 monitor: str | None = None, patience: int = 3, min_delta: float = 0.0,
-                 mode: str = "min", example_inputs: Any = None, schedule: str = "continue",
-                 warmup_steps: int = 0, speed: float = 2.0, trainable: str = "all",
-                 seed: int = 0, **grow_options: Any) -> None:
+    def __init__(
+        self,
+        trainer: Any = None,
+        *,
+        at_step: int | None = None,
+        monitor: str | None = None,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        mode: str = "min",
+        example_inputs: Any = None,
+        schedule: str = "continue",
+        warmup_steps: int = 0,
+        speed: float = 2.0,
+        trainable: str = "all",
+        seed: int = 0,
+        **grow_options: Any,
+    ) -> None:
         if not any(grow_options.get(k) for k in ("width", "blocks", "to_config")):
-            raise InputError("GrowCallback grows nothing: give width= and/or blocks= as for "
-                             "fxgrow.grow, or to_config= for a Hugging Face model")
+            raise InputError(
+                "GrowCallback grows nothing: give width= and/or blocks= as for "
+                "fxgrow.grow, or to_config= for a Hugging Face model"
+            )
         self.trigger = Trigger(at_step, monitor, patience, min_delta, mode)
         self.trainer, self.example_inputs, self.seed = trainer, example_inputs, seed
-        self.options = dict(schedule=schedule, warmup_steps=warmup_steps, speed=speed,
-                            trainable=trainable, seed=seed, **grow_options)
+        self.options = dict(
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            speed=speed,
+            trainable=trainable,
+            seed=seed,
+            **grow_options,
+        )
         self.events: list[GrowthEvent] = []
 
     def attach(self, trainer: Any) -> GrowCallback:
@@ -66,8 +85,10 @@ class GrowCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer is None:
-            raise InputError("GrowCallback needs its Trainer: call callback.attach(trainer) "
-                             "(or pass GrowCallback(trainer, ...)) before trainer.train()")
+            raise InputError(
+                "GrowCallback needs its Trainer: call callback.attach(trainer) "
+                "(or pass GrowCallback(trainer, ...)) before trainer.train()"
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.trigger.observe(logs)
@@ -87,9 +108,11 @@ class GrowCallback(TrainerCallback):
         model = trainer.model
         if trainer.model_wrapped is not model:
             wrapper = type(trainer.model_wrapped).__name__
-            raise InputError(f"the Trainer's model is wrapped ({wrapper}): GrowCallback supports single-process runs; grow "
-                             f"under DistributedDataParallel in your own loop (see "
-                             f"tools/examples/grow_ddp.py)")
+            raise InputError(
+                f"the Trainer's model is wrapped ({wrapper}): GrowCallback supports single-process runs; grow "
+                f"under DistributedDataParallel in your own loop (see "
+                f"tools/examples/grow_ddp.py)"
+            )
         device = next(model.parameters()).device
         batch = self.example_inputs
         if batch is None:
@@ -102,20 +125,22 @@ class GrowCallback(TrainerCallback):
             inputs = (kwargs["input_ids"],)
 
             def run(m: torch.nn.Module) -> Any:  # eval mode: attention dropout is inside
-                m.eval()                          # the attention call (modes are restored)
+                m.eval()  # the attention call (modes are restored)
                 return m(**kwargs)
         else:
             inputs = as_inputs(model, batch, device)
 
             def run(m: torch.nn.Module) -> Any:
                 return m(*inputs)
+
         before = measure(lambda: run(model), model, self.seed)
         n_before = count(model)
         options = dict(self.options)
         if is_pretrained(model) and not options.get("blocks"):
             options.setdefault("as_graph", False)  # the Trainer calls the model's own class
         student, optimizer, scheduler = grow_during_training(
-            model, trainer.optimizer, inputs, scheduler=trainer.lr_scheduler, **options)
+            model, trainer.optimizer, inputs, scheduler=trainer.lr_scheduler, **options
+        )
         after = measure(lambda: run(student), student, self.seed)
         old_optimizer, old_scheduler = trainer.optimizer, trainer.lr_scheduler
         become(model, student)

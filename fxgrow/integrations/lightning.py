@@ -18,6 +18,7 @@ optimizer by the state-transferred one and each LR scheduler by its carried-on f
 that step right before and right after (dropout off; equal).  Example inputs for the network
 are ``inputs(batch)`` (default: the first element of a tuple/list batch, or the batch).
 Lightning is an optional dependency (``pip install fxgrow[lightning]``); single-device runs."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,8 +32,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
     except ImportError as e:
-        raise ImportError("fxgrow.integrations.lightning needs Lightning: pip install "
-                          "'fxgrow[lightning]' (or lightning)") from e
+        raise ImportError(
+            "fxgrow.integrations.lightning needs Lightning: pip install "
+            "'fxgrow[lightning]' (or lightning)"
+        ) from e
 
 from ..errors import InputError
 from ..training import grow_during_training
@@ -48,18 +51,38 @@ class GrowCallback(pl.Callback):
     ``fxgrow.grow``, ``schedule`` / ``warmup_steps`` / ``speed`` / ``trainable`` as for
     ``grow_during_training``."""
 
-    def __init__(self, attr: str, *, at_step: int | None = None, monitor: str | None = None,
-                 patience: int = 3, min_delta: float = 0.0, mode: str = "min",
-                 inputs: Callable[[Any], Any] = _first, schedule: str = "continue",
-                 warmup_steps: int = 0, speed: float = 2.0, trainable: str = "all",
-                 seed: int = 0, **grow_options: Any) -> None:
+    def __init__(
+        self,
+        attr: str,
+        *,
+        at_step: int | None = None,
+        monitor: str | None = None,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        mode: str = "min",
+        inputs: Callable[[Any], Any] = _first,
+        schedule: str = "continue",
+        warmup_steps: int = 0,
+        speed: float = 2.0,
+        trainable: str = "all",
+        seed: int = 0,
+        **grow_options: Any,
+    ) -> None:
         if not any(grow_options.get(k) for k in ("width", "blocks", "to_config")):
-            raise InputError("GrowCallback grows nothing: give width= and/or blocks= as for "
-                             "fxgrow.grow, or to_config= for a Hugging Face model")
+            raise InputError(
+                "GrowCallback grows nothing: give width= and/or blocks= as for "
+                "fxgrow.grow, or to_config= for a Hugging Face model"
+            )
         self.attr, self.inputs, self.seed = attr, inputs, seed
         self.trigger = Trigger(at_step, monitor, patience, min_delta, mode)
-        self.options = dict(schedule=schedule, warmup_steps=warmup_steps, speed=speed,
-                            trainable=trainable, seed=seed, **grow_options)
+        self.options = dict(
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            speed=speed,
+            trainable=trainable,
+            seed=seed,
+            **grow_options,
+        )
         self.events: list[GrowthEvent] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -73,11 +96,14 @@ class GrowCallback(pl.Callback):
         """Grow now, on ``batch`` as the example (the callback calls this)."""
         net = getattr(pl_module, self.attr, None)
         if not isinstance(net, torch.nn.Module):
-            raise InputError(f"{type(pl_module).__name__}.{self.attr} is not a module; name "
-                             f"the attribute holding the network to grow")
+            raise InputError(
+                f"{type(pl_module).__name__}.{self.attr} is not a module; name "
+                f"the attribute holding the network to grow"
+            )
         if len(trainer.optimizers) != 1:
-            raise InputError(f"GrowCallback handles one optimizer, the Trainer has "
-                             f"{len(trainer.optimizers)}")
+            raise InputError(
+                f"GrowCallback handles one optimizer, the Trainer has {len(trainer.optimizers)}"
+            )
         inputs = as_inputs(net, self.inputs(batch), next(net.parameters()).device)
 
         def step_loss():
@@ -87,11 +113,13 @@ class GrowCallback(pl.Callback):
         before, n_before = measure(step_loss, pl_module, self.seed), count(net)
         configs = trainer.lr_scheduler_configs
         if len(configs) > 1:
-            raise InputError("GrowCallback carries on one LR scheduler; the Trainer has "
-                             f"{len(configs)}")
+            raise InputError(
+                f"GrowCallback carries on one LR scheduler; the Trainer has {len(configs)}"
+            )
         scheduler = configs[0].scheduler if configs else None
-        grown = grow_during_training(net, trainer.optimizers[0], inputs, scheduler=scheduler,
-                                     **self.options)
+        grown = grow_during_training(
+            net, trainer.optimizers[0], inputs, scheduler=scheduler, **self.options
+        )
         student, optimizer = grown[0], grown[1]
         setattr(pl_module, self.attr, student)
         trainer.optimizers = [optimizer]  # Lightning re-wraps it (LightningOptimizer)
@@ -101,4 +129,3 @@ class GrowCallback(pl.Callback):
         event = GrowthEvent(trainer.global_step, reason, before, after, n_before, count(student))
         self.events.append(event)
         return event
-

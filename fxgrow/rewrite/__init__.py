@@ -1,2 +1,3 @@
 """Rewrites: turn a plan into a student GraphModule."""
+
 from .widen import apply  # noqa: F401

@@ -6,10 +6,11 @@ keep a list of "safe" names: it evaluates the very module or function on a dense
 (and on the values seen at that node) and checks sigma(sigma(x)) == sigma(x) bit for bit.
 ReLU, ReLU6, Hardtanh pass; GELU, SiLU, LeakyReLU, Sigmoid fail.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -25,8 +26,9 @@ def activation_module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Modul
         m = gm.get_submodule(node.target)
         return copy.deepcopy(m) if has_trait(m, "activation") else None
     if node.op in ("call_function", "call_method") and has_trait(node.target, "activation"):
-        return _FunctionActivation(node.target, node.args[1:], dict(node.kwargs),
-                                   node.op == "call_method")
+        return _FunctionActivation(
+            node.target, node.args[1:], dict(node.kwargs), node.op == "call_method"
+        )
     return None
 
 
@@ -47,23 +49,47 @@ class _FunctionActivation(nn.Module):
 def _as_module(act: nn.Module) -> nn.Module:
     """Real torch.nn module for a functional activation, so later analysis knows it."""
     if isinstance(act, _FunctionActivation) and not act.args:
-        table = {F.relu: nn.ReLU, torch.relu: nn.ReLU, "relu": nn.ReLU, F.gelu: nn.GELU,
-                 F.silu: nn.SiLU, F.relu6: nn.ReLU6, torch.sigmoid: nn.Sigmoid,
-                 F.sigmoid: nn.Sigmoid, "sigmoid": nn.Sigmoid, torch.tanh: nn.Tanh,
-                 F.tanh: nn.Tanh, "tanh": nn.Tanh, F.hardswish: nn.Hardswish,
-                 F.hardsigmoid: nn.Hardsigmoid, F.mish: nn.Mish}
+        table = {
+            F.relu: nn.ReLU,
+            torch.relu: nn.ReLU,
+            "relu": nn.ReLU,
+            F.gelu: nn.GELU,
+            F.silu: nn.SiLU,
+            F.relu6: nn.ReLU6,
+            torch.sigmoid: nn.Sigmoid,
+            F.sigmoid: nn.Sigmoid,
+            "sigmoid": nn.Sigmoid,
+            torch.tanh: nn.Tanh,
+            F.tanh: nn.Tanh,
+            "tanh": nn.Tanh,
+            F.hardswish: nn.Hardswish,
+            F.hardsigmoid: nn.Hardsigmoid,
+            F.mish: nn.Mish,
+        }
         cls = table.get(act.fn)
         if cls is not None:
-            return cls(**({"approximate": act.kwargs["approximate"]}
-                          if "approximate" in act.kwargs else {}))
+            return cls(
+                **(
+                    {"approximate": act.kwargs["approximate"]}
+                    if "approximate" in act.kwargs
+                    else {}
+                )
+            )
     return act
 
 
-def is_idempotent(act: Callable[[torch.Tensor], torch.Tensor],
-                  seen: torch.Tensor | None = None, dtype=torch.float32) -> bool:
+def is_idempotent(
+    act: Callable[[torch.Tensor], torch.Tensor],
+    seen: torch.Tensor | None = None,
+    dtype=torch.float32,
+) -> bool:
     """sigma(sigma(x)) == sigma(x) on a dense probe and on the values seen at the node."""
-    probe = torch.cat([torch.linspace(-60, 60, 24001, dtype=dtype),
-                       torch.tensor([0.0, -0.0, 1e-6, -1e-6, 1e4, -1e4], dtype=dtype)])
+    probe = torch.cat(
+        [
+            torch.linspace(-60, 60, 24001, dtype=dtype),
+            torch.tensor([0.0, -0.0, 1e-6, -1e-6, 1e4, -1e4], dtype=dtype),
+        ]
+    )
     with torch.no_grad():
         xs = [probe] + ([seen.detach().reshape(-1).to(dtype)] if seen is not None else [])
         for x in xs:

@@ -19,6 +19,7 @@ Several copies are inserted in one call by walking the blocks from last to first
 after block k only rewires the readers of block k's output, which later blocks no longer
 are once they have been handled.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,17 +30,21 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..analysis.blocks import (Block, Stage, aliases, is_add, next_names, residual_add,
-                               stream_users)
+from ..analysis.blocks import Block, Stage, aliases, is_add, next_names, residual_add, stream_users
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
 
-_LINEAR_FUNCTIONS = (torch.nn.functional.linear, torch.ops.aten.linear.default,
-                     torch.nn.functional.conv1d, torch.nn.functional.conv2d,
-                     torch.nn.functional.conv3d, torch.ops.aten.conv2d.default,
-                     torch.ops.aten.conv1d.default)
+_LINEAR_FUNCTIONS = (
+    torch.nn.functional.linear,
+    torch.ops.aten.linear.default,
+    torch.nn.functional.conv1d,
+    torch.nn.functional.conv2d,
+    torch.nn.functional.conv3d,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv1d.default,
+)
 
 
 def _calls(n: torch.fx.Node, trait: str) -> bool:
@@ -71,18 +76,28 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
         if n.op == "call_module":
             m = gm.get_submodule(n.target)
             if isinstance(getattr(m, "weight", None), torch.Tensor):
-                return [f"{n.target}.{p}" for p in ("weight", "bias")
-                        if isinstance(getattr(m, p, None), torch.Tensor)]
+                return [
+                    f"{n.target}.{p}"
+                    for p in ("weight", "bias")
+                    if isinstance(getattr(m, p, None), torch.Tensor)
+                ]
             if has_trait(m, "keeps_zero"):
                 n = n.args[0]
                 continue
-        elif n.op == "call_function" and n.target is operator.getitem and \
-                n.args[0].op == "call_module" and isinstance(
-                    gm.get_submodule(n.args[0].target), nn.MultiheadAttention) and n.args[1] == 0:
+        elif (
+            n.op == "call_function"
+            and n.target is operator.getitem
+            and n.args[0].op == "call_module"
+            and isinstance(gm.get_submodule(n.args[0].target), nn.MultiheadAttention)
+            and n.args[1] == 0
+        ):
             out = f"{n.args[0].target}.out_proj"
             m = gm.get_submodule(out)
-            return [f"{out}.{p}" for p in ("weight", "bias")
-                    if isinstance(getattr(m, p, None), torch.Tensor)]
+            return [
+                f"{out}.{p}"
+                for p in ("weight", "bias")
+                if isinstance(getattr(m, p, None), torch.Tensor)
+            ]
         elif n.op == "call_function" and n.target in _LINEAR_FUNCTIONS:
             refs = [a for a in n.args[1:3] if isinstance(a, torch.fx.Node)]
             if refs and all(r.op == "get_attr" for r in refs):
@@ -108,22 +123,26 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
         elif _calls(n, "mul"):
             # zero * finite = 0: silence a factor that carries data; parameter-only factors
             # (a norm's scale, Gemma's 1 + w) are kept as they are
-            data = [a for a in n.args if isinstance(a, torch.fx.Node) and a.op != "get_attr"
-                    and _reads_input(a)]
+            data = [
+                a
+                for a in n.args
+                if isinstance(a, torch.fx.Node) and a.op != "get_attr" and _reads_input(a)
+            ]
             for a in data:
                 try:
                     return branch_zero_targets(gm, a, inside)
                 except DeepenError:
                     continue
         break
-    raise DeepenError(f"cannot find a layer to zero on the residual branch ending in "
-                      f"{branch.name!r} (stopped at {n.name!r}); this block cannot be copied "
-                      f"exactly")
+    raise DeepenError(
+        f"cannot find a layer to zero on the residual branch ending in "
+        f"{branch.name!r} (stopped at {n.name!r}); this block cannot be copied "
+        f"exactly"
+    )
 
 
 def _stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
-    return [u for u in stream_users(node, inside)
-            if not _calls(u, "size_read")]
+    return [u for u in stream_users(node, inside) if not _calls(u, "size_read")]
 
 
 def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
@@ -143,11 +162,14 @@ def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
             continue
         users = _stream_users(current, inside)
         if len(users) != 1:
-            raise DeepenError(f"block {block.path!r}: the residual stream forks at "
-                              f"{current.name!r}; fxgrow cannot copy it exactly")
+            raise DeepenError(
+                f"block {block.path!r}: the residual stream forks at "
+                f"{current.name!r}; fxgrow cannot copy it exactly"
+            )
         op = users[0]
         if op in aliases(current, inside) or (
-                _calls(op, "reshape") and op.args and op.args[0] is current):
+            _calls(op, "reshape") and op.args and op.args[0] is current
+        ):
             current = op
             continue
         act = activation_module(gm, op)
@@ -155,7 +177,8 @@ def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
             raise DeepenError(
                 f"block {block.path!r} applies {op.name!r} to the residual stream after an add "
                 f"(a post-norm or post-activation block); a zeroed copy would apply it twice, "
-                f"which is exact only for idempotent activations")
+                f"which is exact only for idempotent activations"
+            )
         current = op
     if not zero:
         raise DeepenError(f"block {block.path!r} has no residual add on its stream")
@@ -163,7 +186,7 @@ def residual_stream(gm: torch.fx.GraphModule, block: Block) -> list[str]:
 
 
 def _rename(path: str, old: str, new: str) -> str:
-    return new + path[len(old):] if path == old or path.startswith(old + ".") else path
+    return new + path[len(old) :] if path == old or path.startswith(old + ".") else path
 
 
 def _zero(gm: torch.fx.GraphModule, target: str) -> None:
@@ -175,8 +198,9 @@ def _zero(gm: torch.fx.GraphModule, target: str) -> None:
         t.zero_()
 
 
-def insert_copies(gm: torch.fx.GraphModule, block: Block, after: Block, names: list[str],
-                  parent: str) -> list[str]:
+def insert_copies(
+    gm: torch.fx.GraphModule, block: Block, after: Block, names: list[str], parent: str
+) -> list[str]:
     """Insert copies of ``block`` (branches zeroed: each copy is the identity) after the
     output of ``after``, named ``parent.name``; returns their module paths.  Only what leads
     to the block's stream output is copied (side outputs such as T5's position bias stay the
@@ -204,22 +228,28 @@ def insert_copies(gm: torch.fx.GraphModule, block: Block, after: Block, names: l
         for target in zero:
             _zero(gm, _rename(target, block.path, new_path))
         env = {block_in: current}
-        owned = dict.fromkeys(a for n in order for a in n.all_input_nodes
-                              if a.op == "get_attr" and a not in inside
-                              and _rename(a.target, block.path, new_path) != a.target)
+        owned = dict.fromkeys(
+            a
+            for n in order
+            for a in n.all_input_nodes
+            if a.op == "get_attr"
+            and a not in inside
+            and _rename(a.target, block.path, new_path) != a.target
+        )
         for a in owned:  # parameters read by get_attr nodes outside the block's own nodes
             with gm.graph.inserting_after(anchor):
                 env[a] = anchor = gm.graph.get_attr(_rename(a.target, block.path, new_path))
         for n in order:
             with gm.graph.inserting_after(anchor):
-                new = gm.graph.node_copy(n, lambda a: env.get(a, a))
+                new = gm.graph.node_copy(n, lambda a: env.get(a, a))  # noqa: B023  (called at once)
             if new.op in ("call_module", "get_attr"):
                 new.target = _rename(new.target, block.path, new_path)
             stack = n.meta.get("nn_module_stack")
             if stack:
                 new.meta["nn_module_stack"] = {
                     _rename(k, block.path, new_path): (_rename(v[0], block.path, new_path), v[1])
-                    for k, v in stack.items()}
+                    for k, v in stack.items()
+                }
             env[n] = new
             anchor = new
         current = env[block_out]
@@ -233,8 +263,9 @@ def grow_stage(gm: torch.fx.GraphModule, stage: Stage, count: int) -> list[str]:
     """Append ``count - stage.count`` copies of the stage's last residual block; returns their
     module paths."""
     if count < stage.count:
-        raise InputError(f"stage {stage.name!r} has {stage.count} blocks; fxgrow only grows "
-                         f"(asked for {count})")
+        raise InputError(
+            f"stage {stage.name!r} has {stage.count} blocks; fxgrow only grows (asked for {count})"
+        )
     extra = count - stage.count
     if extra == 0:
         return []
@@ -260,8 +291,9 @@ def insert_blocks_after(gm: torch.fx.GraphModule, blocks: list[Block]) -> list[s
     for k in order:
         block = blocks[k]
         parent, _, leaf = block.path.rpartition(".")
-        existing = {name for name, _ in
-                    (gm.get_submodule(parent) if parent else gm).named_children()}
+        existing = {
+            name for name, _ in (gm.get_submodule(parent) if parent else gm).named_children()
+        }
         j = 0
         while f"{leaf}_deepen{j}" in existing:
             j += 1

@@ -4,6 +4,7 @@ For each ``ContractionScale`` whose class grows, the operand is multiplied by a 
 buffer holding the shares of its contracted axis (``expand(...).fraction``: 1 / c(g(j)) for an
 equal split) right before the contracting node, and only there: see
 ``analysis/contraction.py`` for why that is exact."""
+
 from __future__ import annotations
 
 import operator
@@ -11,13 +12,19 @@ import operator
 import torch
 import torch.fx
 
-from ..plan.index_map import expand
+from ..planning.index_map import expand
 
 PREFIX = "fxgrow_contract_scale"
 
 
-def insert_scale(student: torch.fx.GraphModule, prefix: str, start: int, scale: torch.Tensor,
-                 user: torch.fx.Node, operand: torch.fx.Node) -> int:
+def insert_scale(
+    student: torch.fx.GraphModule,
+    prefix: str,
+    start: int,
+    scale: torch.Tensor,
+    user: torch.fx.Node,
+    operand: torch.fx.Node,
+) -> int:
     """Register ``scale`` as the buffer ``{prefix}{n}`` (the first free ``n >= start``: a
     student widened again has some) and make ``user`` read ``operand * scale`` in place of
     ``operand``; returns ``n``."""
@@ -37,8 +44,9 @@ def insert_scales(student: torch.fx.GraphModule, analysis, maps: dict) -> bool:
     """Insert the scale nodes into ``student`` (a copy of the analysed graph); True if any."""
     state, sp = analysis.state, analysis.state.spaces
     nodes = {n.name: n for n in student.graph.nodes}
-    like = next((t for t in (*student.parameters(), *student.buffers())
-                 if t.is_floating_point()), None)
+    like = next(
+        (t for t in (*student.parameters(), *student.buffers()) if t.is_floating_point()), None
+    )
     device = like.device if like is not None else torch.device("cpu")
     examples = {node.name: v for node, v in state.vals.items()} if state.scales else {}
     changed = False
@@ -53,4 +61,3 @@ def insert_scales(student: torch.fx.GraphModule, analysis, maps: dict) -> bool:
         n = insert_scale(student, PREFIX, n, scale, user, operand)
         changed = True
     return changed
-

@@ -10,6 +10,7 @@ the update is lost and the student is wrong.  Here a node may be removed only if
   a tensor method that is not in place, has no ``out=`` and is not impure by torch's rules.
   Module calls and user functions are kept (a module may update a cache or running
   statistics; a wrapped function may do anything)."""
+
 from __future__ import annotations
 
 import operator
@@ -18,18 +19,33 @@ from collections.abc import Iterable
 import torch
 import torch.fx
 
-_MUTATING_OPERATORS = {operator.setitem, operator.delitem, operator.iadd, operator.isub,
-                       operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
-                       operator.ipow, operator.iand, operator.ior, operator.ixor,
-                       operator.ilshift, operator.irshift, operator.imatmul}
+_MUTATING_OPERATORS = {
+    operator.setitem,
+    operator.delitem,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ifloordiv,
+    operator.imod,
+    operator.ipow,
+    operator.iand,
+    operator.ior,
+    operator.ixor,
+    operator.ilshift,
+    operator.irshift,
+    operator.imatmul,
+}
 
 
 def _in_place_name(name: str) -> bool:
     """``add_``, ``copy_``; ``__iadd__``, ``__setitem__``, ``__delitem__``."""
     if name.startswith("__") and name.endswith("__"):
-        return name.startswith("__i") and name not in ("__index__", "__int__", "__invert__",
-                                                       "__iter__") or \
-            name in ("__setitem__", "__delitem__", "__setattr__", "__delattr__")
+        return (
+            name.startswith("__i")
+            and name not in ("__index__", "__int__", "__invert__", "__iter__")
+            or name in ("__setitem__", "__delitem__", "__setattr__", "__delattr__")
+        )
     return name.endswith("_")
 
 
@@ -47,8 +63,12 @@ def has_side_effect(node: torch.fx.Node) -> bool:
     if "out" in node.kwargs or node.kwargs.get("inplace", False) is True:
         return True
     if node.op == "call_method":
-        return _in_place_name(str(node.target)) or node.target in ("copy_", "resize_",
-                                                                      "set_", "put_")
+        return _in_place_name(str(node.target)) or node.target in (
+            "copy_",
+            "resize_",
+            "set_",
+            "put_",
+        )
     if node.op != "call_function":
         return True
     target = node.target
@@ -56,8 +76,13 @@ def has_side_effect(node: torch.fx.Node) -> bool:
         return True
     module = getattr(target, "__module__", None) or ""
     aten = isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
-    if not (aten or module == "_operator" or module == "torch" or
-            module.startswith("torch.") or target is getattr):
+    if not (
+        aten
+        or module == "_operator"
+        or module == "torch"
+        or module.startswith("torch.")
+        or target is getattr
+    ):
         return True  # a user function: it may do anything
     if _in_place_name(getattr(target, "__name__", "")):
         return True
@@ -76,5 +101,4 @@ def eliminate_dead_code(graph: torch.fx.Graph, keep: Iterable[str]) -> None:
     """Remove nodes that lost their users and have no side effect; never those in ``keep``
     (the teacher's nodes that had no users to begin with)."""
     keep = set(keep)
-    graph.eliminate_dead_code(
-        is_impure_node=lambda n: n.name in keep or has_side_effect(n))
+    graph.eliminate_dead_code(is_impure_node=lambda n: n.name in keep or has_side_effect(n))

@@ -9,10 +9,12 @@
   zero: f(h) = 0 for any activation.
 * block copies (``kind="block"``, stage growth): see ``block_copy``.
 """
+
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.fx
@@ -38,6 +40,7 @@ def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -
             if n.name in wanted:
                 found[n.name] = r.detach().clone() if isinstance(r, torch.Tensor) else r
             return r
+
     with preserved(gm), torch.no_grad():
         set_training(gm, False)
         _Catch(gm).run(*inputs)
@@ -69,8 +72,9 @@ def _channel_layer(kind: str, c: int, ndim: int, kernel_size: int, like: torch.T
     return layer.to(dtype=like.dtype, device=like.device)
 
 
-def _layer_kind(node: torch.fx.Node, value: torch.Tensor, layouts_channel_axis: int | None,
-                layer: str | None) -> str:
+def _layer_kind(
+    node: torch.fx.Node, value: torch.Tensor, layouts_channel_axis: int | None, layer: str | None
+) -> str:
     if layer in ("linear", "conv"):
         return layer
     if layer is not None:
@@ -81,20 +85,29 @@ def _layer_kind(node: torch.fx.Node, value: torch.Tensor, layouts_channel_axis: 
         return "conv" if layouts_channel_axis == 1 else "linear"
     if value.dim() in (4, 5):
         return "conv"
-    raise InputError(f"cannot tell whether the {value.dim()}-d tensor of shape "
-                     f"{tuple(value.shape)} after node {node.name!r} is channels-first or "
-                     f"channels-last; pass layer='conv' or layer='linear'")
+    raise InputError(
+        f"cannot tell whether the {value.dim()}-d tensor of shape "
+        f"{tuple(value.shape)} after node {node.name!r} is channels-first or "
+        f"channels-last; pass layer='conv' or layer='linear'"
+    )
 
 
-def insert_after(gm: torch.fx.GraphModule, node: torch.fx.Node, modules: list[tuple[str, nn.Module]],
-                 residual: bool = False) -> torch.fx.Node:
+def insert_after(
+    gm: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    modules: list[tuple[str, nn.Module]],
+    residual: bool = False,
+) -> torch.fx.Node:
     """Insert ``modules`` (name, module) as a chain after ``node``; with ``residual``, the chain
     is added back to ``node``.  Every former user of ``node`` reads the new result."""
     users = list(node.users)
     anchor = node
     inserted = []
-    training = node.op == "call_module" and gm.get_submodule(node.target).training or \
-        any(m.training for m in gm.modules())
+    training = (
+        node.op == "call_module"
+        and gm.get_submodule(node.target).training
+        or any(m.training for m in gm.modules())
+    )
     stack = node.meta.get("nn_module_stack")
     for name, module in modules:
         module.train(training)
@@ -114,17 +127,32 @@ def insert_after(gm: torch.fx.GraphModule, node: torch.fx.Node, modules: list[tu
     return anchor
 
 
-def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tensor,
-                channel_axis: int | None, *, kind: str, kernel_size: int, batchnorm: bool,
-                layer: str | None, seed: int) -> list[str]:
+def deepen_node(
+    gm: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    value: torch.Tensor,
+    channel_axis: int | None,
+    *,
+    kind: str,
+    kernel_size: int,
+    batchnorm: bool,
+    layer: str | None,
+    seed: int,
+) -> list[str]:
     """Insert an identity layer or a zero residual block after ``node``; returns new module
     names."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise InputError(f"node {node.name!r} does not produce a floating-point tensor")
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
-            or kernel_size % 2 == 0:
-        raise InputError(f"kernel_size must be an odd positive integer (padding k // 2 keeps "
-                         f"the shape only for odd k), got {kernel_size!r}")
+    if (
+        isinstance(kernel_size, bool)
+        or not isinstance(kernel_size, int)
+        or kernel_size < 1
+        or kernel_size % 2 == 0
+    ):
+        raise InputError(
+            f"kernel_size must be an odd positive integer (padding k // 2 keeps "
+            f"the shape only for odd k), got {kernel_size!r}"
+        )
     lk = _layer_kind(node, value, channel_axis, layer)
     c = value.shape[-1] if lk == "linear" else value.shape[1]
     act = activation_module(gm, node)
@@ -137,7 +165,8 @@ def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tens
                 f"inserting an identity layer after {node.name!r} would repeat its activation "
                 f"{_act_name(act)}, which is not idempotent (sigma(sigma(x)) != sigma(x)), "
                 f"so the function would change. Use kind='residual' (a zero-initialised "
-                f"residual block, exact for any activation) or insert before the activation.")
+                f"residual block, exact for any activation) or insert before the activation."
+            )
         modules.append((f"{prefix}.layer", _channel_layer(lk, c, value.dim(), kernel_size, value)))
         if batchnorm:
             if lk != "conv":
@@ -151,15 +180,19 @@ def deepen_node(gm: torch.fx.GraphModule, node: torch.fx.Node, value: torch.Tens
         first = _channel_layer(lk, c, value.dim(), kernel_size, value)
         with torch.no_grad():
             w = first.weight
-            w.copy_(torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device)
-                    * (1.0 / max(1, w[0].numel())) ** 0.5)
+            w.copy_(
+                torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device)
+                * (1.0 / max(1, w[0].numel())) ** 0.5
+            )
         last = _channel_layer(lk, c, value.dim(), kernel_size, value)
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
-        modules = [(f"{prefix}.layer1", first), (f"{prefix}.act", _as_module(act) if act
-                                                   is not None else nn.ReLU()),
-                   (f"{prefix}.layer2", last)]
+        modules = [
+            (f"{prefix}.layer1", first),
+            (f"{prefix}.act", _as_module(act) if act is not None else nn.ReLU()),
+            (f"{prefix}.layer2", last),
+        ]
         insert_after(gm, node, modules, residual=True)
     else:
         raise InputError(f"kind must be 'identity' or 'residual', got {kind!r}")
@@ -184,4 +217,3 @@ def _identity_batchnorm(value: torch.Tensor) -> nn.Module:
         bn.weight.copy_(torch.sqrt(var + bn.eps))
         bn.bias.copy_(mean)
     return bn
-

@@ -14,6 +14,7 @@ the same walk that ``deepen`` uses, which refuses post-norm blocks) or, for the 
 in ``ZERO_BY_MODEL_TYPE``, from their module names; an unlisted family without ``zero=`` is
 refused rather than guessed.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,10 @@ from .deepen import DeepenError
 # whose layers are pre-norm (or sandwich-norm with RMSNorm, which maps 0 to 0)
 _LLAMA_LIKE = ("self_attn.o_proj", "mlp.down_proj")
 ZERO_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                     "phi3", "olmo2"), _LLAMA_LIKE),
+    **dict.fromkeys(
+        ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"),
+        _LLAMA_LIKE,
+    ),
     "gpt2": ("attn.c_proj", "mlp.c_proj"),
     "gpt_neox": ("attention.dense", "mlp.dense_4h_to_h"),
     "opt": ("self_attn.out_proj", "fc2"),
@@ -60,9 +63,11 @@ def layer_stacks(state_dict: Mapping[str, Any], config: Any) -> dict[str, tuple[
         if getattr(config, f, None) == n:
             stacks[prefix] = (f, n)
     if not stacks:
-        raise InputError(f"no numbered layer stack in the state dict matches the config's layer "
-                         f"count ({field}={getattr(config, field, None)}); is this the state "
-                         f"dict of a model built from this config?")
+        raise InputError(
+            f"no numbered layer stack in the state dict matches the config's layer "
+            f"count ({field}={getattr(config, field, None)}); is this the state "
+            f"dict of a model built from this config?"
+        )
     return stacks
 
 
@@ -75,23 +80,28 @@ def _zero_modules(config: Any, zero: Sequence[str] | None) -> tuple[str, ...]:
             f"fxgrow does not know which tensors of a {model_type!r} layer to zero so that a "
             f"copy adds nothing to the residual stream; pass "
             f"zero=graph_zero_targets(model, example_inputs, '<a layer path>'), which finds "
-            f"them in the traced graph (and refuses post-norm layers)")
+            f"them in the traced graph (and refuses post-norm layers)"
+        )
     if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):
-        raise DeepenError("this OPT config normalises after the residual add "
-                          "(do_layer_norm_before=False, a post-norm layer): a zeroed copy "
-                          "would apply the LayerNorm twice, so it cannot be the identity")
+        raise DeepenError(
+            "this OPT config normalises after the residual add "
+            "(do_layer_norm_before=False, a post-norm layer): a zeroed copy "
+            "would apply the LayerNorm twice, so it cannot be the identity"
+        )
     return ZERO_BY_MODEL_TYPE[model_type]
 
 
-def _index_compensated(config: Any, rest: str, t: torch.Tensor, old: int, new: int
-                       ) -> torch.Tensor:
+def _index_compensated(config: Any, rest: str, t: torch.Tensor, old: int, new: int) -> torch.Tensor:
     """``t`` (tensor ``rest`` of teacher layer ``old``, now at index ``new``) with constants
     that HF derives from the layer index compensated: GPT-2 with
     ``scale_attn_by_inverse_layer_idx`` scales attention logits by 1/(index + 1), so the query
     part of ``c_attn`` is multiplied by (new + 1)/(old + 1)."""
-    if old == new or getattr(config, "model_type", None) != "gpt2" or \
-            not getattr(config, "scale_attn_by_inverse_layer_idx", False) or \
-            rest not in ("attn.c_attn.weight", "attn.c_attn.bias"):
+    if (
+        old == new
+        or getattr(config, "model_type", None) != "gpt2"
+        or not getattr(config, "scale_attn_by_inverse_layer_idx", False)
+        or rest not in ("attn.c_attn.weight", "attn.c_attn.bias")
+    ):
         return t
     t = t.detach().clone()
     width = config.n_embd
@@ -107,10 +117,13 @@ def _matches(rest: str, names: Sequence[str]) -> bool:
     return any(rest == n or module == n or module.endswith("." + n) for n in names)
 
 
-def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
-                      insert_after: Sequence[int] | Mapping[str, Sequence[int]], *,
-                      zero: Sequence[str] | None = None
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def deeper_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config: Any,
+    insert_after: Sequence[int] | Mapping[str, Sequence[int]],
+    *,
+    zero: Sequence[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict and config updates of the deeper HF model with a zero-output copy of
     layer ``i`` right after layer ``i`` for every ``i`` in ``insert_after``.
 
@@ -161,11 +174,15 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
         after = wanted.get(prefix, [])
         for i in after:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
-                raise InputError(f"insert_after must hold layer indices 0..{n - 1} of "
-                                 f"{prefix!r}, got {i!r}")
+                raise InputError(
+                    f"insert_after must hold layer indices 0..{n - 1} of {prefix!r}, got {i!r}"
+                )
         first_only = _FIRST_LAYER_ONLY.get(getattr(config, "model_type", None), ())
-        common = {rest for rest in set.intersection(*(set(layers[prefix][i]) for i in range(n)))
-                  if not _matches(rest, first_only)}
+        common = {
+            rest
+            for rest in set.intersection(*(set(layers[prefix][i]) for i in range(n)))
+            if not _matches(rest, first_only)
+        }
         order: list[tuple[int, bool]] = []
         for i in range(n):
             order.append((i, False))
@@ -183,13 +200,20 @@ def deeper_state_dict(state_dict: Mapping[str, torch.Tensor], config: Any,
                         zeroed += 1
                     out[f"{prefix}.{j}.{rest}"] = t
             if is_copy and not zeroed:
-                raise DeepenError(f"no tensor of {prefix}.{i} matches zero={list(names)}; its "
-                                  f"copy would not be the identity")
+                raise DeepenError(
+                    f"no tensor of {prefix}.{i} matches zero={list(names)}; its "
+                    f"copy would not be the identity"
+                )
         if prefix in wanted:
             updates[field] = len(order)
         for key, value in config.to_dict().items():
-            if isinstance(value, (list, tuple)) and len(value) == n and key != "architectures" \
-                    and ("layer" in key or "window" in key) and len(stacks) == 1:
+            if (
+                isinstance(value, (list, tuple))
+                and len(value) == n
+                and key != "architectures"
+                and ("layer" in key or "window" in key)
+                and len(stacks) == 1
+            ):
                 updates[key] = type(value)(value[i] for i, _ in order)
     return out, updates
 
@@ -206,6 +230,7 @@ def graph_zero_targets(model: torch.nn.Module, example_inputs: Any, layer: str) 
     from ..analysis.blocks import find_blocks, why_not_residual
     from ..api import analyze
     from .block_copy import residual_stream
+
     analysis = analyze(model, example_inputs)
     gm = analysis.gm
     vals = analysis.state.vals_by_name(gm)
@@ -213,14 +238,15 @@ def graph_zero_targets(model: torch.nn.Module, example_inputs: Any, layer: str) 
     if layer not in blocks:
         why = why_not_residual(gm, vals, layer, nested=True)
         raise DeepenError(f"{layer!r} is no residual block" + (f": {why}" if why else ""))
-    return [t[len(layer) + 1:] for t in residual_stream(gm, blocks[layer])]
+    return [t[len(layer) + 1 :] for t in residual_stream(gm, blocks[layer])]
 
 
 _GRAPH_COPY = re.compile(r"^(?P<index>\d+)(?:_deepen(?P<copy>\d+))?$")
 
 
-def _graph_layers(state_dict: Mapping[str, torch.Tensor], prefix: str, n: int
-                  ) -> list[tuple[str, int, bool]]:
+def _graph_layers(
+    state_dict: Mapping[str, torch.Tensor], prefix: str, n: int
+) -> list[tuple[str, int, bool]]:
     """The children of stack ``prefix`` in a grown graph, in running order: (child name,
     the teacher layer it is or copies, whether it is a copy).  ``i_deepen{k}`` is a copy of
     layer ``i`` inserted after it (a later copy runs nearer its layer, so ``_deepen1`` before
@@ -228,37 +254,47 @@ def _graph_layers(state_dict: Mapping[str, torch.Tensor], prefix: str, n: int
     children: set[str] = set()
     for key in state_dict:
         if key.startswith(prefix + "."):
-            child = key[len(prefix) + 1:].split(".")[0]
+            child = key[len(prefix) + 1 :].split(".")[0]
             if not _GRAPH_COPY.match(child):
-                raise InputError(f"{prefix}.{child} is neither a numbered layer nor a copy "
-                                 f"fxgrow inserted ({prefix}.<i>_deepen<k>)")
+                raise InputError(
+                    f"{prefix}.{child} is neither a numbered layer nor a copy "
+                    f"fxgrow inserted ({prefix}.<i>_deepen<k>)"
+                )
             children.add(child)
 
     def rank(child: str) -> tuple[int, int, int]:
         m = _GRAPH_COPY.match(child)
         assert m is not None
-        return (int(m["index"]), 0, 0) if m["copy"] is None else \
-            (int(m["index"]), 1, -int(m["copy"]))
+        return (
+            (int(m["index"]), 0, 0) if m["copy"] is None else (int(m["index"]), 1, -int(m["copy"]))
+        )
+
     layers = []
     for child in sorted(children, key=rank):
         i, copy_rank, _ = rank(child)
         layers.append((child, min(i, n - 1), copy_rank == 1 or i >= n))
     if sum(not c for _, _, c in layers) != n:
-        raise InputError(f"{prefix} holds {sum(not c for _, _, c in layers)} original layers, "
-                         f"not the teacher's {n}")
+        raise InputError(
+            f"{prefix} holds {sum(not c for _, _, c in layers)} original layers, "
+            f"not the teacher's {n}"
+        )
     return layers
 
 
-def graph_insertions(state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, int]
-                     ) -> dict[str, list[int]]:
+def graph_insertions(
+    state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, int]
+) -> dict[str, list[int]]:
     """What a grown graph inserted, as ``deeper_state_dict``'s ``insert_after``: {stack
     prefix: [the teacher layer each copy copies]}, given {stack prefix: teacher layer count}."""
-    return {p: [i for _, i, is_copy in _graph_layers(state_dict, p, n) if is_copy]
-            for p, n in stacks.items()}
+    return {
+        p: [i for _, i, is_copy in _graph_layers(state_dict, p, n) if is_copy]
+        for p, n in stacks.items()
+    }
 
 
-def hf_numbering(state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, int]
-                 ) -> dict[str, torch.Tensor]:
+def hf_numbering(
+    state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, int]
+) -> dict[str, torch.Tensor]:
     """A grown graph's state dict in HF numbering, given {stack prefix: teacher layer count}:
     the stack's children renumbered 0, 1, ... in running order.  As in ``deeper_state_dict``,
     a copy keeps only the tensors every teacher layer has (the graph's copy of T5's first
@@ -269,10 +305,9 @@ def hf_numbering(state_dict: Mapping[str, torch.Tensor], stacks: Mapping[str, in
         tensors: dict[str, dict[str, torch.Tensor]] = {c: {} for c, _, _ in layers}
         for key, t in state_dict.items():
             if key.startswith(prefix + "."):
-                child, _, rest = key[len(prefix) + 1:].partition(".")
+                child, _, rest = key[len(prefix) + 1 :].partition(".")
                 tensors[child][rest] = t
-        common = set.intersection(*(set(tensors[c]) for c, _, is_copy in layers
-                                    if not is_copy))
+        common = set.intersection(*(set(tensors[c]) for c, _, is_copy in layers if not is_copy))
         for j, (child, _, is_copy) in enumerate(layers):
             for rest, t in tensors[child].items():
                 if not is_copy or rest in common:

@@ -16,17 +16,19 @@ producer axis get their own values:
 
 The student stays exact: only positions that reach the output through zeroed consumer
 columns change.  ``widen`` verifies it."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import torch
 
 from ..analysis import Analysis
 from ..analysis.context import CONSUME, PRODUCE
 from ..errors import InputError
-from ..plan.index_map import expand
-from ..plan.plan import WidenPlan, root_maps
+from ..planning.index_map import expand
+from ..planning.plan import WidenPlan, root_maps
 
 
 class _Shares:
@@ -37,7 +39,7 @@ class _Shares:
         self._m = m
         frac = torch.ones(m.new, dtype=torch.float64)
         if marked:
-            frac[m.old:] = 0.0
+            frac[m.old :] = 0.0
         self._frac = frac
 
     def source_tensor(self) -> torch.Tensor:
@@ -58,8 +60,9 @@ class AxisMask(NamedTuple):
     mask: torch.Tensor  # bool, one per position of the student's axis
 
 
-def new_unit_axes(analysis: Analysis, plan: WidenPlan, roots: Iterable[int],
-                  role: str) -> list[AxisMask]:
+def new_unit_axes(
+    analysis: Analysis, plan: WidenPlan, roots: Iterable[int], role: str
+) -> list[AxisMask]:
     """Every parameter/buffer axis with ``role`` (PRODUCE: fan-in, CONSUME: fan-out) that
     holds new units of the classes ``roots``, with the mask of those positions."""
     sp = analysis.state.spaces
@@ -92,12 +95,18 @@ def _set_rows(t: torch.Tensor, axis: int, mask: torch.Tensor, rows: torch.Tensor
         view[mask.to(t.device)] = rows.reshape((-1,) + tuple(view.shape[1:])).to(t)
 
 
-def initialise(analysis: Analysis, plan: WidenPlan, student: torch.fx.GraphModule,
-               loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-               batch: Any = None, iterations: int = 4) -> None:
+def initialise(
+    analysis: Analysis,
+    plan: WidenPlan,
+    student: torch.fx.GraphModule,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    batch: Any = None,
+    iterations: int = 4,
+) -> None:
     """Give the new units of every change with ``init`` "zero"/"gradmax" their fan-in."""
     from ..errors import WidthError
-    from ..plan.init import check_init, fresh_init_blockers
+    from ..planning.init import check_init, fresh_init_blockers
+
     by_name = {g.name: g for g in analysis.groups}
     for c in plan.changes:
         check_init(c.init)
@@ -108,8 +117,10 @@ def initialise(analysis: Analysis, plan: WidenPlan, student: torch.fx.GraphModul
     for c in plan.changes:  # a plan written by hand (or for another model) may ask for it
         why = blockers.get(by_name[c.group].root) if c.init != "replicate" else None
         if why:
-            raise WidthError(f"group {c.group!r} cannot take init={c.init!r} exactly: {why}; "
-                             f"give it init='replicate' in the plan")
+            raise WidthError(
+                f"group {c.group!r} cannot take init={c.init!r} exactly: {why}; "
+                f"give it init='replicate' in the plan"
+            )
     gen = torch.Generator().manual_seed(plan.seed * 7 + 104729)
     fan_in = new_unit_axes(analysis, plan, fresh, PRODUCE)
     for am in fan_in:
@@ -125,24 +136,38 @@ def initialise(analysis: Analysis, plan: WidenPlan, student: torch.fx.GraphModul
         if loss_fn is None or batch is None:
             raise InputError('init="gradmax" needs loss_fn=(model, batch) -> loss and a batch')
         student.meta["fxgrow_gradmax"] = gradmax(
-            student, [am for am in new_unit_axes(analysis, plan, grad_roots, PRODUCE)
-                      if _tensor(student, am.target).dim() >= 2],
-            new_unit_axes(analysis, plan, grad_roots, CONSUME), loss_fn, batch, iterations)
+            student,
+            [
+                am
+                for am in new_unit_axes(analysis, plan, grad_roots, PRODUCE)
+                if _tensor(student, am.target).dim() >= 2
+            ],
+            new_unit_axes(analysis, plan, grad_roots, CONSUME),
+            loss_fn,
+            batch,
+            iterations,
+        )
 
 
-def _random_rows(analysis: Analysis, am: AxisMask, t: torch.Tensor,
-                 gen: torch.Generator) -> torch.Tensor:
+def _random_rows(
+    analysis: Analysis, am: AxisMask, t: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     old = analysis.state.tensors[am.target].detach().double()
     std = float(old.std()) if old.numel() > 1 else 0.0
     k = int(am.mask.sum())
     width = t.numel() // t.shape[am.axis]
     if not std > 0:  # an all-zero teacher tensor (a zeroed residual branch): fan-in scale
-        std = width ** -0.5
+        std = width**-0.5
     return torch.randn(k, width, generator=gen, dtype=torch.float64) * std
 
 
-def fan_out_objective(student: torch.nn.Module, fan_out: list[AxisMask],
-                      loss_fn: Callable, batch: Any, create_graph: bool) -> torch.Tensor:
+def fan_out_objective(
+    student: torch.nn.Module,
+    fan_out: list[AxisMask],
+    loss_fn: Callable,
+    batch: Any,
+    create_graph: bool,
+) -> torch.Tensor:
     """Sum over the masked fan-out positions of the loss's squared gradient."""
     tensors = [_tensor(student, am.target) for am in fan_out]
     loss = loss_fn(student, batch)
@@ -156,8 +181,14 @@ def fan_out_objective(student: torch.nn.Module, fan_out: list[AxisMask],
     return total
 
 
-def gradmax(student: torch.nn.Module, fan_in: list[AxisMask], fan_out: list[AxisMask],
-            loss_fn: Callable, batch: Any, iterations: int = 4) -> float:
+def gradmax(
+    student: torch.nn.Module,
+    fan_in: list[AxisMask],
+    fan_out: list[AxisMask],
+    loss_fn: Callable,
+    batch: Any,
+    iterations: int = 4,
+) -> float:
     """Subspace iteration on the new rows of ``fan_in`` (norms kept) towards the largest
     fan-out gradient; returns the final objective."""
     fan_in = [am for am in fan_in if _tensor(student, am.target).requires_grad]
@@ -165,6 +196,7 @@ def gradmax(student: torch.nn.Module, fan_in: list[AxisMask], fan_out: list[Axis
     if not fan_in or not fan_out:
         return 0.0
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no double backward
         return _gradmax(student, fan_in, fan_out, loss_fn, batch, iterations)
 
@@ -184,9 +216,9 @@ def _gradmax(student, fan_in, fan_out, loss_fn, batch, iterations) -> float:
             if not bool(rows.abs().sum() > 0):
                 continue
             k, n = rows.shape
-            q, _ = torch.linalg.qr(rows[:min(k, n)].T)  # [n, min(k, n)] orthonormal
+            q, _ = torch.linalg.qr(rows[: min(k, n)].T)  # [n, min(k, n)] orthonormal
             new = _rows(t, am.axis, am.mask).double().clone()
-            new[:q.shape[1]] = q.T
+            new[: q.shape[1]] = q.T
             # more new units than fan-in dimensions: the rest keep their directions
             new = new / new.norm(dim=1, keepdim=True).clamp_min(1e-30) * float(norm)
             _set_rows(t, am.axis, am.mask, new)

@@ -10,11 +10,13 @@ only on its coordinate, not on how wide the padding is, and the new taps are zer
 needs the new padding to stay below the input size; the check on the example inputs says so).
 Refused: an odd growth (3 -> 4: the padding would have to be asymmetric and would shift the
 output grid), shrinking, and modules that are not ``nn.Conv*d`` / ``nn.ConvTranspose*d``."""
+
 from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn as nn
 
@@ -27,21 +29,30 @@ class KernelError(InputError):
 
 def _sizes(name: str, conv: nn.modules.conv._ConvNd, size: Any) -> tuple[int, ...]:
     old = tuple(conv.kernel_size)
-    new = (size,) * len(old) if isinstance(size, int) and not isinstance(size, bool) \
-        else tuple(size) if isinstance(size, (tuple, list)) else None
-    if new is None or len(new) != len(old) or \
-            any(isinstance(v, bool) or not isinstance(v, int) for v in new):
-        raise KernelError(f"kernel size for {name!r} must be an int or {len(old)} ints, "
-                          f"got {size!r}")
+    new = (
+        (size,) * len(old)
+        if isinstance(size, int) and not isinstance(size, bool)
+        else tuple(size)
+        if isinstance(size, (tuple, list))
+        else None
+    )
+    if (
+        new is None
+        or len(new) != len(old)
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in new)
+    ):
+        raise KernelError(
+            f"kernel size for {name!r} must be an int or {len(old)} ints, got {size!r}"
+        )
     for o, n in zip(old, new):
         if n < o:
-            raise KernelError(f"{name!r} has kernel {old}; fxgrow only grows kernels "
-                              f"(got {new})")
+            raise KernelError(f"{name!r} has kernel {old}; fxgrow only grows kernels (got {new})")
         if (n - o) % 2:
             raise KernelError(
                 f"{name!r}: kernel {old} -> {new} grows an axis by an odd number ({n - o}); "
                 f"the zero taps would have to sit on one side and shift the output grid. Grow "
-                f"by an even number (e.g. {tuple(v + 2 for v in old)})")
+                f"by an even number (e.g. {tuple(v + 2 for v in old)})"
+            )
     return new
 
 
@@ -60,8 +71,9 @@ def grow_conv(conv: nn.modules.conv._ConvNd, new: tuple[int, ...]) -> None:
     else:
         conv.padding = tuple(p + a * d for p, a, d in zip(conv.padding, pads, conv.dilation))
     if hasattr(conv, "_reversed_padding_repeated_twice") and not isinstance(conv.padding, str):
-        conv._reversed_padding_repeated_twice = [p for p in reversed(conv.padding)
-                                                 for _ in range(2)]
+        conv._reversed_padding_repeated_twice = [
+            p for p in reversed(conv.padding) for _ in range(2)
+        ]
     elif isinstance(conv.padding, str) and conv.padding == "same":  # as _ConvNd computes it
         twice = [0, 0] * len(new)
         for d, k, i in zip(conv.dilation, new, range(len(new) - 1, -1, -1)):
@@ -70,30 +82,37 @@ def grow_conv(conv: nn.modules.conv._ConvNd, new: tuple[int, ...]) -> None:
         conv._reversed_padding_repeated_twice = twice
 
 
-def grow_kernel(model: nn.Module, example_inputs: Any, sizes: Mapping[str, Any], *,
-                verify: bool = True) -> nn.Module:
+def grow_kernel(
+    model: nn.Module, example_inputs: Any, sizes: Mapping[str, Any], *, verify: bool = True
+) -> nn.Module:
     """A copy of ``model`` whose named convolutions ({module name: new kernel size}) have
     larger kernels and compute the same function (checked on ``example_inputs`` by default).
     The copy keeps the model's class; the teacher is not modified."""
     from ..analysis import as_tuple
     from ..verify import verify as _verify
+
     if not isinstance(sizes, Mapping) or not sizes:
-        raise KernelError("sizes must map a convolution's module name to its new kernel "
-                          "size, e.g. {'layer1.0.conv1': 5}")
+        raise KernelError(
+            "sizes must map a convolution's module name to its new kernel "
+            "size, e.g. {'layer1.0.conv1': 5}"
+        )
     modules = dict(model.named_modules())
     student = copy.deepcopy(model)
     for name, size in sizes.items():
         conv = modules.get(name)
         if conv is None:
-            close = difflib.get_close_matches(name, [n for n, m in modules.items()
-                                                     if isinstance(m, nn.modules.conv._ConvNd)],
-                                              n=3)
-            raise KernelError(f"no module named {name!r}"
-                              + (f"; did you mean {', '.join(map(repr, close))}?" if close
-                                 else ""))
+            close = difflib.get_close_matches(
+                name, [n for n, m in modules.items() if isinstance(m, nn.modules.conv._ConvNd)], n=3
+            )
+            raise KernelError(
+                f"no module named {name!r}"
+                + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+            )
         if not isinstance(conv, nn.modules.conv._ConvNd):
-            raise KernelError(f"{name!r} is a {type(conv).__name__}, not a convolution "
-                              f"(nn.Conv1d/2d/3d or nn.ConvTranspose1d/2d/3d)")
+            raise KernelError(
+                f"{name!r} is a {type(conv).__name__}, not a convolution "
+                f"(nn.Conv1d/2d/3d or nn.ConvTranspose1d/2d/3d)"
+            )
         target = student.get_submodule(name)
         assert isinstance(target, nn.modules.conv._ConvNd)  # a copy of ``conv``
         grow_conv(target, _sizes(name, conv, size))

@@ -9,6 +9,7 @@ functions, so a streamed student is bit-identical to the in-memory one.
 
 Invariant: a recipe only needs the teacher tensor's shape to be made (it is built from the
 analysis, which may run on meta tensors), and applying it reads nothing but that one tensor."""
+
 from __future__ import annotations
 
 import math
@@ -20,17 +21,17 @@ import torch
 
 from ..analysis import Analysis
 from ..analysis.context import CONSUME
-from ..plan.index_map import Expansion, expand
-from ..plan.plan import WidenPlan, root_maps
+from ..planning.index_map import Expansion, expand
+from ..planning.plan import WidenPlan, root_maps
 
 
 class Gather(NamedTuple):
     """One grown axis: ``index_select(axis, index)``, then (consumed axes) ``* fraction``."""
 
     axis: int
-    index: torch.Tensor            # long: new position -> old position
+    index: torch.Tensor  # long: new position -> old position
     fraction: torch.Tensor | None  # float64 shares, on consumed axes only
-    expansion: Expansion           # the axis's full expansion (copy counts: what noise needs)
+    expansion: Expansion  # the axis's full expansion (copy counts: what noise needs)
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,16 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
         record = []
         steps = []
         # index the axis that grows least first: the intermediate copies stay small
-        for pa in sorted(axes, key=lambda p: sp.new_size(p.layout, widths) /
-                         max(1, sp.size(p.layout))):
+        for pa in sorted(
+            axes, key=lambda p: sp.new_size(p.layout, widths) / max(1, sp.size(p.layout))
+        ):
             e = expand(sp, pa.layout, maps)
             consume = CONSUME in pa.roles
             record.append((pa.axis, e.index, e.fraction, consume))
             new_shape[pa.axis] = e.index.numel()
-            if e.index.numel() == old_shape[pa.axis] and \
-                    bool((e.index == torch.arange(e.index.numel())).all()):
+            if e.index.numel() == old_shape[pa.axis] and bool(
+                (e.index == torch.arange(e.index.numel())).all()
+            ):
                 continue  # this axis's spaces did not grow
             steps.append(Gather(pa.axis, e.index, e.fraction if consume else None, e))
         if not plan.noise:
@@ -80,31 +83,45 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
             # first, each multiplied right after its gather while the tensor is smaller.  The
             # multiplications keep their order, so every value is bit-identical.
             steps.sort(key=lambda step: step.fraction is None)
-        recipes[target] = TensorRecipe(target, old_shape, tuple(new_shape), tuple(steps),
-                                       tuple(sorted(record, key=lambda r: r[0])))
+        recipes[target] = TensorRecipe(
+            target,
+            old_shape,
+            tuple(new_shape),
+            tuple(steps),
+            tuple(sorted(record, key=lambda r: r[0])),
+        )
     return recipes
 
 
 NoiseFn = Callable[[torch.Tensor, Gather], torch.Tensor]
 
 
-def apply_recipe(recipe: TensorRecipe, old: torch.Tensor, *, scratch: Scratch | None = None,
-                 noise: NoiseFn | None = None) -> torch.Tensor:
+def apply_recipe(
+    recipe: TensorRecipe,
+    old: torch.Tensor,
+    *,
+    scratch: Scratch | None = None,
+    noise: NoiseFn | None = None,
+) -> torch.Tensor:
     """The student's tensor for ``recipe`` from the teacher's ``old`` (only read).  Always new
     memory; intermediates of multi-axis gathers go into ``scratch`` when given.  ``noise``
     (Net2Net's symmetry breaking, in-memory only) is added on copied axes."""
     if tuple(old.shape) != recipe.old_shape:
         from ..errors import InputError
-        raise InputError(f"tensor {recipe.target!r} has shape {tuple(old.shape)}; the plan "
-                         f"was made for {recipe.old_shape}")
+
+        raise InputError(
+            f"tensor {recipe.target!r} has shape {tuple(old.shape)}; the plan "
+            f"was made for {recipe.old_shape}"
+        )
     new = old.detach()
     with torch.no_grad():
         steps = recipe.steps
         for k, step in enumerate(steps):
             index = step.index.to(old.device)
             if k + 1 < len(steps) and scratch is not None:  # an intermediate: reused memory
-                new = torch.index_select(new, step.axis, index,
-                                         out=scratch.get(new, step.axis, index, k))
+                new = torch.index_select(
+                    new, step.axis, index, out=scratch.get(new, step.axis, index, k)
+                )
             else:  # the student's tensor: new memory
                 new = new.index_select(step.axis, index)
             shape = [1] * new.dim()
@@ -132,10 +149,9 @@ class Scratch:
                 dims[step.axis] = step.index.numel()
                 key = (old.dtype, old.device, k % 2)
                 need[key] = max(need.get(key, 0), math.prod(dims))
-        self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1])
-                        for key, n in need.items()}
+        self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1]) for key, n in need.items()}
 
     def get(self, like: torch.Tensor, axis: int, index: torch.Tensor, k: int) -> torch.Tensor:
         dims = list(like.shape)
         dims[axis] = index.numel()
-        return self.buffers[(like.dtype, like.device, k % 2)][:math.prod(dims)].view(dims)
+        return self.buffers[(like.dtype, like.device, k % 2)][: math.prod(dims)].view(dims)

@@ -7,6 +7,7 @@ through its memo; the submodules are copied by ``_copy`` (the same result, witho
 generic machinery).  Every student tensor is a new tensor: the teacher's are only read, and
 never shared.  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
 index maps and copy/consume roles: what optimizer-state transfer needs."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,8 @@ import torch
 import torch.fx
 
 from ..analysis import Analysis
-from ..plan.index_map import expand
-from ..plan.plan import WidenPlan, root_maps
+from ..planning.index_map import expand
+from ..planning.plan import WidenPlan, root_maps
 from .contraction import insert_scale, insert_scales
 from .dead_code import eliminate_dead_code, unused_nodes
 from .recipe import Scratch, apply_recipe, tensor_recipes
@@ -73,11 +74,14 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
     student.meta["fxgrow_expansions"] = {
-        name: list(recipes[target].record) for name, target in state.canonical.items()
-        if target in recipes}
+        name: list(recipes[target].record)
+        for name, target in state.canonical.items()
+        if target in recipes
+    }
     if state.grow_outputs:
         student.meta["fxgrow_output_positions"] = [
-            [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs]
+            [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs
+        ]
     return student
 
 
@@ -94,12 +98,21 @@ def _plain_reduce(x: torch.nn.Module) -> bool:
     plain = _PLAIN_CLASSES.get(cls)
     if plain is None:
         plain = _PLAIN_CLASSES[cls] = (
-            not hasattr(cls, "__deepcopy__") and cls.__reduce_ex__ is object.__reduce_ex__
-            and cls.__reduce__ is object.__reduce__ and not hasattr(cls, "__getnewargs_ex__")
-            and not hasattr(cls, "__getnewargs__") and not hasattr(cls, "__slots__"))
+            not hasattr(cls, "__deepcopy__")
+            and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__
+            and not hasattr(cls, "__getnewargs_ex__")
+            and not hasattr(cls, "__getnewargs__")
+            and not hasattr(cls, "__slots__")
+        )
     # an instance may carry its own __deepcopy__ (Module.__getattr__ also reads these dicts)
-    return plain and cls not in copyreg.dispatch_table and not any(
-        "__deepcopy__" in d for d in (x.__dict__, x._parameters, x._buffers, x._modules))
+    return (
+        plain
+        and cls not in copyreg.dispatch_table
+        and not any(
+            "__deepcopy__" in d for d in (x.__dict__, x._parameters, x._buffers, x._modules)
+        )
+    )
 
 
 def _copy(x: Any, memo: dict) -> Any:
@@ -119,8 +132,10 @@ def _copy(x: Any, memo: dict) -> Any:
         _keep_alive(x, memo)
         state = x.__getstate__()
         if type(state) is dict:
-            state = {k if type(k) is str else _copy(k, memo):
-                     v if type(v) in _ATOMIC else _copy(v, memo) for k, v in state.items()}
+            state = {
+                k if type(k) is str else _copy(k, memo): v if type(v) in _ATOMIC else _copy(v, memo)
+                for k, v in state.items()
+            }
         else:
             state = copy.deepcopy(state, memo)
         y.__setstate__(state)
@@ -133,7 +148,7 @@ def _copy(x: Any, memo: dict) -> Any:
             y[_copy(k, memo)] = _copy(v, memo)
         return y
     if cls is set and all(type(v) in _ATOMIC for v in x):
-        y = set(list(x))  # as deepcopy builds it (same insertion order)
+        y = set(x)  # as deepcopy builds it (same insertion order)
         memo[id(x)] = y
         _keep_alive(x, memo)
         return y

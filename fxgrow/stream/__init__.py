@@ -5,18 +5,19 @@ tensor from safetensors shards into new shards, verify layer by layer.
 is the entry point for Hugging Face folders, ``widen_safetensors(meta_model, inputs, file, out_dir, ...)`` for
 any model whose state dict is a safetensors file; ``make_stream_plan`` / ``write_student`` / ``verify_checkpoints``
 are the parts, usable for any model whose state dict is in safetensors."""
+
 from .checkpoint import Checkpoint, TensorInfo, read_header
 from .errors import CheckpointError, GrowthInterrupted, WriteError
 from .generic import widen_safetensors
 from .grow import (
-                   CheckpointPlan,
-                   GrowthReport,
-                   grow_checkpoint,
-                   parse_size,
-                   plan_checkpoint,
-                   verify_folders,
-                   verify_streamed,
-                   write_student,
+    CheckpointPlan,
+    GrowthReport,
+    grow_checkpoint,
+    parse_size,
+    plan_checkpoint,
+    verify_folders,
+    verify_streamed,
+    write_student,
 )
 from .hf import example_ids, grown_config, meta_model
 from .modules import ModuleStream, run_modules
@@ -24,11 +25,32 @@ from .plan import StreamPlan, TensorSource, depth_layout, make_stream_plan
 from .verify import StreamedCheck, StreamedRun, run_streamed, verify_checkpoints
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "CheckpointPlan", "GrowthInterrupted", "GrowthReport",
-    "ModuleStream", "run_modules",
-    "StreamPlan", "StreamedCheck", "StreamedRun", "TensorInfo", "TensorSource", "WriteError",
-    "depth_layout", "example_ids", "grow_checkpoint", "grown_config", "make_stream_plan",
-    "meta_model", "parse_size", "plan_checkpoint", "read_header", "run_streamed",
-    "verify_checkpoints", "verify_folders", "verify_streamed", "widen_safetensors",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointPlan",
+    "GrowthInterrupted",
+    "GrowthReport",
+    "ModuleStream",
+    "StreamPlan",
+    "StreamedCheck",
+    "StreamedRun",
+    "TensorInfo",
+    "TensorSource",
+    "WriteError",
+    "depth_layout",
+    "example_ids",
+    "grow_checkpoint",
+    "grown_config",
+    "make_stream_plan",
+    "meta_model",
+    "parse_size",
+    "plan_checkpoint",
+    "read_header",
+    "run_modules",
+    "run_streamed",
+    "verify_checkpoints",
+    "verify_folders",
+    "verify_streamed",
+    "widen_safetensors",
     "write_student",
 ]

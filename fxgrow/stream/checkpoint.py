@@ -7,6 +7,7 @@ read on demand with one read-only file handle per shard, straight into a fresh t
 a tensor is freed, and a byte range can be copied to the output without becoming a tensor
 (``copy_to``).  Every student tensor that changes needs all of its teacher tensor (a widened
 axis reads every old position), so whole-tensor reads are all the growth needs."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,18 @@ import torch
 from .errors import CheckpointError
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 INDEX = "model.safetensors.index.json"
@@ -59,16 +68,21 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{path} is truncated: {size} bytes, not even a header; "
-                                      f"copy or download it again")
+                raise CheckpointError(
+                    f"{path} is truncated: {size} bytes, not even a header; "
+                    f"copy or download it again"
+                )
             (n,) = struct.unpack("<Q", head)
             if n > size - 8 or n > 100_000_000:
-                raise CheckpointError(f"{path} is truncated or not safetensors: its header "
-                                      f"claims {n} bytes but the file has {size}")
+                raise CheckpointError(
+                    f"{path} is truncated or not safetensors: its header "
+                    f"claims {n} bytes but the file has {size}"
+                )
             header = json.loads(f.read(n))
     except FileNotFoundError:
-        raise CheckpointError(f"shard {path} is missing; the checkpoint is incomplete "
-                              f"(download or copy it again)") from None
+        raise CheckpointError(
+            f"shard {path} is missing; the checkpoint is incomplete (download or copy it again)"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} has a corrupt safetensors header ({e})") from None
     base = 8 + n
@@ -78,17 +92,21 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             continue
         dtype, shape, (a, b) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
         if dtype not in DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which fxgrow "
-                                  f"cannot stream")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {dtype}, which fxgrow cannot stream"
+            )
         want = math.prod(shape) * DTYPES[dtype].itemsize
         if b - a != want:
-            raise CheckpointError(f"{path}: tensor {name!r} spans {b - a} bytes but its shape "
-                                  f"{list(shape)} in {dtype} needs {want}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} spans {b - a} bytes but its shape "
+                f"{list(shape)} in {dtype} needs {want}"
+            )
         infos[name] = TensorInfo(name, path, dtype, shape, base + a, base + b)
     end = max((i.end for i in infos.values()), default=base)
     if size < end:
-        raise CheckpointError(f"{path} is truncated: {size} bytes, its header needs {end}; "
-                              f"copy or download it again")
+        raise CheckpointError(
+            f"{path} is truncated: {size} bytes, its header needs {end}; copy or download it again"
+        )
     return infos
 
 
@@ -112,8 +130,10 @@ class Checkpoint:
         elif path.is_dir():
             files = sorted(path.glob("*.safetensors"))
             if not files:
-                raise CheckpointError(f"{path} holds no .safetensors file; fxgrow streams "
-                                      f"safetensors only (convert with save_pretrained)")
+                raise CheckpointError(
+                    f"{path} holds no .safetensors file; fxgrow streams "
+                    f"safetensors only (convert with save_pretrained)"
+                )
         else:
             raise CheckpointError(f"{path} does not exist")
         self.path = path
@@ -121,20 +141,23 @@ class Checkpoint:
         for f in files:
             for name, info in read_header(f).items():
                 if name in self.tensors:
-                    raise CheckpointError(f"tensor {name!r} is in both {self.tensors[name].file} "
-                                          f"and {f}")
+                    raise CheckpointError(
+                        f"tensor {name!r} is in both {self.tensors[name].file} and {f}"
+                    )
                 self.tensors[name] = info
         if weight_map is not None:
             missing = [n for n, f in weight_map.items() if n not in self.tensors]
             if missing:
-                raise CheckpointError(f"the index names {len(missing)} tensors its shards do "
-                                      f"not hold, first {missing[0]!r} (in {weight_map[missing[0]]})")
+                raise CheckpointError(
+                    f"the index names {len(missing)} tensors its shards do "
+                    f"not hold, first {missing[0]!r} (in {weight_map[missing[0]]})"
+                )
         self._handles: dict[Path, BinaryIO] = {}
 
     def _handle(self, file: Path) -> BinaryIO:
         h = self._handles.get(file)
         if h is None:
-            h = self._handles[file] = open(file, "rb")  # read-only: the teacher is never written
+            h = self._handles[file] = open(file, "rb")  # noqa: SIM115  (held open; closed by close())
         return h
 
     def read(self, name: str) -> torch.Tensor:
@@ -148,8 +171,9 @@ class Checkpoint:
         h.seek(a)
         got = h.readinto(memoryview(out.numpy()))
         if got != b - a:
-            raise CheckpointError(f"{info.file} ended while reading {info.name!r} (the file "
-                                  f"shrank while fxgrow ran?)")
+            raise CheckpointError(
+                f"{info.file} ended while reading {info.name!r} (the file shrank while fxgrow ran?)"
+            )
         return out.view(info.torch_dtype)
 
     def copy_to(self, name: str, out: BinaryIO, chunk: int = 8 << 20) -> None:
@@ -161,7 +185,7 @@ class Checkpoint:
         buf = bytearray(min(chunk, max(left, 1)))
         view = memoryview(buf)
         while left:
-            n = h.readinto(view[:min(left, len(buf))])
+            n = h.readinto(view[: min(left, len(buf))])
             if not n:
                 raise CheckpointError(f"{info.file} ended while copying {name!r}")
             out.write(view[:n])

@@ -1,4 +1,5 @@
 """Errors of streamed growth: every one says which file or tensor and what to do."""
+
 from __future__ import annotations
 
 from ..errors import FxgrowError, InputError

@@ -12,6 +12,7 @@ for a model larger than memory::
     analysis = fxgrow.analyze(model, example_ids(model.config))
     plan = fxgrow.plan(analysis, factor=2)       # no parameter memory
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,6 +34,7 @@ def meta_model(config: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Modu
     differently, and verification runs in float32."""
     import transformers
     from accelerate import init_empty_weights
+
     config = copy.deepcopy(config)
     config.use_cache = False
     archs = getattr(config, "architectures", None) or []
@@ -47,8 +49,9 @@ def meta_model(config: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Modu
     return model.eval()
 
 
-def example_ids(config: Any, length: int = 8, batch: int = 1, seed: int = 0,
-                device: str = "cpu") -> tuple[torch.Tensor]:
+def example_ids(
+    config: Any, length: int = 8, batch: int = 1, seed: int = 0, device: str = "cpu"
+) -> tuple[torch.Tensor]:
     """Random token ids in the config's vocabulary (reproducible)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, int(config.vocab_size), (batch, length), generator=g)
@@ -85,8 +88,10 @@ def check_dtypes(config: Any, stored: Mapping[str, torch.dtype]) -> None:
         return
     for name, dt in stored.items():
         if dt.is_floating_point and dt != want:
-            raise CheckpointError(f"tensor {name!r} is stored as {dt} but config.json says "
-                                  f"dtype {want}; the checkpoint does not match its config")
+            raise CheckpointError(
+                f"tensor {name!r} is stored as {dt} but config.json says "
+                f"dtype {want}; the checkpoint does not match its config"
+            )
 
 
 def grown_config(config: Any, model: torch.nn.Module, plan: StreamPlan) -> Any:
@@ -94,8 +99,9 @@ def grown_config(config: Any, model: torch.nn.Module, plan: StreamPlan) -> Any:
     return grown_model(config, model, plan)[0]
 
 
-def grown_model(config: Any, model: torch.nn.Module,
-                plan: StreamPlan) -> tuple[Any, torch.nn.Module]:
+def grown_model(
+    config: Any, model: torch.nn.Module, plan: StreamPlan
+) -> tuple[Any, torch.nn.Module]:
     """The config whose model has exactly the plan's tensors, or ``UnsupportedModelError``.
 
     Sizes are read off the student's tensors (input embedding -> hidden_size, the first
@@ -108,13 +114,15 @@ def grown_model(config: Any, model: torch.nn.Module,
     emb = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
     if f"{emb}.weight" in shapes:
         new.hidden_size = shapes[f"{emb}.weight"][1]
-    stage = plan.stage or next((n for n, m in model.named_modules()
-                                if isinstance(m, torch.nn.ModuleList)), "model.layers")
-    head_dim = getattr(config, "head_dim", None) or \
-        config.hidden_size // config.num_attention_heads
-    for field, names in (("num_attention_heads", ("self_attn.q_proj",)),
-                         ("num_key_value_heads", ("self_attn.k_proj",)),
-                         ("intermediate_size", ("mlp.up_proj", "mlp.gate_proj", "mlp.fc1"))):
+    stage = plan.stage or next(
+        (n for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)), "model.layers"
+    )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    for field, names in (
+        ("num_attention_heads", ("self_attn.q_proj",)),
+        ("num_key_value_heads", ("self_attn.k_proj",)),
+        ("intermediate_size", ("mlp.up_proj", "mlp.gate_proj", "mlp.fc1")),
+    ):
         for n in names:
             shape = shapes.get(f"{stage}.0.{n}.weight")
             if shape is not None and hasattr(config, field):
@@ -130,25 +138,37 @@ def grown_model(config: Any, model: torch.nn.Module,
                 setattr(new, key, [value[b] for b in plan.layers])
     student = meta_model(new)
     want = {k: tuple(v.shape) for k, v in student.state_dict().items()}
-    tied = {n for n, _ in student.named_parameters(remove_duplicate=False)} - \
-        {n for n, _ in student.named_parameters()}
-    changed = ", ".join(f"{k}={getattr(new, k)}" for k in
-                        ("hidden_size", "intermediate_size", "num_attention_heads",
-                         "num_key_value_heads", "num_hidden_layers")
-                        if getattr(new, k, None) != getattr(config, k, None))
+    tied = {n for n, _ in student.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in student.named_parameters()
+    }
+    changed = ", ".join(
+        f"{k}={getattr(new, k)}"
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "num_hidden_layers",
+        )
+        if getattr(new, k, None) != getattr(config, k, None)
+    )
     for name, shape in shapes.items():
         if name not in want:
-            raise UnsupportedModelError(f"the grown checkpoint has {name!r}, which "
-                                        f"{type(student).__name__}({changed}) does not")
+            raise UnsupportedModelError(
+                f"the grown checkpoint has {name!r}, which "
+                f"{type(student).__name__}({changed}) does not"
+            )
         if want[name] != tuple(shape):
             raise UnsupportedModelError(
                 f"the growth has no config of {type(student).__name__}: {name!r} is "
                 f"{list(shape)} in the student but {list(want[name])} with {changed or 'the same config'}"
                 f" (e.g. only some blocks widened where the config has one size for all); "
-                f"widen every block alike")
-    lacking = sorted(set(want) - set(shapes) - tied -
-                     {n for n, _ in student.named_buffers()})
+                f"widen every block alike"
+            )
+    lacking = sorted(set(want) - set(shapes) - tied - {n for n, _ in student.named_buffers()})
     if lacking:
-        raise UnsupportedModelError(f"the grown checkpoint lacks {lacking[0]!r}, which "
-                                    f"{type(student).__name__}({changed}) has")
+        raise UnsupportedModelError(
+            f"the grown checkpoint lacks {lacking[0]!r}, which "
+            f"{type(student).__name__}({changed}) has"
+        )
     return new, student

@@ -8,6 +8,7 @@ of the modules being called at once; when the model touches a parameter outside 
 call, the run fails (a meta tensor reaches a CPU op or the output) instead of answering.  No
 ``torch.export`` is involved, so a run costs the compute and the reads only: this is the
 verification of Hugging Face folders (``grow_checkpoint``), where the model class is known."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,14 @@ class ModuleStream:
     ``dtype`` when floating) and the meta ones are put back when it returns.  ``aliases`` maps
     a parameter's name to the checkpoint name holding it (tied weights stored once)."""
 
-    def __init__(self, model: torch.nn.Module, ckpt: Checkpoint, *, dtype: torch.dtype,
-                 aliases: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        ckpt: Checkpoint,
+        *,
+        dtype: torch.dtype,
+        aliases: dict[str, str] | None = None,
+    ) -> None:
         self.ckpt, self.dtype, self.aliases = ckpt, dtype, aliases or {}
         self.live = self.peak_param_bytes = 0
         self.loaded: list[str] = []
@@ -55,6 +62,7 @@ class ModuleStream:
             self.peak_param_bytes = max(self.peak_param_bytes, self.live)
             module.__dict__.setdefault("_fxgrow_saved", []).append(saved)
             self._touched.append(module)
+
         return hook
 
     def _post(self, names: dict[str, str]):
@@ -63,6 +71,7 @@ class ModuleStream:
                 t = module._parameters[leaf]
                 self.live -= t.numel() * t.element_size()
                 module._parameters[leaf] = p
+
         return hook
 
     def close(self) -> None:
@@ -82,15 +91,22 @@ class ModuleStream:
         self.close()
 
 
-def run_modules(model: torch.nn.Module, ckpt: Checkpoint, inputs: tuple, *,
-                dtype: torch.dtype = torch.float32,
-                aliases: dict[str, str] | None = None) -> tuple[Any, int]:
+def run_modules(
+    model: torch.nn.Module,
+    ckpt: Checkpoint,
+    inputs: tuple,
+    *,
+    dtype: torch.dtype = torch.float32,
+    aliases: dict[str, str] | None = None,
+) -> tuple[Any, int]:
     """Outputs of the meta-device ``model`` on ``inputs`` with its weights from ``ckpt``, and
     the most parameter bytes held at once."""
     with ModuleStream(model, ckpt, dtype=dtype, aliases=aliases) as run, torch.no_grad():
         out = model(*inputs)
     leaves = [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
     if not leaves or any(x.is_meta for x in leaves):
-        raise PreservationError(f"{type(model).__name__} read a parameter outside its module's "
-                                f"call: its output is on the meta device")
+        raise PreservationError(
+            f"{type(model).__name__} read a parameter outside its module's "
+            f"call: its output is on the meta device"
+        )
     return out, run.peak_param_bytes

@@ -8,6 +8,7 @@ with the last layer of every residual branch zeroed (``o_proj`` / ``down_proj`` 
 the copy computes the identity).  Invariant: a ``StreamPlan`` is made from the analysis of a
 model on the meta device and the checkpoint's header alone; applying it needs one teacher
 tensor at a time."""
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,7 @@ import torch
 from ..analysis import Analysis
 from ..analysis.blocks import Stage, find_stages
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
-from ..plan.plan import GroupChange, ReplicationMap, WidenPlan, root_maps
+from ..planning.plan import GroupChange, ReplicationMap, WidenPlan, root_maps
 from ..rewrite.block_copy import residual_stream
 from ..rewrite.recipe import TensorRecipe, apply_recipe, tensor_recipes
 from .errors import CheckpointError
@@ -83,12 +84,15 @@ def balanced(plan: WidenPlan, seed: int = 0) -> WidenPlan:
         whole, extra = divmod(m.new, m.old)
         picks = torch.randperm(m.old, generator=gen)[:extra].sort().values.tolist()
         source = tuple(j % m.old for j in range(whole * m.old)) + tuple(picks)
-        changes.append(GroupChange(c.group, c.old_width, c.new_width,
-                                   ReplicationMap(m.old, m.new, source)))
+        changes.append(
+            GroupChange(c.group, c.old_width, c.new_width, ReplicationMap(m.old, m.new, source))
+        )
     return WidenPlan(tuple(changes), plan.seed, plan.split, plan.noise, plan.approximate)
 
 
-def depth_layout(teacher: int, student: int, placement: str = "interleave") -> list[tuple[int, bool]]:
+def depth_layout(
+    teacher: int, student: int, placement: str = "interleave"
+) -> list[tuple[int, bool]]:
     """Per student block: (teacher block it copies, whether it is a zero copy).
     ``interleave`` (LLaMA-Pro) puts the k new blocks after evenly spaced teacher blocks (after
     blocks 3, 7, ... when 32 grow to 40); ``append`` puts copies of the last block at the end."""
@@ -119,12 +123,14 @@ def _stage(analysis: Analysis, name: str | None) -> Stage:
     for s in stages:
         if s.name == name:
             return s
-    raise UnknownGroupError(f"no residual stage named {name!r}; stages: "
-                            f"{', '.join(s.name for s in stages) or 'none'}")
+    raise UnknownGroupError(
+        f"no residual stage named {name!r}; stages: {', '.join(s.name for s in stages) or 'none'}"
+    )
 
 
-def tie_folds(analysis: Analysis, widen: WidenPlan,
-              dtype: torch.dtype) -> dict[str, tuple[tuple[torch.Tensor, float], ...]]:
+def tie_folds(
+    analysis: Analysis, widen: WidenPlan, dtype: torch.dtype
+) -> dict[str, tuple[tuple[torch.Tensor, float], ...]]:
     """Per parameter (canonical name), the scales that compensate widened tied weights.
 
     A tied table widened along an axis read both as an embedding and as an output projection
@@ -134,8 +140,9 @@ def tie_folds(analysis: Analysis, widen: WidenPlan,
     the meta graph, its scales are made real (in the checkpoint's ``dtype``, as the in-memory
     rewrite makes them in the tensor's), and the folds are recorded, not applied."""
     from ..hf.fold import fold_tie_scales, recording
-    from ..plan.index_map import expand
+    from ..planning.index_map import expand
     from ..rewrite.widen import apply
+
     state, sp = analysis.state, analysis.state.spaces
     maps = root_maps(analysis, widen)
     student = apply(analysis, widen)
@@ -143,25 +150,34 @@ def tie_folds(analysis: Analysis, widen: WidenPlan,
         name = f"fxgrow_tie_scale{k}"
         if any(r in maps for r in sp.roots(pa.layout)) and hasattr(student, name):
             shape = getattr(student, name).shape
-            student.register_buffer(name, expand(sp, pa.layout, maps).fraction.to(dtype)
-                                    .reshape(shape))
+            student.register_buffer(
+                name, expand(sp, pa.layout, maps).fraction.to(dtype).reshape(shape)
+            )
     try:
         with recording() as folds:
             fold_tie_scales(student)
     except UnsupportedModelError as e:
-        raise UnsupportedModelError(f"the plan widens a tied weight whose compensation fxgrow "
-                                    f"cannot fold into a parameter ({e}); leave that group "
-                                    f"alone, or grow the model in memory with untie=True") from e
+        raise UnsupportedModelError(
+            f"the plan widens a tied weight whose compensation fxgrow "
+            f"cannot fold into a parameter ({e}); leave that group "
+            f"alone, or grow the model in memory with untie=True"
+        ) from e
     out: dict[str, list] = {}
     for target, scale, shift in folds:
         out.setdefault(state.canonical.get(target, target), []).append((scale, shift))
     return {k: tuple(v) for k, v in out.items()}
 
 
-def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]], *,
-                     widen: WidenPlan | None = None, blocks: int | None = None,
-                     stage: str | None = None, placement: str = "interleave",
-                     dtype: torch.dtype = torch.float32) -> StreamPlan:
+def make_stream_plan(
+    analysis: Analysis,
+    teacher: Mapping[str, tuple[int, ...]],
+    *,
+    widen: WidenPlan | None = None,
+    blocks: int | None = None,
+    stage: str | None = None,
+    placement: str = "interleave",
+    dtype: torch.dtype = torch.float32,
+) -> StreamPlan:
     """The per-tensor plan for ``widen`` and/or growing ``stage`` (default: the longest) to
     ``blocks`` blocks.  ``teacher`` maps the checkpoint's tensor names to their shapes; each
     must agree with the analysed model, and every parameter must be in it.  ``dtype``: the
@@ -180,22 +196,30 @@ def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]],
                     f"the plan widens the axis that node {rec.user!r} contracts between two "
                     f"activations; its exact student multiplies one of them by the shares of "
                     f"the copies, a graph change that a checkpoint cannot carry.  Leave that "
-                    f"group alone, or grow the model in memory with fxgrow.widen")
+                    f"group alone, or grow the model in memory with fxgrow.widen"
+                )
         recipes = tensor_recipes(analysis, widen)
     shapes = {name: tuple(t.shape) for name, t in state.tensors.items()}
     for name, shape in teacher.items():
         if name in shapes and shapes[name] != tuple(shape):
-            raise CheckpointError(f"tensor {name!r} has shape {list(shape)} in the checkpoint "
-                                  f"but {list(shapes[name])} in the model its config builds; "
-                                  f"the checkpoint does not belong to this config")
+            raise CheckpointError(
+                f"tensor {name!r} has shape {list(shape)} in the checkpoint "
+                f"but {list(shapes[name])} in the model its config builds; "
+                f"the checkpoint does not belong to this config"
+            )
     present = {state.canonical.get(n, n) for n in teacher}
-    params = {state.canonical[n] for n, t in state.tensors.items()
-              if n in state.canonical and t.__class__.__name__ == "Parameter"}
+    params = {
+        state.canonical[n]
+        for n, t in state.tensors.items()
+        if n in state.canonical and t.__class__.__name__ == "Parameter"
+    }
     missing = sorted(params - present)
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} parameters of the model, "
-                              f"first {missing[0]!r}; a shard is missing or belongs to "
-                              f"another model")
+        raise CheckpointError(
+            f"the checkpoint lacks {len(missing)} parameters of the model, "
+            f"first {missing[0]!r}; a shard is missing or belongs to "
+            f"another model"
+        )
 
     def source(name: str, new_name: str, zero: bool = False) -> TensorSource:
         canonical = state.canonical.get(name, name)
@@ -208,10 +232,13 @@ def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]],
     st = _stage(analysis, stage)
     paths = [b.path for b in st.blocks]
     leaves = [p.rpartition(".")[2] for p in paths]
-    if not all(leaf.isdigit() for leaf in leaves) or \
-            [int(v) for v in leaves] != list(range(int(leaves[0]), int(leaves[0]) + len(leaves))):
-        raise UnsupportedModelError(f"stage {st.name!r} has blocks {', '.join(paths[:4])}...; "
-                                    f"streamed depth growth renumbers blocks numbered 0, 1, ...")
+    if not all(leaf.isdigit() for leaf in leaves) or [int(v) for v in leaves] != list(
+        range(int(leaves[0]), int(leaves[0]) + len(leaves))
+    ):
+        raise UnsupportedModelError(
+            f"stage {st.name!r} has blocks {', '.join(paths[:4])}...; "
+            f"streamed depth growth renumbers blocks numbered 0, 1, ..."
+        )
     prefix, first = st.parent + "." if st.parent else "", int(leaves[0])
     layout = depth_layout(len(paths), blocks, placement)
     zero = {b: set(residual_stream(analysis.gm, st.blocks[b])) for b in {t for t, z in layout if z}}
@@ -226,7 +253,17 @@ def make_stream_plan(analysis: Analysis, teacher: Mapping[str, tuple[int, ...]],
     out = list(outside)
     for j, (b, is_copy) in enumerate(layout):
         for name, rest in inside[b]:
-            out.append(source(name, f"{prefix}{first + j}.{rest}",
-                              is_copy and state.canonical.get(name, name) in zero[b]))
-    return StreamPlan(tuple(out), widen, st.name, tuple(b for b, _ in layout),
-                      tuple(j for j, (_, z) in enumerate(layout) if z))
+            out.append(
+                source(
+                    name,
+                    f"{prefix}{first + j}.{rest}",
+                    is_copy and state.canonical.get(name, name) in zero[b],
+                )
+            )
+    return StreamPlan(
+        tuple(out),
+        widen,
+        st.name,
+        tuple(b for b, _ in layout),
+        tuple(j for j, (_, z) in enumerate(layout) if z),
+    )

@@ -11,6 +11,7 @@ used at both ends stay loaded).  ``peak_param_bytes`` says how much was ever loa
 outputs (the student's outputs at the teacher's positions when they widened).  When they
 disagree it replays the plan tensor by tensor (teacher tensor -> recipe -> student tensor) and
 names the stored tensors that are not what the plan makes."""
+
 from __future__ import annotations
 
 import weakref
@@ -32,8 +33,14 @@ class StreamedRun(torch.fx.Interpreter):
     """Run ``gm`` with its parameters read lazily from ``ckpt``.  ``aliases`` maps a graph
     attribute to the checkpoint name holding it (tied weights stored once)."""
 
-    def __init__(self, gm: torch.fx.GraphModule, ckpt: Checkpoint, *, dtype: torch.dtype,
-                 aliases: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        ckpt: Checkpoint,
+        *,
+        dtype: torch.dtype,
+        aliases: dict[str, str] | None = None,
+    ) -> None:
         graph = gm.graph
         for node in list(graph.nodes):  # each read right before its first user
             if node.op == "get_attr" and node.users:
@@ -51,8 +58,9 @@ class StreamedRun(torch.fx.Interpreter):
         if name not in self.ckpt.tensors:
             value = super().get_attr(target, args, kwargs)  # a buffer the model computes
             if isinstance(value, torch.Tensor) and value.is_meta:
-                raise PreservationError(f"{target!r} is in neither the checkpoint nor the "
-                                        f"model's computed buffers")
+                raise PreservationError(
+                    f"{target!r} is in neither the checkpoint nor the model's computed buffers"
+                )
             return value
         t = self.ckpt.read(name)
         if t.is_floating_point():
@@ -70,9 +78,12 @@ class StreamedRun(torch.fx.Interpreter):
         state: dict[str, torch.Tensor] = {}
         for kind in ("named_parameters", "named_buffers"):
             for name, value in getattr(module, kind)():
-                state[name] = self.get_attr(f"{target}.{name}", (), {}) \
-                    if self.aliases.get(f"{target}.{name}", f"{target}.{name}") in \
-                    self.ckpt.tensors or value.is_meta else value
+                state[name] = (
+                    self.get_attr(f"{target}.{name}", (), {})
+                    if self.aliases.get(f"{target}.{name}", f"{target}.{name}") in self.ckpt.tensors
+                    or value.is_meta
+                    else value
+                )
         return torch.func.functional_call(module, state, _off_meta(args), _off_meta(kwargs))
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -94,8 +105,16 @@ _CPU = torch.device("cpu")
 
 def _off_meta(x: Any) -> Any:
     """Device arguments recorded while capturing on the meta device, made the CPU."""
-    return pytree.tree_map(lambda v: _CPU if isinstance(v, torch.device) and v == _META
-                           else "cpu" if isinstance(v, str) and v == "meta" else v, x)
+    return pytree.tree_map(
+        lambda v: (
+            _CPU
+            if isinstance(v, torch.device) and v == _META
+            else "cpu"
+            if isinstance(v, str) and v == "meta"
+            else v
+        ),
+        x,
+    )
 
 
 def _position(graph: torch.fx.Graph):
@@ -115,14 +134,21 @@ class StreamedCheck:
     bad_tensors: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return (f"max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g} (layer-streamed;"
-                f" at most {max(self.teacher_peak_bytes, self.student_peak_bytes) / 1e6:.1f} MB "
-                f"of weights loaded at once)")
+        return (
+            f"max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g} (layer-streamed;"
+            f" at most {max(self.teacher_peak_bytes, self.student_peak_bytes) / 1e6:.1f} MB "
+            f"of weights loaded at once)"
+        )
 
 
-def run_streamed(gm: torch.fx.GraphModule, ckpt: Checkpoint, inputs: tuple, *,
-                 dtype: torch.dtype = torch.float32,
-                 aliases: dict[str, str] | None = None) -> tuple[Any, int]:
+def run_streamed(
+    gm: torch.fx.GraphModule,
+    ckpt: Checkpoint,
+    inputs: tuple,
+    *,
+    dtype: torch.dtype = torch.float32,
+    aliases: dict[str, str] | None = None,
+) -> tuple[Any, int]:
     """Outputs of ``gm`` on ``inputs`` with weights from ``ckpt``, and the peak bytes held."""
     run = StreamedRun(gm, ckpt, dtype=dtype, aliases=aliases)
     with torch.no_grad():
@@ -138,8 +164,9 @@ def compare_outputs(teacher_out: Any, student_out: Any) -> tuple[float, float]:
     max_abs, scale = 0.0, 0.0
     for t, s in zip(_leaves(teacher_out), _leaves(student_out), strict=True):
         if t.shape != s.shape:
-            raise PreservationError(f"student output has shape {list(s.shape)}, the teacher's "
-                                    f"{list(t.shape)}")
+            raise PreservationError(
+                f"student output has shape {list(s.shape)}, the teacher's {list(t.shape)}"
+            )
         max_abs = max(max_abs, float((s.double() - t.double()).abs().max()))
         scale = max(scale, float(t.double().abs().max()))
     return max_abs, max_abs / scale if scale else max_abs
@@ -157,41 +184,68 @@ def replay(plan: StreamPlan, teacher: Checkpoint, student: Checkpoint) -> list[s
             ok = not bool(got.any())
         else:
             want = make_tensor(src, teacher.read(src.source))
-            ok = want.shape == got.shape and want.dtype == got.dtype and \
-                bool(torch.equal(want, got))
+            ok = (
+                want.shape == got.shape and want.dtype == got.dtype and bool(torch.equal(want, got))
+            )
         if not ok:
             bad.append(src.name)
     return bad
 
 
-def verify_checkpoints(teacher_gm: torch.fx.GraphModule, student_gm: torch.fx.GraphModule,
-                       teacher: Checkpoint, student: Checkpoint, inputs: tuple, *,
-                       plan: StreamPlan | None = None, dtype: torch.dtype = torch.float32,
-                       teacher_aliases: dict[str, str] | None = None,
-                       student_aliases: dict[str, str] | None = None,
-                       check: bool = True) -> StreamedCheck:
+def verify_checkpoints(
+    teacher_gm: torch.fx.GraphModule,
+    student_gm: torch.fx.GraphModule,
+    teacher: Checkpoint,
+    student: Checkpoint,
+    inputs: tuple,
+    *,
+    plan: StreamPlan | None = None,
+    dtype: torch.dtype = torch.float32,
+    teacher_aliases: dict[str, str] | None = None,
+    student_aliases: dict[str, str] | None = None,
+    check: bool = True,
+) -> StreamedCheck:
     """Run both layer-streamed on ``inputs`` and compare.  With ``check``, raise
     ``PreservationError`` above the tolerance of ``dtype``, naming the tensors that differ
     from the plan (when ``plan`` is given)."""
     t_out, t_peak = run_streamed(teacher_gm, teacher, inputs, dtype=dtype, aliases=teacher_aliases)
     s_out, s_peak = run_streamed(student_gm, student, inputs, dtype=dtype, aliases=student_aliases)
-    return judge(t_out, s_out, t_peak, s_peak, teacher, student, plan=plan, dtype=dtype,
-                 check=check)
+    return judge(
+        t_out, s_out, t_peak, s_peak, teacher, student, plan=plan, dtype=dtype, check=check
+    )
 
 
-def judge(t_out: Any, s_out: Any, t_peak: int, s_peak: int, teacher: Checkpoint,
-          student: Checkpoint, *, plan: StreamPlan | None = None,
-          dtype: torch.dtype = torch.float32, check: bool = True) -> StreamedCheck:
+def judge(
+    t_out: Any,
+    s_out: Any,
+    t_peak: int,
+    s_peak: int,
+    teacher: Checkpoint,
+    student: Checkpoint,
+    *,
+    plan: StreamPlan | None = None,
+    dtype: torch.dtype = torch.float32,
+    check: bool = True,
+) -> StreamedCheck:
     """Compare the two runs' outputs; with ``check``, raise ``PreservationError`` above the
     tolerance of ``dtype``, naming the tensors that differ from ``plan`` (when given)."""
     max_abs, max_rel = compare_outputs(t_out, s_out)
     result = StreamedCheck(max_abs, max_rel, t_peak, s_peak)
     if check and not max_rel <= TOLERANCE.get(dtype, 1e-5):
         bad = replay(plan, teacher, student) if plan is not None else []
-        where = (f"; stored tensors that differ from the plan: {', '.join(bad[:8])}"
-                 + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")) if bad else \
-            ("; every stored tensor is what the plan makes (the plan or the config is wrong)"
-             if plan is not None else "")
-        raise PreservationError(f"the student checkpoint does not compute the teacher's "
-                                f"function: {result}{where}")
+        where = (
+            (
+                f"; stored tensors that differ from the plan: {', '.join(bad[:8])}"
+                + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            )
+            if bad
+            else (
+                "; every stored tensor is what the plan makes (the plan or the config is wrong)"
+                if plan is not None
+                else ""
+            )
+        )
+        raise PreservationError(
+            f"the student checkpoint does not compute the teacher's function: {result}{where}"
+        )
     return result

@@ -11,6 +11,7 @@ at ``max_shard_size`` bytes (a tensor larger than that gets a shard of its own),
 ``staging(out_dir)`` gives a temporary sibling folder and renames it to ``out_dir`` only
 when the block finishes; on any error or Ctrl-C the temporary folder is removed, so a folder
 at ``out_dir`` is always complete."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +35,7 @@ from .errors import GrowthInterrupted, WriteError
 @dataclass(frozen=True)
 class OutTensor:
     name: str
-    dtype: str                # safetensors code: the dtype is kept
+    dtype: str  # safetensors code: the dtype is kept
     shape: tuple[int, ...]
 
     @property
@@ -51,7 +52,11 @@ class Shard:
         h: dict = {"__metadata__": {"format": "pt"}}
         off = 0
         for t in self.tensors:
-            h[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + t.nbytes]}
+            h[t.name] = {
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "data_offsets": [off, off + t.nbytes],
+            }
             off += t.nbytes
         raw = json.dumps(h, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
@@ -77,23 +82,28 @@ def shard(tensors: list[OutTensor], max_shard_size: int) -> list[Shard]:
     n = len(groups)
     if n == 1:
         return [Shard(SINGLE, tuple(groups[0]))]
-    return [Shard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g))
-            for i, g in enumerate(groups)]
+    return [
+        Shard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)
+    ]
 
 
 def write_index(folder: Path, shards: list[Shard]) -> None:
     if len(shards) == 1:
         return
-    index = {"metadata": {"total_size": sum(s.nbytes for s in shards)},
-             "weight_map": {t.name: s.file for s in shards for t in s.tensors}}
+    index = {
+        "metadata": {"total_size": sum(s.nbytes for s in shards)},
+        "weight_map": {t.name: s.file for s in shards for t in s.tensors},
+    }
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def write_tensor(out: BinaryIO, t: torch.Tensor, spec: OutTensor) -> None:
     """The bytes of ``t`` (which must have ``spec``'s dtype and shape)."""
     if CODES.get(t.dtype) != spec.dtype or tuple(t.shape) != spec.shape:
-        raise WriteError(f"internal: {spec.name!r} came out as {t.dtype} {list(t.shape)}, "
-                         f"the plan says {spec.dtype} {list(spec.shape)}")
+        raise WriteError(
+            f"internal: {spec.name!r} came out as {t.dtype} {list(t.shape)}, "
+            f"the plan says {spec.dtype} {list(spec.shape)}"
+        )
     t = t.contiguous().reshape(-1)
     if t.numel():
         out.write(memoryview(t.view(torch.uint8).numpy()))
@@ -110,9 +120,11 @@ def write_zeros(out: BinaryIO, nbytes: int, chunk: int = 16 << 20) -> None:
 def check_free_space(folder: Path, need: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise WriteError(f"not enough disk space in {folder}: the student needs "
-                         f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free; free some space "
-                         f"or write elsewhere")
+        raise WriteError(
+            f"not enough disk space in {folder}: the student needs "
+            f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free; free some space "
+            f"or write elsewhere"
+        )
 
 
 @contextlib.contextmanager
@@ -121,8 +133,9 @@ def staging(out_dir: Path) -> Iterator[Path]:
     Refuses an ``out_dir`` that exists and is not empty."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise WriteError(f"{out_dir} already exists and is not empty; choose another output "
-                         f"folder or remove it")
+        raise WriteError(
+            f"{out_dir} already exists and is not empty; choose another output folder or remove it"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -132,15 +145,17 @@ def staging(out_dir: Path) -> Iterator[Path]:
         os.replace(tmp, out_dir)
     except KeyboardInterrupt:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GrowthInterrupted(f"interrupted; the partial output {tmp} was removed and "
-                                f"{out_dir} was not created") from None
+        raise GrowthInterrupted(
+            f"interrupted; the partial output {tmp} was removed and {out_dir} was not created"
+        ) from None
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise WriteError(f"disk full while writing {out_dir} ({e.strerror}); the partial "
-                             f"output was removed; free space or write elsewhere") from e
-        raise WriteError(f"could not write {out_dir}: {e}; the partial output was "
-                         f"removed") from e
+            raise WriteError(
+                f"disk full while writing {out_dir} ({e.strerror}); the partial "
+                f"output was removed; free space or write elsewhere"
+            ) from e
+        raise WriteError(f"could not write {out_dir}: {e}; the partial output was removed") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

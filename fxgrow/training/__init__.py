@@ -2,6 +2,7 @@
 (``schedule``), what trains after growth (``freeze``), the one-call helper (``grow``), the
 expansion record's saved form (``record``), ZeroRedundancyOptimizer (``zero``) and dropout
 masks tied across replicas (``tied``)."""
+
 from .freeze import POLICIES, Freeze, freeze
 from .grow import grow_during_training
 from .optimizer import map_tensor, transfer_groups, transfer_optimizer

@@ -9,6 +9,7 @@
 
 Invariant: a frozen parameter or position keeps its value at growth for as long as the
 :class:`Freeze` handle is attached."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -42,6 +43,7 @@ class Freeze:
             with torch.no_grad():
                 for p, m, v in pairs:
                     p.copy_(torch.where(m, p, v))
+
         inner = getattr(optimizer, "optimizer", optimizer)
         return inner.register_step_post_hook(restore)
 
@@ -70,18 +72,27 @@ def freeze(teacher: torch.nn.Module, student: torch.nn.Module, policy: str = "al
     for name, p in student.named_parameters():
         if name not in old:
             keep.add(name)
-        elif policy == "new_units" and record.get(name) and p.shape != old[name].shape \
-                and old[name].requires_grad:
+        elif (
+            policy == "new_units"
+            and record.get(name)
+            and p.shape != old[name].shape
+            and old[name].requires_grad
+        ):
             masks[name] = _new_positions(record[name], p.shape, old[name].shape).to(p.device)
             fixed[name] = p.detach().clone()
             keep.add(name)
         else:
             p.requires_grad_(False)
     if not keep:
-        raise InputError(f"trainable={policy!r} leaves nothing to train: the student has no "
-                         f"new parameters" + (" or widened ones" if policy == "new_units" else
-                                              "; grow with blocks= or use 'new_units'/'all'"))
+        raise InputError(
+            f"trainable={policy!r} leaves nothing to train: the student has no "
+            f"new parameters"
+            + (
+                " or widened ones"
+                if policy == "new_units"
+                else "; grow with blocks= or use 'new_units'/'all'"
+            )
+        )
     for name, mask in masks.items():
-        dict(student.named_parameters())[name].register_hook(
-            lambda g, m=mask: g * m.to(g.dtype))
+        dict(student.named_parameters())[name].register_hook(lambda g, m=mask: g * m.to(g.dtype))
     return Freeze(policy, lambda name, p: name in keep and p.requires_grad, masks, fixed)

@@ -18,6 +18,7 @@ With ``split="random"``, a normalisation over channels mixes the replicas in its
 mapped gradient is an approximation (measured on a ViT: cosine similarity >= 0.9997).  Parameters that did not exist
 in the teacher (inserted layers) start with empty state, as a fresh optimizer would give them.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,9 @@ _VALUES = ("ax",)  # like the parameter itself (ASGD's average)
 _COPIED = ("step_size",)  # per-unit, scale-free (Rprop): copied
 
 
-def map_tensor(student: torch.nn.Module, name: str, tensor: torch.Tensor,
-               kind: str = "grad") -> torch.Tensor:
+def map_tensor(
+    student: torch.nn.Module, name: str, tensor: torch.Tensor, kind: str = "grad"
+) -> torch.Tensor:
     """``tensor`` (shaped like the teacher's parameter ``name``) mapped onto the student's
     parameter: ``kind="grad"`` (gradients, first moments), ``"square"`` (second moments),
     ``"param"`` (the values themselves, as the rewrite made them) or ``"copy"`` (copied to
@@ -70,21 +72,29 @@ def _unwrap(optimizer: Any) -> tuple[torch.optim.Optimizer, Callable | None]:
     device placement and gradient scaler) and Lightning's ``LightningOptimizer``
     (``._optimizer``, returned unwrapped: Lightning wraps the optimizers it is given)."""
     inner = getattr(optimizer, "optimizer", None)
-    if isinstance(inner, torch.optim.Optimizer) and type(optimizer).__name__ == \
-            "AcceleratedOptimizer":
+    if (
+        isinstance(inner, torch.optim.Optimizer)
+        and type(optimizer).__name__ == "AcceleratedOptimizer"
+    ):
+
         def rewrap(new: torch.optim.Optimizer) -> torch.optim.Optimizer:
-            return type(optimizer)(new, device_placement=optimizer.device_placement,
-                                   scaler=optimizer.scaler)
+            return type(optimizer)(
+                new, device_placement=optimizer.device_placement, scaler=optimizer.scaler
+            )
+
         return _unwrap(inner)[0], rewrap
     inner = getattr(optimizer, "_optimizer", None)
     if isinstance(inner, torch.optim.Optimizer):
         return _unwrap(inner)[0], None
     if isinstance(optimizer, list):
-        raise InputError("transfer_optimizer takes one optimizer, got a list; call it once per "
-                         "optimizer")
+        raise InputError(
+            "transfer_optimizer takes one optimizer, got a list; call it once per optimizer"
+        )
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise InputError(f"transfer_optimizer takes a torch.optim.Optimizer (or accelerate's or "
-                         f"Lightning's wrapper of one), got {type(optimizer).__name__}")
+        raise InputError(
+            f"transfer_optimizer takes a torch.optim.Optimizer (or accelerate's or "
+            f"Lightning's wrapper of one), got {type(optimizer).__name__}"
+        )
     return optimizer, None
 
 
@@ -94,10 +104,13 @@ def _pattern(name: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.)", "#", name)
 
 
-def transfer_optimizer(optimizer: torch.optim.Optimizer, teacher: torch.nn.Module,
-                       student: torch.nn.Module, *,
-                       trainable: Callable[[str, torch.nn.Parameter], bool] | None = None
-                       ) -> torch.optim.Optimizer:
+def transfer_optimizer(
+    optimizer: torch.optim.Optimizer,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    *,
+    trainable: Callable[[str, torch.nn.Parameter], bool] | None = None,
+) -> torch.optim.Optimizer:
     """A new optimizer of the same type for ``student`` whose state follows the index maps of
     its parameters (see the module docstring).
 
@@ -111,10 +124,12 @@ def transfer_optimizer(optimizer: torch.optim.Optimizer, teacher: torch.nn.Modul
     ``fxgrow.training.transfer_zero``."""
     if type(optimizer).__name__ == "ZeroRedundancyOptimizer":
         from .zero import transfer_zero
+
         return transfer_zero(optimizer, teacher, student, trainable=trainable)
     optimizer, rewrap = _unwrap(optimizer)
-    groups, state = transfer_groups(optimizer.param_groups, optimizer.state, teacher, student,
-                                    trainable)
+    groups, state = transfer_groups(
+        optimizer.param_groups, optimizer.state, teacher, student, trainable
+    )
     new = type(optimizer)(groups)  # type: ignore[call-arg]  # groups carry the hyperparameters
     new.defaults = dict(optimizer.defaults)
     for p, s in state.items():
@@ -122,10 +137,13 @@ def transfer_optimizer(optimizer: torch.optim.Optimizer, teacher: torch.nn.Modul
     return rewrap(new) if rewrap else new
 
 
-def transfer_groups(param_groups: list[dict], old_state: Mapping, teacher: torch.nn.Module,
-                    student: torch.nn.Module,
-                    trainable: Callable[[str, torch.nn.Parameter], bool] | None = None
-                    ) -> tuple[list[dict], dict]:
+def transfer_groups(
+    param_groups: list[dict],
+    old_state: Mapping,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    trainable: Callable[[str, torch.nn.Parameter], bool] | None = None,
+) -> tuple[list[dict], dict]:
     """The student's param groups (hyper-parameters kept) and mapped state for the parameters
     of ``param_groups`` (see ``transfer_optimizer``)."""
     teacher_names = _names(teacher)
@@ -140,8 +158,10 @@ def transfer_groups(param_groups: list[dict], old_state: Mapping, teacher: torch
         for p in group["params"]:
             names = teacher_names.get(id(p))
             if not names:
-                raise InputError("the optimizer holds a parameter that is not the teacher's; "
-                                 "pass the model the optimizer was built for")
+                raise InputError(
+                    "the optimizer holds a parameter that is not the teacher's; "
+                    "pass the model the optimizer was built for"
+                )
             for n in names:
                 by_pattern.setdefault(_pattern(n), gi)
             sname = next((n for n in names if n in student_params), None)
@@ -172,11 +192,13 @@ def _map_state(student, name: str, param: torch.Tensor, old: Mapping[str, Any]) 
         if not isinstance(value, torch.Tensor) or value.dim() == 0 or not grown:
             mapped[key] = value.clone() if isinstance(value, torch.Tensor) else value
         elif value.shape != param.shape:
-            raise InputError(f"optimizer state {key!r} of {name} has shape "
-                             f"{tuple(value.shape)}, not the parameter's {tuple(param.shape)} "
-                             f"(factored or flattened state, as Adafactor's or LBFGS's); fxgrow "
-                             f"cannot map it onto the widened parameter: start that optimizer "
-                             f"afresh on the student")
+            raise InputError(
+                f"optimizer state {key!r} of {name} has shape "
+                f"{tuple(value.shape)}, not the parameter's {tuple(param.shape)} "
+                f"(factored or flattened state, as Adafactor's or LBFGS's); fxgrow "
+                f"cannot map it onto the widened parameter: start that optimizer "
+                f"afresh on the student"
+            )
         elif key in _FIRST:
             mapped[key] = map_tensor(student, name, value, "grad").clone()
         elif key in _SECOND:
@@ -186,7 +208,9 @@ def _map_state(student, name: str, param: torch.Tensor, old: Mapping[str, Any]) 
         elif key in _COPIED:
             mapped[key] = map_tensor(student, name, value, "copy").clone()
         else:
-            raise InputError(f"optimizer state {key!r} of {name} is not one fxgrow knows how "
-                             f"to map (supported: SGD, Adam, AdamW, NAdam, RAdam, Adamax, "
-                             f"RMSprop, Adagrad, Adadelta, ASGD, Rprop)")
+            raise InputError(
+                f"optimizer state {key!r} of {name} is not one fxgrow knows how "
+                f"to map (supported: SGD, Adam, AdamW, NAdam, RAdam, Adamax, "
+                f"RMSprop, Adagrad, Adadelta, ASGD, Rprop)"
+            )
     return mapped

@@ -5,6 +5,7 @@ the teacher positions every student position copies, the share it carries and wh
 is consumed.  ``fxgrow.transfer_optimizer`` and ``fxgrow.map_tensor`` need it; a student saved
 without it would get teacher-shaped optimizer state.  Invariant: ``decode(encode(r))`` equals
 ``r`` bit for bit (indices as integers, fractions as their float64 values with their dtype)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,10 +19,16 @@ def encode(record: dict[str, list]) -> dict[str, list]:
     """JSON-able form of an expansion record."""
     out: dict[str, list] = {}
     for name, axes in record.items():
-        out[name] = [[int(axis), [int(i) for i in index.tolist()],
-                      [float(f) for f in fraction.double().tolist()],
-                      str(fraction.dtype).removeprefix("torch."), bool(consumed)]
-                     for axis, index, fraction, consumed in axes]
+        out[name] = [
+            [
+                int(axis),
+                [int(i) for i in index.tolist()],
+                [float(f) for f in fraction.double().tolist()],
+                str(fraction.dtype).removeprefix("torch."),
+                bool(consumed),
+            ]
+            for axis, index, fraction, consumed in axes
+        ]
     return out
 
 
@@ -29,7 +36,13 @@ def decode(data: Any) -> dict[str, list]:
     """The expansion record from ``encode``'s output."""
     record: dict[str, list] = {}
     for name, axes in data.items():
-        record[name] = [(axis, torch.tensor(index, dtype=torch.long),
-                         torch.tensor(fraction, dtype=torch.float64).to(getattr(torch, dtype)),
-                         consumed) for axis, index, fraction, dtype, consumed in axes]
+        record[name] = [
+            (
+                axis,
+                torch.tensor(index, dtype=torch.long),
+                torch.tensor(fraction, dtype=torch.float64).to(getattr(torch, dtype)),
+                consumed,
+            )
+            for axis, index, fraction, dtype, consumed in axes
+        ]
     return record

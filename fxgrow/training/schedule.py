@@ -11,6 +11,7 @@
 Invariant: the returned scheduler drives exactly the given optimizer's param groups, and with
 ``"continue"`` and no warm-up the learning rates it sets are the ones the old scheduler would
 have set step for step."""
+
 from __future__ import annotations
 
 import copy
@@ -89,21 +90,34 @@ class _Paced(LRScheduler):
         return self._last_lr
 
     def state_dict(self) -> dict:
-        return {"inner": self.inner.state_dict(), "speed": self.speed, "credit": self._credit,
-                "warmup_steps": self.warmup_steps, "last_epoch": self.last_epoch,
-                "raw": self._raw}
+        return {
+            "inner": self.inner.state_dict(),
+            "speed": self.speed,
+            "credit": self._credit,
+            "warmup_steps": self.warmup_steps,
+            "last_epoch": self.last_epoch,
+            "raw": self._raw,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state["inner"])
         self.speed, self._credit = state["speed"], state["credit"]
-        self.warmup_steps, self.last_epoch, self._raw = (state["warmup_steps"],
-                                                         state["last_epoch"], state["raw"])
+        self.warmup_steps, self.last_epoch, self._raw = (
+            state["warmup_steps"],
+            state["last_epoch"],
+            state["raw"],
+        )
         self._apply()
 
 
-def transfer_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, *,
-                       mode: str = "continue", warmup_steps: int = 0,
-                       speed: float = 2.0) -> Any:
+def transfer_scheduler(
+    scheduler: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    mode: str = "continue",
+    warmup_steps: int = 0,
+    speed: float = 2.0,
+) -> Any:
     """``scheduler`` (built for the teacher's optimizer) carried on for ``optimizer`` (from
     ``transfer_optimizer``) as ``mode`` says (see the module docstring)."""
     if mode not in MODES:
@@ -113,18 +127,25 @@ def transfer_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, *,
     if warmup_steps < 0 or speed <= 0:
         raise InputError(f"warmup_steps must be >= 0 and speed > 0, got {warmup_steps}, {speed}")
     if type(scheduler).__name__ == "AcceleratedScheduler":  # accelerate's wrapper
-        inner = transfer_scheduler(scheduler.scheduler, optimizer, mode=mode,
-                                   warmup_steps=warmup_steps, speed=speed)
-        return type(scheduler)(inner, [optimizer],
-                               step_with_optimizer=scheduler.step_with_optimizer,
-                               split_batches=scheduler.split_batches)
+        inner = transfer_scheduler(
+            scheduler.scheduler, optimizer, mode=mode, warmup_steps=warmup_steps, speed=speed
+        )
+        return type(scheduler)(
+            inner,
+            [optimizer],
+            step_with_optimizer=scheduler.step_with_optimizer,
+            split_batches=scheduler.split_batches,
+        )
     if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
-        raise InputError(f"expected a torch.optim.lr_scheduler scheduler, got "
-                         f"{type(scheduler).__name__}")
+        raise InputError(
+            f"expected a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}"
+        )
     if len(optimizer.param_groups) != len(scheduler.optimizer.param_groups):
-        raise InputError(f"the scheduler drives {len(scheduler.optimizer.param_groups)} param "
-                         f"groups, the new optimizer has {len(optimizer.param_groups)}; pass the "
-                         f"optimizer transfer_optimizer returned for this scheduler's optimizer")
+        raise InputError(
+            f"the scheduler drives {len(scheduler.optimizer.param_groups)} param "
+            f"groups, the new optimizer has {len(optimizer.param_groups)}; pass the "
+            f"optimizer transfer_optimizer returned for this scheduler's optimizer"
+        )
     new = _repoint(scheduler, optimizer)
     if mode in ("restart", "lemon"):
         _rewind(new)

@@ -17,6 +17,7 @@ is in place (they still learn apart through ``split="random"``); growth that ins
 dropout sites (new blocks) draws extra random numbers, so only widening is exact this way.
 On CUDA the fused kernels draw masks differently: there the masks are the tied ones but not
 the teacher's."""
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ class _Tied(nn.Module):
         self.p = float(p)
         self.axes = [[int(a), int(old), [int(i) for i in index]] for a, old, index in axes]
         for a, _, index in self.axes:
-            self.register_buffer(f"index{a}", torch.tensor(index, dtype=torch.long),
-                                 persistent=False)
+            self.register_buffer(
+                f"index{a}", torch.tensor(index, dtype=torch.long), persistent=False
+            )
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         """A dropout mask (scaled by 1/(1-p)) drawn at the teacher's shape, copied out."""
@@ -69,22 +71,28 @@ class TiedAttention(_Tied):
         super().__init__(p, axes)
         self.aten = bool(aten)  # what it replaced: the ATen op (export) or F's (fx)
 
-    def forward(self, q, k, v, attn_mask=None, dropout_p=None, is_causal=False, scale=None,
-                enable_gqa=False):
+    def forward(
+        self, q, k, v, attn_mask=None, dropout_p=None, is_causal=False, scale=None, enable_gqa=False
+    ):
         if not self.training or self.p == 0.0:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal,
-                                                  scale=scale, enable_gqa=enable_gqa)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
         if enable_gqa and q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
             r = q.shape[-3] // k.shape[-3]
             k, v = k.repeat_interleave(r, -3), v.repeat_interleave(r, -3)
         s = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
         L, S = q.shape[-2], k.shape[-2]
         if is_causal:
-            s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool, device=q.device).tril(),
-                              float("-inf"))
+            s = s.masked_fill(
+                ~torch.ones(L, S, dtype=torch.bool, device=q.device).tril(), float("-inf")
+            )
         if attn_mask is not None:
-            s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            s = (
+                s.masked_fill(~attn_mask, float("-inf"))
+                if attn_mask.dtype == torch.bool
                 else s + attn_mask
+            )
         w = s.softmax(-1)
         return (w * self.mask(w)) @ v
 
@@ -94,6 +102,7 @@ def untie(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, lis
     attention call), which fxgrow can analyse and grow again, and the tied axes by node name
     (``tie_dropout(..., previous=)`` composes them with the next growth's)."""
     import copy
+
     out = copy.deepcopy(gm)
     previous: dict[str, list] = {}
     for node in list(out.graph.nodes):
@@ -104,8 +113,11 @@ def untie(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, lis
             out.add_submodule(node.target, plain)
             previous[node.name] = m.axes
         elif isinstance(m, TiedAttention):
-            target = torch.ops.aten.scaled_dot_product_attention.default if m.aten else \
-                F.scaled_dot_product_attention
+            target = (
+                torch.ops.aten.scaled_dot_product_attention.default
+                if m.aten
+                else F.scaled_dot_product_attention
+            )
             with out.graph.inserting_before(node):
                 call = out.graph.call_function(target, node.args, dict(node.kwargs))
             call.meta = dict(node.meta)
@@ -134,7 +146,8 @@ def _compose(previous: list, axes: list) -> list:
 
 
 def _tied_axes(info: Any, sp: Any, maps: dict) -> list:
-    from ..plan.index_map import expand
+    from ..planning.index_map import expand
+
     axes = []
     for d, layout in enumerate(getattr(info, "layouts", ())):
         index = expand(sp, layout, maps).index
@@ -144,9 +157,18 @@ def _tied_axes(info: Any, sp: Any, maps: dict) -> list:
     return axes
 
 
-def tie_dropout(teacher: nn.Module, student: torch.fx.GraphModule, example_inputs: Any, *,
-                width: Any, seed: int = 0, split: str = "equal", frontend: str = "auto",
-                leaf_modules: Any = (), previous: dict[str, list] | None = None) -> int:
+def tie_dropout(
+    teacher: nn.Module,
+    student: torch.fx.GraphModule,
+    example_inputs: Any,
+    *,
+    width: Any,
+    seed: int = 0,
+    split: str = "equal",
+    frontend: str = "auto",
+    leaf_modules: Any = (),
+    previous: dict[str, list] | None = None,
+) -> int:
     """Replace the student's dropout on widened activations (``nn.Dropout`` modules and
     attention dropout) by tied ones; ``width``, ``seed``, ``split`` as given to
     ``fxgrow.grow`` (the plan is made again from them: the same maps).  Returns how many
@@ -156,7 +178,8 @@ def tie_dropout(teacher: nn.Module, student: torch.fx.GraphModule, example_input
 
     from ..api import analyze
     from ..frontend.modal import _SDPA, TrainingOnly, _free_path
-    from ..plan.plan import make_plan, root_maps
+    from ..planning.plan import make_plan, root_maps
+
     previous = previous or {}
     if not width and not previous:
         return 0
@@ -185,21 +208,27 @@ def tie_dropout(teacher: nn.Module, student: torch.fx.GraphModule, example_input
                 tied += 1
         elif node.op == "call_function" and node.target in _SDPA:
             rate = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p")
-            if not (isinstance(rate, torch.fx.Node) and rate.op == "call_module"
-                    and isinstance(gm.get_submodule(rate.target), TrainingOnly)):
+            if not (
+                isinstance(rate, torch.fx.Node)
+                and rate.op == "call_module"
+                and isinstance(gm.get_submodule(rate.target), TrainingOnly)
+            ):
                 continue
             p = gm.get_submodule(rate.target).p
             out, key = values.get(node), values.get(node.args[1])
             if out is None or key is None:
                 continue
-            weights = type(out)(tuple(out.shape[:-1]) + (key.shape[-2],),
-                                tuple(out.layouts[:-1]) + (key.layouts[-2],))
+            weights = type(out)(
+                tuple(out.shape[:-1]) + (key.shape[-2],),
+                tuple(out.layouts[:-1]) + (key.layouts[-2],),
+            )
             axes = _tied_axes(weights, sp, maps)
             if node.name in previous:
                 axes = _compose(previous[node.name], axes)
             if axes:
-                module = TiedAttention(p, axes, aten=node.target is not
-                                       F.scaled_dot_product_attention)
+                module = TiedAttention(
+                    p, axes, aten=node.target is not F.scaled_dot_product_attention
+                )
                 module.training = student.training
                 path = _free_path(student, twin, "tied_attention")
                 student.add_submodule(path, module)

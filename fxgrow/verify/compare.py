@@ -15,12 +15,14 @@ false alarms, and a bf16 model's rounding is not a bug.  ``verify`` therefore ca
 
 Only a student beyond the bound in both is called a bug in fxgrow's rules: its difference is
 not rounding."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.fx
@@ -30,8 +32,7 @@ from ..analysis.rules.registry import has_trait
 from ..errors import InputError, PreservationError
 from ..modes import preserved, set_training, untouched
 
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2,
-             torch.float16: 5e-3}
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 CALIBRATION = 8.0  # a student may round up to this many times as much as its teacher
 _MEMORY_SHARE = 0.5  # reference copies may take this share of the free memory
 
@@ -57,9 +58,11 @@ class Comparison:
     def __str__(self) -> str:
         text = f"max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g} ({self.mode} mode)"
         if self.reference is not None:
-            text += (f"; against the teacher in {self.reference}: teacher {self.teacher_rel:.3g}, "
-                     f"student {self.student_rel:.3g}; both in {self.reference}: "
-                     f"{self.reference_rel:.3g}")
+            text += (
+                f"; against the teacher in {self.reference}: teacher {self.teacher_rel:.3g}, "
+                f"student {self.student_rel:.3g}; both in {self.reference}: "
+                f"{self.reference_rel:.3g}"
+            )
         return text
 
 
@@ -81,16 +84,27 @@ def outputs(model: torch.nn.Module, example_inputs: tuple, mode: str = "eval") -
 
 
 def _as_tuple(example_inputs: Any) -> tuple:
-    return example_inputs if isinstance(example_inputs, tuple) else \
-        tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
+    return (
+        example_inputs
+        if isinstance(example_inputs, tuple)
+        else tuple(example_inputs)
+        if isinstance(example_inputs, list)
+        else (example_inputs,)
+    )
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: Any, *,
-            mode: str = "eval", reference: bool = False) -> Comparison:
+def compare(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    mode: str = "eval",
+    reference: bool = False,
+) -> Comparison:
     """Run both on ``example_inputs`` in ``mode`` ("eval", or "train" with dropout off; batch
     norm then uses batch statistics) and measure the largest difference.  With ``reference``
     also run float64 copies of both (float32 where those do not fit in memory) and fill in
@@ -107,22 +121,29 @@ def compare(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
     return result
 
 
-def _run_both(teacher: torch.nn.Module, student: torch.nn.Module, inputs: tuple,
-              mode: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _run_both(
+    teacher: torch.nn.Module, student: torch.nn.Module, inputs: tuple, mode: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     try:
         t_out = _tensors(outputs(teacher, inputs, mode))
     except Exception as e:  # the user's model on the user's inputs: an input problem
-        described = ", ".join(f"{tuple(x.shape)} {x.dtype} on {x.device}"
-                              if isinstance(x, torch.Tensor) else type(x).__name__
-                              for x in inputs)
+        described = ", ".join(
+            f"{tuple(x.shape)} {x.dtype} on {x.device}"
+            if isinstance(x, torch.Tensor)
+            else type(x).__name__
+            for x in inputs
+        )
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputError(f"the teacher does not run on the example inputs ({described}): "
-                         f"{type(e).__name__}: {first}. Pass inputs of the number, shape, "
-                         f"dtype and device the model expects.") from e
+        raise InputError(
+            f"the teacher does not run on the example inputs ({described}): "
+            f"{type(e).__name__}: {first}. Pass inputs of the number, shape, "
+            f"dtype and device the model expects."
+        ) from e
     try:
         s_out = _tensors(outputs(student, inputs, mode))
     except Exception as e:
         from .runs import student_failure
+
         raise student_failure(student, inputs, e) from e
     positions = getattr(student, "meta", {}).get("fxgrow_output_positions")
     if positions is not None and len(positions) == len(s_out):
@@ -131,8 +152,9 @@ def _run_both(teacher: torch.nn.Module, student: torch.nn.Module, inputs: tuple,
         raise PreservationError(f"teacher returns {len(t_out)} tensors, student {len(s_out)}")
     for t, s in zip(t_out, s_out):
         if t.shape != s.shape:
-            raise PreservationError(f"output shapes differ: teacher {tuple(t.shape)}, student "
-                                    f"{tuple(s.shape)}")
+            raise PreservationError(
+                f"output shapes differ: teacher {tuple(t.shape)}, student {tuple(s.shape)}"
+            )
     return t_out, s_out
 
 
@@ -192,21 +214,26 @@ def _free_memory(device: torch.device) -> int:
         return torch.cuda.mem_get_info(device)[0]
     try:
         import psutil
+
         return psutil.virtual_memory().available
     except Exception:  # without psutil: assume a few GiB
         return 4 << 30
 
 
-def _reference_dtypes(teacher: torch.nn.Module, student: torch.nn.Module,
-                      dtype: torch.dtype) -> list[torch.dtype]:
+def _reference_dtypes(
+    teacher: torch.nn.Module, student: torch.nn.Module, dtype: torch.dtype
+) -> list[torch.dtype]:
     """Dtypes more precise than ``dtype`` whose copies of both models fit in memory."""
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     if device.type == "meta":
         return []
     free = _free_memory(device) * _MEMORY_SHARE
     order = [torch.float64, torch.float32]
-    better = [d for d in order if torch.finfo(d).eps < torch.finfo(dtype).eps] \
-        if dtype.is_floating_point else []
+    better = (
+        [d for d in order if torch.finfo(d).eps < torch.finfo(dtype).eps]
+        if dtype.is_floating_point
+        else []
+    )
     return [d for d in better if _bytes(teacher, d) + _bytes(student, d) <= free]
 
 
@@ -240,8 +267,9 @@ def _retarget(model: torch.nn.Module, old: torch.dtype, new: torch.dtype) -> tor
     return model
 
 
-def _reference_run(teacher: torch.nn.Module, student: torch.nn.Module, inputs: tuple, mode: str,
-                   dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+def _reference_run(
+    teacher: torch.nn.Module, student: torch.nn.Module, inputs: tuple, mode: str, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """Outputs of copies of both models cast to ``dtype``; None if either does not run so."""
     own = model_dtype(inputs, teacher)
     try:
@@ -262,8 +290,14 @@ def _reference_run(teacher: torch.nn.Module, student: torch.nn.Module, inputs: t
     return t_ref, s_ref
 
 
-def _with_reference(result: Comparison, teacher: torch.nn.Module, student: torch.nn.Module,
-                    inputs: tuple, t_out: list, s_out: list) -> Comparison:
+def _with_reference(
+    result: Comparison,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    inputs: tuple,
+    t_out: list,
+    s_out: list,
+) -> Comparison:
     for dtype in _reference_dtypes(teacher, student, model_dtype(inputs, teacher)):
         run = _reference_run(teacher, student, inputs, result.mode, dtype)
         if run is None:
@@ -271,18 +305,36 @@ def _with_reference(result: Comparison, teacher: torch.nn.Module, student: torch
         t_ref, s_ref = run
         _, scale = _difference(t_ref, t_ref)
         scale = scale or 1.0
-        return Comparison(result.max_abs, result.max_rel, result.mode, str(dtype).split(".")[-1],
-                          _difference(t_ref, t_out)[0] / scale,
-                          _difference(t_ref, s_out)[0] / scale,
-                          _difference(t_ref, s_ref)[0] / scale)
+        return Comparison(
+            result.max_abs,
+            result.max_rel,
+            result.mode,
+            str(dtype).split(".")[-1],
+            _difference(t_ref, t_out)[0] / scale,
+            _difference(t_ref, s_out)[0] / scale,
+            _difference(t_ref, s_ref)[0] / scale,
+        )
     if model_dtype(inputs, teacher) == torch.float64:  # the teacher is its own reference
-        return Comparison(result.max_abs, result.max_rel, result.mode, "float64", 0.0,
-                          result.max_rel, result.max_rel)
+        return Comparison(
+            result.max_abs,
+            result.max_rel,
+            result.mode,
+            "float64",
+            0.0,
+            result.max_rel,
+            result.max_rel,
+        )
     return result
 
 
-def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: tuple, *,
-           mode: str = "eval", tol: float | None = None) -> Comparison:
+def verify(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    example_inputs: tuple,
+    *,
+    mode: str = "eval",
+    tol: float | None = None,
+) -> Comparison:
     """``compare`` and raise :class:`PreservationError` unless the student is exact up to
     rounding: within the dtype's floor, or calibrated against a float64 reference (see the
     module's docstring).  An explicit ``tol`` is a plain bound on max_rel instead."""
@@ -292,7 +344,8 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: t
         if not result.max_rel <= tol:
             raise PreservationError(
                 f"the student does not compute the teacher's function: {result} exceeds the "
-                f"tolerance {tol:g} given.")
+                f"tolerance {tol:g} given."
+            )
         return result
     dtype = model_dtype(inputs, teacher)
     floor = TOLERANCE.get(dtype, 1e-5)
@@ -307,9 +360,13 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: t
             f"to tell rounding from a wrong student (too little memory, or a model that only "
             f"runs in {name}). If the difference is not rounding it is a bug in fxgrow's "
             f"rules for this model; please report it (pass verify=False to get the student "
-            f"anyway).")
-    assert result.teacher_rel is not None and result.student_rel is not None and \
-        result.reference_rel is not None
+            f"anyway)."
+        )
+    assert (
+        result.teacher_rel is not None
+        and result.student_rel is not None
+        and result.reference_rel is not None
+    )
     bound = max(floor, CALIBRATION * result.teacher_rel)
     exact = TOLERANCE.get(getattr(torch, result.reference), 1e-5)
     if result.student_rel <= bound or result.reference_rel <= max(exact, bound):
@@ -321,4 +378,5 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: t
         f"{bound:.3g} ({CALIBRATION:g} x the teacher's, at least {floor:g}), and run in "
         f"{result.reference} both still differ by {result.reference_rel:.3g}: not "
         f"rounding. This is a bug in fxgrow's rules for this model; please report it with the "
-        f"model (pass verify=False to get the student anyway). [{result}]")
+        f"model (pass verify=False to get the student anyway). [{result}]"
+    )

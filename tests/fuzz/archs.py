@@ -24,11 +24,13 @@ embeddings, tied weights, modules called twice, residual stages) plus ops it doe
 (sums, unbiased variances, softmax, cumsum and L2-normalisation over channels, an opaque
 ``torch.fx.wrap``-ed function).  docs/robustness.md has the table.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
@@ -36,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-MAX_C = 8      # channel widths are drawn in [1, MAX_C]
+MAX_C = 8  # channel widths are drawn in [1, MAX_C]
 BATCH = 2
 
 
@@ -67,7 +69,7 @@ class Meta:
     def c(self) -> int:
         return self.shape[self.axis - 1]
 
-    def with_c(self, c: int) -> "Meta":
+    def with_c(self, c: int) -> Meta:
         s = list(self.shape)
         s[self.axis - 1] = c
         return Meta(self.kind, tuple(s), self.hw)
@@ -164,19 +166,31 @@ def _width(draw, lo: int = 1) -> int:
 
 
 _ACTS: dict[str, Callable] = {
-    "relu": lambda m, x: m["f"](x), "relu_f": lambda m, x: F.relu(x),
-    "relu_m": lambda m, x: x.relu(), "relu_inplace": lambda m, x: m["f"](x.clone()),
-    "gelu": lambda m, x: m["f"](x), "tanh": lambda m, x: torch.tanh(x),
-    "sigmoid": lambda m, x: m["f"](x), "silu": lambda m, x: F.silu(x),
-    "hardswish": lambda m, x: m["f"](x), "leaky": lambda m, x: m["f"](x),
-    "relu6": lambda m, x: m["f"](x), "prelu": lambda m, x: m["f"](x),
+    "relu": lambda m, x: m["f"](x),
+    "relu_f": lambda m, x: F.relu(x),
+    "relu_m": lambda m, x: x.relu(),
+    "relu_inplace": lambda m, x: m["f"](x.clone()),
+    "gelu": lambda m, x: m["f"](x),
+    "tanh": lambda m, x: torch.tanh(x),
+    "sigmoid": lambda m, x: m["f"](x),
+    "silu": lambda m, x: F.silu(x),
+    "hardswish": lambda m, x: m["f"](x),
+    "leaky": lambda m, x: m["f"](x),
+    "relu6": lambda m, x: m["f"](x),
+    "prelu": lambda m, x: m["f"](x),
     "dropout": lambda m, x: m["f"](x),
 }
-_ACT_MODULES = {"relu": lambda c: nn.ReLU(), "relu_inplace": lambda c: nn.ReLU(inplace=True),
-                "gelu": lambda c: nn.GELU(), "sigmoid": lambda c: nn.Sigmoid(),
-                "hardswish": lambda c: nn.Hardswish(), "leaky": lambda c: nn.LeakyReLU(0.1),
-                "relu6": lambda c: nn.ReLU6(), "prelu": lambda c: nn.PReLU(c),
-                "dropout": lambda c: nn.Dropout(0.5)}
+_ACT_MODULES = {
+    "relu": lambda c: nn.ReLU(),
+    "relu_inplace": lambda c: nn.ReLU(inplace=True),
+    "gelu": lambda c: nn.GELU(),
+    "sigmoid": lambda c: nn.Sigmoid(),
+    "hardswish": lambda c: nn.Hardswish(),
+    "leaky": lambda c: nn.LeakyReLU(0.1),
+    "relu6": lambda c: nn.ReLU6(),
+    "prelu": lambda c: nn.PReLU(c),
+    "dropout": lambda c: nn.Dropout(0.5),
+}
 
 
 @register
@@ -214,12 +228,15 @@ class Conv(Op):
         if mode == "depthwise":
             out, groups = c * draw(st.sampled_from([1, 2])), c
         elif mode == "grouped" and c >= 2:
-            groups = draw(st.sampled_from([g for g in _divisors(c) if 1 < g]))
+            groups = draw(st.sampled_from([g for g in _divisors(c) if g > 1]))
             out = groups * draw(st.integers(1, max(1, MAX_C // groups)))
         else:
             out, groups = _width(draw), 1
-        return Step(self.name, (src,), {"out": out, "k": k, "stride": stride, "groups": groups,
-                                        "bias": bias})
+        return Step(
+            self.name,
+            (src,),
+            {"out": out, "k": k, "stride": stride, "groups": groups, "bias": bias},
+        )
 
     def meta(self, pool, s):
         m, p = pool[s.inputs[0]], s.params
@@ -229,8 +246,17 @@ class Conv(Op):
 
     def build(self, pool, s):
         p = s.params
-        return {"conv": nn.Conv2d(pool[s.inputs[0]].c, p["out"], p["k"], p["stride"],
-                                  p["k"] // 2, groups=p["groups"], bias=p["bias"])}
+        return {
+            "conv": nn.Conv2d(
+                pool[s.inputs[0]].c,
+                p["out"],
+                p["k"],
+                p["stride"],
+                p["k"] // 2,
+                groups=p["groups"],
+                bias=p["bias"],
+            )
+        }
 
     def run(self, mods, xs, p, ms):
         return [mods["conv"](xs[0])]
@@ -255,8 +281,11 @@ class FConv(Op):
     kinds = ("map",)
 
     def draw(self, draw, pool, src):
-        return Step(self.name, (src,), {"out": _width(draw), "k": draw(st.sampled_from([1, 3])),
-                                        "bias": draw(st.booleans())})
+        return Step(
+            self.name,
+            (src,),
+            {"out": _width(draw), "k": draw(st.sampled_from([1, 3])), "bias": draw(st.booleans())},
+        )
 
     def meta(self, pool, s):
         m = pool[s.inputs[0]]
@@ -317,8 +346,11 @@ class Norm(Op):
 
     def draw(self, draw, pool, src):
         m = pool[src]
-        kinds = {"map": ["bn", "gn", "ln_cl", "ln_chw", "ln_f"],
-                 "seq": ["ln", "ln_f", "ln_ld", "bn_seq"], "vec": ["bn", "ln"]}[m.kind]
+        kinds = {
+            "map": ["bn", "gn", "ln_cl", "ln_chw", "ln_f"],
+            "seq": ["ln", "ln_f", "ln_ld", "bn_seq"],
+            "vec": ["bn", "ln"],
+        }[m.kind]
         kind = draw(st.sampled_from(kinds))
         p = {"kind": kind}
         if kind == "gn":
@@ -362,9 +394,14 @@ class _Affine(nn.Module):
 
 
 _BINARY: dict[str, Callable] = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "torch_add": lambda a, b: torch.add(a, b), "method_add": lambda a, b: a.add(b),
-    "maximum": lambda a, b: torch.maximum(a, b), "iadd": None, "rmul": lambda a, b: b * a,
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "torch_add": lambda a, b: torch.add(a, b),
+    "method_add": lambda a, b: a.add(b),
+    "maximum": lambda a, b: torch.maximum(a, b),
+    "iadd": None,
+    "rmul": lambda a, b: b * a,
     "where": lambda a, b: torch.where(a > 0, a, b),
     "stack_mean": lambda a, b: torch.stack([a, b], 0).mean(0),
 }
@@ -398,8 +435,11 @@ class Binary(Op):
 
 
 def _broadcasts(b: Meta, a: Meta) -> bool:
-    return b.kind == a.kind and len(b.shape) == len(a.shape) and \
-        all(y in (x, 1) for x, y in zip(a.shape, b.shape))
+    return (
+        b.kind == a.kind
+        and len(b.shape) == len(a.shape)
+        and all(y in (x, 1) for x, y in zip(a.shape, b.shape))
+    )
 
 
 @register
@@ -414,8 +454,11 @@ class Gate(Op):
 
     def draw(self, draw, pool, src):
         forms = self.FORMS if pool[src].kind == "map" else ["seq"]
-        return Step(self.name, (src,), {"form": draw(st.sampled_from(forms)),
-                                        "hidden": draw(st.integers(1, 4))})
+        return Step(
+            self.name,
+            (src,),
+            {"form": draw(st.sampled_from(forms)), "hidden": draw(st.integers(1, 4))},
+        )
 
     def build(self, pool, s):
         c, hid = pool[s.inputs[0]].c, s.params["hidden"]
@@ -547,10 +590,13 @@ class Split(Op):
         elif mode == "narrow":
             pieces = [x.narrow(d, p["start"], p["stop"] - p["start"])]
         elif mode == "index" and d == 1:
-            pieces = [x[:, p["start"]:p["stop"]]]
+            pieces = [x[:, p["start"] : p["stop"]]]
         else:
-            pieces = [x[..., p["start"]:p["stop"]] if ms[0].kind == "seq" else
-                      x[:, p["start"]:p["stop"], ...]]
+            pieces = [
+                x[..., p["start"] : p["stop"]]
+                if ms[0].kind == "seq"
+                else x[:, p["start"] : p["stop"], ...]
+            ]
         if "order" in p:
             pieces.append(torch.cat([pieces[k] for k in p["order"]], d))
         return pieces
@@ -565,8 +611,11 @@ class Pool(Op):
         return m.kind == "map" and m.shape[1] >= 2 and m.shape[2] >= 2
 
     def draw(self, draw, pool, src):
-        return Step(self.name, (src,), {"fn": draw(st.sampled_from(
-            ["max", "avg", "fmax", "adaptive1", "adaptive2"]))})
+        return Step(
+            self.name,
+            (src,),
+            {"fn": draw(st.sampled_from(["max", "avg", "fmax", "adaptive1", "adaptive2"]))},
+        )
 
     def meta(self, pool, s):
         m = pool[s.inputs[0]]
@@ -598,8 +647,9 @@ class Shuffle(Op):
 
     def draw(self, draw, pool, src):
         c = pool[src].c
-        fns = ["repeat", "repeat_interleave"] + (["channel_shuffle"] if c >= 4 and c % 2 == 0
-                                                 else [])
+        fns = ["repeat", "repeat_interleave"] + (
+            ["channel_shuffle"] if c >= 4 and c % 2 == 0 else []
+        )
         return Step(self.name, (src,), {"fn": draw(st.sampled_from(fns))})
 
     def meta(self, pool, s):
@@ -661,10 +711,16 @@ class ToVec(Op):
     kinds = ("map", "seq")
 
     def draw(self, draw, pool, src):
-        forms = ["gap", "mean", "flatten", "view", "reshape_const", "nn_flatten", "flatten_cl"] \
-            if pool[src].kind == "map" else ["token_mean", "first_token", "flatten_tokens"]
-        return Step(self.name, (src,), {"form": draw(st.sampled_from(forms)),
-                                        "n": math.prod(pool[src].shape)})
+        forms = (
+            ["gap", "mean", "flatten", "view", "reshape_const", "nn_flatten", "flatten_cl"]
+            if pool[src].kind == "map"
+            else ["token_mean", "first_token", "flatten_tokens"]
+        )
+        return Step(
+            self.name,
+            (src,),
+            {"form": draw(st.sampled_from(forms)), "n": math.prod(pool[src].shape)},
+        )
 
     def meta(self, pool, s):
         m = pool[s.inputs[0]]
@@ -711,8 +767,11 @@ class ToSeq(Op):
     kinds = ("map",)
 
     def draw(self, draw, pool, src):
-        return Step(self.name, (src,), {"form": draw(st.sampled_from(
-            ["flatten_transpose", "permute_reshape"]))})
+        return Step(
+            self.name,
+            (src,),
+            {"form": draw(st.sampled_from(["flatten_transpose", "permute_reshape"]))},
+        )
 
     def meta(self, pool, s):
         m = pool[s.inputs[0]]
@@ -736,8 +795,11 @@ class ToMap(Op):
         return m.kind == "seq" and m.hw is not None
 
     def draw(self, draw, pool, src):
-        return Step(self.name, (src,), {"form": draw(st.sampled_from(["transpose", "permute"])),
-                                        "hw": tuple(pool[src].hw)})
+        return Step(
+            self.name,
+            (src,),
+            {"form": draw(st.sampled_from(["transpose", "permute"])), "hw": tuple(pool[src].hw)},
+        )
 
     def meta(self, pool, s):
         m = pool[s.inputs[0]]
@@ -745,9 +807,11 @@ class ToMap(Op):
 
     def run(self, mods, xs, p, ms):
         x = xs[0]
-        return [x.transpose(1, 2).reshape(BATCH, x.shape[2], *p["hw"])] \
-            if p["form"] == "transpose" else \
-            [x.unflatten(1, tuple(p["hw"])).permute(0, 3, 1, 2)]
+        return (
+            [x.transpose(1, 2).reshape(BATCH, x.shape[2], *p["hw"])]
+            if p["form"] == "transpose"
+            else [x.unflatten(1, tuple(p["hw"])).permute(0, 3, 1, 2)]
+        )
 
 
 @register
@@ -765,14 +829,24 @@ class Attention(Op):
         form = draw(st.sampled_from(["manual", "sdpa", "mha", "einsum"]))
         if form == "mha":
             heads = draw(st.sampled_from(_divisors(d)))
-            return Step(self.name, (src,), {"form": form, "heads": heads, "dim": d // heads,
-                                            "out": d})
+            return Step(
+                self.name, (src,), {"form": form, "heads": heads, "dim": d // heads, "out": d}
+            )
         heads = draw(st.integers(1, 3))
         dim = draw(st.integers(1, 3))
-        return Step(self.name, (src,), {
-            "form": form, "heads": heads, "dim": dim, "out": _width(draw),
-            "fused": draw(st.booleans()), "split": draw(st.sampled_from(self.HEADS)),
-            "merge": draw(st.sampled_from(["reshape", "flatten", "view_minus_one"]))})
+        return Step(
+            self.name,
+            (src,),
+            {
+                "form": form,
+                "heads": heads,
+                "dim": dim,
+                "out": _width(draw),
+                "fused": draw(st.booleans()),
+                "split": draw(st.sampled_from(self.HEADS)),
+                "merge": draw(st.sampled_from(["reshape", "flatten", "view_minus_one"])),
+            },
+        )
 
     def meta(self, pool, s):
         return [pool[s.inputs[0]].with_c(s.params["out"])]
@@ -806,6 +880,7 @@ class Attention(Op):
             if p["split"] == "view_size":
                 return t.view(t.size(0), t.size(1), h, -1).transpose(1, 2)
             return t.unflatten(-1, (h, dh)).permute(0, 2, 1, 3)
+
         q, k, v = heads(q), heads(k), heads(v)
         if p["form"] == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v)
@@ -813,7 +888,7 @@ class Attention(Op):
             a = torch.einsum("bhld,bhmd->bhlm", q, k) / math.sqrt(dh)
             o = torch.einsum("bhlm,bhmd->bhld", a.softmax(-1), v)
         else:
-            a = torch.softmax(q @ k.transpose(-2, -1) * dh ** -0.5, dim=-1)
+            a = torch.softmax(q @ k.transpose(-2, -1) * dh**-0.5, dim=-1)
             o = torch.matmul(a, v)
         o = o.transpose(1, 2)
         if p["merge"] == "reshape":
@@ -889,8 +964,18 @@ class Upsample(Op):
         return [x.view(BATCH, g, c // g, h, w).transpose(1, 2).reshape(BATCH, c, h, w)]
 
 
-REUSABLE = ("conv", "fconv", "linear", "norm", "gate", "attn", "act", "flinear", "token_mix",
-            "blocks")
+REUSABLE = (
+    "conv",
+    "fconv",
+    "linear",
+    "norm",
+    "gate",
+    "attn",
+    "act",
+    "flinear",
+    "token_mix",
+    "blocks",
+)
 
 
 @register
@@ -955,8 +1040,15 @@ class FLinear(Op):
 
     def draw(self, draw, pool, src):
         forms = ["flinear", "matmul", "einsum_seq" if pool[src].kind == "seq" else "einsum_vec"]
-        return Step(self.name, (src,), {"out": _width(draw), "form": draw(st.sampled_from(forms)),
-                                        "bias": draw(st.booleans())})
+        return Step(
+            self.name,
+            (src,),
+            {
+                "out": _width(draw),
+                "form": draw(st.sampled_from(forms)),
+                "bias": draw(st.booleans()),
+            },
+        )
 
     def meta(self, pool, s):
         return [pool[s.inputs[0]].with_c(s.params["out"])]
@@ -998,8 +1090,11 @@ class Embed(Op):
     kinds = ("ids",)
 
     def draw(self, draw, pool, src):
-        return Step(self.name, (src,), {"out": _width(draw, 2),
-                                        "form": draw(st.sampled_from(["module", "functional"]))})
+        return Step(
+            self.name,
+            (src,),
+            {"out": _width(draw, 2), "form": draw(st.sampled_from(["module", "functional"]))},
+        )
 
     def meta(self, pool, s):
         return [Meta("seq", (pool[s.inputs[0]].shape[0], s.params["out"]))]
@@ -1045,10 +1140,11 @@ class FuzzBlock(nn.Module):
         super().__init__()
         self.kind = kind
         if kind == "basic":
-            self.conv1, self.bn1 = nn.Conv2d(c, hidden, 3, padding=1, bias=False), \
-                nn.BatchNorm2d(hidden)
-            self.conv2, self.bn2 = nn.Conv2d(hidden, c, 3, padding=1, bias=False), \
-                nn.BatchNorm2d(c)
+            self.conv1, self.bn1 = (
+                nn.Conv2d(c, hidden, 3, padding=1, bias=False),
+                nn.BatchNorm2d(hidden),
+            )
+            self.conv2, self.bn2 = nn.Conv2d(hidden, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
         else:
             self.ln = nn.LayerNorm(c)
             self.fc1, self.fc2 = nn.Linear(c, hidden), nn.Linear(hidden, c)
@@ -1071,25 +1167,61 @@ class Blocks(Op):
 
     def draw(self, draw, pool, src):
         kinds = ["basic"] if pool[src].kind == "map" else ["prenorm", "postnorm"]
-        return Step(self.name, (src,), {"kind": draw(st.sampled_from(kinds)),
-                                        "n": draw(st.integers(1, 3)), "hidden": _width(draw)})
+        return Step(
+            self.name,
+            (src,),
+            {
+                "kind": draw(st.sampled_from(kinds)),
+                "n": draw(st.integers(1, 3)),
+                "hidden": _width(draw),
+            },
+        )
 
     def build(self, pool, s):
         p = s.params
-        return {"stage": nn.Sequential(*[FuzzBlock(pool[s.inputs[0]].c, p["kind"], p["hidden"])
-                                         for _ in range(p["n"])])}
+        return {
+            "stage": nn.Sequential(
+                *[FuzzBlock(pool[s.inputs[0]].c, p["kind"], p["hidden"]) for _ in range(p["n"])]
+            )
+        }
 
     def run(self, mods, xs, p, ms):
         return [mods["stage"](xs[0])]
 
 
 # the order in which hypothesis shrinks op choices: simplest first
-from . import archs_mixers  # noqa: E402, F401  (registers shape_mix, inplace, gather, rel_attn)
+from . import archs_mixers  # noqa: F401  (registers shape_mix, inplace, gather, rel_attn)
 
-OP_ORDER = ["act", "conv", "linear", "norm", "binary", "cat", "split", "pool", "gate",
-            "to_vec", "to_seq", "to_map", "attn", "fconv", "shuffle", "reduce", "upsample",
-            "reuse", "tied", "flinear", "token_mix", "embed", "condition", "blocks",
-            "shape_mix", "inplace", "gather", "rel_attn"]
+OP_ORDER = [
+    "act",
+    "conv",
+    "linear",
+    "norm",
+    "binary",
+    "cat",
+    "split",
+    "pool",
+    "gate",
+    "to_vec",
+    "to_seq",
+    "to_map",
+    "attn",
+    "fconv",
+    "shuffle",
+    "reduce",
+    "upsample",
+    "reuse",
+    "tied",
+    "flinear",
+    "token_mix",
+    "embed",
+    "condition",
+    "blocks",
+    "shape_mix",
+    "inplace",
+    "gather",
+    "rel_attn",
+]
 assert sorted(OP_ORDER) == sorted(OPS)
 
 
@@ -1118,8 +1250,11 @@ class FuzzNet(nn.Module):
             elif s.op == "tied":
                 owner = self.steps[s.params["step"]]
                 mods = {"weight": owner["emb" if s.params.get("embedding") else "fc"].weight}
-            pool.extend(OPS[s.op].run(mods, [pool[i] for i in s.inputs], s.params,
-                                      [metas[i] for i in s.inputs]))
+            pool.extend(
+                OPS[s.op].run(
+                    mods, [pool[i] for i in s.inputs], s.params, [metas[i] for i in s.inputs]
+                )
+            )
         outs = []
         for (i, head), m in zip(self.program.outputs, self.heads):
             y = pool[i]
@@ -1144,8 +1279,10 @@ def build(program: Program) -> tuple[nn.Module, torch.Tensor]:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 2 - 1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
-            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-                              _Affine)) and getattr(m, "weight", None) is not None:
+            if (
+                isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, _Affine))
+                and getattr(m, "weight", None) is not None
+            ):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
             if isinstance(m, nn.PReLU):
@@ -1177,28 +1314,54 @@ def programs(draw, max_steps: int = 8, dtypes=("float64",)) -> Program:
     pool = [input_meta(spec)]
     steps = []
     for k in range(draw(st.integers(1, max_steps))):
-        reuse = [(j, i) for j, s in enumerate(steps) if s.op in REUSABLE
-                 for i in range(len(pool)) if pool[i] == pool[s.inputs[0]] and i != s.inputs[0]]
-        owners = [j for j, s in enumerate(steps)
-                  if s.op == "embed" or s.op == "linear" and "form" not in s.params]
-        tied = [(j, i) for j in owners for i in range(len(pool))
-                if pool[i].kind in ("seq", "vec") and pool[i].c == steps[j].params["out"]]
+        reuse = [
+            (j, i)
+            for j, s in enumerate(steps)
+            if s.op in REUSABLE
+            for i in range(len(pool))
+            if pool[i] == pool[s.inputs[0]] and i != s.inputs[0]
+        ]
+        owners = [
+            j
+            for j, s in enumerate(steps)
+            if s.op == "embed" or s.op == "linear" and "form" not in s.params
+        ]
+        tied = [
+            (j, i)
+            for j in owners
+            for i in range(len(pool))
+            if pool[i].kind in ("seq", "vec") and pool[i].c == steps[j].params["out"]
+        ]
         conditioned = {m.c for m in pool if m.kind == "vec"}
-        usable = [name for name in OP_ORDER if any(OPS[name].ok(m) for m in pool)
-                  and (name != "reuse" or reuse) and (name != "tied" or tied)
-                  and (name != "condition" or any(m.kind in ("map", "seq") and m.c in
-                                                  conditioned for m in pool))]
+        usable = [
+            name
+            for name in OP_ORDER
+            if any(OPS[name].ok(m) for m in pool)
+            and (name != "reuse" or reuse)
+            and (name != "tied" or tied)
+            and (
+                name != "condition"
+                or any(m.kind in ("map", "seq") and m.c in conditioned for m in pool)
+            )
+        ]
         # a stem layer reads the input, so every model has at least one channel space
-        name = {"map": "conv", "seq": "linear", "ids": "embed"}[spec[0]] if k == 0 else \
-            draw(st.sampled_from(usable))
+        name = (
+            {"map": "conv", "seq": "linear", "ids": "embed"}[spec[0]]
+            if k == 0
+            else draw(st.sampled_from(usable))
+        )
         op = OPS[name]
         if name in ("reuse", "tied"):
             cands = reuse if name == "reuse" else tied
             j, src = cands[draw(st.integers(0, len(cands) - 1))]
             orig = steps[j]
-            params = {"step": j, "op": orig.op, "params": orig.params} if name == "reuse" else \
-                {"step": j, "in": pool[orig.inputs[0]].shape[1], "embedding": True} \
-                if orig.op == "embed" else {"step": j, "in": pool[orig.inputs[0]].c}
+            params = (
+                {"step": j, "op": orig.op, "params": orig.params}
+                if name == "reuse"
+                else {"step": j, "in": pool[orig.inputs[0]].shape[1], "embedding": True}
+                if orig.op == "embed"
+                else {"step": j, "in": pool[orig.inputs[0]].c}
+            )
             step = Step(name, (src,), params)
         elif name == "condition":
             src = _pick(draw, pool, lambda m: op.ok(m) and m.c in conditioned)
@@ -1215,5 +1378,10 @@ def programs(draw, max_steps: int = 8, dtypes=("float64",)) -> Program:
     used = {i for s in steps for i in s.inputs}
     leaves = [i for i in range(len(pool)) if i not in used][-3:]
     outputs = [(i, draw(st.sampled_from(["linear", "linear", "raw"]))) for i in leaves]
-    return Program(spec, steps, tuple(outputs), draw(st.sampled_from(list(dtypes))),
-                   draw(st.integers(0, 2 ** 16)))
+    return Program(
+        spec,
+        steps,
+        tuple(outputs),
+        draw(st.sampled_from(list(dtypes))),
+        draw(st.integers(0, 2**16)),
+    )

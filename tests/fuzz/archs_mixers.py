@@ -14,6 +14,7 @@
 * ``rel_attn``: hand-written attention with a relative-position bias table gathered by an
   index buffer, heads merged back with the size read from ``x.shape``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,11 @@ class ShapeMix(Op):
 
     def draw(self, draw, pool, src):
         m = pool[src]
-        forms = ["issue", "minus_one", "arith", "view_shape"] if m.kind == "map" else \
-            ["issue", "minus_one", "view_shape"]
+        forms = (
+            ["issue", "minus_one", "arith", "view_shape"]
+            if m.kind == "map"
+            else ["issue", "minus_one", "view_shape"]
+        )
         p = {"form": draw(st.sampled_from(forms)), "block": draw(st.booleans())}
         if p["form"] == "arith":
             p["g"] = draw(st.sampled_from(_divisors(m.c)))
@@ -85,8 +89,11 @@ class Inplace(Op):
     FORMS = ("mul_", "add_", "iadd", "relu_", "masked_fill_")
 
     def draw(self, draw, pool, src):
-        return Step(self.name, (src,), {"forms": draw(st.lists(st.sampled_from(self.FORMS),
-                                                               min_size=1, max_size=3))})
+        return Step(
+            self.name,
+            (src,),
+            {"forms": draw(st.lists(st.sampled_from(self.FORMS), min_size=1, max_size=3))},
+        )
 
     def run(self, mods, xs, p, ms):
         y = xs[0] * 1.5  # a fresh tensor: the pool entry itself is never changed
@@ -118,8 +125,11 @@ class Gather(Op):
         n = m.shape[1] if m.kind == "map" else m.shape[0]  # H, or L
         forms = ["getitem", "index_select"] + (["table"] if m.kind == "seq" else [])
         index = draw(st.lists(st.integers(0, n - 1), min_size=n, max_size=n))
-        return Step(self.name, (src,), {"form": draw(st.sampled_from(forms)), "index": index,
-                                        "entries": n + 1})
+        return Step(
+            self.name,
+            (src,),
+            {"form": draw(st.sampled_from(forms)), "index": index, "entries": n + 1},
+        )
 
     def build(self, pool, s):
         p, m = s.params, pool[s.inputs[0]]
@@ -143,15 +153,22 @@ class RelAttn(Op):
 
     def draw(self, draw, pool, src):
         d = pool[src].c
-        return Step(self.name, (src,), {"heads": draw(st.sampled_from(_divisors(d))),
-                                        "scale_first": draw(st.booleans())})
+        return Step(
+            self.name,
+            (src,),
+            {"heads": draw(st.sampled_from(_divisors(d))), "scale_first": draw(st.booleans())},
+        )
 
     def build(self, pool, s):
         L, d = pool[s.inputs[0]].shape
         h = s.params["heads"]
         rel = [i - j + L - 1 for i in range(L) for j in range(L)]
-        return {"qkv": nn.Linear(d, 3 * d), "proj": nn.Linear(d, d),
-                "bias": _Index(rel, (2 * L - 1, h)), "drop": nn.Dropout(0.0)}
+        return {
+            "qkv": nn.Linear(d, 3 * d),
+            "proj": nn.Linear(d, d),
+            "bias": _Index(rel, (2 * L - 1, h)),
+            "drop": nn.Dropout(0.0),
+        }
 
     def run(self, mods, xs, p, ms):
         x = xs[0]
@@ -164,5 +181,3 @@ class RelAttn(Op):
         a = a + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
         a = mods["drop"](a.softmax(dim=-1))
         return [mods["proj"]((a @ v).transpose(1, 2).reshape(B, N, C))]
-
-

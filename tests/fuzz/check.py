@@ -22,6 +22,7 @@ widening); and the symmetry probe.
 part of the program (factor, which group, where to deepen) derive from ``program.seed``, so a
 program alone reproduces a failure.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,7 +48,7 @@ TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 
 @dataclass(frozen=True)
 class Failure:
-    kind: str    # wrong | crash | unnamed | mutated | probe
+    kind: str  # wrong | crash | unnamed | mutated | probe
     action: str  # what was being done ("widen factor=1.5", "deepen identity after relu" ...)
     detail: str
 
@@ -72,13 +73,19 @@ class Report:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
 
-_KINDS = [("widen the student again", "widen the student again"),
-          ("widen factor=2 outputs", "widen, growing outputs"), ("widen factor", "widen factor"),
-          ("widen widths", "widen widths={name: w}"), ("widen group", "widen one group alone"),
-          ("deepen identity after relu", "deepen identity after a ReLU"),
-          ("deepen identity", "deepen identity after a random node"),
-          ("deepen residual", "deepen residual"), ("deepen block", "deepen block"),
-          ("grow", "grow blocks (and width)"), ("analyze", "analyze")]
+_KINDS = [
+    ("widen the student again", "widen the student again"),
+    ("widen factor=2 outputs", "widen, growing outputs"),
+    ("widen factor", "widen factor"),
+    ("widen widths", "widen widths={name: w}"),
+    ("widen group", "widen one group alone"),
+    ("deepen identity after relu", "deepen identity after a ReLU"),
+    ("deepen identity", "deepen identity after a random node"),
+    ("deepen residual", "deepen residual"),
+    ("deepen block", "deepen block"),
+    ("grow", "grow blocks (and width)"),
+    ("analyze", "analyze"),
+]
 
 
 def action_kind(action: str) -> str:
@@ -137,8 +144,9 @@ class Checker:
         self.tol = TOL[self.dtype]
         self.rng = random.Random(program.seed)
         self.report = Report([])
-        self.names = _names(fxgrow.trace(self.model)) | \
-            {name for name, _ in self.model.named_modules() if name}
+        self.names = _names(fxgrow.trace(self.model)) | {
+            name for name, _ in self.model.named_modules() if name
+        }
 
     def fail(self, kind: str, action: str, detail: str) -> None:
         self.report.failures.append(Failure(kind, action, detail))
@@ -164,7 +172,7 @@ class Checker:
             else:
                 self.fail("unnamed", action, message)
             return None
-        except Exception as e:  # noqa: BLE001 -- anything else is a bug
+        except Exception as e:
             tb = traceback.format_exc(limit=-3)
             self.fail("crash", action, f"{type(e).__name__}: {e}\n{tb}")
             return None
@@ -182,7 +190,7 @@ class Checker:
         """Run a check that must not raise; an exception is a crash."""
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             tb = traceback.format_exc(limit=-3)
             self.fail("crash", action, f"{type(e).__name__}: {e}\n{tb}")
             return None
@@ -190,7 +198,7 @@ class Checker:
     def exact_or_fail(self, action: str, student) -> None:
         try:
             err = fxgrow.compare(self.model, student, self.x)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.fail("crash", action, f"student does not run: {type(e).__name__}: {e}")
             return
         if err.max_rel <= self.tol:
@@ -205,8 +213,9 @@ class Checker:
 
 
 # -- the checks ----------------------------------------------------------------------------------
-def check_program(program: Program, *, probe: bool = True, per_group: bool = True,
-                  deepen: bool = True) -> Report:
+def check_program(
+    program: Program, *, probe: bool = True, per_group: bool = True, deepen: bool = True
+) -> Report:
     ck = Checker(program)
     model, x, rng = ck.model, ck.x, ck.rng
 
@@ -217,28 +226,37 @@ def check_program(program: Program, *, probe: bool = True, per_group: bool = Tru
 
     factor = rng.choice([1.25, 1.5, 2, 2.5, 3, rng.uniform(1, 3)])
     split = rng.choice(["equal", "random"])
-    student = ck.attempt(f"widen factor={factor:g} split={split!r}",
-                         lambda: fxgrow.widen(model, x, factor=factor, seed=program.seed,
-                                              split=split, verify=False))
+    student = ck.attempt(
+        f"widen factor={factor:g} split={split!r}",
+        lambda: fxgrow.widen(model, x, factor=factor, seed=program.seed, split=split, verify=False),
+    )
     if student is not None:
         # the student is a GraphModule with rewritten sizes: growing it again stays exact
-        ck.attempt("widen the student again (factor=1.5)",
-                   lambda: fxgrow.widen(student, x, factor=1.5, seed=program.seed + 1,
-                                        verify=False))
-        ck.guard("plan JSON round trip", lambda: same_student_from_json(
-            ck, analysis, student, factor=factor, seed=program.seed, split=split))
+        ck.attempt(
+            "widen the student again (factor=1.5)",
+            lambda: fxgrow.widen(student, x, factor=1.5, seed=program.seed + 1, verify=False),
+        )
+        ck.guard(
+            "plan JSON round trip",
+            lambda: same_student_from_json(
+                ck, analysis, student, factor=factor, seed=program.seed, split=split
+            ),
+        )
 
-    ck.attempt("widen factor=2 outputs='grow'",
-               lambda: fxgrow.widen(model, x, factor=2, outputs="grow", seed=program.seed,
-                                    verify=False))
+    ck.attempt(
+        "widen factor=2 outputs='grow'",
+        lambda: fxgrow.widen(model, x, factor=2, outputs="grow", seed=program.seed, verify=False),
+    )
 
     groups = analysis.groups
     if groups:
         g = rng.choice(groups)
         name = rng.choice([g.name, *g.modules]) if g.modules else g.name
         w = rng.randint(g.width, 3 * g.width + 1)
-        ck.attempt(f"widen widths={{{name!r}: {w}}}",
-                   lambda: fxgrow.widen(model, x, widths={name: w}, verify=False))
+        ck.attempt(
+            f"widen widths={{{name!r}: {w}}}",
+            lambda: fxgrow.widen(model, x, widths={name: w}, verify=False),
+        )
 
     if per_group:
         each_group(ck, analysis)
@@ -256,8 +274,10 @@ def same_student_from_json(ck: Checker, analysis, student, **options) -> None:
     plan = fxgrow.plan(analysis, **options)
     again = fxgrow.WidenPlan.from_json(plan.to_json())
     same = fxgrow.widen(ck.model, ck.x, plan=again, verify=False)
-    if again != plan or any(not torch.equal(a, b) for a, b in
-                            zip(student.state_dict().values(), same.state_dict().values())):
+    if again != plan or any(
+        not torch.equal(a, b)
+        for a, b in zip(student.state_dict().values(), same.state_dict().values())
+    ):
         ck.fail("wrong", "plan JSON round trip", "the student from the re-read plan differs")
 
 
@@ -273,6 +293,7 @@ def each_group(ck: Checker, analysis) -> None:
         def run(g=g, new=new):
             plan = fxgrow.plan(analysis, widths={g.name: new}, seed=ck.program.seed)
             return apply(analysis, plan)
+
         ck.attempt(action, run)
 
 
@@ -282,32 +303,53 @@ def deepen_checks(ck: Checker, analysis) -> None:
     gm = analysis.gm
     vals = analysis.state.vals
     relus = [n for n in gm.graph.nodes if _is_relu(gm, n)]
-    cands = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")
-             and isinstance(vals.get(n), torch.Tensor) and vals[n].is_floating_point()
-             and vals[n].dim() in (2, 3, 4)]
+    cands = [
+        n
+        for n in gm.graph.nodes
+        if n.op in ("call_module", "call_function", "call_method")
+        and isinstance(vals.get(n), torch.Tensor)
+        and vals[n].is_floating_point()
+        and vals[n].dim() in (2, 3, 4)
+    ]
     for pool in (relus, cands):  # after a ReLU, and after any node (refused after GELU ...)
         if pool:
             n = ck.rng.choice(pool)
-            ck.attempt(f"deepen identity after {n.name}",
-                       lambda n=n: fxgrow.deepen(ck.model, ck.x, after=n.name, kind="identity",
-                                                 verify=False))
+            ck.attempt(
+                f"deepen identity after {n.name}",
+                lambda n=n: fxgrow.deepen(
+                    ck.model, ck.x, after=n.name, kind="identity", verify=False
+                ),
+            )
     if cands:
         n = ck.rng.choice(cands)
-        ck.attempt(f"deepen residual after {n.name}",
-                   lambda: fxgrow.deepen(ck.model, ck.x, after=n.name, kind="residual",
-                                         verify=False, seed=ck.program.seed))
+        ck.attempt(
+            f"deepen residual after {n.name}",
+            lambda: fxgrow.deepen(
+                ck.model, ck.x, after=n.name, kind="residual", verify=False, seed=ck.program.seed
+            ),
+        )
     blocks = [name for name, m in ck.model.named_modules() if isinstance(m, FuzzBlock)]
     if blocks:
         b = ck.rng.choice(blocks)
-        ck.attempt(f"deepen block {b}",
-                   lambda: fxgrow.deepen(ck.model, ck.x, after=b, kind="block", verify=False))
+        ck.attempt(
+            f"deepen block {b}",
+            lambda: fxgrow.deepen(ck.model, ck.x, after=b, kind="block", verify=False),
+        )
         stages = ck.guard("stages", lambda: fxgrow.stages(ck.model, ck.x)) or []
         if stages:
             st = ck.rng.choice(stages)
             width = ck.rng.choice([None, 1.5])
-            ck.attempt(f"grow blocks={{{st.name!r}: {st.count + 1}}} width={width}",
-                       lambda: fxgrow.grow(ck.model, ck.x, blocks={st.name: st.count + 1},
-                                           width=width, seed=ck.program.seed, verify=False))
+            ck.attempt(
+                f"grow blocks={{{st.name!r}: {st.count + 1}}} width={width}",
+                lambda: fxgrow.grow(
+                    ck.model,
+                    ck.x,
+                    blocks={st.name: st.count + 1},
+                    width=width,
+                    seed=ck.program.seed,
+                    verify=False,
+                ),
+            )
 
 
 def _is_relu(gm, n) -> bool:
@@ -335,12 +377,18 @@ def labels(sp, layout) -> list[tuple]:
         elif isinstance(seg, Zip):  # part k's unit p at p g + k (parts of equal size)
             occ = seen[seg] = seen.get(seg, -1) + 1
             parts = [labels(sp, part) for part in seg.parts]
-            out += [parts[k][p] + (("fixed", "zip part", k, occ),)
-                    for p in range(len(parts[0])) for k in range(len(parts))]
+            out += [
+                parts[k][p] + (("fixed", "zip part", k, occ),)
+                for p in range(len(parts[0]))
+                for k in range(len(parts))
+            ]
         elif isinstance(seg, Stack):  # rows laid end to end (a shuffle's first reshape)
             occ = seen[seg] = seen.get(seg, -1) + 1
-            out += [lab + (("fixed", "stack row", k, occ),)
-                    for k, row in enumerate(seg.rows) for lab in labels(sp, row)]
+            out += [
+                lab + (("fixed", "stack row", k, occ),)
+                for k, row in enumerate(seg.rows)
+                for lab in labels(sp, row)
+            ]
         else:  # the same merged segment twice in one layout: tell the occurrences apart
             occ = seen[seg] = seen.get(seg, -1) + 1
             outer, inner = labels(sp, seg.outer), labels(sp, seg.inner)
@@ -356,8 +404,10 @@ def _pairs(sp, layout, root: int, i: int, j: int) -> list[tuple[int, int]]:
     where = {lab: pos for pos, lab in enumerate(labs)}
     pairs = []
     for q, lab in enumerate(labs):
-        src = tuple((c[0], c[1], i) if c[0] != "fixed" and c[2] == j and sp.find(c[0]) == root
-                    else c for c in lab)
+        src = tuple(
+            (c[0], c[1], i) if c[0] != "fixed" and c[2] == j and sp.find(c[0]) == root else c
+            for c in lab
+        )
         if src != lab and src in where:
             pairs.append((where[src], q))
     return pairs
@@ -385,8 +435,10 @@ def symmetry_probe(analysis, rng: random.Random) -> list[str]:
             continue
         i, j = rng.sample(range(sp.width[r]), 2)
         gm = copy.deepcopy(analysis.gm)
-        tensors = {**dict(gm.named_parameters(remove_duplicate=False)),
-                   **dict(gm.named_buffers(remove_duplicate=False))}
+        tensors = {
+            **dict(gm.named_parameters(remove_duplicate=False)),
+            **dict(gm.named_buffers(remove_duplicate=False)),
+        }
         with torch.no_grad():
             for pa in state.params.values():
                 if CONSUME in pa.roles or not ({PRODUCE, SCALE} & pa.roles):
@@ -404,10 +456,16 @@ def symmetry_probe(analysis, rng: random.Random) -> list[str]:
                 continue  # parameters and what is computed from them alone
             info = state.values.get(_teacher_node(analysis, node.name))
             val = values.get(node.name)
-            for inf, v in zip(pytree.tree_leaves(info, is_leaf=lambda z: isinstance(z, TensorInfo)),
-                              pytree.tree_leaves(val)):
-                if not isinstance(inf, TensorInfo) or not isinstance(v, torch.Tensor) or \
-                        tuple(v.shape) != inf.shape or not v.is_floating_point():
+            for inf, v in zip(
+                pytree.tree_leaves(info, is_leaf=lambda z: isinstance(z, TensorInfo)),
+                pytree.tree_leaves(val),
+            ):
+                if (
+                    not isinstance(inf, TensorInfo)
+                    or not isinstance(v, torch.Tensor)
+                    or tuple(v.shape) != inf.shape
+                    or not v.is_floating_point()
+                ):
                     continue
                 for axis, lay in enumerate(inf.layouts):
                     for p, q in _pairs(sp, lay, r, i, j):
@@ -419,7 +477,8 @@ def symmetry_probe(analysis, rng: random.Random) -> list[str]:
                                 f"group {g.name!r}: after making unit {j} a copy of unit {i} "
                                 f"in the group's producers, node {node.name!r} axis {axis} "
                                 f"positions {p} and {q} (labelled as those units) differ by "
-                                f"{diff:.3g}")
+                                f"{diff:.3g}"
+                            )
                             break
                     else:
                         continue
@@ -443,8 +502,10 @@ def _run_all(gm: torch.fx.GraphModule, inputs: tuple) -> dict:
         def run_node(self, n):
             r = super().run_node(n)
             found[n.name] = pytree.tree_map(
-                lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, r)
+                lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, r
+            )
             return r
+
     with torch.no_grad():
         Catch(gm).run(*inputs)
     return found

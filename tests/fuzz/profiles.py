@@ -2,15 +2,23 @@
 
 Both are derandomized (the same examples every run, no example database), with no deadline
 (the first example pays for imports)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-_COMMON = dict(deadline=None, database=None, print_blob=False,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                      HealthCheck.filter_too_much])
+_COMMON = dict(
+    deadline=None,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 
 CI = settings(max_examples=60, derandomize=True, **_COMMON)
 NIGHTLY = settings(max_examples=1000, derandomize=True, **_COMMON)

@@ -8,6 +8,7 @@ resnest, skresnet, swinv2_cr) and minimal graphs.
   fan-in) are a uniform constraint: whole multiples are exact, other widths are refused;
 * softmax / normalize over an axis fixed as structure anyway (split attention's radix, a head
   dim) are no op blocker; over a growing channel they still block."""
+
 from __future__ import annotations
 
 import pytest
@@ -87,8 +88,11 @@ def test_gram_of_two_projections_grows_and_of_one_tensor_is_refused():
     one = Gram(same=True).double().eval()
     a = fxgrow.analyze(one, x)
     assert [str(b) for b in a.group("a").blockers] == [
-        ("einsum: contraction between two activations over this axis is not preserved by "
-         "replication")]
+        (
+            "einsum: contraction between two activations over this axis is not preserved by "
+            "replication"
+        )
+    ]
     with pytest.raises(FxgrowError, match="contraction between two activations"):
         fxgrow.widen(one, x, widths={"a": 9})
 
@@ -104,6 +108,7 @@ def test_widening_a_scaled_student_again_stays_exact():
 
 def test_stream_refuses_a_scaled_contraction():
     from fxgrow.stream import make_stream_plan
+
     m = Lambda().double().eval()
     x = torch.randn(2, 5, 4, dtype=torch.float64)
     a = fxgrow.analyze(m, x)
@@ -125,8 +130,15 @@ class StdConvNet(nn.Module):
         self.out = nn.Conv2d(5, 2, 1)
 
     def forward(self, x):
-        w = F.batch_norm(self.w.reshape(1, 5, -1), None, None, weight=self.gain * 0.2,
-                         training=True, momentum=0.0, eps=1e-6).reshape_as(self.w)
+        w = F.batch_norm(
+            self.w.reshape(1, 5, -1),
+            None,
+            None,
+            weight=self.gain * 0.2,
+            training=True,
+            momentum=0.0,
+            eps=1e-6,
+        ).reshape_as(self.w)
         return self.out(F.conv2d(torch.relu(self.c1(x)), w, padding=1))
 
 
@@ -200,8 +212,11 @@ def test_normalize_over_a_head_dim_is_structure_over_channels_blocks():
     cos = CosineAttention().double().eval()
     a = fxgrow.analyze(cos, (x, mask))
     assert not _op_reasons(a), _op_reasons(a)
-    head_dims = [g for g in a.all_groups if any(b.reason.startswith("head dim contracted")
-                                                for b in g.blockers)]
+    head_dims = [
+        g
+        for g in a.all_groups
+        if any(b.reason.startswith("head dim contracted") for b in g.blockers)
+    ]
     assert head_dims and all(b.kind == "structure" for g in head_dims for b in g.blockers)
     swift = CosineAttention(swift=True).double().eval()
     a = fxgrow.analyze(swift, (x, mask))
@@ -225,7 +240,7 @@ class OneHead(nn.Module):
         q, k, v = (f(x).reshape(B, N, 1, C) for f in (self.q, self.k, self.v))
         if self.transpose:
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        attn = (q @ k.transpose(-2, -1) * C ** -0.5).softmax(dim=-1)
+        attn = (q @ k.transpose(-2, -1) * C**-0.5).softmax(dim=-1)
         y = attn @ v
         if self.transpose:
             y = y.transpose(1, 2)
@@ -244,20 +259,21 @@ def test_one_head_sized_by_the_input_refuses_or_grows_exactly(frontend, transpos
         if not g.widenable:
             assert all(str(b) for b in g.blockers)
             with pytest.raises(FxgrowError):
-                fxgrow.widen(m, x, widths={g.name: g.width + g.multiplicity},
-                             frontend=frontend)
+                fxgrow.widen(m, x, widths={g.name: g.width + g.multiplicity}, frontend=frontend)
             continue
         for w in (g.width + g.multiplicity, 2 * g.width):
             widen_exact(m, x, tol=1e-12, widths={g.name: w}, frontend=frontend)
     # attention is recognised in both graphs (ATen softmax/matmul/views under export): its
     # head dim is structure, never grown with a share scale
     assert not a.state.scales
-    heads = [g for g in a.all_groups if any(b.reason.startswith("head dim contracted")
-                                            for b in g.blockers)]
+    heads = [
+        g
+        for g in a.all_groups
+        if any(b.reason.startswith("head dim contracted") for b in g.blockers)
+    ]
     assert heads and all(not g.widenable for g in heads)
     if frontend == "fx":
-        assert any("size read from a channel axis" in b.reason
-                   for b in a.group("inp").blockers)
+        assert any("size read from a channel axis" in b.reason for b in a.group("inp").blockers)
 
 
 # -- the timm families (64 px, random init) ---------------------------------------------------

@@ -4,18 +4,19 @@ Each test is the program hypothesis shrank the failure to (``tests/fuzz/archs.py
 plus, where it helps, a hand-written minimal model.  ``check_program`` runs every property of
 the fuzzer on it: exact students or refusals naming a node, per-group widening, deepening
 and the symmetry probe."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import fxgrow
 from fuzz.archs import Program, Step
 from fuzz.check import check_program
 from fuzz.profiles import one_thread  # noqa: F401
 from helpers import TiedLM
+
+import fxgrow
 
 
 def assert_clean(program: Program) -> None:
@@ -52,11 +53,18 @@ def test_functional_layer_with_one_output_is_not_a_group(linear):
 
 
 def test_fuzz_functional_conv_one_output_channel():
-    assert_clean(Program(
-        input=('map', 2, 6, 6),
-        steps=[Step(op='cat', inputs=(0, 0, 0), params={'fn': 'cat'}),
-               Step(op='fconv', inputs=(1,), params={'out': 1, 'k': 3, 'bias': True})],
-        outputs=((2, 'raw'), (1, 'raw')), dtype='float64', seed=105))
+    assert_clean(
+        Program(
+            input=("map", 2, 6, 6),
+            steps=[
+                Step(op="cat", inputs=(0, 0, 0), params={"fn": "cat"}),
+                Step(op="fconv", inputs=(1,), params={"out": 1, "k": 3, "bias": True}),
+            ],
+            outputs=((2, "raw"), (1, "raw")),
+            dtype="float64",
+            seed=105,
+        )
+    )
 
 
 # -- 2. a one-channel feature map merged with another axis ---------------------------------------
@@ -89,16 +97,26 @@ def test_one_channel_map_merged_into_a_linear(form):
 
 
 def test_fuzz_one_channel_repeat_into_head():
-    assert_clean(Program(
-        input=('map', 1, 6, 6),
-        steps=[Step(op='to_seq', inputs=(0,), params={'form': 'flatten_transpose'}),
-               Step(op='act', inputs=(1,), params={'fn': 'relu'}),
-               Step(op='act', inputs=(2,), params={'fn': 'relu_f'}),
-               Step(op='conv', inputs=(0,),
-                    params={'out': 1, 'k': 3, 'stride': 1, 'groups': 1, 'bias': False}),
-               Step(op='act', inputs=(4,), params={'fn': 'leaky'}),
-               Step(op='shuffle', inputs=(5,), params={'fn': 'repeat'})],
-        outputs=((3, 'linear'), (6, 'linear')), dtype='float64', seed=1))
+    assert_clean(
+        Program(
+            input=("map", 1, 6, 6),
+            steps=[
+                Step(op="to_seq", inputs=(0,), params={"form": "flatten_transpose"}),
+                Step(op="act", inputs=(1,), params={"fn": "relu"}),
+                Step(op="act", inputs=(2,), params={"fn": "relu_f"}),
+                Step(
+                    op="conv",
+                    inputs=(0,),
+                    params={"out": 1, "k": 3, "stride": 1, "groups": 1, "bias": False},
+                ),
+                Step(op="act", inputs=(4,), params={"fn": "leaky"}),
+                Step(op="shuffle", inputs=(5,), params={"fn": "repeat"}),
+            ],
+            outputs=((3, "linear"), (6, "linear")),
+            dtype="float64",
+            seed=1,
+        )
+    )
 
 
 # -- 3. a functional conv / linear reading one channel --------------------------------------------
@@ -128,16 +146,26 @@ def test_functional_layer_with_one_input_is_not_a_group(linear):
 
 
 def test_fuzz_functional_conv_reading_one_channel():
-    assert_clean(Program(
-        input=('map', 2, 5, 5),
-        steps=[Step(op='conv', inputs=(0,),
-                    params={'out': 1, 'k': 3, 'stride': 1, 'groups': 1, 'bias': True}),
-               Step(op='norm', inputs=(1,), params={'kind': 'ln_chw'}),
-               Step(op='norm', inputs=(2,), params={'kind': 'ln_f'}),
-               Step(op='fconv', inputs=(3,), params={'out': 5, 'k': 1, 'bias': False}),
-               Step(op='act', inputs=(3,), params={'fn': 'hardswish'}),
-               Step(op='binary', inputs=(5, 3), params={'fn': 'maximum'})],
-        outputs=((4, 'raw'), (6, 'raw')), dtype='float64', seed=773))
+    assert_clean(
+        Program(
+            input=("map", 2, 5, 5),
+            steps=[
+                Step(
+                    op="conv",
+                    inputs=(0,),
+                    params={"out": 1, "k": 3, "stride": 1, "groups": 1, "bias": True},
+                ),
+                Step(op="norm", inputs=(1,), params={"kind": "ln_chw"}),
+                Step(op="norm", inputs=(2,), params={"kind": "ln_f"}),
+                Step(op="fconv", inputs=(3,), params={"out": 5, "k": 1, "bias": False}),
+                Step(op="act", inputs=(3,), params={"fn": "hardswish"}),
+                Step(op="binary", inputs=(5, 3), params={"fn": "maximum"}),
+            ],
+            outputs=((4, "raw"), (6, "raw")),
+            dtype="float64",
+            seed=773,
+        )
+    )
 
 
 # -- 4. chunk(k) of a width k does not divide -------------------------------------------------------
@@ -162,16 +190,26 @@ def test_chunk_count_not_dividing_the_width_blocks():
 
 
 def test_fuzz_chunk_three_of_four_into_se_gate():
-    assert_clean(Program(
-        input=('map', 4, 3, 3),
-        steps=[Step(op='conv', inputs=(0,),
-                    params={'out': 8, 'k': 3, 'stride': 2, 'groups': 1, 'bias': False}),
-               Step(op='fconv', inputs=(1,), params={'out': 4, 'k': 3, 'bias': False}),
-               Step(op='gate', inputs=(2,), params={'form': 'se_conv', 'hidden': 3}),
-               Step(op='split', inputs=(3,), params={'mode': 'chunk', 'chunks': 3}),
-               Step(op='gate', inputs=(5,), params={'form': 'se_reshape_size', 'hidden': 1}),
-               Step(op='to_seq', inputs=(6,), params={'form': 'permute_reshape'})],
-        outputs=((4, 'linear'), (7, 'linear')), dtype='float64', seed=844))
+    assert_clean(
+        Program(
+            input=("map", 4, 3, 3),
+            steps=[
+                Step(
+                    op="conv",
+                    inputs=(0,),
+                    params={"out": 8, "k": 3, "stride": 2, "groups": 1, "bias": False},
+                ),
+                Step(op="fconv", inputs=(1,), params={"out": 4, "k": 3, "bias": False}),
+                Step(op="gate", inputs=(2,), params={"form": "se_conv", "hidden": 3}),
+                Step(op="split", inputs=(3,), params={"mode": "chunk", "chunks": 3}),
+                Step(op="gate", inputs=(5,), params={"form": "se_reshape_size", "hidden": 1}),
+                Step(op="to_seq", inputs=(6,), params={"form": "permute_reshape"}),
+            ],
+            outputs=((4, "linear"), (7, "linear")),
+            dtype="float64",
+            seed=844,
+        )
+    )
 
 
 # -- 5. widening a student with tied weights again ---------------------------------------------------
@@ -189,14 +227,21 @@ def test_widen_a_tied_student_again():
 
 
 def test_fuzz_tied_linear_widened_twice():
-    assert_clean(Program(
-        input=('seq', 2, 5),
-        steps=[Step(op='linear', inputs=(0,), params={'out': 8, 'bias': False}),
-               Step(op='tied', inputs=(1,), params={'step': 0, 'in': 5}),
-               Step(op='norm', inputs=(2,), params={'kind': 'ln'}),
-               Step(op='linear', inputs=(3,), params={'out': 3, 'bias': True}),
-               Step(op='norm', inputs=(4,), params={'kind': 'ln_f'})],
-        outputs=((5, 'linear'),), dtype='float64', seed=1))
+    assert_clean(
+        Program(
+            input=("seq", 2, 5),
+            steps=[
+                Step(op="linear", inputs=(0,), params={"out": 8, "bias": False}),
+                Step(op="tied", inputs=(1,), params={"step": 0, "in": 5}),
+                Step(op="norm", inputs=(2,), params={"kind": "ln"}),
+                Step(op="linear", inputs=(3,), params={"out": 3, "bias": True}),
+                Step(op="norm", inputs=(4,), params={"kind": "ln_f"}),
+            ],
+            outputs=((5, "linear"),),
+            dtype="float64",
+            seed=1,
+        )
+    )
 
 
 # -- 6. the probe itself: the same merged segment twice in one cat ----------------------------------
@@ -204,20 +249,27 @@ def test_fuzz_tied_linear_widened_twice():
 # (tokens x channels) segment in a cat, which hold different values.  Kept so the probe stays
 # free of false alarms.
 def test_fuzz_probe_repeated_merged_segments():
-    assert_clean(Program(
-        input=('ids', 4, 3),
-        steps=[Step(op='embed', inputs=(0,), params={'out': 2, 'form': 'module'}),
-               Step(op='act', inputs=(1,), params={'fn': 'leaky'}),
-               Step(op='token_mix', inputs=(1,), params={'n': 4}),
-               Step(op='to_vec', inputs=(3,), params={'form': 'flatten_tokens', 'n': 8}),
-               Step(op='to_vec', inputs=(3,), params={'form': 'flatten_tokens', 'n': 8}),
-               Step(op='reduce', inputs=(1,), params={'fn': 'mean_c'}),
-               Step(op='cat', inputs=(6, 1, 1), params={'fn': 'cat'}),
-               Step(op='binary', inputs=(4, 5), params={'fn': 'mul'}),
-               Step(op='cat', inputs=(8, 8, 5), params={'fn': 'concat'}),
-               Step(op='tied', inputs=(2,), params={'step': 0, 'in': 3, 'embedding': True}),
-               Step(op='gate', inputs=(3,), params={'form': 'seq', 'hidden': 3})],
-        outputs=((9, 'linear'), (10, 'raw'), (11, 'linear')), dtype='float64', seed=600))
+    assert_clean(
+        Program(
+            input=("ids", 4, 3),
+            steps=[
+                Step(op="embed", inputs=(0,), params={"out": 2, "form": "module"}),
+                Step(op="act", inputs=(1,), params={"fn": "leaky"}),
+                Step(op="token_mix", inputs=(1,), params={"n": 4}),
+                Step(op="to_vec", inputs=(3,), params={"form": "flatten_tokens", "n": 8}),
+                Step(op="to_vec", inputs=(3,), params={"form": "flatten_tokens", "n": 8}),
+                Step(op="reduce", inputs=(1,), params={"fn": "mean_c"}),
+                Step(op="cat", inputs=(6, 1, 1), params={"fn": "cat"}),
+                Step(op="binary", inputs=(4, 5), params={"fn": "mul"}),
+                Step(op="cat", inputs=(8, 8, 5), params={"fn": "concat"}),
+                Step(op="tied", inputs=(2,), params={"step": 0, "in": 3, "embedding": True}),
+                Step(op="gate", inputs=(3,), params={"form": "seq", "hidden": 3}),
+            ],
+            outputs=((9, "linear"), (10, "raw"), (11, "linear")),
+            dtype="float64",
+            seed=600,
+        )
+    )
 
 
 # -- fixed: a size-1 axis read directly, grown through a module ------------------------------------
@@ -274,20 +326,29 @@ def test_multihead_attention_keys_do_not_grow(outputs):
     s = fxgrow.widen(m, x, factor=2, outputs=outputs, verify=False)
     assert fxgrow.compare(m, s, x).max_rel <= 1e-12
     assert "softmax over key positions" in " ".join(
-        str(b) for g in fxgrow.analyze(m, x).all_groups for b in g.blockers)
+        str(b) for g in fxgrow.analyze(m, x).all_groups for b in g.blockers
+    )
 
 
 def test_fuzz_token_mix_into_multihead_attention():
     # as hypothesis shrank it (tools/fuzz.py, nightly profile)
-    assert_clean(Program(
-        input=('ids', 2, 2),
-        steps=[Step(op='embed', inputs=(0,), params={'out': 2, 'form': 'module'}),
-               Step(op='act', inputs=(1,), params={'fn': 'relu'}),
-               Step(op='token_mix', inputs=(2,), params={'n': 2}),
-               Step(op='attn', inputs=(3,), params={'form': 'mha', 'heads': 1, 'dim': 2,
-                                                     'out': 2}),
-               Step(op='token_mix', inputs=(4,), params={'n': 2})],
-        outputs=((5, 'linear'),), dtype='float64', seed=0))
+    assert_clean(
+        Program(
+            input=("ids", 2, 2),
+            steps=[
+                Step(op="embed", inputs=(0,), params={"out": 2, "form": "module"}),
+                Step(op="act", inputs=(1,), params={"fn": "relu"}),
+                Step(op="token_mix", inputs=(2,), params={"n": 2}),
+                Step(
+                    op="attn", inputs=(3,), params={"form": "mha", "heads": 1, "dim": 2, "out": 2}
+                ),
+                Step(op="token_mix", inputs=(4,), params={"n": 2}),
+            ],
+            outputs=((5, "linear"),),
+            dtype="float64",
+            seed=0,
+        )
+    )
 
 
 # -- 8. a group normalised together with channels that cannot grow ----------------------------------
@@ -315,8 +376,9 @@ def test_factor_skips_a_group_normalised_with_fixed_channels():
     s = fxgrow.widen(m, x, factor=2)
     assert s.conv.out_channels == 4 and s.other.out_channels == 10
     assert fxgrow.compare(m, s, x).max_rel <= 1e-12
-    with pytest.raises(fxgrow.WidthError, match="ln normalises it together with channels that "
-                                                "cannot grow"):
+    with pytest.raises(
+        fxgrow.WidthError, match="ln normalises it together with channels that cannot grow"
+    ):
         fxgrow.widen(m, x, widths={"conv": 8})
 
 
@@ -326,59 +388,99 @@ def test_factor_skips_a_group_normalised_with_fixed_channels():
 # i to unit j one factor at a time and compared half-copied positions.  It now maps every
 # factor at once (position (j, j) copies (i, i)).
 def test_fuzz_probe_group_in_several_factors():
-    assert_clean(Program(
-        input=('map', 2, 4, 4),
-        steps=[Step(op='conv', inputs=(0,),
-                    params={'out': 8, 'k': 3, 'stride': 1, 'groups': 1, 'bias': False}),
-               Step(op='conv', inputs=(1,),
-                    params={'out': 16, 'k': 3, 'stride': 1, 'groups': 8, 'bias': False}),
-               Step(op='upsample', inputs=(0,), params={'fn': 'convT', 'out': 4}),
-               Step(op='shuffle', inputs=(3,), params={'fn': 'repeat'}),
-               Step(op='to_seq', inputs=(4,), params={'form': 'flatten_transpose'}),
-               Step(op='fconv', inputs=(1,), params={'out': 5, 'k': 1, 'bias': True}),
-               Step(op='upsample', inputs=(6,), params={'fn': 'interpolate'}),
-               Step(op='upsample', inputs=(1,),
-                    params={'fn': 'manual_shuffle', 'groups': 2, 'c': 8, 'sizes': False}),
-               Step(op='upsample', inputs=(4,),
-                    params={'fn': 'manual_shuffle', 'groups': 4, 'c': 8, 'sizes': False}),
-               Step(op='reuse', inputs=(8,),
-                    params={'step': 5, 'op': 'fconv', 'params': {'out': 5, 'k': 1,
-                                                                 'bias': True}}),
-               Step(op='binary', inputs=(5, 5), params={'fn': 'sub'})],
-        outputs=((9, 'linear'), (10, 'linear'), (11, 'linear')), dtype='float32', seed=159))
+    assert_clean(
+        Program(
+            input=("map", 2, 4, 4),
+            steps=[
+                Step(
+                    op="conv",
+                    inputs=(0,),
+                    params={"out": 8, "k": 3, "stride": 1, "groups": 1, "bias": False},
+                ),
+                Step(
+                    op="conv",
+                    inputs=(1,),
+                    params={"out": 16, "k": 3, "stride": 1, "groups": 8, "bias": False},
+                ),
+                Step(op="upsample", inputs=(0,), params={"fn": "convT", "out": 4}),
+                Step(op="shuffle", inputs=(3,), params={"fn": "repeat"}),
+                Step(op="to_seq", inputs=(4,), params={"form": "flatten_transpose"}),
+                Step(op="fconv", inputs=(1,), params={"out": 5, "k": 1, "bias": True}),
+                Step(op="upsample", inputs=(6,), params={"fn": "interpolate"}),
+                Step(
+                    op="upsample",
+                    inputs=(1,),
+                    params={"fn": "manual_shuffle", "groups": 2, "c": 8, "sizes": False},
+                ),
+                Step(
+                    op="upsample",
+                    inputs=(4,),
+                    params={"fn": "manual_shuffle", "groups": 4, "c": 8, "sizes": False},
+                ),
+                Step(
+                    op="reuse",
+                    inputs=(8,),
+                    params={"step": 5, "op": "fconv", "params": {"out": 5, "k": 1, "bias": True}},
+                ),
+                Step(op="binary", inputs=(5, 5), params={"fn": "sub"}),
+            ],
+            outputs=((9, "linear"), (10, "linear"), (11, "linear")),
+            dtype="float32",
+            seed=159,
+        )
+    )
 
 
 # -- the symmetry probe on interleaved layouts ---------------------------------------------------
 # A channel shuffle of cat([x, x]) (or of two branches) lays the axis out as a Zip; the probe's
 # position labels did not know Zip and crashed (AttributeError), in the probe, not in fxgrow.
 def test_fuzz_probe_on_channel_shuffle_of_a_repeated_tensor():
-    assert_clean(Program(
-        input=('map', 2, 2, 2),
-        steps=[Step(op='conv', inputs=(0,), params={'out': 1, 'k': 1, 'stride': 1, 'groups': 1,
-                                                    'bias': False}),
-               Step(op='fconv', inputs=(1,), params={'out': 8, 'k': 1, 'bias': False}),
-               Step(op='cat', inputs=(2, 2), params={'fn': 'cat'}),
-               Step(op='shuffle', inputs=(3,), params={'fn': 'channel_shuffle'})],
-        outputs=((4, 'linear'),), dtype='float64', seed=0))
+    assert_clean(
+        Program(
+            input=("map", 2, 2, 2),
+            steps=[
+                Step(
+                    op="conv",
+                    inputs=(0,),
+                    params={"out": 1, "k": 1, "stride": 1, "groups": 1, "bias": False},
+                ),
+                Step(op="fconv", inputs=(1,), params={"out": 8, "k": 1, "bias": False}),
+                Step(op="cat", inputs=(2, 2), params={"fn": "cat"}),
+                Step(op="shuffle", inputs=(3,), params={"fn": "channel_shuffle"}),
+            ],
+            outputs=((4, "linear"),),
+            dtype="float64",
+            seed=0,
+        )
+    )
 
 
 def test_fuzz_symmetry_probe_through_a_shuffle_reshape():
     """The oracle's labels know a Stack (the rows a channel shuffle's first reshape lays end
     to end): its symmetry probe crashed on this program (seed 2026, example ~1030)."""
-    assert_clean(Program(
-        input=("map", 3, 6, 6),
-        steps=[Step("conv", (0,), {"out": 5, "k": 3, "stride": 1, "groups": 1, "bias": True}),
-               Step("cat", (1, 0), {"fn": "concat"}),
-               Step("upsample", (2,), {"fn": "manual_shuffle", "groups": 4, "c": 8,
-                                       "sizes": False}),
-               Step("act", (3,), {"fn": "relu6"}),
-               Step("fconv", (4,), {"out": 4, "k": 1, "bias": True}),
-               Step("upsample", (5,), {"fn": "manual_shuffle", "groups": 2, "c": 4,
-                                       "sizes": False}),
-               Step("reduce", (6,), {"fn": "amax_c"}),
-               Step("linear", (7,), {"out": 1, "bias": False, "form": "transpose"}),
-               Step("linear", (8,), {"out": 6, "bias": True, "form": "permute"}),
-               Step("fconv", (9,), {"out": 8, "k": 1, "bias": False}),
-               Step("gate", (5,), {"form": "mask", "hidden": 1}),
-               Step("gate", (2,), {"form": "se_conv", "hidden": 3})],
-        outputs=((10, "linear"), (11, "linear"), (12, "linear")), dtype="float64", seed=807))
+    assert_clean(
+        Program(
+            input=("map", 3, 6, 6),
+            steps=[
+                Step("conv", (0,), {"out": 5, "k": 3, "stride": 1, "groups": 1, "bias": True}),
+                Step("cat", (1, 0), {"fn": "concat"}),
+                Step(
+                    "upsample", (2,), {"fn": "manual_shuffle", "groups": 4, "c": 8, "sizes": False}
+                ),
+                Step("act", (3,), {"fn": "relu6"}),
+                Step("fconv", (4,), {"out": 4, "k": 1, "bias": True}),
+                Step(
+                    "upsample", (5,), {"fn": "manual_shuffle", "groups": 2, "c": 4, "sizes": False}
+                ),
+                Step("reduce", (6,), {"fn": "amax_c"}),
+                Step("linear", (7,), {"out": 1, "bias": False, "form": "transpose"}),
+                Step("linear", (8,), {"out": 6, "bias": True, "form": "permute"}),
+                Step("fconv", (9,), {"out": 8, "k": 1, "bias": False}),
+                Step("gate", (5,), {"form": "mask", "hidden": 1}),
+                Step("gate", (2,), {"form": "se_conv", "hidden": 3}),
+            ],
+            outputs=((10, "linear"), (11, "linear"), (12, "linear")),
+            dtype="float64",
+            seed=807,
+        )
+    )

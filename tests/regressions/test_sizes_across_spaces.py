@@ -6,6 +6,7 @@ time follows ``x``'s.  fxgrow rewrote the reshape only when ``t``'s space grew, 
 in which only ``x``'s space grew read the wider ``c`` at run time and did not run (pvt_v2,
 beit, maxvit) or, with a ``-1`` taking up the difference, ran and was silently wrong.  The
 rewrite now runs when either space grows (``context.ArgRule``)."""
+
 from __future__ import annotations
 
 import pytest
@@ -109,8 +110,17 @@ def test_beit(name):
 def test_maxvit_small():
     """torchvision's MaxViT with two one-block stages at 56 px (window and grid of 7)."""
     from torchvision.models.maxvit import MaxVit
-    m = MaxVit(input_size=(56, 56), stem_channels=16, partition_size=7, block_channels=[16, 32],
-               block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10)
+
+    m = MaxVit(
+        input_size=(56, 56),
+        stem_channels=16,
+        partition_size=7,
+        block_channels=[16, 32],
+        block_layers=[1, 1],
+        head_dim=8,
+        stochastic_depth_prob=0.0,
+        num_classes=10,
+    )
     a = _grow_exact(m, torch.randn(1, 3, 56, 56))
     # its einsum attention and gathered relative-position bias block nothing as ops
     assert not [b for g in a.all_groups for b in g.blockers if b.kind == "op"]
@@ -145,8 +155,9 @@ def test_sizes_from_a_channel_tensor_in_arithmetic_and_slices():
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     a = fxgrow.analyze(m, x)
     # the softmax fixes the pair factor 2 of the view; nothing blocks on a size
-    assert {b.reason for g in a.all_groups for b in g.blockers if b.kind == "op"} == \
-        {"softmax along this axis mixes its positions"}
+    assert {b.reason for g in a.all_groups for b in g.blockers if b.kind == "op"} == {
+        "softmax along this axis mixes its positions"
+    }
     assert [g.name for g in a.widenable] == ["low"]  # low and high: one group, by the add
     s = widen_exact(m, x, tol=1e-12, widths={"low": 10})
     assert s.low.out_channels == s.high.out_channels == s.out.in_channels == 10
@@ -167,8 +178,16 @@ def test_inplace_update_kept_when_a_reshape_is_rewritten():
     rewritten (so the rewrite runs dead-code elimination)."""
     from fuzz.archs import Program, Step
     from fuzz.check import check_program
-    report = check_program(Program(('seq', 4, 6), [
-        Step('linear', (0,), {'out': 6, 'bias': True}),
-        Step('shape_mix', (1,), {'form': 'issue', 'block': True}),
-        Step('inplace', (2,), {'forms': ['mul_discard', 'relu_discard']})], ((3, 'linear'),)))
+
+    report = check_program(
+        Program(
+            ("seq", 4, 6),
+            [
+                Step("linear", (0,), {"out": 6, "bias": True}),
+                Step("shape_mix", (1,), {"form": "issue", "block": True}),
+                Step("inplace", (2,), {"forms": ["mul_discard", "relu_discard"]}),
+            ],
+            ((3, "linear"),),
+        )
+    )
     assert not report.failures, "\n".join(str(f) for f in report.failures)

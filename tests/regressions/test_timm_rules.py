@@ -5,6 +5,7 @@
 * timm's no-trace modules and functions without a rule are traced through (Swin's
   ``window_reverse``, NFNet's ``NormFreeBlock``), and ``Conv2dSame`` / ``MaxPool2dSame`` /
   ``AvgPool2dSame`` have rules."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,34 +46,44 @@ def test_vit_hand_written_attention_same_groups_as_fused():
     ga, gb = fxgrow.analyze(fused, x), fxgrow.analyze(hand, x)
     # (the one op blocker of both is x[:, 0] picking the class token of the token axis)
     assert op_reasons(gb) == op_reasons(ga) == ["selected by an integer index"]
-    assert [(g.name, g.width, g.widenable) for g in ga.groups] == \
-        [(g.name, g.width, g.widenable) for g in gb.groups]
+    assert [(g.name, g.width, g.widenable) for g in ga.groups] == [
+        (g.name, g.width, g.widenable) for g in gb.groups
+    ]
     assert "blocks.0.attn.qkv" in {g.name for g in gb.widenable}
     s = widen_exact(hand, x, tol=1e-12, widths={"blocks.0.attn.qkv": 576 * 2})
     assert s.get_submodule("blocks.0.attn.qkv").out_features == 1152  # 3 x 6 heads x 64
 
 
 def test_swin_window_reverse_traced_through_and_bias_table_heads_grow():
-    m = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=4,
-                          embed_dim=24, depths=(1, 1), num_heads=(2, 4)).eval()
+    m = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=32,
+        window_size=4,
+        embed_dim=24,
+        depths=(1, 1),
+        num_heads=(2, 4),
+    ).eval()
     x = torch.randn(1, 3, 32, 32)
     gm = fxgrow.trace(m)
-    assert not any(n.op == "call_function" and n.target.__name__ == "window_reverse"
-                   for n in gm.graph.nodes)
+    assert not any(
+        n.op == "call_function" and n.target.__name__ == "window_reverse" for n in gm.graph.nodes
+    )
     a = fxgrow.analyze(m, x)
     assert op_blockers(a) == []
     heads = a.group("layers.0.blocks.0.attn.qkv")
     assert heads.widenable
-    assert ("layers.0.blocks.0.attn.relative_position_bias_table", 1) in \
-        {(mb.target, mb.axis) for mb in heads.members if mb.kind == "parameter"}
+    assert ("layers.0.blocks.0.attn.relative_position_bias_table", 1) in {
+        (mb.target, mb.axis) for mb in heads.members if mb.kind == "parameter"
+    }
     s = widen_exact(m, x, factor=2)
     table = s.get_submodule("layers.0.blocks.0.attn").relative_position_bias_table
     assert table.shape == (49, 4)  # (2 * 4 - 1) ** 2 entries (fixed) x 2 -> 4 heads
 
 
 def test_beit_relative_position_bias():
-    m = timm.create_model("beit_base_patch16_224", img_size=32, depth=2, embed_dim=48,
-                          num_heads=2).eval()
+    m = timm.create_model(
+        "beit_base_patch16_224", img_size=32, depth=2, embed_dim=48, num_heads=2
+    ).eval()
     x = torch.randn(1, 3, 32, 32)
     a = fxgrow.analyze(m, x)
     assert op_reasons(a) == []  # (mean pooling: no class token picked)
@@ -86,6 +97,7 @@ class SameConv(nn.Module):
         super().__init__()
         from timm.layers.conv2d_same import Conv2dSame
         from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+
         self.c1 = Conv2dSame(3, 6, 3, stride=2)
         self.pool = MaxPool2dSame(3, 2)
         self.c2 = Conv2dSame(6, 6, 3, groups=6)
@@ -118,8 +130,11 @@ def test_nfnet_norm_free_block_traced_through():
     x = torch.randn(1, 3, 32, 32)
     gm = fxgrow.trace(m)
     from timm.models.nfnet import NormFreeBlock
-    assert not any(n.op == "call_module" and isinstance(gm.get_submodule(n.target),
-                                                        NormFreeBlock) for n in gm.graph.nodes)
+
+    assert not any(
+        n.op == "call_module" and isinstance(gm.get_submodule(n.target), NormFreeBlock)
+        for n in gm.graph.nodes
+    )
     a = fxgrow.analyze(m, x)
     assert not [b for b in op_blockers(a) if "NormFreeBlock" in b]
     # what blocks now is the maths of its ScaledStdConv2d, not an opaque call: weight
@@ -143,8 +158,9 @@ def test_nest_deblockify_rule():
     m = timm.create_model("nest_tiny", img_size=64).eval()
     x = torch.randn(1, 3, 64, 64)
     gm = fxgrow.trace(m)
-    assert any(n.op == "call_function" and n.target.__name__ == "deblockify"
-               for n in gm.graph.nodes)
+    assert any(
+        n.op == "call_function" and n.target.__name__ == "deblockify" for n in gm.graph.nodes
+    )
     a = fxgrow.analyze(m, x)
     assert op_blockers(a) == []
     widen_exact(m, x, factor=1.5)

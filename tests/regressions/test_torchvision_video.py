@@ -1,6 +1,7 @@
 """torch.tensor_split (indices and sections), torchvision MViT's wrapped helpers
 (``_unsqueeze``, ``_squeeze``, ``_add_shortcut``, ``_add_rel_pos``) and the video Swin's window
 attention."""
+
 from __future__ import annotations
 
 import pytest

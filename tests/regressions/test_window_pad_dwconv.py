@@ -2,6 +2,7 @@
 padding modules and constant padding of a channel axis (NASNet, PNASNet), functional depthwise
 convs (blur pools of ResNet-blur / DenseNet-blur / TResNet) and timm's activation modules inside
 ``BatchNormAct2d`` (EfficientFormerV2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -102,8 +103,11 @@ class Padded(nn.Module):
 
     def forward(self, x):
         h = self.pad(torch.relu(self.a(x)))  # [B, 4, H + 1, W + 1]
-        h = F.pad(h, (0, 0, 0, 0, 1, 1), mode=self.mode, value=0.5) if self.mode == "constant" \
+        h = (
+            F.pad(h, (0, 0, 0, 0, 1, 1), mode=self.mode, value=0.5)
+            if self.mode == "constant"
             else F.pad(h.transpose(1, 3), (1, 1, 0, 0), mode=self.mode).transpose(1, 3)
+        )
         return self.b(h)
 
 
@@ -118,15 +122,15 @@ def test_constant_pad_of_channels_is_a_cat_with_constants():
 def test_reflect_pad_of_channels_blocks_with_the_reason():
     m, x = Padded("reflect").eval(), torch.randn(2, 3, 5, 5)
     a = fxgrow.analyze(m, x)
-    assert op_reasons(a) == [
-        "padded axis (cropped, or padded with copies of its end units)"]
+    assert op_reasons(a) == ["padded axis (cropped, or padded with copies of its end units)"]
     assert not a.group("a").widenable
 
 
 @pytest.mark.parametrize("name", ["nasnetalarge"])
 def test_nasnet_zero_pad_modules(name, one_thread):
-    m = timm.create_model(name, pretrained=False, num_classes=10, stem_size=8,
-                          num_features=192).eval()
+    m = timm.create_model(
+        name, pretrained=False, num_classes=10, stem_size=8, num_features=192
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     a = fxgrow.analyze(m, x)
     assert not [r for r in op_reasons(a) if "ZeroPad" in r or "padded" in r]
@@ -148,8 +152,11 @@ class Blur(nn.Module):
 
     def forward(self, x):
         h = F.pad(self.a(x), [1, 1, 1, 1], mode="reflect")
-        h = F.conv2d(h, self.filt, stride=2, groups=4) if self.keyword else \
-            F.conv2d(h, self.filt, None, 2, 0, 1, 4)
+        h = (
+            F.conv2d(h, self.filt, stride=2, groups=4)
+            if self.keyword
+            else F.conv2d(h, self.filt, None, 2, 0, 1, 4)
+        )
         return self.b(h)
 
 
@@ -208,9 +215,13 @@ class RelAttn(nn.Module):
         super().__init__()
         from timm.layers.bottleneck_attn import BottleneckAttn
         from timm.layers.halo_attn import HaloAttn
+
         self.a = nn.Conv2d(3, 16, 1)
-        self.attn = HaloAttn(16, num_heads=2, block_size=4, halo_size=1) if halo else \
-            BottleneckAttn(16, feat_size=(4, 4), num_heads=2)
+        self.attn = (
+            HaloAttn(16, num_heads=2, block_size=4, halo_size=1)
+            if halo
+            else BottleneckAttn(16, feat_size=(4, 4), num_heads=2)
+        )
         self.b = nn.Conv2d(16, 5, 1)
 
     def forward(self, x):
@@ -221,12 +232,16 @@ class RelAttn(nn.Module):
 def test_relative_position_logits_kept_whole(halo):
     from timm.layers.bottleneck_attn import PosEmbedRel
     from timm.layers.halo_attn import PosEmbedRel as HaloPosEmbedRel
+
     m = RelAttn(halo).eval()
     x = torch.randn(1, 3, 8, 8) if halo else torch.randn(1, 3, 4, 4)
     gm = fxgrow.trace(m)
-    assert [n.target for n in gm.graph.nodes if n.op == "call_module"
-            and isinstance(gm.get_submodule(n.target), (PosEmbedRel, HaloPosEmbedRel))] == \
-        ["attn.pos_embed"]
+    assert [
+        n.target
+        for n in gm.graph.nodes
+        if n.op == "call_module"
+        and isinstance(gm.get_submodule(n.target), (PosEmbedRel, HaloPosEmbedRel))
+    ] == ["attn.pos_embed"]
     a = fxgrow.analyze(m, x)
     assert op_reasons(a) == []
     g = a.group("a")
@@ -235,8 +250,10 @@ def test_relative_position_logits_kept_whole(halo):
     assert s.b.in_channels == 16  # the attention's output projection is another group
     s = widen_exact(m, x, factor=2)  # every group: heads, head dims, the tables' columns
     pe = s.get_submodule("attn.pos_embed")
-    assert pe.width_rel.shape[1] == pe.dim_head and pe.height_rel.shape[0] == \
-        m.attn.pos_embed.height_rel.shape[0]
+    assert (
+        pe.width_rel.shape[1] == pe.dim_head
+        and pe.height_rel.shape[0] == m.attn.pos_embed.height_rel.shape[0]
+    )
 
 
 def test_botnet(one_thread):

@@ -2,6 +2,7 @@
 (CaiT), RoPE's ``x[..., ::2]`` / ``x[..., 1::2]`` (EVA-02), ``pos.repeat(B, 1, 1, 1)``
 (XCiT), ``reshape(x.shape[:-1] + (-1,))`` (MaxViT), a parameter read for its ``.device``
 (EdgeNeXt) and ``F.fold`` (VOLO); FocalNet's one-unit gates stay an honest refusal."""
+
 from __future__ import annotations
 
 import pytest
@@ -138,8 +139,7 @@ def test_repeat_count_read_from_a_channel_axis_blocks():
     a = fxgrow.analyze(PosRepeat(True).eval(), torch.randn(2, 3, 3, 3))
     g = next(g for g in a.all_groups if g.name == "a")
     assert not g.widenable
-    assert any("repeat counts are read from the size of this axis" in b.reason
-               for b in g.blockers)
+    assert any("repeat counts are read from the size of this axis" in b.reason for b in g.blockers)
 
 
 class RestoreShape(nn.Module):
@@ -167,8 +167,7 @@ def test_reshape_to_a_shape_joined_at_run_time():
 
 def test_reshape_to_a_joined_shape_with_a_constant_channel_blocks():
     a = fxgrow.analyze(RestoreShape(constant=True).eval(), torch.randn(2, 5, 4))
-    assert any("a channel entry computed or written as a constant" in r
-               for r in blockers(a, "op"))
+    assert any("a channel entry computed or written as a constant" in r for r in blockers(a, "op"))
 
 
 def test_maxvit_restore_shape():
@@ -259,6 +258,7 @@ def test_xcit_positional_encoding_repeat():
 
 def test_focalnet_gates():
     from timm.models.focalnet import FocalNet
+
     m = FocalNet(depths=(1, 1), embed_dim=32, focal_levels=(3, 3), num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     a = fxgrow.analyze(m, x)

@@ -13,6 +13,7 @@ under FSDP2 (``fully_shard``) instead.  Run from the repository root:
 ``--out result.json`` (rank 0) writes what the run checked: parameters identical across ranks
 right after growth and after the last step, the loss on rank 0's batch right before and right
 after growth, parameter counts."""
+
 from __future__ import annotations
 
 import argparse
@@ -86,15 +87,22 @@ def shard(student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
     optimizer is rebuilt on them, each state tensor sharded like its parameter."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import distribute_tensor
+
     before = {n: q for n, q in student.named_parameters()}
     state = {n: optimizer.state.get(q, {}) for n, q in before.items()}
-    group_of = {n: i for i, g in enumerate(optimizer.param_groups) for n, q in before.items()
-                if any(q is r for r in g["params"])}
+    group_of = {
+        n: i
+        for i, g in enumerate(optimizer.param_groups)
+        for n, q in before.items()
+        if any(q is r for r in g["params"])
+    }
     # one group, the root: in a grown graph the blocks are containers whose forward never runs
     # (the graph calls their layers), so FSDP2's per-module hooks would never fire for them
     fully_shard(student)
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": []}
-              for g in optimizer.param_groups]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": []}
+        for g in optimizer.param_groups
+    ]
     after = dict(student.named_parameters())
     for n, q in after.items():
         if n in group_of:
@@ -102,9 +110,12 @@ def shard(student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
     new = type(optimizer)(groups)
     for n, q in after.items():
         if state.get(n):
-            new.state[q] = {k: distribute_tensor(v, q.device_mesh, q.placements)
-                            if isinstance(v, torch.Tensor) and v.shape == q.shape else v
-                            for k, v in state[n].items()}
+            new.state[q] = {
+                k: distribute_tensor(v, q.device_mesh, q.placements)
+                if isinstance(v, torch.Tensor) and v.shape == q.shape
+                else v
+                for k, v in state[n].items()
+            }
     return student, new
 
 
@@ -125,8 +136,10 @@ def main() -> None:
     model = DDP(Net())
     if args.zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
-        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW,
-                                            lr=1e-3)
+
+        optimizer = ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-3
+        )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     result: dict = {"world_size": dist.get_world_size()}
@@ -137,12 +150,15 @@ def main() -> None:
             with torch.no_grad():
                 result["loss_before"] = F.cross_entropy(teacher(x), y).item()
             student, optimizer = fxgrow.grow_during_training(
-                teacher, optimizer, x, width=args.width, blocks={"blocks": args.blocks}, seed=0)
+                teacher, optimizer, x, width=args.width, blocks={"blocks": args.blocks}, seed=0
+            )
             result["identical_after_growth"] = identical_across_ranks(student)
             with torch.no_grad():
                 result["loss_after"] = F.cross_entropy(student(x), y).item()
-            result["params"] = [sum(q.numel() for q in teacher.parameters()),
-                                sum(q.numel() for q in student.parameters())]
+            result["params"] = [
+                sum(q.numel() for q in teacher.parameters()),
+                sum(q.numel() for q in student.parameters()),
+            ]
             if args.fsdp:
                 model, optimizer = shard(student, optimizer)
             else:

@@ -7,6 +7,7 @@ the new model and optimizer.  Run from the repository root:
 
     .venv/bin/python tools/examples/grow_during_training.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ class Net(nn.Module):
 def batches(seed: int, batch_size: int = 128, d_in: int = 32, classes: int = 10):
     """Endless synthetic data: Gaussian inputs labelled by a fixed random two-layer network."""
     g = torch.Generator().manual_seed(seed)
-    w1, w2 = torch.randn(d_in, 16, generator=g) / d_in ** 0.5, torch.randn(16, classes, generator=g)
+    w1, w2 = torch.randn(d_in, 16, generator=g) / d_in**0.5, torch.randn(16, classes, generator=g)
     while True:
         x = torch.randn(batch_size, d_in, generator=g)
         yield x, (torch.tanh(x @ w1) @ w2).argmax(1)
@@ -71,20 +72,25 @@ def main() -> None:
             # the one new line: the student replaces the model, its optimizer the optimizer
             # (an LR scheduler: pass scheduler= and take the third value it returns)
             model, optimizer = fxgrow.grow_during_training(
-                model, optimizer, x, width=args.width, blocks={"blocks": args.blocks})
+                model, optimizer, x, width=args.width, blocks={"blocks": args.blocks}
+            )
             for group in optimizer.param_groups:  # see docs/training.md: copies share a unit's
-                group["lr"] /= args.width          # outgoing step, so scale it back
+                group["lr"] /= args.width  # outgoing step, so scale it back
             after = F.cross_entropy(model(x), y).item()
             n = sum(p.numel() for p in model.parameters())
-            print(f"step {step}: grown to {n:,} parameters; loss on this batch "
-                  f"{before:.6f} -> {after:.6f}")
+            print(
+                f"step {step}: grown to {n:,} parameters; loss on this batch "
+                f"{before:.6f} -> {after:.6f}"
+            )
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         recent.append(loss.item())
         if step % 50 == 0:
-            print(f"step {step:4d}  mean loss of the last 50 batches {sum(recent) / len(recent):.4f}")
+            print(
+                f"step {step:4d}  mean loss of the last 50 batches {sum(recent) / len(recent):.4f}"
+            )
             recent.clear()
 
 

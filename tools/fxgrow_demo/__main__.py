@@ -1,5 +1,6 @@
 """``python -m fxgrow_demo [--factor F] [--seed S] [--out-dir DIR] ...``: the demo's command line
 (what ``bash tools/demo.sh`` runs)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fxgrow_demo",
         description="The fxgrow demo: a small ResNet trains on scikit-learn's digits, fxgrow "
-                    "grows it wider and deeper exactly, training continues; compared with the "
-                    "same architecture trained from scratch.")
+        "grows it wider and deeper exactly, training continues; compared with the "
+        "same architecture trained from scratch.",
+    )
     p.add_argument("--factor", type=float, default=1.5, help="width factor (default 1.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", help="where the plot, drawing and student go")
@@ -25,9 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .demo import run
-    extra = {"out_dir": args.out_dir, "teacher_steps": args.teacher_steps,
-             "student_steps": args.student_steps, "threads": args.threads,
-             "progress": False if args.quiet else None}
+
+    extra = {
+        "out_dir": args.out_dir,
+        "teacher_steps": args.teacher_steps,
+        "student_steps": args.student_steps,
+        "threads": args.threads,
+        "progress": False if args.quiet else None,
+    }
     return run(args.factor, args.seed, **{k: v for k, v in extra.items() if v is not None})
 
 

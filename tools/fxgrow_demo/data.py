@@ -1,9 +1,10 @@
 """The demo's data: scikit-learn's digits (shipped inside scikit-learn: no download) and an
 endless, seeded stream of shifted training batches."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,13 @@ def digits() -> Data:
     stratified 75/25 split, standardised with the training set's mean and std."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
-    i_tr, i_te = train_test_split(torch.arange(len(y)).numpy(), test_size=0.25, random_state=0,
-                                  stratify=y.numpy())
+    i_tr, i_te = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=0.25, random_state=0, stratify=y.numpy()
+    )
     x_tr, x_te = x[i_tr], x[i_te]
     mean, std = x_tr.mean(), x_tr.std()
     return Data((x_tr - mean) / std, y[i_tr], (x_te - mean) / std, y[i_te], "digits")
@@ -37,8 +40,9 @@ class Batches:
     """An endless, seeded stream of shuffled training batches, each image shifted by up to
     ``shift`` pixels (zero padding).  Two streams with the same seed give the same batches."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                 shift: int = 1) -> None:
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, shift: int = 1
+    ) -> None:
         self.x, self.y, self.batch_size, self.shift = x, y, batch_size, shift
         self.gen = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
@@ -50,7 +54,7 @@ class Batches:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if len(self.order) < self.batch_size:
             self.order = torch.cat([self.order, torch.randperm(len(self.y), generator=self.gen)])
-        idx, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
         x = self.x[idx]
         if self.shift:
             x = shift(x, self.shift, self.gen, self.fill)

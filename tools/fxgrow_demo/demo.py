@@ -10,6 +10,7 @@ model's final accuracy; it writes a plot, the grown graph and the student to ``o
 
 The building blocks (``SmallResNet``, ``digits``, ``forward_macs``, ``Batches``, ``evaluate``,
 ``train``) are reused by ``tools/reproduce.py``."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -64,9 +65,17 @@ class Config:
     noise_window: int = 20  # batch losses compared before / after growth
 
 
-def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
-        teacher_steps: int | None = None, student_steps: int | None = None,
-        threads: int = 1, progress: bool = True, config: Config | None = None) -> int:
+def run(
+    factor: float = 1.5,
+    seed: int = 0,
+    *,
+    out_dir: str = DEFAULT_OUT,
+    teacher_steps: int | None = None,
+    student_steps: int | None = None,
+    threads: int = 1,
+    progress: bool = True,
+    config: Config | None = None,
+) -> int:
     """Train a teacher on digits, grow it ``factor`` x wider and one block per stage deeper,
     move its AdamW state, continue training; train the student's shape from scratch on the
     same batches for the same number of steps; print the comparison.  Writes ``curves.png``,
@@ -75,8 +84,11 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        print("fxgrow demo needs scikit-learn (its digits data set) and matplotlib: "
-              "pip install scikit-learn matplotlib", file=sys.stderr)
+        print(
+            "fxgrow demo needs scikit-learn (its digits data set) and matplotlib: "
+            "pip install scikit-learn matplotlib",
+            file=sys.stderr,
+        )
         return 1
     cfg = copy.deepcopy(config) if config is not None else Config()
     if teacher_steps is not None:
@@ -99,9 +111,9 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         if cfg.schedule == "cosine":
             schedule = cosine(cfg.lr, total, cfg.warmup)
         else:
-            schedule = lambda step: cfg.lr  # noqa: E731
+            schedule = lambda step: cfg.lr
         scale = cfg.student_lr_scale
-        student_schedule = lambda step: schedule(step) * scale  # noqa: E731
+        student_schedule = lambda step: schedule(step) * scale
         log = dict(data=data, eval_every=cfg.eval_every, progress=bar, total=total)
 
         # 1. the teacher
@@ -110,8 +122,17 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         t_fps = train_flops_per_sample(teacher, example) * cfg.batch_size
         batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100)
         grown = History()
-        flops = train(teacher, opt, batches, T, flops_per_step=t_fps, history=grown,
-                      label="teacher", lr=schedule, **log)
+        flops = train(
+            teacher,
+            opt,
+            batches,
+            T,
+            flops_per_step=t_fps,
+            history=grown,
+            label="teacher",
+            lr=schedule,
+            **log,
+        )
         growth_flops, teacher_acc = flops, grown.evals[-1][2]
 
         # 2. growth: wider (split="random": exact, and the copies learn apart), one more
@@ -120,9 +141,14 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         loss_before = _loss(teacher, x_next, y_next)
         t0 = time.perf_counter()
         set_training(teacher, False)
-        student = fxgrow.grow(teacher, example, width=factor,
-                              blocks={f"layer{s + 1}": b for s, b in enumerate(blocks)},
-                              split="random", seed=seed)
+        student = fxgrow.grow(
+            teacher,
+            example,
+            width=factor,
+            blocks={f"layer{s + 1}": b for s, b in enumerate(blocks)},
+            split="random",
+            seed=seed,
+        )
         opt = fxgrow.transfer_optimizer(opt, teacher, student)
         grow_seconds = time.perf_counter() - t0
         error = fxgrow.compare(teacher, student, data.x_test)
@@ -133,20 +159,39 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         n_student = sum(p.numel() for p in student.parameters())
 
         # 3. the student trains on, from the very batch the losses above were measured on
-        flops = train(student, opt, _prepend((x_next, y_next), batches), S,
-                      flops_per_step=s_fps, history=grown, start_step=T, start_flops=flops,
-                      label="student", lr=student_schedule, **log)
+        flops = train(
+            student,
+            opt,
+            _prepend((x_next, y_next), batches),
+            S,
+            flops_per_step=s_fps,
+            history=grown,
+            start_step=T,
+            start_flops=flops,
+            label="student",
+            lr=student_schedule,
+            **log,
+        )
         spike = spike_stats(grown.losses[:T], grown.losses[T:], cfg.noise_window)
 
         # 4. the student's exact shape from random init: same batches, same number of steps
         scratch = seeded(seed + 1, lambda: SmallResNet(widths, blocks))
-        if {k: v.shape for k, v in scratch.state_dict().items()} != \
-                {k: v.shape for k, v in student.state_dict().items()}:
+        if {k: v.shape for k, v in scratch.state_dict().items()} != {
+            k: v.shape for k, v in student.state_dict().items()
+        }:
             raise RuntimeError("the from-scratch model does not have the student's shape")
         sc_hist = History()
-        train(scratch, make_optimizer(scratch, cfg.lr, cfg.weight_decay),
-              Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100), total,
-              flops_per_step=s_fps, history=sc_hist, label="scratch", lr=schedule, **log)
+        train(
+            scratch,
+            make_optimizer(scratch, cfg.lr, cfg.weight_decay),
+            Batches(data.x_train, data.y_train, cfg.batch_size, seed + 100),
+            total,
+            flops_per_step=s_fps,
+            history=sc_hist,
+            label="scratch",
+            lr=schedule,
+            **log,
+        )
 
         # 5. results
         target = sc_hist.smoothed(cfg.smooth)[-1][2]
@@ -155,24 +200,47 @@ def run(factor: float = 1.5, seed: int = 0, *, out_dir: str = DEFAULT_OUT,
         full = sc_hist.evals[-1][1]
         os.makedirs(out_dir, exist_ok=True)
         png = os.path.join(out_dir, "curves.png")
-        title = (f"fxgrow demo, digits: SmallResNet widths {slashed(cfg.widths)}, blocks "
-                 f"{slashed(cfg.blocks)} grown at step {T} to {slashed(widths)}, {slashed(blocks)} (seed {seed})")
+        title = (
+            f"fxgrow demo, digits: SmallResNet widths {slashed(cfg.widths)}, blocks "
+            f"{slashed(cfg.blocks)} grown at step {T} to {slashed(widths)}, {slashed(blocks)} (seed {seed})"
+        )
         plotted = plot(png, grown, sc_hist, T, growth_flops, target, cfg.smooth, title)
         drawn = _draw(fxgrow, teacher, student, example, os.path.join(out_dir, "student.svg"))
         saved = _save(fxgrow, student, example, os.path.join(out_dir, "student"))
         wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
         result = DemoResult(
-            cfg=cfg, n_train=len(data.y_train), n_test=len(data.y_test), seed=seed,
-            factor=factor, widths=widths, blocks=blocks, params=(n_teacher, n_student),
-            train_flops_per_step=(t_fps, s_fps), error=error, error_train=error_train,
-            loss_before=loss_before, loss_after=loss_after, spike=spike, grown=grown,
-            scratch=sc_hist, teacher_acc=teacher_acc, target=target, reach_grown=reach_g,
-            reach_scratch=reach_s, scratch_flops=full, grow_seconds=grow_seconds)
+            cfg=cfg,
+            n_train=len(data.y_train),
+            n_test=len(data.y_test),
+            seed=seed,
+            factor=factor,
+            widths=widths,
+            blocks=blocks,
+            params=(n_teacher, n_student),
+            train_flops_per_step=(t_fps, s_fps),
+            error=error,
+            error_train=error_train,
+            loss_before=loss_before,
+            loss_after=loss_after,
+            spike=spike,
+            grown=grown,
+            scratch=sc_hist,
+            teacher_acc=teacher_acc,
+            target=target,
+            reach_grown=reach_g,
+            reach_scratch=reach_s,
+            scratch_flops=full,
+            grow_seconds=grow_seconds,
+        )
         lines = report(result)
-        lines += ["", f"wrote {png}" if plotted else "no plot: matplotlib is not installed",
-                  drawn, f"wrote {saved} (the student)",
-                  f"runtime {wall:.1f} s wall, {cpu:.1f} s CPU ({threads} thread"
-                  f"{'s' if threads > 1 else ''})"]
+        lines += [
+            "",
+            f"wrote {png}" if plotted else "no plot: matplotlib is not installed",
+            drawn,
+            f"wrote {saved} (the student)",
+            f"runtime {wall:.1f} s wall, {cpu:.1f} s CPU ({threads} thread"
+            f"{'s' if threads > 1 else ''})",
+        ]
         print("\n".join(lines))
         results = result.to_dict(runtime_s=wall, cpu_s=cpu)
         with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -207,8 +275,10 @@ def _save(fxgrow, student, example, path: str) -> str:
         try:
             return str(fxgrow.save(student, path + ".safetensors", example_inputs=example))
         except Exception as e:
-            print(f"fxgrow.save failed ({type(e).__name__}: {e}); saving the state_dict",
-                  file=sys.stderr)
+            print(
+                f"fxgrow.save failed ({type(e).__name__}: {e}); saving the state_dict",
+                file=sys.stderr,
+            )
     torch.save(student.state_dict(), path + ".pt")
     return path + ".pt"
 

@@ -1,8 +1,9 @@
 """The demo's model: a small ResNet (3x3 conv stem, stages of BasicBlocks, global pooling,
 a linear head) and seeded construction."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -21,8 +22,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -35,8 +37,13 @@ class SmallResNet(nn.Module):
     """A conv stem and one stage of BasicBlocks per width (``layer1``, ``layer2``, ...; every
     stage after the first halves the resolution), global average pooling, a linear head."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32), blocks: tuple[int, ...] = (2, 2),
-                 num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32),
+        blocks: tuple[int, ...] = (2, 2),
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         if len(widths) != len(blocks) or min(blocks) < 1:
             raise ValueError("one block count >= 1 per width")
@@ -46,7 +53,9 @@ class SmallResNet(nn.Module):
         self.relu = nn.ReLU()
         cin = widths[0]
         for s, (w, b) in enumerate(zip(widths, blocks)):
-            stage = [BasicBlock(cin, w, 1 if s == 0 else 2)] + [BasicBlock(w, w) for _ in range(b - 1)]
+            stage = [BasicBlock(cin, w, 1 if s == 0 else 2)] + [
+                BasicBlock(w, w) for _ in range(b - 1)
+            ]
             setattr(self, f"layer{s + 1}", nn.Sequential(*stage))
             cin = w
         self.fc = nn.Linear(cin, num_classes)

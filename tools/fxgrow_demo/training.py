@@ -2,12 +2,13 @@
 a run, a progress line, AdamW with a cosine schedule.
 
 Invariant: evaluation and the loss measurements leave the model's modes as they were."""
+
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -28,9 +29,13 @@ def forward_macs(model: nn.Module, example: torch.Tensor) -> int:
         per_output = w[0].numel()  # in_channels / groups * kernel, or in_features
         total += output.numel() * per_output
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
     from fxgrow.modes import preserved, set_training
+
     try:
         with preserved(model), torch.no_grad():
             set_training(model, False)
@@ -48,17 +53,19 @@ def train_flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
 
 # -- training -------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) in eval mode; the model's modes are restored."""
     from fxgrow.modes import preserved, set_training
+
     correct, loss = 0, 0.0
     with preserved(model, buffers=False):
         set_training(model, False)
         for i in range(0, len(y), batch_size):
-            out = model(x[i:i + batch_size])
-            loss += float(F.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
-            correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
+            out = model(x[i : i + batch_size])
+            loss += float(F.cross_entropy(out, y[i : i + batch_size], reduction="sum"))
+            correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
     return correct / len(y), loss / len(y)
 
 
@@ -76,12 +83,16 @@ class History:
         out = []
         window = max(1, min(window, len(self.evals)))
         for k in range(window - 1, len(self.evals)):
-            vals = [e[metric] for e in self.evals[k - window + 1:k + 1]]
+            vals = [e[metric] for e in self.evals[k - window + 1 : k + 1]]
             out.append((self.evals[k][0], self.evals[k][1], sum(vals) / window))
         return out
 
-    def first_reaching(self, target: float, window: int = 1, metric: int = 2,
-                       ) -> tuple[int, float] | None:
+    def first_reaching(
+        self,
+        target: float,
+        window: int = 1,
+        metric: int = 2,
+    ) -> tuple[int, float] | None:
         """(step, FLOPs) of the first evaluation whose smoothed accuracy is >= ``target`` (for
         ``metric=3``, test loss <= ``target``)."""
         for step, flops, v in self.smoothed(window, metric):
@@ -123,15 +134,28 @@ class Progress:
             self.stream.flush()
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, steps: int, *,
-          flops_per_step: float, data: Data, history: History, eval_every: int,
-          start_step: int = 0, start_flops: float = 0.0, progress: Progress | None = None,
-          label: str = "train", total: int | None = None,
-          lr: Callable[[int], float] | None = None) -> float:
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator,
+    steps: int,
+    *,
+    flops_per_step: float,
+    data: Data,
+    history: History,
+    eval_every: int,
+    start_step: int = 0,
+    start_flops: float = 0.0,
+    progress: Progress | None = None,
+    label: str = "train",
+    total: int | None = None,
+    lr: Callable[[int], float] | None = None,
+) -> float:
     """``steps`` optimizer steps (cross-entropy), evaluating on the test set every
     ``eval_every`` global steps; ``lr(step)`` (global step, from 0) sets every parameter
     group's learning rate before each step.  Returns the cumulative FLOPs."""
     from fxgrow.modes import set_training
+
     flops = start_flops
     if not history.evals or history.evals[-1][0] != start_step:
         history.evals.append((start_step, flops, *evaluate(model, data.x_test, data.y_test)))
@@ -160,10 +184,12 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
 
 def cosine(lr: float, total: int, warmup: int = 0) -> Callable[[int], float]:
     """Linear warm-up over ``warmup`` steps, then cosine decay to zero at step ``total``."""
+
     def at(step: int) -> float:
         if step < warmup:
             return lr * (step + 1) / warmup
         return lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
     return at
 
 

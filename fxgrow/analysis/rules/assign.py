@@ -4,6 +4,7 @@ The written positions take ``v``'s values; fxgrow does not follow which units of
 are.  Where every axis of ``t`` and ``v`` is fixed (a table built from sizes, as timm's
 ConViT builds its relative positions) nothing can change with a width and the write is
 exact; otherwise every channel space of both is blocked."""
+
 from __future__ import annotations
 
 import operator
@@ -27,6 +28,9 @@ def setitem(cx: RuleContext):
         cx.sizes_handled(size)
     for lay in layouts:
         if not cx.spaces.is_fixed(lay):
-            cx.block(lay, "written by item assignment (t[key] = v): fxgrow does not follow "
-                          "which units are written")
+            cx.block(
+                lay,
+                "written by item assignment (t[key] = v): fxgrow does not follow "
+                "which units are written",
+            )
     return None

@@ -5,6 +5,7 @@ Overloads with the maths and the argument order of a ``torch`` function are regi
 that function's rule (``@rule(..., aten=(...))`` in the module of their maths).  Here are the
 ones with their own signature (slice, select, embedding), the no-ops export inserts (metadata
 assertions) and the creation ops (fixed results)."""
+
 from __future__ import annotations
 
 from ..context import RuleContext
@@ -20,8 +21,10 @@ def aten_slice(cx: RuleContext):
     x = cx.tensor(cx.arg(0))
     d = x.dim(cx.concrete(cx.arg(1, "dim", 0)))
     n = x.shape[d]
-    start, end, step = (cx.concrete(cx.arg(i, nm, dflt)) for i, nm, dflt in
-                        ((2, "start", None), (3, "end", None), (4, "step", 1)))
+    start, end, step = (
+        cx.concrete(cx.arg(i, nm, dflt))
+        for i, nm, dflt in ((2, "start", None), (3, "end", None), (4, "step", 1))
+    )
     start, end, step = slice(start, end, step).indices(n)
     lay = list(x.layouts)
     if step != 1:
@@ -40,6 +43,7 @@ def aten_slice(cx: RuleContext):
             a[1] = d
             a[2], a[3] = s0, s0 + size(piece)
             return tuple(a), {k: v for k, v in kwargs.items() if k not in ("start", "end", "dim")}
+
         cx.rewrite_args(new_args, before, piece)
     return cx.out(lay)
 
@@ -56,7 +60,7 @@ def aten_select(cx: RuleContext):
     if cx.spaces.roots(x.layouts[d]):
         cx.sizes_handled(cx.value(cx.arg(2, "index")))
         cx.rewrite_args(lambda size, args, kwargs: ((args[0], args[1], size(before)), {}), before)
-    return cx.out(x.layouts[:d] + x.layouts[d + 1:])
+    return cx.out(x.layouts[:d] + x.layouts[d + 1 :])
 
 
 @rule(aten=("embedding.default",))
@@ -77,26 +81,46 @@ def constant_creation(cx: RuleContext):
     a space of its own that may join a channel space and grow with it (its size entry is
     rewritten).  Sizes read from tensors: every axis fixed, as ``creation``."""
     size = cx.node.args[0] if cx.node.args else cx.node.kwargs.get("size")
-    if not isinstance(size, (list, tuple)) or \
-            not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
+    if not isinstance(size, (list, tuple)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in size
+    ):
         return creation(cx)
     layouts = tuple(cx.spaces.new(n) for n in cx.out_shape())
     shape._rewrite_sizes(cx, layouts, 0, "size")
     return cx.out(layouts)
 
 
-@rule(aten=("arange.default", "arange.start", "arange.start_step", "full.default",
-            "empty.memory_format", "scalar_tensor.default",
-            "new_ones.default", "new_zeros.default", "new_full.default", "new_empty.default",
-            "rand.default", "randn.default", "empty_strided.default",
-            "randperm.default"))
+@rule(
+    aten=(
+        "arange.default",
+        "arange.start",
+        "arange.start_step",
+        "full.default",
+        "empty.memory_format",
+        "scalar_tensor.default",
+        "new_ones.default",
+        "new_zeros.default",
+        "new_full.default",
+        "new_empty.default",
+        "rand.default",
+        "randn.default",
+        "empty_strided.default",
+        "randperm.default",
+    )
+)
 def creation(cx: RuleContext):
     """A new tensor from sizes only: every axis fixed (sizes read from channel axes block)."""
     return cx.info_for(cx.example(), "created tensor")
 
 
-@rule(aten=("_assert_tensor_metadata.default", "_assert_async.msg", "_assert_scalar.default",
-            "sym_constrain_range_for_size.default"))
+@rule(
+    aten=(
+        "_assert_tensor_metadata.default",
+        "_assert_async.msg",
+        "_assert_scalar.default",
+        "sym_constrain_range_for_size.default",
+    )
+)
 @rule(aten=("_assert_tensor_metadata.default",), traits=("metadata_check",))
 def assertion(cx: RuleContext):
     """Run-time metadata checks export inserts: they compute nothing."""

@@ -13,6 +13,7 @@ softmax(q k^T * scale) v over heads:
   num_heads x head_dim and the output size must stay equal, so the model's embedding space is
   the heads space (it grows by whole heads).
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from ..context import CONSUME, PRODUCE, RuleContext, RuleError
 from ..values import TensorInfo
 from .registry import rule
+
 
 def _unify_batch(cx: RuleContext, lays: list[tuple], shapes: list[tuple], out_batch: tuple):
     """Broadcast the leading (batch/head) axes of several operands."""
@@ -47,16 +49,22 @@ def sdpa(cx: RuleContext):
     q, k, v = (cx.tensor(cx.arg(i, n)) for i, n in ((0, "query"), (1, "key"), (2, "value")))
     gqa = bool(cx.concrete(cx.arg(7, "enable_gqa", False)))
     cx.unify(q.layouts[-1], k.layouts[-1], "query/key head dim")
-    cx.block(q.layouts[-1], "head dim contracted between query and key (and it sets the "
-                            "softmax scale)", "structure")
+    cx.block(
+        q.layouts[-1],
+        "head dim contracted between query and key (and it sets the softmax scale)",
+        "structure",
+    )
     cx.unify(k.layouts[-2], v.layouts[-2], "key/value positions")
     cx.block(k.layouts[-2], "softmax over key positions", "structure")
     qb, kb, vb = list(q.layouts[:-2]), list(k.layouts[:-2]), list(v.layouts[:-2])
     qs, ks, vs = list(q.shape[:-2]), list(k.shape[:-2]), list(v.shape[:-2])
     if gqa and q.ndim >= 3 and qs[-1] != ks[-1]:
         r = qs[-1] // ks[-1]
-        cx.unify(qb[-1], cx.spaces.merge(kb[-1], cx.fixed(r, "query heads per key/value head")),
-                 "grouped-query heads")
+        cx.unify(
+            qb[-1],
+            cx.spaces.merge(kb[-1], cx.fixed(r, "query heads per key/value head")),
+            "grouped-query heads",
+        )
         cx.unify(kb[-1], vb[-1], "key/value heads")
         qb, qs = qb[:-1], qs[:-1]
         heads = [q.layouts[-3]]
@@ -65,8 +73,9 @@ def sdpa(cx: RuleContext):
         heads = []
     out_shape = cx.out_shape()
     batch_shape = out_shape[:-2] if not heads else out_shape[:-3]
-    batch = _unify_batch(cx, [tuple(qb), tuple(kb), tuple(vb)], [tuple(qs), tuple(ks),
-                                                                  tuple(vs)], batch_shape)
+    batch = _unify_batch(
+        cx, [tuple(qb), tuple(kb), tuple(vb)], [tuple(qs), tuple(ks), tuple(vs)], batch_shape
+    )
     mask = cx.value(cx.arg(3, "attn_mask", None))
     if isinstance(mask, TensorInfo):
         full_q = batch + tuple(heads) + (q.layouts[-2],)
@@ -91,14 +100,13 @@ def multihead_attention(cx: RuleContext):
     seq = 1 if m.batch_first and k.ndim == 3 else 0
     cx.unify(k.layouts[seq], v.layouts[seq], "key/value positions")
     cx.block(k.layouts[seq], "softmax over key positions", "structure")
-    E, H = m.embed_dim, m.num_heads
+    E = m.embed_dim
     rows = cx.module_param("in_proj_weight", 0, PRODUCE)
     pieces = cx.spaces.cut(rows, [E, 2 * E], cx.blocker("q/k/v rows"))
     for p in pieces[1:]:
         cx.unify(pieces[0], p, "query, key and value heads correspond")
     heads, head_dim = cx.spaces.split(pieces[0], m.head_dim, cx.blocker("heads"))
-    cx.block(head_dim, "head dim of nn.MultiheadAttention (fixes the softmax scale)",
-             "structure")
+    cx.block(head_dim, "head dim of nn.MultiheadAttention (fixes the softmax scale)", "structure")
     inner = cx.spaces.merge(heads, head_dim)
     cols = cx.module_param("in_proj_weight", 1, CONSUME)
     for t in (q, k, v):
@@ -122,8 +130,9 @@ def multihead_attention(cx: RuleContext):
     cx.set_attr("vdim", lambda size: size(inner), inner)
     cx.set_attr("num_heads", lambda size: size(heads), heads)
     cx.set_attr("in_features", lambda size: size(inner), inner, module=f"{cx.node.target}.out_proj")
-    cx.set_attr("out_features", lambda size: size(inner), inner,
-                module=f"{cx.node.target}.out_proj")
+    cx.set_attr(
+        "out_features", lambda size: size(inner), inner, module=f"{cx.node.target}.out_proj"
+    )
     need_weights = cx.concrete(cx.arg(4, "need_weights", True))
     average = cx.concrete(cx.arg(6, "average_attn_weights", True))
     example = cx.example()

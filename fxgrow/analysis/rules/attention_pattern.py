@@ -9,6 +9,7 @@ axes; these helpers let those rules say so with the same kind and reason, so a m
 two exact outcomes: a recognised head dim is blocked as structure, an unrecognised contraction
 of two activations grows with a share scale (``analysis/contraction.py``), so it cannot make a
 student wrong."""
+
 from __future__ import annotations
 
 import operator
@@ -21,10 +22,36 @@ import torch.nn.functional as F
 _SOFTMAX_FN = (F.softmax, torch.softmax)
 _SOFTMAX_MOD = (nn.Softmax,)
 # ops between the scores and the softmax, or the softmax and attn @ v, that keep positions
-_PASS_FN = {operator.mul, operator.truediv, operator.add, operator.sub, torch.mul, torch.div,
-            torch.add, torch.sub, torch.masked_fill, F.dropout}
-_PASS_METHOD = {"mul", "div", "add", "sub", "mul_", "div_", "add_", "sub_", "masked_fill",
-                "masked_fill_", "float", "to", "type_as", "half", "bfloat16", "contiguous"}
+_PASS_FN = {
+    operator.mul,
+    operator.truediv,
+    operator.add,
+    operator.sub,
+    torch.mul,
+    torch.div,
+    torch.add,
+    torch.sub,
+    torch.masked_fill,
+    F.dropout,
+}
+_PASS_METHOD = {
+    "mul",
+    "div",
+    "add",
+    "sub",
+    "mul_",
+    "div_",
+    "add_",
+    "sub_",
+    "masked_fill",
+    "masked_fill_",
+    "float",
+    "to",
+    "type_as",
+    "half",
+    "bfloat16",
+    "contiguous",
+}
 _PASS_MOD = (nn.Dropout, nn.Identity)
 # views that regroup the leading axes (Swin's mask per window: [B nW, H, N, N] <-> [B, nW, H,
 # N, N]); past one, only a softmax over dim=-1 is known to be over the keys
@@ -32,8 +59,21 @@ _VIEW_METHOD = {"view", "reshape"}
 _MAX_STEPS = 6
 # the same ops in exported (ATen) graphs, by overload name
 _ATEN_SOFTMAX = {"softmax", "_softmax"}
-_ATEN_PASS = {"mul", "div", "add", "sub", "masked_fill", "dropout", "native_dropout", "to",
-              "_to_copy", "clone", "contiguous", "type_as", "alias"}
+_ATEN_PASS = {
+    "mul",
+    "div",
+    "add",
+    "sub",
+    "masked_fill",
+    "dropout",
+    "native_dropout",
+    "to",
+    "_to_copy",
+    "clone",
+    "contiguous",
+    "type_as",
+    "alias",
+}
 _ATEN_VIEW = {"view", "reshape", "_unsafe_view"}
 _ATEN_MATMUL = {"matmul", "bmm", "einsum"}
 
@@ -47,9 +87,11 @@ def _aten(node: torch.fx.Node) -> str | None:
 
 
 def _is_view(node: torch.fx.Node) -> bool:
-    return (node.op == "call_method" and node.target in _VIEW_METHOD) or \
-        (node.op == "call_function" and node.target is torch.reshape) or \
-        _aten(node) in _ATEN_VIEW
+    return (
+        (node.op == "call_method" and node.target in _VIEW_METHOD)
+        or (node.op == "call_function" and node.target is torch.reshape)
+        or _aten(node) in _ATEN_VIEW
+    )
 
 
 def _passes(node: torch.fx.Node, modules: dict) -> bool:
@@ -70,9 +112,11 @@ def _softmax_last(node: torch.fx.Node, modules: dict, ndim: int, viewed: bool = 
     only ``dim=-1`` says so)."""
     if node.op == "call_module" and isinstance(modules.get(node.target), _SOFTMAX_MOD):
         d = modules[node.target].dim
-    elif (node.op == "call_function" and node.target in _SOFTMAX_FN) or \
-            (node.op == "call_method" and node.target == "softmax") or \
-            _aten(node) in _ATEN_SOFTMAX:
+    elif (
+        (node.op == "call_function" and node.target in _SOFTMAX_FN)
+        or (node.op == "call_method" and node.target == "softmax")
+        or _aten(node) in _ATEN_SOFTMAX
+    ):
         d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     else:
         return False
@@ -120,10 +164,14 @@ def from_scores(node, modules: dict, ndim: int) -> bool:
     for _ in range(_MAX_STEPS):
         if not isinstance(node, torch.fx.Node):
             return False
-        if (node.op == "call_function" and node.target in (operator.matmul, torch.matmul,
-                                                           torch.einsum)) or \
-                (node.op == "call_method" and node.target == "matmul") or \
-                _aten(node) in _ATEN_MATMUL:
+        if (
+            (
+                node.op == "call_function"
+                and node.target in (operator.matmul, torch.matmul, torch.einsum)
+            )
+            or (node.op == "call_method" and node.target == "matmul")
+            or _aten(node) in _ATEN_MATMUL
+        ):
             return True
         if not _passes(node, modules) or not node.args:
             return False

@@ -4,6 +4,7 @@ permute / transpose / squeeze / unsqueeze / expand / repeat: axes move, appear o
 o -> o mod C; repeat_interleave: o -> o // r); expand's size entries on channel axes become -1
 so that they keep the input's size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,16 +21,24 @@ from .shape import _rewrite_sizes
 def permute(cx: RuleContext):
     """permute(dims): axes are reordered."""
     x = cx.tensor(cx.arg(0))
-    dims = cx.concrete(list(cx.node.args[1:]) if "dims" not in cx.node.kwargs
-                       else cx.node.kwargs["dims"])
+    dims = cx.concrete(
+        list(cx.node.args[1:]) if "dims" not in cx.node.kwargs else cx.node.kwargs["dims"]
+    )
     if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
         dims = dims[0]
     return cx.out(tuple(x.layouts[x.dim(d)] for d in dims))
 
 
 @rule(torch.transpose, "transpose", aten=("transpose.int",), traits=("keeps_zero", "swap_axes"))
-@rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims",
-      aten=("transpose.int", "swapaxes.default"))
+@rule(
+    torch.transpose,
+    "transpose",
+    torch.swapaxes,
+    "swapaxes",
+    torch.swapdims,
+    "swapdims",
+    aten=("transpose.int", "swapaxes.default"),
+)
 def transpose(cx: RuleContext):
     """transpose(d0, d1): two axes swap."""
     x = cx.tensor(cx.arg(0))
@@ -76,8 +85,11 @@ def squeeze(cx: RuleContext):
     """squeeze(dims): size-1 axes disappear (a size-1 channel space must then stay size 1)."""
     x = cx.tensor(cx.arg(0))
     dims = cx.concrete(cx.arg(1, "dim", None))
-    dims = [d for d in range(x.ndim)] if dims is None else \
-        [x.dim(d) for d in ([dims] if isinstance(dims, int) else dims)]
+    dims = (
+        [d for d in range(x.ndim)]
+        if dims is None
+        else [x.dim(d) for d in ([dims] if isinstance(dims, int) else dims)]
+    )
     keep = []
     for d, (n, lay) in enumerate(zip(x.shape, x.layouts)):
         if d in dims and n == 1:
@@ -155,8 +167,15 @@ def repeat_interleave(cx: RuleContext):
     return cx.out(lay)
 
 
-@rule(torch.flip, "flip", torch.roll, "roll", torch.fliplr, torch.flipud,
-      aten=("flip.default", "roll.default"))
+@rule(
+    torch.flip,
+    "flip",
+    torch.roll,
+    "roll",
+    torch.fliplr,
+    torch.flipud,
+    aten=("flip.default", "roll.default"),
+)
 def flip(cx: RuleContext):
     """flip/roll: a reordering of positions; fine on fixed axes, blocks channel axes."""
     x = cx.tensor(cx.arg(0))

@@ -1,7 +1,9 @@
 """Helpers shared by the op rules."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..context import RuleContext, RuleError
 from ..layout import Layout
@@ -38,8 +40,9 @@ def broadcast(cx: RuleContext, operands: Iterable[Any]) -> TensorInfo:
         if not along:
             raise RuleError("cannot match operand shapes")
         for other in along[1:]:
-            cx.unify(along[0], other, "operands of an elementwise op with different channel "
-                                      "structure")
+            cx.unify(
+                along[0], other, "operands of an elementwise op with different channel structure"
+            )
         out.append(along[0])
     return cx.out(reversed(out))
 
@@ -66,4 +69,5 @@ def size_of(cx: RuleContext, v: Any) -> Any:
 
 def sizes_in(cx: RuleContext, a: Any) -> list[SizeInfo]:
     from torch.utils import _pytree as pytree
+
     return [v for v in pytree.tree_leaves(cx.value(a)) if isinstance(v, SizeInfo)]

@@ -10,6 +10,7 @@ Weight ``[C_out, C_in / G, k...]`` (transposed: ``[C_in, C_out / G, k...]``).
 * Depthwise (G = C_in, C_out = k C_in): output channel o reads input channel o // k only, so
   the output space is the input space times a fixed multiplier k; nothing is divided.
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -64,8 +65,9 @@ def _blocks(cx: RuleContext, layout: Layout, groups: int, what: str) -> Layout:
     return pieces[0]
 
 
-def conv_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int,
-                  cout: int) -> Layout:
+def conv_channels(
+    cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int, cout: int
+) -> Layout:
     """Couple the input channel layout ``x`` to the weights; return the output channel layout."""
     if groups == 1:
         cx.unify(x, w.axis("weight", 1, CONSUME), "input channels of a conv")
@@ -85,8 +87,9 @@ def conv_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int
     return out
 
 
-def conv_transpose_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int,
-                            cout: int) -> Layout:
+def conv_transpose_channels(
+    cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int, cout: int
+) -> Layout:
     if groups == 1:
         cx.unify(x, w.axis("weight", 0, CONSUME), "input channels of a transposed conv")
         out = w.axis("weight", 1, PRODUCE)
@@ -94,8 +97,9 @@ def conv_transpose_channels(cx: RuleContext, x: Layout, w: _Weights, groups: int
         cx.unify(x, w.axis("weight", 0, SCALE), "depthwise transposed conv")
         out = x
     else:
-        raise RuleError("grouped transposed convolution (1 < groups, not depthwise) is not "
-                        "supported")
+        raise RuleError(
+            "grouped transposed convolution (1 < groups, not depthwise) is not supported"
+        )
     b = w.axis("bias", 0, PRODUCE)
     if b is not None:
         cx.unify(out, b, "conv bias")
@@ -118,9 +122,12 @@ def _pointwise(m) -> bool:
     k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,)
     st = m.stride if isinstance(m.stride, tuple) else (m.stride,)
     pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
-    return all(v == 1 for v in (*k, *st)) and all(v in (0, "valid") for v in pad) and \
-        getattr(m, "padding_mode", "zeros") == "zeros" and \
-        all(v == 0 for v in getattr(m, "output_padding", (0,)))
+    return (
+        all(v == 1 for v in (*k, *st))
+        and all(v in (0, "valid") for v in pad)
+        and getattr(m, "padding_mode", "zeros") == "zeros"
+        and all(v == 0 for v in getattr(m, "output_padding", (0,)))
+    )
 
 
 def _conv_module(cx: RuleContext, channels) -> TensorInfo:
@@ -159,8 +166,7 @@ def _depthwise_groups(cx: RuleContext, x: Layout, groups, groups_at: int) -> Non
     v = cx.value(groups)
     if isinstance(v, SizeInfo):
         if len(v.layouts) != 1:
-            raise RuleError("functional depthwise conv whose groups is computed from several "
-                            "sizes")
+            raise RuleError("functional depthwise conv whose groups is computed from several sizes")
         cx.unify(x, v.layouts[0], "groups of a depthwise conv read from another tensor")
         cx.sizes_handled(v)
         return
@@ -168,7 +174,7 @@ def _depthwise_groups(cx: RuleContext, x: Layout, groups, groups_at: int) -> Non
     def new_args(size, args, kwargs):
         if "groups" in kwargs or len(args) <= groups_at:
             return args, {**kwargs, "groups": size(x)}
-        return (*args[:groups_at], size(x), *args[groups_at + 1:]), kwargs
+        return (*args[:groups_at], size(x), *args[groups_at + 1 :]), kwargs
 
     cx.rewrite_args(new_args, x)
 
@@ -189,8 +195,12 @@ def aten_convolution(cx: RuleContext):
     return _conv_call(cx, 8, transposed=bool(cx.concrete(cx.arg(6, "transposed"))))
 
 
-@rule(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-      aten=("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
+@rule(
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.conv_transpose3d,
+    aten=("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"),
+)
 def conv_transpose_function(cx: RuleContext):
     """F.conv_transposeNd(x, weight, bias, stride, padding, output_padding, groups, dilation)."""
     return _conv_call(cx, 6, transposed=True)

@@ -7,6 +7,7 @@ whose rows are entries, not channels).  The index's own axes become the result's
 pass through: replicating index entries replicates the gathered rows, which is exact.  The
 other axes of ``x`` pass through unchanged, so the heads of a bias table ``[entries, heads]``
 stay a channel space and grow with the attention heads."""
+
 from __future__ import annotations
 
 import torch
@@ -20,14 +21,20 @@ from .registry import rule
 
 def _block_indexed(cx: RuleContext, src, lay: Layout) -> None:
     table = isinstance(src, torch.fx.Node) and src.op == "get_attr"
-    cx.block(lay, "axis gathered by an index tensor (its positions are fixed)",
-             "structure" if table else "op")
+    cx.block(
+        lay,
+        "axis gathered by an index tensor (its positions are fixed)",
+        "structure" if table else "op",
+    )
 
 
 def _index_info(cx: RuleContext, item) -> TensorInfo:
     ex = cx.example(item)
-    if not isinstance(ex, torch.Tensor) or ex.dtype in (torch.bool, torch.uint8) or \
-            ex.is_floating_point():
+    if (
+        not isinstance(ex, torch.Tensor)
+        or ex.dtype in (torch.bool, torch.uint8)
+        or ex.is_floating_point()
+    ):
         raise RuleError("indexing with a boolean mask or a non-integer tensor")
     return cx.tensor(item)
 
@@ -35,8 +42,11 @@ def _index_info(cx: RuleContext, item) -> TensorInfo:
 def gather_index(cx: RuleContext, x: TensorInfo, items: list) -> TensorInfo:
     """``x[items]`` where some items are integer index tensors and the others full slices
     (``items`` with any ``...`` expanded)."""
-    tensor_at = [k for k, it in enumerate(items) if isinstance(it, torch.fx.Node)
-                 and isinstance(cx.example(it), torch.Tensor)]
+    tensor_at = [
+        k
+        for k, it in enumerate(items)
+        if isinstance(it, torch.fx.Node) and isinstance(cx.example(it), torch.Tensor)
+    ]
     for k, it in enumerate(items):
         if k not in tensor_at and not (isinstance(it, slice) and it == slice(None)):
             raise RuleError("advanced indexing mixed with integers, None or partial slices")

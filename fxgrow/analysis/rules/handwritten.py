@@ -6,6 +6,7 @@
   (RoPE's pairs): the outer factor grows, the inner stays.
 * ``reshape(x.shape[:-1] + (-1,))``: a shape joined at run time, entry by entry.
 """
+
 from __future__ import annotations
 
 import operator
@@ -28,8 +29,10 @@ def run_time_entries(cx: RuleContext, layouts: tuple, entries) -> None:
             cx.unify(lay, e.layouts[0], "shape read at run time from another tensor")
             cx.sizes_handled(e)
         elif isinstance(e, SizeInfo) or (cx.spaces.roots(lay) and e != -1):
-            raise RuleError("the target shape is one run-time value with a channel entry "
-                            "computed or written as a constant; fxgrow cannot rewrite it")
+            raise RuleError(
+                "the target shape is one run-time value with a channel entry "
+                "computed or written as a constant; fxgrow cannot rewrite it"
+            )
 
 
 def _int_position(cx: RuleContext, node: torch.fx.Node) -> tuple[int, int] | None:
@@ -51,8 +54,11 @@ def unbound_by_hand(cx: RuleContext, axis: int, n: int) -> bool:
     here = _int_position(cx, cx.node)
     if here is None or here[0] != axis:
         return False
-    taken = {p[1] % n for u in cx.node.args[0].users
-             if (p := _int_position(cx, u)) is not None and p[0] == axis}
+    taken = {
+        p[1] % n
+        for u in cx.node.args[0].users
+        if (p := _int_position(cx, u)) is not None and p[0] == axis
+    }
     return taken == set(range(n))
 
 
@@ -65,11 +71,15 @@ def strided(cx: RuleContext, lay: Layout, axis: int, step: int) -> Layout:
     unchanged slice needs.  Taking every offset by such slices is a view written out
     (structure); one offset alone fixes the inner factor as an integer index does."""
     outer, inner = cx.spaces.split(lay, step, cx.blocker("strided slice"))
-    offsets = {p[1] for u in cx.node.args[0].users if (p := _stride_of(cx, u)) is not None
-               and p[0] == axis and p[2] == step}
+    offsets = {
+        p[1]
+        for u in cx.node.args[0].users
+        if (p := _stride_of(cx, u)) is not None and p[0] == axis and p[2] == step
+    }
     if offsets == set(range(step)):
-        cx.block(inner, "every offset taken by strided slices (a view as (n / step, step))",
-                 "structure")
+        cx.block(
+            inner, "every offset taken by strided slices (a view as (n / step, step))", "structure"
+        )
     else:
         cx.block(inner, "strided slice: the step must stay")
     return outer

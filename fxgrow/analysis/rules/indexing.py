@@ -5,6 +5,7 @@ written out by hand (``t[0], t[1], t[2]``, ``x[..., i::s]``, ``x.shape[:-1] + (-
 recognised in ``handwritten``.  size / shape reads are tracked: a size read from a channel axis
 may only feed size arguments that are rewritten (see ``dependency._check_sizes``).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -61,8 +62,12 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     ``handwritten.strided``, or blocks), None adds an axis."""
     raw = cx.node.args[1]
     items = list(raw) if isinstance(raw, tuple) else [raw]
-    concrete = [slice(cx.concrete(it.start), cx.concrete(it.stop), cx.concrete(it.step))
-                if isinstance(it, slice) else cx.concrete(it) for it in items]
+    concrete = [
+        slice(cx.concrete(it.start), cx.concrete(it.stop), cx.concrete(it.step))
+        if isinstance(it, slice)
+        else cx.concrete(it)
+        for it in items
+    ]
     if any(isinstance(c, (list, bool)) for c in concrete):
         raise RuleError("advanced (list or bool) indexing")
     n_axes = sum(1 for c in concrete if c is not None and c is not Ellipsis)
@@ -83,8 +88,12 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
             i = c % n
             before, piece = window(cx, lay, i, i + 1, "index")
             if unbound_by_hand(cx, k, n):
-                cx.block(piece, "every position selected by an integer index (an unbind "
-                                "written out: the axis is not a channel space)", "structure")
+                cx.block(
+                    piece,
+                    "every position selected by an integer index (an unbind "
+                    "written out: the axis is not a channel space)",
+                    "structure",
+                )
             else:
                 cx.block(piece, "selected by an integer index")
             if cx.spaces.roots(lay):
@@ -97,8 +106,13 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
             continue
         start, stop, step = c.indices(n)
         if step != 1:
-            if step > 1 and n % step == 0 and start < step and c.stop is None and \
-                    cx.spaces.roots(lay):
+            if (
+                step > 1
+                and n % step == 0
+                and start < step
+                and c.stop is None
+                and cx.spaces.roots(lay)
+            ):
                 out.append(strided(cx, lay, k, step))
                 continue
             cx.block(lay, "strided slice on this axis")
@@ -123,9 +137,11 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
                 else:
                     s0 = size(r[1])
                     new_items[k] = slice(s0, s0 + size(r[2]), None)
-            idx = tuple(new_items) if isinstance(raw, tuple) or len(new_items) != 1 \
-                else new_items[0]
+            idx = (
+                tuple(new_items) if isinstance(raw, tuple) or len(new_items) != 1 else new_items[0]
+            )
             return (args[0], idx), kwargs
+
         cx.rewrite_args(new_args, *[lay for r in rewrites.values() for lay in r[1:]])
     return cx.out(out)
 
@@ -141,8 +157,16 @@ def size(cx: RuleContext):
 
 
 @rule("dim", traits=("size_read",))
-@rule("dim", "ndimension", "numel", "nelement", "is_contiguous", "element_size",
-      "is_floating_point", "get_device")
+@rule(
+    "dim",
+    "ndimension",
+    "numel",
+    "nelement",
+    "is_contiguous",
+    "element_size",
+    "is_floating_point",
+    "get_device",
+)
 def metadata(cx: RuleContext):
     """Facts about a tensor that do not depend on channel widths (rank, dtype ...); numel
     does, so it is tracked like a size."""
@@ -169,8 +193,17 @@ def get_attribute(cx: RuleContext):
             return cx.out(lay)
         if name in ("data",):
             return cx.out(obj.layouts)
-        if name in ("dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
-                    "is_sparse", "is_quantized", "is_meta"):
+        if name in (
+            "dtype",
+            "device",
+            "ndim",
+            "is_cuda",
+            "requires_grad",
+            "layout",
+            "is_sparse",
+            "is_quantized",
+            "is_meta",
+        ):
             return cx.example()
         raise RuleError(f"tensor attribute {name!r}")
     if isinstance(obj, (tuple, list)):  # torch.return_types: max(x, d).values, sort(..).indices
@@ -189,11 +222,20 @@ def assertion(cx: RuleContext):
     they were read from (they must stay equal in the student); a condition on any other size
     read from a channel axis blocks it (the check would fail in a wider student)."""
     cond = cx.arg(0, "condition")
-    if isinstance(cond, torch.fx.Node) and cond.op == "call_function" and \
-            cond.target is operator.eq and len(cond.args) == 2:
+    if (
+        isinstance(cond, torch.fx.Node)
+        and cond.op == "call_function"
+        and cond.target is operator.eq
+        and len(cond.args) == 2
+    ):
         a, b = cx.value(cond.args[0]), cx.value(cond.args[1])
-        if isinstance(a, SizeInfo) and isinstance(b, SizeInfo) and \
-                len(a.layouts) == len(b.layouts) == 1 and not a.per_axis and not b.per_axis:
+        if (
+            isinstance(a, SizeInfo)
+            and isinstance(b, SizeInfo)
+            and len(a.layouts) == len(b.layouts) == 1
+            and not a.per_axis
+            and not b.per_axis
+        ):
             cx.unify(a.layouts[0], b.layouts[0], "sizes asserted equal")
             cx.sizes_handled(cx.value(cond))
     return None

@@ -4,8 +4,10 @@ cat: input k occupies [off_k, off_k + C_k) of the result (the same tensor twice 
 segments with one map); split / narrow / slicing cut the layout at offsets, which are rewritten;
 chunk and equal splits tie the pieces to one map; unbind fixes the selected units.
 """
+
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -65,14 +67,24 @@ def _pieces_value(cx: RuleContext, x: TensorInfo, d: int, pieces: list[Layout]):
     return type(outs)(result) if isinstance(outs, (tuple, list)) else tuple(result)
 
 
-@rule(torch.split, "split", torch.split_with_sizes, "split_with_sizes",
-      aten=("split.Tensor", "split_with_sizes.default"))
+@rule(
+    torch.split,
+    "split",
+    torch.split_with_sizes,
+    "split_with_sizes",
+    aten=("split.Tensor", "split_with_sizes.default"),
+)
 def split(cx: RuleContext):
     """split(sizes | size, dim): pieces [off_k, off_k + s_k).  Explicit sizes are rewritten;
     an equal split size ties the pieces to one map (they must stay equal)."""
     x = cx.tensor(cx.arg(0))
-    sizes = cx.concrete(cx.arg(1, "split_size_or_sections",
-                               cx.node.kwargs.get("split_size", cx.node.kwargs.get("split_sizes"))))
+    sizes = cx.concrete(
+        cx.arg(
+            1,
+            "split_size_or_sections",
+            cx.node.kwargs.get("split_size", cx.node.kwargs.get("split_sizes")),
+        )
+    )
     d = x.dim(cx.concrete(cx.arg(2, "dim", 0)))
     n = x.shape[d]
     blk = cx.blocker("split")
@@ -89,8 +101,10 @@ def split(cx: RuleContext):
             cx.sizes_handled(cx.value(cx.arg(1, "split_size_or_sections", None)))
 
             def new_args(size, args, kwargs):
-                return _replace_arg(args, kwargs, 1, ("split_size_or_sections", "split_size"),
-                                    size(first))
+                return _replace_arg(
+                    args, kwargs, 1, ("split_size_or_sections", "split_size"), size(first)
+                )
+
             cx.rewrite_args(new_args, first)
         return _pieces_value(cx, x, d, pieces)
     offsets, acc = [], 0
@@ -102,8 +116,14 @@ def split(cx: RuleContext):
         cx.sizes_handled(cx.value(cx.arg(1, "split_size_or_sections", None)))
 
         def new_args(size, args, kwargs):
-            return _replace_arg(args, kwargs, 1, ("split_size_or_sections", "split_sizes"),
-                                [size(p) for p in pieces])
+            return _replace_arg(
+                args,
+                kwargs,
+                1,
+                ("split_size_or_sections", "split_sizes"),
+                [size(p) for p in pieces],
+            )
+
         cx.rewrite_args(new_args, *pieces)
     return _pieces_value(cx, x, d, pieces)
 
@@ -130,7 +150,7 @@ def window(cx: RuleContext, lay: Layout, start: int, stop: int, what: str):
 
 def _replace_arg(args, kwargs, i, names, value):
     if len(args) > i:
-        return (*args[:i], value, *args[i + 1:]), kwargs
+        return (*args[:i], value, *args[i + 1 :]), kwargs
     for name in names:
         if name in kwargs:
             return args, {**kwargs, name: value}
@@ -155,16 +175,19 @@ def tensor_split(cx: RuleContext):
         pieces = cx.spaces.cut(x.layouts[d], [k * q + min(k, r) for k in range(1, spec)], blk)
         if r:
             if cx.spaces.roots(x.layouts[d]):
-                cx.block(x.layouts[d], "tensor_split into unequal sections: the pieces could "
-                                       "not follow the width")
+                cx.block(
+                    x.layouts[d],
+                    "tensor_split into unequal sections: the pieces could not follow the width",
+                )
         else:
             grow_alike(cx, pieces, "tensor_split into equal sections: pieces must grow alike")
         return _pieces_value(cx, x, d, pieces)
     offsets = [i + n if i < 0 else i for i in spec]
     bounds = [0, *offsets, n]
-    if not offsets or any(a >= b for a, b in zip(bounds, bounds[1:])):
-        raise RuleError(f"tensor_split indices {list(spec)} that are not increasing cuts "
-                        f"inside an axis of {n}")
+    if not offsets or any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise RuleError(
+            f"tensor_split indices {list(spec)} that are not increasing cuts inside an axis of {n}"
+        )
     pieces = cx.spaces.cut(x.layouts[d], offsets, blk)
     if cx.spaces.roots(x.layouts[d]):
         cx.sizes_handled(cx.value(spec_ref))
@@ -175,6 +198,7 @@ def tensor_split(cx: RuleContext):
                 acc += size(p)
                 cuts.append(acc)
             return _replace_arg(args, kwargs, 1, ("indices_or_sections", "indices"), cuts)
+
         cx.rewrite_args(new_args, *pieces)
     return _pieces_value(cx, x, d, pieces)
 
@@ -192,8 +216,10 @@ def chunk(cx: RuleContext):
     if n % k and cx.spaces.roots(x.layouts[d]):
         # torch cuts at multiples of ceil(n / k): unless k divides n, the pieces (their sizes,
         # even their number: chunk(3) of 4 gives 2 + 2) change differently from the width
-        cx.block(x.layouts[d], f"chunk({k}) of {n} is not {k} equal pieces: the pieces "
-                               "could not follow the width")
+        cx.block(
+            x.layouts[d],
+            f"chunk({k}) of {n} is not {k} equal pieces: the pieces could not follow the width",
+        )
     pieces = cx.spaces.cut(x.layouts[d], range(step, n, step), cx.blocker("chunk"))
     if n % step == 0:
         grow_alike(cx, pieces, "chunks must grow alike")
@@ -207,7 +233,7 @@ def unbind(cx: RuleContext):
     x = cx.tensor(cx.arg(0))
     d = x.dim(cx.concrete(cx.arg(1, "dim", 0)))
     cx.block(x.layouts[d], "unbound into separate tensors", "structure")
-    rest = x.layouts[:d] + x.layouts[d + 1:]
+    rest = x.layouts[:d] + x.layouts[d + 1 :]
     outs = cx.example()
     return tuple(TensorInfo(tuple(o.shape), rest) for o in outs)
 
@@ -225,6 +251,7 @@ def narrow(cx: RuleContext):
 
         def new_args(size, args, kwargs, before=before, piece=piece):
             return (args[0], args[1], size(before), size(piece), *args[4:]), kwargs
+
         cx.rewrite_args(new_args, before, piece)
     lay = list(x.layouts)
     lay[d] = piece

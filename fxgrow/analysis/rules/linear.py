@@ -10,6 +10,7 @@
 * Embedding ``W[ids]``: W's columns produce the output space; its rows are indexed by ids and
   never grow.
 """
+
 from __future__ import annotations
 
 import operator
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..context import CONSUME, PRODUCE, RuleContext, RuleError
+from ..context import PRODUCE, RuleContext, RuleError
 from ..contraction import scale_operand
 from ..layout import Layout
 from ..values import TensorInfo
@@ -52,16 +53,20 @@ def contract(cx: RuleContext, operands, layout: Layout, attention: str | None = 
         return
     if scale_operand(cx, operands, layout):
         return
-    cx.block(layout, "contraction between two activations over this axis is not preserved "
-                     "by replication")
+    cx.block(
+        layout, "contraction between two activations over this axis is not preserved by replication"
+    )
 
 
 @rule(nn.Linear)
 def linear_module(cx: RuleContext):
     """nn.Linear: in-features consumed, out-features produced, other axes pass through."""
     x = cx.tensor(cx.arg(0))
-    cx.unify(x.layouts[-1], cx.module_consume("weight", 1, (cx.arg(0), x.ndim - 1)),
-             "input features of a Linear")
+    cx.unify(
+        x.layouts[-1],
+        cx.module_consume("weight", 1, (cx.arg(0), x.ndim - 1)),
+        "input features of a Linear",
+    )
     out = cx.module_param("weight", 0, PRODUCE)
     b = cx.module_param("bias", 0, PRODUCE)
     if b is not None:
@@ -92,7 +97,7 @@ def _broadcast_batch(cx: RuleContext, a: tuple, b: tuple, shape: tuple) -> tuple
     for k in range(1, len(shape) + 1):
         n = shape[-k]
         along = []
-        for lays, sizes in ((a, None), (b, None)):
+        for lays in (a, b):
             if len(lays) >= k:
                 lay = lays[-k]
                 if cx.spaces.size(lay) == n:
@@ -105,8 +110,17 @@ def _broadcast_batch(cx: RuleContext, a: tuple, b: tuple, shape: tuple) -> tuple
     return tuple(reversed(out))
 
 
-@rule(torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm",
-      "__matmul__", aten=("matmul.default", "mm.default", "bmm.default"))
+@rule(
+    torch.matmul,
+    operator.matmul,
+    torch.bmm,
+    torch.mm,
+    "matmul",
+    "bmm",
+    "mm",
+    "__matmul__",
+    aten=("matmul.default", "mm.default", "bmm.default"),
+)
 def matmul(cx: RuleContext):
     """a @ b: a's last axis and b's second-to-last are contracted; batch axes broadcast."""
     aref, bref = cx.arg(0), cx.arg(1)
@@ -117,21 +131,32 @@ def matmul(cx: RuleContext):
     al = ((one,) + a.layouts) if a.ndim == 1 else a.layouts
     bl = (b.layouts + (one,)) if b.ndim == 1 else b.layouts
     cx.unify(al[-1], bl[-2], "contracted axes of a matrix product")
-    contract(cx, [(bref, b.ndim - 2 if b.ndim > 1 else 0), (aref, a.ndim - 1)], al[-1],
-             _attention_role(cx, aref, a.ndim, b.ndim))
+    contract(
+        cx,
+        [(bref, b.ndim - 2 if b.ndim > 1 else 0), (aref, a.ndim - 1)],
+        al[-1],
+        _attention_role(cx, aref, a.ndim, b.ndim),
+    )
     if b.ndim > 1:
         _produce(cx, bref, b.ndim - 1)
     if a.ndim > 1:
         _produce(cx, aref, a.ndim - 2)
     batch_shape = torch.broadcast_shapes(
-        tuple(cx.spaces.size(x) for x in al[:-2]), tuple(cx.spaces.size(x) for x in bl[:-2]))
+        tuple(cx.spaces.size(x) for x in al[:-2]), tuple(cx.spaces.size(x) for x in bl[:-2])
+    )
     batch = _broadcast_batch(cx, al[:-2], bl[:-2], batch_shape)
     out = batch + ((al[-2],) if a.ndim > 1 else ()) + ((bl[-1],) if b.ndim > 1 else ())
     return cx.out(out)
 
 
-def _attention_role(cx: RuleContext, aref, a_ndim: int, b_ndim: int, out_ndim: int | None = None,
-                    a_last: bool = True) -> str | None:
+def _attention_role(
+    cx: RuleContext,
+    aref,
+    a_ndim: int,
+    b_ndim: int,
+    out_ndim: int | None = None,
+    a_last: bool = True,
+) -> str | None:
     """Why the contraction is blocked if this is one of attention's two products:
     ``q @ k^T`` (its result goes to a softmax over the last axis) or ``attn @ v`` (``a`` comes
     from one and is contracted over its last axis)."""
@@ -199,8 +224,9 @@ def einsum(cx: RuleContext):
             else:
                 role = None
                 if len(refs) == 2 and len(uses) == 2:
-                    role = _attention_role(cx, refs[0], len(specs[0]), len(specs[1]),
-                                           len(out), specs[0][-1] == letter)
+                    role = _attention_role(
+                        cx, refs[0], len(specs[0]), len(specs[1]), len(out), specs[0][-1] == letter
+                    )
                 contract(cx, uses, seen[letter], role)
         else:
             for ref, axis in uses:

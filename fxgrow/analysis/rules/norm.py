@@ -9,6 +9,7 @@
 * GroupNorm(G, C): statistics per block of C/G channels.  The G blocks share one map (so they
   stay equal in size) and each is replicated uniformly.  G = C is per channel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,15 @@ from ..context import SCALE, RuleContext, RuleError
 from ..values import TensorInfo
 from .registry import rule
 
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_BATCHNORM = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 
 @rule(*_BATCHNORM)
@@ -31,14 +39,17 @@ def batchnorm_module(cx: RuleContext):
     x = cx.tensor(cx.arg(0))
     m = cx.module
     ch = 1 if x.ndim > 1 else 0
-    if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) and \
-            x.ndim == {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d: 4}[type(m)]:
+    if (
+        isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
+        and x.ndim == {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d: 4}[type(m)]
+    ):
         ch = 0  # unbatched instance norm
     per_channel(cx, x.layouts[ch])
     instance = isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
     if m.training or not m.track_running_stats or getattr(m, "running_mean", None) is None:
-        input_statistics(cx, x.layouts[ch + 1:] if instance else
-                         x.layouts[:ch] + x.layouts[ch + 1:])
+        input_statistics(
+            cx, x.layouts[ch + 1 :] if instance else x.layouts[:ch] + x.layouts[ch + 1 :]
+        )
     return cx.out(x.layouts)
 
 
@@ -50,8 +61,11 @@ def input_statistics(cx: RuleContext, over) -> None:
     merged = over[0]
     for lay in over[1:]:
         merged = cx.spaces.merge(merged, lay)
-    cx.uniform(merged, "statistics of a batch/instance norm computed from its input over "
-                       "these axes (a weight standardisation's fan-in)")
+    cx.uniform(
+        merged,
+        "statistics of a batch/instance norm computed from its input over "
+        "these axes (a weight standardisation's fan-in)",
+    )
 
 
 def per_channel(cx: RuleContext, c) -> None:
@@ -86,9 +100,17 @@ def batchnorm_function(cx: RuleContext):
     return cx.out(x.layouts)
 
 
-@rule(aten=("batch_norm.default", "native_batch_norm.default", "instance_norm.default",
-            "_native_batch_norm_legit_no_training.default", "_native_batch_norm_legit.default",
-            "_native_batch_norm_legit.no_stats", "cudnn_batch_norm.default"))
+@rule(
+    aten=(
+        "batch_norm.default",
+        "native_batch_norm.default",
+        "instance_norm.default",
+        "_native_batch_norm_legit_no_training.default",
+        "_native_batch_norm_legit.default",
+        "_native_batch_norm_legit.no_stats",
+        "cudnn_batch_norm.default",
+    )
+)
 def aten_batch_norm(cx: RuleContext):
     """aten.batch_norm(x, weight, bias, running_mean, running_var, ...) and its native forms
     (also instance_norm): per channel on axis 1.  The native forms also return the saved
@@ -110,13 +132,21 @@ def aten_batch_norm(cx: RuleContext):
     else:
         own = bool(cx.concrete(cx.arg(5, "training", False)))
     if own:
-        input_statistics(cx, x.layouts[2:] if target is torch.ops.aten.instance_norm.default
-                         else x.layouts[:1] + x.layouts[2:])
+        input_statistics(
+            cx,
+            x.layouts[2:]
+            if target is torch.ops.aten.instance_norm.default
+            else x.layouts[:1] + x.layouts[2:],
+        )
     example = cx.example()
     if not isinstance(example, (tuple, list)):
         return cx.out(x.layouts)
-    stats = tuple(TensorInfo(tuple(t.shape), (c,)) if tuple(t.shape) == (x.shape[1],)
-                  else cx.info_for(t, "saved statistics") for t in example[1:])
+    stats = tuple(
+        TensorInfo(tuple(t.shape), (c,))
+        if tuple(t.shape) == (x.shape[1],)
+        else cx.info_for(t, "saved statistics")
+        for t in example[1:]
+    )
     return (TensorInfo(x.shape, x.layouts), *stats)
 
 
@@ -139,7 +169,7 @@ def weight_norm(cx: RuleContext):
 def _normalized(cx: RuleContext, x: TensorInfo, k: int):
     """Merged layout of the last k axes (what a LayerNorm normalises over)."""
     merged = x.layouts[-k]
-    for lay in x.layouts[x.ndim - k + 1:]:
+    for lay in x.layouts[x.ndim - k + 1 :]:
         merged = cx.spaces.merge(merged, lay)
     return merged
 
@@ -150,7 +180,7 @@ def layernorm_module(cx: RuleContext):
     m = cx.module
     x = cx.tensor(cx.arg(0))
     k = len(m.normalized_shape)
-    axes = x.layouts[x.ndim - k:]
+    axes = x.layouts[x.ndim - k :]
     for i, lay in enumerate(axes):
         for name in ("weight", "bias"):
             p = cx.module_param(name, i, SCALE)
@@ -161,25 +191,28 @@ def layernorm_module(cx: RuleContext):
     return cx.out(x.layouts)
 
 
-@rule(F.layer_norm, F.rms_norm, aten=("layer_norm.default", "rms_norm.default",
-                                      "native_layer_norm.default"))
+@rule(
+    F.layer_norm,
+    F.rms_norm,
+    aten=("layer_norm.default", "rms_norm.default", "native_layer_norm.default"),
+)
 def layernorm_function(cx: RuleContext):
     """F.layer_norm(x, normalized_shape, weight, bias, eps) (also F.rms_norm)."""
     x = cx.tensor(cx.arg(0, "input"))
     shape = cx.concrete(cx.arg(1, "normalized_shape"))
     k = len(shape) if isinstance(shape, (tuple, list)) else 1
-    axes = x.layouts[x.ndim - k:]
+    axes = x.layouts[x.ndim - k :]
     for i, name in ((2, "weight"), (3, "bias")):
         ref = cx.arg(i, name, None)
         if ref is None:
             continue
         w = cx.tensor(ref)
-        for lay, wl in zip(axes[k - w.ndim:], w.layouts):
+        for lay, wl in zip(axes[k - w.ndim :], w.layouts):
             cx.unify(lay, wl, "affine parameter of a norm")
     cx.uniform(_normalized(cx, x, k), "normalised by layer_norm/rms_norm")
     raw = cx.arg(1, "normalized_shape")
     if cx.spaces.roots(_normalized(cx, x, k)):
-        for v in (raw if isinstance(raw, (list, tuple)) else [raw]):
+        for v in raw if isinstance(raw, (list, tuple)) else [raw]:
             cx.sizes_handled(cx.value(v))
 
         def new_args(size, args, kwargs, axes=axes):
@@ -189,6 +222,7 @@ def layernorm_function(cx: RuleContext):
             else:
                 args = (args[0], shape, *args[2:])
             return args, kwargs
+
         cx.rewrite_args(new_args, *axes)
     return _with_stats(cx, x, x.ndim - k)
 
@@ -203,8 +237,12 @@ def _with_stats(cx: RuleContext, x: TensorInfo, lead: int):
     for t in example[1:]:
         shape = tuple(int(n) for n in t.shape)
         if shape[:lead] == x.shape[:lead]:
-            stats.append(TensorInfo(shape, x.layouts[:lead] + tuple(
-                cx.fixed(n, "saved statistics") for n in shape[lead:])))
+            stats.append(
+                TensorInfo(
+                    shape,
+                    x.layouts[:lead] + tuple(cx.fixed(n, "saved statistics") for n in shape[lead:]),
+                )
+            )
         else:
             stats.append(cx.info_for(t, "saved statistics"))
     return (TensorInfo(x.shape, x.layouts), *stats)
@@ -280,6 +318,7 @@ def _group_norm(cx: RuleContext, groups_at: int, channels_at: int | None):
                 else:  # F.group_norm(x, num_groups=...)
                     kwargs["num_groups"] = size(c)
             return tuple(args), kwargs
+
         cx.rewrite_args(new_args, c)
     example = cx.example()
     if not isinstance(example, (tuple, list)):

@@ -5,6 +5,7 @@ leading axis passes through and the spatial axes are fixed.  A constant pad of a
 adds constant positions around its units (kept as fixed segments); a reflect / replicate /
 circular pad of a channel axis copies units by position: it blocks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,46 +17,87 @@ from ..values import TensorInfo
 from .registry import aten_op, rule
 
 _SPATIAL = {
-    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
-    nn.AvgPool3d: 3, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
-    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.LPPool1d: 1,
-    nn.LPPool2d: 2, nn.LPPool3d: 3,
-    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,
-    F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
-    F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1, F.adaptive_max_pool2d: 2,
-    F.adaptive_max_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.lp_pool3d: 3,
-    F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3,
-    F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
+    nn.MaxPool1d: 1,
+    nn.MaxPool2d: 2,
+    nn.MaxPool3d: 3,
+    nn.AvgPool1d: 1,
+    nn.AvgPool2d: 2,
+    nn.AvgPool3d: 3,
+    nn.AdaptiveAvgPool1d: 1,
+    nn.AdaptiveAvgPool2d: 2,
+    nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1,
+    nn.AdaptiveMaxPool2d: 2,
+    nn.AdaptiveMaxPool3d: 3,
+    nn.LPPool1d: 1,
+    nn.LPPool2d: 2,
+    nn.LPPool3d: 3,
+    F.max_pool1d: 1,
+    F.max_pool2d: 2,
+    F.max_pool3d: 3,
+    F.avg_pool1d: 1,
+    F.avg_pool2d: 2,
+    F.avg_pool3d: 3,
+    F.adaptive_avg_pool1d: 1,
+    F.adaptive_avg_pool2d: 2,
+    F.adaptive_avg_pool3d: 3,
+    F.adaptive_max_pool1d: 1,
+    F.adaptive_max_pool2d: 2,
+    F.adaptive_max_pool3d: 3,
+    F.lp_pool1d: 1,
+    F.lp_pool2d: 2,
+    F.lp_pool3d: 3,
+    F.max_pool1d_with_indices: 1,
+    F.max_pool2d_with_indices: 2,
+    F.max_pool3d_with_indices: 3,
+    F.adaptive_max_pool1d_with_indices: 1,
+    F.adaptive_max_pool2d_with_indices: 2,
     F.adaptive_max_pool3d_with_indices: 3,
-    torch.max_pool1d: 1, torch.max_pool2d: 2, torch.max_pool3d: 3, torch.avg_pool1d: 1,
-    torch.adaptive_avg_pool1d: 1, torch.adaptive_max_pool1d: 1,
+    torch.max_pool1d: 1,
+    torch.max_pool2d: 2,
+    torch.max_pool3d: 3,
+    torch.avg_pool1d: 1,
+    torch.adaptive_avg_pool1d: 1,
+    torch.adaptive_max_pool1d: 1,
 }
 
 
 def _spatial_op(cx: RuleContext, k: int):
     x = cx.tensor(cx.arg(0))
-    lead = x.layouts[:x.ndim - k]
-    for lay in x.layouts[x.ndim - k:]:
+    lead = x.layouts[: x.ndim - k]
+    for lay in x.layouts[x.ndim - k :]:
         cx.block(lay, "spatial axis read by pooling/resampling: its size is fixed")
     example = cx.example()
 
     def info(t: torch.Tensor) -> TensorInfo:
         shape = tuple(int(n) for n in t.shape)
-        return TensorInfo(shape, lead + tuple(cx.fixed(n, "spatial axis")
-                                              for n in shape[len(lead):]))
+        return TensorInfo(
+            shape, lead + tuple(cx.fixed(n, "spatial axis") for n in shape[len(lead) :])
+        )
+
     if isinstance(example, (tuple, list)):  # values and indices
         return tuple(info(t) for t in example)
     return info(example)
 
 
 _SPATIAL_ATEN = {
-    "max_pool1d.default": 1, "max_pool2d.default": 2, "max_pool3d.default": 3,
-    "max_pool2d_with_indices.default": 2, "max_pool3d_with_indices.default": 3,
-    "max_pool1d_with_indices.default": 1, "avg_pool1d.default": 1, "avg_pool2d.default": 2,
-    "avg_pool3d.default": 3, "adaptive_avg_pool1d.default": 1, "adaptive_avg_pool2d.default": 2,
-    "adaptive_avg_pool3d.default": 3, "_adaptive_avg_pool2d.default": 2,
-    "_adaptive_avg_pool3d.default": 3, "adaptive_max_pool1d.default": 1,
-    "adaptive_max_pool2d.default": 2, "adaptive_max_pool3d.default": 3,
+    "max_pool1d.default": 1,
+    "max_pool2d.default": 2,
+    "max_pool3d.default": 3,
+    "max_pool2d_with_indices.default": 2,
+    "max_pool3d_with_indices.default": 3,
+    "max_pool1d_with_indices.default": 1,
+    "avg_pool1d.default": 1,
+    "avg_pool2d.default": 2,
+    "avg_pool3d.default": 3,
+    "adaptive_avg_pool1d.default": 1,
+    "adaptive_avg_pool2d.default": 2,
+    "adaptive_avg_pool3d.default": 3,
+    "_adaptive_avg_pool2d.default": 2,
+    "_adaptive_avg_pool3d.default": 3,
+    "adaptive_max_pool1d.default": 1,
+    "adaptive_max_pool2d.default": 2,
+    "adaptive_max_pool3d.default": 3,
 }
 """ATen pooling overloads and their number of spatial axes."""
 _SPATIAL_ATEN_OPS = {aten_op(name): k for name, k in _SPATIAL_ATEN.items()}
@@ -68,13 +110,28 @@ def pool(cx: RuleContext):
     return _spatial_op(cx, _SPATIAL.get(target) or _SPATIAL_ATEN_OPS[target])
 
 
-@rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample,
-      F.upsample_nearest, F.upsample_bilinear,
-      aten=("upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_nearest3d.vec",
-            "upsample_linear1d.vec", "upsample_bilinear2d.vec", "upsample_bicubic2d.vec",
-            "upsample_trilinear3d.vec", "_upsample_nearest_exact2d.vec",
-            "_upsample_bilinear2d_aa.vec", "upsample_nearest2d.default",
-            "upsample_bilinear2d.default"))
+@rule(
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    F.interpolate,
+    F.upsample,
+    F.upsample_nearest,
+    F.upsample_bilinear,
+    aten=(
+        "upsample_nearest1d.vec",
+        "upsample_nearest2d.vec",
+        "upsample_nearest3d.vec",
+        "upsample_linear1d.vec",
+        "upsample_bilinear2d.vec",
+        "upsample_bicubic2d.vec",
+        "upsample_trilinear3d.vec",
+        "_upsample_nearest_exact2d.vec",
+        "_upsample_bilinear2d_aa.vec",
+        "upsample_nearest2d.default",
+        "upsample_bilinear2d.default",
+    ),
+)
 def interpolate(cx: RuleContext):
     """Resampling of the spatial axes (everything after batch and channel)."""
     x = cx.tensor(cx.arg(0))
@@ -82,8 +139,9 @@ def interpolate(cx: RuleContext):
 
 
 def _pad_classes(*kinds: str) -> tuple:
-    return tuple(getattr(nn, f"{k}Pad{n}d") for k in kinds for n in (1, 2, 3)
-                 if hasattr(nn, f"{k}Pad{n}d"))
+    return tuple(
+        getattr(nn, f"{k}Pad{n}d") for k in kinds for n in (1, 2, 3) if hasattr(nn, f"{k}Pad{n}d")
+    )
 
 
 _CONSTANT_PADS = _pad_classes("Zero", "Constant")
@@ -112,8 +170,11 @@ def _pad(cx: RuleContext, widths, constant: bool) -> TensorInfo:
         if cx.spaces.is_fixed(layouts[d]):
             layouts[d] = cx.fixed(shape[d], "padded axis")
         elif constant and before >= 0 and after >= 0:
-            layouts[d] = (*(cx.fixed(before, "constant padding") if before else ()), *layouts[d],
-                          *(cx.fixed(after, "constant padding") if after else ()))
+            layouts[d] = (
+                *(cx.fixed(before, "constant padding") if before else ()),
+                *layouts[d],
+                *(cx.fixed(after, "constant padding") if after else ()),
+            )
         else:
             cx.block(layouts[d], "padded axis (cropped, or padded with copies of its end units)")
             layouts[d] = cx.fixed(shape[d], "padded axis")
@@ -149,9 +210,16 @@ def pad(cx: RuleContext):
     return _pad(cx, widths, mode == "constant")
 
 
-@rule(aten=("reflection_pad1d.default", "reflection_pad2d.default", "reflection_pad3d.default",
-            "replication_pad1d.default", "replication_pad2d.default",
-            "replication_pad3d.default"))
+@rule(
+    aten=(
+        "reflection_pad1d.default",
+        "reflection_pad2d.default",
+        "reflection_pad3d.default",
+        "replication_pad1d.default",
+        "replication_pad2d.default",
+        "replication_pad3d.default",
+    )
+)
 def aten_copy_pad(cx: RuleContext):
     """aten.reflection_padNd / replication_padNd(x, padding): see ``_pad`` (not constant)."""
     return _pad(cx, tuple(cx.concrete(cx.arg(1, "padding"))), False)

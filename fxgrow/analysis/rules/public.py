@@ -7,6 +7,7 @@ fx cannot trace (data-dependent control flow, iteration over a tensor) can still
 through.  ``fn`` is a rule ``fn(cx: RuleContext) -> value`` or the name of a built-in one
 (:data:`BUILTIN`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -16,14 +17,15 @@ from .elementwise import binary, unary
 from .registry import RegistrationError, leaf, rule
 
 BUILTIN: dict[str, Callable] = {
-    "pointwise": unary,       # one tensor in, every axis passes through (activations, ...)
-    "broadcast": binary,      # elementwise over broadcast operands (add, mul, where, ...)
+    "pointwise": unary,  # one tensor in, every axis passes through (activations, ...)
+    "broadcast": binary,  # elementwise over broadcast operands (add, mul, where, ...)
 }
 """Named built-in rules a user's op may share."""
 
 
-def register_rule(target: Any, fn: Callable | str, *, aten: Iterable[str] = (),
-                  traits: Iterable[str] = ()) -> Callable:
+def register_rule(
+    target: Any, fn: Callable | str, *, aten: Iterable[str] = (), traits: Iterable[str] = ()
+) -> Callable:
     """Register ``fn`` as the rule of ``target``: a module class (call_module; also made a
     tracing leaf), a function (call_function) or a method name (call_method, a string); ``aten``
     names ATen overloads ("name.overload") that share the rule, ``traits`` its traits (keys of
@@ -33,18 +35,24 @@ def register_rule(target: Any, fn: Callable | str, *, aten: Iterable[str] = (),
     of another kind raise :class:`RegistrationError` saying what to pass instead."""
     if isinstance(fn, str):
         if fn not in BUILTIN:
-            raise RegistrationError(f"no built-in rule {fn!r}; pass one of {sorted(BUILTIN)} "
-                                    f"or a function fn(cx: RuleContext) -> value")
+            raise RegistrationError(
+                f"no built-in rule {fn!r}; pass one of {sorted(BUILTIN)} "
+                f"or a function fn(cx: RuleContext) -> value"
+            )
         fn = BUILTIN[fn]
     if not callable(fn):
-        raise RegistrationError(f"the rule must be a function fn(cx: RuleContext) -> value or "
-                                f"one of {sorted(BUILTIN)}, not {type(fn).__name__}")
+        raise RegistrationError(
+            f"the rule must be a function fn(cx: RuleContext) -> value or "
+            f"one of {sorted(BUILTIN)}, not {type(fn).__name__}"
+        )
     import torch
 
     module = isinstance(target, type) and issubclass(target, torch.nn.Module)
     if not (module or isinstance(target, str) or callable(target) and not isinstance(target, type)):
-        raise RegistrationError(f"cannot register a rule for {target!r}: pass a torch.nn.Module "
-                                f"subclass, a function, or a method name (a string)")
+        raise RegistrationError(
+            f"cannot register a rule for {target!r}: pass a torch.nn.Module "
+            f"subclass, a function, or a method name (a string)"
+        )
     rule(target, aten=aten, traits=traits)(fn)
     if module:
         leaf(target)

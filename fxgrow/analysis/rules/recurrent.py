@@ -16,6 +16,7 @@ GRU: ``n = tanh(.. + r (W_hn h + b_hn))``, ``h_t = (1 - z) n + z h_{t-1}``).
 
 Refused (the rule raises, the spaces block): ``proj_size`` (an LSTM projection), a given
 initial state ``hx`` (it would have to be replicated by the caller), packed sequences."""
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,9 @@ def recurrent(cx: RuleContext):
     if getattr(m, "proj_size", 0):
         raise RuleError("an LSTM with proj_size: the projection is not supported")
     if cx.arg(1, "hx", None) is not None:
-        raise RuleError("an initial state hx is given; fxgrow widens recurrent layers that "
-                        "start from zeros")
+        raise RuleError(
+            "an initial state hx is given; fxgrow widens recurrent layers that start from zeros"
+        )
     x = cx.value(cx.arg(0, "input"))
     if not isinstance(x, TensorInfo):
         raise RuleError("the input is not a plain tensor (packed sequences are not supported)")
@@ -62,14 +64,20 @@ def recurrent(cx: RuleContext):
             name = f"l{layer}{sfx}"
             w_ih = cx.module_param(f"weight_ih_{name}", 0, PRODUCE)
             _gate_rows(cx, w_ih, gates, hidden)
-            cols = cx.module_consume(f"weight_ih_{name}", 1, (cx.arg(0), x.ndim - 1)) \
-                if layer == 0 else cx.module_param(f"weight_ih_{name}", 1, CONSUME)
+            cols = (
+                cx.module_consume(f"weight_ih_{name}", 1, (cx.arg(0), x.ndim - 1))
+                if layer == 0
+                else cx.module_param(f"weight_ih_{name}", 1, CONSUME)
+            )
             cx.unify(layer_in, cols, "input features of a recurrent layer")
             w_hh = cx.module_param(f"weight_hh_{name}", 0, PRODUCE)
             _gate_rows(cx, w_hh, gates, hidden)
             # h_{t-1} is not a graph node: the divided columns need no activation to compensate
-            cx.unify(hidden, cx.module_param(f"weight_hh_{name}", 1, CONSUME),
-                     "recurrent input of a recurrent layer")
+            cx.unify(
+                hidden,
+                cx.module_param(f"weight_hh_{name}", 1, CONSUME),
+                "recurrent input of a recurrent layer",
+            )
             for b in ("bias_ih", "bias_hh"):
                 lay = cx.module_param(f"{b}_{name}", 0, PRODUCE)
                 if lay is not None:
@@ -81,9 +89,13 @@ def recurrent(cx: RuleContext):
     out, state = cx.example()
     out_info = TensorInfo(tuple(out.shape), (*x.layouts[:-1], layer_in))
     states = state if isinstance(state, tuple) else (state,)
-    infos = tuple(TensorInfo(tuple(s.shape), (*(cx.fixed(n, "layers x directions, batch")
-                                                for n in s.shape[:-1]), hidden_first))
-                  for s in states)
+    infos = tuple(
+        TensorInfo(
+            tuple(s.shape),
+            (*(cx.fixed(n, "layers x directions, batch") for n in s.shape[:-1]), hidden_first),
+        )
+        for s in states
+    )
     if not isinstance(out, torch.Tensor) or any(i.shape[-1] != m.hidden_size for i in infos):
         raise RuleError("unexpected output structure")
     return out_info, (infos if isinstance(state, tuple) else infos[0])

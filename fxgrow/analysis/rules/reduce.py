@@ -4,6 +4,7 @@ A sum, mean, max, softmax or norm over a channel axis changes when units are rep
 replicated unit counts more than once): such an axis is blocked.  Over fixed axes (spatial
 mean, token softmax) they are exact and the remaining axes pass through.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,22 +19,66 @@ from .elementwise import binary
 from .registry import has_trait, rule
 
 _REDUCTIONS = (
-    torch.mean, torch.sum, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
-    torch.logsumexp, torch.all, torch.any, torch.argmax, torch.argmin, torch.nansum,
-    torch.nanmean, torch.norm, torch.linalg.vector_norm, torch.count_nonzero,
-    "mean", "sum", "amax", "amin", "prod", "std", "var", "logsumexp", "all", "any", "argmax",
-    "argmin", "nansum", "nanmean", "norm", "count_nonzero",
+    torch.mean,
+    torch.sum,
+    torch.amax,
+    torch.amin,
+    torch.prod,
+    torch.std,
+    torch.var,
+    torch.logsumexp,
+    torch.all,
+    torch.any,
+    torch.argmax,
+    torch.argmin,
+    torch.nansum,
+    torch.nanmean,
+    torch.norm,
+    torch.linalg.vector_norm,
+    torch.count_nonzero,
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "prod",
+    "std",
+    "var",
+    "logsumexp",
+    "all",
+    "any",
+    "argmax",
+    "argmin",
+    "nansum",
+    "nanmean",
+    "norm",
+    "count_nonzero",
 )
 
 _REDUCTIONS_ATEN = (
-    "mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default", "amin.default",
-    "var.correction", "std.correction", "argmax.default", "argmin.default", "all.default",
-    "any.default", "any.dim", "any.dims", "var.dim", "prod.default", "prod.dim_int",
-    "linalg_vector_norm.default", "norm.ScalarOpt_dim", "logsumexp.default", "nansum.default",
+    "mean.dim",
+    "mean.default",
+    "sum.dim_IntList",
+    "sum.default",
+    "amax.default",
+    "amin.default",
+    "var.correction",
+    "std.correction",
+    "argmax.default",
+    "argmin.default",
+    "all.default",
+    "any.default",
+    "any.dim",
+    "any.dims",
+    "var.dim",
+    "prod.default",
+    "prod.dim_int",
+    "linalg_vector_norm.default",
+    "norm.ScalarOpt_dim",
+    "logsumexp.default",
+    "nansum.default",
     "count_nonzero.dim_IntList",
 )
 """The same ops as ATen overloads (``torch.export`` graphs)."""
-
 
 
 def op_name(target) -> str:
@@ -59,8 +104,14 @@ def _exact_under(cx: RuleContext, name: str) -> str | None:
 
 
 @rule(*_REDUCTIONS, aten=_REDUCTIONS_ATEN)
-@rule(torch.amax, torch.amin, "amax", "amin", aten=("amax.default", "amin.default"),
-      traits=("extremum",))
+@rule(
+    torch.amax,
+    torch.amin,
+    "amax",
+    "amin",
+    aten=("amax.default", "amin.default"),
+    traits=("extremum",),
+)
 def reduction(cx: RuleContext):
     """Reduce over ``dim`` (all axes by default), optionally keeping size-1 axes.  Over a
     channel axis: max/min stay exact, means need uniform replication, anything else blocks."""
@@ -88,9 +139,24 @@ def reduction(cx: RuleContext):
     return cx.out(layouts)
 
 
-@rule(torch.max, torch.min, "max", "min", torch.median, "median",
-      aten=("max.dim", "min.dim", "max.default", "min.default", "max.other", "min.other",
-            "median.default", "median.dim"))
+@rule(
+    torch.max,
+    torch.min,
+    "max",
+    "min",
+    torch.median,
+    "median",
+    aten=(
+        "max.dim",
+        "min.dim",
+        "max.default",
+        "min.default",
+        "max.other",
+        "min.other",
+        "median.default",
+        "median.dim",
+    ),
+)
 def max_min(cx: RuleContext):
     """max/min: of two tensors it is elementwise; over ``dim`` it reduces (values, indices)."""
     other = cx.arg(1, "other", None) if cx.node.target not in (torch.median, "median") else None
@@ -113,11 +179,29 @@ def max_min(cx: RuleContext):
     return tuple(TensorInfo(tuple(t.shape), tuple(lay)) for t in cx.example())
 
 
-@rule(F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, "softmax",
-      "log_softmax", torch.cumsum, "cumsum", torch.cumprod, "cumprod", F.normalize,
-      torch.nn.functional.local_response_norm,
-      aten=("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
-            "cumsum.default", "cumprod.default"))
+@rule(
+    F.softmax,
+    F.log_softmax,
+    F.softmin,
+    torch.softmax,
+    torch.log_softmax,
+    "softmax",
+    "log_softmax",
+    torch.cumsum,
+    "cumsum",
+    torch.cumprod,
+    "cumprod",
+    F.normalize,
+    torch.nn.functional.local_response_norm,
+    aten=(
+        "softmax.int",
+        "_softmax.default",
+        "log_softmax.int",
+        "_log_softmax.default",
+        "cumsum.default",
+        "cumprod.default",
+    ),
+)
 def along_axis(cx: RuleContext):
     """softmax/log_softmax/cumsum/normalize along ``dim``: that axis mixes its positions, so a
     channel space there is blocked; the shape is unchanged."""
@@ -131,14 +215,16 @@ def along_axis(cx: RuleContext):
         d = cx.concrete(cx.arg(1, "dim", None))
     if d is None:
         d = 0 if x.ndim in (0, 1, 3) else 1  # torch's legacy implicit softmax dim
-    if name == "softmax" and x.dim(d) == x.ndim - 1 and \
-            attention_pattern.from_scores(cx.arg(0), cx.state.modules, x.ndim):
+    if (
+        name == "softmax"
+        and x.dim(d) == x.ndim - 1
+        and attention_pattern.from_scores(cx.arg(0), cx.state.modules, x.ndim)
+    ):
         cx.block(x.layouts[-1], "softmax over key positions", "structure")
         return cx.out(x.layouts)
     # over an axis fixed as structure anyway (a head dim attention fixes, the radix of split
     # attention, a grouped conv's block count) it changes nothing: no reason to report
-    cx.block_unless_structure(x.layouts[x.dim(d)], f"{name} along this axis mixes its "
-                                                   f"positions")
+    cx.block_unless_structure(x.layouts[x.dim(d)], f"{name} along this axis mixes its positions")
     return cx.out(x.layouts)
 
 
@@ -153,13 +239,21 @@ def along_axis_module(cx: RuleContext):
         d = 1
     else:
         d = m.dim if m.dim is not None else (0 if x.ndim in (0, 1, 3) else 1)
-    cx.block_unless_structure(x.layouts[x.dim(d)], f"{type(m).__name__} along this axis "
-                                                   f"mixes its positions")
+    cx.block_unless_structure(
+        x.layouts[x.dim(d)], f"{type(m).__name__} along this axis mixes its positions"
+    )
     return cx.out(x.layouts)
 
 
-@rule(torch.sort, "sort", torch.topk, "topk", torch.argsort, "argsort",
-      aten=("sort.default", "topk.default", "argsort.default"))
+@rule(
+    torch.sort,
+    "sort",
+    torch.topk,
+    "topk",
+    torch.argsort,
+    "argsort",
+    aten=("sort.default", "topk.default", "argsort.default"),
+)
 def sort(cx: RuleContext):
     """sort/topk/argsort along ``dim``: positions reordered (and cut) along it, so that axis
     is blocked when it is a channel axis and fixed in the result; the other axes pass
@@ -176,6 +270,6 @@ def sort(cx: RuleContext):
         if d is not None:
             lay[d] = cx.fixed(shape[d], "sorted axis")
         return TensorInfo(shape, tuple(lay))
+
     example = cx.example()
-    return tuple(info(t) for t in example) if isinstance(example, (tuple, list)) \
-        else info(example)
+    return tuple(info(t) for t in example) if isinstance(example, (tuple, list)) else info(example)

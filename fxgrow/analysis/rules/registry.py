@@ -16,12 +16,14 @@ An entry also carries *traits*: facts about the op that passes other than the ch
 rely on (``@rule(nn.Dropout, traits=("pointwise", "dropout"))``), so the registry is the one op
 table: see :data:`TRAITS` for each trait's meaning and :func:`has_trait` to ask.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.fx
@@ -29,23 +31,23 @@ import torch.fx
 TRAITS = {
     "pointwise": "computes each output element from the same element of its operand(s)",
     "activation": "a pointwise nonlinearity Net2DeeperNet may repeat when it is idempotent "
-                  "(``rewrite.activation``)",
+    "(``rewrite.activation``)",
     "dropout": "random in training, the identity in eval: verification turns it off",
     "keeps_zero": "maps an all-zero input to exactly zero in every mode (a zeroed residual "
-                  "branch stays zero through it)",
+    "branch stays zero through it)",
     "add": "the sum of its two operands (a residual add)",
     "mul": "the product of its operands",
     "reshape": "rearranges the positions of its operand without changing a value (view, "
-               "reshape, flatten, unflatten)",
+    "reshape, flatten, unflatten)",
     "size_read": "reads sizes (size, dim, getattr), never a value",
     "swap_axes": "swaps the two axes its arguments 1 and 2 name (transpose)",
     "matrix_transpose": "swaps axes 0 and 1 of an at most 2-d tensor (t)",
     "extremum": "the max or min over its dims (amax, amin): exact over replicated units",
     "permute_axes": "puts its operand's axes in the order its arguments name (permute)",
     "alias": "re-labels its operand: the same values, copied or moved to another dtype or "
-             "device (a residual stream passes through it)",
+    "device (a residual stream passes through it)",
     "metadata_check": "checks its operand's metadata and computes nothing (skipped on meta "
-                      "tensors and when walking a residual stream)",
+    "tensors and when walking a residual stream)",
     "same_shape": "its output has the shape and dtype of its first (tensor) argument",
     "same_shape_operands": "with operands of one shape and dtype, its output has them",
 }
@@ -78,14 +80,19 @@ def aten_op(qualified: str) -> torch._ops.OpOverload:
     ``"add.Tensor"``); a name this torch does not have raises :class:`RegistrationError`."""
     name, dot, overload = qualified.partition(".")
     if not dot or not name or not overload:
-        raise RegistrationError(f"ATen overload {qualified!r}: write it as 'name.overload' "
-                                f"(e.g. 'relu.default', 'add.Tensor')")
+        raise RegistrationError(
+            f"ATen overload {qualified!r}: write it as 'name.overload' "
+            f"(e.g. 'relu.default', 'add.Tensor')"
+        )
     try:
         packet = getattr(torch.ops.aten, name)
     except (AttributeError, RuntimeError):
         packet = None
-    op = getattr(packet, overload, None) if isinstance(packet, torch._ops.OpOverloadPacket) \
-        and overload in packet.overloads() else None
+    op = (
+        getattr(packet, overload, None)
+        if isinstance(packet, torch._ops.OpOverloadPacket) and overload in packet.overloads()
+        else None
+    )
     if not isinstance(op, torch._ops.OpOverload):
         raise RegistrationError(f"aten.{qualified} does not exist in torch {torch.__version__}")
     return op
@@ -99,8 +106,9 @@ def _table(target: Any) -> tuple[dict, str]:
     return FUNCTIONS, "function"
 
 
-def rule(*targets: Any, aten: Iterable[str] = (),
-         traits: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+def rule(
+    *targets: Any, aten: Iterable[str] = (), traits: Iterable[str] = ()
+) -> Callable[[Callable], Callable]:
     """Register ``fn`` for module classes, functions, method names (strings) and the ATen
     overloads ``aten`` names (``"relu.default"``: what ``torch.export`` graphs call), giving
     those targets ``traits`` (keys of :data:`TRAITS`).
@@ -122,7 +130,8 @@ def rule(*targets: Any, aten: Iterable[str] = (),
             if old is not None and not _same_fn(old.fn, fn):
                 raise RegistrationError(
                     f"{_name(t)} already has the rule {old.fn.__module__}.{old.fn.__qualname__};"
-                    f" {fn.__module__}.{fn.__qualname__} would replace it")
+                    f" {fn.__module__}.{fn.__qualname__} would replace it"
+                )
             table[t] = RuleEntry(fn, kind, t, traits | (old.traits if old else frozenset()))
         return fn
 
@@ -184,7 +193,7 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
         for base in cls.__mro__[1:]:
             entry = MODULES.get(base)
             if entry is not None:
-                return entry if getattr(cls, "forward") is getattr(base, "forward") else None
+                return entry if cls.forward is base.forward else None
         return None
     return None
 
@@ -200,9 +209,11 @@ def has_trait(target: Any, trait: str, exact: bool = False) -> bool:
     if isinstance(target, torch.nn.Module):
         target = type(target)
     if isinstance(target, type):
-        return any(trait in e.traits for e in (MODULES.get(c) for c in
-                                               (target.__mro__[:1] if exact else target.__mro__))
-                   if e is not None)
+        return any(
+            trait in e.traits
+            for e in (MODULES.get(c) for c in (target.__mro__[:1] if exact else target.__mro__))
+            if e is not None
+        )
     try:
         entry = (METHODS if isinstance(target, str) else FUNCTIONS).get(target)
     except TypeError:  # unhashable target

@@ -7,6 +7,7 @@ stays ``-1``).  The other shape ops: ``axes`` (permute, transpose, squeeze, expa
 ``join`` (cat, stack, split, chunk, unbind, narrow), ``indexing`` (getitem, size reads) and
 ``shuffle`` (pixel and channel shuffles).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,7 @@ def reshape_layouts(cx: RuleContext, x: TensorInfo, out_shape: tuple) -> tuple:
                 pj *= outs[j1]
                 j1 += 1
         merged = x.layouts[i]
-        for lay in x.layouts[i + 1:i1]:
+        for lay in x.layouts[i + 1 : i1]:
             merged = sp.merge(merged, lay)
         pieces: list[Layout] = []
         for k in reversed(range(j + 1, j1)):
@@ -88,8 +89,9 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
         if isinstance(v, (tuple, list)) and len(v) == len(layouts):
             run_time_entries(cx, layouts, v)
             return
-        raise RuleError("the target shape is one run-time value; fxgrow cannot rewrite its "
-                        "channel entries")
+        raise RuleError(
+            "the target shape is one run-time value; fxgrow cannot rewrite its channel entries"
+        )
     entries = list(container)
     if len(entries) != len(layouts):
         raise RuleError("shape arguments do not match the result's rank")
@@ -111,7 +113,7 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
                 return args, {**kwargs, key: tuple(replace(kwargs[key], size))}
         if varargs:
             return (*args[:first], *replace(args[first:], size)), kwargs
-        return (*args[:first], tuple(replace(args[first], size)), *args[first + 1:]), kwargs
+        return (*args[:first], tuple(replace(args[first], size)), *args[first + 1 :]), kwargs
 
     cx.rewrite_args(new_args, *layouts)
 
@@ -120,8 +122,9 @@ _aten = torch.ops.aten
 
 
 def _is(node: torch.fx.Node, methods: tuple, functions: tuple) -> bool:
-    return (node.op == "call_method" and node.target in methods) or \
-        (node.op == "call_function" and node.target in functions)
+    return (node.op == "call_method" and node.target in methods) or (
+        node.op == "call_function" and node.target in functions
+    )
 
 
 def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -137,24 +140,47 @@ def _shuffle_axis(cx: RuleContext, x: TensorInfo, shape: tuple) -> int | None:
     if len(shape) != len(ins) + 1:
         return None
     d = next((k for k in range(len(ins)) if shape[k] != ins[k]), None)
-    if d is None or shape[:d] != ins[:d] or shape[d + 2:] != ins[d + 1:] or \
-            shape[d] * shape[d + 1] != ins[d] or shape[d] < 2:
+    if (
+        d is None
+        or shape[:d] != ins[:d]
+        or shape[d + 2 :] != ins[d + 1 :]
+        or shape[d] * shape[d + 1] != ins[d]
+        or shape[d] < 2
+    ):
         return None
     t = _only_user(cx.node)
-    if t is None or not _is(t, ("transpose", "swapaxes", "swapdims"),
-                            (torch.transpose, torch.swapaxes, torch.swapdims,
-                             _aten.transpose.int, _aten.swapaxes.default)):
+    if t is None or not _is(
+        t,
+        ("transpose", "swapaxes", "swapdims"),
+        (
+            torch.transpose,
+            torch.swapaxes,
+            torch.swapdims,
+            _aten.transpose.int,
+            _aten.swapaxes.default,
+        ),
+    ):
         return None
-    dims = cx.concrete([t.args[i] if i < len(t.args) else t.kwargs.get(k)
-                        for i, k in ((1, "dim0"), (2, "dim1"))])
+    dims = cx.concrete(
+        [t.args[i] if i < len(t.args) else t.kwargs.get(k) for i, k in ((1, "dim0"), (2, "dim1"))]
+    )
     if sorted(k % len(shape) for k in dims if isinstance(k, int)) != [d, d + 1]:
         return None
     m = _only_user(t)
     if m is not None and _is(m, ("contiguous",), (_aten.contiguous.default, _aten.clone.default)):
         m = _only_user(m)
-    if m is None or not _is(m, ("view", "reshape", "flatten"), (
-            torch.reshape, torch.flatten, _aten.view.default, _aten.reshape.default,
-            _aten._unsafe_view.default, _aten.flatten.using_ints)):
+    if m is None or not _is(
+        m,
+        ("view", "reshape", "flatten"),
+        (
+            torch.reshape,
+            torch.flatten,
+            _aten.view.default,
+            _aten.reshape.default,
+            _aten._unsafe_view.default,
+            _aten.flatten.using_ints,
+        ),
+    ):
         return None
     out = cx.example(m)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ins):
@@ -171,12 +197,27 @@ def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
 _AS_OTHER = ("view_as", "reshape_as", aten_op("view_as.default"), aten_op("reshape_as.default"))
 
 
-@rule("view", "reshape", torch.reshape,
-      aten=("view.default", "reshape.default", "_unsafe_view.default"),
-      traits=("keeps_zero", "reshape"))
-@rule("view", "reshape", torch.reshape, "view_as", "reshape_as",
-      aten=("view.default", "reshape.default", "_unsafe_view.default", "view_as.default",
-            "reshape_as.default"))
+@rule(
+    "view",
+    "reshape",
+    torch.reshape,
+    aten=("view.default", "reshape.default", "_unsafe_view.default"),
+    traits=("keeps_zero", "reshape"),
+)
+@rule(
+    "view",
+    "reshape",
+    torch.reshape,
+    "view_as",
+    "reshape_as",
+    aten=(
+        "view.default",
+        "reshape.default",
+        "_unsafe_view.default",
+        "view_as.default",
+        "reshape_as.default",
+    ),
+)
 def reshape(cx: RuleContext):
     """view/reshape: see the module docstring.  The first reshape of a channel shuffle keeps
     its rows apart (see ``_shuffle_axis``)."""
@@ -188,15 +229,17 @@ def reshape(cx: RuleContext):
         for a, b in zip(layouts, other.layouts):
             cx.unify(a, b, "view_as/reshape_as target")
         return cx.out(layouts)
-    if cx.node.target == "view" and len(cx.node.args) == 2 and \
-            isinstance(cx.concrete(cx.node.args[1]), torch.dtype):
+    if (
+        cx.node.target == "view"
+        and len(cx.node.args) == 2
+        and isinstance(cx.concrete(cx.node.args[1]), torch.dtype)
+    ):
         raise RuleError("view as another dtype")
     d = _shuffle_axis(cx, x, shape)
     if d is not None and _several_spaces(cx, x.layouts[d]):
         g = shape[d]
         rows = cx.spaces.stack(x.layouts[d], g, cx.blocker("channel shuffle"))
-        layouts = (*x.layouts[:d], cx.fixed(g, "channel shuffle groups"), rows,
-                   *x.layouts[d + 1:])
+        layouts = (*x.layouts[:d], cx.fixed(g, "channel shuffle groups"), rows, *x.layouts[d + 1 :])
     else:
         layouts = reshape_layouts(cx, x, shape)
     _rewrite_sizes(cx, layouts, 1, "minus-one")
@@ -208,17 +251,18 @@ def _flatten(cx: RuleContext, x: TensorInfo, start: int, end: int):
         return cx.out((cx.fixed(1, "flatten of a scalar"),))
     start, end = x.dim(start), x.dim(end)
     merged = x.layouts[start]
-    for lay in x.layouts[start + 1:end + 1]:
+    for lay in x.layouts[start + 1 : end + 1]:
         merged = cx.spaces.merge(merged, lay)
-    return cx.out(x.layouts[:start] + (merged,) + x.layouts[end + 1:])
+    return cx.out(x.layouts[:start] + (merged,) + x.layouts[end + 1 :])
 
 
 @rule(torch.flatten, "flatten", aten=("flatten.using_ints",), traits=("keeps_zero", "reshape"))
 def flatten(cx: RuleContext):
     """flatten(start_dim, end_dim): the axes merge row-major (channel x spatial: c S + s)."""
     x = cx.tensor(cx.arg(0))
-    return _flatten(cx, x, cx.concrete(cx.arg(1, "start_dim", 0)),
-                    cx.concrete(cx.arg(2, "end_dim", -1)))
+    return _flatten(
+        cx, x, cx.concrete(cx.arg(1, "start_dim", 0)), cx.concrete(cx.arg(2, "end_dim", -1))
+    )
 
 
 @rule(nn.Flatten)
@@ -237,16 +281,19 @@ def unflatten(cx: RuleContext):
     if cx.module is not None:
         d = x.dim(cx.module.dim)
         k = len(cx.module.unflattened_size)
-        new = layouts[d:d + k]
+        new = layouts[d : d + k]
         if any(cx.spaces.roots(lay) for lay in new):
             old = tuple(cx.module.unflattened_size)
-            cx.set_attr("unflattened_size", lambda size: tuple(
-                -1 if o == -1 else size(lay) for o, lay in zip(old, new)), *new)
+            cx.set_attr(
+                "unflattened_size",
+                lambda size: tuple(-1 if o == -1 else size(lay) for o, lay in zip(old, new)),
+                *new,
+            )
         return cx.out(layouts)
     d = x.dim(cx.concrete(cx.arg(1, "dim")))
     sizes = cx.arg(2, "sizes")
     k = len(sizes)
-    new = layouts[d:d + k]
+    new = layouts[d : d + k]
     if any(cx.spaces.roots(lay) for lay in new):
         for s in sizes:
             cx.sizes_handled(cx.value(s))
@@ -256,5 +303,6 @@ def unflatten(cx: RuleContext):
             if len(args) > 2:
                 return (*args[:2], vals, *args[3:]), kwargs
             return args, {**kwargs, "sizes": vals}
+
         cx.rewrite_args(new_args, *new)
     return cx.out(layouts)

@@ -1,5 +1,6 @@
 """Channel-moving CNN ops: pixel shuffle / unshuffle (channels to and from space) and channel
 shuffle (the channels of g groups interleaved: a ``Zip`` of the groups' spaces)."""
+
 from __future__ import annotations
 
 import torch
@@ -21,20 +22,25 @@ def pixel_shuffle(cx: RuleContext):
     c, inner = cx.spaces.split(x.layouts[-3], r * r, cx.blocker("pixel_shuffle"))
     cx.block(inner, "moved into the spatial axes by pixel_shuffle")
     shape = cx.out_shape()
-    return cx.out(x.layouts[:-3] + (c, cx.fixed(shape[-2], "spatial axis"),
-                                    cx.fixed(shape[-1], "spatial axis")))
+    return cx.out(
+        x.layouts[:-3]
+        + (c, cx.fixed(shape[-2], "spatial axis"), cx.fixed(shape[-1], "spatial axis"))
+    )
 
 
-@rule(nn.PixelUnshuffle, F.pixel_unshuffle, torch.pixel_unshuffle,
-      aten=("pixel_unshuffle.default",))
+@rule(
+    nn.PixelUnshuffle, F.pixel_unshuffle, torch.pixel_unshuffle, aten=("pixel_unshuffle.default",)
+)
 def pixel_unshuffle(cx: RuleContext):
     """pixel_unshuffle(r): C -> [C r^2], each channel followed by its r^2 spatial offsets."""
     x = cx.tensor(cx.arg(0))
     r = cx.module.downscale_factor if cx.module is not None else cx.concrete(cx.arg(1))
     c = cx.spaces.merge(x.layouts[-3], cx.fixed(r * r, "spatial offsets of pixel_unshuffle"))
     shape = cx.out_shape()
-    return cx.out(x.layouts[:-3] + (c, cx.fixed(shape[-2], "spatial axis"),
-                                    cx.fixed(shape[-1], "spatial axis")))
+    return cx.out(
+        x.layouts[:-3]
+        + (c, cx.fixed(shape[-2], "spatial axis"), cx.fixed(shape[-1], "spatial axis"))
+    )
 
 
 @rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle, F.native_channel_shuffle)

@@ -1,4 +1,5 @@
 """Rules for timm's no-trace modules that fxgrow keeps whole (when timm is installed)."""
+
 from __future__ import annotations
 
 import importlib
@@ -20,9 +21,22 @@ except Exception:  # timm absent
     _activations = None
 
 if _activations is not None:
-    _TIMM_ACTS = tuple(getattr(_activations, n) for n in
-                       ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish",
-                        "GELU", "GELUTanh", "QuickGELU") if hasattr(_activations, n))
+    _TIMM_ACTS = tuple(
+        getattr(_activations, n)
+        for n in (
+            "Swish",
+            "Mish",
+            "Sigmoid",
+            "Tanh",
+            "HardSwish",
+            "HardSigmoid",
+            "HardMish",
+            "GELU",
+            "GELUTanh",
+            "QuickGELU",
+        )
+        if hasattr(_activations, n)
+    )
     # timm's activation modules: each forward applies one pointwise function (F.gelu,
     # x * sigmoid(x) ...) to its input, unit by unit
     rule(*_TIMM_ACTS)(elementwise.unary)
@@ -31,15 +45,18 @@ if _activations is not None:
 def _pointwise(module) -> bool:
     """A submodule that acts unit by unit (activation, dropout, identity)."""
     import torch.fx
+
     node = torch.fx.Graph().create_node("call_module", "m")
     entry = lookup(node, module)
     return entry is not None and entry.fn is elementwise.unary
 
 
 if _norm_act is not None:
-    _NORM_ACT = tuple(getattr(_norm_act, n) for n in
-                      ("BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d")
-                      if hasattr(_norm_act, n))
+    _NORM_ACT = tuple(
+        getattr(_norm_act, n)
+        for n in ("BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d")
+        if hasattr(_norm_act, n)
+    )
 
     @rule(*_NORM_ACT)
     def batchnorm_act(cx: RuleContext):
@@ -79,6 +96,7 @@ if _conv2d_same is not None:
         """timm Max/AvgPool2dSame: pooling after run-time "same" padding, per channel."""
         return _pool._spatial_op(cx, 2)
 
+
 if _attention is not None and hasattr(_attention, "maybe_add_mask"):
     from ..values import TensorInfo
 
@@ -104,12 +122,14 @@ if _attention is not None and hasattr(_attention, "maybe_add_mask"):
             return cx.out(mask.layouts)
         return cx.info_for(cx.example(), "attention mask over token positions")
 
+
 try:
     _nest = importlib.import_module("timm.models.nest")
 except Exception:  # timm absent, or an older one
     _nest = None
 
 if _nest is not None and hasattr(_nest, "deblockify"):
+
     @rule(_nest.deblockify)
     def deblockify(cx: RuleContext):
         """timm NesT deblockify(x [B, T, N, C], block_size) -> [B, H, W, C]: blocks of
@@ -119,8 +139,9 @@ if _nest is not None and hasattr(_nest, "deblockify"):
         for lay in x.layouts[1:-1]:
             cx.block(lay, "positions rearranged by deblockify", "structure")
         shape = cx.out_shape()
-        return cx.out((x.layouts[0], *(cx.fixed(n, "spatial axis") for n in shape[1:-1]),
-                       x.layouts[-1]))
+        return cx.out(
+            (x.layouts[0], *(cx.fixed(n, "spatial axis") for n in shape[1:-1]), x.layouts[-1])
+        )
 
 
 # -- relative-position logits (BoTNet, HaloNet), kept whole by the front end -----------------
@@ -133,8 +154,7 @@ except Exception:  # timm absent, or an older one
 if _bottleneck is not None and _halo is not None:
     from .registry import leaf
 
-    _POS_EMBED_REL = tuple(getattr(m, "PosEmbedRel") for m in (_bottleneck, _halo)
-                           if hasattr(m, "PosEmbedRel"))
+    _POS_EMBED_REL = tuple(m.PosEmbedRel for m in (_bottleneck, _halo) if hasattr(m, "PosEmbedRel"))
 
     @rule(*_POS_EMBED_REL)
     def pos_embed_rel(cx: RuleContext):
@@ -148,8 +168,11 @@ if _bottleneck is not None and _halo is not None:
         q = cx.tensor(cx.arg(0))
         d = q.layouts[-1]
         for name in ("height_rel", "width_rel"):
-            cx.unify(d, cx.module_consume(name, 1, (cx.arg(0), q.ndim - 1)),
-                     "head dim contracted with the relative-position tables")
+            cx.unify(
+                d,
+                cx.module_consume(name, 1, (cx.arg(0), q.ndim - 1)),
+                "head dim contracted with the relative-position tables",
+            )
         if hasattr(cx.module, "dim_head"):
             cx.size_attr("dim_head", d)
         cx.block(q.layouts[-2], "query positions of relative-position logits", "structure")

@@ -1,4 +1,5 @@
 """Rules for torchvision functions that fx keeps as calls (torchvision wraps them)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,6 +16,7 @@ except Exception:  # torchvision absent
     _stochastic_depth = None
 
 if _stochastic_depth is not None:
+
     @rule(_stochastic_depth, traits=("keeps_zero",))
     def stochastic_depth(cx: RuleContext):
         """torchvision stochastic_depth: drops whole samples (mode "row") or the whole batch;
@@ -37,13 +39,15 @@ def _heads_rows(cx: RuleContext, rows, head_dim: int, what: str):
     for p in pieces[1:]:
         cx.unify(pieces[0], p, "query, key and value heads correspond")
     heads, dim = cx.spaces.split(pieces[0], head_dim, cx.blocker(f"{what} heads"))
-    cx.block(dim, "head dim contracted between query and key (and it sets the softmax scale)",
-             "structure")
+    cx.block(
+        dim,
+        "head dim contracted between query and key (and it sets the softmax scale)",
+        "structure",
+    )
     return heads, cx.spaces.merge(heads, dim)
 
 
 if _swin is not None:
-    from ..context import CONSUME, PRODUCE
     from ..values import TensorInfo
 
     @rule(_swin.shifted_window_attention, _swin3d.shifted_window_attention_3d)
@@ -84,6 +88,7 @@ if _swin is not None:
             if len(args) > 5:
                 return (*args[:5], size(heads), *args[6:]), kwargs
             return args, {**kwargs, "num_heads": size(heads)}
+
         cx.rewrite_args(new_args, heads)
         for ref in (qkv_w, proj_w):
             if isinstance(ref, torch.fx.Node) and ref.op == "get_attr":
@@ -91,12 +96,22 @@ if _swin is not None:
                 lin = cx.state.modules.get(module)
                 if isinstance(lin, torch.nn.Linear):
                     w = cx.tensor(ref)
-                    cx.set_attr("in_features", lambda size, lay=w.layouts[1]: size(lay),
-                                w.layouts[1], module=module)
-                    cx.set_attr("out_features", lambda size, lay=w.layouts[0]: size(lay),
-                                w.layouts[0], module=module)
-        owner = cx.state.modules.get(cx.node.meta.get("nn_module_stack", {}) and
-                                     list(cx.node.meta["nn_module_stack"].values())[-1][0])
+                    cx.set_attr(
+                        "in_features",
+                        lambda size, lay=w.layouts[1]: size(lay),
+                        w.layouts[1],
+                        module=module,
+                    )
+                    cx.set_attr(
+                        "out_features",
+                        lambda size, lay=w.layouts[0]: size(lay),
+                        w.layouts[0],
+                        module=module,
+                    )
+        owner = cx.state.modules.get(
+            cx.node.meta.get("nn_module_stack", {})
+            and list(cx.node.meta["nn_module_stack"].values())[-1][0]
+        )
         if owner is not None and hasattr(owner, "num_heads"):
             path = list(cx.node.meta["nn_module_stack"].values())[-1][0]
             cx.set_attr("num_heads", lambda size: size(heads), heads, module=path)
@@ -109,9 +124,14 @@ if _swin is not None:
         table = cx.tensor(cx.arg(0))
         cx.block(table.layouts[0], "relative positions, indexed", "structure")
         shape = cx.out_shape()
-        return cx.out((cx.fixed(1, "batch axis"), table.layouts[1],
-                       cx.fixed(shape[2], "window positions"),
-                       cx.fixed(shape[3], "window positions")))
+        return cx.out(
+            (
+                cx.fixed(1, "batch axis"),
+                table.layouts[1],
+                cx.fixed(shape[2], "window positions"),
+                cx.fixed(shape[3], "window positions"),
+            )
+        )
 
     @rule(_swin._patch_merging_pad)
     def patch_merging(cx: RuleContext):
@@ -122,8 +142,14 @@ if _swin is not None:
             cx.block(lay, "spatial axis read by patch merging: its size is fixed")
         shape = cx.out_shape()
         c = x.layouts[-1]
-        return cx.out(x.layouts[:-3] + (cx.fixed(shape[-3], "spatial axis"),
-                                        cx.fixed(shape[-2], "spatial axis"), c + c + c + c))
+        return cx.out(
+            x.layouts[:-3]
+            + (
+                cx.fixed(shape[-3], "spatial axis"),
+                cx.fixed(shape[-2], "spatial axis"),
+                c + c + c + c,
+            )
+        )
 
 
 try:
@@ -132,6 +158,7 @@ except Exception:  # torchvision absent
     _mvit = None
 
 if _mvit is not None and hasattr(_mvit, "_unsqueeze"):
+
     @rule(_mvit._unsqueeze)
     def mvit_unsqueeze(cx: RuleContext):
         """torchvision MViT's ``_unsqueeze(x, target_dim, expand_dim)`` -> ``(x', x.dim())``:

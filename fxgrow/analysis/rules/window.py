@@ -13,6 +13,7 @@
   channel space, K (kernel offsets) and L are positions.  The sum of overlapping windows is per
   channel, so replicated rows give replicated channels.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,10 +54,13 @@ def im2col(cx: RuleContext):
     ch = x.ndim - 3  # (C, H, W) unbatched or (N, C, H, W)
     kernel = (kernel,) * 2 if isinstance(kernel, int) else tuple(kernel)
     k = math.prod(kernel)
-    for lay in x.layouts[ch + 1:]:
+    for lay in x.layouts[ch + 1 :]:
         cx.block(lay, "spatial axis read by a sliding window: its size is fixed")
-    rows = x.layouts[ch] if k == 1 else \
-        cx.spaces.merge(x.layouts[ch], cx.fixed(k, "kernel offset of unfold"))
+    rows = (
+        x.layouts[ch]
+        if k == 1
+        else cx.spaces.merge(x.layouts[ch], cx.fixed(k, "kernel offset of unfold"))
+    )
     shape = cx.out_shape()
     return cx.out([*x.layouts[:ch], rows, cx.fixed(shape[-1], "window index of unfold")])
 
@@ -81,4 +85,4 @@ def col2im(cx: RuleContext):
         rows, offsets = cx.spaces.split(x.layouts[ch], k, cx.blocker("fold rows"))
         cx.block(offsets, "kernel offsets of fold", "structure")
     shape = cx.out_shape()
-    return cx.out([*x.layouts[:ch], rows, *(cx.fixed(n, "spatial axis") for n in shape[ch + 1:])])
+    return cx.out([*x.layouts[:ch], rows, *(cx.fixed(n, "spatial axis") for n in shape[ch + 1 :])])
