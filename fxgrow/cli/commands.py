@@ -262,7 +262,7 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
         raise SpecError(f"--student: no such file: {args.student}")
     loaded = _load(args, ui)
     if args.student:
-        from ..io.saving import load
+        from ..io import load
 
         _check_student(args.student, loaded)
         with ui.step(f"loading {args.student}"):
@@ -294,7 +294,7 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
 
 def _check_student(path: str, loaded: Loaded) -> None:
     """--student must have been grown from the model drawn (by the fingerprint save recorded)."""
-    from ..io.saving import fingerprint, info
+    from ..io import fingerprint, info
 
     if not Path(path).is_file():
         raise SpecError(f"--student: no such file: {path}")

@@ -281,7 +281,7 @@ def load_model(args: argparse.Namespace) -> Loaded:
     elif spec.endswith(".safetensors") or Path(spec).is_file():
         if not Path(spec).is_file():
             raise SpecError(f"no such file: {spec}")
-        from ..io.saving import load
+        from ..io import load
 
         model, source = (
             load(spec, trusted=args.trust or (), weights=getattr(args, "run", True)),
@@ -318,7 +318,7 @@ def _inputs(args: argparse.Namespace, model: Any, source: str, spec: str, dtype:
     if out:
         return tuple(out)
     if source == "saved":
-        from ..io.saving import example_inputs
+        from ..io import example_inputs
 
         recorded = example_inputs(spec, args.seed)
         if recorded:

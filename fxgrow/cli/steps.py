@@ -256,7 +256,7 @@ def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
 def _save(student: Any, loaded: Loaded, args: argparse.Namespace, ui: UI) -> str | None:
     if not args.output:
         return None
-    from ..io.saving import save
+    from ..io import save
 
     out = Path(args.output)
     _check_output(args, (".safetensors",))

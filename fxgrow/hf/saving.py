@@ -55,7 +55,7 @@ def save_student(
     if meta.get(record.KEY):
         desc[record.KEY] = record.encode(meta[record.KEY])
     if teacher is not None:
-        from ..io.saving import fingerprint
+        from ..io import fingerprint
 
         desc["teacher"] = {"fingerprint": fingerprint(teacher)}
     save_folder(model, out, overwrite=True)
