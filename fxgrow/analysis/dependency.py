@@ -3,7 +3,7 @@ channel spaces that must share one replication map."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -113,7 +113,7 @@ def _fixed_values(example: Any, cause: Blocker) -> Any:
 def _get_attr(cx: RuleContext) -> Any:
     """A parameter, buffer or constant tensor read by name: every axis longer than one unit is
     its own channel space until an op couples it; size-1 axes are fixed (they broadcast)."""
-    target = cx.node.target
+    target = cast(str, cx.node.target)  # a get_attr node's target is the attribute's path
     example = cx.example()
     if not isinstance(example, torch.Tensor):
         return example

@@ -157,6 +157,7 @@ def _name(ms: list[Member], state: AnalysisState) -> tuple[str, int]:
     tensors = [m for m in ms if m.kind in ("parameter", "buffer")]
     producers = [m for m in tensors if m.role == PRODUCE]
     m = (producers or tensors)[0]
+    assert m.axis is not None  # parameter and buffer members name their axis
     full = state.tensors[m.target].shape[m.axis]
     module = m.module or m.target
     name = module if producers else f"{module}[in]" if m.role == CONSUME else module

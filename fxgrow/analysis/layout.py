@@ -193,7 +193,7 @@ class SpaceTable:
                 total += n
         return total
 
-    def _compound_size(self, s: Segment) -> int:
+    def _compound_size(self, s: Prod | Zip | Stack) -> int:
         if isinstance(s, Prod):
             return self.size(s.outer) * self.size(s.inner)
         if isinstance(s, Zip):
@@ -255,12 +255,12 @@ class SpaceTable:
         si = self.size(inner)
         if si == 1 and all(isinstance(s, Fixed) for s in inner):
             return list(outer)
-        out = []
+        out: list[Segment] = []
         for o in outer:
             if isinstance(o, Fixed) and o.size == 1:
                 out.extend(inner)
             elif isinstance(o, Prod):  # associativity: (a x b) x c = a x (b x c)
-                out.extend(self._prod(o.outer, self._prod(o.inner, inner)))
+                out.extend(self._prod(o.outer, tuple(self._prod(o.inner, inner))))
             elif isinstance(o, Fixed) and all(isinstance(s, Fixed) for s in inner):
                 out.append(Fixed(o.size * si, o.cause))
             else:
@@ -364,9 +364,11 @@ class SpaceTable:
     def _unify_segment(self, x: Segment, y: Segment) -> None:
         if isinstance(x, Fixed) and isinstance(y, Fixed):
             return
-        if isinstance(x, Fixed) or isinstance(y, Fixed):
-            fixed, other = (x, y) if isinstance(x, Fixed) else (y, x)
-            self.block((other,), fixed.cause)
+        if isinstance(x, Fixed):
+            self.block((y,), x.cause)
+            return
+        if isinstance(y, Fixed):
+            self.block((x,), y.cause)
             return
         if isinstance(x, Atom) and isinstance(y, Atom):
             self._union(x.id, y.id)
@@ -378,6 +380,7 @@ class SpaceTable:
             return
         if isinstance(x, Atom) or isinstance(y, Atom):
             atom, p = (x, y) if isinstance(x, Atom) else (y, x)
+            assert isinstance(atom, Atom) and isinstance(p, Prod)  # the other pairs returned
             self._factor_atom(atom.id, self.size(p.outer), self.size(p.inner))
             self._unify((atom,), (p,))
             return
@@ -399,6 +402,7 @@ class SpaceTable:
         """Zip against Zip part by part; an atom against a Zip is refined into one."""
         if isinstance(x, Atom) or isinstance(y, Atom):
             atom, z = (x, y) if isinstance(x, Atom) else (y, x)
+            assert isinstance(atom, Atom) and isinstance(z, Zip)  # two atoms never get here
             self._zip_atom(atom.id, [self.size(p) for p in z.parts])
             self._unify((atom,), (z,))
             return

@@ -87,7 +87,7 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
     if t is torch.nn.Linear and x.dim() >= 1 and x.shape[-1] == m.in_features:
         return _like(x, (*x.shape[:-1], m.out_features))
     if (
-        t is torch.nn.Conv2d
+        type(m) is torch.nn.Conv2d  # (``t is``, written so that type checkers narrow ``m``)
         and x.dim() == 4
         and isinstance(m.padding, tuple)
         and x.shape[1] == m.in_channels
@@ -112,8 +112,8 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
         )
         return _like(x, (*x.shape[:2], h, w))
     if t is torch.nn.AdaptiveAvgPool2d and x.dim() == 4:
-        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
-        size = tuple(n if o is None else o for n, o in zip(x.shape[2:], size))
+        given = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+        size = tuple(n if o is None else o for n, o in zip(x.shape[2:], given))
         return _like(x, (*x.shape[:2], *size))
     return None
 
