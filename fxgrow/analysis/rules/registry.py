@@ -23,7 +23,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -184,7 +184,7 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
         except TypeError:  # unhashable target
             return None
     if node.op == "call_method":
-        return METHODS.get(node.target)
+        return METHODS.get(cast(str, node.target))  # a call_method's target is the name
     if node.op == "call_module":
         cls = type(module)
         entry = MODULES.get(cls)
@@ -193,7 +193,9 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
         for base in cls.__mro__[1:]:
             entry = MODULES.get(base)
             if entry is not None:
-                return entry if cls.forward is base.forward else None
+                # a base with a module rule is an nn.Module class (rules are for modules)
+                forward = cast(type[torch.nn.Module], base).forward
+                return entry if cls.forward is forward else None
         return None
     return None
 
@@ -226,7 +228,8 @@ def node_has_trait(node: torch.fx.Node, trait: str, gm: torch.nn.Module | None =
     if node.op in ("call_function", "call_method"):
         return has_trait(node.target, trait)
     if node.op == "call_module" and gm is not None:
-        return has_trait(gm.get_submodule(node.target), trait)
+        # a call_module node's target is its module's path (a str)
+        return has_trait(gm.get_submodule(cast(str, node.target)), trait)
     return False
 
 
