@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.fx
@@ -18,6 +18,7 @@ SCALE = "scale"  # per-channel parameter/buffer: copies with g
 CONSUME = "consume"  # reads the space: column j = column g(j) / c(g(j))
 
 SizeFn = Callable[[Layout], int]
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass
@@ -125,7 +126,10 @@ class RuleContext:
         self.spaces = state.spaces
         self.handled_sizes: set[int] = set()
         self.handled_layouts: list[Layout] = []  # the axes the handled sizes were read from
-        self.module = state.modules.get(node.target) if node.op == "call_module" else None
+        # a call_module node's target is its module's path (a str)
+        self.module = (
+            state.modules.get(cast(str, node.target)) if node.op == "call_module" else None
+        )
 
     # -- reading -------------------------------------------------------------------------------
     def arg(self, i: int, name: str | None = None, default: Any = RuleError) -> Any:
@@ -233,11 +237,25 @@ class RuleContext:
             pa.roles.add(role)
         return pa.layout
 
-    def module_param(self, name: str, axis: int, role: str) -> Layout | None:
+    def module_as(self, cls: type[M]) -> M:
+        """This call_module's module as ``cls``: the class (or a base of the class) the rule
+        was registered for, so the registry's lookup guarantees it."""
+        if not isinstance(self.module, cls):
+            raise RuleError(f"expected a {cls.__name__} module, got {type(self.module).__name__}")
+        return self.module
+
+    def module_param(self, name: str, axis: int, role: str | None) -> Layout | None:
         """``param`` for a parameter of this call_module's module (None if absent)."""
         if getattr(self.module, name, None) is None:
             return None
         return self.param(f"{self.node.target}.{name}", axis, role)
+
+    def module_param_required(self, name: str, axis: int, role: str | None) -> Layout:
+        """``module_param`` for a parameter the module's class always has."""
+        lay = self.module_param(name, axis, role)
+        if lay is None:
+            raise RuleError(f"module {self.node.target} has no parameter {name!r}")
+        return lay
 
     def consume(
         self, a: Any, axis: int, contracted: Layout, activation: tuple[Any, int] | None = None
@@ -272,7 +290,7 @@ class RuleContext:
 
     def module_consume(self, name: str, axis: int, activation: tuple[Any, int]) -> Layout:
         """``module_param(name, axis, CONSUME)``, remembering the activation it contracts."""
-        lay = self.module_param(name, axis, CONSUME)
+        lay = self.module_param_required(name, axis, CONSUME)
         key = (
             self.state.canonical.get(f"{self.node.target}.{name}", f"{self.node.target}.{name}"),
             axis,
@@ -288,7 +306,8 @@ class RuleContext:
         while isinstance(a, torch.fx.Node):
             if a.op == "get_attr":
                 chain.append((user, a))
-                t = self.state.canonical.get(a.target, a.target)
+                t = cast(str, a.target)  # a get_attr node's target is the attribute's path
+                t = self.state.canonical.get(t, t)
                 return (t, axis, chain) if t in self.state.tensors else None
             if len(a.users) != 1 or a.op not in ("call_method", "call_function"):
                 return None
@@ -316,10 +335,13 @@ class RuleContext:
         module: str | None = None,
     ) -> None:
         """Module attribute ``attr`` of this call_module (or ``module``) follows new sizes."""
-        self.state.attrs.append(AttrRule(module or self.node.target, attr, compute, layouts))
+        # without ``module``, a call_module node: its target is the module's path
+        path = module or cast(str, self.node.target)
+        self.state.attrs.append(AttrRule(path, attr, compute, layouts))
 
-    def size_attr(self, attr: str, layout: Layout) -> None:
-        self.set_attr(attr, lambda size: size(layout), layout)
+    def size_attr(self, attr: str, layout: Layout, module: str | None = None) -> None:
+        """Module attribute ``attr`` is the size of ``layout`` (``set_attr``)."""
+        self.set_attr(attr, lambda size: size(layout), layout, module=module)
 
     def rewrite_args(self, compute: Callable[[SizeFn, tuple, dict], tuple], *layouts) -> None:
         self.state.args[self.node.name] = ArgRule(self.node.name, compute, layouts)

@@ -37,7 +37,7 @@ _BATCHNORM = (
 def batchnorm_module(cx: RuleContext):
     """BatchNorm/InstanceNorm: per-channel statistics and affine parameters on axis 1."""
     x = cx.tensor(cx.arg(0))
-    m = cx.module
+    m = cx.module_as(nn.modules.batchnorm._NormBase)
     ch = 1 if x.ndim > 1 else 0
     if (
         isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
@@ -117,7 +117,12 @@ def aten_batch_norm(cx: RuleContext):
     per-channel statistics (or empty tensors)."""
     x = cx.tensor(cx.arg(0, "input"))
     c = x.layouts[1]
-    names = ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
+    names: tuple[tuple[int, str], ...] = (
+        (1, "weight"),
+        (2, "bias"),
+        (3, "running_mean"),
+        (4, "running_var"),
+    )
     if cx.node.target is torch.ops.aten._native_batch_norm_legit.no_stats:
         names = names[:2]
     for i, name in names:
@@ -178,6 +183,8 @@ def _normalized(cx: RuleContext, x: TensorInfo, k: int):
 def layernorm_module(cx: RuleContext):
     """LayerNorm/RMSNorm over the trailing axes: uniform replication; affine per channel."""
     m = cx.module
+    if not isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        raise RuleError(f"expected a LayerNorm or RMSNorm module, got {type(m).__name__}")
     x = cx.tensor(cx.arg(0))
     k = len(m.normalized_shape)
     axes = x.layouts[x.ndim - k :]
@@ -251,7 +258,7 @@ def _with_stats(cx: RuleContext, x: TensorInfo, lead: int):
 @rule(nn.GroupNorm)
 def groupnorm_module(cx: RuleContext):
     """GroupNorm(G, C): blocks of C/G channels share one map, each replicated uniformly."""
-    m = cx.module
+    m = cx.module_as(nn.GroupNorm)
     x = cx.tensor(cx.arg(0))
     c = x.layouts[1]
     for name in ("weight", "bias"):

@@ -8,6 +8,8 @@ circular pad of a channel axis copies units by position: it blocks.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -107,7 +109,9 @@ _SPATIAL_ATEN_OPS = {aten_op(name): k for name, k in _SPATIAL_ATEN.items()}
 def pool(cx: RuleContext):
     """Pooling over the trailing spatial axes: per channel, so channels pass through."""
     target = type(cx.module) if cx.module is not None else cx.node.target
-    return _spatial_op(cx, _SPATIAL.get(target) or _SPATIAL_ATEN_OPS[target])
+    # not a pooling module class or function: one of the ATen overloads
+    k = _SPATIAL.get(target) or _SPATIAL_ATEN_OPS[cast(torch._ops.OpOverload, target)]
+    return _spatial_op(cx, k)
 
 
 @rule(
@@ -230,4 +234,6 @@ def pad_module(cx: RuleContext):
     """nn.ZeroPadNd / ConstantPadNd / ReflectionPadNd / ReplicationPadNd / CircularPadNd:
     ``F.pad`` with the module's ``padding``; see ``_pad``."""
     m = cx.module
+    if not isinstance(m, _PAD_MODULES):
+        raise RuleError(f"expected a padding module, got {type(m).__name__}")
     return _pad(cx, tuple(m.padding), isinstance(m, _CONSTANT_PADS))

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..context import RuleContext
+from ..context import RuleContext, RuleError
 from ..values import TensorInfo
 from . import attention_pattern
 from .common import norm_dims
@@ -171,12 +171,12 @@ def max_min(cx: RuleContext):
     d = x.dim(d)
     cx.block(x.layouts[d], "reduced over by max/min")
     keep = bool(cx.concrete(cx.arg(2, "keepdim", False)))
-    lay = list(x.layouts)
+    layouts = list(x.layouts)
     if keep:
-        lay[d] = cx.fixed(1, "reduced axis")
+        layouts[d] = cx.fixed(1, "reduced axis")
     else:
-        del lay[d]
-    return tuple(TensorInfo(tuple(t.shape), tuple(lay)) for t in cx.example())
+        del layouts[d]
+    return tuple(TensorInfo(tuple(t.shape), tuple(layouts)) for t in cx.example())
 
 
 @rule(
@@ -237,8 +237,10 @@ def along_axis_module(cx: RuleContext):
         d = -3
     elif isinstance(m, nn.LocalResponseNorm):
         d = 1
-    else:
+    elif isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
         d = m.dim if m.dim is not None else (0 if x.ndim in (0, 1, 3) else 1)
+    else:
+        raise RuleError(f"no axis known for a {type(m).__name__} module")
     cx.block_unless_structure(
         x.layouts[x.dim(d)], f"{type(m).__name__} along this axis mixes its positions"
     )
