@@ -136,7 +136,7 @@ def _place(root: torch.nn.Module, path: str, value: Any) -> None:
     for part in owner_path.split(".") if owner_path else []:
         if part not in owner._modules:
             owner.add_module(part, torch.nn.Module())
-        owner = owner._modules[part]
+        owner = owner.get_submodule(part)
     if isinstance(value, torch.nn.Module):
         owner.add_module(leaf, value)
     elif isinstance(value, torch.nn.Parameter):

@@ -19,13 +19,16 @@ Example inputs are needed because fxgrow's analysis runs shapes through the grap
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .analysis import as_tuple
+
+if TYPE_CHECKING:
+    from .verify.compare import Comparison
 
 __all__ = ["DeepenPass", "GrowPass", "VerifyPass", "WidenPass"]
 
@@ -151,7 +154,7 @@ class VerifyPass(_FxgrowPass):
         super().__init__(example_inputs)
         self.reference = _independent_copy(reference)
         self.tol, self.mode = tol, mode
-        self.last = None
+        self.last: Comparison | None = None
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         from .errors import PreservationError

@@ -272,7 +272,8 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
     collapse: Any = args.collapse
     if isinstance(collapse, str) and collapse.isdigit():
         collapse = int(collapse)
-    legend = {"auto": "auto", "all": True, "none": False}[args.legend]
+    legends: dict[str, bool | str] = {"auto": "auto", "all": True, "none": False}
+    legend = legends[args.legend]
     with ui.step(f"drawing {out}") as s:
         draw(
             loaded.model,

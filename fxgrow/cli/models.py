@@ -27,9 +27,9 @@ class SpecError(InputError):
     """A model spec or input option that does not name a usable model or input."""
 
 
-def _short(s: str, n: int = 72) -> str:
-    s = " ".join(str(s).split())
-    return s if len(s) <= n else s[: n - 1] + "…"
+def _short(s: object, n: int = 72) -> str:
+    text = " ".join(str(s).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _count_params(m: Any) -> int:

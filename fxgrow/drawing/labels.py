@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from ..fxnode import target_name
+
 
 def shape_text(value: Any) -> str:
     if isinstance(value, torch.Tensor):
@@ -61,7 +63,7 @@ def op_text(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, str]:
     """(title, subtitle) of an fx node."""
     if node.op == "call_module":
         try:
-            kind = type(gm.get_submodule(node.target)).__name__
+            kind = type(gm.get_submodule(target_name(node))).__name__
         except AttributeError:
             kind = "module"
         return str(node.target), kind

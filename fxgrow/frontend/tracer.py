@@ -16,6 +16,7 @@ import contextlib
 import operator
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch.fx
 import torch.fx._symbolic_trace as _fx_trace
 
 from ..errors import TraceError
+from ..fxnode import target_name
 from .guards import traced_as
 from .specialise import ExampleValues, NotStatic
 
@@ -74,6 +76,8 @@ def _culprit(error: BaseException, functions: set) -> Callable | None:
 
 class _Proxy(torch.fx.Proxy):
     """A proxy that a specialising tracer can turn into a number (``int(p)``, ``float(p)``)."""
+
+    tracer: LeafTracer  # only ``LeafTracer.proxy`` makes these
 
     def __int__(self) -> int:
         return int(self.tracer.to_number(self, int))
@@ -166,7 +170,7 @@ class LeafTracer(torch.fx.Tracer):
             finally:
                 self.proxy_buffer_attributes = saved
             if isinstance(proxy, torch.fx.Proxy) and proxy.node.op == "get_attr":
-                self.buffers_read.setdefault(proxy.node.target, attr_val)
+                self.buffers_read.setdefault(target_name(proxy.node), attr_val)
             return proxy
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
@@ -177,7 +181,7 @@ class LeafTracer(torch.fx.Tracer):
             for _path, t in getattr(self, "module_stack", {}).values()
         ):
             return True
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             if frame.f_code in self.through_codes:
                 return True

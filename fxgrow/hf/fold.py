@@ -17,6 +17,7 @@ import torch
 import torch.fx
 
 from ..errors import UnsupportedModelError
+from ..fxnode import node_arg, owner, target_name
 
 _PASS = {
     "alias",
@@ -39,7 +40,12 @@ def _name(target) -> str:
 
 
 _VIEWS = {"view", "reshape", "_unsafe_view"}
-_LINEAR_MODULES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+_LINEAR_MODULES: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+)
 
 
 def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
@@ -48,9 +54,9 @@ def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
     with a scale) are passed too."""
     while node.args and isinstance(node.args[0], torch.fx.Node):
         if node.op == "call_module":
-            if type(node.graph.owning_module.get_submodule(node.target)) not in _LINEAR_MODULES:
+            if type(owner(node).get_submodule(target_name(node))) not in _LINEAR_MODULES:
                 break
-            node = node.args[0]
+            node = node_arg(node, 0)
             continue
         if node.op != "call_function":
             break
@@ -61,7 +67,7 @@ def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
                 break
         elif name not in _PASS:
             break
-        node = node.args[0]
+        node = node_arg(node, 0)
     return node
 
 
@@ -188,7 +194,7 @@ def fold_scale(
                     and _name(r.target) == "linear"
                     and _attr(gm, r.args[1]) is not None
                 ):
-                    fold_scale(gm, r.args[0], 1.0 / scale, seen | {made})
+                    fold_scale(gm, node_arg(r, 0), 1.0 / scale, seen | {made})
                 else:
                     raise UnsupportedModelError(
                         f"cannot fold a scale into {target}: {r.name} also reads it"
@@ -284,6 +290,11 @@ def scale_constant(gm: torch.fx.GraphModule, target: str, new: torch.Tensor) -> 
                 f"a multiplication: fxgrow cannot compensate it"
             )
         other = u.args[0] if _attr(gm, u.args[1]) == target else u.args[1]
+        if not isinstance(other, torch.fx.Node):
+            raise UnsupportedModelError(
+                f"{target} changes with the config and {u.name} multiplies it by a constant: "
+                f"fxgrow cannot compensate it"
+            )
         fold_scale(gm, other, ratio.reshape(()) if ratio.numel() == 1 else ratio)
     with torch.no_grad():
         old.copy_(new.to(old.dtype))

@@ -35,6 +35,7 @@ import torch
 import torch.fx
 
 from ..errors import ConfigError
+from ..fxnode import node_arg
 
 
 def _norm_kind(module: torch.nn.Module, weight: str) -> tuple[str, float]:
@@ -125,7 +126,12 @@ def stream_norms(model, members: list) -> tuple[dict, str | None, int]:
             ),
             None,
         )
-        if e is not None and e == getattr(config, eps_field) and name not in stream_modules:
+        if (
+            e is not None
+            and eps_field  # always: no modules are walked without it
+            and e == getattr(config, eps_field)
+            and name not in stream_modules
+        ):
             raise ConfigError(
                 f"{name} ({type(m).__name__}) uses {eps_field} too but does not normalise "
                 f"the stream: a new {eps_field} would change it; grow the stream by a whole "
@@ -187,6 +193,7 @@ def pad_graph(
         _untie_scale(gm, list(by_target), grow)
         gm.recompile()
         return {}
+    assert eps_field  # grow == 1.0 exactly when the config holds the norms' eps
     return {eps_field: getattr(teacher.config, eps_field) * C / new}
 
 
@@ -207,7 +214,7 @@ def _untie_scale(gm: torch.fx.GraphModule, tied: list[str], grow: float) -> None
                 else None
             )
             if head is not None and _get(gm, head) is _get(gm, target):
-                fold_scale(gm, r.args[0], torch.tensor(1.0 / grow, dtype=torch.float64))
+                fold_scale(gm, node_arg(r, 0), torch.tensor(1.0 / grow, dtype=torch.float64))
 
 
 def _set(gm: torch.nn.Module, name: str, value: torch.nn.Parameter) -> None:

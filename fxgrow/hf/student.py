@@ -225,18 +225,18 @@ def to_pretrained(
         if src not in tensors:
             raise ConfigError(f"the student has no tensor for {name} of {cls.__name__}")
         state[name] = tensors[src]
-    extra = [
+    unplaced = [
         k
         for k in tensors
         if k not in state
         and k not in dict(model.named_buffers())
         and not _alias_of_state(k, tensors, state)
     ]
-    if extra:
+    if unplaced:
         inserted = sorted(
             {
                 k.split("_deepen")[0] + "_deepen" + k.split("_deepen")[1].split(".")[0]
-                for k in extra
+                for k in unplaced
                 if "_deepen" in k
             }
         )
@@ -251,7 +251,7 @@ def to_pretrained(
         )
         raise ConfigError(
             f"{cls.__name__} has no place for the student's tensors "
-            f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)"
+            f"{', '.join(unplaced[:4])}{why}; or keep the graph (as_graph=True)"
         )
     wanted = model.state_dict()
     off = [

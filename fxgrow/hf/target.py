@@ -46,9 +46,9 @@ def target_fields(teacher_config: Any, target: Any) -> dict[str, Any]:
         raise ConfigError(
             f"to_config must be a config, a dict or a config.json path, got {type(target).__name__}"
         )
-    amap = getattr(teacher_config, "attribute_map", {}) or {}
+    amap: Mapping[str, str] = getattr(teacher_config, "attribute_map", {}) or {}
     current = teacher_config.to_dict()
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in target.items():
         key = amap.get(key, key)
         if key in _IGNORED:
@@ -89,7 +89,7 @@ def widths_for(analysis, teacher_shapes: cfg.Shapes, want: cfg.Shapes) -> dict[s
             ratio[open_[0].name] = need[k] / known
             progress = True
         if not progress:  # an axis of several open groups: the outer one (on the most axes)
-            count = {}  # grows, the ones laid inside it (head dims) keep their size
+            count: dict[str, int] = {}  # grows, the ones laid inside it (head dims) keep their size
             for groups in axes.values():
                 for g in groups:
                     if g.name not in ratio and len(groups) > 1:

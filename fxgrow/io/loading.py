@@ -298,10 +298,12 @@ def _codegen(graph: torch.fx.Graph, cg: dict | None) -> None:
     names = [str(a) for a in cg["orig_args"]]
     if not all(_IDENT.match(a) for a in names):
         raise LoadError("malformed input names in the pytree signature")
+    if not cg.get("in_spec"):  # torch's pytree code generator always has one
+        raise LoadError("the pytree signature has no input spec")
     graph._codegen = _PyTreeCodeGen(
         _PyTreeInfo(
             names,
-            treespec_loads(cg["in_spec"]) if cg.get("in_spec") else None,
+            treespec_loads(cg["in_spec"]),
             treespec_loads(cg["out_spec"]) if cg.get("out_spec") else None,
         )
     )

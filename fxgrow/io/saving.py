@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -42,7 +42,7 @@ def _input_spec(example_inputs: Any) -> list:
     for x in xs:
         if not isinstance(x, torch.Tensor):
             raise InputError("example_inputs for save must be tensors")
-        d = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+        d: dict[str, Any] = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
         if not x.is_floating_point() and x.numel():
             d["low"], d["high"] = int(x.min()), int(x.max()) + 1
         spec.append(d)
@@ -157,7 +157,7 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     if type(cg).__name__ == "_PyTreeCodeGen":
         from torch.utils._pytree import treespec_dumps
 
-        info = cg.pytree_info
+        info = cast(torch.fx.graph._PyTreeCodeGen, cg).pytree_info  # by its class name above
         codegen = {
             "orig_args": list(info.orig_args),
             "in_spec": treespec_dumps(info.in_spec) if info.in_spec is not None else None,
@@ -166,7 +166,7 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     elif type(cg) is not torch.fx.graph.CodeGen:
         raise SaveError(f"the graph uses a custom code generator ({type(cg).__name__})")
 
-    meta = {}
+    meta: dict[str, Any] = {}
     if "fxgrow_frontend" in gm.meta:
         meta["fxgrow_frontend"] = str(gm.meta["fxgrow_frontend"])
     if gm.meta.get("fxgrow_output_positions") is not None:

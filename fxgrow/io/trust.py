@@ -311,7 +311,7 @@ def _import_public(name: str, packages: tuple[str, ...]) -> Any:
         ):
             continue
         try:
-            obj = importlib.import_module(module_name)
+            obj: Any = importlib.import_module(module_name)
         except ImportError:
             continue
         for p in parts[k:]:

@@ -33,6 +33,7 @@ import torch.nn as nn
 from ..analysis.blocks import Block, Stage, aliases, is_add, next_names, residual_add, stream_users
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError
+from ..fxnode import node_arg, target_name
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
 
@@ -74,7 +75,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
     n = branch
     while n in inside:
         if n.op == "call_module":
-            m = gm.get_submodule(n.target)
+            m = gm.get_submodule(target_name(n))
             if isinstance(getattr(m, "weight", None), torch.Tensor):
                 return [
                     f"{n.target}.{p}"
@@ -82,16 +83,16 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
                     if isinstance(getattr(m, p, None), torch.Tensor)
                 ]
             if has_trait(m, "keeps_zero"):
-                n = n.args[0]
+                n = node_arg(n, 0)
                 continue
         elif (
             n.op == "call_function"
             and n.target is operator.getitem
-            and n.args[0].op == "call_module"
-            and isinstance(gm.get_submodule(n.args[0].target), nn.MultiheadAttention)
+            and (source := node_arg(n, 0)).op == "call_module"
+            and isinstance(gm.get_submodule(target_name(source)), nn.MultiheadAttention)
             and n.args[1] == 0
         ):
-            out = f"{n.args[0].target}.out_proj"
+            out = f"{source.target}.out_proj"
             m = gm.get_submodule(out)
             return [
                 f"{out}.{p}"
@@ -101,16 +102,17 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
         elif n.op == "call_function" and n.target in _LINEAR_FUNCTIONS:
             refs = [a for a in n.args[1:3] if isinstance(a, torch.fx.Node)]
             if refs and all(r.op == "get_attr" for r in refs):
-                return [r.target for r in refs]
+                return [target_name(r) for r in refs]
         elif n.op == "call_function" and n.target in (torch.addmm, torch.ops.aten.addmm.default):
-            refs = [n.args[0], n.args[2]]
-            if all(isinstance(r, torch.fx.Node) and r.op == "get_attr" for r in refs):
-                return [r.target for r in refs]
+            operands = [n.args[0], n.args[2]]
+            attrs = [r for r in operands if isinstance(r, torch.fx.Node) and r.op == "get_attr"]
+            if len(attrs) == len(operands):
+                return [target_name(r) for r in attrs]
         elif is_add(n):  # a sum of branches (parallel residual) or a bias: zero every term
             found: list[str] = []
             for a in n.args[:2]:
                 if isinstance(a, torch.fx.Node) and a.op == "get_attr":
-                    found.append(a.target)
+                    found.append(target_name(a))
                 elif isinstance(a, torch.fx.Node):
                     found += branch_zero_targets(gm, a, inside)
                 elif not (isinstance(a, Number) and a == 0):
@@ -118,7 +120,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             else:
                 return found
         elif _calls(n, "keeps_zero"):
-            n = n.args[0]
+            n = node_arg(n, 0)
             continue
         elif _calls(n, "mul"):
             # zero * finite = 0: silence a factor that carries data; parameter-only factors
@@ -190,6 +192,7 @@ def _rename(path: str, old: str, new: str) -> str:
 
 
 def _zero(gm: torch.fx.GraphModule, target: str) -> None:
+    t: torch.Tensor
     try:
         t = gm.get_parameter(target)
     except AttributeError:
@@ -243,7 +246,7 @@ def insert_copies(
             with gm.graph.inserting_after(anchor):
                 new = gm.graph.node_copy(n, lambda a: env.get(a, a))  # noqa: B023  (called at once)
             if new.op in ("call_module", "get_attr"):
-                new.target = _rename(new.target, block.path, new_path)
+                new.target = _rename(target_name(new), block.path, new_path)
             stack = n.meta.get("nn_module_stack")
             if stack:
                 new.meta["nn_module_stack"] = {

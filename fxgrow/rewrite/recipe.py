@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -25,7 +24,8 @@ from ..planning.index_map import Expansion, expand
 from ..planning.plan import WidenPlan, root_maps
 
 
-class Gather(NamedTuple):
+@dataclass(frozen=True)
+class Gather:
     """One grown axis: ``index_select(axis, index)``, then (consumed axes) ``* fraction``."""
 
     axis: int

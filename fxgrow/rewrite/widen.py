@@ -127,7 +127,8 @@ def _copy(x: Any, memo: dict) -> Any:
     if y is not memo:
         return y
     if isinstance(x, torch.nn.Module) and _plain_reduce(x):
-        y = cls.__new__(cls)
+        module_cls = type(x)  # ``cls`` as a Module class: its ``__new__`` is object's (or its own)
+        y = module_cls.__new__(module_cls)
         memo[id(x)] = y
         _keep_alive(x, memo)
         state = x.__getstate__()

@@ -243,7 +243,8 @@ def make_stream_plan(
     layout = depth_layout(len(paths), blocks, placement)
     zero = {b: set(residual_stream(analysis.gm, st.blocks[b])) for b in {t for t, z in layout if z}}
     block_of = re.compile(rf"^{re.escape(prefix)}(\d+)\.(.*)$")
-    outside, inside = [], {b: [] for b in range(len(paths))}
+    outside: list[TensorSource] = []
+    inside: dict[int, list[tuple[str, str]]] = {b: [] for b in range(len(paths))}
     for name in teacher:
         m = block_of.match(name)
         if m and first <= int(m.group(1)) < first + len(paths):

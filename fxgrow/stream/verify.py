@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -53,8 +53,9 @@ class StreamedRun(torch.fx.Interpreter):
         self.peak_param_bytes = 0
         self.loaded: list[str] = []
 
-    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
-        name = self.aliases.get(target, target)
+    def get_attr(self, target: torch.fx.node.Target, args: Any, kwargs: Any) -> Any:
+        path = cast(str, target)  # a get_attr node's target: the tensor's qualified name
+        name = self.aliases.get(path, path)
         if name not in self.ckpt.tensors:
             value = super().get_attr(target, args, kwargs)  # a buffer the model computes
             if isinstance(value, torch.Tensor) and value.is_meta:

@@ -106,7 +106,7 @@ def write_tensor(out: BinaryIO, t: torch.Tensor, spec: OutTensor) -> None:
         )
     t = t.contiguous().reshape(-1)
     if t.numel():
-        out.write(memoryview(t.view(torch.uint8).numpy()))
+        out.write(t.view(torch.uint8).numpy().data)
 
 
 def write_zeros(out: BinaryIO, nbytes: int, chunk: int = 16 << 20) -> None:

@@ -7,7 +7,7 @@ optimizer holds exactly the parameters the freezing policy trains, with mapped s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -76,9 +76,11 @@ def grow_during_training(
     training = model.training
     if dropout not in ("tied", "independent"):
         raise InputError(f"dropout must be 'tied' or 'independent', got {dropout!r}")
-    source, previous = model, {}
+    source: torch.nn.Module = model
+    previous: dict[str, list] = {}
     if any(isinstance(m, (TiedDropout, TiedAttention)) for m in model.modules()):
-        source, previous = untie(model)  # grown before: the plain graph, the tied axes
+        # grown before (tied modules live only in fxgrow's graphs): the plain graph, the axes
+        source, previous = untie(cast(torch.fx.GraphModule, model))
     student = grow(source, example_inputs, **grow_options)
     set_training(student, training)
     if (
@@ -101,7 +103,8 @@ def grow_during_training(
     policy = freeze(model, student, trainable)
     new_opt = transfer_optimizer(optimizer, model, student, trainable=policy.trainable)
     policy.attach(new_opt, student)
-    student.meta["fxgrow_freeze"] = policy
+    # a GraphModule's meta, or the record a Hugging Face student carries (``hf.student``)
+    cast(dict[str, Any], student.meta)["fxgrow_freeze"] = policy
     if scheduler is None:
         return student, new_opt
     return (

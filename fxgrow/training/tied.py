@@ -28,12 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fxnode import target_name
+
 
 class _Tied(nn.Module):
     def __init__(self, p: float, axes: Sequence[Sequence[Any]]) -> None:
         super().__init__()
         self.p = float(p)
-        self.axes = [[int(a), int(old), [int(i) for i in index]] for a, old, index in axes]
+        # [axis, the teacher's size along it, the teacher position of each student position]
+        self.axes: list[list[Any]] = [
+            [int(a), int(old), [int(i) for i in index]] for a, old, index in axes
+        ]
         for a, _, index in self.axes:
             self.register_buffer(
                 f"index{a}", torch.tensor(index, dtype=torch.long), persistent=False
@@ -196,25 +201,28 @@ def tie_dropout(
         twin = nodes.get(node.name)
         if twin is None or twin.op != node.op or twin.target != node.target:
             continue
-        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Dropout:
-            p = gm.get_submodule(node.target).p
+        if (
+            node.op == "call_module"
+            and type(dropout := gm.get_submodule(target_name(node))) is nn.Dropout
+        ):
+            p = dropout.p
             axes = _tied_axes(values.get(node.args[0]), sp, maps) if p > 0 else []
             if node.name in previous and p > 0:
                 axes = _compose(previous[node.name], axes)
             if axes:
                 module = TiedDropout(p, axes)
-                module.training = student.get_submodule(node.target).training
-                student.add_submodule(node.target, module)
+                module.training = student.get_submodule(target_name(node)).training
+                student.add_submodule(target_name(node), module)
                 tied += 1
         elif node.op == "call_function" and node.target in _SDPA:
             rate = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p")
             if not (
                 isinstance(rate, torch.fx.Node)
                 and rate.op == "call_module"
-                and isinstance(gm.get_submodule(rate.target), TrainingOnly)
+                and isinstance(only := gm.get_submodule(target_name(rate)), TrainingOnly)
             ):
                 continue
-            p = gm.get_submodule(rate.target).p
+            p = only.p
             out, key = values.get(node), values.get(node.args[1])
             if out is None or key is None:
                 continue
@@ -226,12 +234,12 @@ def tie_dropout(
             if node.name in previous:
                 axes = _compose(previous[node.name], axes)
             if axes:
-                module = TiedAttention(
+                attention = TiedAttention(
                     p, axes, aten=node.target is not F.scaled_dot_product_attention
                 )
-                module.training = student.training
+                attention.training = student.training
                 path = _free_path(student, twin, "tied_attention")
-                student.add_submodule(path, module)
+                student.add_submodule(path, attention)
                 with student.graph.inserting_before(twin):
                     call = student.graph.call_module(path, twin.args, dict(twin.kwargs))
                 call.meta = dict(twin.meta)

@@ -16,7 +16,7 @@ import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -202,7 +202,11 @@ def grow_within(
             "teacher's class with the grown submodule (a GraphModule) inside"
         )
     call = record_call(model, path, example_inputs)
-    grown = grow(call.module, call.inputs, as_graph=True, verify=verify, **options)
+    # as_graph=True: grow returns the graph itself
+    grown = cast(
+        torch.fx.GraphModule,
+        grow(call.module, call.inputs, as_graph=True, verify=verify, **options),
+    )
     student = rebuild(model, call, grown)
     if verify:
         grown.meta["fxgrow_whole"] = verify_whole(model, student, example_inputs)
