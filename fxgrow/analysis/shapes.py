@@ -4,7 +4,6 @@ kernel or needs data (``.item()``, data-dependent shapes)."""
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -227,93 +226,85 @@ class _Recorder(torch.fx.Interpreter):
         return super().call_function(target, args, kwargs)
 
 
-def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
+class _MetaRun(torch.fx.Interpreter):
     """Every node's value on meta tensors: what an ``Interpreter`` run with every parameter and
     buffer swapped for a meta tensor (``functional_call``) computes, but swapping only where a
     value is read: a ``get_attr`` of a parameter or buffer, and a module that has no fast path
     (``torch.func.functional_call`` on that module alone).  One meta tensor per real tensor, so
-    tied tensors stay one object."""
-    metas: dict[int, torch.Tensor] = {}
+    tied tensors stay one object.  Errors propagate unchanged (the caller falls back to a real
+    run)."""
 
-    def meta_of(t: torch.Tensor) -> torch.Tensor:
-        m = metas.get(id(t))
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.extra_traceback = False
+        self._metas: dict[int, torch.Tensor] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        # the base class's, without setting fx's current-node metadata (nothing traces here)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return getattr(self, n.op)(n.target, args, kwargs)
+
+    def _meta_of(self, t: torch.Tensor) -> torch.Tensor:
+        m = self._metas.get(id(t))
         if m is None:
-            m = metas[id(t)] = torch.empty_like(t, device="meta")
+            m = self._metas[id(t)] = torch.empty_like(t, device="meta")
         return m
 
-    def registered(target: str, value: Any) -> bool:
+    def _module(self, path: str) -> Any:
+        """The submodule at ``path`` (``submodules`` lists a shared module under one path)."""
+        mod = self.submodules.get(path)
+        return self.fetch_attr(path) if mod is None else mod
+
+    def _registered(self, target: str, value: Any) -> bool:
         owner, _, name = target.rpartition(".")
         try:
-            mod = gm.get_submodule(owner) if owner else gm
-        except AttributeError:  # not under a module: functional_call would not swap it
+            mod = self._module(owner)
+        except RuntimeError:  # not under a module: functional_call would not swap it
+            return False
+        if not isinstance(mod, torch.nn.Module):
             return False
         return mod._parameters.get(name) is value or mod._buffers.get(name) is value
 
-    vals: dict[torch.fx.Node, Any] = {}
-    args_iter = iter(gm.graph.process_inputs(*_meta(tuple(example_inputs))))
-    env = vals.__getitem__
-    for n in gm.graph.nodes:
-        op = n.op
-        args = torch.fx.node.map_arg(n.args, env)
-        kwargs = torch.fx.node.map_arg(n.kwargs, env)
-        if op == "call_module":
-            sub = gm.get_submodule(n.target)
-            result = _fast_module(sub, args, kwargs)
-            if result is None:
-                state = {
-                    k: meta_of(v)
-                    for k, v in (
-                        *sub.named_parameters(remove_duplicate=False),
-                        *sub.named_buffers(remove_duplicate=False),
-                    )
-                }
-                result = (
-                    torch.func.functional_call(
-                        sub, state, args, kwargs, strict=False, tie_weights=True
-                    )
-                    if state
-                    else sub(*args, **kwargs)
-                )
-        elif op == "call_function":
-            if has_trait(n.target, "metadata_check"):
-                result = None
-            else:
-                args, kwargs = _meta(args), _meta(kwargs)
-                if _user_function(n.target):
-                    args, kwargs = _plain(args), _plain(kwargs)
-                result = _fast_function(n.target, args, kwargs)
-                if result is None:
-                    result = n.target(*args, **kwargs)
-        elif op == "call_method":
-            args, kwargs = _meta(args), _meta(kwargs)
-            self_obj, *rest = args
-            result = getattr(self_obj, n.target)(*rest, **kwargs)
-        elif op == "get_attr":
-            value = operator.attrgetter(n.target)(gm)  # missing: the real run says so
-            result = (
-                meta_of(value)
-                if isinstance(value, torch.Tensor) and registered(n.target, value)
-                else _meta(value)
+    def get_attr(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        value = self.fetch_attr(target)  # missing: the real run says so
+        if isinstance(value, torch.Tensor) and self._registered(target, value):
+            return self._meta_of(value)
+        return _meta(value)
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        sub = self._module(target)
+        result = _fast_module(sub, args, kwargs)
+        if result is not None:
+            return result
+        state = {
+            k: self._meta_of(v)
+            for k, v in (
+                *sub.named_parameters(remove_duplicate=False),
+                *sub.named_buffers(remove_duplicate=False),
             )
-        elif op == "placeholder":
-            if n.target.startswith("*"):
-                result = list(args_iter)
-            else:
-                result = next(args_iter, _MISSING)
-                if result is _MISSING:
-                    if not args:
-                        raise RuntimeError(
-                            f"Expected positional argument for parameter "
-                            f"{n.target}, but one was not passed in!"
-                        )
-                    result = args[0]
-        else:  # output
-            result = args[0]
-        vals[n] = result
-    return vals
+        }
+        if not state:
+            return sub(*args, **kwargs)
+        return torch.func.functional_call(sub, state, args, kwargs, strict=False, tie_weights=True)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if has_trait(target, "metadata_check"):
+            return None
+        args, kwargs = _meta(args), _meta(kwargs)
+        if _user_function(target):
+            args, kwargs = _plain(args), _plain(kwargs)
+        result = _fast_function(target, args, kwargs)
+        return target(*args, **kwargs) if result is None else result
+
+    def call_method(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return super().call_method(target, _meta(args), _meta(kwargs))
 
 
-_MISSING = object()
+def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
+    """Every node's value on meta tensors (see :class:`_MetaRun`)."""
+    run = _MetaRun(gm)
+    run.run(*_meta(tuple(example_inputs)))
+    return run.env
 
 
 def propagate(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
