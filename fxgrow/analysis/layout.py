@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from math import prod
 
+from ..errors import StructureError
+
 
 @dataclass(frozen=True)
 class Blocker:
@@ -120,10 +122,6 @@ def compound_size(seg: Segment, size: Callable[[Layout], int]) -> int:
     if type(seg) is Zip:
         return sum(size(p) for p in seg.parts)
     return size(seg.rows[0])
-
-
-class StructureError(Exception):
-    """Two layouts cannot be brought to a common structure (internal; turned into a blocker)."""
 
 
 class SpaceTable:

@@ -11,7 +11,7 @@ import torch.fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils import _pytree as pytree
 
-from ..errors import FxgrowError
+from ..errors import GraphRunError
 from ..modes import set_training, untouched
 from .rules.registry import has_trait
 
@@ -156,29 +156,6 @@ def _fast_function(target, args: tuple, kwargs: dict):
                 shape[d] = sum(t.shape[d] for t in ts)
                 return _like(ts[0], shape)
     return None
-
-
-class GraphRunError(FxgrowError):
-    """The graph fails on the example inputs at ``node`` (on meta tensors and for real).
-
-    Whose fault that is -- the inputs, the front end's capture or fxgrow -- is for the caller
-    to tell (``fxgrow.api.analyze`` runs the model itself to find out)."""
-
-    def __init__(self, node: torch.fx.Node | None, cause: BaseException) -> None:
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        self.node = node.name if node is not None else None
-        self.cause = cause
-        where = (
-            f"node {node.name!r} ({node.op} {_target_name(node)})"
-            if node is not None
-            else "the graph's inputs"
-        )
-        super().__init__(f"{where} fails: {type(cause).__name__}: {first}")
-
-
-def _target_name(node: torch.fx.Node) -> str:
-    t = node.target
-    return t if isinstance(t, str) else getattr(t, "__qualname__", None) or str(t)
 
 
 def _user_function(target: Any) -> bool:

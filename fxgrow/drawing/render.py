@@ -12,7 +12,7 @@ from pathlib import Path
 
 import graphviz
 
-from ..errors import FxgrowError, InputError
+from ..errors import DrawError, GraphvizNotFoundError, InputError
 from .graph import PLUMBING, DGroup, Item, Scene
 from .palette import BLOCKER, INSERTED, NEUTRAL, tint
 
@@ -20,14 +20,6 @@ PLUMBING_BOX = f"box:{PLUMBING}"
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 TEXT_FORMATS = (".dot", ".gv")
-
-
-class DrawError(FxgrowError):
-    """The drawing could not be written (no Graphviz ``dot``, or ``dot`` failed)."""
-
-
-class GraphvizNotFoundError(DrawError):
-    """Graphviz's ``dot`` program is needed for SVG/PNG/PDF and was not found."""
 
 
 class _Html(str):

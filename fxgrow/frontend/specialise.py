@@ -20,12 +20,10 @@ import torch.fx
 import torch.fx._symbolic_trace as _fx_trace
 from torch.utils import _pytree as pytree
 
+from ..errors import NotStatic
+
 _META_ATTRS = frozenset({"shape", "ndim"})
 _META_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
-
-
-class NotStatic(Exception):
-    """The value depends on tensor data, the device or the dtype (or could not be computed)."""
 
 
 class ExampleValues:

@@ -20,13 +20,10 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import DeepenError, InputError
 from ..modes import preserved, set_training
+from ..unique import unique_name
 from .activation import _as_module, activation_module, is_idempotent
-
-
-class DeepenError(UnsupportedModelError):
-    """An insertion that would not preserve the function (e.g. a non-idempotent activation)."""
 
 
 def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -> dict:
@@ -48,11 +45,7 @@ def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -
 
 
 def _unique(gm: torch.fx.GraphModule, base: str) -> str:
-    names = {n for n, _ in gm.named_modules()}
-    k = 0
-    while f"{base}{k}" in names:
-        k += 1
-    return f"{base}{k}"
+    return unique_name(base, {n for n, _ in gm.named_modules()})
 
 
 def _channel_layer(kind: str, c: int, ndim: int, kernel_size: int, like: torch.Tensor) -> nn.Module:
