@@ -587,8 +587,8 @@ def grow(
         for name, count in blocks.items():
             if name not in found:
                 raise UnknownGroupError(
-                    f"no residual stage named {name!r}{did_you_mean(name, found)}; stages: "
-                    f"{', '.join(found) or 'none'}"
+                    f"no residual stage named {name!r}"
+                    + did_you_mean(name, found, otherwise=f"; stages: {', '.join(found) or 'none'}")
                 )
             if isinstance(count, bool) or not isinstance(count, int):
                 raise InputError(f"block count for {name!r} must be an integer, got {count!r}")

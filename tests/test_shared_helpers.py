@@ -125,3 +125,17 @@ def test_old_import_paths_still_work(module, name):
     import importlib
 
     assert getattr(importlib.import_module(module), name) is getattr(errors, name)
+
+
+def test_unknown_stage_suggests_the_close_ones():
+    import torch
+
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(fxgrow.UnknownGroupError) as info:
+        fxgrow.grow(model, x, blocks={"layr1": 3})
+    message = str(info.value)
+    assert message.startswith("no residual stage named 'layr1'; did you mean 'layer1', ")
+    assert message.endswith("?") and "stages:" not in message
+    with pytest.raises(fxgrow.UnknownGroupError, match="; stages: layer1, layer2, layer3, layer4"):
+        fxgrow.grow(model, x, blocks={"zzz": 3})
