@@ -20,6 +20,7 @@ from .frontend import export, trace
 from .modes import set_training, untouched
 from .planning import WidenPlan, check_plan, make_plan
 from .rewrite import apply
+from .suggest import did_you_mean
 from .verify import compare
 from .verify import verify as _verify
 from .verify.runs import check_runs
@@ -366,14 +367,12 @@ def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
     if not nodes:
         nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
     if not nodes:
-        import difflib
-
         known = [n.name for n in gm.graph.nodes] + [
             n.target for n in gm.graph.nodes if n.op == "call_module"
         ]
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownGroupError(f"no node or module named {name!r} in the graph{hint}")
+        raise UnknownGroupError(
+            f"no node or module named {name!r} in the graph{did_you_mean(name, known)}"
+        )
     return nodes
 
 
@@ -427,19 +426,16 @@ def deepen(
             } | blocks
         for name in names:
             if name not in blocks:
-                import difflib
-
                 from .analysis.blocks import why_not_residual
 
                 why = why_not_residual(student, vals, name)
-                close = difflib.get_close_matches(name, list(blocks), n=3)
                 raise UnknownGroupError(
                     f"no residual block named {name!r}"
                     + (f": module {name!r} runs in the graph, but {why}" if why else "")
-                    + (
-                        f"; did you mean {', '.join(repr(c) for c in close)}?"
-                        if close
-                        else f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"
+                    + did_you_mean(
+                        name,
+                        blocks,
+                        otherwise=f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}",
                     )
                 )
         insert_blocks_after(student, [blocks[name] for name in names])
@@ -590,12 +586,9 @@ def grow(
             found = {s.name: s for s in find_stages(student, vals, nested=True)} | found
         for name, count in blocks.items():
             if name not in found:
-                import difflib
-
-                close = difflib.get_close_matches(name, list(found), n=3)
                 raise UnknownGroupError(
-                    f"no residual stage named {name!r}; stages: {', '.join(found) or 'none'}"
-                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    f"no residual stage named {name!r}"
+                    + did_you_mean(name, found, otherwise=f"; stages: {', '.join(found) or 'none'}")
                 )
             if isinstance(count, bool) or not isinstance(count, int):
                 raise InputError(f"block count for {name!r} must be an integer, got {count!r}")

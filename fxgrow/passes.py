@@ -26,6 +26,7 @@ import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .analysis import as_tuple
+from .params import count_parameters
 
 if TYPE_CHECKING:
     from .verify.compare import Comparison
@@ -69,7 +70,7 @@ class WidenPass(_FxgrowPass):
             verify=self.verify,
             **self.options,
         )
-        changed = _params(student) != _params(graph_module)
+        changed = count_parameters(student) != count_parameters(graph_module)
         return PassResult(student, changed)
 
 
@@ -180,7 +181,3 @@ def _independent_copy(model: torch.nn.Module) -> torch.nn.Module:
 
     with torch.no_grad():
         return copy.deepcopy(model)
-
-
-def _params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())

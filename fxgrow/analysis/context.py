@@ -10,6 +10,7 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from ..errors import RuleError
 from .layout import Blocker, Fixed, Layout, SpaceTable
 from .values import SizeInfo, TensorInfo
 
@@ -111,10 +112,6 @@ class AnalysisState:
         self.canonical: dict[str, str] = {}
         for name, t in self.tensors.items():
             self.canonical[name] = seen.setdefault(id(t), name)
-
-
-class RuleError(Exception):
-    """A rule met a use it does not handle; the driver turns it into a blocker for the node."""
 
 
 class RuleContext:

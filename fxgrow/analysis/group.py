@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from ..errors import UnknownGroupError
+from ..suggest import did_you_mean
+from ..unique import unique_name
 from .context import CONSUME, PRODUCE, AnalysisState
 from .layout import Atom, Blocker, Fixed, Layout, Prod, SpaceTable, Zip
 
@@ -141,9 +142,7 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
     for r in order:
         ms = members[r]
         name, width = _name(ms, state)
-        base, k = name, 2
-        while name in used:
-            name, k = f"{base}#{k}", k + 1
+        name = unique_name(name, used, start=2, sep="#", bare=True)
         used.add(name)
         blockers = tuple(dict.fromkeys(sp.blockers[r]))
         groups.append(
@@ -184,10 +183,5 @@ def find_group(groups: list[ChannelGroup], name: str) -> ChannelGroup:
             f"module {name!r} belongs to several channel groups ({options}); name the group instead"
         )
     known = list(dict.fromkeys([g.name for g in groups] + [m for g in groups for m in g.modules]))
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = (
-        f"; did you mean {', '.join(repr(c) for c in close)}?"
-        if close
-        else "; `fxgrow.groups(model, inputs)` lists them"
-    )
+    hint = did_you_mean(name, known, otherwise="; `fxgrow.groups(model, inputs)` lists them")
     raise UnknownGroupError(f"no channel group or module named {name!r}{hint}")

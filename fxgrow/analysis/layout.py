@@ -26,9 +26,11 @@ A class that meets a Fixed segment, or that an op cannot handle, is *blocked*: i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from math import prod
+
+from ..errors import StructureError
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,41 @@ Segment = Fixed | Atom | Prod | Zip | Stack
 Layout = tuple  # tuple[Segment, ...]
 
 
-class StructureError(Exception):
-    """Two layouts cannot be brought to a common structure (internal; turned into a blocker)."""
+# -- walking segments -----------------------------------------------------------------------------
+def children(seg: Segment) -> tuple[Layout, ...]:
+    """The layouts a segment is made of: a product's outer and inner, a Zip's parts, a Stack's
+    rows; none for Fixed and Atom (the leaves)."""
+    if isinstance(seg, Prod):
+        return (seg.outer, seg.inner)
+    if isinstance(seg, Zip):
+        return seg.parts
+    if isinstance(seg, Stack):
+        return seg.rows
+    return ()
+
+
+def iter_segments(layout: Layout) -> Iterator[Segment]:
+    """Every segment of ``layout`` and, depth first, every segment inside it (pre-order)."""
+    for seg in layout:
+        yield seg
+        for child in children(seg):
+            yield from iter_segments(child)
+
+
+def atom_ids(layout: Layout) -> Iterator[int]:
+    """The ids of every atom in ``layout``, nested ones included, in order."""
+    return (seg.id for seg in iter_segments(layout) if type(seg) is Atom)
+
+
+def compound_size(seg: Segment, size: Callable[[Layout], int]) -> int:
+    """The size of a Prod, Zip or Stack from ``size`` of the layouts it is made of (a product
+    multiplies, an interleave adds, the rows of a Stack are equal)."""
+    if isinstance(seg, Prod):
+        return size(seg.outer) * size(seg.inner)
+    if isinstance(seg, Zip):
+        return sum(size(p) for p in seg.parts)
+    assert isinstance(seg, Stack), seg
+    return size(seg.rows[0])
 
 
 class SpaceTable:
@@ -189,16 +224,9 @@ class SpaceTable:
             else:  # sizes never change (refinement keeps them): memoised
                 n = self._sizes.get(s)
                 if n is None:
-                    n = self._sizes[s] = self._compound_size(s)
+                    n = self._sizes[s] = compound_size(s, self.size)
                 total += n
         return total
-
-    def _compound_size(self, s: Prod | Zip | Stack) -> int:
-        if isinstance(s, Prod):
-            return self.size(s.outer) * self.size(s.inner)
-        if isinstance(s, Zip):
-            return sum(self.size(p) for p in s.parts)
-        return self.size(s.rows[0])
 
     def resolve(self, layout: Layout) -> Layout:
         """The layout in terms of leaf atoms, normalised (see module docstring)."""
@@ -269,11 +297,7 @@ class SpaceTable:
 
     def roots(self, layout: Layout) -> list[int]:
         """Class roots of every atom in the layout, in order, without repeats."""
-        seen: dict[int, None] = {}
-        for s in self.resolve(layout):
-            for a in _atoms(s):
-                seen.setdefault(self.find(a), None)
-        return list(seen)
+        return list(dict.fromkeys(self.find(a) for a in atom_ids(self.resolve(layout))))
 
     def is_fixed(self, layout: Layout) -> bool:
         return all(isinstance(s, Fixed) for s in self.resolve(layout))
@@ -597,10 +621,26 @@ class SpaceTable:
     def stack(self, layout: Layout, rows: int, blocker: Blocker) -> Layout:
         """The axis of ``layout`` cut into ``rows`` equal rows that keep their own maps (the
         first reshape of a channel shuffle).  The rows must grow alike: they are tied."""
-        n = self.size(layout)
-        pieces = self.cut(layout, range(n // rows, n, n // rows), blocker)
+        pieces = self.cut_equal(layout, rows, blocker)
         self.tie(pieces, blocker)
         return (Stack(tuple(pieces)),)
+
+    def cut_equal(self, layout: Layout, count: int, blocker: Blocker) -> list[Layout]:
+        """``layout`` cut into ``count`` equal pieces (its size is a multiple of ``count``)."""
+        n = self.size(layout)
+        step = n // count
+        return self.cut(layout, range(step, n, step), blocker)
+
+    def equal_blocks(
+        self, layout: Layout, count: int, blocker: Blocker, alike: Blocker
+    ) -> list[Layout]:
+        """``layout`` cut into ``count`` equal blocks that share one map (united position by
+        position, ``alike`` blocking them where they cannot): a grouped conv's groups, a
+        GroupNorm's groups.  Every block grows the same way as the first."""
+        pieces = self.cut_equal(layout, count, blocker)
+        for p in pieces[1:]:
+            self.unify(pieces[0], p, alike)
+        return pieces
 
     # -- growth ties ---------------------------------------------------------------------------
     def tie(self, layouts: Iterable[Layout], blocker: Blocker) -> None:
@@ -657,11 +697,7 @@ class SpaceTable:
         if isinstance(s, Atom):
             r = self.find(s.id)
             return widths.get(r, self.width[r])
-        if isinstance(s, Prod):
-            return self.new_size(s.outer, widths) * self.new_size(s.inner, widths)
-        if isinstance(s, Zip):
-            return sum(self.new_size(p, widths) for p in s.parts)
-        return self.new_size(s.rows[0], widths)
+        return compound_size(s, lambda part: self.new_size(part, widths))
 
 
 def _misfit(blocker: Blocker) -> Blocker:
@@ -671,18 +707,6 @@ def _misfit(blocker: Blocker) -> Blocker:
         f"channel layout (a product such as channel x spatial, heads x "
         f"head dim, or the result of repeated channel shuffles)",
     )
-
-
-def _atoms(seg: Segment) -> Iterable[int]:
-    if isinstance(seg, Atom):
-        yield seg.id
-    elif isinstance(seg, Prod):
-        for s in (*seg.outer, *seg.inner):
-            yield from _atoms(s)
-    elif isinstance(seg, (Zip, Stack)):
-        for part in seg.parts if isinstance(seg, Zip) else seg.rows:
-            for s in part:
-                yield from _atoms(s)
 
 
 def _merge_fixed(segs: list) -> Layout:

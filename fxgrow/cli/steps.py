@@ -12,14 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import FxgrowError, PreservationError
+from ..errors import FxgrowError, PreservationError, ResourceError
 from .console import UI
 from .models import Loaded, SpecError, _count_params, _describe_inputs, _short, load_model
-
-
-class ResourceError(FxgrowError):
-    """The requested growth would not fit in this machine's memory."""
-
 
 # -- options ----------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import torch.fx
 
 from ..analysis import Analysis, as_tuple
 from ..errors import InputError
+from ..params import count_parameters
 from .graph import (
     DGroup,
     Scene,
@@ -42,15 +43,6 @@ def _analysis(model: Any, example_inputs: Any, trace_options: dict) -> Analysis:
     from ..api import analyze
 
     return analyze(model, example_inputs, **trace_options)
-
-
-def _params(m: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for p in list(m.parameters()):
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
 
 
 def _student_graph(student: Any, analysis: Analysis) -> Any:
@@ -130,7 +122,7 @@ def scene(
     )
     default = (
         f"{name}: teacher → student · {widened} groups widened · {inserted} ops inserted · "
-        f"parameters {_params(analysis.gm):,} → {_params(student):,}"
+        f"parameters {count_parameters(analysis.gm):,} → {count_parameters(student):,}"
     )
     return build(
         student,

@@ -31,6 +31,8 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from ..unique import unique_name
+
 _ATEN = torch.ops.aten
 _DROPOUT = {
     _ATEN.dropout.default: nn.Dropout,
@@ -85,13 +87,10 @@ def _free_path(gm: torch.fx.GraphModule, node: torch.fx.Node, suffix: str) -> st
     owner = list(stack.values())[-1][0] if stack else ""
     owner = owner if all(p.isidentifier() or p.isdigit() for p in owner.split(".") if p) else ""
     candidates = ([owner] if owner else []) + [f"{owner}.{suffix}" if owner else suffix]
-    for path in candidates:
+    for path in candidates[:-1]:
         if not _taken(gm, path):
             return path
-    k = 1
-    while _taken(gm, f"{candidates[-1]}{k}"):
-        k += 1
-    return f"{candidates[-1]}{k}"
+    return unique_name(candidates[-1], lambda p: _taken(gm, p), start=1, bare=True)
 
 
 def _taken(gm: torch.fx.GraphModule, path: str) -> bool:

@@ -20,14 +20,11 @@ import torch.fx
 import torch.fx._symbolic_trace as _fx_trace
 from torch.utils import _pytree as pytree
 
+from ..errors import NotStatic
 from ..fxnode import node_arg, target_function, target_name
 
 _META_ATTRS = frozenset({"shape", "ndim"})
 _META_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
-
-
-class NotStatic(Exception):
-    """The value depends on tensor data, the device or the dtype (or could not be computed)."""
 
 
 class ExampleValues:

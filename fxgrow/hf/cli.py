@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UnknownGroupError
+from ..params import count_parameters
 from .folder import example_ids, load_folder, save_folder
 from .target import parse_overrides
 
@@ -46,10 +47,6 @@ def expand_globs(model, widths: Mapping[str, int]) -> dict[str, int]:
         else:
             out[pattern] = width
     return out
-
-
-def _count(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def grow_folder(
@@ -113,8 +110,8 @@ def grow_folder(
         written,
         dict(getattr(student, "fxgrow_fields", {})),
         getattr(student, "fxgrow_error", None),
-        _count(teacher),
-        _count(student),
+        count_parameters(teacher),
+        count_parameters(student),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..params import count_parameters
 
 # what a source folder holds that is not the model's weights or config: copied as is
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
@@ -105,7 +106,7 @@ def model_card(
         lines += ["", note]
     from .. import __version__
 
-    params = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values())
+    params = count_parameters(student)
     lines += ["", f"{params:,} parameters.  Written by fxgrow {__version__}.", ""]
     return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from ..analysis.blocks import Block, Stage, aliases, is_add, next_names, residua
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from ..fxnode import node_arg, target_name
+from ..unique import unique_name
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
 
@@ -297,8 +298,6 @@ def insert_blocks_after(gm: torch.fx.GraphModule, blocks: list[Block]) -> list[s
         existing = {
             name for name, _ in (gm.get_submodule(parent) if parent else gm).named_children()
         }
-        j = 0
-        while f"{leaf}_deepen{j}" in existing:
-            j += 1
-        paths[k] = insert_copies(gm, block, block, [f"{leaf}_deepen{j}"], parent)[0]
+        fresh = unique_name(f"{leaf}_deepen", existing)
+        paths[k] = insert_copies(gm, block, block, [fresh], parent)[0]
     return paths

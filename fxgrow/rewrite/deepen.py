@@ -21,14 +21,11 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import DeepenError, InputError
 from ..fxnode import target_name
 from ..modes import preserved, set_training
+from ..unique import unique_name
 from .activation import _as_module, activation_module, is_idempotent
-
-
-class DeepenError(UnsupportedModelError):
-    """An insertion that would not preserve the function (e.g. a non-idempotent activation)."""
 
 
 def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -> dict:
@@ -50,11 +47,7 @@ def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -
 
 
 def _unique(gm: torch.fx.GraphModule, base: str) -> str:
-    names = {n for n, _ in gm.named_modules()}
-    k = 0
-    while f"{base}{k}" in names:
-        k += 1
-    return f"{base}{k}"
+    return unique_name(base, {n for n, _ in gm.named_modules()})
 
 
 def _channel_layer(

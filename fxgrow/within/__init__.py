@@ -12,7 +12,6 @@ teacher's class, holds the teacher's other modules' values, and computes the tea
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
 from ..modes import set_training, untouched
+from ..suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,10 @@ def submodule(model: torch.nn.Module, path: Any) -> torch.nn.Module:
         )
     modules = dict(model.named_modules())
     if path not in modules:
-        close = difflib.get_close_matches(path, [n for n in modules if n], n=3)
-        hint = (
-            f"; did you mean {', '.join(repr(c) for c in close)}?"
-            if close
-            else f"; its children: {', '.join(n for n, _ in model.named_children()) or 'none'}"
+        hint = did_you_mean(
+            path,
+            modules,
+            otherwise=f"; its children: {', '.join(n for n, _ in model.named_children()) or 'none'}",
         )
         raise UnknownGroupError(
             f"within={path!r}: {type(model).__name__} has no submodule {path!r}{hint}"

@@ -64,11 +64,12 @@ class _Weights:
 
 def _blocks(cx: RuleContext, layout: Layout, groups: int, what: str) -> Layout:
     """Cut a channel layout into ``groups`` equal blocks that share one map; return block 0."""
-    n = cx.spaces.size(layout)
-    step = n // groups
-    pieces = cx.spaces.cut(layout, range(step, n, step), cx.blocker(f"{what} blocks"))
-    for p in pieces[1:]:
-        cx.unify(pieces[0], p, f"{what}: every group of a grouped conv must grow alike")
+    pieces = cx.spaces.equal_blocks(
+        layout,
+        groups,
+        cx.blocker(f"{what} blocks"),
+        cx.blocker(f"{what}: every group of a grouped conv must grow alike"),
+    )
     return pieces[0]
 
 

@@ -267,10 +267,12 @@ def groupnorm_module(cx: RuleContext):
             cx.unify(c, p, "affine parameter of a norm")
     G, C = m.num_groups, m.num_channels
     if G != C:
-        step = C // G
-        pieces = cx.spaces.cut(c, range(step, C, step), cx.blocker("GroupNorm groups"))
-        for p in pieces[1:]:
-            cx.unify(pieces[0], p, "GroupNorm: every group must grow alike")
+        pieces = cx.spaces.equal_blocks(
+            c,
+            G,
+            cx.blocker("GroupNorm groups"),
+            cx.blocker("GroupNorm: every group must grow alike"),
+        )
         cx.uniform(pieces[0], "normalised within a GroupNorm group")
     else:  # one channel per group: per channel, and the group count follows the width
         cx.size_attr("num_groups", c)
@@ -308,10 +310,12 @@ def _group_norm(cx: RuleContext, groups_at: int, channels_at: int | None):
     if G == C:
         follow.append(groups_at)
     else:
-        step = C // G
-        pieces = cx.spaces.cut(c, range(step, C, step), cx.blocker("GroupNorm groups"))
-        for p in pieces[1:]:
-            cx.unify(pieces[0], p, "GroupNorm: every group must grow alike")
+        pieces = cx.spaces.equal_blocks(
+            c,
+            G,
+            cx.blocker("GroupNorm groups"),
+            cx.blocker("GroupNorm: every group must grow alike"),
+        )
         cx.uniform(pieces[0], "normalised within a GroupNorm group")
     if follow and cx.spaces.roots(c):
         cx.sizes_handled(*(cx.value(cx.arg(i)) for i in follow))

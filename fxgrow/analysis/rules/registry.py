@@ -28,6 +28,8 @@ from typing import Any, cast
 import torch
 import torch.fx
 
+from ...errors import RegistrationError
+
 TRAITS = {
     "pointwise": "computes each output element from the same element of its operand(s)",
     "activation": "a pointwise nonlinearity Net2DeeperNet may repeat when it is idempotent "
@@ -69,10 +71,6 @@ class RuleEntry:
 MODULES: dict[type, RuleEntry] = {}
 FUNCTIONS: dict[Any, RuleEntry] = {}
 METHODS: dict[str, RuleEntry] = {}
-
-
-class RegistrationError(ValueError):
-    """A rule registered twice for one target, or for an ATen overload this torch lacks."""
 
 
 def aten_op(qualified: str) -> torch._ops.OpOverload:
