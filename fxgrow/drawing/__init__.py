@@ -61,10 +61,12 @@ def _student_graph(student: Any, analysis: Analysis) -> Any:
     if isinstance(student, torch.fx.GraphModule) or not is_pretrained(student):
         return student
     from ..api import capture
+    from ..growth import frontend
 
-    frontend = analysis.gm.meta.get("fxgrow_frontend", "auto")
     return capture(
-        student, analysis.example_inputs, frontend="export" if frontend == "export" else "auto"
+        student,
+        analysis.example_inputs,
+        frontend="export" if frontend(analysis.gm) == "export" else "auto",
     )
 
 

@@ -5,8 +5,8 @@ are multiplied by the share frac[j] of the copied unit (1 / c(g(j)) for an equal
 student is what ``copy.deepcopy`` of the graph module gives with the widened tensors swapped in
 through its memo; the submodules are copied by ``_copy`` (the same result, without deepcopy's
 generic machinery).  Every student tensor is a new tensor: the teacher's are only read, and
-never shared.  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
-index maps and copy/consume roles: what optimizer-state transfer needs."""
+never shared.  The student's growth record (``fxgrow.growth``) holds, per changed tensor, its
+axes' index maps and copy/consume roles: what optimizer-state transfer needs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 import torch.fx
 
 from ..analysis import Analysis
+from ..growth import update_growth_record
 from ..planning.index_map import expand
 from ..planning.plan import WidenPlan, root_maps
 from .contraction import insert_scale, insert_scales
@@ -73,15 +74,19 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     if touched or state.ties or scaled:
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
-    student.meta["fxgrow_expansions"] = {
-        name: list(recipes[target].record)
-        for name, target in state.canonical.items()
-        if target in recipes
-    }
-    if state.grow_outputs:
-        student.meta["fxgrow_output_positions"] = [
-            [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs
-        ]
+    update_growth_record(
+        student,
+        expansions={
+            name: recipes[target].record
+            for name, target in state.canonical.items()
+            if target in recipes
+        },
+        output_positions=tuple(
+            tuple(_first_positions(sp, lay, maps) for lay in info.layouts) for info in state.outputs
+        )
+        if state.grow_outputs
+        else None,
+    )
     return student
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from ..growth import expansions
 
 POLICIES = ("all", "new_blocks", "new_units")
 
@@ -67,7 +68,7 @@ def freeze(teacher: torch.nn.Module, student: torch.nn.Module, policy: str = "al
             p.requires_grad_(old[name].requires_grad)
     if policy == "all":
         return Freeze(policy, lambda name, p: p.requires_grad)
-    record = getattr(student, "meta", {}).get("fxgrow_expansions", {})
+    record = expansions(student)
     masks, fixed, keep = {}, {}, set()
     for name, p in student.named_parameters():
         if name not in old:

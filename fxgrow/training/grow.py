@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..growth import update_growth_record
 from ..modes import set_training
 from .freeze import freeze
 from .optimizer import transfer_optimizer
@@ -101,7 +102,7 @@ def grow_during_training(
     policy = freeze(model, student, trainable)
     new_opt = transfer_optimizer(optimizer, model, student, trainable=policy.trainable)
     policy.attach(new_opt, student)
-    student.meta["fxgrow_freeze"] = policy
+    update_growth_record(student, trainable=policy.policy)
     if scheduler is None:
         return student, new_opt
     return (
