@@ -60,7 +60,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     student = copy.deepcopy(analysis.gm, memo)
     ran_for_effect = unused_nodes(student.graph)
 
-    _compensate_ties(student, analysis, maps, memo, untie)
+    _compensate_tied(student, analysis, maps, memo, untie)
     scaled = insert_scales(student, analysis, maps)
     for rule in state.attrs:
         if any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
@@ -71,7 +71,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         if rule is not None and any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
             node.args, node.kwargs = rule.compute(size, node.args, dict(node.kwargs))
             touched = True
-    if touched or state.ties or scaled:
+    if touched or state.tied_contractions or scaled:
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
     update_growth_record(
@@ -169,10 +169,10 @@ def _keep_alive(x: Any, memo: dict) -> None:
         keep.append(x)
 
 
-def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
+def _compensate_tied(student, analysis, maps, memo, untie: bool) -> None:
     state, sp = analysis.state, analysis.state.spaces
     nodes = {n.name: n for n in student.graph.nodes}
-    for k, (pa, (user, link, act, act_axis)) in enumerate(state.ties):
+    for k, (pa, (user, link, act, act_axis)) in enumerate(state.tied_contractions):
         if not any(r in maps for r in sp.roots(pa.layout)):
             continue
         frac = expand(sp, pa.layout, maps).fraction
