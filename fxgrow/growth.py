@@ -53,7 +53,10 @@ class GrowthRecord:
     (``within=``); ``fresh_error``: a Hugging Face student's largest relative deviation on
     fresh inputs (its config rebuilt the graph's widths).  ``gradmax``: the GradMax objective reached.  ``trainable``: the freezing
     policy ``grow_during_training`` applied.  ``config_fields``: the config fields a Hugging
-    Face student changed.  ``weights``: False for a model loaded without its tensor data."""
+    Face student changed.  ``weights``: False for a model loaded without its tensor data.
+    ``group_widths``: the width of each widened group's replicated space in the student
+    (``ChannelGroup.unit``), by group name: the teacher -> student map drawing reads; None
+    once layers are inserted (the graph no longer matches the teacher's node for node)."""
 
     frontend: str | None = None  # "fx" or "export": how the graph was captured
     captured_training: bool | None = None  # the mode the graph was captured in
@@ -69,6 +72,7 @@ class GrowthRecord:
     trainable: str | None = None
     config_fields: Mapping[str, Any] | None = None
     weights: bool = True
+    group_widths: Mapping[str, int] | None = None
 
 
 def growth_record(model: Any) -> GrowthRecord | None:
@@ -115,3 +119,11 @@ def output_positions(model: Any) -> tuple[tuple[torch.Tensor | None, ...], ...] 
     teacher's; None for a student whose outputs keep their shape."""
     record = growth_record(model)
     return record.output_positions if record is not None else None
+
+
+def layers_inserted(model: Any) -> None:
+    """Layers were inserted into ``model``'s graph: its nodes no longer match the teacher's
+    one for one, so the recorded group widths are dropped (drawing matches groups instead)."""
+    record = growth_record(model)
+    if record is not None and record.group_widths is not None:
+        set_growth_record(model, replace(record, group_widths=None))

@@ -95,6 +95,7 @@ def test_record_is_saved_whole(trained, tmp_path):
     _, _, student = trained
     base = fxgrow.growth_record(student)
     assert base is not None and base.error is not None and base.error.max_rel < 1e-5
+    assert base.group_widths is not None and base.group_widths["conv1"] == 96
     record = dataclasses.replace(
         base,
         captured_training=True,
@@ -154,7 +155,11 @@ def test_files_without_the_record_and_malformed_records(trained, tmp_path):
     old = decode(legacy, "old.safetensors", legacy=True)
     assert old.frontend == "export" and old.error is None and old.captured_training is None
     want = dataclasses.replace(
-        fxgrow.growth_record(student), frontend="export", error=None, captured_training=None
+        fxgrow.growth_record(student),
+        frontend="export",
+        error=None,
+        captured_training=None,
+        group_widths=None,
     )
     assert_same_record(want, old)
     bad = dict(encoded, inexact="yes")

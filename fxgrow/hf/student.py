@@ -286,6 +286,7 @@ def to_pretrained(
             expansions={} if renumbered else dict(record.expansions),
             renumbered=renumbered,
             config_fields=fields,
+            group_widths=None if renumbered else record.group_widths,
         ),
     )
     if check and not record.inexact:

@@ -96,6 +96,7 @@ def encode(record: GrowthRecord) -> dict[str, Any]:
         "gradmax": record.gradmax,
         "trainable": record.trainable,
         "config_fields": None if record.config_fields is None else dict(record.config_fields),
+        "group_widths": None if record.group_widths is None else dict(record.group_widths),
     }
     try:
         json.dumps(out)
@@ -128,6 +129,7 @@ def _decode(data: dict) -> GrowthRecord:
     fields = data.get("config_fields")
     gradmax = data.get("gradmax")
     fresh = data.get("fresh_error")
+    widths = data.get("group_widths")
     return GrowthRecord(
         frontend=_optional(data.get("frontend"), str, "frontend"),
         captured_training=_optional(data.get("captured_training"), bool, "captured_training"),
@@ -147,6 +149,7 @@ def _decode(data: dict) -> GrowthRecord:
         gradmax=None if gradmax is None else float(_optional(gradmax, (int, float), "gradmax")),
         trainable=_optional(data.get("trainable"), str, "trainable"),
         config_fields=None if fields is None else dict(_dict(fields, "config_fields")),
+        group_widths=None if widths is None else _widths(widths),
     )
 
 
@@ -189,6 +192,13 @@ def _ints(v: Any, what: str) -> list[int]:
 
 def _long(v: Any, what: str) -> torch.Tensor:
     return torch.tensor(_ints(v, what), dtype=torch.long)
+
+
+def _widths(v: Any) -> dict[str, int]:
+    d = _dict(v, "group_widths")
+    if not all(_int(w) and w > 0 for w in d.values()):
+        raise ValueError("group_widths holds a width that is not a positive integer")
+    return {str(k): w for k, w in d.items()}
 
 
 def _optional(v: Any, types: type | tuple[type, ...], what: str) -> Any:

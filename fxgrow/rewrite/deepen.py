@@ -21,6 +21,7 @@ import torch.fx
 import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModelError
+from ..growth import layers_inserted
 from ..modes import preserved, set_training
 from .activation import _as_module, activation_module, is_idempotent
 
@@ -100,6 +101,7 @@ def insert_after(
 ) -> torch.fx.Node:
     """Insert ``modules`` (name, module) as a chain after ``node``; with ``residual``, the chain
     is added back to ``node``.  Every former user of ``node`` reads the new result."""
+    layers_inserted(gm)
     users = list(node.users)
     anchor = node
     inserted = []

@@ -86,6 +86,7 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
         )
         if state.grow_outputs
         else None,
+        group_widths={g.name: maps[g.root].new for g in analysis.groups if g.root in maps},
     )
     return student
 
