@@ -43,7 +43,7 @@ class GrowthRecord:
     """How a graph was captured and how a student was grown from its teacher.
 
     ``expansions``: per tensor name (every alias of a tied tensor), its axes along channel
-    spaces -- what ``transfer_optimizer``, ``map_tensor``, freezing and drawing read.
+    spaces -- what ``transfer_optimizer``, ``map_tensor`` and freezing read.
     ``output_positions``: with ``outputs="grow"``, per output and axis the student positions
     that hold the teacher's (None: the axis did not grow).  ``layer_sources``: the teacher
     layer each layer of a deepened Hugging Face stack copies.  ``renumbered``: a Hugging Face
@@ -51,12 +51,13 @@ class GrowthRecord:
     ``inexact``: the rewrite is approximate by request (no preservation check).  ``error`` /
     ``whole``: the measured preservation of the student / of the whole model around it
     (``within=``); ``fresh_error``: a Hugging Face student's largest relative deviation on
-    fresh inputs (its config rebuilt the graph's widths).  ``gradmax``: the GradMax objective reached.  ``trainable``: the freezing
-    policy ``grow_during_training`` applied.  ``config_fields``: the config fields a Hugging
-    Face student changed.  ``weights``: False for a model loaded without its tensor data.
-    ``group_widths``: the width of each widened group's replicated space in the student
-    (``ChannelGroup.unit``), by group name: the teacher -> student map drawing reads; None
-    once layers are inserted (the graph no longer matches the teacher's node for node)."""
+    fresh inputs (its config rebuilt the graph's widths).  ``gradmax``: the GradMax
+    objective reached.  ``trainable``: the freezing policy ``grow_during_training`` applied.
+    ``config_fields``: the config fields a Hugging Face student changed.  ``weights``: False
+    for a model loaded without its tensor data.  ``group_widths``: the width of each widened
+    group's replicated space in the student (``ChannelGroup.unit``), by group name: the
+    teacher -> student map drawing reads; None once layers are inserted (the graph no
+    longer matches the teacher's node for node)."""
 
     frontend: str | None = None  # "fx" or "export": how the graph was captured
     captured_training: bool | None = None  # the mode the graph was captured in
