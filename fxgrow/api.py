@@ -17,6 +17,8 @@ from .analysis import analyze as _analyze
 from .analysis.shapes import GraphRunError
 from .errors import InputError, TraceError, UnknownGroupError, UnsupportedModelError
 from .frontend import export, trace
+from .growth import frontend as captured_by
+from .growth import update_growth_record
 from .modes import set_training, untouched
 from .planning import WidenPlan, check_plan, make_plan
 from .rewrite import apply
@@ -173,10 +175,10 @@ def _on_graph(
     fallback = (
         frontend == "auto"
         and not isinstance(model, torch.fx.GraphModule)
-        and gm.meta.get("fxgrow_frontend") != "export"
+        and captured_by(gm) != "export"
     )
     if not _graph_runs(gm, inputs):
-        front = "torch.export" if gm.meta.get("fxgrow_frontend") == "export" else "torch.fx"
+        front = "torch.export" if captured_by(gm) == "export" else "torch.fx"
         if not fallback:
             raise TraceError(
                 f"the graph {front} captured from {type(model).__name__} does not run on the "
@@ -334,10 +336,10 @@ def widen(
     student = apply(analysis, plan, untie=untie)
     initialise(analysis, plan, student, loss_fn, batch)
     if plan.noise or plan.approximate:  # not exact by design: measure and report
-        student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
-        student.meta["fxgrow_inexact"] = True
+        error = compare(model, student, analysis.example_inputs)
+        update_growth_record(student, error=error, inexact=True)
     elif verify:
-        student.meta["fxgrow_error"] = _verify(model, student, analysis.example_inputs)
+        update_growth_record(student, error=_verify(model, student, analysis.example_inputs))
     else:  # never return a student that does not run: one cheap run on meta tensors
         check_runs(student, analysis.example_inputs)
     return _finish(model, student, as_graph)

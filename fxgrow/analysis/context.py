@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import torch
 import torch.fx
@@ -12,7 +12,10 @@ from torch.utils import _pytree as pytree
 
 from ..errors import RuleError
 from .layout import Blocker, Fixed, Layout, SpaceTable
-from .values import SizeInfo, TensorInfo
+from .values import SizeInfo, TensorInfo, Value
+
+if TYPE_CHECKING:
+    from .contraction import ContractionScale
 
 PRODUCE = "produce"  # writes the space: new unit j copies unit g(j)
 SCALE = "scale"  # per-channel parameter/buffer: copies with g
@@ -20,6 +23,34 @@ CONSUME = "consume"  # reads the space: column j = column g(j) / c(g(j))
 
 SizeFn = Callable[[Layout], int]
 M = TypeVar("M", bound=torch.nn.Module)
+AttrRead = tuple[torch.fx.Node, torch.fx.Node]  # (user node, the get_attr node it reads)
+
+
+class Consumer(NamedTuple):
+    """A contraction that divides a parameter axis: what a tied weight compensates instead.
+
+    ``user`` contracts; ``link`` is (the node reading the parameter, its get_attr node) when
+    the parameter is read through the graph, None for a call_module's own parameter;
+    ``activation`` / ``activation_axis``: the activation it contracts with (None if unknown)."""
+
+    user: torch.fx.Node
+    link: AttrRead | None
+    activation: torch.fx.Node | None
+    activation_axis: int | None
+
+
+class LayoutBlock(NamedTuple):
+    """A constraint on a layout's classes, applied after the walk."""
+
+    layout: Layout
+    blocker: Blocker
+
+
+class BlockedNode(NamedTuple):
+    """A node no rule handles, and why."""
+
+    node: str  # the node's name
+    reason: str
 
 
 @dataclass
@@ -29,11 +60,17 @@ class ParamAxis:
     target: str
     axis: int
     layout: Layout
-    roles: set = field(default_factory=set)
+    roles: set[str] = field(default_factory=set)  # PRODUCE / SCALE / CONSUME
     is_buffer: bool = False
-    # contractions that divide this axis: (user node, (direct user, get_attr node) or None,
-    # activation node, activation axis) -- what a tied weight needs to compensate instead
-    consumers: list = field(default_factory=list)
+    consumers: list[Consumer] = field(default_factory=list)  # contractions dividing this axis
+
+
+class TiedContraction(NamedTuple):
+    """A tied tensor's axis (copied, never divided) and a contraction that would divide it:
+    the rewrite divides the contraction's activation instead (``_finish_params``)."""
+
+    param: ParamAxis
+    consumer: Consumer
 
 
 @dataclass
@@ -43,7 +80,7 @@ class AttrRule:
     module: str
     attr: str
     compute: Callable[[SizeFn], Any]
-    layouts: tuple  # the layouts it depends on (for group membership)
+    layouts: tuple[Layout, ...]  # the layouts it depends on (for group membership)
 
 
 @dataclass
@@ -59,30 +96,34 @@ class ArgRule:
 
     node: str
     compute: Callable[[SizeFn, tuple, dict], tuple]
-    layouts: tuple
+    layouts: tuple[Layout, ...]
 
 
 @dataclass
 class AnalysisState:
+    """What the walk over one graph found.  Growth ties (axes that must grow equally) are the
+    space table's (``spaces.ties``); ``tied_contractions`` are about tied *tensors*."""
+
     gm: torch.fx.GraphModule
-    vals: dict  # node -> example value (meta tensors, ints ...)
+    vals: dict[torch.fx.Node, Any]  # example values (meta tensors, ints ...)
     spaces: SpaceTable = field(default_factory=SpaceTable)
-    values: dict = field(default_factory=dict)  # node -> Value
-    params: dict = field(default_factory=dict)  # (target, axis) -> ParamAxis
-    attrs: list = field(default_factory=list)
-    args: dict = field(default_factory=dict)  # node name -> ArgRule
-    uniform: list = field(default_factory=list)  # (layout, Blocker)
-    consumed: set = field(default_factory=set)  # (user node, get_attr node)
-    blocked_nodes: list = field(default_factory=list)  # (node, reason) for unknown ops
-    outputs: list = field(default_factory=list)  # TensorInfo of each output tensor, in order
-    ties: list = field(default_factory=list)  # (ParamAxis, consumer record): see _finish_params
+    values: dict[torch.fx.Node, Value] = field(default_factory=dict)
+    params: dict[tuple[str, int], ParamAxis] = field(default_factory=dict)  # (target, axis)
+    attrs: list[AttrRule] = field(default_factory=list)
+    args: dict[str, ArgRule] = field(default_factory=dict)  # node name -> its rule
+    # statistics over these layouts are exact only under equal replication
+    uniform: list[LayoutBlock] = field(default_factory=list)
+    consumed: set[AttrRead] = field(default_factory=set)  # parameter reads that contract
+    blocked_nodes: list[BlockedNode] = field(default_factory=list)  # unknown ops
+    outputs: list[TensorInfo] = field(default_factory=list)  # each output tensor, in order
+    tied_contractions: list[TiedContraction] = field(default_factory=list)
     grow_outputs: bool = False  # outputs may widen (compared on the teacher's positions)
-    scales: list = field(default_factory=list)  # ContractionScale: see analysis/contraction.py
-    # (layout, Blocker) applied after the walk only to classes nothing fixes as structure
-    unless_structure: list = field(default_factory=list)
+    scales: list[ContractionScale] = field(default_factory=list)  # see analysis/contraction.py
+    # op blockers applied after the walk only to classes nothing fixes as structure
+    unless_structure: list[LayoutBlock] = field(default_factory=list)
     fixed_outputs: int = 0  # with grow_outputs, how many leading outputs keep their shape
 
-    def vals_by_name(self, gm: torch.fx.GraphModule) -> dict:
+    def vals_by_name(self, gm: torch.fx.GraphModule) -> dict[torch.fx.Node, Any]:
         """Example values keyed by the nodes of ``gm`` (a copy of this graph)."""
         by_name = {n.name: v for n, v in self.vals.items()}
         return {n: by_name[n.name] for n in gm.graph.nodes if n.name in by_name}
@@ -214,7 +255,7 @@ class RuleContext:
         """Block ``layout``'s classes as an op, unless (once the whole graph is read) a class
         is fixed as structure anyway -- a normalisation over a head dim that attention fixes
         changes nothing, and is no reason to report the group."""
-        self.state.unless_structure.append((layout, self.blocker(reason)))
+        self.state.unless_structure.append(LayoutBlock(layout, self.blocker(reason)))
 
     def param(self, target: str, axis: int, role: str | None) -> Layout:
         """The layout of ``target``'s axis (created on first use) and record how it is used."""
@@ -275,8 +316,9 @@ class RuleContext:
         target, paxis, chain = src
         self.param(target, paxis, CONSUME)
         self.state.consumed.update(chain)
+        act, act_axis = activation or (None, None)
         self.state.params[(target, paxis)].consumers.append(
-            (self.node, chain[-1], *(activation or (None, None)))
+            Consumer(self.node, chain[-1], act, act_axis)
         )
 
     def produce(self, a: Any, axis: int) -> None:
@@ -292,13 +334,15 @@ class RuleContext:
             self.state.canonical.get(f"{self.node.target}.{name}", f"{self.node.target}.{name}"),
             axis,
         )
-        self.state.params[key].consumers.append((self.node, None, *activation))
+        self.state.params[key].consumers.append(Consumer(self.node, None, *activation))
         return lay
 
-    def _param_source(self, a: Any, axis: int):
+    def _param_source(self, a: Any, axis: int) -> tuple[str, int, list[AttrRead]] | None:
+        """(canonical target, axis, the reads from this node to the get_attr) when ``a``
+        is a parameter read directly, through transposes only; else None."""
         from .rules.registry import has_trait  # the rules import this module
 
-        chain = []
+        chain: list[AttrRead] = []
         user = self.node
         while isinstance(a, torch.fx.Node):
             if a.op == "get_attr":
@@ -346,7 +390,7 @@ class RuleContext:
     def uniform(self, layout: Layout, reason: str) -> None:
         """Statistics over ``layout`` are exact only if every position is replicated equally."""
         if self.spaces.roots(layout):
-            self.state.uniform.append((layout, self.blocker(reason)))
+            self.state.uniform.append(LayoutBlock(layout, self.blocker(reason)))
 
     def sizes_handled(self, *values: Any) -> None:
         """The rule rewrites these size arguments itself (they may come from channel axes)."""

@@ -10,7 +10,16 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from . import rules  # noqa: F401  (registers every rule)
-from .context import CONSUME, SCALE, AnalysisState, RuleContext, RuleError
+from .context import (
+    CONSUME,
+    SCALE,
+    AnalysisState,
+    BlockedNode,
+    ParamAxis,
+    RuleContext,
+    RuleError,
+    TiedContraction,
+)
 from .layout import Blocker, Fixed
 from .rules.registry import lookup
 from .values import SizeInfo, TensorInfo
@@ -93,7 +102,7 @@ def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
 def unknown_op(cx: RuleContext, reason: str) -> Any:
     """An op fxgrow cannot reason about: every channel space it reads is blocked and what it
     returns is fixed."""
-    cx.state.blocked_nodes.append((cx.node.name, reason))
+    cx.state.blocked_nodes.append(BlockedNode(cx.node.name, reason))
     for v in pytree.tree_leaves(cx.value((cx.node.args, cx.node.kwargs))):
         if isinstance(v, (TensorInfo, SizeInfo)):
             for lay in v.layouts:
@@ -195,7 +204,7 @@ def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
 def _finish_params(state: AnalysisState) -> None:
     """Parameters read through get_attr and not contracted are per-channel (copied); a tensor
     axis that is both copied and divided (tied weights) cannot follow one map."""
-    by_target: dict[str, list] = {}
+    by_target: dict[str, list[ParamAxis]] = {}
     for (t, _axis), pa in state.params.items():
         by_target.setdefault(t, []).append(pa)
     for node in state.gm.graph.nodes:
@@ -212,9 +221,9 @@ def _finish_params(state: AnalysisState) -> None:
         if CONSUME in pa.roles and len(pa.roles) > 1:
             # tied weights: one tensor cannot be both copied and divided.  It is copied, and
             # each contraction divides its activation instead (x_j / c(g(j))), which is exact.
-            if pa.consumers and all(c[2] is not None for c in pa.consumers):
+            if pa.consumers and all(c.activation is not None for c in pa.consumers):
                 pa.roles.discard(CONSUME)
-                state.ties.extend((pa, c) for c in pa.consumers)
+                state.tied_contractions.extend(TiedContraction(pa, c) for c in pa.consumers)
             else:
                 state.spaces.block(
                     pa.layout,

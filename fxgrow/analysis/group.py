@@ -112,10 +112,10 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
         for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
             if r in members:
                 members[r].append(Member("attribute", f"{rule.module}.{rule.attr}", None, "size"))
-    for rule in state.args.values():
-        for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
+    for arg_rule in state.args.values():
+        for r in dict.fromkeys(r for lay in arg_rule.layouts for r in sp.roots(lay)):
             if r in members:
-                members[r].append(Member("constant", rule.node, None, "size"))
+                members[r].append(Member("constant", arg_rule.node, None, "size"))
     unproduced = set()
     for r, ms in members.items():
         produced = any(m.role == PRODUCE for m in ms)

@@ -29,6 +29,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from math import prod
+from typing import NamedTuple
 
 from ..errors import StructureError
 
@@ -124,6 +125,13 @@ def compound_size(seg: Segment, size: Callable[[Layout], int]) -> int:
     return size(seg.rows[0])
 
 
+class GrowthTie(NamedTuple):
+    """Layouts that must grow by the same number of positions, and the op that needs it."""
+
+    layouts: tuple[Layout, ...]
+    blocker: Blocker
+
+
 class SpaceTable:
     """Union-find over atoms with refinement; the state behind every layout of one analysis."""
 
@@ -133,7 +141,7 @@ class SpaceTable:
         self.members: dict[int, list[int]] = {}
         self.blockers: dict[int, list[Blocker]] = {}
         self.refined: dict[int, Layout] = {}
-        self.ties: list[tuple[tuple[Layout, ...], Blocker]] = []  # equal growth (see Zip)
+        self.ties: list[GrowthTie] = []  # growth ties: equal growth (see Zip)
         self._why: Blocker = Blocker("", "channel layout")  # the op a refinement serves
         self._sizes: dict = {}  # compound segment -> size
         self._resolved: dict | None = None  # cache, once the analysis is finished (freeze)
@@ -647,7 +655,7 @@ class SpaceTable:
         """These layouts must grow by the same number of positions."""
         layouts = tuple(tuple(lay) for lay in layouts)
         if len(layouts) > 1:
-            self.ties.append((layouts, blocker))
+            self.ties.append(GrowthTie(layouts, blocker))
 
     def settle_ties(self) -> None:
         """A tied layout that cannot grow (no unblocked channel space) holds every layout of

@@ -18,6 +18,7 @@ from .steps import (
     _check_factor,
     _check_output,
     _deepen_budget,
+    _frontend,
     _load,
     _plan,
     _save,
@@ -45,7 +46,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
             "class": type(loaded.model).__name__,
             "parameters": _count_params(loaded.model),
             "inputs": [list(x.shape) for x in loaded.inputs],
-            "frontend": analysis.gm.meta.get("fxgrow_frontend", "fx"),
+            "frontend": _frontend(analysis.gm),
             "groups": [
                 {
                     "name": g.name,
@@ -67,7 +68,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
     print(
         f"{loaded.label}: {type(loaded.model).__name__}, {_count_params(loaded.model):,} "
         f"parameters, input {_describe_inputs(loaded.inputs)}, "
-        f"{analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph of "
+        f"{_frontend(analysis.gm)} graph of "
         f"{len(analysis.gm.graph.nodes)} nodes\n"
     )
     rows = []

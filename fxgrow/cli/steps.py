@@ -78,7 +78,10 @@ def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "f
         except FxgrowError:
             raise
         except Exception as e:
-            if getattr(loaded.model, "meta", {}).get("fxgrow_weights") is False:
+            from ..growth import growth_record
+
+            record = growth_record(loaded.model)
+            if record is not None and not record.weights:
                 raise SpecError(
                     f"{loaded.label} cannot be analysed without running it "
                     f"({type(e).__name__}: {_short(e, 120)}); pass --run to read its "
@@ -87,7 +90,7 @@ def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "f
             raise
         s["done"] = (
             f"{len(analysis.groups)} groups, {len(analysis.widenable)} widenable "
-            f"({analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph)"
+            f"({_frontend(analysis.gm)} graph)"
         )
     return analysis
 
@@ -259,3 +262,9 @@ def _save(student: Any, loaded: Loaded, args: argparse.Namespace, ui: UI) -> str
         save(student, out, example_inputs=loaded.inputs, teacher=loaded.model)
         s["done"] = f"{out.stat().st_size / 1e6:.1f} MB"
     return str(out)
+
+
+def _frontend(gm: Any) -> str:
+    from ..growth import frontend
+
+    return frontend(gm)

@@ -22,7 +22,7 @@ Hugging Face transformers:
 Invariant: in eval mode the graph computes the teacher's eval function whatever mode it was
 captured in; in training mode dropout is active and resampled on every call.  Other
 ``self.training`` branches of the model's code (batch norm in training mode, router noise) stay
-as captured; ``meta["fxgrow_captured_training"]`` records the mode of the capture."""
+as captured; the growth record's ``captured_training`` is the mode of the capture."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from ..growth import update_growth_record
 from ..unique import unique_name
 
 _ATEN = torch.ops.aten
@@ -185,5 +186,5 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
     for m in new_modules:  # only these: an fx graph shares the model's own modules
         m.training = training
     gm.training = training
-    gm.meta["fxgrow_captured_training"] = training
+    update_growth_record(gm, captured_training=training)
     return gm

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, PreservationError, WidthError
+from ..growth import update_growth_record
 from . import config as cfg
 
 _IGNORED = {
@@ -260,7 +261,7 @@ def grow_to_config(
     if verify and not pads:
         from ..verify import verify as _verify
 
-        student.meta["fxgrow_error"] = _verify(model, student, inputs)
+        update_growth_record(student, error=_verify(model, student, inputs))
     if as_graph:
         return student
     if pads:
@@ -269,7 +270,7 @@ def grow_to_config(
         grown = to_pretrained(model, student, check=False, extra=extra)
         if verify:
             try:
-                grown.fxgrow_error = check_fresh(model, grown)
+                update_growth_record(grown, fresh_error=check_fresh(model, grown))
             except PreservationError as e:
                 raise ConfigError(
                     f"growing the stream {pad_name!r} to {pad_width} (not a whole multiple) is "

@@ -14,6 +14,7 @@ import builtins
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import torch
 import torch.fx
 
 from ..errors import InputError, LoadError
+from ..growth import GrowthRecord, set_growth_record
 from .codec import _dec, _enc, _qualname
+from .growth_codec import decode
 from .header import (  # noqa: F401
     _DTYPES,
     FORMAT,
@@ -400,45 +403,14 @@ def load(
         raise LoadError(f"{path.name}: the stored graph does not compile: {_short(e)}") from e
     gm.training = bool(desc.get("training", False))
     meta = desc.get("meta") or {}
-    if "fxgrow_frontend" in meta:
-        gm.meta["fxgrow_frontend"] = str(meta["fxgrow_frontend"])
-    if meta.get("fxgrow_output_positions") is not None:
-        gm.meta["fxgrow_output_positions"] = [
-            [
-                None if p is None else torch.tensor([int(i) for i in p], dtype=torch.long)
-                for p in per
-            ]
-            for per in meta["fxgrow_output_positions"]
-        ]
-    if meta.get("fxgrow_expansions"):
-        gm.meta["fxgrow_expansions"] = _expansion_record(path, meta["fxgrow_expansions"])
-    if not weights:
-        gm.meta["fxgrow_weights"] = False
+    if not isinstance(meta, dict):
+        raise LoadError(f"{path.name}: malformed fxgrow description (meta is not an object)")
+    if "growth" in meta:
+        record = decode(meta["growth"], path.name)
+    elif meta:  # a file written before the growth record
+        record = decode(meta, path.name, legacy=True)
+    else:
+        record = None
+    if record is not None or not weights:
+        set_growth_record(gm, replace(record or GrowthRecord(), weights=weights))
     return gm
-
-
-_RECORD_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def _expansion_record(path: Path, data: Any) -> dict:
-    """The expansion record (fxgrow/training/record.py) of a saved student, checked: names of
-    floating dtypes only, integer indices, one entry per widened tensor."""
-    from ..training import record
-
-    try:
-        for axes in data.values():
-            for axis, index, fraction, dtype, consumed in axes:
-                if (
-                    dtype not in _RECORD_DTYPES
-                    or not isinstance(axis, int)
-                    or not all(isinstance(i, int) for i in index)
-                    or len(fraction) != len(index)
-                    or not isinstance(consumed, bool)
-                ):
-                    raise ValueError(f"malformed entry (dtype {dtype!r})")
-        return record.decode(data)
-    except (ValueError, TypeError, AttributeError) as e:
-        raise LoadError(
-            f"{path.name}: the stored expansion record is malformed ({e}); load "
-            f"the file without it by re-saving the student"
-        ) from e

@@ -166,19 +166,12 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     elif type(cg) is not torch.fx.graph.CodeGen:
         raise SaveError(f"the graph uses a custom code generator ({type(cg).__name__})")
 
-    meta: dict[str, Any] = {}
-    if "fxgrow_frontend" in gm.meta:
-        meta["fxgrow_frontend"] = str(gm.meta["fxgrow_frontend"])
-    if gm.meta.get("fxgrow_output_positions") is not None:
-        meta["fxgrow_output_positions"] = [
-            [None if p is None else [int(i) for i in p.tolist()] for p in per]
-            for per in gm.meta["fxgrow_output_positions"]
-        ]
-    # the expansion record, for fxgrow.transfer_optimizer (format: fxgrow/training/record.py)
-    from ..training import record
+    # the growth record whole (format: fxgrow/io/growth_codec.py): transfer_optimizer reads it
+    from ..growth import growth_record
+    from .growth_codec import encode
 
-    if gm.meta.get(record.KEY):
-        meta[record.KEY] = record.encode(gm.meta[record.KEY])
+    record = growth_record(gm)
+    meta = {"growth": encode(record)} if record is not None else {}
     from .. import __version__
 
     desc = {

@@ -34,6 +34,7 @@ from ..analysis.blocks import Block, Stage, aliases, is_add, next_names, residua
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from ..fxnode import node_arg, target_name
+from ..growth import layers_inserted
 from ..unique import unique_name
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
@@ -209,6 +210,7 @@ def insert_copies(
     output of ``after``, named ``parent.name``; returns their module paths.  Only what leads
     to the block's stream output is copied (side outputs such as T5's position bias stay the
     original's)."""
+    layers_inserted(gm)
     zero = residual_stream(gm, block)
     nodes = {n.name: n for n in gm.graph.nodes}
     inside = {nodes[name] for name in block.nodes}

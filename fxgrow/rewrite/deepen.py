@@ -23,6 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..errors import DeepenError, InputError
 from ..fxnode import target_name
+from ..growth import layers_inserted
 from ..modes import preserved, set_training
 from ..unique import unique_name
 from .activation import _as_module, activation_module, is_idempotent
@@ -99,6 +100,7 @@ def insert_after(
 ) -> torch.fx.Node:
     """Insert ``modules`` (name, module) as a chain after ``node``; with ``residual``, the chain
     is added back to ``node``.  Every former user of ``node`` reads the new result."""
+    layers_inserted(gm)
     users = list(node.users)
     anchor = node
     inserted = []

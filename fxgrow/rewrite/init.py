@@ -27,6 +27,7 @@ import torch
 from ..analysis import Analysis
 from ..analysis.context import CONSUME, PRODUCE
 from ..errors import InputError
+from ..growth import update_growth_record
 from ..planning.index_map import expand
 from ..planning.plan import WidenPlan, root_maps
 
@@ -135,7 +136,7 @@ def initialise(
     if grad_roots:
         if loss_fn is None or batch is None:
             raise InputError('init="gradmax" needs loss_fn=(model, batch) -> loss and a batch')
-        student.meta["fxgrow_gradmax"] = gradmax(
+        objective = gradmax(
             student,
             [
                 am
@@ -147,6 +148,7 @@ def initialise(
             batch,
             iterations,
         )
+        update_growth_record(student, gradmax=objective)
 
 
 def _random_rows(

@@ -20,6 +20,7 @@ import torch
 
 from ..analysis import Analysis
 from ..analysis.context import CONSUME
+from ..growth import AxisExpansion
 from ..planning.index_map import Expansion, expand
 from ..planning.plan import WidenPlan, root_maps
 
@@ -38,14 +39,14 @@ class Gather:
 class TensorRecipe:
     """How one teacher tensor becomes the student's: ``steps`` in the order they run.
 
-    ``record`` lists every axis along a channel space, grown or not, as (axis, index,
-    fraction, consumed): what optimizer-state transfer reads (``fxgrow_expansions``)."""
+    ``record`` lists every axis along a channel space, grown or not: what optimizer-state
+    transfer reads (the growth record's ``expansions``)."""
 
     target: str
     old_shape: tuple[int, ...]
     new_shape: tuple[int, ...]
     steps: tuple[Gather, ...]
-    record: tuple[tuple, ...]
+    record: tuple[AxisExpansion, ...]
 
 
 def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecipe]:
@@ -71,7 +72,7 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
         ):
             e = expand(sp, pa.layout, maps)
             consume = CONSUME in pa.roles
-            record.append((pa.axis, e.index, e.fraction, consume))
+            record.append(AxisExpansion(pa.axis, e.index, e.fraction, consume))
             new_shape[pa.axis] = e.index.numel()
             if e.index.numel() == old_shape[pa.axis] and bool(
                 (e.index == torch.arange(e.index.numel())).all()
@@ -88,7 +89,7 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
             old_shape,
             tuple(new_shape),
             tuple(steps),
-            tuple(sorted(record, key=lambda r: r[0])),
+            tuple(sorted(record, key=lambda r: r.axis)),
         )
     return recipes
 

@@ -5,8 +5,8 @@ are multiplied by the share frac[j] of the copied unit (1 / c(g(j)) for an equal
 student is what ``copy.deepcopy`` of the graph module gives with the widened tensors swapped in
 through its memo; the submodules are copied by ``_copy`` (the same result, without deepcopy's
 generic machinery).  Every student tensor is a new tensor: the teacher's are only read, and
-never shared.  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
-index maps and copy/consume roles: what optimizer-state transfer needs."""
+never shared.  The student's growth record (``fxgrow.growth``) holds, per changed tensor, its
+axes' index maps and copy/consume roles: what optimizer-state transfer needs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 import torch.fx
 
 from ..analysis import Analysis
+from ..growth import update_growth_record
 from ..planning.index_map import expand
 from ..planning.plan import WidenPlan, root_maps
 from .contraction import insert_scale, insert_scales
@@ -59,29 +60,36 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     student = copy.deepcopy(analysis.gm, memo)
     ran_for_effect = unused_nodes(student.graph)
 
-    _compensate_ties(student, analysis, maps, memo, untie)
+    _compensate_tied(student, analysis, maps, memo, untie)
     scaled = insert_scales(student, analysis, maps)
     for rule in state.attrs:
         if any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
             setattr(student.get_submodule(rule.module), rule.attr, rule.compute(size))
     touched = False
     for node in student.graph.nodes:
-        rule = state.args.get(node.name)
-        if rule is not None and any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
-            node.args, node.kwargs = rule.compute(size, node.args, dict(node.kwargs))
+        arg_rule = state.args.get(node.name)
+        if arg_rule is not None and any(
+            r in maps for lay in arg_rule.layouts for r in sp.roots(lay)
+        ):
+            node.args, node.kwargs = arg_rule.compute(size, node.args, dict(node.kwargs))
             touched = True
-    if touched or state.ties or scaled:
+    if touched or state.tied_contractions or scaled:
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
-    student.meta["fxgrow_expansions"] = {
-        name: list(recipes[target].record)
-        for name, target in state.canonical.items()
-        if target in recipes
-    }
-    if state.grow_outputs:
-        student.meta["fxgrow_output_positions"] = [
-            [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs
-        ]
+    update_growth_record(
+        student,
+        expansions={
+            name: recipes[target].record
+            for name, target in state.canonical.items()
+            if target in recipes
+        },
+        output_positions=tuple(
+            tuple(_first_positions(sp, lay, maps) for lay in info.layouts) for info in state.outputs
+        )
+        if state.grow_outputs
+        else None,
+        group_widths={g.name: maps[g.root].new for g in analysis.groups if g.root in maps},
+    )
     return student
 
 
@@ -165,10 +173,10 @@ def _keep_alive(x: Any, memo: dict) -> None:
         keep.append(x)
 
 
-def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
+def _compensate_tied(student, analysis, maps, memo, untie: bool) -> None:
     state, sp = analysis.state, analysis.state.spaces
     nodes = {n.name: n for n in student.graph.nodes}
-    for k, (pa, (user, link, act, act_axis)) in enumerate(state.ties):
+    for k, (pa, (user, link, act, act_axis)) in enumerate(state.tied_contractions):
         if not any(r in maps for r in sp.roots(pa.layout)):
             continue
         frac = expand(sp, pa.layout, maps).fraction

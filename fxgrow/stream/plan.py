@@ -146,7 +146,7 @@ def tie_folds(
     state, sp = analysis.state, analysis.state.spaces
     maps = root_maps(analysis, widen)
     student = apply(analysis, widen)
-    for k, (pa, _) in enumerate(state.ties):
+    for k, (pa, _) in enumerate(state.tied_contractions):
         name = f"fxgrow_tie_scale{k}"
         if any(r in maps for r in sp.roots(pa.layout)) and hasattr(student, name):
             shape = getattr(student, name).shape
@@ -188,7 +188,7 @@ def make_stream_plan(
     if widen is not None:
         maps = root_maps(analysis, widen)
         sp = state.spaces
-        if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.ties):
+        if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.tied_contractions):
             folds = tie_folds(analysis, widen, dtype)
         for rec in state.scales:
             if any(r in maps for r in sp.roots(rec.layout)):

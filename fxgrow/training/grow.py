@@ -12,6 +12,7 @@ from typing import Any, cast
 import torch
 
 from ..errors import InputError
+from ..growth import update_growth_record
 from ..modes import set_training
 from .freeze import freeze
 from .optimizer import transfer_optimizer
@@ -103,8 +104,7 @@ def grow_during_training(
     policy = freeze(model, student, trainable)
     new_opt = transfer_optimizer(optimizer, model, student, trainable=policy.trainable)
     policy.attach(new_opt, student)
-    # a GraphModule's meta, or the record a Hugging Face student carries (``hf.student``)
-    cast(dict[str, Any], student.meta)["fxgrow_freeze"] = policy
+    update_growth_record(student, trainable=policy.policy)
     if scheduler is None:
         return student, new_opt
     return (

@@ -20,6 +20,7 @@ from typing import Any, cast
 import torch
 
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
+from ..growth import update_growth_record
 from ..modes import set_training, untouched
 from ..suggest import did_you_mean
 
@@ -191,8 +192,8 @@ def grow_within(
 ) -> torch.nn.Module:
     """``grow(submodule, its_inputs, as_graph=True, verify=verify, **options)`` (fxgrow's
     widen, grow or deepen), put into a copy of ``model``.  With ``verify``, the whole model's
-    outputs are checked too; the figures are in ``student.get_submodule(path).meta``
-    (``fxgrow_error``: the submodule's, ``fxgrow_whole``: the whole model's)."""
+    outputs are checked too; the figures are in the growth record of
+    ``student.get_submodule(path)`` (``error``: the submodule's, ``whole``: the whole model's)."""
     from .detections import verify_whole
 
     if options.pop("as_graph", False):
@@ -208,7 +209,7 @@ def grow_within(
     )
     student = rebuild(model, call, grown)
     if verify:
-        grown.meta["fxgrow_whole"] = verify_whole(model, student, example_inputs)
+        update_growth_record(grown, whole=verify_whole(model, student, example_inputs))
     return student
 
 
