@@ -229,3 +229,29 @@ def test_judge_is_the_verifiers_decision_without_raising(r18):
     measured = judge(m, student, x, exact=False)  # inexact by design: measured, no error
     assert not measured.ok and measured.error is None
     assert measured.result.max_rel == bad.result.max_rel
+
+
+def test_cli_refuses_a_wrong_student_unless_no_verify(monkeypatch, capsys):
+    """A bug planted in the library's rewrite: the CLI's verification (the library's
+    verifier) refuses the student, and --no-verify reports it NOT OK and exits 0."""
+    import fxgrow.api as api
+    from fxgrow.cli import main
+
+    apply = api.apply
+
+    def wrong(*args, **kwargs):
+        student = apply(*args, **kwargs)
+        with torch.no_grad():
+            student.fc.bias += 1.0
+        return student
+
+    monkeypatch.setattr(api, "apply", wrong)
+    spec = ["torchvision:resnet18", "--input-shape", "1,3,32,32", "--factor", "1.5", "-q"]
+    assert main(["widen", *spec]) == 1
+    err = capsys.readouterr().err
+    assert "fxgrow: error: the student does not compute the teacher's function" in err
+    assert "--no-verify writes the student anyway" in err
+    assert main(["widen", *spec, "--no-verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["preservation"]["ok"] is False and report["preservation"]["max_rel"] > 1e-2
+    assert report["preservation"]["tolerance"] == 1e-5
