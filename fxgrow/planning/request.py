@@ -1,10 +1,11 @@
 """What ``widen`` is asked to grow: a model and its example inputs, an ``Analysis`` already
 made, or a ``WidenPlan`` that carries the analysis it was made from.
 
-Invariant: an analysis is reused only for the model it was made of, on the same example inputs
-with the same options; a plan is applied only to an analysis of the model it was made for (a
-plan without its analysis, read from JSON, is checked against the model's own analysis).
-Anything else is an :class:`InputError` naming the mismatch, never a student of another model."""
+Invariant: the student is always of the model passed (or the analysis's own model): an
+analysis is reused only for the model it was made of, on the same example inputs with the same
+options; any other plan (read from JSON, or made for another model) is checked against the
+analysis it is applied to, and a failed check is an :class:`InputError` naming the group and
+the model the plan was made for.  Arguments that contradict an analysis are refused."""
 
 from __future__ import annotations
 
