@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,12 +21,15 @@ __all__ = ["Analysis", "Blocker", "ChannelGroup", "Member", "analyze"]
 
 @dataclass
 class Analysis:
-    """Result of analysing one GraphModule on one set of example inputs."""
+    """Result of analysing one GraphModule on one set of example inputs.  ``origin``: the
+    model and options ``fxgrow.analyze`` captured it from (``fxgrow.planning.request.Origin``;
+    None for a graph analysed directly)."""
 
     gm: torch.fx.GraphModule
     example_inputs: tuple
     state: AnalysisState
     all_groups: list[ChannelGroup]
+    origin: Any = field(default=None, compare=False, repr=False)
 
     @property
     def groups(self) -> list[ChannelGroup]:

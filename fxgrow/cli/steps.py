@@ -181,12 +181,12 @@ def _bytes(m: Any) -> int:
 
 
 def _apply(analysis: Any, plan: Any, ui: UI) -> Any:
-    from ..rewrite import apply
-    from ..rewrite.init import initialise
+    """The library's widen on the analysis and plan already made (not made again), the
+    student's verification left to ``_verify``."""
+    from ..api import widen
 
     with ui.step("rewriting the graph") as s:
-        student = apply(analysis, plan)
-        initialise(analysis, plan, student)  # init="zero": the new units' fresh fan-in
+        student = widen(analysis, plan=plan, verify=False, as_graph=True)
         s["done"] = f"{_count_params(student):,} parameters"
     return student
 
@@ -199,25 +199,19 @@ def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 
 def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
-    from ..verify import compare
-    from ..verify.compare import tolerance
+    """(comparison, tolerance, ok) by the library's verifier; a student that fails it is
+    refused unless --no-verify.  --noise / --approximate: measured, reported, never refused."""
+    from ..verify.verdict import judge
 
+    inexact = bool(getattr(args, "noise", 0.0) or getattr(args, "approximate", False))
     with ui.step("verifying against the teacher") as s:
-        result = compare(loaded.model, student, loaded.inputs)
-        tol = tolerance(loaded.inputs, loaded.model)
-        s["done"] = str(result)
-    ok = result.max_rel <= tol
-    if getattr(args, "noise", 0.0) or getattr(args, "approximate", False):
-        return result, tol, ok  # not exact by design: measured, reported, never refused
-    if not ok:  # beyond the dtype's floor: calibrate against the teacher's own rounding
-        from ..verify.compare import verify
-
-        try:
-            result, ok = verify(loaded.model, student, loaded.inputs), True
-        except PreservationError as e:
-            if args.verify:
-                raise PreservationError(f"{e} (--no-verify writes the student anyway)") from e
-    return result, tol, ok
+        verdict = judge(loaded.model, student, loaded.inputs, exact=not inexact)
+        s["done"] = str(verdict.result)
+    if verdict.error is not None and getattr(args, "verify", True):
+        raise PreservationError(
+            f"{verdict.error} (--no-verify writes the student anyway)"
+        ) from verdict.error
+    return verdict.result, verdict.tolerance, verdict.ok
 
 
 def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:

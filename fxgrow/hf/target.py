@@ -212,8 +212,7 @@ def grow_to_config(
     if widths:
         try:
             student = widen(
-                model,
-                inputs,
+                analysis,  # already made: not analysed again
                 widths=widths,
                 seed=seed,
                 split=split,

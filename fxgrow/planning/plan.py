@@ -6,7 +6,7 @@ import json
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
@@ -42,6 +42,9 @@ class WidenPlan:
     noise: float = 0.0
     approximate: bool = False  # normalised groups may grow by non-whole factors (not exact)
     init: str = "replicate"  # what was asked for; each change records what it got
+    # the Analysis it was made from (fxgrow.plan), so that widen(plan) need not analyse again;
+    # not part of the plan's value: not compared, not serialised
+    analysis: Analysis | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {
