@@ -90,6 +90,8 @@ def conv_channels(
 def conv_transpose_channels(
     cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int, cout: int
 ) -> Layout:
+    """Couple the input channel layout ``x`` to a transposed conv's weights (``[cin, cout/g,
+    ...]``); return the output channel layout.  Only dense and depthwise ones are handled."""
     if groups == 1:
         cx.unify(x, w.axis("weight", 0, CONSUME), "input channels of a transposed conv")
         out = w.axis("weight", 1, PRODUCE)
