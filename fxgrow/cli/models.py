@@ -46,6 +46,9 @@ def _count_params(m: Any) -> int:
 
 @dataclass
 class Loaded:
+    """A model ready for a command: the module, its example inputs, a label for messages, and
+    where it came from."""
+
     model: Any
     inputs: tuple
     label: str
