@@ -149,6 +149,7 @@ def measure(fn: Callable[[], Any], model: torch.nn.Module, seed: int) -> float |
 
 
 def count(model: torch.nn.Module) -> int:
+    """The number of parameter elements in ``model`` (a shared parameter counted once)."""
     return sum(p.numel() for p in model.parameters())
 
 
