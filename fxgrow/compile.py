@@ -43,6 +43,7 @@ class CompileReport:
 
     @property
     def widenable(self) -> list:
+        """The groups of this graph with no blockers."""
         return [g for g in self.groups if g.widenable]
 
     def __str__(self) -> str:
@@ -179,6 +180,8 @@ class InspectBackend:
         return self.then(gm, example_inputs)
 
     def inspect(self, gm: torch.fx.GraphModule, example_inputs: list) -> CompileReport:
+        """Analyse one captured graph (parameters lifted to attributes); any failure becomes the
+        report's ``error``, never an exception, so compilation goes on."""
         index = len(self.reports)
         try:
             lifted, inputs, mapping = lift_parameters(gm, example_inputs, self.model)

@@ -59,6 +59,7 @@ class WidenPass(_FxgrowPass):
         self.widths, self.factor, self.seed, self.options = widths, factor, seed, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Widen ``graph_module``; ``modified`` when its parameter count changed."""
         from .api import widen
 
         student = widen(
@@ -90,6 +91,7 @@ class DeepenPass(_FxgrowPass):
         self.after, self.kind, self.options = after, kind, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Insert identity layers after the named modules; always ``modified``."""
         from .api import deepen
 
         student = deepen(
@@ -120,6 +122,7 @@ class GrowPass(_FxgrowPass):
         self.blocks, self.width, self.seed, self.options = blocks, width, seed, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Add blocks and/or widen; ``modified`` when any growth was asked for."""
         from .api import grow
 
         student = grow(
@@ -158,6 +161,8 @@ class VerifyPass(_FxgrowPass):
         self.last: Comparison | None = None
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Check that ``graph_module`` still computes the reference's function (within the
+        tolerance); a PreservationError if not.  Never modifies the graph."""
         from .errors import PreservationError
         from .verify import compare
         from .verify.compare import tolerance

@@ -48,10 +48,13 @@ class Analysis:
 
     @property
     def widenable(self) -> list[ChannelGroup]:
+        """The visible groups with no blockers: those a plan may widen."""
         return [g for g in self.groups if g.widenable]
 
 
 def as_tuple(example_inputs: Any) -> tuple:
+    """Positional example inputs as a tuple (a lone tensor wrapped); anything else is an
+    InputError."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):

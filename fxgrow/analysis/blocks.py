@@ -30,6 +30,9 @@ from .rules.registry import has_trait
 
 @dataclass(frozen=True)
 class Block:
+    """The nodes recorded under one module path that hand exactly one tensor (``output``) on;
+    ``residual`` when ``input`` has the output's shape and is added back inside."""
+
     path: str  # module path, e.g. "layer1.1"
     input: str  # node name of I
     output: str  # node name of O
@@ -48,10 +51,12 @@ class Stage:
 
     @property
     def template(self) -> Block:
+        """The last residual block: the one growth copies."""
         return [b for b in self.blocks if b.residual][-1]
 
     @property
     def count(self) -> int:
+        """How many blocks the stage has."""
         return len(self.blocks)
 
 
@@ -74,6 +79,7 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
 
 
 def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
+    """Users of ``node`` inside the block that compute from it (metadata checks left out)."""
     return [
         u
         for u in node.users

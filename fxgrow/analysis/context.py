@@ -101,8 +101,10 @@ class ArgRule:
 
 @dataclass
 class AnalysisState:
-    """What the walk over one graph found.  Growth ties (axes that must grow equally) are the
-    space table's (``spaces.ties``); ``tied_contractions`` are about tied *tensors*."""
+    """Everything one walk of the graph records: example values, the space table, each node's
+    value, and the parameter axes, attributes and arguments that follow the channel sizes.
+    Growth ties (axes that must grow equally) are the space table's (``spaces.ties``);
+    ``tied_contractions`` are about tied *tensors*."""
 
     gm: torch.fx.GraphModule
     vals: dict[torch.fx.Node, Any]  # example values (meta tensors, ints ...)
@@ -189,6 +191,7 @@ class RuleContext:
         )
 
     def tensor(self, a: Any) -> TensorInfo:
+        """The TensorInfo of a tensor argument; a RuleError if the argument is not a tensor."""
         v = self.value(a)
         if not isinstance(v, TensorInfo):
             raise RuleError(f"expected a tensor argument, got {type(v).__name__}")
@@ -200,6 +203,7 @@ class RuleContext:
         return self.state.vals.get(a) if isinstance(a, torch.fx.Node) else a
 
     def out_shape(self) -> tuple[int, ...]:
+        """The shape of this node's example result; a RuleError if the result is not a tensor."""
         v = self.example()
         if not isinstance(v, torch.Tensor):
             raise RuleError("expected a tensor result")
@@ -215,6 +219,7 @@ class RuleContext:
 
     # -- building values -----------------------------------------------------------------------
     def blocker(self, reason: str, kind: str = "op") -> Blocker:
+        """A Blocker naming this node, with ``reason``."""
         return Blocker(self.node.name, reason, kind)
 
     def fixed(self, n: int, reason: str) -> Layout:
@@ -246,9 +251,12 @@ class RuleContext:
 
     # -- constraints ---------------------------------------------------------------------------
     def unify(self, a: Layout, b: Layout, reason: str = "incompatible channel structure") -> None:
+        """Make ``a`` and ``b`` share channel spaces; where they cannot, block both, naming
+        this node."""
         self.spaces.unify(a, b, self.blocker(reason))
 
     def block(self, layout: Layout, reason: str, kind: str = "op") -> None:
+        """Keep every channel space in ``layout`` at its width, naming this node with ``reason``."""
         self.spaces.block(layout, self.blocker(reason, kind))
 
     def block_unless_structure(self, layout: Layout, reason: str) -> None:
@@ -381,10 +389,12 @@ class RuleContext:
         self.state.attrs.append(AttrRule(path, attr, compute, layouts))
 
     def size_attr(self, attr: str, layout: Layout, module: str | None = None) -> None:
-        """Module attribute ``attr`` is the size of ``layout`` (``set_attr``)."""
+        """Module attribute ``attr`` of this call_module (or ``module``) holds the student's
+        size of ``layout``."""
         self.set_attr(attr, lambda size: size(layout), layout, module=module)
 
     def rewrite_args(self, compute: Callable[[SizeFn, tuple, dict], tuple], *layouts) -> None:
+        """The student recomputes this node's arguments as ``compute(size, args, kwargs)``."""
         self.state.args[self.node.name] = ArgRule(self.node.name, compute, layouts)
 
     def uniform(self, layout: Layout, reason: str) -> None:

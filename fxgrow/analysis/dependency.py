@@ -39,6 +39,8 @@ def describe(node: torch.fx.Node, module: Any = None) -> str:
 def run(
     gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False, fixed_outputs: int = 0
 ) -> AnalysisState:
+    """Walk the graph once, applying each node's rule: the channel spaces of every value, united
+    and blocked, with the table frozen and growth ties settled."""
     state = AnalysisState(gm, vals, grow_outputs=grow_outputs, fixed_outputs=fixed_outputs)
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)

@@ -26,6 +26,7 @@ class Member:
 
     @property
     def module(self) -> str:
+        """The module owning the parameter, buffer or attribute; "" for a graph constant."""
         if self.kind in ("parameter", "buffer", "attribute"):
             return self.target.rpartition(".")[0]
         return ""
@@ -49,6 +50,7 @@ class ChannelGroup:
 
     @property
     def widenable(self) -> bool:
+        """True iff nothing blocks the group."""
         return not self.blockers
 
     @property
@@ -66,10 +68,12 @@ class ChannelGroup:
 
     @property
     def modules(self) -> tuple[str, ...]:
+        """The modules with a member in the group, in member order, without repeats."""
         return tuple(dict.fromkeys(m.module for m in self.members if m.module))
 
     @property
     def multiplicity(self) -> int:
+        """How many times the replicated space repeats on the naming member (``width // unit``)."""
         return self.width // self.unit
 
 
@@ -101,6 +105,8 @@ def _positions(sp: SpaceTable, layout: Layout) -> dict[int, list[int]]:
 
 
 def build_groups(state: AnalysisState) -> list[ChannelGroup]:
+    """One ChannelGroup per class of channel spaces with a parameter or buffer member (in the
+    order members were found); a class no layer produces or reads is blocked as structure."""
     sp = state.spaces
     members: dict[int, list[Member]] = {}
     for pa in state.params.values():

@@ -46,6 +46,7 @@ class Blocker:
 
     @property
     def boundary(self) -> bool:
+        """True when the blocker is the model's input or output."""
         return self.kind == "boundary"
 
     @property
@@ -59,28 +60,38 @@ class Blocker:
 
 @dataclass(frozen=True)
 class Fixed:
+    """``size`` positions that never change, fixed by ``cause``."""
+
     size: int
     cause: Blocker
 
 
 @dataclass(frozen=True)
 class Atom:
+    """The units of one leaf channel space (an index into the SpaceTable)."""
+
     id: int
 
 
 @dataclass(frozen=True)
 class Prod:
+    """A merged axis: position ``o * size(inner) + i``."""
+
     outer: Layout
     inner: Layout
 
 
 @dataclass(frozen=True)
 class Zip:
+    """Parts interleaved round-robin (a channel shuffle); each part keeps its own map."""
+
     parts: tuple  # tuple[Layout, ...], balanced sizes
 
 
 @dataclass(frozen=True)
 class Stack:
+    """Transient: rows a channel shuffle's first reshape splits off, kept apart until ``merge``."""
+
     rows: tuple  # tuple[Layout, ...], equal sizes
 
 
@@ -162,6 +173,7 @@ class SpaceTable:
         return (Atom(i),)
 
     def find(self, a: int) -> int:
+        """The root of atom ``a``'s class (with path compression)."""
         parent = self.parent
         root = a
         while parent[root] != root:
@@ -182,6 +194,7 @@ class SpaceTable:
         self.blockers[ra].extend(self.blockers.pop(rb))
 
     def blockers_of(self, a: int) -> list[Blocker]:
+        """The blockers of atom ``a``'s class."""
         return self.blockers[self.find(a)]
 
     def _refine(self, atom: int, make) -> None:
@@ -223,6 +236,7 @@ class SpaceTable:
 
     # -- reading layouts -----------------------------------------------------------------------
     def size(self, layout: Layout) -> int:
+        """The number of positions ``layout`` spans (refinement never changes it)."""
         total = 0
         for s in layout:
             if isinstance(s, Fixed):
@@ -308,10 +322,12 @@ class SpaceTable:
         return list(dict.fromkeys(self.find(a) for a in atom_ids(self.resolve(layout))))
 
     def is_fixed(self, layout: Layout) -> bool:
+        """True when every segment of the resolved layout is Fixed (no channel space in it)."""
         return all(isinstance(s, Fixed) for s in self.resolve(layout))
 
     # -- constraints ---------------------------------------------------------------------------
     def block(self, layout: Layout, blocker: Blocker) -> None:
+        """Add ``blocker`` to the class of every atom in ``layout`` (once per class)."""
         for r in self.roots(layout):
             if blocker not in self.blockers[r]:
                 self.blockers[r].append(blocker)
@@ -733,4 +749,5 @@ def fixed(shape: Iterable[int], cause: Blocker) -> tuple[Layout, ...]:
 
 
 def numel(shape) -> int:
+    """The number of elements of a tensor of ``shape``."""
     return prod(int(n) for n in shape)

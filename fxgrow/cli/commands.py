@@ -31,6 +31,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 
 def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow inspect``: the model's channel groups and residual stages, as a table or JSON."""
     loaded, _ = narrow(_load(args, ui), args, ui)
     analysis = _analyse(loaded, args, ui, outputs=args.outputs)
     groups = analysis.all_groups if args.all else analysis.groups
@@ -113,6 +114,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow widen``: widen channel groups, verify the student against the teacher, save it."""
     _check_factor(args)
     _check_output(args, (".safetensors",))
     whole = _load(args, ui)
@@ -135,6 +137,7 @@ def _after_names(items: list[str]) -> list[str]:
 
 
 def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow deepen``: insert identity layers after named modules, verify, save."""
     from ..api import capture, deepen
 
     _check_output(args, (".safetensors",))
@@ -209,6 +212,8 @@ def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 
 def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow grow``: widen and/or add residual blocks, verify, save (a Hugging Face folder in
+    gives a folder out)."""
     _check_factor(args)
     from ..hf.folder import is_folder
 
@@ -239,6 +244,8 @@ def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow draw``: draw the model, or teacher -> student when grown here or given by
+    ``--student`` (which must record this model as its teacher)."""
     from ..drawing import draw
     from ..drawing.render import dot_binary
 

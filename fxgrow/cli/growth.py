@@ -119,6 +119,7 @@ def print_rank(loaded: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
+    """``fxgrow grow-kernel``: enlarge named convolutions' kernels (zero taps), verify, save."""
     from ..api import capture
     from ..rewrite.kernel import grow_kernel
     from .commands import EXIT_OK
@@ -170,6 +171,7 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
 
 
 def add_grow_kernel_parser(sub: Any, common, results, fmt, model_help: str) -> None:
+    """Add the ``grow-kernel`` subcommand to ``sub``, with the shared option groups."""
     p = sub.add_parser(
         "grow-kernel",
         formatter_class=fmt,

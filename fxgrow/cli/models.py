@@ -34,6 +34,9 @@ def _short(s: object, n: int = 72) -> str:
 
 @dataclass
 class Loaded:
+    """A model ready for a command: the module, its example inputs, a label for messages, and
+    where it came from."""
+
     model: Any
     inputs: tuple
     label: str

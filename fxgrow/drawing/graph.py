@@ -85,6 +85,8 @@ def build(
     title: str = "",
     sizes: bool = False,
 ) -> Scene:
+    """The scene of ``gm``: one item per drawn node or folded module (``collapse``), edges
+    coloured by the groups on each source's output, nodes the teacher lacks marked inserted."""
     nodes = [n for n in gm.graph.nodes if _drawn(n, vals, sizes)]
     chains = {n.name: module_chain(n) for n in nodes}
     types: dict[str, str] = {}

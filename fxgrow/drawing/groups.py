@@ -52,6 +52,8 @@ def blockers_by_node(analysis: Analysis) -> dict[str, list[Blocker]]:
 
 
 def teacher_groups(analysis: Analysis) -> tuple[list[DGroup], dict[int, DGroup]]:
+    """The drawn groups of a single model (old width = width), one colour each, and class root
+    -> drawn group."""
     colours = palette(len(analysis.groups))
     groups = [
         DGroup(i, g.name, colours[i], g.width, g.width, g.blockers)

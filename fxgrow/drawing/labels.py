@@ -13,6 +13,8 @@ from ..fxnode import target_name
 
 
 def shape_text(value: Any) -> str:
+    """A short label for a node's example value: ``2×64×8×8``, ``scalar``, ``size``, a tuple of
+    up to four, a number's type name; "" for anything else."""
     if isinstance(value, torch.Tensor):
         return "×".join(str(int(n)) for n in value.shape) if value.dim() else "scalar"
     if isinstance(value, torch.Size):

@@ -326,6 +326,7 @@ def to_dot(
 
 
 def dot_binary() -> str | None:
+    """The path of Graphviz's ``dot`` program, or None when it is not on PATH."""
     return shutil.which("dot")
 
 

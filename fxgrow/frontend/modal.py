@@ -61,9 +61,11 @@ class TrainingOnly(nn.Module):
         self.p = float(p)
 
     def forward(self) -> float:
+        """``p`` in training mode, 0.0 in eval mode."""
         return self.p if self.training else 0.0
 
     def extra_repr(self) -> str:
+        """Shows ``p`` in the module's repr."""
         return f"p={self.p}"
 
 
@@ -72,6 +74,7 @@ class TrainingFlag(nn.Module):
     ``torchvision.ops.stochastic_depth``)."""
 
     def forward(self) -> bool:
+        """The module's ``training`` flag."""
         return self.training
 
 

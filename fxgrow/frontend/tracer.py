@@ -143,16 +143,21 @@ class LeafTracer(torch.fx.Tracer):
         super().__init__(autowrap_functions=tuple(autowrap_functions) + timm_functions)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        """Modules named or typed as leaves (and timm's no-trace ones) stay calls; for the
+        others fx decides."""
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def trace(self, root, concrete_args=None):
+        """Trace ``root``; with example inputs, values are evaluated on them (lazily) so that
+        traced-through code can be specialised."""
         if self.example_inputs is not None and isinstance(root, torch.nn.Module):
             self.examples = ExampleValues(root, self.example_inputs)
         return super().trace(root, concrete_args)
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        """A proxy that can be specialised to a number when example inputs are given."""
         return _Proxy(node, self) if self.examples is not None else super().proxy(node)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
@@ -206,9 +211,12 @@ class LeafTracer(torch.fx.Tracer):
         return value
 
     def to_bool(self, obj: torch.fx.Proxy) -> bool:
+        """``bool(proxy)`` from the example value, guarded (see ``_specialised``)."""
         return self._specialised(obj, bool)
 
     def to_number(self, obj: torch.fx.Proxy, kind: type) -> Any:
+        """``int(proxy)`` / ``float(proxy)`` from the example value, guarded (see
+        ``_specialised``)."""
         return self._specialised(obj, kind)
 
 

@@ -169,6 +169,9 @@ class Probe:
 
 
 def probe(cls: type, config: Any) -> Probe:
+    """Measure how ``cls``'s tensor shapes follow each integer config field (by doubling it and
+    building the model on the meta device): exponents per axis, structural fields, fields that
+    stand for a size when None, and fields that must stay equal to another."""
     base = shapes_for(cls, config)
     exps: dict[str, dict[tuple[str, int], float]] = {}
     structural: list[str] = []

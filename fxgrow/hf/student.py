@@ -38,6 +38,7 @@ def is_pretrained(model: Any) -> bool:
 
 
 def is_encoder_decoder(model: Any) -> bool:
+    """Whether ``model`` is a Hugging Face encoder-decoder (its config says so)."""
     return is_pretrained(model) and bool(getattr(model.config, "is_encoder_decoder", False))
 
 
@@ -334,6 +335,8 @@ def fresh_inputs(
 
 
 def main_output(out) -> torch.Tensor:
+    """The tensor a comparison reads from a model's output: ``logits``, else ``last_hidden_state``,
+    else the first element of a tuple, else the output itself."""
     for key in ("logits", "last_hidden_state"):
         if hasattr(out, key) and getattr(out, key) is not None:
             return getattr(out, key)

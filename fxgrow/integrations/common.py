@@ -150,6 +150,7 @@ def measure(fn: Callable[[], Any], model: torch.nn.Module, seed: int) -> float |
 
 
 def count(model: torch.nn.Module) -> int:
+    """The number of parameter elements in ``model`` (a shared parameter counted once)."""
     return count_parameters(model)
 
 

@@ -31,6 +31,7 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
+        """True when the memory needed is available (or the available memory is unknown)."""
         return self.available_bytes is None or self.needed_bytes <= self.available_bytes
 
     def __str__(self) -> str:
@@ -43,6 +44,7 @@ class Estimate:
         )
 
     def to_dict(self) -> dict:
+        """The estimate as a JSON-ready dict, ``fits`` included."""
         return {
             "teacher_params": self.teacher_params,
             "student_params": self.student_params,
@@ -54,6 +56,7 @@ class Estimate:
 
 
 def human(n: float) -> str:
+    """A byte count in decimal units, e.g. ``1.5 MB`` (whole bytes below 1 kB)."""
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if abs(n) < 1000 or unit == "PB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

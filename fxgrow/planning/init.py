@@ -31,6 +31,7 @@ INITS = ("replicate", "zero", "gradmax")
 
 
 def check_init(init: str) -> str:
+    """``init`` itself if it is one of INITS; an InputError naming the choices otherwise."""
     if init not in INITS:
         raise InputError(f"init must be one of {', '.join(repr(i) for i in INITS)}, got {init!r}")
     return init

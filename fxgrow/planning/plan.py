@@ -47,6 +47,7 @@ class WidenPlan:
     analysis: Analysis | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
+        """The plan as a JSON-ready dict; ``from_dict`` reads it back to an equal plan."""
         return {
             "seed": self.seed,
             "split": self.split,
@@ -72,6 +73,8 @@ class WidenPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WidenPlan:
+        """The plan ``to_dict`` wrote (older dicts: missing options take their defaults)."""
+
         def rmap(m):
             fr = m.get("fractions")
             return ReplicationMap(
@@ -97,10 +100,12 @@ class WidenPlan:
         )
 
     def to_json(self) -> str:
+        """The plan as a JSON string (see ``to_dict``)."""
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, s: str) -> WidenPlan:
+        """The plan ``to_json`` wrote."""
         return cls.from_dict(json.loads(s))
 
     def __str__(self) -> str:

@@ -153,6 +153,8 @@ class Scratch:
         self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1]) for key, n in need.items()}
 
     def get(self, like: torch.Tensor, axis: int, index: torch.Tensor, k: int) -> torch.Tensor:
+        """A view of buffer ``k % 2`` (for ``like``'s dtype and device) shaped as ``like`` with
+        ``axis`` resized to ``index``'s length: the output of gather step ``k``."""
         dims = list(like.shape)
         dims[axis] = index.numel()
         return self.buffers[(like.dtype, like.device, k % 2)][: math.prod(dims)].view(dims)

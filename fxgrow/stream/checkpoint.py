@@ -55,10 +55,12 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """The tensor's size in the file, in bytes."""
         return self.end - self.start
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of the safetensors dtype code."""
         return DTYPES[self.dtype]
 
 
@@ -193,6 +195,7 @@ class Checkpoint:
             left -= n
 
     def close(self) -> None:
+        """Close every shard file opened so far (reading again reopens them)."""
         for h in self._handles.values():
             h.close()
         self._handles.clear()

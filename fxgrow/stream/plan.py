@@ -40,6 +40,8 @@ class TensorSource:
 
     @property
     def unchanged(self) -> bool:
+        """True when the student tensor is the teacher's bytes as they are (no recipe, fold or
+        zeros)."""
         return self.recipe is None and not self.folds and not self.zero
 
 
@@ -66,6 +68,7 @@ class StreamPlan:
     zeroed: tuple[int, ...] = ()
 
     def sources(self) -> dict[str, TensorSource]:
+        """Student tensor name -> its TensorSource."""
         return {t.name: t for t in self.tensors}
 
 

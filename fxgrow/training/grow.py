@@ -27,6 +27,7 @@ def _has_dropout(model: torch.nn.Module) -> bool:
 
 
 def is_pretrained(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (never imports transformers)."""
     import sys
 
     transformers = sys.modules.get("transformers")  # a model of it has imported it

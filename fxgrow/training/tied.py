@@ -63,6 +63,7 @@ class TiedDropout(_Tied):
     (``[axis, teacher size, index]``: student position j copies teacher position index[j])."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times the tied mask in training (identity in eval mode or with ``p == 0``)."""
         if not self.training or self.p == 0.0:
             return x
         return x * self.mask(x)
@@ -79,6 +80,8 @@ class TiedAttention(_Tied):
     def forward(
         self, q, k, v, attn_mask=None, dropout_p=None, is_causal=False, scale=None, enable_gqa=False
     ):
+        """Scaled dot-product attention whose attention-weight dropout uses the tied mask; in eval
+        mode or with ``p == 0``, plain attention without dropout (``dropout_p`` is ignored)."""
         if not self.training or self.p == 0.0:
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa

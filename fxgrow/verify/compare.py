@@ -80,6 +80,8 @@ def _mode(model: torch.nn.Module, mode: str) -> Iterator[None]:
 
 
 def outputs(model: torch.nn.Module, example_inputs: tuple, mode: str = "eval") -> Any:
+    """``model(*example_inputs)`` without gradients in ``mode`` ("eval", or "train" with dropout
+    off); the model's modes and buffers are restored after."""
     with _mode(model, mode), torch.no_grad():
         return model(*example_inputs)
 

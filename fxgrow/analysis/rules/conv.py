@@ -98,6 +98,8 @@ def conv_channels(
 def conv_transpose_channels(
     cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int, cout: int
 ) -> Layout:
+    """Couple the input channel layout ``x`` to a transposed conv's weights (``[cin, cout/g,
+    ...]``); return the output channel layout.  Only dense and depthwise ones are handled."""
     if groups == 1:
         cx.unify(x, w.weight_axis(0, CONSUME), "input channels of a transposed conv")
         out = w.weight_axis(1, PRODUCE)

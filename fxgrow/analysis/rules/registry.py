@@ -58,6 +58,8 @@ TRAITS = {
 
 @dataclass(frozen=True)
 class RuleEntry:
+    """A registered rule: its function, what it matches (``kind`` and ``target``) and its traits."""
+
     fn: Callable
     kind: str  # "module" | "function" | "method"
     target: Any
@@ -65,6 +67,7 @@ class RuleEntry:
 
     @property
     def doc(self) -> str:
+        """The rule function's docstring, stripped ("" if none)."""
         return (self.fn.__doc__ or "").strip()
 
 
@@ -174,6 +177,8 @@ def load_deferred(everything: bool = False) -> None:
 
 
 def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
+    """The rule for a call node, or None.  A module subclass inherits its base's rule only if it
+    keeps the base's ``forward``."""
     if len(_loaded) < len(DEFERRED):
         load_deferred()
     if node.op == "call_function":
