@@ -238,3 +238,32 @@ def test_shuffle_chain_placement_matches_the_closed_form(form, c, blocks, growth
     if admitted[0] > 2 * c:  # none up to 2x: refused at that limit
         with pytest.raises(WidthError, match="keeps every teacher unit on its path"):
             place(a, g.root, growth, limit=2)
+
+
+class _LiteralShuffleChain(ShuffleChain):
+    """ShuffleChain whose shuffle spells out every size (batch, spatial, channels)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 3)
+        self.shuffle = lambda t: t.view(2, 2, 3, 2, 2).transpose(1, 2).reshape(2, 6, 2, 2)
+
+
+def test_placement_refuses_what_it_cannot_follow():
+    """Constant sizes in the shuffle's views (the label run cannot replay them), and a
+    hand-made plan naming a node that is no producer of the chain: clear errors, no student."""
+    m, x = f64(_LiteralShuffleChain()), rand(2, 2, 2, 2)
+    a = fxgrow.analyze(m, x)
+    g = next(
+        g
+        for g in a.all_groups
+        if any(mb.module == "a" and mb.role == "produce" for mb in g.members)
+    )
+    with pytest.raises(WidthError, match="cannot follow this channel shuffle chain's data"):
+        fxgrow.plan(a, widths={g.name: g.width + 1}, init="zero")
+    m, x = f64(ShuffleChain(3, 3)), rand(2, 2, 2, 2)
+    plan = fxgrow.plan(fxgrow.analyze(m, x), widths={g.name: g.width + 1}, init="zero")
+    first = plan.placements[0]
+    assert first.node == "a" and (first.old, first.new) == (3, 4)
+    wrong = replace(plan, placements=(replace(first, node="relu"), *plan.placements[1:]))
+    with pytest.raises(WidthError, match="does not place the 3 units of 'a'"):
+        fxgrow.widen(m, x, plan=wrong)

@@ -135,8 +135,15 @@ def run(
             value = _tensor_node(analysis, node, info, axes, inputs, lab, comp, labels_for, out)
             lab[node] = value
             _record(sp, node, info, axes, value, out)
-        elif inputs and not isinstance(info, TensorInfo):
-            lab[node] = _execute(analysis, node, lab)  # sizes, chunk tuples
+        elif inputs and not isinstance(info, TensorInfo):  # sizes, chunk tuples
+            if any(isinstance(lab[i], torch.Tensor) for i in inputs) and not _movable(
+                analysis, node
+            ):
+                raise WidthError(
+                    f"{node.name}: fxgrow cannot follow the channels of a channel shuffle "
+                    f"chain through this op, so it cannot place fresh units in the chain"
+                )
+            lab[node] = _execute(analysis, node, lab)
         # else: a consumer (its output carries none of the component) or unrelated
     return out
 
@@ -153,6 +160,7 @@ def _tensor_node(analysis, node, info, axes, inputs, lab, comp, labels_for, out)
         return _execute(analysis, node, lab)
     sigs = [signature(sp, info.layouts[d]) for d in axes]
     carried: set[int] = set()
+    same: list[torch.Tensor] = []
     for i in inputs:
         other = analysis.state.values.get(i)
         if not isinstance(other, TensorInfo) or not isinstance(lab[i], torch.Tensor):
@@ -163,8 +171,15 @@ def _tensor_node(analysis, node, info, axes, inputs, lab, comp, labels_for, out)
             and their == axes
             and [signature(sp, other.layouts[d]) for d in their] == sigs
         ):
-            return lab[i]  # a per-channel op: the same units in the same places
+            same.append(lab[i])
         carried.update(r for d in their for r in sp.roots(other.layouts[d]))
+    if same:  # a per-channel op: the same units in the same places
+        if any(not torch.equal(t, same[0]) for t in same[1:]):
+            raise WidthError(
+                f"{node.name}: its operands carry different units of a channel shuffle "
+                f"chain at the same positions; fxgrow cannot place fresh units through it"
+            )
+        return same[0]
     mine = {r for d in axes for r in sp.roots(info.layouts[d])}
     if carried & mine or len(axes) != 1:
         raise WidthError(

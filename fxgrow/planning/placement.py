@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from ..analysis import Analysis
-from ..analysis.context import CONSUME
+from ..analysis.context import CONSUME, PRODUCE
 from ..analysis.values import TensorInfo
 from ..errors import InputError, WidthError
 from .index_map import Expansion
@@ -91,7 +91,13 @@ def place(analysis: Analysis, root: int, growth: int, limit: int = 4) -> tuple[P
     number of units, at least ``growth``, with every teacher unit kept and the rest fresh.
     Widths up to ``limit`` times the widest producer are tried."""
     comp = interleave_only(analysis, root)
-    teacher = run(analysis, comp, lambda name, k, w: code(k, torch.arange(w)))
+    try:
+        teacher = run(analysis, comp, lambda name, k, w: code(k, torch.arange(w)))
+    except RuntimeError as e:  # e.g. a view with constant spatial sizes
+        raise WidthError(
+            f"fxgrow cannot follow this channel shuffle chain's data movement to place "
+            f"fresh units in it ({e}); it keeps its width"
+        ) from e
     if not teacher.producers:
         raise WidthError("this channel shuffle chain has no producer to place fresh units in")
     top = max(teacher.producers.values())
@@ -168,10 +174,22 @@ def placed_student(analysis: Analysis, placements: tuple[Placement, ...]) -> Pla
 
     teacher = run(analysis, comp, lambda name, k, w: code(k, torch.arange(w)))
     student = run(analysis, comp, placed)
+    if set(student.producers) != set(by_node):
+        raise WidthError(
+            f"the plan places units of {sorted(set(by_node) - set(student.producers))}, "
+            f"which make no channel shuffle chain that fresh units may be placed in"
+        )
     _check(teacher, student)
     named = {}
     for name, sig in student.signatures.items():
         named.setdefault(sig, name)
+    written = {signature(sp, pa.layout) for pa in state.params.values() if PRODUCE in pa.roles}
+    for name in student.producers:
+        if student.signatures.get(name) not in written:
+            raise WidthError(
+                f"{name} makes channels of a channel shuffle chain without a parameter "
+                f"that writes them: fresh units there would have no fan-in"
+            )
     axes, fresh = {}, {}
     for pa in state.params.values():
         roots = set(sp.roots(pa.layout))
