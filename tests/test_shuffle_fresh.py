@@ -17,6 +17,7 @@ from test_rules import ShuffleChain, f64, rand
 
 import fxgrow
 from fxgrow.errors import BlockedGroupError, InputError, WidthError
+from fxgrow.planning.estimate import estimate
 from fxgrow.planning.placement import place
 
 
@@ -160,6 +161,7 @@ def test_stage3_placement_is_the_closed_forms_narrowest_student():
     s1 = fxgrow.widen(m, x, plan=plan)
     s2 = fxgrow.widen(m, x, plan=again)
     assert s1.meta["fxgrow_error"].max_rel <= 1e-10
+    assert estimate(a, plan).student_params == sum(t.numel() for t in s1.parameters())
     for (k1, v1), (k2, v2) in zip(s1.state_dict().items(), s2.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
 
