@@ -108,6 +108,7 @@ def place(analysis: Analysis, root: int, growth: int, limit: int = 4) -> tuple[P
             continue
         placements = _match(teacher, student)
         if placements is not None:
+            placed_student(analysis, placements)  # the rewrite's checks, at plan time
             return placements
     raise WidthError(
         f"no student of this channel shuffle chain up to {limit}x its width keeps every "
