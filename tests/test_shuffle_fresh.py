@@ -251,8 +251,9 @@ class _LiteralShuffleChain(ShuffleChain):
 
 
 def test_placement_refuses_what_it_cannot_follow():
-    """Constant sizes in the shuffle's views (the label run cannot replay them), and a
-    hand-made plan naming a node that is no producer of the chain: clear errors, no student."""
+    """Constant sizes in the shuffle's views (the label run cannot replay them), a narrower
+    width, and a hand-made plan naming a node that is no producer of the chain: clear
+    errors, no student."""
     m, x = f64(_LiteralShuffleChain()), rand(2, 2, 2, 2)
     a = fxgrow.analyze(m, x)
     g = next(
@@ -263,7 +264,10 @@ def test_placement_refuses_what_it_cannot_follow():
     with pytest.raises(WidthError, match="cannot follow this channel shuffle chain's data"):
         fxgrow.plan(a, widths={g.name: g.width + 1}, init="zero")
     m, x = f64(ShuffleChain(3, 3)), rand(2, 2, 2, 2)
-    plan = fxgrow.plan(fxgrow.analyze(m, x), widths={g.name: g.width + 1}, init="zero")
+    a = fxgrow.analyze(m, x)
+    with pytest.raises(WidthError, match="fxgrow only grows"):
+        fxgrow.plan(a, widths={g.name: g.width - 1}, init="zero")
+    plan = fxgrow.plan(a, widths={g.name: g.width + 1}, init="zero")
     first = plan.placements[0]
     assert first.node == "a" and (first.old, first.new) == (3, 4)
     wrong = replace(plan, placements=(replace(first, node="relu"), *plan.placements[1:]))

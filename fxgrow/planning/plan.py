@@ -47,10 +47,6 @@ class WidenPlan:
 
     def to_dict(self) -> dict:
         return {
-            "placements": [
-                {"node": p.node, "old": p.old, "new": p.new, "source": list(p.source)}
-                for p in self.placements
-            ],
             "seed": self.seed,
             "split": self.split,
             "noise": self.noise,
@@ -70,6 +66,10 @@ class WidenPlan:
                     },
                 }
                 for c in self.changes
+            ],
+            "placements": [
+                {"node": p.node, "old": p.old, "new": p.new, "source": list(p.source)}
+                for p in self.placements
             ],
         }
 
@@ -183,6 +183,7 @@ def make_plan(
         g = analysis.group(name)
         chain = interleave_only(analysis, g.root) if init == "zero" and not g.widenable else None
         if chain:  # held by its shuffles alone: fresh units may be placed through them
+            new = _check_width(g, new, False)
             _, before = placed.get(chain, (g, 0))
             placed[chain] = (g, max(before, new - g.width))
             continue
