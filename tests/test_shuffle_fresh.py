@@ -166,6 +166,18 @@ def test_stage3_placement_is_the_closed_forms_narrowest_student():
         assert k1 == k2 and torch.equal(v1, v2)
 
 
+def test_stage3_placement_skips_the_widths_the_closed_form_refuses():
+    """Asked for 17 more units per half (65), placement finds none of 65-96 (the closed
+    form refuses them all, 2x included) and grows the trunk to 97, exactly."""
+    m, x, a = _stage3_student()
+    assert min(w for w in range(65, 193) if _fresh_sequences_admit(48, 7, w)) == 97
+    plan = fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 18}, init="zero")
+    assert {(p.old, p.new) for p in plan.placements} == {(48, 97)}
+    s = fxgrow.widen(m, x, plan=plan)
+    assert s.meta["fxgrow_error"].max_rel <= 1e-10
+    assert s.get_submodule("stage4.0.branch2.0").in_channels == 2 * 97
+
+
 def test_stage3_fresh_units_have_fan_in_and_learn():
     """Fresh rows of each producer are random (non-zero), their columns in every consumer
     (stage3.1-7's branch2.0, stage4.0's two branches) zero; one SGD step moves those columns
