@@ -153,6 +153,7 @@ class SpaceTable:
         self.blockers: dict[int, list[Blocker]] = {}
         self.refined: dict[int, Layout] = {}
         self.ties: list[GrowthTie] = []  # growth ties: equal growth (see Zip)
+        self.tie_causes: set[Blocker] = set()  # the blockers settle_ties added
         self._why: Blocker = Blocker("", "channel layout")  # the op a refinement serves
         self._sizes: dict = {}  # compound segment -> size
         self._resolved: dict | None = None  # cache, once the analysis is finished (freeze)
@@ -697,6 +698,7 @@ class SpaceTable:
                         "land on the wrong side of a later chunk or split)"
                     )
                 cause = Blocker(blocker.node, f"{blocker.reason}: {why}")
+                self.tie_causes.add(cause)
                 for rs in roots:
                     for r in rs:
                         if not self.blockers[r]:

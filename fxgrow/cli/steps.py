@@ -116,7 +116,11 @@ def _plan(loaded: Loaded, args: argparse.Namespace, ui: UI):
             approximate=getattr(args, "approximate", False),
             init=getattr(args, "init", "replicate"),
         )
-        s["done"] = f"{len(plan.changes)} groups to widen"
+        s["done"] = f"{len(plan.changes)} groups to widen" + (
+            f", fresh units placed in {len(plan.placements)} producers of channel shuffle chains"
+            if plan.placements
+            else ""
+        )
     return analysis, plan
 
 

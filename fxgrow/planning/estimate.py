@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .placement import placed_student
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -104,8 +106,13 @@ def planned_sizes(analysis: Any, plan: Any) -> dict[str, tuple[int, int]]:
             if m.kind in ("parameter", "buffer") and m.axis is not None:
                 key = (m.target, m.axis)
                 growth[key] = growth.get(key, Fraction(0)) + m.positions * (r - 1)
+    placed = placed_student(analysis, getattr(plan, "placements", ()))
+    tensors = _tensors(analysis.gm)
+    for (target, axis), e in (placed.axes if placed is not None else {}).items():
+        old = analysis.state.tensors[target].shape[axis]
+        growth[(target, axis)] = growth.get((target, axis), 0) + len(e.index) - old
     out = {}
-    for name, t in _tensors(analysis.gm).items():
+    for name, t in tensors.items():
         shape = [math.ceil(n + growth.get((name, axis), 0)) for axis, n in enumerate(t.shape)]
         out[name] = (math.prod(shape), t.element_size())
     return out

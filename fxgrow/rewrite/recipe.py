@@ -22,6 +22,7 @@ from ..analysis import Analysis
 from ..analysis.context import CONSUME
 from ..growth import AxisExpansion
 from ..planning.index_map import Expansion, expand
+from ..planning.placement import placed_student
 from ..planning.plan import WidenPlan, root_maps
 
 
@@ -56,9 +57,11 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
     sp = state.spaces
     maps = root_maps(analysis, plan)
     widths = {r: m.new for r, m in maps.items()}
+    placed = placed_student(analysis, plan.placements)
+    placed_axes = placed.axes if placed is not None else {}
     by_tensor: dict[str, list] = {}
     for pa in state.params.values():
-        if any(r in maps for r in sp.roots(pa.layout)):
+        if (pa.target, pa.axis) in placed_axes or any(r in maps for r in sp.roots(pa.layout)):
             by_tensor.setdefault(pa.target, []).append(pa)
     recipes: dict[str, TensorRecipe] = {}
     for target, axes in by_tensor.items():
@@ -70,7 +73,7 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
         for pa in sorted(
             axes, key=lambda p: sp.new_size(p.layout, widths) / max(1, sp.size(p.layout))
         ):
-            e = expand(sp, pa.layout, maps)
+            e = placed_axes.get((pa.target, pa.axis)) or expand(sp, pa.layout, maps)
             consume = CONSUME in pa.roles
             record.append(AxisExpansion(pa.axis, e.index, e.fraction, consume))
             new_shape[pa.axis] = e.index.numel()

@@ -21,6 +21,7 @@ import torch.fx
 from ..analysis import Analysis
 from ..growth import update_growth_record
 from ..planning.index_map import expand
+from ..planning.placement import placed_student
 from ..planning.plan import WidenPlan, root_maps
 from .contraction import insert_scale, insert_scales
 from .dead_code import eliminate_dead_code, unused_nodes
@@ -35,9 +36,19 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     sp = state.spaces
     maps = root_maps(analysis, plan)
     widths = {r: m.new for r, m in maps.items()}
+    placed = placed_student(analysis, plan.placements)
 
     def size(layout) -> int:
+        if placed is not None and placed.touches(sp, layout):
+            return placed.size(sp, layout)
         return sp.new_size(layout, widths)
+
+    def grows(layouts) -> bool:
+        return any(
+            r in maps or (placed is not None and r in placed.roots)
+            for lay in layouts
+            for r in sp.roots(lay)
+        )
 
     recipes = tensor_recipes(analysis, plan)
     jobs = [(state.tensors[target], recipe) for target, recipe in recipes.items()]
@@ -63,14 +74,12 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     _compensate_tied(student, analysis, maps, memo, untie)
     scaled = insert_scales(student, analysis, maps)
     for rule in state.attrs:
-        if any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
+        if grows(rule.layouts):
             setattr(student.get_submodule(rule.module), rule.attr, rule.compute(size))
     touched = False
     for node in student.graph.nodes:
         arg_rule = state.args.get(node.name)
-        if arg_rule is not None and any(
-            r in maps for lay in arg_rule.layouts for r in sp.roots(lay)
-        ):
+        if arg_rule is not None and grows(arg_rule.layouts):
             node.args, node.kwargs = arg_rule.compute(size, node.args, dict(node.kwargs))
             touched = True
     if touched or state.tied_contractions or scaled:

@@ -189,6 +189,12 @@ def make_stream_plan(
     recipes: dict[str, TensorRecipe] = {}
     folds: dict[str, tuple[tuple[torch.Tensor, float], ...]] = {}
     if widen is not None:
+        if widen.placements:
+            raise UnsupportedModelError(
+                "the plan places fresh units through a channel shuffle chain "
+                "(init='zero'); streaming does not carry placements: grow the model in "
+                "memory with fxgrow.widen"
+            )
         maps = root_maps(analysis, widen)
         sp = state.spaces
         if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.tied_contractions):
