@@ -28,7 +28,7 @@ def assert_same_record(a: GrowthRecord, b: GrowthRecord, *, weights: bool = True
         for x, y in zip(a.expansions[name], b.expansions[name]):
             assert isinstance(y, AxisExpansion)
             assert (x.axis, x.consumed) == (y.axis, y.consumed)
-            assert torch.equal(x.index, y.index) and x.index.dtype == y.index.dtype
+            assert torch.equal(x.source, y.source) and x.source.dtype == y.source.dtype
             assert torch.equal(x.fraction, y.fraction) and x.fraction.dtype == y.fraction.dtype
     if a.output_positions is None:
         assert b.output_positions is None

@@ -83,7 +83,7 @@ def test_a_plan_or_an_analysis_is_not_analysed_again(r18, monkeypatch):
         fxgrow.widen(m, x, factor=1.5)
     for student in (fxgrow.widen(p), fxgrow.widen(m, x, plan=p), fxgrow.widen(a, factor=1.5)):
         assert_same_student(reference, student, x)
-        assert student.meta["fxgrow_error"].max_rel <= 1e-5  # verified against the teacher
+        assert fxgrow.growth_record(student).error.max_rel <= 1e-5  # verified against the teacher
 
 
 def test_a_plan_for_another_architecture_is_refused_naming_it(r18):
