@@ -24,6 +24,8 @@ from .tracer import trace
 
 
 def check_inputs(model: torch.nn.Module, inputs: tuple) -> None:
+    """Refuse what cannot be captured before trying: a model that is not an ``nn.Module``,
+    an example input on another device than the model's parameters."""
     if not isinstance(model, torch.nn.Module):
         raise TraceError(
             f"expected a torch.nn.Module, got {type(model).__name__}; wrap a "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import builtins
 import operator
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx
@@ -133,6 +133,7 @@ def run(
         axes = _component_axes(sp, info, comp)
         inputs = [i for i in node.all_input_nodes if i in lab]
         if axes:
+            assert isinstance(info, TensorInfo)  # _component_axes: only tensors have axes
             value = _tensor_node(analysis, node, info, axes, inputs, lab, comp, labels_for, out)
             lab[node] = value
             _record(sp, node, info, axes, value, out)
@@ -155,7 +156,17 @@ def _component_axes(sp: SpaceTable, info, comp: frozenset[int]) -> list[int]:
     return [d for d, lay in enumerate(info.layouts) if comp.intersection(sp.roots(lay))]
 
 
-def _tensor_node(analysis, node, info, axes, inputs, lab, comp, labels_for, out):
+def _tensor_node(
+    analysis: Analysis,
+    node: torch.fx.Node,
+    info: TensorInfo,
+    axes: list[int],
+    inputs: list[torch.fx.Node],
+    lab: dict,
+    comp: frozenset[int],
+    labels_for: Callable[[str, int, int], torch.Tensor],
+    out: LabelRun,
+) -> Any:
     sp = analysis.state.spaces
     if inputs and _movable(analysis, node):
         return _execute(analysis, node, lab)
@@ -202,7 +213,9 @@ def _movable(analysis: Analysis, node: torch.fx.Node) -> bool:
     return node.target in _MOVE_FUNCTIONS or has_any_trait(node.target)
 
 
-def has_any_trait(target) -> bool:
+def has_any_trait(target: object) -> bool:
+    """Whether the registry gives ``target`` one of the data-movement traits the label run
+    executes (False for a target the registry cannot look up)."""
     try:
         return any(has_trait(target, t) for t in _MOVE_TRAITS)
     except (KeyError, TypeError):

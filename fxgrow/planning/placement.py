@@ -26,6 +26,7 @@ import torch
 
 from ..analysis import Analysis
 from ..analysis.context import CONSUME, PRODUCE
+from ..analysis.layout import Layout, SpaceTable
 from ..analysis.values import TensorInfo
 from ..errors import InputError, WidthError
 from .index_map import Expansion
@@ -63,7 +64,8 @@ class PlacedStudent(NamedTuple):
     fresh: dict[tuple[str, int], torch.Tensor]
     sizes: dict[tuple, int]
 
-    def touches(self, sp, layout) -> bool:
+    def touches(self, sp: SpaceTable, layout: Layout) -> bool:
+        """Whether ``layout`` holds a class of the chain."""
         return bool(self.roots.intersection(sp.roots(layout)))
 
     def size(self, sp, layout) -> int:
