@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.fx
 
 from ..errors import InputError, LoadError, SaveError
+from ..optional import instance_of
 from .codec import _PATH, _dec, _enc, _import, _qualname  # noqa: F401
 from .header import FORMAT, VERSION
 from .records import _attrs, _ctor_kwargs, _module_record  # noqa: F401
@@ -110,7 +111,7 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     def add(name: str, t: torch.Tensor, kind: str, **extra) -> None:
         if not _PATH.match(name):
             raise SaveError(f"tensor name {name!r} cannot be saved")
-        if t.device.type == "meta" or type(t).__name__ == "FakeTensor":
+        if t.device.type == "meta" or instance_of(t, "torch._subclasses.fake_tensor", "FakeTensor"):
             raise SaveError(f"tensor {name} has no data (device {t.device})")
         key = key_of.get(id(t))
         if key is None:
@@ -154,10 +155,10 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
 
     codegen = None
     cg = gm.graph._codegen
-    if type(cg).__name__ == "_PyTreeCodeGen":
+    if type(cg) is torch.fx.graph._PyTreeCodeGen:
         from torch.utils._pytree import treespec_dumps
 
-        info = cast(torch.fx.graph._PyTreeCodeGen, cg).pytree_info  # by its class name above
+        info = cg.pytree_info
         codegen = {
             "orig_args": list(info.orig_args),
             "in_spec": treespec_dumps(info.in_spec) if info.in_spec is not None else None,

@@ -29,6 +29,7 @@ import torch
 
 from ..errors import InputError
 from ..growth import expansions
+from ..optional import instance_of
 
 _FIRST = ("exp_avg", "momentum_buffer", "grad_avg", "prev", "exp_inf")  # like gradients
 _SECOND = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta")  # like squares
@@ -73,9 +74,8 @@ def _unwrap(optimizer: Any) -> tuple[torch.optim.Optimizer, Callable | None]:
     device placement and gradient scaler) and Lightning's ``LightningOptimizer``
     (``._optimizer``, returned unwrapped: Lightning wraps the optimizers it is given)."""
     inner = getattr(optimizer, "optimizer", None)
-    if (
-        isinstance(inner, torch.optim.Optimizer)
-        and type(optimizer).__name__ == "AcceleratedOptimizer"
+    if isinstance(inner, torch.optim.Optimizer) and instance_of(
+        optimizer, "accelerate.optimizer", "AcceleratedOptimizer"
     ):
 
         def rewrap(new: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -123,7 +123,9 @@ def transfer_optimizer(
     out the parameters it rejects.  Wrapped optimizers (accelerate, Lightning) are unwrapped
     and, for accelerate, wrapped again.  ``ZeroRedundancyOptimizer``: use
     ``fxgrow.training.transfer_zero``."""
-    if type(optimizer).__name__ == "ZeroRedundancyOptimizer":
+    if instance_of(
+        optimizer, "torch.distributed.optim.zero_redundancy_optimizer", "ZeroRedundancyOptimizer"
+    ):
         from .zero import transfer_zero
 
         return transfer_zero(optimizer, teacher, student, trainable=trainable)

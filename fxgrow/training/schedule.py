@@ -23,6 +23,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import InputError
+from ..optional import instance_of
 
 MODES = ("continue", "warmup", "restart", "lemon")
 
@@ -126,7 +127,7 @@ def transfer_scheduler(
         raise InputError("mode='warmup' needs warmup_steps >= 1 (the length of the ramp)")
     if warmup_steps < 0 or speed <= 0:
         raise InputError(f"warmup_steps must be >= 0 and speed > 0, got {warmup_steps}, {speed}")
-    if type(scheduler).__name__ == "AcceleratedScheduler":  # accelerate's wrapper
+    if instance_of(scheduler, "accelerate.scheduler", "AcceleratedScheduler"):
         inner = transfer_scheduler(
             scheduler.scheduler, optimizer, mode=mode, warmup_steps=warmup_steps, speed=speed
         )
@@ -170,7 +171,7 @@ def _rewind(s: Any) -> None:
     if subs is None:
         s.last_epoch = -1
         s._initial_step()
-    elif type(s).__name__ == "SequentialLR":  # only the first phase takes its initial step
+    elif isinstance(s, torch.optim.lr_scheduler.SequentialLR):  # only its first phase steps
         for sub in subs:
             sub.last_epoch = -1
         s.last_epoch = 0
