@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line imports this before it needs torch (``fxgrow --help``)
+    import torch
 
 
 def count_parameters(model: torch.nn.Module) -> int:
