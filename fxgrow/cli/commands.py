@@ -125,10 +125,10 @@ def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
         print(plan.to_json() if args.json else plan)
         return EXIT_OK
     student = _apply(analysis, plan, ui)
-    result, tol, ok = _verify(loaded, student, args, ui)
+    verdict = _verify(loaded, student, args, ui)
     check_whole(whole, call, student, args, ui)
     saved = _save(student, loaded, args, ui)
-    _report(loaded, student, result, tol, ok, saved, list(plan.changes), [], args, analysis.gm)
+    _report(loaded, student, verdict, saved, list(plan.changes), [], args, analysis.gm)
     return EXIT_OK
 
 
@@ -159,14 +159,12 @@ def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
         student = deepen(loaded.model, loaded.inputs, **options)
         s["done"] = f"{_count_params(student):,} parameters"
     teacher_gm = capture(loaded.model, loaded.inputs, **_trace_options(args))
-    result, tol, ok = _verify(loaded, student, args, ui)
+    verdict = _verify(loaded, student, args, ui)
     saved = _save(student, loaded, args, ui)
     _report(
         loaded,
         student,
-        result,
-        tol,
-        ok,
+        verdict,
         saved,
         [],
         _new_modules(teacher_gm, student),
@@ -225,15 +223,13 @@ def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
     whole = _load(args, ui)
     loaded, call = narrow(whole, args, ui)
     teacher_gm, changes, student = _grow(loaded, args, ui)
-    result, tol, ok = _verify(loaded, student, args, ui)
+    verdict = _verify(loaded, student, args, ui)
     check_whole(whole, call, student, args, ui)
     saved = _save(student, loaded, args, ui)
     _report(
         loaded,
         student,
-        result,
-        tol,
-        ok,
+        verdict,
         saved,
         changes,
         _new_modules(teacher_gm, student),

@@ -14,9 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import Loaded, _count_params, _describe_inputs
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
+    from ..verify.verdict import Verdict
 
 # -- progress and tables ---------------------------------------------------------------------------
 
@@ -108,12 +111,20 @@ def _new_modules(teacher_gm: Any, student: Any) -> list[str]:
     return [n for n in new if not any(n.startswith(p + ".") for p in new if p != n)]
 
 
+def preservation(verdict: Verdict) -> dict[str, Any]:
+    """The verifier's verdict as the ``preservation`` entry of the commands' JSON output."""
+    return {
+        "max_abs": verdict.result.max_abs,
+        "max_rel": verdict.result.max_rel,
+        "tolerance": verdict.tolerance,
+        "ok": verdict.ok,
+    }
+
+
 def _report(
     loaded: Loaded,
     student: Any,
-    result: Any,
-    tol: float,
-    ok: bool,
+    verdict: Verdict,
     saved: str | None,
     changes: list,
     inserted: list[str],
@@ -121,6 +132,7 @@ def _report(
     teacher_gm: Any = None,
 ) -> None:
     n_t, n_s = _count_params(loaded.model), _count_params(student)
+    result, tol, ok = verdict.result, verdict.tolerance, verdict.ok
     teacher_nodes = {n.name for n in teacher_gm.graph.nodes} if teacher_gm is not None else set()
     new_nodes = [
         n.name
@@ -138,12 +150,7 @@ def _report(
             "modules_inserted": inserted,
             "nodes_inserted": len(new_nodes),
             "parameters": {"before": n_t, "after": n_s},
-            "preservation": {
-                "max_abs": result.max_abs,
-                "max_rel": result.max_rel,
-                "tolerance": tol,
-                "ok": ok,
-            },
+            "preservation": preservation(verdict),
             "output": saved,
         }
         print(json.dumps(doc, indent=2))

@@ -136,7 +136,9 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
     with ui.step(f"growing {len(sizes)} kernels") as s:
         student = grow_kernel(teacher, loaded.inputs, sizes, verify=False)
         s["done"] = f"{_count_params(student):,} parameters"
-    result, tol, ok = _verify(loaded, student, args, ui)
+    from .console import preservation
+
+    verdict = _verify(loaded, student, args, ui)
     saved = _save(student, loaded, args, ui)
     # grow_kernel grew exactly these convolutions
     convs = {name: cast("_ConvNd", student.get_submodule(name)) for name in sizes}
@@ -151,12 +153,7 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
                         "before": _count_params(loaded.model),
                         "after": _count_params(student),
                     },
-                    "preservation": {
-                        "max_abs": result.max_abs,
-                        "max_rel": result.max_rel,
-                        "tolerance": tol,
-                        "ok": ok,
-                    },
+                    "preservation": preservation(verdict),
                     "output": saved,
                 },
                 indent=2,
@@ -165,7 +162,8 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
         return EXIT_OK
     for name, k in rows.items():
         print(f"  {name}: kernel {tuple(k)}")
-    print(f"preservation: {result} [{'ok' if ok else 'NOT OK'}, tolerance {tol:g}]")
+    mark = "ok" if verdict.ok else "NOT OK"
+    print(f"preservation: {verdict.result} [{mark}, tolerance {verdict.tolerance:g}]")
     print(f"saved: {saved or 'not saved (give -o student.safetensors)'}")
     return EXIT_OK
 

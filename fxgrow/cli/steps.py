@@ -10,11 +10,14 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FxgrowError, PreservationError, ResourceError
 from .console import UI
 from .models import Loaded, SpecError, _count_params, _describe_inputs, _short, load_model
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
+    from ..verify.verdict import Verdict
 
 # -- options ----------------------------------------------------------------------------------------
 
@@ -202,8 +205,8 @@ def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
     return analysis, plan, _apply(analysis, plan, ui)
 
 
-def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
-    """(comparison, tolerance, ok) by the library's verifier; a student that fails it is
+def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI) -> Verdict:
+    """The library verifier's verdict on ``student``; a student that fails it is
     refused unless --no-verify.  --noise / --approximate: measured, reported, never refused."""
     from ..verify.verdict import judge
 
@@ -215,7 +218,7 @@ def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
         raise PreservationError(
             f"{verdict.error} (--no-verify writes the student anyway)"
         ) from verdict.error
-    return verdict.result, verdict.tolerance, verdict.ok
+    return verdict
 
 
 def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:

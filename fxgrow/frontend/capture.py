@@ -55,7 +55,8 @@ def capture(
     (``frontend="auto"``), or the one named ("fx" / "export")."""
     if frontend not in ("auto", "fx", "export"):
         raise InputError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
-    if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
+
+    def fx_trace() -> torch.fx.GraphModule:
         with untouched(model):
             return trace(
                 model,
@@ -63,17 +64,14 @@ def capture(
                 autowrap_functions=autowrap_functions,
                 example_inputs=example_inputs,
             )
+
+    if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
+        return fx_trace()
     if frontend == "export":
         with untouched(model):
             return export(model, example_inputs)
     try:
-        with untouched(model):
-            return trace(
-                model,
-                leaf_modules=leaf_modules,
-                autowrap_functions=autowrap_functions,
-                example_inputs=example_inputs,
-            )
+        return fx_trace()
     except TraceError as fx_error:
         try:
             with untouched(model):
