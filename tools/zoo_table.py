@@ -3,7 +3,9 @@
 
 For every model spec: random init (``torch.manual_seed(0)``), eval mode, a small input.  The
 script runs ``fxgrow.analyze``, ``fxgrow.plan(analysis, factor=1.5)`` and
-``fxgrow.widen(model, x, factor=1.5, verify=False)``, then ``fxgrow.compare`` in float32 and
+``fxgrow.widen(model, x, factor=1.5, verify=False, as_graph=True)`` (the graph student: a
+Hugging Face model is not rebuilt as its own class, whose config holds one size per kind of
+layer), then ``fxgrow.compare`` in float32 and
 again on a float64 copy of the model and input (widened separately).
 
     .venv/bin/python tools/zoo_table.py                       # all models -> docs/zoo.md
@@ -243,7 +245,7 @@ def measure(spec: ModelSpec) -> Row:
                 row.unchanged_widenable.append(g.name)
 
         stage = "widen fp32"
-        student = fxgrow.widen(model, x, factor=FACTOR, verify=False, **options)
+        student = fxgrow.widen(model, x, factor=FACTOR, verify=False, as_graph=True, **options)
         row.params_after = _count(student)
         stage = "compare fp32"
         row.err32 = fxgrow.compare(model, student, x).max_rel
@@ -251,7 +253,9 @@ def measure(spec: ModelSpec) -> Row:
 
         stage = "widen fp64"
         model64, x64 = copy.deepcopy(model).double(), _to_double(x)
-        student64 = fxgrow.widen(model64, x64, factor=FACTOR, verify=False, **options)
+        student64 = fxgrow.widen(
+            model64, x64, factor=FACTOR, verify=False, as_graph=True, **options
+        )
         stage = "compare fp64"
         row.err64 = fxgrow.compare(model64, student64, x64).max_rel
 
@@ -269,7 +273,9 @@ def measure(spec: ModelSpec) -> Row:
             stage = "widen fp64 without final bias"
             with torch.no_grad():
                 last[-1].bias.zero_()
-            student64 = fxgrow.widen(model64, x64, factor=FACTOR, verify=False, **options)
+            student64 = fxgrow.widen(
+                model64, x64, factor=FACTOR, verify=False, as_graph=True, **options
+            )
             row.err64_nobias = fxgrow.compare(model64, student64, x64).max_rel
     except Exception as e:  # one failing model must not lose the table
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -297,7 +303,7 @@ def render(rows: list[Row], elapsed: float) -> str:
         f"{BATCH} at {SIZE}x{SIZE} (inception_v3: 80x80, as it needs at least 75x75; "
         "googlenet and inception_v3 without auxiliary heads).  The script runs "
         "`fxgrow.analyze(model, x)`, `fxgrow.plan(analysis, factor=1.5)` and "
-        "`fxgrow.widen(model, x, factor=1.5, verify=False)`, then compares teacher and "
+        "`fxgrow.widen(model, x, factor=1.5, verify=False, as_graph=True)`, then compares teacher and "
         "student with `fxgrow.compare` in float32, and again with a float64 copy of the "
         "model and input (`model.double()`, `x.double()`, widened separately).",
         "",
