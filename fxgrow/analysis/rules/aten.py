@@ -63,7 +63,7 @@ def aten_select(cx: RuleContext):
     return cx.out(x.layouts[:d] + x.layouts[d + 1 :])
 
 
-@rule(aten=("embedding.default",))
+@rule(aten=("embedding.default",), traits=("table_lookup",))
 def aten_embedding(cx: RuleContext):
     """aten.embedding(weight, ids): W's columns produce the output space."""
     wref = cx.arg(0)
@@ -80,7 +80,7 @@ def constant_creation(cx: RuleContext):
     bias, ``[1, heads, q, k]``): a replica of a constant is that constant, so every axis is
     a space of its own that may join a channel space and grow with it (its size entry is
     rewritten).  Sizes read from tensors: every axis fixed, as ``creation``."""
-    size = cx.node.args[0] if cx.node.args else cx.node.kwargs.get("size")
+    size = cx.arg(0, "size", None)
     if not isinstance(size, (list, tuple)) or not all(
         isinstance(n, int) and not isinstance(n, bool) for n in size
     ):

@@ -17,6 +17,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..arguments import with_argument
 from ..context import SCALE, RuleContext, RuleError
 from ..values import TensorInfo
 from .registry import rule
@@ -196,6 +197,7 @@ def layernorm_module(cx: RuleContext):
     F.rms_norm,
     aten=("layer_norm.default", "rms_norm.default", "native_layer_norm.default"),
 )
+@rule(F.layer_norm, aten=("layer_norm.default",), traits=("scaled_norm",))
 def layernorm_function(cx: RuleContext):
     """F.layer_norm(x, normalized_shape, weight, bias, eps) (also F.rms_norm)."""
     x = cx.tensor(cx.arg(0, "input"))
@@ -216,12 +218,7 @@ def layernorm_function(cx: RuleContext):
             cx.sizes_handled(cx.value(v))
 
         def new_args(size, args, kwargs, axes=axes):
-            shape = [size(lay) for lay in axes]
-            if "normalized_shape" in kwargs:
-                kwargs = {**kwargs, "normalized_shape": shape}
-            else:
-                args = (args[0], shape, *args[2:])
-            return args, kwargs
+            return with_argument(args, kwargs, 1, "normalized_shape", [size(lay) for lay in axes])
 
         cx.rewrite_args(new_args, *axes)
     return _with_stats(cx, x, x.ndim - k)
