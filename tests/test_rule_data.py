@@ -214,3 +214,78 @@ def test_reductions_over_channels_block_with_their_name(how, reason):
     g = _group_of_a(m, x)
     assert not g.widenable
     assert reason in [b.reason for b in g.blockers]
+
+
+def test_pool_subclass_without_its_own_forward_uses_the_pool_rule():
+    """Each pooling rule knows its number of spatial axes: a subclass that keeps the pool's
+    forward finds the rule through its base class and needs no table entry of its own."""
+
+    class MyPool(nn.MaxPool2d):
+        pass
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.pool, self.b = nn.Conv2d(3, 4, 1), MyPool(2), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(torch.constant_pad_nd(self.pool(self.a(x)), (1, 1)))
+
+    m, x = M().double(), torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    s = widen_exact(m, x, tol=1e-10, factor=2)
+    assert s.a.out_channels == 8 and s.b.in_channels == 8
+
+
+def _call_of(gm: torch.fx.GraphModule, target) -> torch.fx.Node:
+    (node,) = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is target]
+    return node
+
+
+def test_narrow_written_with_keywords_is_rewritten_by_name():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(8, 5, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.narrow(h, 1, start=2, length=4)) + self.c(h)
+
+    m, x = M().double(), torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    s = widen_exact(m, x, tol=1e-10, factor=2)
+    assert s.a.out_channels == 16 and s.b.in_channels == 8
+    node = _call_of(s, torch.narrow)
+    assert node.args[2:] == () and dict(node.kwargs) == {"start": 4, "length": 8}
+
+
+def test_group_norm_with_a_group_per_channel_follows_the_width():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(F.group_norm(self.a(x), num_groups=4))
+
+    m, x = M().double(), torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    s = widen_exact(m, x, tol=1e-10, factor=2)
+    assert s.a.out_channels == 8 and s.b.in_channels == 8
+    assert argument(_call_of(s, F.group_norm), 1, "num_groups") == 8
+
+
+def test_numel_reads_every_axis_and_dim_none():
+    """``numel`` is a size of every axis (it changes with the width); ``dim`` is metadata."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) * h.dim() / h.numel()
+
+    m, x = M().double(), torch.randn(5, 3, dtype=torch.float64)
+    assert [(b.node, b.reason) for b in _group_of_a(m, x).blockers] == [
+        ("truediv", "uses a size read from a channel axis; it would change with the width")
+    ]

@@ -157,23 +157,17 @@ def size(cx: RuleContext):
 
 
 @rule("dim", traits=("size_read",))
-@rule(
-    "dim",
-    "ndimension",
-    "numel",
-    "nelement",
-    "is_contiguous",
-    "element_size",
-    "is_floating_point",
-    "get_device",
-)
+@rule("dim", "ndimension", "is_contiguous", "element_size", "is_floating_point", "get_device")
 def metadata(cx: RuleContext):
-    """Facts about a tensor that do not depend on channel widths (rank, dtype ...); numel
-    does, so it is tracked like a size."""
-    x = cx.tensor(cx.arg(0))
-    if cx.node.target in ("numel", "nelement"):
-        return SizeInfo(x.layouts)
+    """Facts about a tensor that do not depend on channel widths (rank, dtype ...)."""
+    cx.tensor(cx.arg(0))
     return cx.example()
+
+
+@rule("numel", "nelement")
+def numel(cx: RuleContext):
+    """The number of elements depends on every axis's width: tracked like a size."""
+    return SizeInfo(cx.tensor(cx.arg(0)).layouts)
 
 
 @rule(builtins.getattr, traits=("size_read",))

@@ -242,7 +242,8 @@ def narrow(cx: RuleContext):
         cx.sizes_handled(cx.value(cx.arg(2, "start")), cx.value(cx.arg(3, "length")))
 
         def new_args(size, args, kwargs, before=before, piece=piece):
-            return (args[0], args[1], size(before), size(piece), *args[4:]), kwargs
+            args, kwargs = with_argument(args, kwargs, 2, "start", size(before))
+            return with_argument(args, kwargs, 3, "length", size(piece))
 
         cx.rewrite_args(new_args, before, piece)
     lay = list(x.layouts)
