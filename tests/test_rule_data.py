@@ -273,6 +273,18 @@ def test_group_norm_with_a_group_per_channel_follows_the_width():
     assert argument(_call_of(s, F.group_norm), 1, "num_groups") == 8
 
 
+def test_in_place_functional_call_is_kept_however_inplace_is_written():
+    from fxgrow.rewrite.dead_code import has_side_effect
+
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    positional = g.call_function(F.relu, (x, True))
+    keyword = g.call_function(F.relu, (x,), {"inplace": True})
+    pure = g.call_function(F.relu, (x,))
+    assert has_side_effect(positional) and has_side_effect(keyword)
+    assert not has_side_effect(pure)
+
+
 def test_numel_reads_every_axis_and_dim_none():
     """``numel`` is a size of every axis (it changes with the width); ``dim`` is metadata."""
 
