@@ -1,11 +1,13 @@
-"""The public functions: trace -> groups -> plan -> widen -> verify."""
+"""The public functions: trace -> groups -> plan -> widen -> verify.
+
+Each is thin: capture and its fallbacks live in ``frontend/capture.py``, what ``widen`` is asked
+to grow (a model, an Analysis or a WidenPlan) in ``planning/request.py``, the depth rewrites in
+``rewrite/deepening.py``; every call leaves the teacher as it was."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import dataclasses
 import functools
-import io
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -14,15 +16,18 @@ import torch.fx
 
 from .analysis import Analysis, ChannelGroup, as_tuple
 from .analysis import analyze as _analyze
-from .analysis.shapes import GraphRunError
-from .errors import InputError, TraceError, UnknownGroupError, UnsupportedModelError
-from .frontend import export, trace
-from .modes import set_training, untouched
+from .errors import InputError
+from .frontend.capture import capture, on_graph
+from .growth import update_growth_record
+from .modes import untouched
 from .planning import WidenPlan, check_plan, make_plan
+from .planning.request import Origin, WidenRequest, options_of, widen_request
 from .rewrite import apply
 from .verify import compare
 from .verify import verify as _verify
 from .verify.runs import check_runs
+
+__all__ = ["analyze", "as_tuple", "capture", "deepen", "groups", "grow", "plan", "stages", "widen"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -37,63 +42,6 @@ def leaves_teacher_untouched(fn: _F) -> _F:
             return fn(model, *args, **kwargs)
 
     return call  # type: ignore[return-value]
-
-
-def _check_inputs(model: torch.nn.Module, inputs: tuple) -> None:
-    if not isinstance(model, torch.nn.Module):
-        raise TraceError(
-            f"expected a torch.nn.Module, got {type(model).__name__}; wrap a "
-            f"function in an nn.Module whose forward calls it"
-        )
-    params = [p for p in model.parameters()]
-    if not params:
-        return
-    device = params[0].device
-    for i, x in enumerate(inputs):
-        if isinstance(x, torch.Tensor) and x.device != device and device.type != "meta":
-            raise InputError(
-                f"example input {i} is on {x.device} but the model's parameters "
-                f"are on {device}; move one to the other"
-            )
-
-
-def capture(
-    model: torch.nn.Module,
-    example_inputs: tuple,
-    *,
-    frontend: str = "auto",
-    leaf_modules: Iterable[type | str] = (),
-    autowrap_functions: Iterable[Callable] = (),
-) -> torch.fx.GraphModule:
-    """The model as a GraphModule: fx symbolic tracing, or torch.export where fx fails
-    (``frontend="auto"``), or the one named ("fx" / "export")."""
-    if frontend not in ("auto", "fx", "export"):
-        raise InputError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
-    if isinstance(model, torch.fx.GraphModule) or frontend == "fx":
-        with untouched(model):
-            return trace(
-                model,
-                leaf_modules=leaf_modules,
-                autowrap_functions=autowrap_functions,
-                example_inputs=example_inputs,
-            )
-    if frontend == "export":
-        with untouched(model):
-            return export(model, example_inputs)
-    try:
-        with untouched(model):
-            return trace(
-                model,
-                leaf_modules=leaf_modules,
-                autowrap_functions=autowrap_functions,
-                example_inputs=example_inputs,
-            )
-    except TraceError as fx_error:
-        try:
-            with untouched(model):
-                return export(model, example_inputs)
-        except TraceError as export_error:
-            raise TraceError(f"{fx_error}\nThen: {export_error}") from export_error
 
 
 @leaves_teacher_untouched
@@ -116,128 +64,31 @@ def analyze(
     ``within="backbone"``: the analysis of that submodule, captured on the inputs it gets
     during one forward of ``model`` (``fxgrow.within``); ``groups`` and ``plan`` take it too."""
     inputs = as_tuple(example_inputs)
+    options = options_of(
+        frontend=frontend,
+        outputs=outputs,
+        leaf_modules=leaf_modules,
+        autowrap_functions=autowrap_functions,
+    )
     if within is not None:
         from .within import inner
 
-        return inner(
-            model,
-            inputs,
-            within,
-            analyze,
-            frontend=frontend,
-            outputs=outputs,
-            leaf_modules=leaf_modules,
-            autowrap_functions=autowrap_functions,
-        )
+        analysis = inner(model, inputs, within, analyze, **options)
+        analysis.origin = dataclasses.replace(analysis.origin, within=within)
+        return analysis
     from .hf.student import default_outputs
 
-    outputs = default_outputs(model, outputs)
-    return _on_graph(
+    grown = default_outputs(model, outputs)
+    analysis = on_graph(
         model,
         inputs,
-        lambda gm: _analyze(gm, inputs, outputs),
+        lambda gm: _analyze(gm, inputs, grown),
         frontend=frontend,
         leaf_modules=leaf_modules,
         autowrap_functions=autowrap_functions,
     )
-
-
-def _on_graph(
-    model: torch.nn.Module,
-    inputs: tuple,
-    use: Callable[[torch.fx.GraphModule], Any],
-    *,
-    frontend: str = "auto",
-    leaf_modules: Iterable[type | str] = (),
-    autowrap_functions: Iterable[Callable] = (),
-) -> Any:
-    """``use(gm)`` on the captured graph; where the graph does not run on ``inputs``
-    (:class:`GraphRunError` from ``use``), find whose fault it is and fall back to
-    torch.export when fx's graph is (``frontend="auto"``)."""
-    _check_inputs(model, inputs)
-    gm = capture(
-        model,
-        inputs,
-        frontend=frontend,
-        leaf_modules=leaf_modules,
-        autowrap_functions=autowrap_functions,
-    )
-    try:
-        return use(gm)
-    except GraphRunError as failure:
-        fx_failure = failure
-    # The captured graph does not run on the inputs: the inputs' fault (the model does not run
-    # either), the front end's (the model runs, its graph does not), or fxgrow's own.
-    _model_runs(model, inputs)
-    fallback = (
-        frontend == "auto"
-        and not isinstance(model, torch.fx.GraphModule)
-        and gm.meta.get("fxgrow_frontend") != "export"
-    )
-    if not _graph_runs(gm, inputs):
-        front = "torch.export" if gm.meta.get("fxgrow_frontend") == "export" else "torch.fx"
-        if not fallback:
-            raise TraceError(
-                f"the graph {front} captured from {type(model).__name__} does not run on the "
-                f"example inputs although the model does: {fx_failure}. Pass "
-                f"leaf_modules=[...] naming the module around that node, or try "
-                f"frontend='export'."
-            ) from fx_failure
-        try:
-            with untouched(model):
-                gm = export(model, inputs)
-        except TraceError as export_error:
-            raise TraceError(
-                f"the graph torch.fx captured from {type(model).__name__} does not run on the "
-                f"example inputs although the model does ({fx_failure}); then {export_error}"
-            ) from fx_failure
-        try:
-            return use(gm)
-        except GraphRunError as failure:
-            if not _graph_runs(gm, inputs):
-                raise TraceError(
-                    f"neither torch.fx nor torch.export captured a graph of "
-                    f"{type(model).__name__} that runs on the example inputs, although the "
-                    f"model does: fx's fails at {fx_failure}; export's at {failure}. Pass "
-                    f"leaf_modules=[...] naming the module around the fx node."
-                ) from failure
-            fx_failure = failure
-    raise UnsupportedModelError(
-        f"fxgrow could not follow {type(model).__name__}'s graph node by node, though the model "
-        f"and its graph run on these inputs: {fx_failure}. This is a limitation of fxgrow's "
-        f"shape propagation, not a problem with the inputs; please report it (passing "
-        f"leaf_modules=[...] naming the module around that node may avoid it)."
-    ) from fx_failure
-
-
-def _model_runs(model: torch.nn.Module, inputs: tuple) -> None:
-    """Raise :class:`InputError` if ``model`` itself does not run on ``inputs`` (eval mode,
-    no gradients; the model is left as it was)."""
-    try:
-        with untouched(model), torch.no_grad():
-            set_training(model, False)
-            model(*inputs)
-    except Exception as e:
-        shapes = ", ".join(
-            str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs
-        )
-        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
-        raise InputError(
-            f"the model does not run on the example inputs ({shapes}): "
-            f"{type(e).__name__}: {first}. Pass inputs of the shape, dtype and "
-            f"device the model expects, and the number its forward takes."
-        ) from e
-
-
-def _graph_runs(gm: torch.fx.GraphModule, inputs: tuple) -> bool:
-    """Whether the captured graph's own ``forward`` runs on ``inputs`` (eval, no gradients)."""
-    try:  # a failing GraphModule prints its generated code to stderr: keep it quiet
-        with untouched(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            set_training(gm, False)
-            gm(*inputs)
-    except Exception:
-        return False
-    return True
+    analysis.origin = Origin(model, inputs, options)
+    return analysis
 
 
 @leaves_teacher_untouched
@@ -260,17 +111,18 @@ def plan(
     init: str = "replicate",
     **trace_options: Any,
 ) -> WidenPlan:
-    """What ``widen`` would do, without doing it (a dry run)."""
+    """What ``widen`` would do, without doing it (a dry run).  The plan keeps the analysis it
+    was made from (``plan.analysis``), so ``widen(plan)`` grows without analysing again."""
     analysis = (
         model if isinstance(model, Analysis) else analyze(model, example_inputs, **trace_options)
     )
-    return make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
+    made = make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
+    return dataclasses.replace(made, analysis=analysis)
 
 
-@leaves_teacher_untouched
 def widen(
-    model: torch.nn.Module,
-    example_inputs: Any,
+    model: torch.nn.Module | Analysis | WidenPlan,
+    example_inputs: Any = None,
     *,
     widths: Mapping[str, int] | None = None,
     factor: float | None = None,
@@ -295,6 +147,12 @@ def widen(
     with ``factor``, on every widenable group.  Returns a new GraphModule (the teacher is not
     modified); with ``verify`` (default) it is checked against the teacher on the inputs.
 
+    What to widen: ``widen(model, x, factor=2)``; an analysis already made,
+    ``widen(fxgrow.analyze(model, x), factor=2)``; or a plan, ``widen(fxgrow.plan(a, ...))``
+    or ``widen(model, x, plan=p)``.  An analysis or a plan from ``fxgrow.plan`` is not made
+    again; a plan read from JSON is checked against the model's analysis, and one made for
+    another model is refused (:class:`InputError`).
+
     Tied weights (an embedding reused as the output projection) stay tied and exact: the
     projection's input is divided by the replication counts; ``untie=True`` gives the
     projection its own divided copy instead.  ``outputs="grow"`` lets output channel axes
@@ -309,34 +167,69 @@ def widen(
     ``within="backbone"``: grow only that submodule, its inputs and outputs fixed, and return
     a copy of ``model`` (its class) with the grown GraphModule in its place, the submodule's
     and the whole model's outputs verified (``fxgrow.within``; ``deepen`` and ``grow`` too)."""
-    if within is not None:
-        return _within(widen, locals())
-    from .rewrite.init import initialise
-
-    if init == "gradmax" and (loss_fn is None or batch is None):
-        raise InputError(
-            'init="gradmax" needs loss_fn=(model, batch) -> scalar loss and '
-            "batch= (what loss_fn takes)"
-        )
-    analysis = analyze(
-        model,
-        example_inputs,
+    if within is not None and isinstance(model, torch.nn.Module):
+        with untouched(model):
+            return _within(widen, locals())
+    options: dict[str, Any] = dict(
         frontend=frontend,
         outputs=outputs,
         leaf_modules=leaf_modules,
         autowrap_functions=autowrap_functions,
     )
-    if plan is None:
-        plan = make_plan(analysis, widths, factor, seed, split, noise, approximate, init)
-    elif not plan.approximate:
-        check_plan(analysis, plan)
+    sized = widths is not None or factor is not None
+    request = widen_request(
+        model, example_inputs, plan, sized=sized, within=within, options=options
+    )
+    if (init if request.plan is None else request.plan.init) == "gradmax" and (
+        loss_fn is None or batch is None
+    ):
+        raise InputError(
+            'init="gradmax" needs loss_fn=(model, batch) -> scalar loss and '
+            "batch= (what loss_fn takes)"
+        )
+    with untouched(request.model):
+        analysis = request.analysis
+        if analysis is None:
+            analysis = analyze(request.model, request.inputs, **options)
+        grown = _plan_for(request, analysis, widths, factor, seed, split, noise, approximate, init)
+        return _widened(request.model, analysis, grown, verify, untie, as_graph, loss_fn, batch)
+
+
+def _plan_for(request: WidenRequest, analysis: Analysis, *made_with: Any) -> WidenPlan:
+    """The request's plan checked against ``analysis`` (a failure names the model the plan
+    was made for), or a new plan from ``made_with`` (make_plan's arguments)."""
+    if request.plan is None:
+        return make_plan(analysis, *made_with)
+    if not request.plan.approximate:
+        try:
+            check_plan(analysis, request.plan)
+        except InputError as e:
+            if not request.note:
+                raise
+            raise type(e)(f"{e} {request.note}") from e
+    return request.plan
+
+
+def _widened(
+    model: Any,
+    analysis: Analysis,
+    plan: WidenPlan,
+    verify: bool,
+    untie: bool,
+    as_graph: bool,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None,
+    batch: Any,
+) -> torch.nn.Module:
+    """Rewrite, initialise the new units, verify (or measure, for a plan inexact by design)."""
+    from .rewrite.init import initialise
+
     student = apply(analysis, plan, untie=untie)
     initialise(analysis, plan, student, loss_fn, batch)
     if plan.noise or plan.approximate:  # not exact by design: measure and report
-        student.meta["fxgrow_error"] = compare(model, student, analysis.example_inputs)
-        student.meta["fxgrow_inexact"] = True
+        error = compare(model, student, analysis.example_inputs)
+        update_growth_record(student, error=error, inexact=True)
     elif verify:
-        student.meta["fxgrow_error"] = _verify(model, student, analysis.example_inputs)
+        update_growth_record(student, error=_verify(model, student, analysis.example_inputs))
     else:  # never return a student that does not run: one cheap run on meta tensors
         check_runs(student, analysis.example_inputs)
     return _finish(model, student, as_graph)
@@ -361,20 +254,13 @@ def _finish(
     return finish(model, student, as_graph)
 
 
-def _find_nodes(gm: torch.fx.GraphModule, name: str) -> list[torch.fx.Node]:
-    nodes = [n for n in gm.graph.nodes if n.name == name]
-    if not nodes:
-        nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
-    if not nodes:
-        import difflib
-
-        known = [n.name for n in gm.graph.nodes] + [
-            n.target for n in gm.graph.nodes if n.op == "call_module"
-        ]
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownGroupError(f"no node or module named {name!r} in the graph{hint}")
-    return nodes
+def _checked(model: torch.nn.Module, student: torch.fx.GraphModule, inputs: tuple, verify: bool):
+    """``student`` verified against ``model`` (or, without ``verify``, run once on meta)."""
+    if verify:
+        _verify(model, student, inputs)
+    else:
+        check_runs(student, inputs)
+    return student
 
 
 @leaves_teacher_untouched
@@ -408,79 +294,19 @@ def deepen(
     refused."""
     if within is not None:
         return _within(deepen, locals())
-    from .rewrite.block_copy import insert_blocks_after
-    from .rewrite.deepen import deepen_node, node_values
+    from .rewrite.deepening import deepened
 
     analysis = analyze(model, example_inputs, frontend=frontend, leaf_modules=leaf_modules)
-    student = copy.deepcopy(analysis.gm)
-    names = [after] if isinstance(after, str) else list(after)
-    if not names:
-        raise InputError("after= names no node or module")
-    if kind == "block":
-        from .analysis.blocks import find_blocks
-
-        vals = analysis.state.vals_by_name(student)
-        blocks = {b.path: b for b in find_blocks(student, vals) if b.residual}
-        if any(name not in blocks for name in names):  # T5-like blocks adding I in a child
-            blocks = {
-                b.path: b for b in find_blocks(student, vals, nested=True) if b.residual
-            } | blocks
-        for name in names:
-            if name not in blocks:
-                import difflib
-
-                from .analysis.blocks import why_not_residual
-
-                why = why_not_residual(student, vals, name)
-                close = difflib.get_close_matches(name, list(blocks), n=3)
-                raise UnknownGroupError(
-                    f"no residual block named {name!r}"
-                    + (f": module {name!r} runs in the graph, but {why}" if why else "")
-                    + (
-                        f"; did you mean {', '.join(repr(c) for c in close)}?"
-                        if close
-                        else f"; residual blocks: {', '.join(list(blocks)[:8]) or 'none'}"
-                    )
-                )
-        insert_blocks_after(student, [blocks[name] for name in names])
-        student.recompile()
-        if verify:
-            _verify(model, student, analysis.example_inputs)
-        else:
-            check_runs(student, analysis.example_inputs)
-        return _finish(model, student, as_graph)
-    targets = [n for name in names for n in _find_nodes(student, name)]
-    values = node_values(student, analysis.example_inputs, [n.name for n in targets])
-    teacher_nodes = {n.name: n for n in analysis.gm.graph.nodes}
-    sp = analysis.state.spaces
-    produced = {g.root for g in analysis.all_groups if any(m.role == "produce" for m in g.members)}
-    for node in targets:
-        info = analysis.state.values.get(teacher_nodes[node.name])
-        axis = None
-        if info is not None and getattr(info, "ndim", 0) >= 3:
-
-            def channel(layout) -> bool:  # some space on it is written by a layer
-                return any(r in produced for r in sp.roots(layout))
-
-            has = [d for d in (1, info.ndim - 1) if channel(info.layouts[d])]
-            axis = has[0] if len(has) == 1 else None
-        deepen_node(
-            student,
-            node,
-            values.get(node.name),
-            axis,
-            kind=kind,
-            kernel_size=kernel_size,
-            batchnorm=batchnorm,
-            layer=layer,
-            seed=seed,
-        )
-    student.recompile()
-    if verify:
-        _verify(model, student, analysis.example_inputs)
-    else:
-        check_runs(student, analysis.example_inputs)
-    return _finish(model, student, as_graph)
+    student = deepened(
+        analysis,
+        after,
+        kind=kind,
+        kernel_size=kernel_size,
+        batchnorm=batchnorm,
+        layer=layer,
+        seed=seed,
+    )
+    return _finish(model, _checked(model, student, analysis.example_inputs, verify), as_graph)
 
 
 @leaves_teacher_untouched
@@ -490,7 +316,7 @@ def stages(model: torch.nn.Module, example_inputs: Any, **trace_options: Any) ->
     from .analysis.shapes import propagate
 
     inputs = as_tuple(example_inputs)
-    return _on_graph(
+    return on_graph(
         model, inputs, lambda gm: find_stages(gm, propagate(gm, inputs)), **trace_options
     )
 
@@ -522,9 +348,10 @@ def grow(
     widths and blocks are found from it (``fxgrow.hf.target``)."""
     if within is not None:
         return _within(grow, locals())
-    from .analysis.blocks import find_stages
+    import copy
+
     from .analysis.shapes import propagate
-    from .rewrite.block_copy import grow_stage
+    from .rewrite.deepening import grow_stages
 
     inputs = as_tuple(example_inputs)
     if to_config is not None:
@@ -547,29 +374,15 @@ def grow(
             return gm
 
         student = copy.deepcopy(
-            _on_graph(model, inputs, runs, frontend=frontend, leaf_modules=leaf_modules)
-        )
-    elif isinstance(width, Mapping):
-        student = widen(
-            model,
-            inputs,
-            widths=width,
-            seed=seed,
-            split=split,
-            verify=False,
-            frontend=frontend,
-            leaf_modules=leaf_modules,
-            untie=untie,
-            as_graph=True,
-            init=init,
-            loss_fn=loss_fn,
-            batch=batch,
+            on_graph(model, inputs, runs, frontend=frontend, leaf_modules=leaf_modules)
         )
     else:
+        by_name = isinstance(width, Mapping)
         student = widen(
             model,
             inputs,
-            factor=width,
+            widths=width if by_name else None,  # type: ignore[arg-type]
+            factor=None if by_name else width,  # type: ignore[arg-type]
             seed=seed,
             split=split,
             verify=False,
@@ -582,27 +395,5 @@ def grow(
             batch=batch,
         )
     if blocks:
-        if not isinstance(blocks, Mapping):
-            raise InputError("blocks must map a stage name to its new block count")
-        vals = propagate(student, inputs)
-        found = {s.name: s for s in find_stages(student, vals)}
-        if any(name not in found for name in blocks):  # T5-like blocks adding I in a child
-            found = {s.name: s for s in find_stages(student, vals, nested=True)} | found
-        for name, count in blocks.items():
-            if name not in found:
-                import difflib
-
-                close = difflib.get_close_matches(name, list(found), n=3)
-                raise UnknownGroupError(
-                    f"no residual stage named {name!r}; stages: {', '.join(found) or 'none'}"
-                    + (f" (did you mean {close[0]!r}?)" if close else "")
-                )
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise InputError(f"block count for {name!r} must be an integer, got {count!r}")
-            grow_stage(student, found[name], count)
-        student.recompile()
-    if verify:
-        _verify(model, student, inputs)
-    else:
-        check_runs(student, inputs)
-    return _finish(model, student, as_graph)
+        grow_stages(student, inputs, blocks)
+    return _finish(model, _checked(model, student, inputs, verify), as_graph)

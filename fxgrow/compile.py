@@ -44,6 +44,7 @@ class CompileReport:
 
     @property
     def widenable(self) -> list:
+        """The groups of this graph with no blockers."""
         return [g for g in self.groups if g.widenable]
 
     def __str__(self) -> str:
@@ -134,7 +135,7 @@ def _place(root: torch.nn.Module, path: str, value: Any) -> None:
     for part in owner_path.split(".") if owner_path else []:
         if part not in owner._modules:
             owner.add_module(part, torch.nn.Module())
-        owner = owner._modules[part]
+        owner = owner.get_submodule(part)
     if isinstance(value, torch.nn.Module):
         owner.add_module(leaf, value)
     elif isinstance(value, torch.nn.Parameter):
@@ -177,6 +178,8 @@ class InspectBackend:
         return self.then(gm, example_inputs)
 
     def inspect(self, gm: torch.fx.GraphModule, example_inputs: list) -> CompileReport:
+        """Analyse one captured graph (parameters lifted to attributes); any failure becomes the
+        report's ``error``, never an exception, so compilation goes on."""
         index = len(self.reports)
         try:
             lifted, inputs, mapping = lift_parameters(gm, example_inputs, self.model)

@@ -13,6 +13,7 @@ import torch
 
 
 def set_training(model: torch.nn.Module, training: bool) -> None:
+    """Set the ``training`` flag of every submodule (works where ``.train()`` is refused)."""
     for m in model.modules():
         m.training = training
 

@@ -19,13 +19,17 @@ Example inputs are needed because fxgrow's analysis runs shapes through the grap
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .analysis import as_tuple
+from .params import count_parameters
+
+if TYPE_CHECKING:
+    from .verify.compare import Comparison
 
 __all__ = ["DeepenPass", "GrowPass", "VerifyPass", "WidenPass"]
 
@@ -55,6 +59,7 @@ class WidenPass(_FxgrowPass):
         self.widths, self.factor, self.seed, self.options = widths, factor, seed, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Widen ``graph_module``; ``modified`` when its parameter count changed."""
         from .api import widen
 
         student = widen(
@@ -66,7 +71,7 @@ class WidenPass(_FxgrowPass):
             verify=self.verify,
             **self.options,
         )
-        changed = _params(student) != _params(graph_module)
+        changed = count_parameters(student) != count_parameters(graph_module)
         return PassResult(student, changed)
 
 
@@ -86,6 +91,7 @@ class DeepenPass(_FxgrowPass):
         self.after, self.kind, self.options = after, kind, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Insert identity layers after the named modules; always ``modified``."""
         from .api import deepen
 
         student = deepen(
@@ -116,6 +122,7 @@ class GrowPass(_FxgrowPass):
         self.blocks, self.width, self.seed, self.options = blocks, width, seed, options
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Add blocks and/or widen; ``modified`` when any growth was asked for."""
         from .api import grow
 
         student = grow(
@@ -151,9 +158,11 @@ class VerifyPass(_FxgrowPass):
         super().__init__(example_inputs)
         self.reference = _independent_copy(reference)
         self.tol, self.mode = tol, mode
-        self.last = None
+        self.last: Comparison | None = None
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        """Check that ``graph_module`` still computes the reference's function (within the
+        tolerance); a PreservationError if not.  Never modifies the graph."""
         from .errors import PreservationError
         from .verify import compare
         from .verify.compare import tolerance
@@ -177,7 +186,3 @@ def _independent_copy(model: torch.nn.Module) -> torch.nn.Module:
 
     with torch.no_grad():
         return copy.deepcopy(model)
-
-
-def _params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())

@@ -195,7 +195,7 @@ def test_core_aten_graph_grows_exactly():
     source = fxgrow.analyze(model, x, frontend="fx").groups
     assert sum(g.widenable for g in core) == sum(g.widenable for g in source) == 12
     student = fxgrow.widen(gm, x, factor=1.5, frontend="export")
-    assert student.meta["fxgrow_error"].max_rel < 1e-4
+    assert fxgrow.growth_record(student).error.max_rel < 1e-4
 
 
 # -- torchvision and Hugging Face through export -------------------------------------------------
@@ -220,7 +220,7 @@ def test_torchvision_export_groups_equal_fx_groups(name, widenable, one_thread):
     assert diff.equal, diff.describe()
     assert diff.export_widenable == widenable
     student = fxgrow.widen(model, x, factor=1.5, frontend="export", as_graph=True)
-    assert student.meta["fxgrow_error"].max_rel < 1e-4
+    assert fxgrow.growth_record(student).error.max_rel < 1e-4
 
 
 @pytest.mark.slow
@@ -244,7 +244,7 @@ def test_hugging_face_convnets_grow_exactly_through_export(name, widenable, one_
     assert sum(g.widenable for g in groups) == widenable
     assert not [b for g in groups for b in g.blockers if "no rule" in b.reason]
     student = fxgrow.widen(model, x, factor=1.5, frontend="export", as_graph=True)
-    assert student.meta["fxgrow_error"].max_rel < 1e-4
+    assert fxgrow.growth_record(student).error.max_rel < 1e-4
     grown = dict(student.named_parameters())
     assert any(p.shape != grown[n].shape for n, p in model.named_parameters() if n in grown)
     with torch.no_grad():

@@ -28,24 +28,41 @@ X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 # -- parsing -------------------------------------------------------------------------------------
 
 
+# a DOT ID: a quoted string, or a bare name or number (graphviz quotes only where needed)
+_ID = r'"(?:[^"\\]|\\.)*"|[\w.]+'
+
+
+def _unquote(token: str) -> str:
+    if token.startswith('"'):
+        return re.sub(r"\\([\\\"])", r"\1", token[1:-1])
+    return token
+
+
 def dot_edges(src: str) -> list[dict]:
     """Every edge statement of DOT source as {src, dst, attrs}."""
     out = []
-    for m in re.finditer(r'^\s*"([^"]+)" -> "([^"]+)" \[(.*)\];$', src, re.M):
-        out.append({"src": m.group(1), "dst": m.group(2), "attrs": _attrs(m.group(3))})
+    for m in re.finditer(rf"^\s*({_ID}) -> ({_ID}) \[(.*)\];?$", src, re.M):
+        out.append(
+            {"src": _unquote(m.group(1)), "dst": _unquote(m.group(2)), "attrs": _attrs(m.group(3))}
+        )
     return out
 
 
 def dot_nodes(src: str) -> dict[str, dict]:
+    """Every node statement of DOT source as {id: attrs} (not the graph/node/edge defaults)."""
     out = {}
-    for m in re.finditer(r'^\s*"([^"]+)" \[(.*)\];$', src, re.M):
-        out[m.group(1)] = _attrs(m.group(2))
+    for m in re.finditer(rf"^\s*({_ID}) \[(.*)\];?$", src, re.M):
+        if m.group(1) not in ("graph", "node", "edge"):
+            out[_unquote(m.group(1))] = _attrs(m.group(2))
     return out
 
 
 def _attrs(text: str) -> dict:
-    return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)} | {
-        k: v for k, v in re.findall(r"(\w+)=([\d.]+)(?:,|$)", text)
+    """``key=value`` pairs: quoted values as written between the quotes, bare ones as they are
+    (an HTML label is not read)."""
+    return {
+        k: v[1:-1] if v.startswith('"') else v
+        for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"<\],]+)', text)
     }
 
 
@@ -290,7 +307,17 @@ def test_dot_text_needs_no_graphviz(tmp_path, monkeypatch):
 def test_module_helpers():
     assert graph.shape_text(torch.empty(2, 3)) == "2×3"
     assert graph.shape_text((torch.empty(1, 4), None)) == "1×4"
-    assert render.q('a "b"\nc') == '"a \\"b\\"\\nc"'
+
+
+def test_dot_text_is_quoted_and_escaped():
+    """Quotes, backslashes, newlines and ``<...>`` in text stay text: DOT escapes in a quoted
+    string, never an HTML label; node ids with ``:`` stay whole on edges."""
+    title = 'a "b"\nc\\d <e>'
+    s = scene(nn.Sequential(nn.Linear(4, 4)).eval(), torch.randn(1, 4), title=title)
+    src = render.to_dot(s, legend=False)
+    assert 'label="a \\"b\\"\\nc\\\\d <e>"' in src
+    s.edges.append(graph.Edge("box:x", "box:y", [], tooltip="t"))
+    assert '"box:x" -> "box:y"' in render.to_dot(s, legend=False)
 
 
 def test_before_after_falls_back_to_teacher_colours(monkeypatch):
@@ -300,6 +327,8 @@ def test_before_after_falls_back_to_teacher_colours(monkeypatch):
     model = build("resnet18")
     analysis = fxgrow.analyze(model, X32)
     student = fxgrow.widen(model, X32, factor=1.5)
+    # without recorded widths the student is analysed (and here that fails)
+    fxgrow.growth.update_growth_record(student, group_widths=None)
 
     def fail(*args, **kwargs):
         raise RuntimeError("no analysis")

@@ -233,7 +233,11 @@ def test_unknown_stage(resnet18):
     with pytest.raises(fxgrow.UnknownGroupError) as e:
         fxgrow.grow(resnet18, X, blocks={"layer5": 3})
     msg = str(e.value)
-    assert "'layer5'" in msg and "layer1, layer2, layer3, layer4" in msg
+    assert msg == "no residual stage named 'layer5'; did you mean 'layer4', 'layer3', 'layer2'?"
+    with pytest.raises(
+        fxgrow.UnknownGroupError, match=r"named .encoder.; stages: layer1, layer2, layer3, layer4$"
+    ):
+        fxgrow.grow(resnet18, X, blocks={"encoder": 3})
     with pytest.raises(fxgrow.UnknownGroupError, match="did you mean 'layer1'"):
         fxgrow.grow(resnet18, X, blocks={"layr1": 3})
 

@@ -277,7 +277,9 @@ def test_student_class_depth_target_and_refusals():
     assert isinstance(graph, torch.fx.GraphModule)
     deeper = fxgrow.grow(teacher, ids, to_config={"num_hidden_layers": 4, "intermediate_size": 256})
     assert type(deeper) is T.LlamaForCausalLM and deeper.config.num_hidden_layers == 4
-    assert deeper.config.intermediate_size == 256 and deeper.fxgrow_error <= TOL
+    assert (
+        deeper.config.intermediate_size == 256 and fxgrow.growth_record(deeper).fresh_error <= TOL
+    )
     assert [layer.self_attn.layer_idx for layer in deeper.model.layers] == [0, 1, 2, 3]
     assert_same_function(teacher, deeper, "llama")
     with pytest.raises(
@@ -320,7 +322,7 @@ def test_zero_padded_stream_and_appended_layers_together():
     assert type(grown) is T.LlamaForCausalLM
     assert (grown.config.hidden_size, grown.config.num_hidden_layers) == (96, 4)
     assert tuple(grown.model.layers[3].input_layernorm.weight.shape) == (96,)
-    assert grown.fxgrow_error <= TOL
+    assert fxgrow.growth_record(grown).fresh_error <= TOL
     assert_same_function(teacher, grown, "llama")
 
 
@@ -517,7 +519,7 @@ def test_untie_on_request_and_layer_types_follow_depth(tmp_path):
     untied = fxgrow.grow(teacher, ids, width=2, untie=True)
     assert untied.config.tie_word_embeddings is False
     assert untied.lm_head.weight is not untied.model.embed_tokens.weight
-    assert untied.fxgrow_fields["tie_word_embeddings"] is False
+    assert fxgrow.growth_record(untied).config_fields["tie_word_embeddings"] is False
     out = fxgrow.hf.save_folder(untied, tmp_path / "untied", source=src)
     assert_same_function(teacher, load(out, "qwen2"), "qwen2")
     deeper = fxgrow.grow(teacher, ids, to_config={"num_hidden_layers": 3})
@@ -588,4 +590,4 @@ def test_widths_no_config_holds_refused_clearly():
     ):
         fxgrow.widen(m, x, factor=1.5)
     graph = fxgrow.widen(m, x, factor=1.5, as_graph=True)
-    assert graph.meta["fxgrow_error"].max_rel <= TOL
+    assert fxgrow.growth_record(graph).error.max_rel <= TOL

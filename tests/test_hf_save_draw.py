@@ -36,7 +36,7 @@ def test_save_load_hf_student_keeps_class_tensors_and_growth_record(tmp_path):
     teacher(ids, labels=ids).loss.backward()
     opt.step()
     student = fxgrow.widen(teacher, ids, factor=2)
-    assert type(student) is T.LlamaForCausalLM and student.meta["fxgrow_expansions"]
+    assert type(student) is T.LlamaForCausalLM and fxgrow.growth_record(student).expansions
     out = fxgrow.save(student, tmp_path / "grown", example_inputs=ids, teacher=teacher)
     assert (out / "config.json").is_file() and (out / "fxgrow_growth.json").is_file()
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 128
@@ -45,7 +45,7 @@ def test_save_load_hf_student_keeps_class_tensors_and_growth_record(tmp_path):
     assert type(loaded) is T.LlamaForCausalLM
     sd, sd2 = student.state_dict(), loaded.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    rec, rec2 = student.meta["fxgrow_expansions"], loaded.meta["fxgrow_expansions"]
+    rec, rec2 = fxgrow.growth_record(student).expansions, fxgrow.growth_record(loaded).expansions
     assert rec.keys() == rec2.keys()
     for k in rec:
         for (a, i, f, c), (a2, i2, f2, c2) in zip(rec[k], rec2[k]):

@@ -326,6 +326,10 @@ def test_garbage_and_empty_files_refused(tmp_path, capsys):
         (lambda d: d.update(graph="nodes"), "malformed fxgrow description"),
         (lambda d: d.update(version=10**9), "newer fxgrow"),
         (lambda d: d["modules"].__setitem__(0, {"path": "conv"}), "malformed fxgrow description"),
+        (
+            lambda d: d.update(codegen={"orig_args": ["x"], "in_spec": None, "out_spec": None}),
+            "the pytree signature has no input spec",
+        ),
     ],
 )
 def test_metadata_that_lies_is_refused(good, tmp_path, capsys, edit, match):

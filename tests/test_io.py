@@ -151,11 +151,11 @@ def test_export_student_with_tied_weights(tmp_path):
     teacher = transformers.LlamaForCausalLM(cfg).eval()
     ids = (torch.randint(0, 64, (2, 8)),)
     student = fxgrow.widen(teacher, ids, factor=2, as_graph=True)
-    assert student.meta.get("fxgrow_frontend") == "export"
+    assert fxgrow.growth.frontend(student) == "export"
     path = fxgrow.save(student, tmp_path / "llama.safetensors", example_inputs=ids)
     loaded = load_without_pickle(path)
     assert_same(student, loaded, ids)
-    assert loaded.meta["fxgrow_frontend"] == "export"
+    assert fxgrow.growth.frontend(loaded) == "export"
     # tied weights: one tensor in the student, one in the loaded model
     names = [n for n, _ in student.named_parameters(remove_duplicate=False)]
     shared = {n for n in names if n.endswith("embed_tokens.weight") or n.endswith("lm_head.weight")}

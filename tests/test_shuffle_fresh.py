@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 import torchvision
 from helpers import shuffle_side_sequences
+from test_rules import ShuffleChain, f64, rand
 
 import fxgrow
-from fxgrow.errors import BlockedGroupError
+from fxgrow.errors import BlockedGroupError, InputError, WidthError
+from fxgrow.planning.estimate import estimate
+from fxgrow.planning.placement import place
 
 
 def _shuffle(seq: list) -> list:
@@ -97,10 +101,11 @@ def test_shufflenet_stage3_fresh_widths():
     assert all(_fresh_sequences_admit(96, 3, w) for w in range(97, 193))
 
 
-def test_shufflenet_stage3_trunk_refused_under_both_inits():
-    """Replication refuses stage3's trunk, naming the chunk and why; with init="zero" the same
-    groups are held (the layout algebra places new units only by appending to each channel
-    space, which no trunk width admits), and the student stays exact."""
+def test_shufflenet_stage3_trunk_refused_by_replication():
+    """Replication refuses stage3's trunk, naming the chunk and why; ``factor=`` with
+    init="zero" leaves the trunk alone (placement is asked for by name), and the student stays
+    exact.  Asked for by name, replication and gradmax are refused; init="zero" places fresh
+    units (test below)."""
     torch.manual_seed(0)
     m = torchvision.models.shufflenet_v2_x0_5(weights=None).eval().double()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
@@ -114,24 +119,169 @@ def test_shufflenet_stage3_trunk_refused_under_both_inits():
     assert float((t - y).abs().max() / t.abs().max()) <= 1e-10
     assert s.get_submodule("stage3.0.branch1.2").out_channels == 48  # the trunk kept its width
     assert s.get_submodule("stage3.0.branch2.0").out_channels == 96  # branch hidden grew
-    for init, extra in (("replicate", False), ("zero", True)):  # asked by name: refused
+    for init, hint in (("replicate", None), ("gradmax", "only init='zero' places")):
         with pytest.raises(BlockedGroupError) as e:
             fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 2}, init=init)
         assert "a replica would land on the wrong side" in str(e.value)
-        assert ("init='zero' does not lift this yet" in str(e.value)) == extra
+        assert "init=" not in str(e.value) if hint is None else hint in str(e.value)
+    assert fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 2}, init="zero").placements
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="growable zero-width atoms in the layout algebra are not "
-    "implemented: fresh units are only appended to existing channel spaces",
-)
-def test_shufflenet_stage3_trunk_grows_with_fresh_units():
+def _stage3_student():
     torch.manual_seed(0)
     m = torchvision.models.shufflenet_v2_x0_5(weights=None).eval().double()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    return m, x, fxgrow.analyze(m, x)
+
+
+def test_shufflenet_stage3_trunk_grows_with_fresh_units():
+    m, x, _ = _stage3_student()
     s = fxgrow.widen(m, x, widths={"stage3.0.branch1.2[0:1]": 2}, init="zero", verify=False)
     with torch.no_grad():
         t, y = m(x), s(x)
     assert float((t - y).abs().max() / t.abs().max()) <= 1e-10
     assert s.get_submodule("stage3.0.branch1.2").out_channels in range(57, 65)
+
+
+def test_stage3_placement_is_the_closed_forms_narrowest_student():
+    """Every producer of the trunk (stage3.0's two branches, stage3.1-7's branch2) grows from
+    48 to 57, the narrowest width the closed form admits; each keeps its 48 units once, the
+    other 9 positions fresh; the plan survives JSON and rebuilds the same student."""
+    m, x, a = _stage3_student()
+    plan = fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 2}, init="zero")
+    assert plan.changes == ()
+    assert [p.node for p in plan.placements] == ["stage3_0_branch1_2", "stage3_0_branch2_5"] + [
+        f"stage3_{k}_branch2_5" for k in range(1, 8)
+    ]
+    assert min(w for w in range(49, 97) if _fresh_sequences_admit(48, 7, w)) == 57
+    for p in plan.placements:
+        assert (p.old, p.new) == (48, 57) and p.source.count(-1) == 9
+    again = fxgrow.WidenPlan.from_json(plan.to_json())
+    assert again == plan
+    s1 = fxgrow.widen(m, x, plan=plan)
+    s2 = fxgrow.widen(m, x, plan=again)
+    assert fxgrow.growth_record(s1).error.max_rel <= 1e-10
+    assert estimate(a, plan).student_params == sum(t.numel() for t in s1.parameters())
+    for (k1, v1), (k2, v2) in zip(s1.state_dict().items(), s2.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_stage3_placement_skips_the_widths_the_closed_form_refuses():
+    """Asked for 17 more units per half (65), placement finds none of 65-96 (the closed
+    form refuses them all, 2x included) and grows the trunk to 97, exactly."""
+    m, x, a = _stage3_student()
+    assert min(w for w in range(65, 193) if _fresh_sequences_admit(48, 7, w)) == 97
+    plan = fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 18}, init="zero")
+    assert {(p.old, p.new) for p in plan.placements} == {(48, 97)}
+    s = fxgrow.widen(m, x, plan=plan)
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-10
+    assert s.get_submodule("stage4.0.branch2.0").in_channels == 2 * 97
+
+
+def test_stage3_fresh_units_have_fan_in_and_learn():
+    """Fresh rows of each producer are random (non-zero), their columns in every consumer
+    (stage3.1-7's branch2.0, stage4.0's two branches) zero; one SGD step moves those columns
+    (the fresh values are non-zero), the next the fresh rows."""
+    m, x, a = _stage3_student()
+    plan = fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 2}, init="zero")
+    s = fxgrow.widen(m, x, plan=plan)
+    fresh = torch.tensor([u == -1 for u in plan.placements[0].source])
+    rows = s.get_submodule("stage3.0.branch1.2").weight
+    assert rows[fresh].abs().flatten(1).sum(1).min() > 0
+    consumers = [f"stage3.{k}.branch2.0" for k in range(1, 8)]
+    consumers += ["stage4.0.branch1.2", "stage4.0.branch2.0"]
+    zero_cols = {}
+    for name in consumers:
+        w = s.get_submodule(name).weight
+        cols = w.abs().sum((0, 2, 3)) == 0
+        assert int(cols.sum()) in (9, 18), name  # stage4.0 reads both halves
+        zero_cols[name] = cols
+    fan_in0 = rows[fresh].detach().clone()
+    s.train()
+    opt = torch.optim.SGD(s.parameters(), lr=0.1)
+    xs = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    for step in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(s(xs), torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+        if step == 0:
+            for name, cols in zero_cols.items():
+                w = s.get_submodule(name).weight
+                assert w[:, cols].abs().max() > 0, name
+            assert torch.equal(rows[fresh], fan_in0)
+    assert not torch.equal(rows[fresh], fan_in0)
+
+
+def test_a_placement_that_moves_a_unit_is_refused():
+    """A hand-edited plan whose placement swaps a kept unit with a fresh position that the
+    shuffles send elsewhere is refused before any tensor is built."""
+    m, x, a = _stage3_student()
+    plan = fxgrow.plan(a, widths={"stage3.0.branch1.2[0:1]": 2}, init="zero")
+    p = plan.placements[0]
+    source = list(p.source)
+    j = source.index(-1)
+    source[0], source[j] = source[j], source[0]  # unit 0 to position 3: another destiny
+    bad = replace(plan, placements=(replace(p, source=tuple(source)), *plan.placements[1:]))
+    with pytest.raises(WidthError, match="does not keep the teacher's units"):
+        fxgrow.widen(m, x, plan=bad)
+    with pytest.raises(InputError, match="each of its 48 units once"):
+        replace(p, source=(0,) * 57)
+
+
+@pytest.mark.parametrize("form", ["view-transpose-view", "module"])
+@pytest.mark.parametrize("c,blocks,growth", [(3, 3, 1), (3, 3, 2), (4, 3, 1), (5, 3, 1)])
+def test_shuffle_chain_placement_matches_the_closed_form(form, c, blocks, growth):
+    """On ShuffleChain (tests/test_rules.py), where no replicating student exists, init="zero"
+    grows the branches to the narrowest width >= c + growth that the closed form admits, and
+    the student is exact; with no such width within the search's limit it is refused."""
+    m, x = f64(ShuffleChain(c, blocks, form)), rand(2, 2, 2, 2)
+    a = fxgrow.analyze(m, x)
+    g = next(
+        g
+        for g in a.all_groups
+        if any(mb.module == "a" and mb.role == "produce" for mb in g.members)
+    )
+    assert not g.widenable
+    admitted = [w for w in range(c + growth, 4 * c + 1) if _fresh_sequences_admit(c, blocks, w)]
+    s = fxgrow.widen(m, x, widths={g.name: g.width + growth}, init="zero")
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-10
+    assert s.a.out_channels == s.b.out_channels == admitted[0]
+    assert [s.get_submodule(f"br.{k}").out_channels for k in range(blocks)] == [
+        admitted[0]
+    ] * blocks
+    if admitted[0] > 2 * c:  # none up to 2x: refused at that limit
+        with pytest.raises(WidthError, match="keeps every teacher unit on its path"):
+            place(a, g.root, growth, limit=2)
+
+
+class _LiteralShuffleChain(ShuffleChain):
+    """ShuffleChain whose shuffle spells out every size (batch, spatial, channels)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 3)
+        self.shuffle = lambda t: t.view(2, 2, 3, 2, 2).transpose(1, 2).reshape(2, 6, 2, 2)
+
+
+def test_placement_refuses_what_it_cannot_follow():
+    """Constant sizes in the shuffle's views (the label run cannot replay them), a narrower
+    width, and a hand-made plan naming a node that is no producer of the chain: clear
+    errors, no student."""
+    m, x = f64(_LiteralShuffleChain()), rand(2, 2, 2, 2)
+    a = fxgrow.analyze(m, x)
+    g = next(
+        g
+        for g in a.all_groups
+        if any(mb.module == "a" and mb.role == "produce" for mb in g.members)
+    )
+    with pytest.raises(WidthError, match="cannot follow this channel shuffle chain's data"):
+        fxgrow.plan(a, widths={g.name: g.width + 1}, init="zero")
+    m, x = f64(ShuffleChain(3, 3)), rand(2, 2, 2, 2)
+    a = fxgrow.analyze(m, x)
+    with pytest.raises(WidthError, match="fxgrow only grows"):
+        fxgrow.plan(a, widths={g.name: g.width - 1}, init="zero")
+    plan = fxgrow.plan(a, widths={g.name: g.width + 1}, init="zero")
+    first = plan.placements[0]
+    assert first.node == "a" and (first.old, first.new) == (3, 4)
+    wrong = replace(plan, placements=(replace(first, node="relu"), *plan.placements[1:]))
+    with pytest.raises(WidthError, match="does not place the 3 units of 'a'"):
+        fxgrow.widen(m, x, plan=wrong)

@@ -167,7 +167,7 @@ def test_levit_untouched_by_every_call():
     assert m.stages[0].blocks[0].attn.attention_bias_cache == {}
     fxgrow.groups(m, x)
     s = fxgrow.widen(m, x, factor=1.5)
-    assert s.meta["fxgrow_error"].max_rel <= 1e-5
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-5
 
 
 @pytest.mark.slow
@@ -180,7 +180,7 @@ def test_efficientformer_groups_then_widen():
         fxgrow.groups(m, x)
         s = fxgrow.widen(m, x, factor=1.25)
     assert _fingerprint(m) == before
-    assert s.meta["fxgrow_error"].max_rel <= 1e-5
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-5
 
 
 def test_torchvision_untouched_by_every_call():
@@ -238,7 +238,7 @@ def test_function_that_mutates_its_list_argument():
     x = torch.randn(2, 3, 4, 4)
     with teacher_unchanged(m):
         s = fxgrow.widen(m, x, widths={"conv1": 12})
-    assert s.conv1.out_channels == 12 and s.meta["fxgrow_error"].max_rel <= 1e-6
+    assert s.conv1.out_channels == 12 and fxgrow.growth_record(s).error.max_rel <= 1e-6
 
 
 def test_failure_of_fxgrows_shape_propagation_is_not_an_input_error(monkeypatch):
@@ -272,9 +272,9 @@ def test_graph_that_does_not_run_falls_back_to_export():
     m = TracedWrong().eval()
     x = torch.randn(2, 3, 8, 8)
     analysis = fxgrow.analyze(m, x)
-    assert analysis.gm.meta["fxgrow_frontend"] == "export"
+    assert fxgrow.growth.frontend(analysis.gm) == "export"
     s = fxgrow.widen(m, x, factor=2)
-    assert s.meta["fxgrow_error"].max_rel <= 1e-6
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-6
     with pytest.raises(fxgrow.TraceError) as e:
         fxgrow.widen(m, x, factor=2, frontend="fx")
     msg = str(e.value)
@@ -291,7 +291,7 @@ def test_stages_and_grow_fall_back_to_export_too():
     x = torch.randn(2, 3, 8, 8)
     assert fxgrow.stages(m, x) == []
     s = fxgrow.grow(m, x)
-    assert s.meta["fxgrow_frontend"] == "export"
+    assert fxgrow.growth.frontend(s) == "export"
     assert fxgrow.compare(m, s, x).max_abs == 0.0
 
 
@@ -327,7 +327,7 @@ def test_hiera_falls_back_to_export():
         assert m(x).abs().min() > 0
     with teacher_unchanged(m):
         s = fxgrow.widen(m, x, factor=1.5, verify=False)
-    assert s.meta["fxgrow_frontend"] == "export"
+    assert fxgrow.growth.frontend(s) == "export"
     assert sum(p.numel() for p in s.parameters()) > 2 * sum(p.numel() for p in m.parameters())
     assert fxgrow.compare(m, s, x).max_rel <= 1e-5
 
@@ -357,7 +357,7 @@ class Cancel(nn.Module):
 def test_rounding_of_an_ill_conditioned_teacher_is_no_false_alarm():
     m, x = Cancel().eval(), torch.randn(16, 8)
     s = fxgrow.widen(m, x, factor=1.5, split="random")  # verify=True: must not raise
-    result = s.meta["fxgrow_error"]
+    result = fxgrow.growth_record(s).error
     assert result.max_rel > 1e-4  # what the fixed float32 tolerance of 1e-5 refused
     assert result.reference == "float64" and result.teacher_rel > 1e-4
     assert result.student_rel <= 8 * result.teacher_rel
@@ -417,13 +417,16 @@ def test_bf16_llama_calibrated(monkeypatch):
     ids = torch.randint(0, 64, (1, 8))
     monkeypatch.setitem(cmp.TOLERANCE, torch.bfloat16, 1e-9)
     s = fxgrow.widen(m, ids, factor=2, split="random", as_graph=True)
-    result = s.meta["fxgrow_error"]
+    result = fxgrow.growth_record(s).error
     assert result.reference == "float64" and result.max_rel > 1e-9
     assert result.teacher_rel > 1e-4  # bf16 rounds the teacher itself this much
     # the student as the teacher's class: its fresh-input check is calibrated the same way
     hf = fxgrow.widen(m, ids, factor=2, split="random")
     assert type(hf) is type(m) and hf.config.hidden_size == 64
-    assert next(hf.parameters()).dtype == torch.bfloat16 and hf.fxgrow_error > 1e-9
+    assert (
+        next(hf.parameters()).dtype == torch.bfloat16
+        and fxgrow.growth_record(hf).fresh_error > 1e-9
+    )
 
 
 @pytest.mark.slow
@@ -433,7 +436,7 @@ def test_timm_false_alarms(name):
     m = timm.create_model(name, num_classes=10).eval()
     x = torch.randn(1, 3, 224, 224)
     s = fxgrow.widen(m, x, factor=1.5)  # verify=True: no PreservationError
-    result = s.meta["fxgrow_error"]
+    result = fxgrow.growth_record(s).error
     if result.reference is not None:  # beyond the float32 floor: decided by calibration
         assert (
             result.student_rel <= 8 * result.teacher_rel
@@ -504,7 +507,7 @@ class Overflow(nn.Module):
 def test_non_finite_teacher_outputs_are_no_false_alarm():
     m, x = Overflow().eval(), torch.randn(5, 4)
     s = fxgrow.widen(m, x, factor=2)
-    assert s.meta["fxgrow_error"].max_rel <= 1e-6
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-6
     with torch.no_grad():
         s.fc2.bias[0] = float("nan")
     with pytest.raises(fxgrow.PreservationError):

@@ -111,7 +111,7 @@ def test_hf_grown_in_train_mode_hidden_width(name):
         before = float(lm_loss(seeded(teacher, IDS)))
     student, _ = fxgrow.grow_during_training(teacher, opt, IDS, width=2)  # verify=True
     assert teacher.training and student.training
-    assert student.meta["fxgrow_captured_training"] is True
+    assert fxgrow.growth_record(student).captured_training is True
     assert not [m for m in student.modules() if type(m) is torch.nn.Dropout]  # all widened
     drops = [m for m in student.modules() if isinstance(m, TiedDropout)]
     attention = [m for m in student.modules() if isinstance(m, TiedAttention)]
@@ -182,7 +182,7 @@ def test_timm_dropout_and_batchnorm_carried():
     assert student.training and student.get_parameter("layer1.0.conv1.weight").shape[0] == 96
     bn_t, bn_s = teacher.get_submodule("layer1.0.bn1"), student.get_submodule("layer1.0.bn1")
     assert bn_s.momentum == bn_t.momentum and student.get_submodule("bn1").momentum == 0.3
-    index = student.meta["fxgrow_expansions"]["layer1.0.bn1.weight"][0][1]
+    index = fxgrow.growth_record(student).expansions["layer1.0.bn1.weight"][0][1]
     for buf in ("running_mean", "running_var"):
         assert torch.equal(getattr(bn_s, buf), getattr(bn_t, buf)[index])
     assert int(bn_s.num_batches_tracked) == int(bn_t.num_batches_tracked)
@@ -207,7 +207,7 @@ def test_save_load_transfer_optimizer(tmp_path):
     student = fxgrow.grow(teacher, X, width=1.5, split="random")
     path = fxgrow.save(student, tmp_path / "s.safetensors", example_inputs=(X,))
     loaded = fxgrow.load(path)
-    want, got = student.meta["fxgrow_expansions"], loaded.meta["fxgrow_expansions"]
+    want, got = fxgrow.growth_record(student).expansions, fxgrow.growth_record(loaded).expansions
     assert set(want) == set(got) and want
     for name in want:
         for (a1, i1, f1, c1), (a2, i2, f2, c2) in zip(want[name], got[name]):

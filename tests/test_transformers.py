@@ -678,7 +678,7 @@ def test_tied_embedding_and_linear(untie):
     model, ids = seeded(TiedLM), token_ids(vocab=50)
     assert_input_dependent(model, ids)
     gm = fxgrow.trace(model)
-    assert gm.meta.get("fxgrow_frontend") != "export"
+    assert fxgrow.growth.frontend(gm) != "export"
     analysis = fxgrow.analyze(model, ids)
     assert_every_group_widened(analysis, fxgrow.plan(analysis, factor=2))
     student = widen_exact(model, ids, factor=2, untie=untie)
@@ -719,7 +719,7 @@ def test_export_front_end_for_fx_untraceable_model():
     with pytest.raises(fxgrow.TraceError):
         fxgrow.trace(model)
     analysis = fxgrow.analyze(model, x)
-    assert analysis.gm.meta.get("fxgrow_frontend") == "export"
+    assert fxgrow.growth.frontend(analysis.gm) == "export"
     assert {g.name for g in analysis.widenable} == {"fc1", "fc2"}
     student = widen_exact(model, x, factor=2)
     assert isinstance(student, torch.fx.GraphModule)
@@ -736,7 +736,7 @@ def test_export_front_end_llama_names_and_training(llama_model):
     with pytest.raises(fxgrow.TraceError):
         fxgrow.trace(model)
     analysis = fxgrow.analyze(model, ids)
-    assert analysis.gm.meta.get("fxgrow_frontend") == "export"
+    assert fxgrow.growth.frontend(analysis.gm) == "export"
     names = {g.name for g in analysis.groups}
     assert {
         "model.layers.0.self_attn.q_proj",

@@ -85,9 +85,9 @@ def test_detector_backbone_grows_exactly(grown):
     outside = [k for k in t_all if not k.startswith("backbone.")]
     assert len(outside) > 10
     assert all(torch.equal(t_all[k], s_all[k]) and t_all[k] is not s_all[k] for k in outside)
-    sub = student.backbone.meta["fxgrow_error"]
+    sub = fxgrow.growth_record(student.backbone).error
     assert sub.max_rel < 1e-5
-    whole = student.backbone.meta["fxgrow_whole"]
+    whole = fxgrow.growth_record(student.backbone).whole
     assert whole.detections == 100 and whole.unmatched == 0 and whole.max_rel < 1e-4
 
 
@@ -176,7 +176,7 @@ def test_keyword_input_and_an_untraceable_outer_forward():
         for s in (student, deeper, both):
             assert type(s) is Outer
             assert torch.allclose(s(x), want, rtol=1e-5, atol=1e-6)
-            assert s.body.meta["fxgrow_whole"].max_rel < 1e-5
+            assert fxgrow.growth_record(s.body).whole.max_rel < 1e-5
     assert len(list(deeper.body.parameters())) > len(list(model.body.parameters()))
     with pytest.raises(InputError, match="as_graph=True and within= do not go together"):
         fxgrow.widen(model, x, factor=2, within="body", as_graph=True)

@@ -29,7 +29,7 @@ def check_resnet() -> str:
     m = torchvision.models.resnet18(num_classes=10).to(DEVICE).eval()
     x = torch.randn(4, 3, 64, 64, device=DEVICE)
     s = fxgrow.widen(m, x, factor=1.5)
-    err = s.meta.get("fxgrow_error")
+    err = getattr(fxgrow.growth_record(s), "error", None)
     return f"resnet18 x1.5 on CUDA verified: {err}"
 
 

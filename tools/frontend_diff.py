@@ -60,7 +60,7 @@ def one(name: str, factor: float, max_params: float, student: bool = True) -> di
     if diff.export_widenable and student:
         try:
             student = fxgrow.widen(model, x, factor=factor, frontend="export", as_graph=True)
-            cmp = student.meta.get("fxgrow_error")
+            cmp = getattr(fxgrow.growth_record(student), "error", None)
             row["student"] = "exact"
             row["max_rel"] = getattr(cmp, "max_rel", None)
         except FxgrowError as e:

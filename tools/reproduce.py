@@ -271,7 +271,7 @@ def run_seed(task: Task, seed: int, quick: bool = False, lr_scale: float | None 
 
     # wider
     student = fxgrow.widen(teacher, example, factor=task.factor, split="random", seed=seed)
-    out["preservation_wider"] = student.meta["fxgrow_error"].max_rel
+    out["preservation_wider"] = fxgrow.growth_record(student).error.max_rel
     out["net2wider"] = continue_from(
         student, fxgrow.transfer_optimizer(opt, teacher, student), scaled
     )
@@ -296,7 +296,7 @@ def run_seed(task: Task, seed: int, quick: bool = False, lr_scale: float | None 
         ),
     ):
         student = fxgrow.widen(teacher, example, factor=task.factor, seed=seed, **kw)
-        out[f"preservation_{key}"] = student.meta["fxgrow_error"].max_rel
+        out[f"preservation_{key}"] = fxgrow.growth_record(student).error.max_rel
         out[key] = continue_from(student, fxgrow.transfer_optimizer(opt, teacher, student), scaled)
     padded = random_pad(teacher, wide, task.blocks, seed + 2)
     out["random_pad_error"] = fxgrow.compare(teacher, padded, example).max_rel

@@ -545,10 +545,10 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
     options = options if within else dict(options, as_graph=True)
     try:
         student = fxgrow.widen(model, x, plan=plan, **options)
-        meta = student.get_submodule(within).meta if within else student.meta
-        cmp = meta.get("fxgrow_error")
+        record = fxgrow.growth_record(student.get_submodule(within) if within else student)
+        cmp = getattr(record, "error", None)
         if within:  # the submodule's figure is max_rel; the whole model's goes in the detail
-            detail = "; ".join(d for d in (f"within {within}: {_whole(meta)}", detail) if d)
+            detail = "; ".join(d for d in (f"within {within}: {_whole(record)}", detail) if d)
         return done(cls, detail, max_rel=getattr(cmp, "max_rel", None), **info)
     except PreservationError as e:
         fp32 = _first_line(e)
@@ -560,7 +560,8 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
     try:
         m64, x64 = copy.deepcopy(model).double(), _double(x)
         student = fxgrow.widen(m64, x64, factor=FACTOR, **options)
-        cmp = (student.get_submodule(within) if within else student).meta.get("fxgrow_error")
+        record = fxgrow.growth_record(student.get_submodule(within) if within else student)
+        cmp = getattr(record, "error", None)
         return done(
             "BUG",
             f"false alarm: float32 {fp32}; float64 passes",
@@ -578,8 +579,8 @@ def run_case(case: Case, max_params: int, frontend: str | None = None) -> Result
         )
 
 
-def _whole(meta: dict) -> str:
-    whole = meta.get("fxgrow_whole")
+def _whole(record: Any) -> str:
+    whole = getattr(record, "whole", None)
     if whole is None or whole.detections is None:
         return f"whole model max rel {getattr(whole, 'max_rel', float('nan')):.2g}"
     ref = "" if whole.teacher_rel is None else f", teacher vs float64 {whole.teacher_rel:.2g}"

@@ -373,7 +373,10 @@ def render(rows: list[Row], elapsed: float) -> str:
             "characterisation is checked against a brute-force search on small chains).  "
             "fxgrow's growth ties are sound but not complete: in a few deep chains of odd "
             "widths they miss a student one or two channels wider (5 channels, 3 chunks: "
-            "only width 6 exists).",
+            'only width 6 exists).  With `init="zero"` and the trunk named in `widths=`, '
+            "fresh units placed through the shuffles (each teacher unit kept on its path, the "
+            "other positions fresh) grow it exactly, 48 -> 57 channels per half "
+            "(`docs/design.md`, `tests/test_shuffle_fresh.py`).",
         ]
     flagged = [r for r in rows if r.signal is not None and r.signal < SIGNAL_FLOOR]
     if flagged:

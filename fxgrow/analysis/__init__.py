@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,12 +21,15 @@ __all__ = ["Analysis", "Blocker", "ChannelGroup", "Member", "analyze"]
 
 @dataclass
 class Analysis:
-    """Result of analysing one GraphModule on one set of example inputs."""
+    """Result of analysing one GraphModule on one set of example inputs.  ``origin``: the
+    model and options ``fxgrow.analyze`` captured it from (``fxgrow.planning.request.Origin``;
+    None for a graph analysed directly)."""
 
     gm: torch.fx.GraphModule
     example_inputs: tuple
     state: AnalysisState
     all_groups: list[ChannelGroup]
+    origin: Any = field(default=None, compare=False, repr=False)
 
     @property
     def groups(self) -> list[ChannelGroup]:
@@ -45,10 +48,13 @@ class Analysis:
 
     @property
     def widenable(self) -> list[ChannelGroup]:
+        """The visible groups with no blockers: those a plan may widen."""
         return [g for g in self.groups if g.widenable]
 
 
 def as_tuple(example_inputs: Any) -> tuple:
+    """Positional example inputs as a tuple (a lone tensor wrapped); anything else is an
+    InputError."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):

@@ -9,7 +9,7 @@ method call, overloads it cannot tell apart, ``*args`` signatures, a module outs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -30,7 +30,10 @@ def bound_arguments(node: torch.fx.Node, root: torch.nn.Module | None = None) ->
     if node.op != "call_function" and (node.op != "call_module" or root is None):
         return None
     try:
-        pair = node.normalized_arguments(root, normalize_to_only_use_kwargs=True)
+        # ``root`` is read for module calls only (and is a module there, checked above)
+        pair = node.normalized_arguments(
+            cast(torch.nn.Module, root), normalize_to_only_use_kwargs=True
+        )
     except (TypeError, ValueError, RuntimeError, AssertionError):
         return None  # a call its target's signature does not take as written
     return dict(pair.kwargs) if pair is not None else None

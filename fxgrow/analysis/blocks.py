@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.fx
@@ -29,6 +30,9 @@ from .rules.registry import has_trait
 
 @dataclass(frozen=True)
 class Block:
+    """The nodes recorded under one module path that hand exactly one tensor (``output``) on;
+    ``residual`` when ``input`` has the output's shape and is added back inside."""
+
     path: str  # module path, e.g. "layer1.1"
     input: str  # node name of I
     output: str  # node name of O
@@ -47,10 +51,12 @@ class Stage:
 
     @property
     def template(self) -> Block:
+        """The last residual block: the one growth copies."""
         return [b for b in self.blocks if b.residual][-1]
 
     @property
     def count(self) -> int:
+        """How many blocks the stage has."""
         return len(self.blocks)
 
 
@@ -73,6 +79,7 @@ def aliases(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
 
 
 def stream_users(node: torch.fx.Node, inside: set) -> list[torch.fx.Node]:
+    """Users of ``node`` inside the block that compute from it (metadata checks left out)."""
     return [
         u
         for u in node.users
@@ -198,7 +205,8 @@ def _classify(
     ]
     learned = any(
         n.op == "call_module"
-        and any(True for _ in gm.get_submodule(n.target).parameters())
+        # a call_module node's target is its module's path (a str)
+        and any(True for _ in gm.get_submodule(cast(str, n.target)).parameters())
         or any(a.op == "get_attr" for a in n.all_input_nodes)
         for n in nodes
     )
@@ -269,8 +277,8 @@ def find_stages(gm: torch.fx.GraphModule, vals: dict, nested: bool = False) -> l
 def next_names(existing: list[str], count: int) -> list[str]:
     """Names continuing a sibling pattern: 0,1 -> 2,3; block2-0 -> block2-1; else name_k."""
     pattern = re.compile(r"^(.*?)(\d+)$")
-    matches = [pattern.match(e) for e in existing]
-    if matches and all(matches) and len({m.group(1) for m in matches}) == 1:
+    matches = [m for e in existing if (m := pattern.match(e)) is not None]
+    if existing and len(matches) == len(existing) and len({m.group(1) for m in matches}) == 1:
         prefix = matches[0].group(1)
         start = max(int(m.group(2)) for m in matches) + 1
         return [f"{prefix}{start + k}" for k in range(count)]

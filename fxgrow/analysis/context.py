@@ -4,21 +4,54 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from ..errors import RuleError
 from .arguments import MISSING, MissingArgument, argument, bound_arguments
 from .layout import Blocker, Fixed, Layout, SpaceTable
-from .values import SizeInfo, TensorInfo
+from .values import SizeInfo, TensorInfo, Value
+
+if TYPE_CHECKING:
+    from .contraction import ContractionScale
 
 PRODUCE = "produce"  # writes the space: new unit j copies unit g(j)
 SCALE = "scale"  # per-channel parameter/buffer: copies with g
 CONSUME = "consume"  # reads the space: column j = column g(j) / c(g(j))
 
 SizeFn = Callable[[Layout], int]
+M = TypeVar("M", bound=torch.nn.Module)
+AttrRead = tuple[torch.fx.Node, torch.fx.Node]  # (user node, the get_attr node it reads)
+
+
+class Consumer(NamedTuple):
+    """A contraction that divides a parameter axis: what a tied weight compensates instead.
+
+    ``user`` contracts; ``link`` is (the node reading the parameter, its get_attr node) when
+    the parameter is read through the graph, None for a call_module's own parameter;
+    ``activation`` / ``activation_axis``: the activation it contracts with (None if unknown)."""
+
+    user: torch.fx.Node
+    link: AttrRead | None
+    activation: torch.fx.Node | None
+    activation_axis: int | None
+
+
+class LayoutBlock(NamedTuple):
+    """A constraint on a layout's classes, applied after the walk."""
+
+    layout: Layout
+    blocker: Blocker
+
+
+class BlockedNode(NamedTuple):
+    """A node no rule handles, and why."""
+
+    node: str  # the node's name
+    reason: str
 
 
 @dataclass
@@ -28,11 +61,17 @@ class ParamAxis:
     target: str
     axis: int
     layout: Layout
-    roles: set = field(default_factory=set)
+    roles: set[str] = field(default_factory=set)  # PRODUCE / SCALE / CONSUME
     is_buffer: bool = False
-    # contractions that divide this axis: (user node, (direct user, get_attr node) or None,
-    # activation node, activation axis) -- what a tied weight needs to compensate instead
-    consumers: list = field(default_factory=list)
+    consumers: list[Consumer] = field(default_factory=list)  # contractions dividing this axis
+
+
+class TiedContraction(NamedTuple):
+    """A tied tensor's axis (copied, never divided) and a contraction that would divide it:
+    the rewrite divides the contraction's activation instead (``_finish_params``)."""
+
+    param: ParamAxis
+    consumer: Consumer
 
 
 @dataclass
@@ -42,7 +81,7 @@ class AttrRule:
     module: str
     attr: str
     compute: Callable[[SizeFn], Any]
-    layouts: tuple  # the layouts it depends on (for group membership)
+    layouts: tuple[Layout, ...]  # the layouts it depends on (for group membership)
 
 
 @dataclass
@@ -58,30 +97,36 @@ class ArgRule:
 
     node: str
     compute: Callable[[SizeFn, tuple, dict], tuple]
-    layouts: tuple
+    layouts: tuple[Layout, ...]
 
 
 @dataclass
 class AnalysisState:
+    """Everything one walk of the graph records: example values, the space table, each node's
+    value, and the parameter axes, attributes and arguments that follow the channel sizes.
+    Growth ties (axes that must grow equally) are the space table's (``spaces.ties``);
+    ``tied_contractions`` are about tied *tensors*."""
+
     gm: torch.fx.GraphModule
-    vals: dict  # node -> example value (meta tensors, ints ...)
+    vals: dict[torch.fx.Node, Any]  # example values (meta tensors, ints ...)
     spaces: SpaceTable = field(default_factory=SpaceTable)
-    values: dict = field(default_factory=dict)  # node -> Value
-    params: dict = field(default_factory=dict)  # (target, axis) -> ParamAxis
-    attrs: list = field(default_factory=list)
-    args: dict = field(default_factory=dict)  # node name -> ArgRule
-    uniform: list = field(default_factory=list)  # (layout, Blocker)
-    consumed: set = field(default_factory=set)  # (user node, get_attr node)
-    blocked_nodes: list = field(default_factory=list)  # (node, reason) for unknown ops
-    outputs: list = field(default_factory=list)  # TensorInfo of each output tensor, in order
-    ties: list = field(default_factory=list)  # (ParamAxis, consumer record): see _finish_params
+    values: dict[torch.fx.Node, Value] = field(default_factory=dict)
+    params: dict[tuple[str, int], ParamAxis] = field(default_factory=dict)  # (target, axis)
+    attrs: list[AttrRule] = field(default_factory=list)
+    args: dict[str, ArgRule] = field(default_factory=dict)  # node name -> its rule
+    # statistics over these layouts are exact only under equal replication
+    uniform: list[LayoutBlock] = field(default_factory=list)
+    consumed: set[AttrRead] = field(default_factory=set)  # parameter reads that contract
+    blocked_nodes: list[BlockedNode] = field(default_factory=list)  # unknown ops
+    outputs: list[TensorInfo] = field(default_factory=list)  # each output tensor, in order
+    tied_contractions: list[TiedContraction] = field(default_factory=list)
     grow_outputs: bool = False  # outputs may widen (compared on the teacher's positions)
-    scales: list = field(default_factory=list)  # ContractionScale: see analysis/contraction.py
-    # (layout, Blocker) applied after the walk only to classes nothing fixes as structure
-    unless_structure: list = field(default_factory=list)
+    scales: list[ContractionScale] = field(default_factory=list)  # see analysis/contraction.py
+    # op blockers applied after the walk only to classes nothing fixes as structure
+    unless_structure: list[LayoutBlock] = field(default_factory=list)
     fixed_outputs: int = 0  # with grow_outputs, how many leading outputs keep their shape
 
-    def vals_by_name(self, gm: torch.fx.GraphModule) -> dict:
+    def vals_by_name(self, gm: torch.fx.GraphModule) -> dict[torch.fx.Node, Any]:
         """Example values keyed by the nodes of ``gm`` (a copy of this graph)."""
         by_name = {n.name: v for n, v in self.vals.items()}
         return {n: by_name[n.name] for n in gm.graph.nodes if n.name in by_name}
@@ -113,10 +158,6 @@ class AnalysisState:
             self.canonical[name] = seen.setdefault(id(t), name)
 
 
-class RuleError(Exception):
-    """A rule met a use it does not handle; the driver turns it into a blocker for the node."""
-
-
 class RuleContext:
     """What a rule sees: the node, its example values, and constraint helpers."""
 
@@ -126,7 +167,10 @@ class RuleContext:
         self.spaces = state.spaces
         self.handled_sizes: set[int] = set()
         self.handled_layouts: list[Layout] = []  # the axes the handled sizes were read from
-        self.module = state.modules.get(node.target) if node.op == "call_module" else None
+        # a call_module node's target is its module's path (a str)
+        self.module = (
+            state.modules.get(cast(str, node.target)) if node.op == "call_module" else None
+        )
         self._bound: Any = MISSING  # the node's arguments by name, bound once on first use
 
     # -- reading -------------------------------------------------------------------------------
@@ -155,6 +199,7 @@ class RuleContext:
         )
 
     def tensor(self, a: Any) -> TensorInfo:
+        """The TensorInfo of a tensor argument; a RuleError if the argument is not a tensor."""
         v = self.value(a)
         if not isinstance(v, TensorInfo):
             raise RuleError(f"expected a tensor argument, got {type(v).__name__}")
@@ -166,6 +211,7 @@ class RuleContext:
         return self.state.vals.get(a) if isinstance(a, torch.fx.Node) else a
 
     def out_shape(self) -> tuple[int, ...]:
+        """The shape of this node's example result; a RuleError if the result is not a tensor."""
         v = self.example()
         if not isinstance(v, torch.Tensor):
             raise RuleError("expected a tensor result")
@@ -181,6 +227,7 @@ class RuleContext:
 
     # -- building values -----------------------------------------------------------------------
     def blocker(self, reason: str, kind: str = "op") -> Blocker:
+        """A Blocker naming this node, with ``reason``."""
         return Blocker(self.node.name, reason, kind)
 
     def fixed(self, n: int, reason: str) -> Layout:
@@ -212,16 +259,19 @@ class RuleContext:
 
     # -- constraints ---------------------------------------------------------------------------
     def unify(self, a: Layout, b: Layout, reason: str = "incompatible channel structure") -> None:
+        """Make ``a`` and ``b`` share channel spaces; where they cannot, block both, naming
+        this node."""
         self.spaces.unify(a, b, self.blocker(reason))
 
     def block(self, layout: Layout, reason: str, kind: str = "op") -> None:
+        """Keep every channel space in ``layout`` at its width, naming this node with ``reason``."""
         self.spaces.block(layout, self.blocker(reason, kind))
 
     def block_unless_structure(self, layout: Layout, reason: str) -> None:
         """Block ``layout``'s classes as an op, unless (once the whole graph is read) a class
         is fixed as structure anyway -- a normalisation over a head dim that attention fixes
         changes nothing, and is no reason to report the group."""
-        self.state.unless_structure.append((layout, self.blocker(reason)))
+        self.state.unless_structure.append(LayoutBlock(layout, self.blocker(reason)))
 
     def param(self, target: str, axis: int, role: str | None) -> Layout:
         """The layout of ``target``'s axis (created on first use) and record how it is used."""
@@ -241,11 +291,25 @@ class RuleContext:
             pa.roles.add(role)
         return pa.layout
 
-    def module_param(self, name: str, axis: int, role: str) -> Layout | None:
+    def module_as(self, cls: type[M]) -> M:
+        """This call_module's module as ``cls``: the class (or a base of the class) the rule
+        was registered for, so the registry's lookup guarantees it."""
+        if not isinstance(self.module, cls):
+            raise RuleError(f"expected a {cls.__name__} module, got {type(self.module).__name__}")
+        return self.module
+
+    def module_param(self, name: str, axis: int, role: str | None) -> Layout | None:
         """``param`` for a parameter of this call_module's module (None if absent)."""
         if getattr(self.module, name, None) is None:
             return None
         return self.param(f"{self.node.target}.{name}", axis, role)
+
+    def module_param_required(self, name: str, axis: int, role: str | None) -> Layout:
+        """``module_param`` for a parameter the module's class always has."""
+        lay = self.module_param(name, axis, role)
+        if lay is None:
+            raise RuleError(f"module {self.node.target} has no parameter {name!r}")
+        return lay
 
     def consume(
         self, a: Any, axis: int, contracted: Layout, activation: tuple[Any, int] | None = None
@@ -268,8 +332,9 @@ class RuleContext:
         target, paxis, chain = src
         self.param(target, paxis, CONSUME)
         self.state.consumed.update(chain)
+        act, act_axis = activation or (None, None)
         self.state.params[(target, paxis)].consumers.append(
-            (self.node, chain[-1], *(activation or (None, None)))
+            Consumer(self.node, chain[-1], act, act_axis)
         )
 
     def produce(self, a: Any, axis: int) -> None:
@@ -280,23 +345,26 @@ class RuleContext:
 
     def module_consume(self, name: str, axis: int, activation: tuple[Any, int]) -> Layout:
         """``module_param(name, axis, CONSUME)``, remembering the activation it contracts."""
-        lay = self.module_param(name, axis, CONSUME)
+        lay = self.module_param_required(name, axis, CONSUME)
         key = (
             self.state.canonical.get(f"{self.node.target}.{name}", f"{self.node.target}.{name}"),
             axis,
         )
-        self.state.params[key].consumers.append((self.node, None, *activation))
+        self.state.params[key].consumers.append(Consumer(self.node, None, *activation))
         return lay
 
-    def _param_source(self, a: Any, axis: int):
+    def _param_source(self, a: Any, axis: int) -> tuple[str, int, list[AttrRead]] | None:
+        """(canonical target, axis, the reads from this node to the get_attr) when ``a``
+        is a parameter read directly, through transposes only; else None."""
         from .rules.registry import has_trait  # the rules import this module
 
-        chain = []
+        chain: list[AttrRead] = []
         user = self.node
         while isinstance(a, torch.fx.Node):
             if a.op == "get_attr":
                 chain.append((user, a))
-                t = self.state.canonical.get(a.target, a.target)
+                t = cast(str, a.target)  # a get_attr node's target is the attribute's path
+                t = self.state.canonical.get(t, t)
                 return (t, axis, chain) if t in self.state.tensors else None
             if len(a.users) != 1 or a.op not in ("call_method", "call_function"):
                 return None
@@ -326,18 +394,23 @@ class RuleContext:
         module: str | None = None,
     ) -> None:
         """Module attribute ``attr`` of this call_module (or ``module``) follows new sizes."""
-        self.state.attrs.append(AttrRule(module or self.node.target, attr, compute, layouts))
+        # without ``module``, a call_module node: its target is the module's path
+        path = module or cast(str, self.node.target)
+        self.state.attrs.append(AttrRule(path, attr, compute, layouts))
 
-    def size_attr(self, attr: str, layout: Layout) -> None:
-        self.set_attr(attr, lambda size: size(layout), layout)
+    def size_attr(self, attr: str, layout: Layout, module: str | None = None) -> None:
+        """Module attribute ``attr`` of this call_module (or ``module``) holds the student's
+        size of ``layout``."""
+        self.set_attr(attr, lambda size: size(layout), layout, module=module)
 
     def rewrite_args(self, compute: Callable[[SizeFn, tuple, dict], tuple], *layouts) -> None:
+        """The student recomputes this node's arguments as ``compute(size, args, kwargs)``."""
         self.state.args[self.node.name] = ArgRule(self.node.name, compute, layouts)
 
     def uniform(self, layout: Layout, reason: str) -> None:
         """Statistics over ``layout`` are exact only if every position is replicated equally."""
         if self.spaces.roots(layout):
-            self.state.uniform.append((layout, self.blocker(reason)))
+            self.state.uniform.append(LayoutBlock(layout, self.blocker(reason)))
 
     def sizes_handled(self, *values: Any) -> None:
         """The rule rewrites these size arguments itself (they may come from channel axes)."""

@@ -3,14 +3,23 @@ channel spaces that must share one replication map."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
 from . import rules  # noqa: F401  (registers every rule)
-from .context import CONSUME, SCALE, AnalysisState, RuleContext, RuleError
+from .context import (
+    CONSUME,
+    SCALE,
+    AnalysisState,
+    BlockedNode,
+    ParamAxis,
+    RuleContext,
+    RuleError,
+    TiedContraction,
+)
 from .layout import Blocker, Fixed
 from .rules.registry import lookup
 from .values import SizeInfo, TensorInfo
@@ -30,6 +39,8 @@ def describe(node: torch.fx.Node, module: Any = None) -> str:
 def run(
     gm: torch.fx.GraphModule, vals: dict, grow_outputs: bool = False, fixed_outputs: int = 0
 ) -> AnalysisState:
+    """Walk the graph once, applying each node's rule: the channel spaces of every value, united
+    and blocked, with the table frozen and growth ties settled."""
     state = AnalysisState(gm, vals, grow_outputs=grow_outputs, fixed_outputs=fixed_outputs)
     for node in gm.graph.nodes:
         state.values[node] = _visit(state, node)
@@ -93,7 +104,7 @@ def _visit(state: AnalysisState, node: torch.fx.Node) -> Any:
 def unknown_op(cx: RuleContext, reason: str) -> Any:
     """An op fxgrow cannot reason about: every channel space it reads is blocked and what it
     returns is fixed."""
-    cx.state.blocked_nodes.append((cx.node.name, reason))
+    cx.state.blocked_nodes.append(BlockedNode(cx.node.name, reason))
     for v in pytree.tree_leaves(cx.value((cx.node.args, cx.node.kwargs))):
         if isinstance(v, (TensorInfo, SizeInfo)):
             for lay in v.layouts:
@@ -113,7 +124,7 @@ def _fixed_values(example: Any, cause: Blocker) -> Any:
 def _get_attr(cx: RuleContext) -> Any:
     """A parameter, buffer or constant tensor read by name: every axis longer than one unit is
     its own channel space until an op couples it; size-1 axes are fixed (they broadcast)."""
-    target = cx.node.target
+    target = cast(str, cx.node.target)  # a get_attr node's target is the attribute's path
     example = cx.example()
     if not isinstance(example, torch.Tensor):
         return example
@@ -195,7 +206,7 @@ def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
 def _finish_params(state: AnalysisState) -> None:
     """Parameters read through get_attr and not contracted are per-channel (copied); a tensor
     axis that is both copied and divided (tied weights) cannot follow one map."""
-    by_target: dict[str, list] = {}
+    by_target: dict[str, list[ParamAxis]] = {}
     for (t, _axis), pa in state.params.items():
         by_target.setdefault(t, []).append(pa)
     for node in state.gm.graph.nodes:
@@ -212,9 +223,9 @@ def _finish_params(state: AnalysisState) -> None:
         if CONSUME in pa.roles and len(pa.roles) > 1:
             # tied weights: one tensor cannot be both copied and divided.  It is copied, and
             # each contraction divides its activation instead (x_j / c(g(j))), which is exact.
-            if pa.consumers and all(c[2] is not None for c in pa.consumers):
+            if pa.consumers and all(c.activation is not None for c in pa.consumers):
                 pa.roles.discard(CONSUME)
-                state.ties.extend((pa, c) for c in pa.consumers)
+                state.tied_contractions.extend(TiedContraction(pa, c) for c in pa.consumers)
             else:
                 state.spaces.block(
                     pa.layout,

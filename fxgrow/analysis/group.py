@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from ..errors import UnknownGroupError
+from ..suggest import did_you_mean
+from ..unique import unique_name
 from .context import CONSUME, PRODUCE, AnalysisState
 from .layout import Atom, Blocker, Fixed, Layout, Prod, SpaceTable, Zip
 
@@ -25,6 +26,7 @@ class Member:
 
     @property
     def module(self) -> str:
+        """The module owning the parameter, buffer or attribute; "" for a graph constant."""
         if self.kind in ("parameter", "buffer", "attribute"):
             return self.target.rpartition(".")[0]
         return ""
@@ -48,6 +50,7 @@ class ChannelGroup:
 
     @property
     def widenable(self) -> bool:
+        """True iff nothing blocks the group."""
         return not self.blockers
 
     @property
@@ -65,10 +68,12 @@ class ChannelGroup:
 
     @property
     def modules(self) -> tuple[str, ...]:
+        """The modules with a member in the group, in member order, without repeats."""
         return tuple(dict.fromkeys(m.module for m in self.members if m.module))
 
     @property
     def multiplicity(self) -> int:
+        """How many times the replicated space repeats on the naming member (``width // unit``)."""
         return self.width // self.unit
 
 
@@ -100,6 +105,8 @@ def _positions(sp: SpaceTable, layout: Layout) -> dict[int, list[int]]:
 
 
 def build_groups(state: AnalysisState) -> list[ChannelGroup]:
+    """One ChannelGroup per class of channel spaces with a parameter or buffer member (in the
+    order members were found); a class no layer produces or reads is blocked as structure."""
     sp = state.spaces
     members: dict[int, list[Member]] = {}
     for pa in state.params.values():
@@ -111,10 +118,10 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
         for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
             if r in members:
                 members[r].append(Member("attribute", f"{rule.module}.{rule.attr}", None, "size"))
-    for rule in state.args.values():
-        for r in dict.fromkeys(r for lay in rule.layouts for r in sp.roots(lay)):
+    for arg_rule in state.args.values():
+        for r in dict.fromkeys(r for lay in arg_rule.layouts for r in sp.roots(lay)):
             if r in members:
-                members[r].append(Member("constant", rule.node, None, "size"))
+                members[r].append(Member("constant", arg_rule.node, None, "size"))
     unproduced = set()
     for r, ms in members.items():
         produced = any(m.role == PRODUCE for m in ms)
@@ -141,9 +148,7 @@ def build_groups(state: AnalysisState) -> list[ChannelGroup]:
     for r in order:
         ms = members[r]
         name, width = _name(ms, state)
-        base, k = name, 2
-        while name in used:
-            name, k = f"{base}#{k}", k + 1
+        name = unique_name(name, used, start=2, sep="#", bare=True)
         used.add(name)
         blockers = tuple(dict.fromkeys(sp.blockers[r]))
         groups.append(
@@ -157,6 +162,7 @@ def _name(ms: list[Member], state: AnalysisState) -> tuple[str, int]:
     tensors = [m for m in ms if m.kind in ("parameter", "buffer")]
     producers = [m for m in tensors if m.role == PRODUCE]
     m = (producers or tensors)[0]
+    assert m.axis is not None  # parameter and buffer members name their axis
     full = state.tensors[m.target].shape[m.axis]
     module = m.module or m.target
     name = module if producers else f"{module}[in]" if m.role == CONSUME else module
@@ -183,10 +189,5 @@ def find_group(groups: list[ChannelGroup], name: str) -> ChannelGroup:
             f"module {name!r} belongs to several channel groups ({options}); name the group instead"
         )
     known = list(dict.fromkeys([g.name for g in groups] + [m for g in groups for m in g.modules]))
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = (
-        f"; did you mean {', '.join(repr(c) for c in close)}?"
-        if close
-        else "; `fxgrow.groups(model, inputs)` lists them"
-    )
+    hint = did_you_mean(name, known, otherwise="; `fxgrow.groups(model, inputs)` lists them")
     raise UnknownGroupError(f"no channel group or module named {name!r}{hint}")

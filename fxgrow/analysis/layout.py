@@ -26,9 +26,12 @@ A class that meets a Fixed segment, or that an op cannot handle, is *blocked*: i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from math import prod
+from typing import NamedTuple
+
+from ..errors import StructureError
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Blocker:
 
     @property
     def boundary(self) -> bool:
+        """True when the blocker is the model's input or output."""
         return self.kind == "boundary"
 
     @property
@@ -56,28 +60,38 @@ class Blocker:
 
 @dataclass(frozen=True)
 class Fixed:
+    """``size`` positions that never change, fixed by ``cause``."""
+
     size: int
     cause: Blocker
 
 
 @dataclass(frozen=True)
 class Atom:
+    """The units of one leaf channel space (an index into the SpaceTable)."""
+
     id: int
 
 
 @dataclass(frozen=True)
 class Prod:
+    """A merged axis: position ``o * size(inner) + i``."""
+
     outer: Layout
     inner: Layout
 
 
 @dataclass(frozen=True)
 class Zip:
+    """Parts interleaved round-robin (a channel shuffle); each part keeps its own map."""
+
     parts: tuple  # tuple[Layout, ...], balanced sizes
 
 
 @dataclass(frozen=True)
 class Stack:
+    """Transient: rows a channel shuffle's first reshape splits off, kept apart until ``merge``."""
+
     rows: tuple  # tuple[Layout, ...], equal sizes
 
 
@@ -85,8 +99,48 @@ Segment = Fixed | Atom | Prod | Zip | Stack
 Layout = tuple  # tuple[Segment, ...]
 
 
-class StructureError(Exception):
-    """Two layouts cannot be brought to a common structure (internal; turned into a blocker)."""
+# -- walking segments -----------------------------------------------------------------------------
+def children(seg: Segment) -> tuple[Layout, ...]:
+    """The layouts a segment is made of: a product's outer and inner, a Zip's parts, a Stack's
+    rows; none for Fixed and Atom (the leaves)."""
+    if isinstance(seg, Prod):
+        return (seg.outer, seg.inner)
+    if isinstance(seg, Zip):
+        return seg.parts
+    if isinstance(seg, Stack):
+        return seg.rows
+    return ()
+
+
+def iter_segments(layout: Layout) -> Iterator[Segment]:
+    """Every segment of ``layout`` and, depth first, every segment inside it (pre-order)."""
+    for seg in layout:
+        yield seg
+        for child in children(seg):
+            yield from iter_segments(child)
+
+
+def atom_ids(layout: Layout) -> Iterator[int]:
+    """The ids of every atom in ``layout``, nested ones included, in order."""
+    return (seg.id for seg in iter_segments(layout) if type(seg) is Atom)
+
+
+def compound_size(seg: Segment, size: Callable[[Layout], int]) -> int:
+    """The size of a Prod, Zip or Stack from ``size`` of the layouts it is made of (a product
+    multiplies, an interleave adds, the rows of a Stack are equal)."""
+    if isinstance(seg, Prod):
+        return size(seg.outer) * size(seg.inner)
+    if isinstance(seg, Zip):
+        return sum(size(p) for p in seg.parts)
+    assert isinstance(seg, Stack), seg
+    return size(seg.rows[0])
+
+
+class GrowthTie(NamedTuple):
+    """Layouts that must grow by the same number of positions, and the op that needs it."""
+
+    layouts: tuple[Layout, ...]
+    blocker: Blocker
 
 
 class SpaceTable:
@@ -98,7 +152,8 @@ class SpaceTable:
         self.members: dict[int, list[int]] = {}
         self.blockers: dict[int, list[Blocker]] = {}
         self.refined: dict[int, Layout] = {}
-        self.ties: list[tuple[tuple[Layout, ...], Blocker]] = []  # equal growth (see Zip)
+        self.ties: list[GrowthTie] = []  # growth ties: equal growth (see Zip)
+        self.tie_causes: set[Blocker] = set()  # the blockers settle_ties added
         self._why: Blocker = Blocker("", "channel layout")  # the op a refinement serves
         self._sizes: dict = {}  # compound segment -> size
         self._resolved: dict | None = None  # cache, once the analysis is finished (freeze)
@@ -119,6 +174,7 @@ class SpaceTable:
         return (Atom(i),)
 
     def find(self, a: int) -> int:
+        """The root of atom ``a``'s class (with path compression)."""
         parent = self.parent
         root = a
         while parent[root] != root:
@@ -139,6 +195,7 @@ class SpaceTable:
         self.blockers[ra].extend(self.blockers.pop(rb))
 
     def blockers_of(self, a: int) -> list[Blocker]:
+        """The blockers of atom ``a``'s class."""
         return self.blockers[self.find(a)]
 
     def _refine(self, atom: int, make) -> None:
@@ -180,6 +237,7 @@ class SpaceTable:
 
     # -- reading layouts -----------------------------------------------------------------------
     def size(self, layout: Layout) -> int:
+        """The number of positions ``layout`` spans (refinement never changes it)."""
         total = 0
         for s in layout:
             if isinstance(s, Fixed):
@@ -189,16 +247,9 @@ class SpaceTable:
             else:  # sizes never change (refinement keeps them): memoised
                 n = self._sizes.get(s)
                 if n is None:
-                    n = self._sizes[s] = self._compound_size(s)
+                    n = self._sizes[s] = compound_size(s, self.size)
                 total += n
         return total
-
-    def _compound_size(self, s: Segment) -> int:
-        if isinstance(s, Prod):
-            return self.size(s.outer) * self.size(s.inner)
-        if isinstance(s, Zip):
-            return sum(self.size(p) for p in s.parts)
-        return self.size(s.rows[0])
 
     def resolve(self, layout: Layout) -> Layout:
         """The layout in terms of leaf atoms, normalised (see module docstring)."""
@@ -255,12 +306,12 @@ class SpaceTable:
         si = self.size(inner)
         if si == 1 and all(isinstance(s, Fixed) for s in inner):
             return list(outer)
-        out = []
+        out: list[Segment] = []
         for o in outer:
             if isinstance(o, Fixed) and o.size == 1:
                 out.extend(inner)
             elif isinstance(o, Prod):  # associativity: (a x b) x c = a x (b x c)
-                out.extend(self._prod(o.outer, self._prod(o.inner, inner)))
+                out.extend(self._prod(o.outer, tuple(self._prod(o.inner, inner))))
             elif isinstance(o, Fixed) and all(isinstance(s, Fixed) for s in inner):
                 out.append(Fixed(o.size * si, o.cause))
             else:
@@ -269,17 +320,15 @@ class SpaceTable:
 
     def roots(self, layout: Layout) -> list[int]:
         """Class roots of every atom in the layout, in order, without repeats."""
-        seen: dict[int, None] = {}
-        for s in self.resolve(layout):
-            for a in _atoms(s):
-                seen.setdefault(self.find(a), None)
-        return list(seen)
+        return list(dict.fromkeys(self.find(a) for a in atom_ids(self.resolve(layout))))
 
     def is_fixed(self, layout: Layout) -> bool:
+        """True when every segment of the resolved layout is Fixed (no channel space in it)."""
         return all(isinstance(s, Fixed) for s in self.resolve(layout))
 
     # -- constraints ---------------------------------------------------------------------------
     def block(self, layout: Layout, blocker: Blocker) -> None:
+        """Add ``blocker`` to the class of every atom in ``layout`` (once per class)."""
         for r in self.roots(layout):
             if blocker not in self.blockers[r]:
                 self.blockers[r].append(blocker)
@@ -364,9 +413,11 @@ class SpaceTable:
     def _unify_segment(self, x: Segment, y: Segment) -> None:
         if isinstance(x, Fixed) and isinstance(y, Fixed):
             return
-        if isinstance(x, Fixed) or isinstance(y, Fixed):
-            fixed, other = (x, y) if isinstance(x, Fixed) else (y, x)
-            self.block((other,), fixed.cause)
+        if isinstance(x, Fixed):
+            self.block((y,), x.cause)
+            return
+        if isinstance(y, Fixed):
+            self.block((x,), y.cause)
             return
         if isinstance(x, Atom) and isinstance(y, Atom):
             self._union(x.id, y.id)
@@ -378,6 +429,7 @@ class SpaceTable:
             return
         if isinstance(x, Atom) or isinstance(y, Atom):
             atom, p = (x, y) if isinstance(x, Atom) else (y, x)
+            assert isinstance(atom, Atom) and isinstance(p, Prod)  # the other pairs returned
             self._factor_atom(atom.id, self.size(p.outer), self.size(p.inner))
             self._unify((atom,), (p,))
             return
@@ -399,6 +451,7 @@ class SpaceTable:
         """Zip against Zip part by part; an atom against a Zip is refined into one."""
         if isinstance(x, Atom) or isinstance(y, Atom):
             atom, z = (x, y) if isinstance(x, Atom) else (y, x)
+            assert isinstance(atom, Atom) and isinstance(z, Zip)  # two atoms never get here
             self._zip_atom(atom.id, [self.size(p) for p in z.parts])
             self._unify((atom,), (z,))
             return
@@ -593,17 +646,33 @@ class SpaceTable:
     def stack(self, layout: Layout, rows: int, blocker: Blocker) -> Layout:
         """The axis of ``layout`` cut into ``rows`` equal rows that keep their own maps (the
         first reshape of a channel shuffle).  The rows must grow alike: they are tied."""
-        n = self.size(layout)
-        pieces = self.cut(layout, range(n // rows, n, n // rows), blocker)
+        pieces = self.cut_equal(layout, rows, blocker)
         self.tie(pieces, blocker)
         return (Stack(tuple(pieces)),)
+
+    def cut_equal(self, layout: Layout, count: int, blocker: Blocker) -> list[Layout]:
+        """``layout`` cut into ``count`` equal pieces (its size is a multiple of ``count``)."""
+        n = self.size(layout)
+        step = n // count
+        return self.cut(layout, range(step, n, step), blocker)
+
+    def equal_blocks(
+        self, layout: Layout, count: int, blocker: Blocker, alike: Blocker
+    ) -> list[Layout]:
+        """``layout`` cut into ``count`` equal blocks that share one map (united position by
+        position, ``alike`` blocking them where they cannot): a grouped conv's groups, a
+        GroupNorm's groups.  Every block grows the same way as the first."""
+        pieces = self.cut_equal(layout, count, blocker)
+        for p in pieces[1:]:
+            self.unify(pieces[0], p, alike)
+        return pieces
 
     # -- growth ties ---------------------------------------------------------------------------
     def tie(self, layouts: Iterable[Layout], blocker: Blocker) -> None:
         """These layouts must grow by the same number of positions."""
         layouts = tuple(tuple(lay) for lay in layouts)
         if len(layouts) > 1:
-            self.ties.append((layouts, blocker))
+            self.ties.append(GrowthTie(layouts, blocker))
 
     def settle_ties(self) -> None:
         """A tied layout that cannot grow (no unblocked channel space) holds every layout of
@@ -629,6 +698,7 @@ class SpaceTable:
                         "land on the wrong side of a later chunk or split)"
                     )
                 cause = Blocker(blocker.node, f"{blocker.reason}: {why}")
+                self.tie_causes.add(cause)
                 for rs in roots:
                     for r in rs:
                         if not self.blockers[r]:
@@ -653,11 +723,7 @@ class SpaceTable:
         if isinstance(s, Atom):
             r = self.find(s.id)
             return widths.get(r, self.width[r])
-        if isinstance(s, Prod):
-            return self.new_size(s.outer, widths) * self.new_size(s.inner, widths)
-        if isinstance(s, Zip):
-            return sum(self.new_size(p, widths) for p in s.parts)
-        return self.new_size(s.rows[0], widths)
+        return compound_size(s, lambda part: self.new_size(part, widths))
 
 
 def _misfit(blocker: Blocker) -> Blocker:
@@ -667,18 +733,6 @@ def _misfit(blocker: Blocker) -> Blocker:
         f"channel layout (a product such as channel x spatial, heads x "
         f"head dim, or the result of repeated channel shuffles)",
     )
-
-
-def _atoms(seg: Segment) -> Iterable[int]:
-    if isinstance(seg, Atom):
-        yield seg.id
-    elif isinstance(seg, Prod):
-        for s in (*seg.outer, *seg.inner):
-            yield from _atoms(s)
-    elif isinstance(seg, (Zip, Stack)):
-        for part in seg.parts if isinstance(seg, Zip) else seg.rows:
-            for s in part:
-                yield from _atoms(s)
 
 
 def _merge_fixed(segs: list) -> Layout:
@@ -697,4 +751,5 @@ def fixed(shape: Iterable[int], cause: Blocker) -> tuple[Layout, ...]:
 
 
 def numel(shape) -> int:
+    """The number of elements of a tensor of ``shape``."""
     return prod(int(n) for n in shape)

@@ -4,7 +4,6 @@ kernel or needs data (``.item()``, data-dependent shapes)."""
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ import torch.fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils import _pytree as pytree
 
-from ..errors import FxgrowError
+from ..errors import GraphRunError
 from ..modes import set_training, untouched
 from .rules.registry import has_trait
 
@@ -87,7 +86,7 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
     if t is torch.nn.Linear and x.dim() >= 1 and x.shape[-1] == m.in_features:
         return _like(x, (*x.shape[:-1], m.out_features))
     if (
-        t is torch.nn.Conv2d
+        type(m) is torch.nn.Conv2d  # (``t is``, written so that type checkers narrow ``m``)
         and x.dim() == 4
         and isinstance(m.padding, tuple)
         and x.shape[1] == m.in_channels
@@ -112,8 +111,8 @@ def _fast_module(m: torch.nn.Module, args: tuple, kwargs: dict):
         )
         return _like(x, (*x.shape[:2], h, w))
     if t is torch.nn.AdaptiveAvgPool2d and x.dim() == 4:
-        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
-        size = tuple(n if o is None else o for n, o in zip(x.shape[2:], size))
+        given = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2
+        size = tuple(n if o is None else o for n, o in zip(x.shape[2:], given))
         return _like(x, (*x.shape[:2], *size))
     return None
 
@@ -157,29 +156,6 @@ def _fast_function(target, args: tuple, kwargs: dict):
                 shape[d] = sum(t.shape[d] for t in ts)
                 return _like(ts[0], shape)
     return None
-
-
-class GraphRunError(FxgrowError):
-    """The graph fails on the example inputs at ``node`` (on meta tensors and for real).
-
-    Whose fault that is -- the inputs, the front end's capture or fxgrow -- is for the caller
-    to tell (``fxgrow.api.analyze`` runs the model itself to find out)."""
-
-    def __init__(self, node: torch.fx.Node | None, cause: BaseException) -> None:
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        self.node = node.name if node is not None else None
-        self.cause = cause
-        where = (
-            f"node {node.name!r} ({node.op} {_target_name(node)})"
-            if node is not None
-            else "the graph's inputs"
-        )
-        super().__init__(f"{where} fails: {type(cause).__name__}: {first}")
-
-
-def _target_name(node: torch.fx.Node) -> str:
-    t = node.target
-    return t if isinstance(t, str) else getattr(t, "__qualname__", None) or str(t)
 
 
 def _user_function(target: Any) -> bool:
@@ -227,93 +203,85 @@ class _Recorder(torch.fx.Interpreter):
         return super().call_function(target, args, kwargs)
 
 
-def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
+class _MetaRun(torch.fx.Interpreter):
     """Every node's value on meta tensors: what an ``Interpreter`` run with every parameter and
     buffer swapped for a meta tensor (``functional_call``) computes, but swapping only where a
     value is read: a ``get_attr`` of a parameter or buffer, and a module that has no fast path
     (``torch.func.functional_call`` on that module alone).  One meta tensor per real tensor, so
-    tied tensors stay one object."""
-    metas: dict[int, torch.Tensor] = {}
+    tied tensors stay one object.  Errors propagate unchanged (the caller falls back to a real
+    run)."""
 
-    def meta_of(t: torch.Tensor) -> torch.Tensor:
-        m = metas.get(id(t))
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.extra_traceback = False
+        self._metas: dict[int, torch.Tensor] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        # the base class's, without setting fx's current-node metadata (nothing traces here)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return getattr(self, n.op)(n.target, args, kwargs)
+
+    def _meta_of(self, t: torch.Tensor) -> torch.Tensor:
+        m = self._metas.get(id(t))
         if m is None:
-            m = metas[id(t)] = torch.empty_like(t, device="meta")
+            m = self._metas[id(t)] = torch.empty_like(t, device="meta")
         return m
 
-    def registered(target: str, value: Any) -> bool:
+    def _module(self, path: str) -> Any:
+        """The submodule at ``path`` (``submodules`` lists a shared module under one path)."""
+        mod = self.submodules.get(path)
+        return self.fetch_attr(path) if mod is None else mod
+
+    def _registered(self, target: str, value: Any) -> bool:
         owner, _, name = target.rpartition(".")
         try:
-            mod = gm.get_submodule(owner) if owner else gm
-        except AttributeError:  # not under a module: functional_call would not swap it
+            mod = self._module(owner)
+        except RuntimeError:  # not under a module: functional_call would not swap it
+            return False
+        if not isinstance(mod, torch.nn.Module):
             return False
         return mod._parameters.get(name) is value or mod._buffers.get(name) is value
 
-    vals: dict[torch.fx.Node, Any] = {}
-    args_iter = iter(gm.graph.process_inputs(*_meta(tuple(example_inputs))))
-    env = vals.__getitem__
-    for n in gm.graph.nodes:
-        op = n.op
-        args = torch.fx.node.map_arg(n.args, env)
-        kwargs = torch.fx.node.map_arg(n.kwargs, env)
-        if op == "call_module":
-            sub = gm.get_submodule(n.target)
-            result = _fast_module(sub, args, kwargs)
-            if result is None:
-                state = {
-                    k: meta_of(v)
-                    for k, v in (
-                        *sub.named_parameters(remove_duplicate=False),
-                        *sub.named_buffers(remove_duplicate=False),
-                    )
-                }
-                result = (
-                    torch.func.functional_call(
-                        sub, state, args, kwargs, strict=False, tie_weights=True
-                    )
-                    if state
-                    else sub(*args, **kwargs)
-                )
-        elif op == "call_function":
-            if has_trait(n.target, "metadata_check"):
-                result = None
-            else:
-                args, kwargs = _meta(args), _meta(kwargs)
-                if _user_function(n.target):
-                    args, kwargs = _plain(args), _plain(kwargs)
-                result = _fast_function(n.target, args, kwargs)
-                if result is None:
-                    result = n.target(*args, **kwargs)
-        elif op == "call_method":
-            args, kwargs = _meta(args), _meta(kwargs)
-            self_obj, *rest = args
-            result = getattr(self_obj, n.target)(*rest, **kwargs)
-        elif op == "get_attr":
-            value = operator.attrgetter(n.target)(gm)  # missing: the real run says so
-            result = (
-                meta_of(value)
-                if isinstance(value, torch.Tensor) and registered(n.target, value)
-                else _meta(value)
+    def get_attr(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        value = self.fetch_attr(target)  # missing: the real run says so
+        if isinstance(value, torch.Tensor) and self._registered(target, value):
+            return self._meta_of(value)
+        return _meta(value)
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        sub = self._module(target)
+        result = _fast_module(sub, args, kwargs)
+        if result is not None:
+            return result
+        state = {
+            k: self._meta_of(v)
+            for k, v in (
+                *sub.named_parameters(remove_duplicate=False),
+                *sub.named_buffers(remove_duplicate=False),
             )
-        elif op == "placeholder":
-            if n.target.startswith("*"):
-                result = list(args_iter)
-            else:
-                result = next(args_iter, _MISSING)
-                if result is _MISSING:
-                    if not args:
-                        raise RuntimeError(
-                            f"Expected positional argument for parameter "
-                            f"{n.target}, but one was not passed in!"
-                        )
-                    result = args[0]
-        else:  # output
-            result = args[0]
-        vals[n] = result
-    return vals
+        }
+        if not state:
+            return sub(*args, **kwargs)
+        return torch.func.functional_call(sub, state, args, kwargs, strict=False, tie_weights=True)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if has_trait(target, "metadata_check"):
+            return None
+        args, kwargs = _meta(args), _meta(kwargs)
+        if _user_function(target):
+            args, kwargs = _plain(args), _plain(kwargs)
+        result = _fast_function(target, args, kwargs)
+        return target(*args, **kwargs) if result is None else result
+
+    def call_method(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return super().call_method(target, _meta(args), _meta(kwargs))
 
 
-_MISSING = object()
+def _run_meta(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:
+    """Every node's value on meta tensors (see :class:`_MetaRun`)."""
+    run = _MetaRun(gm)
+    run.run(*_meta(tuple(example_inputs)))
+    return run.env
 
 
 def propagate(gm: torch.fx.GraphModule, example_inputs: tuple) -> dict[torch.fx.Node, Any]:

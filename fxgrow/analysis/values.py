@@ -17,6 +17,7 @@ class TensorInfo:
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return len(self.shape)
 
     def dim(self, d: int) -> int:

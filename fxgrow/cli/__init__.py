@@ -56,6 +56,9 @@ from .steps import (  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``fxgrow`` command line and return its exit status: 0 done, 1 a failed
+    preservation check or a bug, 2 a user error (bad input, out of memory, the OS); an error
+    is one line on stderr (a bug's traceback only with ``--traceback``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     ui = UI(quiet=getattr(args, "quiet", False))

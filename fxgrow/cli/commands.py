@@ -18,6 +18,7 @@ from .steps import (
     _check_factor,
     _check_output,
     _deepen_budget,
+    _frontend,
     _load,
     _plan,
     _save,
@@ -30,6 +31,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 
 def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow inspect``: the model's channel groups and residual stages, as a table or JSON."""
     loaded, _ = narrow(_load(args, ui), args, ui)
     analysis = _analyse(loaded, args, ui, outputs=args.outputs)
     groups = analysis.all_groups if args.all else analysis.groups
@@ -45,7 +47,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
             "class": type(loaded.model).__name__,
             "parameters": _count_params(loaded.model),
             "inputs": [list(x.shape) for x in loaded.inputs],
-            "frontend": analysis.gm.meta.get("fxgrow_frontend", "fx"),
+            "frontend": _frontend(analysis.gm),
             "groups": [
                 {
                     "name": g.name,
@@ -67,7 +69,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
     print(
         f"{loaded.label}: {type(loaded.model).__name__}, {_count_params(loaded.model):,} "
         f"parameters, input {_describe_inputs(loaded.inputs)}, "
-        f"{analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph of "
+        f"{_frontend(analysis.gm)} graph of "
         f"{len(analysis.gm.graph.nodes)} nodes\n"
     )
     rows = []
@@ -112,6 +114,7 @@ def cmd_inspect(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_widen(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow widen``: widen channel groups, verify the student against the teacher, save it."""
     _check_factor(args)
     _check_output(args, (".safetensors",))
     whole = _load(args, ui)
@@ -134,6 +137,7 @@ def _after_names(items: list[str]) -> list[str]:
 
 
 def cmd_deepen(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow deepen``: insert identity layers after named modules, verify, save."""
     from ..api import capture, deepen
 
     _check_output(args, (".safetensors",))
@@ -208,6 +212,8 @@ def _grow(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 
 def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow grow``: widen and/or add residual blocks, verify, save (a Hugging Face folder in
+    gives a folder out)."""
     _check_factor(args)
     from ..hf.folder import is_folder
 
@@ -238,6 +244,8 @@ def cmd_grow(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
+    """``fxgrow draw``: draw the model, or teacher -> student when grown here or given by
+    ``--student`` (which must record this model as its teacher)."""
     from ..drawing import draw
     from ..drawing.render import dot_binary
 
@@ -272,7 +280,8 @@ def cmd_draw(args: argparse.Namespace, ui: UI) -> int:
     collapse: Any = args.collapse
     if isinstance(collapse, str) and collapse.isdigit():
         collapse = int(collapse)
-    legend = {"auto": "auto", "all": True, "none": False}[args.legend]
+    legends: dict[str, bool | str] = {"auto": "auto", "all": True, "none": False}
+    legend = legends[args.legend]
     with ui.step(f"drawing {out}") as s:
         draw(
             loaded.model,

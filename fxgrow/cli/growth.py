@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
     import torch
+    from torch.nn.modules.conv import _ConvNd
 
 
 def synthetic_loss(seed: int):
@@ -118,6 +119,7 @@ def print_rank(loaded: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
+    """``fxgrow grow-kernel``: enlarge named convolutions' kernels (zero taps), verify, save."""
     from ..api import capture
     from ..rewrite.kernel import grow_kernel
     from .commands import EXIT_OK
@@ -136,7 +138,9 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
         s["done"] = f"{_count_params(student):,} parameters"
     result, tol, ok = _verify(loaded, student, args, ui)
     saved = _save(student, loaded, args, ui)
-    rows = {name: list(student.get_submodule(name).kernel_size) for name in sizes}
+    # grow_kernel grew exactly these convolutions
+    convs = {name: cast("_ConvNd", student.get_submodule(name)) for name in sizes}
+    rows = {name: list(conv.kernel_size) for name, conv in convs.items()}
     if args.json:
         print(
             json.dumps(
@@ -167,6 +171,7 @@ def cmd_grow_kernel(args: argparse.Namespace, ui: Any) -> int:
 
 
 def add_grow_kernel_parser(sub: Any, common, results, fmt, model_help: str) -> None:
+    """Add the ``grow-kernel`` subcommand to ``sub``, with the shared option groups."""
     p = sub.add_parser(
         "grow-kernel",
         formatter_class=fmt,

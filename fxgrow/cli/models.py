@@ -10,7 +10,6 @@ analyses it); every mistake is a :class:`SpecError` naming the fix."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import importlib.util
 import json
@@ -20,25 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..errors import InputError
+from ..errors import SpecError
+from ..params import count_parameters as _count_params
+from ..suggest import did_you_mean
 
 
-class SpecError(InputError):
-    """A model spec or input option that does not name a usable model or input."""
-
-
-def _short(s: str, n: int = 72) -> str:
-    s = " ".join(str(s).split())
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
-def _count_params(m: Any) -> int:
-    seen, total = set(), 0
-    for p in m.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+def _short(s: object, n: int = 72) -> str:
+    text = " ".join(str(s).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 # -- model specs -----------------------------------------------------------------------------------
@@ -46,6 +34,9 @@ def _count_params(m: Any) -> int:
 
 @dataclass
 class Loaded:
+    """A model ready for a command: the module, its example inputs, a label for messages, and
+    where it came from."""
+
     model: Any
     inputs: tuple
     label: str
@@ -89,9 +80,9 @@ def _split_spec(spec: str) -> tuple[str, dict]:
 
 def _close(name: str, known: list[str], what: str, shown: int = 40) -> str:
     """'did you mean ...?', or the list itself (the first ``shown`` of it)."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close = did_you_mean(name, known, quote=False)
     if close:
-        return f"; did you mean {', '.join(close)}?"
+        return close
     if not known:
         return f"; there are no {what}"
     more = f" ... ({len(known)} in all)" if len(known) > shown else ""

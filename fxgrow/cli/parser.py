@@ -195,6 +195,7 @@ def _results(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fxgrow`` argument parser: every subcommand, each with ``func`` set to its handler."""
     from .. import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter

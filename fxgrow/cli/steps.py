@@ -12,14 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import FxgrowError, PreservationError
+from ..errors import FxgrowError, PreservationError, ResourceError
 from .console import UI
 from .models import Loaded, SpecError, _count_params, _describe_inputs, _short, load_model
-
-
-class ResourceError(FxgrowError):
-    """The requested growth would not fit in this machine's memory."""
-
 
 # -- options ----------------------------------------------------------------------------------------
 
@@ -83,7 +78,10 @@ def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "f
         except FxgrowError:
             raise
         except Exception as e:
-            if getattr(loaded.model, "meta", {}).get("fxgrow_weights") is False:
+            from ..growth import growth_record
+
+            record = growth_record(loaded.model)
+            if record is not None and not record.weights:
                 raise SpecError(
                     f"{loaded.label} cannot be analysed without running it "
                     f"({type(e).__name__}: {_short(e, 120)}); pass --run to read its "
@@ -92,7 +90,7 @@ def _analyse(loaded: Loaded, args: argparse.Namespace, ui: UI, outputs: str = "f
             raise
         s["done"] = (
             f"{len(analysis.groups)} groups, {len(analysis.widenable)} widenable "
-            f"({analysis.gm.meta.get('fxgrow_frontend', 'fx')} graph)"
+            f"({_frontend(analysis.gm)} graph)"
         )
     return analysis
 
@@ -118,7 +116,11 @@ def _plan(loaded: Loaded, args: argparse.Namespace, ui: UI):
             approximate=getattr(args, "approximate", False),
             init=getattr(args, "init", "replicate"),
         )
-        s["done"] = f"{len(plan.changes)} groups to widen"
+        s["done"] = f"{len(plan.changes)} groups to widen" + (
+            f", fresh units placed in {len(plan.placements)} producers of channel shuffle chains"
+            if plan.placements
+            else ""
+        )
     return analysis, plan
 
 
@@ -183,12 +185,12 @@ def _bytes(m: Any) -> int:
 
 
 def _apply(analysis: Any, plan: Any, ui: UI) -> Any:
-    from ..rewrite import apply
-    from ..rewrite.init import initialise
+    """The library's widen on the analysis and plan already made (not made again), the
+    student's verification left to ``_verify``."""
+    from ..api import widen
 
     with ui.step("rewriting the graph") as s:
-        student = apply(analysis, plan)
-        initialise(analysis, plan, student)  # init="zero": the new units' fresh fan-in
+        student = widen(analysis, plan=plan, verify=False, as_graph=True)
         s["done"] = f"{_count_params(student):,} parameters"
     return student
 
@@ -201,25 +203,19 @@ def _widen(loaded: Loaded, args: argparse.Namespace, ui: UI):
 
 
 def _verify(loaded: Loaded, student: Any, args: argparse.Namespace, ui: UI):
-    from ..verify import compare
-    from ..verify.compare import tolerance
+    """(comparison, tolerance, ok) by the library's verifier; a student that fails it is
+    refused unless --no-verify.  --noise / --approximate: measured, reported, never refused."""
+    from ..verify.verdict import judge
 
+    inexact = bool(getattr(args, "noise", 0.0) or getattr(args, "approximate", False))
     with ui.step("verifying against the teacher") as s:
-        result = compare(loaded.model, student, loaded.inputs)
-        tol = tolerance(loaded.inputs, loaded.model)
-        s["done"] = str(result)
-    ok = result.max_rel <= tol
-    if getattr(args, "noise", 0.0) or getattr(args, "approximate", False):
-        return result, tol, ok  # not exact by design: measured, reported, never refused
-    if not ok:  # beyond the dtype's floor: calibrate against the teacher's own rounding
-        from ..verify.compare import verify
-
-        try:
-            result, ok = verify(loaded.model, student, loaded.inputs), True
-        except PreservationError as e:
-            if args.verify:
-                raise PreservationError(f"{e} (--no-verify writes the student anyway)") from e
-    return result, tol, ok
+        verdict = judge(loaded.model, student, loaded.inputs, exact=not inexact)
+        s["done"] = str(verdict.result)
+    if verdict.error is not None and getattr(args, "verify", True):
+        raise PreservationError(
+            f"{verdict.error} (--no-verify writes the student anyway)"
+        ) from verdict.error
+    return verdict.result, verdict.tolerance, verdict.ok
 
 
 def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
@@ -264,3 +260,9 @@ def _save(student: Any, loaded: Loaded, args: argparse.Namespace, ui: UI) -> str
         save(student, out, example_inputs=loaded.inputs, teacher=loaded.model)
         s["done"] = f"{out.stat().st_size / 1e6:.1f} MB"
     return str(out)
+
+
+def _frontend(gm: Any) -> str:
+    from ..growth import frontend
+
+    return frontend(gm)

@@ -20,6 +20,7 @@ HELP = (
 
 
 def add_flag(p: argparse.ArgumentParser) -> None:
+    """Add ``--within PATH`` to a subcommand's parser."""
     p.add_argument("--within", metavar="PATH", help=HELP)
 
 

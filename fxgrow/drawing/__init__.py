@@ -20,6 +20,7 @@ import torch.fx
 
 from ..analysis import Analysis, as_tuple
 from ..errors import InputError
+from ..params import count_parameters
 from .graph import (
     DGroup,
     Scene,
@@ -27,6 +28,7 @@ from .graph import (
     build,
     matched_groups,
     node_roots,
+    recorded_groups,
     teacher_groups,
 )
 from .render import DrawError, GraphvizNotFoundError, to_dot, write
@@ -44,15 +46,6 @@ def _analysis(model: Any, example_inputs: Any, trace_options: dict) -> Analysis:
     return analyze(model, example_inputs, **trace_options)
 
 
-def _params(m: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for p in list(m.parameters()):
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
 def _student_graph(student: Any, analysis: Analysis) -> Any:
     """A Hugging Face student (the teacher's class) captured as the teacher was; any other
     student as it is."""
@@ -61,11 +54,17 @@ def _student_graph(student: Any, analysis: Analysis) -> Any:
     if isinstance(student, torch.fx.GraphModule) or not is_pretrained(student):
         return student
     from ..api import capture
+    from ..growth import frontend, growth_record, update_growth_record
 
-    frontend = analysis.gm.meta.get("fxgrow_frontend", "auto")
-    return capture(
-        student, analysis.example_inputs, frontend="export" if frontend == "export" else "auto"
+    graph = capture(
+        student,
+        analysis.example_inputs,
+        frontend="export" if frontend(analysis.gm) == "export" else "auto",
     )
+    record = growth_record(student)  # the widths it was grown to, for the captured graph
+    if record is not None and record.group_widths is not None:
+        update_growth_record(graph, group_widths=record.group_widths)
+    return graph
 
 
 def scene(
@@ -113,10 +112,17 @@ def scene(
 
     inputs = analysis.example_inputs
     teacher_names = {n.name for n in analysis.gm.graph.nodes}
+    recorded = recorded_groups(analysis, student)
     try:
-        s_analysis = analyze_graph(student, inputs)
-        groups, by_root = matched_groups(analysis, s_analysis)
-        roots, vals = node_roots(s_analysis), s_analysis.state.vals
+        if recorded is None:  # no usable growth record: analyse the student, match groups
+            s_analysis = analyze_graph(student, inputs)
+            groups, by_root = matched_groups(analysis, s_analysis)
+            roots, vals = node_roots(s_analysis), s_analysis.state.vals
+        else:  # the teacher's groups at the recorded widths, on the nodes the student kept
+            from ..analysis.shapes import propagate
+
+            groups, by_root = recorded
+            roots, vals = node_roots(analysis), propagate(student, inputs)
     except Exception:  # colour what the teacher knows, by node name
         from ..analysis.shapes import propagate
 
@@ -130,7 +136,7 @@ def scene(
     )
     default = (
         f"{name}: teacher → student · {widened} groups widened · {inserted} ops inserted · "
-        f"parameters {_params(analysis.gm):,} → {_params(student):,}"
+        f"parameters {count_parameters(analysis.gm):,} → {count_parameters(student):,}"
     )
     return build(
         student,

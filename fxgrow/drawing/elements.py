@@ -21,16 +21,19 @@ class DGroup:
 
     @property
     def widenable(self) -> bool:
+        """True iff nothing blocks the group."""
         return not self.blockers
 
     @property
     def fixed(self) -> bool:
+        """Blocked only by the model's boundaries or non-channel axes."""
         return bool(self.blockers) and all(
             b.kind in ("boundary", "structure") for b in self.blockers
         )
 
     @property
     def changed(self) -> bool:
+        """True when the group exists in the teacher with another width."""
         return self.old is not None and self.old != self.width
 
     @property
@@ -40,6 +43,7 @@ class DGroup:
 
     @property
     def status(self) -> str:
+        """ "new", "widenable", "fixed (input, ...)" or "blocked by NODE" (the first op blocker)."""
         if self.old is None:
             return "new"
         if not self.blockers:
@@ -50,6 +54,7 @@ class DGroup:
         return f"blocked by {b.node}"
 
     def describe(self) -> str:
+        """One line for a tooltip or legend: name, width (``old → new`` when changed), status."""
         width = self.change if self.changed else str(self.width)
         return f"{self.name}: {width} channels, {self.status}"
 
@@ -74,6 +79,8 @@ class Item:
 
 @dataclass
 class Edge:
+    """An arrow from item ``src`` to item ``dst``, coloured by the channel groups it carries."""
+
     src: str
     dst: str
     groups: list[DGroup]
@@ -84,6 +91,9 @@ class Edge:
 
 @dataclass
 class Scene:
+    """Everything one drawing shows: items, edges, groups for the legend and module clusters;
+    ``folded`` lists the modules drawn as one box."""
+
     title: str
     items: list[Item]
     edges: list[Edge]

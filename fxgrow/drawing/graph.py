@@ -4,7 +4,8 @@ edges between them with the channel groups they carry, module clusters and the l
 An edge carries the tensor its source produces; it is coloured by the channel groups on that
 tensor's axes (``analysis.state.values[node]`` holds one layout per axis, and
 ``spaces.roots(layout)`` names the groups' classes).  In a before/after view the drawn graph is
-the student's: its groups are matched to the teacher's by name (then by shared parameters),
+the student's: its groups are the teacher's at the widths of its growth record, or, for a
+student with inserted layers, matched to the teacher's by name (then by shared parameters),
 so a widened group keeps its colour and is labelled ``old → new`` where it starts."""
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from .fold import (  # noqa: F401
     choose_fold,
     module_chain,
 )
-from .groups import blockers_by_node, matched_groups, node_roots, teacher_groups  # noqa: F401
+from .groups import (  # noqa: F401
+    blockers_by_node,
+    matched_groups,
+    node_roots,
+    recorded_groups,
+    teacher_groups,
+)
 from .labels import _relative, op_text, shape_text, torch_name  # noqa: F401
 
 # -- input plumbing ------------------------------------------------------------------------------
@@ -78,6 +85,8 @@ def build(
     title: str = "",
     sizes: bool = False,
 ) -> Scene:
+    """The scene of ``gm``: one item per drawn node or folded module (``collapse``), edges
+    coloured by the groups on each source's output, nodes the teacher lacks marked inserted."""
     nodes = [n for n in gm.graph.nodes if _drawn(n, vals, sizes)]
     chains = {n.name: module_chain(n) for n in nodes}
     types: dict[str, str] = {}

@@ -1,14 +1,17 @@
 """Channel groups as drawn, read from the analysis: the classes each node's output carries, the
 nodes that block a group, and the teacher's groups matched to the student's (by name, then by
-shared parameters) so that a widened group keeps its colour."""
+shared parameters) so that a widened group keeps its colour -- or, for a widened student,
+the teacher's groups at the widths its growth record gives (``recorded_groups``)."""
 
 from __future__ import annotations
 
+import torch
 from torch.utils import _pytree as pytree
 
 from ..analysis import Analysis
 from ..analysis.layout import Blocker
 from ..analysis.values import TensorInfo
+from ..growth import frontend, growth_record
 from .elements import DGroup
 from .palette import palette
 
@@ -30,8 +33,8 @@ def node_roots(analysis: Analysis) -> dict[str, list[int]]:
     for g in analysis.groups:
         for b in g.blockers:
             if b.kind == "boundary" and b.node in out and g.root not in out[b.node]:
-                node = next((n for n in analysis.state.values if n.name == b.node), None)
-                if node is not None and node.op == "placeholder":
+                source = next((n for n in analysis.state.values if n.name == b.node), None)
+                if source is not None and source.op == "placeholder":
                     out[b.node].append(g.root)
     return out
 
@@ -49,6 +52,8 @@ def blockers_by_node(analysis: Analysis) -> dict[str, list[Blocker]]:
 
 
 def teacher_groups(analysis: Analysis) -> tuple[list[DGroup], dict[int, DGroup]]:
+    """The drawn groups of a single model (old width = width), one colour each, and class root
+    -> drawn group."""
     colours = palette(len(analysis.groups))
     groups = [
         DGroup(i, g.name, colours[i], g.width, g.width, g.blockers)
@@ -92,3 +97,39 @@ def matched_groups(teacher: Analysis, student: Analysis) -> tuple[list[DGroup], 
         out[g.root] = d
     drawn.sort(key=lambda d: d.index)
     return drawn, out
+
+
+def recorded_groups(
+    teacher: Analysis, student: torch.nn.Module
+) -> tuple[list[DGroup], dict[int, DGroup]] | None:
+    """The teacher's groups at the widths the student's growth record gives them (the
+    student's nodes are the teacher's, by name, plus the scales the rewrite inserted).  None
+    when the record cannot say: no widths recorded (layers were inserted, or fxgrow did not
+    grow it), a group this analysis does not have, or a parameter whose shape in the student
+    disagrees with the recorded width -- then the student is analysed and matched instead."""
+    record = growth_record(student)
+    widths = record.group_widths if record is not None else None
+    if widths is None or not set(widths) <= {g.name for g in teacher.groups}:
+        return None
+    if frontend(student) != frontend(teacher.gm):
+        return None
+    tensors: dict[str, torch.Tensor] = dict(student.named_parameters(remove_duplicate=False))
+    tensors.update(student.named_buffers(remove_duplicate=False))
+    groups, _ = teacher_groups(teacher)
+    drawn: list[DGroup] = []
+    by_root: dict[int, DGroup] = {}
+    for g, d in zip(teacher.groups, groups):
+        unit = widths.get(g.name, g.unit)
+        for m in g.members:  # a member spanning its whole axis spans the student's
+            if m.kind not in ("parameter", "buffer") or m.axis is None:
+                continue
+            full = teacher.state.tensors[teacher.state.canonical.get(m.target, m.target)]
+            if m.positions != full.shape[m.axis]:
+                continue
+            t = tensors.get(m.target)
+            if t is None or t.shape[m.axis] != m.positions // g.unit * unit:
+                return None
+        new = DGroup(d.index, d.name, d.colour, g.width // g.unit * unit, d.old, d.blockers)
+        drawn.append(new)
+        by_root[g.root] = new
+    return drawn, by_root

@@ -9,8 +9,12 @@ from typing import Any
 import torch
 import torch.fx
 
+from ..fxnode import target_name
+
 
 def shape_text(value: Any) -> str:
+    """A short label for a node's example value: ``2×64×8×8``, ``scalar``, ``size``, a tuple of
+    up to four, a number's type name; "" for anything else."""
     if isinstance(value, torch.Tensor):
         return "×".join(str(int(n)) for n in value.shape) if value.dim() else "scalar"
     if isinstance(value, torch.Size):
@@ -61,7 +65,7 @@ def op_text(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, str]:
     """(title, subtitle) of an fx node."""
     if node.op == "call_module":
         try:
-            kind = type(gm.get_submodule(node.target)).__name__
+            kind = type(gm.get_submodule(target_name(node))).__name__
         except AttributeError:
             kind = "module"
         return str(node.target), kind

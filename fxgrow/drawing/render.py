@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import FxgrowError, InputError
+import graphviz
+
+from ..errors import DrawError, GraphvizNotFoundError, InputError
 from .graph import PLUMBING, DGroup, Item, Scene
 from .palette import BLOCKER, INSERTED, NEUTRAL, tint
 
@@ -19,35 +22,36 @@ FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 TEXT_FORMATS = (".dot", ".gv")
 
 
-class DrawError(FxgrowError):
-    """The drawing could not be written (no Graphviz ``dot``, or ``dot`` failed)."""
+class _Html(str):
+    """A Graphviz HTML-like label (``<...>``), passed to ``dot`` as it is."""
 
 
-class GraphvizNotFoundError(DrawError):
-    """Graphviz's ``dot`` program is needed for SVG/PNG/PDF and was not found."""
+class _Dot(graphviz.Digraph):
+    """A ``graphviz.Digraph`` whose edge ends are whole node names: fxgrow's ids may contain
+    ``:`` (``box:layer1``), which ``Digraph.edge`` would read as a port."""
+
+    _quote_edge = staticmethod(graphviz.quoting.quote)
 
 
-def q(s: str) -> str:
-    """A DOT quoted string (``\\n`` ends a line)."""
-    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def _text(s: object) -> str:
+    """Plain text for a DOT attribute: backslashes literal, ``\\n`` ends a line, never HTML."""
+    return graphviz.nohtml(str(s).replace("\\", "\\\\").replace("\n", "\\n"))
 
 
-def _attrs(**kw) -> str:
-    parts = []
+def _attrs(**kw) -> list[tuple[str, str]]:
+    """DOT attributes in order, as strings: None and "" dropped, numbers as numbers, HTML
+    labels as they are, every other value as plain text."""
+    out: list[tuple[str, str]] = []
     for k, v in kw.items():
         if v is None or v == "":
             continue
-        if (
-            isinstance(v, str)
-            and v.startswith("<")
-            and v.endswith(">")
-            or isinstance(v, (int, float))
-            and not isinstance(v, bool)
-        ):
-            parts.append(f"{k}={v}")
+        if isinstance(v, _Html):
+            out.append((k, v))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((k, str(v)))
         else:
-            parts.append(f"{k}={q(v)}")
-    return "[" + ", ".join(parts) + "]" if parts else ""
+            out.append((k, _text(v)))
+    return out
 
 
 def _h(s: str) -> str:
@@ -100,7 +104,7 @@ def _item_attrs(item: Item) -> dict:
     return attrs
 
 
-def _box_label(item: Item) -> str:
+def _box_label(item: Item) -> _Html:
     """An HTML label: the module, its type and op count, its output shape and a strip of the
     groups that live inside it."""
     border = BLOCKER if item.blockers else INSERTED if item.inserted else "#607d8b"
@@ -137,7 +141,7 @@ def _box_label(item: Item) -> str:
             if widened:
                 rows.append("<TR>" + "".join(labels[k : k + span]) + "</TR>")
     body = "".join(r.replace("{span}", str(span)) for r in rows)
-    return (
+    return _Html(
         f'<<TABLE BORDER="{width}" COLOR="{border}" CELLBORDER="0" CELLSPACING="1" '
         f'CELLPADDING="2" BGCOLOR="{fill}" STYLE="rounded">{body}</TABLE>>'
     )
@@ -146,10 +150,10 @@ def _box_label(item: Item) -> str:
 LEGEND_ROWS = 40  # legend="auto" lists every group up to this many
 
 
-def _legend(scene: Scene, full: bool) -> str:
+def _legend(scene: Scene, full: bool) -> _Html | None:
     groups = scene.groups
     if not groups:
-        return ""
+        return None
     rest = 0
     if not full and len(groups) > LEGEND_ROWS:
         keep = [g for g in groups if not g.widenable or g.old is None][:LEGEND_ROWS]
@@ -191,7 +195,7 @@ def _legend(scene: Scene, full: bool) -> str:
             f'<TR><TD COLSPAN="{4 * cols}" ALIGN="LEFT"><FONT POINT-SIZE="9">'
             f"{note}</FONT></TD></TR>"
         )
-    return (
+    return _Html(
         '<<TABLE BORDER="1" COLOR="#9e9e9e" CELLBORDER="0" CELLSPACING="2" '
         'CELLPADDING="1" BGCOLOR="#ffffff">' + "".join(out) + "</TABLE>>"
     )
@@ -227,16 +231,26 @@ def to_dot(
         tooltip=scene.title,
     )
     g_attr.update(graph_attr or {})
-    lines = [
-        "digraph fxgrow {",
-        f"  graph {_attrs(**g_attr)};",
-        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
-        'color="#546e7a", margin="0.08,0.03", height=0.3];',
-        '  edge [fontname="Helvetica", fontsize=9, arrowsize=0.6, color="#9e9e9e"];',
-    ]
+    dot = _Dot(
+        "fxgrow",
+        graph_attr=_attrs(**g_attr),
+        node_attr=_attrs(
+            shape="box",
+            style="rounded,filled",
+            fontname="Helvetica",
+            fontsize=10,
+            color="#546e7a",
+            margin="0.08,0.03",
+            height=0.3,
+        ),
+        edge_attr=_attrs(fontname="Helvetica", fontsize=9, arrowsize=0.6, color="#9e9e9e"),
+    )
     if legend and scene.groups:
-        lines.append(
-            f'  legend [shape=plain, label={_legend(scene, legend is True)}, tooltip="legend"];'
+        dot.node(
+            "legend",
+            _attributes=_attrs(
+                shape="plain", label=_legend(scene, legend is True), tooltip="legend"
+            ),
         )
 
     # clusters: a tree of module paths
@@ -251,7 +265,7 @@ def to_dot(
     for item in scene.items:
         home = next((a for a in reversed(item.ancestors) if a in scene.clusters), None)
         members.setdefault(home, []).append(item)
-    counter = iter(range(1_000_000))
+    counter = itertools.count()
     blocked: dict = {}
     for g in scene.groups:
         for b in g.blockers:
@@ -265,24 +279,26 @@ def to_dot(
         classes += [f"b{i}" for b in item.blockers for i in blocked.get(b, ())]
         return {"id": ids + item.id, "class": " ".join(dict.fromkeys(classes))}
 
-    def emit(path: str | None, indent: str) -> None:
-        if path is not None:
-            lines.append(f"{indent}subgraph cluster_{next(counter)} {{")
-            extra = {"id": f"{ids}m:{path}", "class": "fxmod"} if ids is not None else {}
-            lines.append(
-                f"{indent}  graph {_attrs(label=scene.clusters[path], style='rounded', color='#b0bec5', fontsize=10, fontcolor='#455a64', labeljust='l', tooltip=path, penwidth=1, **extra)};"
-            )
-            inner = indent + "  "
-        else:
-            inner = indent
+    def emit(path: str | None, into: graphviz.Digraph) -> None:
         for item in members.get(path, ()):
-            lines.append(f"{inner}{q(item.id)} {_attrs(**_item_attrs(item), **item_ids(item))};")
+            into.node(item.id, _attributes=_attrs(**_item_attrs(item), **item_ids(item)))
         for child in children.get(path, ()):
-            emit(child, inner)
-        if path is not None:
-            lines.append(f"{indent}}}")
+            extra = {"id": f"{ids}m:{child}", "class": "fxmod"} if ids is not None else {}
+            cluster_attrs = _attrs(
+                label=scene.clusters[child],
+                style="rounded",
+                color="#b0bec5",
+                fontsize=10,
+                fontcolor="#455a64",
+                labeljust="l",
+                tooltip=child,
+                penwidth=1,
+                **extra,
+            )
+            with into.subgraph(name=f"cluster_{next(counter)}", graph_attr=cluster_attrs) as sub:
+                emit(child, sub)
 
-    emit(None, "  ")
+    emit(None, dot)
 
     for k, e in enumerate(scene.edges):
         if e.src == PLUMBING_BOX:  # masks and flags reach every block: the box's tooltip
@@ -299,18 +315,18 @@ def to_dot(
             attrs["style"] = "dashed"
         if e.labels or e.names:
             texts = [(g, g.change) for g in e.labels] + [(g, short_name(g.name)) for g in e.names]
-            attrs["label"] = (
+            attrs["label"] = _Html(
                 "<"
                 + "<BR/>".join(f'<FONT COLOR="{g.colour}">{_h(text)}</FONT>' for g, text in texts)
                 + ">"
             )
             attrs["labeltooltip"] = "\n".join(g.describe() for g in e.labels + e.names)
-        lines.append(f"  {q(e.src)} -> {q(e.dst)} {_attrs(**attrs)};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        dot.edge(e.src, e.dst, _attributes=_attrs(**attrs))
+    return dot.source
 
 
 def dot_binary() -> str | None:
+    """The path of Graphviz's ``dot`` program, or None when it is not on PATH."""
     return shutil.which("dot")
 
 

@@ -18,6 +18,8 @@ Signature = tuple
 
 
 def signature(group: Any) -> Signature:
+    """A group's signature: what it is on the model's own tensors (the same under both front
+    ends)."""
     members = sorted(
         (m.kind, m.target, m.axis, m.role, m.offset, m.positions)
         for m in group.members
@@ -39,9 +41,11 @@ class FrontendDiff:
 
     @property
     def equal(self) -> bool:
+        """True when both front ends find the same group signatures."""
         return not self.only_fx and not self.only_export
 
     def describe(self, limit: int = 3) -> str:
+        """One line: the group counts, and up to ``limit`` names found by only one front end."""
         if self.equal:
             return f"{self.fx_groups} groups, {self.fx_widenable} widenable: equal"
         return (

@@ -16,6 +16,7 @@ import torch
 import torch.fx
 
 from ..errors import TraceError
+from ..growth import update_growth_record
 
 
 def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
@@ -38,7 +39,7 @@ def export(model: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModul
     gm = program.module()
     if not isinstance(gm, torch.fx.GraphModule):
         raise TraceError(f"torch.export returned a {type(gm).__name__}, not a GraphModule")
-    gm.meta["fxgrow_frontend"] = "export"
+    update_growth_record(gm, frontend="export")
     from .modal import make_modal  # dropout follows .train()/.eval() again (see modal.py)
 
     return make_modal(gm, model.training)

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import FxgrowError
-
-
-class SpecialisedGraphError(FxgrowError):
-    """A graph traced for its example inputs' sizes ran on inputs that take another branch."""
+from ..errors import SpecialisedGraphError
 
 
 def traced_as(value: Any, expected: Any, where: str) -> None:

@@ -22,7 +22,7 @@ Hugging Face transformers:
 Invariant: in eval mode the graph computes the teacher's eval function whatever mode it was
 captured in; in training mode dropout is active and resampled on every call.  Other
 ``self.training`` branches of the model's code (batch norm in training mode, router noise) stay
-as captured; ``meta["fxgrow_captured_training"]`` records the mode of the capture."""
+as captured; the growth record's ``captured_training`` is the mode of the capture."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ from torch.nn import functional as F
 
 from ..analysis.arguments import argument, bound_arguments, with_argument
 from ..analysis.rules.registry import has_trait, module_for
+from ..growth import update_growth_record
+from ..unique import unique_name
 
 _SDPA = (torch.ops.aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
 
@@ -46,9 +48,11 @@ class TrainingOnly(nn.Module):
         self.p = float(p)
 
     def forward(self) -> float:
+        """``p`` in training mode, 0.0 in eval mode."""
         return self.p if self.training else 0.0
 
     def extra_repr(self) -> str:
+        """Shows ``p`` in the module's repr."""
         return f"p={self.p}"
 
 
@@ -57,6 +61,7 @@ class TrainingFlag(nn.Module):
     ``torchvision.ops.stochastic_depth``)."""
 
     def forward(self) -> bool:
+        """The module's ``training`` flag."""
         return self.training
 
 
@@ -73,13 +78,10 @@ def _free_path(gm: torch.fx.GraphModule, node: torch.fx.Node, suffix: str) -> st
     owner = list(stack.values())[-1][0] if stack else ""
     owner = owner if all(p.isidentifier() or p.isdigit() for p in owner.split(".") if p) else ""
     candidates = ([owner] if owner else []) + [f"{owner}.{suffix}" if owner else suffix]
-    for path in candidates:
+    for path in candidates[:-1]:
         if not _taken(gm, path):
             return path
-    k = 1
-    while _taken(gm, f"{candidates[-1]}{k}"):
-        k += 1
-    return f"{candidates[-1]}{k}"
+    return unique_name(candidates[-1], lambda p: _taken(gm, p), start=1, bare=True)
 
 
 def _taken(gm: torch.fx.GraphModule, path: str) -> bool:
@@ -168,5 +170,5 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
     for m in new_modules:  # only these: an fx graph shares the model's own modules
         m.training = training
     gm.training = training
-    gm.meta["fxgrow_captured_training"] = training
+    update_growth_record(gm, captured_training=training)
     return gm

@@ -20,12 +20,11 @@ import torch.fx
 import torch.fx._symbolic_trace as _fx_trace
 from torch.utils import _pytree as pytree
 
+from ..errors import NotStatic
+from ..fxnode import node_arg, target_function, target_name
+
 _META_ATTRS = frozenset({"shape", "ndim"})
 _META_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
-
-
-class NotStatic(Exception):
-    """The value depends on tensor data, the device or the dtype (or could not be computed)."""
 
 
 class ExampleValues:
@@ -72,14 +71,14 @@ class ExampleValues:
             else:
                 raise NotStatic(f"no example input for {node.target!r}")
         elif op == "get_attr":
-            result = operator.attrgetter(node.target)(self.root)
+            result = operator.attrgetter(target_name(node))(self.root)
         elif op == "call_module":
-            result = self.root.get_submodule(node.target)(*args, **kwargs)
+            result = self.root.get_submodule(target_name(node))(*args, **kwargs)
         elif op == "call_method":
             self_obj, *rest = args
-            result = getattr(self_obj, node.target)(*rest, **kwargs)
+            result = getattr(self_obj, target_name(node))(*rest, **kwargs)
         elif op == "call_function":
-            result = node.target(*args, **kwargs)
+            result = target_function(node)(*args, **kwargs)
         else:
             raise NotStatic(f"node {node.name} ({op})")
         return result
@@ -104,7 +103,7 @@ class ExampleValues:
         if (
             node.op == "call_function"
             and node.target is builtins.len
-            and isinstance(self.value(node.args[0]), torch.Tensor)
+            and isinstance(self.value(node_arg(node, 0)), torch.Tensor)
         ):
             return True
         if node.op in ("call_module", "placeholder") and any(

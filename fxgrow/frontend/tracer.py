@@ -16,6 +16,7 @@ import contextlib
 import operator
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch.fx
 import torch.fx._symbolic_trace as _fx_trace
 
 from ..errors import TraceError
+from ..fxnode import target_name
 from .guards import traced_as
 from .specialise import ExampleValues, NotStatic
 
@@ -74,6 +76,8 @@ def _culprit(error: BaseException, functions: set) -> Callable | None:
 
 class _Proxy(torch.fx.Proxy):
     """A proxy that a specialising tracer can turn into a number (``int(p)``, ``float(p)``)."""
+
+    tracer: LeafTracer  # only ``LeafTracer.proxy`` makes these
 
     def __int__(self) -> int:
         return int(self.tracer.to_number(self, int))
@@ -139,16 +143,21 @@ class LeafTracer(torch.fx.Tracer):
         super().__init__(autowrap_functions=tuple(autowrap_functions) + timm_functions)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        """Modules named or typed as leaves (and timm's no-trace ones) stay calls; for the
+        others fx decides."""
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def trace(self, root, concrete_args=None):
+        """Trace ``root``; with example inputs, values are evaluated on them (lazily) so that
+        traced-through code can be specialised."""
         if self.example_inputs is not None and isinstance(root, torch.nn.Module):
             self.examples = ExampleValues(root, self.example_inputs)
         return super().trace(root, concrete_args)
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        """A proxy that can be specialised to a number when example inputs are given."""
         return _Proxy(node, self) if self.examples is not None else super().proxy(node)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
@@ -166,7 +175,7 @@ class LeafTracer(torch.fx.Tracer):
             finally:
                 self.proxy_buffer_attributes = saved
             if isinstance(proxy, torch.fx.Proxy) and proxy.node.op == "get_attr":
-                self.buffers_read.setdefault(proxy.node.target, attr_val)
+                self.buffers_read.setdefault(target_name(proxy.node), attr_val)
             return proxy
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
@@ -177,7 +186,7 @@ class LeafTracer(torch.fx.Tracer):
             for _path, t in getattr(self, "module_stack", {}).values()
         ):
             return True
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             if frame.f_code in self.through_codes:
                 return True
@@ -202,9 +211,12 @@ class LeafTracer(torch.fx.Tracer):
         return value
 
     def to_bool(self, obj: torch.fx.Proxy) -> bool:
+        """``bool(proxy)`` from the example value, guarded (see ``_specialised``)."""
         return self._specialised(obj, bool)
 
     def to_number(self, obj: torch.fx.Proxy, kind: type) -> Any:
+        """``int(proxy)`` / ``float(proxy)`` from the example value, guarded (see
+        ``_specialised``)."""
         return self._specialised(obj, kind)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UnknownGroupError
+from ..growth import growth_record
+from ..params import count_parameters
 from .folder import example_ids, load_folder, save_folder
 from .target import parse_overrides
 
@@ -46,10 +48,6 @@ def expand_globs(model, widths: Mapping[str, int]) -> dict[str, int]:
         else:
             out[pattern] = width
     return out
-
-
-def _count(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def grow_folder(
@@ -109,12 +107,13 @@ def grow_folder(
     written = save_folder(
         student, out, source=src, max_shard_size=max_shard_size, overwrite=overwrite
     )
+    record = growth_record(student)
     return FolderGrowth(
         written,
-        dict(getattr(student, "fxgrow_fields", {})),
-        getattr(student, "fxgrow_error", None),
-        _count(teacher),
-        _count(student),
+        dict(record.config_fields or {}) if record else {},
+        record.fresh_error if record else None,
+        count_parameters(teacher),
+        count_parameters(student),
     )
 
 

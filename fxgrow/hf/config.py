@@ -22,11 +22,14 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is imported when a Hugging Face model is grown
+    from transformers import PreTrainedModel
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -34,7 +37,7 @@ Shapes = dict[str, tuple[int, ...]]
 LAYER_LISTS = ("layer_types",)
 
 
-def _meta_model(cls: type, config: Any) -> torch.nn.Module:
+def _meta_model(cls: type[PreTrainedModel], config: Any) -> torch.nn.Module:
     from transformers.initialization import no_init_weights
 
     with torch.device("meta"), no_init_weights():
@@ -46,8 +49,8 @@ def tensor_shapes(model: torch.nn.Module) -> Shapes:
     out: Shapes = {}
     for name, t in model.named_parameters(remove_duplicate=False):
         out[name] = tuple(t.shape)
-    for name, t in model.named_buffers(remove_duplicate=False):
-        out[name] = tuple(t.shape)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        out[name] = tuple(b.shape)
     return out
 
 
@@ -59,8 +62,10 @@ def _shapes_cached(cls: type, key: str) -> tuple:
     return tuple(sorted(tensor_shapes(_meta_model(cls, config)).items()))
 
 
-def _config_from(cls: type, d: dict) -> Any:
+def _config_from(cls: type[PreTrainedModel], d: dict) -> Any:
     config_class = cls.config_class
+    if config_class is None:
+        raise ConfigError(f"{cls.__name__} names no config class to build a config from")
     return config_class.from_dict(dict(d))
 
 
@@ -164,6 +169,9 @@ class Probe:
 
 
 def probe(cls: type, config: Any) -> Probe:
+    """Measure how ``cls``'s tensor shapes follow each integer config field (by doubling it and
+    building the model on the meta device): exponents per axis, structural fields, fields that
+    stand for a size when None, and fields that must stay equal to another."""
     base = shapes_for(cls, config)
     exps: dict[str, dict[tuple[str, int], float]] = {}
     structural: list[str] = []

@@ -19,6 +19,7 @@ import torch.fx
 from ..analysis.arguments import argument, bound_arguments
 from ..analysis.rules.registry import has_trait
 from ..errors import UnsupportedModelError
+from ..fxnode import node_arg, owner, target_name
 
 
 def _shown(target) -> str:
@@ -44,10 +45,10 @@ def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
     with a scale) are passed too."""
     while node.args and isinstance(node.args[0], torch.fx.Node):
         if node.op == "call_module":
-            m = node.graph.owning_module.get_submodule(node.target)
+            m = owner(node).get_submodule(target_name(node))
             if not has_trait(m, "commutes_with_scale", exact=True):
                 break
-            node = node.args[0]
+            node = node_arg(node, 0)
             continue
         if node.op != "call_function":
             break
@@ -57,7 +58,7 @@ def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
                 break
         elif not _passes(node):
             break
-        node = node.args[0]
+        node = node_arg(node, 0)
     return node
 
 
@@ -272,6 +273,11 @@ def scale_constant(gm: torch.fx.GraphModule, target: str, new: torch.Tensor) -> 
                 f"a multiplication: fxgrow cannot compensate it"
             )
         other = u.args[0] if _attr(gm, u.args[1]) == target else u.args[1]
+        if not isinstance(other, torch.fx.Node):
+            raise UnsupportedModelError(
+                f"{target} changes with the config and {u.name} multiplies it by a constant: "
+                f"fxgrow cannot compensate it"
+            )
         fold_scale(gm, other, ratio.reshape(()) if ratio.numel() == 1 else ratio)
     with torch.no_grad():
         old.copy_(new.to(old.dtype))

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..growth import growth_record
+from ..params import count_parameters
 
 # what a source folder holds that is not the model's weights or config: copied as is
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
@@ -105,7 +107,7 @@ def model_card(
         lines += ["", note]
     from .. import __version__
 
-    params = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values())
+    params = count_parameters(student)
     lines += ["", f"{params:,} parameters.  Written by fxgrow {__version__}.", ""]
     return "\n".join(lines)
 
@@ -148,8 +150,9 @@ def save_folder(
             gen = Path(source) / "generation_config.json"
             if gen.is_file():
                 shutil.copy2(gen, tmp / gen.name)
-        fields = getattr(student, "fxgrow_fields", {}) or {}
-        error = getattr(student, "fxgrow_error", None)
+        record = growth_record(student)
+        fields = dict(record.config_fields or {}) if record else {}
+        error = record.fresh_error if record else None
         (tmp / "README.md").write_text(
             model_card(student, None if source is None else str(source), fields, error, note)
         )

@@ -125,7 +125,12 @@ def stream_norms(model, members: list) -> tuple[dict, str | None, int]:
             ),
             None,
         )
-        if e is not None and e == getattr(config, eps_field) and name not in stream_modules:
+        if (
+            e is not None
+            and eps_field  # always: no modules are walked without it
+            and e == getattr(config, eps_field)
+            and name not in stream_modules
+        ):
             raise ConfigError(
                 f"{name} ({type(m).__name__}) uses {eps_field} too but does not normalise "
                 f"the stream: a new {eps_field} would change it; grow the stream by a whole "
@@ -187,6 +192,7 @@ def pad_graph(
         _untie_scale(gm, list(by_target), grow)
         gm.recompile()
         return {}
+    assert eps_field  # grow == 1.0 exactly when the config holds the norms' eps
     return {eps_field: getattr(teacher.config, eps_field) * C / new}
 
 

@@ -3,10 +3,10 @@
 Such a student is written as a Hugging Face folder (``save_folder``), not in fxgrow's graph
 format: it is a plain ``PreTrainedModel`` whose config holds its widths, so the folder is what
 ``from_pretrained`` -- and every tool around it -- reads, with no fxgrow needed.  The growth
-record that ``fxgrow.transfer_optimizer`` and ``fxgrow.map_tensor`` read
-(``model.meta["fxgrow_expansions"]``) is kept beside the weights in ``fxgrow_growth.json``
-(``fxgrow.training.record``'s JSON form); ``fxgrow.load(folder)`` gives the model back with
-it.
+record (``fxgrow.growth.growth_record(model)``: the expansions ``fxgrow.transfer_optimizer``
+and ``fxgrow.map_tensor`` read, the config fields, the measured error ...) is kept whole beside
+the weights in ``fxgrow_growth.json`` (``fxgrow.io.growth_codec``'s JSON form);
+``fxgrow.load(folder)`` gives the model back with it.
 
 Invariant: ``load(save(student, folder))`` is ``type(student)`` with the same tensors (bit
 for bit) and the same growth record; with ``example_inputs`` the written folder is loaded
@@ -37,7 +37,8 @@ def save_student(
 ) -> Path:
     """Write ``model`` (a ``PreTrainedModel``) as a Hugging Face folder at ``path`` with its
     growth record; ``teacher``'s fingerprint is recorded when given."""
-    from ..training import record
+    from ..growth import growth_record
+    from ..io.growth_codec import encode
     from .folder import save_folder
 
     out = Path(path)
@@ -47,13 +48,10 @@ def save_student(
             f"it as a folder (config.json + safetensors), not as the single file "
             f"{out.name}; pass a folder path"
         )
-    meta = getattr(model, "meta", None) or {}
-    desc: dict[str, Any] = {
-        "class": type(model).__name__,
-        "renumbered": bool(meta.get("fxgrow_renumbered", False)),
-    }
-    if meta.get(record.KEY):
-        desc[record.KEY] = record.encode(meta[record.KEY])
+    record = growth_record(model)
+    desc: dict[str, Any] = {"class": type(model).__name__}
+    if record is not None:
+        desc["growth"] = encode(record)
     if teacher is not None:
         from ..io import fingerprint
 
@@ -66,25 +64,28 @@ def save_student(
 
 
 def load_student(path: str | os.PathLike) -> torch.nn.Module:
-    """The model ``save_student`` wrote, as its class, with ``meta`` holding the growth
-    record (empty for a folder fxgrow did not write)."""
-    from ..training import record
+    """The model ``save_student`` wrote, as its class, with its growth record (an empty
+    one for a folder fxgrow did not write)."""
+    from ..growth import GrowthRecord, set_growth_record
+    from ..io.growth_codec import decode
     from .folder import load_folder
 
     model = load_folder(path)
-    meta: dict[str, Any] = {record.KEY: {}, "fxgrow_renumbered": False}
+    record = GrowthRecord()
     f = Path(path) / RECORD_FILE
     if f.is_file():
         try:
             desc = json.loads(f.read_text())
-            meta[record.KEY] = record.decode(desc.get(record.KEY, {}))
-            meta["fxgrow_renumbered"] = bool(desc.get("renumbered", False))
-        except (ValueError, TypeError, AttributeError) as e:
+        except ValueError as e:
             raise LoadError(
                 f"{f} is malformed ({type(e).__name__}: {e}); it was not written "
                 f"by fxgrow.save or is damaged"
             ) from e
-    model.meta = meta
+        if isinstance(desc, dict) and "growth" in desc:
+            record = decode(desc["growth"], str(f))
+        else:  # a folder written before the growth record
+            record = decode(desc, str(f), legacy=True)
+    set_growth_record(model, record)
     return model
 
 

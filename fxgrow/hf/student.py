@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.fx
 
 from ..errors import ConfigError, PreservationError
+from ..growth import GrowthRecord, growth_record, set_growth_record, update_growth_record
 from . import config as cfg
 from .fold import fold_tie_scales, rescale_width_constant, scale_constant
 
@@ -36,6 +38,7 @@ def is_pretrained(model: Any) -> bool:
 
 
 def is_encoder_decoder(model: Any) -> bool:
+    """Whether ``model`` is a Hugging Face encoder-decoder (its config says so)."""
     return is_pretrained(model) and bool(getattr(model.config, "is_encoder_decoder", False))
 
 
@@ -50,7 +53,8 @@ def finish(
 ) -> torch.nn.Module:
     """What widen / deepen / grow return: the student as the teacher's class when the
     teacher is a Hugging Face model (unless ``as_graph``), else the graph."""
-    grown_outputs = student.meta.get("fxgrow_output_positions") is not None
+    record = growth_record(student)
+    grown_outputs = record is not None and record.output_positions is not None
     if (
         as_graph
         or not is_pretrained(teacher)
@@ -70,7 +74,7 @@ def _hf_tensors(teacher, gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
     """The student's tensors under Hugging Face names: block copies the graph inserted
     (``model.layers.1_deepen0``) renumbered into their layer stack in running order
     (``fxgrow.rewrite.hf_depth.hf_numbering``); records which teacher layer each new layer
-    copies (``gm.meta["fxgrow_layer_sources"]``, for per-layer config lists)."""
+    copies (the growth record's ``layer_sources``, for per-layer config lists)."""
     tensors = _tensors(gm)
     if not any("_deepen" in k for k in tensors):
         return tensors
@@ -78,9 +82,11 @@ def _hf_tensors(teacher, gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
 
     stacks = {p: n for p, (_, n) in layer_stacks(teacher.state_dict(), teacher.config).items()}
     renamed = hf_numbering(tensors, stacks)
-    if len(stacks) == 1 and "fxgrow_layer_sources" not in gm.meta:
+    record = growth_record(gm)
+    if len(stacks) == 1 and (record is None or record.layer_sources is None):
         ((prefix, n),) = stacks.items()
-        gm.meta["fxgrow_layer_sources"] = [i for _, i, _ in _graph_layers(tensors, prefix, n)]
+        sources = tuple(i for _, i, _ in _graph_layers(tensors, prefix, n))
+        update_growth_record(gm, layer_sources=sources)
     return renamed
 
 
@@ -143,7 +149,9 @@ def _lists(config, n: int) -> dict[str, Any]:
     return out
 
 
-def new_config(teacher, shapes: cfg.Shapes, sources: list[int] | None = None) -> tuple[Any, dict]:
+def new_config(
+    teacher, shapes: cfg.Shapes, sources: Sequence[int] | None = None
+) -> tuple[Any, dict]:
     """The teacher's config with the fields that give ``shapes``; (config, changed fields)."""
     config, cls = teacher.config, type(teacher)
     fields = _layer_count_fields(teacher, shapes)
@@ -174,7 +182,8 @@ def to_pretrained(
     fold_tie_scales(gm)
     tensors = _hf_tensors(teacher, gm)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    config, fields = new_config(teacher, shapes, gm.meta.get("fxgrow_layer_sources"))
+    record = growth_record(gm) or GrowthRecord()
+    config, fields = new_config(teacher, shapes, record.layer_sources)
     if extra:
         config = cfg.with_fields(config, extra)
         fields.update(extra)
@@ -225,18 +234,18 @@ def to_pretrained(
         if src not in tensors:
             raise ConfigError(f"the student has no tensor for {name} of {cls.__name__}")
         state[name] = tensors[src]
-    extra = [
+    unplaced = [
         k
         for k in tensors
         if k not in state
         and k not in dict(model.named_buffers())
         and not _alias_of_state(k, tensors, state)
     ]
-    if extra:
+    if unplaced:
         inserted = sorted(
             {
                 k.split("_deepen")[0] + "_deepen" + k.split("_deepen")[1].split(".")[0]
-                for k in extra
+                for k in unplaced
                 if "_deepen" in k
             }
         )
@@ -251,7 +260,7 @@ def to_pretrained(
         )
         raise ConfigError(
             f"{cls.__name__} has no place for the student's tensors "
-            f"{', '.join(extra[:4])}{why}; or keep the graph (as_graph=True)"
+            f"{', '.join(unplaced[:4])}{why}; or keep the graph (as_graph=True)"
         )
     wanted = model.state_dict()
     off = [
@@ -271,16 +280,21 @@ def to_pretrained(
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()  # the same tensor under both names, as from_pretrained gives
     model.train(teacher.training)
-    model.fxgrow_fields = fields  # what changed in the config (read by save_folder)
-    # the growth record optimizer transfer reads (fxgrow.transfer_optimizer): the expansions,
-    # keyed by parameter names, which are the graph's unless blocks were renumbered
+    # the growth record: the config fields that changed (read by save_folder) and the
+    # expansions optimizer transfer reads (fxgrow.transfer_optimizer), keyed by parameter
+    # names, which are the graph's unless blocks were renumbered
     renumbered = any("_deepen" in k for k in _tensors(gm))
-    model.meta = {
-        "fxgrow_expansions": {} if renumbered else dict(gm.meta.get("fxgrow_expansions", {})),
-        "fxgrow_renumbered": renumbered,
-    }
-    if check and not gm.meta.get("fxgrow_inexact"):
-        model.fxgrow_error = check_fresh(teacher, model)
+    set_growth_record(
+        model,
+        GrowthRecord(
+            expansions={} if renumbered else dict(record.expansions),
+            renumbered=renumbered,
+            config_fields=fields,
+            group_widths=None if renumbered else record.group_widths,
+        ),
+    )
+    if check and not record.inexact:
+        update_growth_record(model, fresh_error=check_fresh(teacher, model))
     return model
 
 
@@ -321,6 +335,8 @@ def fresh_inputs(
 
 
 def main_output(out) -> torch.Tensor:
+    """The tensor a comparison reads from a model's output: ``logits``, else ``last_hidden_state``,
+    else the first element of a tuple, else the output itself."""
     for key in ("logits", "last_hidden_state"):
         if hasattr(out, key) and getattr(out, key) is not None:
             return getattr(out, key)
@@ -391,7 +407,13 @@ def check_fresh(teacher, student, tol: float | None = None) -> float:
         raise PreservationError(
             f"the grown {type(student).__name__} differs from the teacher on fresh inputs "
             f"(max rel err {worst:.3g} > {tol:g}, and more precise copies of both do not "
-            f"account for it); the config fields {student.fxgrow_fields} do not reproduce "
+            f"account for it); the config fields {_fields(student)} do not reproduce "
             f"the graph. Keep the graph (as_graph=True) and please report it"
         )
     return worst
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """The config fields the growth record of ``model`` says changed."""
+    record = growth_record(model)
+    return dict(record.config_fields or {}) if record is not None else {}

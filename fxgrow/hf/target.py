@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, PreservationError, WidthError
+from ..growth import update_growth_record
 from . import config as cfg
 
 _IGNORED = {
@@ -46,9 +47,9 @@ def target_fields(teacher_config: Any, target: Any) -> dict[str, Any]:
         raise ConfigError(
             f"to_config must be a config, a dict or a config.json path, got {type(target).__name__}"
         )
-    amap = getattr(teacher_config, "attribute_map", {}) or {}
+    amap: Mapping[str, str] = getattr(teacher_config, "attribute_map", {}) or {}
     current = teacher_config.to_dict()
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in target.items():
         key = amap.get(key, key)
         if key in _IGNORED:
@@ -89,7 +90,7 @@ def widths_for(analysis, teacher_shapes: cfg.Shapes, want: cfg.Shapes) -> dict[s
             ratio[open_[0].name] = need[k] / known
             progress = True
         if not progress:  # an axis of several open groups: the outer one (on the most axes)
-            count = {}  # grows, the ones laid inside it (head dims) keep their size
+            count: dict[str, int] = {}  # grows, the ones laid inside it (head dims) keep their size
             for groups in axes.values():
                 for g in groups:
                     if g.name not in ratio and len(groups) > 1:
@@ -211,8 +212,7 @@ def grow_to_config(
     if widths:
         try:
             student = widen(
-                model,
-                inputs,
+                analysis,  # already made: not analysed again
                 widths=widths,
                 seed=seed,
                 split=split,
@@ -260,7 +260,7 @@ def grow_to_config(
     if verify and not pads:
         from ..verify import verify as _verify
 
-        student.meta["fxgrow_error"] = _verify(model, student, inputs)
+        update_growth_record(student, error=_verify(model, student, inputs))
     if as_graph:
         return student
     if pads:
@@ -269,7 +269,7 @@ def grow_to_config(
         grown = to_pretrained(model, student, check=False, extra=extra)
         if verify:
             try:
-                grown.fxgrow_error = check_fresh(model, grown)
+                update_growth_record(grown, fresh_error=check_fresh(model, grown))
             except PreservationError as e:
                 raise ConfigError(
                     f"growing the stream {pad_name!r} to {pad_width} (not a whole multiple) is "

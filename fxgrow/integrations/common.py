@@ -17,6 +17,7 @@ from ..analysis.rules.registry import has_trait
 from ..errors import InputError
 from ..frontend.modal import TrainingOnly
 from ..modes import preserved
+from ..params import count_parameters
 from ..training.tied import TiedAttention, TiedDropout
 
 
@@ -149,7 +150,8 @@ def measure(fn: Callable[[], Any], model: torch.nn.Module, seed: int) -> float |
 
 
 def count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """The number of parameter elements in ``model`` (a shared parameter counted once)."""
+    return count_parameters(model)
 
 
 def become(model: torch.nn.Module, student: torch.nn.Module) -> torch.nn.Module:

@@ -84,6 +84,7 @@ class GrowCallback(TrainerCallback):
         return self
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Refuse to train without the Trainer attached: growing replaces the Trainer's model."""
         if self.trainer is None:
             raise InputError(
                 "GrowCallback needs its Trainer: call callback.attach(trainer) "
@@ -91,12 +92,16 @@ class GrowCallback(TrainerCallback):
             )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Feed the logged metrics to the trigger."""
         self.trigger.observe(logs)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """Feed the evaluation metrics to the trigger."""
         self.trigger.observe(metrics)
 
     def on_step_end(self, args, state, control, train_dataloader=None, **kwargs):
+        """Grow once, when the trigger says it is due (the step reached, or the monitored metric
+        stalled)."""
         reason = self.trigger.due(state.global_step)
         if reason is not None:
             self.trigger.fired = True

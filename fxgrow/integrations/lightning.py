@@ -86,6 +86,7 @@ class GrowCallback(pl.Callback):
         self.events: list[GrowthEvent] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Feed the logged metrics to the trigger; grow once, when it says it is due."""
         self.trigger.observe({k: v for k, v in trainer.callback_metrics.items()})
         reason = self.trigger.due(trainer.global_step)
         if reason is not None:

@@ -2,7 +2,8 @@
 
 ``saving`` writes a GraphModule's tensors and its graph as JSON metadata; ``loading`` reads
 them back treating the file as untrusted input (``codec`` for values, ``records`` for modules,
-``trust`` for the allowlist of names, ``header`` for what a file declares)."""
+``graph_loading`` for the graph, ``trust`` and ``allowlist`` for the allowlist of names,
+``header`` for what a file declares)."""
 
 from __future__ import annotations
 

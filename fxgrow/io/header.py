@@ -77,7 +77,7 @@ def info(path: str | os.PathLike) -> dict:
     return desc
 
 
-def _short(e: BaseException, n: int = 160) -> str:
+def _short(e: object, n: int = 160) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= n else text[: n - 1] + "…"
 

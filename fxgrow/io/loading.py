@@ -10,10 +10,10 @@ declared shapes (what ``fxgrow inspect`` and ``fxgrow draw`` use for saved files
 
 from __future__ import annotations
 
-import builtins
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,10 @@ import torch
 import torch.fx
 
 from ..errors import InputError, LoadError
+from ..growth import GrowthRecord, set_growth_record
 from .codec import _dec, _enc, _qualname
+from .graph_loading import _codegen, _graph
+from .growth_codec import decode
 from .header import (  # noqa: F401
     _DTYPES,
     FORMAT,
@@ -33,13 +36,7 @@ from .header import (  # noqa: F401
     input_spec,
 )
 from .records import _ctor_kwargs
-from .trust import (
-    MODULE_PACKAGES,
-    check_member,
-    check_method,
-    resolve_class,
-    resolve_function,
-)
+from .trust import check_member, resolve_class
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -229,104 +226,6 @@ def _read(f: Any, key: str, rec: dict, weights: bool, path: Path) -> torch.Tenso
     return f.get_tensor(key).clone()  # fresh, aligned memory: kernels may round differently
 
 
-# -- graph -----------------------------------------------------------------------------------------
-
-
-def _graph(desc: dict, root: torch.nn.Module, trusted: tuple, dec_env: Any) -> torch.fx.Graph:
-    graph = torch.fx.Graph()
-    env: dict[str, torch.fx.Node] = {}
-    leaves = {str(r["path"]) for r in desc["modules"] if r.get("role") == "leaf"}
-    attrs = set(desc["tensors"]) | {str(r["path"]) for r in desc["modules"]}
-    for rec in desc["graph"]:
-        op, name, target = rec["op"], str(rec["name"]), rec["target"]
-        if not _IDENT.match(name):
-            raise LoadError(f"malformed node name {name!r}")
-        if op == "call_function":
-            target = resolve_function(str(target), trusted)
-        elif op == "call_module":
-            if target not in leaves:
-                raise LoadError(
-                    f"node {name} calls module {target!r}, which the file does not build"
-                )
-        elif op == "get_attr":
-            if target not in attrs:
-                raise LoadError(
-                    f"node {name} reads {target!r}, which is neither a tensor nor a "
-                    f"module of the file"
-                )
-        elif op == "call_method":
-            check_method(str(target), trusted)
-        elif op == "placeholder":
-            if not _IDENT.match(str(target)) or str(target).startswith("__"):
-                raise LoadError(f"node {name}: malformed input name {target!r}")
-        elif op != "output":
-            raise LoadError(f"node {name}: unknown op {op!r}")
-        args = dec_env(rec["args"], env)
-        kwargs = dec_env(rec["kwargs"], env)
-        if (
-            not isinstance(args, tuple)
-            or not isinstance(kwargs, dict)
-            or not all(isinstance(k, str) and _IDENT.match(k) for k in kwargs)
-        ):
-            raise LoadError(f"node {name}: malformed arguments")
-        if target is builtins.getattr and (
-            len(args) < 2 or not isinstance(args[1], str) or args[1].startswith("_")
-        ):
-            raise LoadError(
-                f"node {name} reads the attribute {args[1:2]!r:.40} (only public "
-                f"attributes named by a constant string are loaded)"
-            )
-        node = graph.create_node(op, target, args, kwargs, name=name)
-        if node.name != name:
-            raise LoadError(f"duplicate or reserved node name {name!r}")
-        if "nn_module_stack" in rec:
-            node.meta["nn_module_stack"] = {
-                str(k): (str(p), str(t)) for k, p, t in rec["nn_module_stack"]
-            }
-        env[name] = node
-    return graph
-
-
-def _codegen(graph: torch.fx.Graph, cg: dict | None) -> None:
-    if not cg:
-        return
-    from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
-    from torch.utils._pytree import treespec_loads
-
-    for spec in (cg.get("in_spec"), cg.get("out_spec")):
-        _import_spec_types(spec)
-    names = [str(a) for a in cg["orig_args"]]
-    if not all(_IDENT.match(a) for a in names):
-        raise LoadError("malformed input names in the pytree signature")
-    graph._codegen = _PyTreeCodeGen(
-        _PyTreeInfo(
-            names,
-            treespec_loads(cg["in_spec"]) if cg.get("in_spec") else None,
-            treespec_loads(cg["out_spec"]) if cg.get("out_spec") else None,
-        )
-    )
-
-
-def _import_spec_types(spec: str | None) -> None:
-    """Import the modules that register the pytree types a treespec names (ModelOutput ...),
-    from the trusted model packages only."""
-    import importlib
-
-    if not spec:
-        return
-    for name in set(re.findall(r'"type": "([A-Za-z0-9_.]+)"', spec)):
-        mod = name.rpartition(".")[0]
-        if (
-            mod
-            and any(mod == p or mod.startswith(p + ".") for p in MODULE_PACKAGES)
-            and not any(part.startswith("__") for part in mod.split("."))
-        ):
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                pass
-
-
 def load(
     path: str | os.PathLike,
     *,
@@ -398,45 +297,14 @@ def load(
         raise LoadError(f"{path.name}: the stored graph does not compile: {_short(e)}") from e
     gm.training = bool(desc.get("training", False))
     meta = desc.get("meta") or {}
-    if "fxgrow_frontend" in meta:
-        gm.meta["fxgrow_frontend"] = str(meta["fxgrow_frontend"])
-    if meta.get("fxgrow_output_positions") is not None:
-        gm.meta["fxgrow_output_positions"] = [
-            [
-                None if p is None else torch.tensor([int(i) for i in p], dtype=torch.long)
-                for p in per
-            ]
-            for per in meta["fxgrow_output_positions"]
-        ]
-    if meta.get("fxgrow_expansions"):
-        gm.meta["fxgrow_expansions"] = _expansion_record(path, meta["fxgrow_expansions"])
-    if not weights:
-        gm.meta["fxgrow_weights"] = False
+    if not isinstance(meta, dict):
+        raise LoadError(f"{path.name}: malformed fxgrow description (meta is not an object)")
+    if "growth" in meta:
+        record = decode(meta["growth"], path.name)
+    elif meta:  # a file written before the growth record
+        record = decode(meta, path.name, legacy=True)
+    else:
+        record = None
+    if record is not None or not weights:
+        set_growth_record(gm, replace(record or GrowthRecord(), weights=weights))
     return gm
-
-
-_RECORD_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def _expansion_record(path: Path, data: Any) -> dict:
-    """The expansion record (fxgrow/training/record.py) of a saved student, checked: names of
-    floating dtypes only, integer indices, one entry per widened tensor."""
-    from ..training import record
-
-    try:
-        for axes in data.values():
-            for axis, index, fraction, dtype, consumed in axes:
-                if (
-                    dtype not in _RECORD_DTYPES
-                    or not isinstance(axis, int)
-                    or not all(isinstance(i, int) for i in index)
-                    or len(fraction) != len(index)
-                    or not isinstance(consumed, bool)
-                ):
-                    raise ValueError(f"malformed entry (dtype {dtype!r})")
-        return record.decode(data)
-    except (ValueError, TypeError, AttributeError) as e:
-        raise LoadError(
-            f"{path.name}: the stored expansion record is malformed ({e}); load "
-            f"the file without it by re-saving the student"
-        ) from e

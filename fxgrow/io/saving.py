@@ -22,7 +22,7 @@ import json
 import operator
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -43,7 +43,7 @@ def _input_spec(example_inputs: Any) -> list:
     for x in xs:
         if not isinstance(x, torch.Tensor):
             raise InputError("example_inputs for save must be tensors")
-        d = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+        d: dict[str, Any] = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
         if not x.is_floating_point() and x.numel():
             d["low"], d["high"] = int(x.min()), int(x.max()) + 1
         spec.append(d)
@@ -156,7 +156,7 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     if type(cg).__name__ == "_PyTreeCodeGen":
         from torch.utils._pytree import treespec_dumps
 
-        info = cg.pytree_info
+        info = cast(torch.fx.graph._PyTreeCodeGen, cg).pytree_info  # by its class name above
         codegen = {
             "orig_args": list(info.orig_args),
             "in_spec": treespec_dumps(info.in_spec) if info.in_spec is not None else None,
@@ -165,19 +165,12 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     elif type(cg) is not torch.fx.graph.CodeGen:
         raise SaveError(f"the graph uses a custom code generator ({type(cg).__name__})")
 
-    meta = {}
-    if "fxgrow_frontend" in gm.meta:
-        meta["fxgrow_frontend"] = str(gm.meta["fxgrow_frontend"])
-    if gm.meta.get("fxgrow_output_positions") is not None:
-        meta["fxgrow_output_positions"] = [
-            [None if p is None else [int(i) for i in p.tolist()] for p in per]
-            for per in gm.meta["fxgrow_output_positions"]
-        ]
-    # the expansion record, for fxgrow.transfer_optimizer (format: fxgrow/training/record.py)
-    from ..training import record
+    # the growth record whole (format: fxgrow/io/growth_codec.py): transfer_optimizer reads it
+    from ..growth import growth_record
+    from .growth_codec import encode
 
-    if gm.meta.get(record.KEY):
-        meta[record.KEY] = record.encode(gm.meta[record.KEY])
+    record = growth_record(gm)
+    meta = {"growth": encode(record)} if record is not None else {}
     from .. import __version__
 
     desc = {

@@ -34,134 +34,14 @@ from typing import Any
 import torch
 
 from ..errors import LoadError
-
-MODULE_PACKAGES = ("torch.nn", "torchvision", "timm", "transformers", "fxgrow")
-"""Where module classes may come from without ``trusted=``."""
-
-SAFE_BUILTINS = frozenset(
-    {
-        "getattr",
-        "len",
-        "int",
-        "float",
-        "bool",
-        "min",
-        "max",
-        "abs",
-        "round",
-        "tuple",
-        "list",
-        "slice",
-        "range",
-        "divmod",
-        "pow",
-        "sum",
-        "all",
-        "any",
-        "isinstance",
-        "hasattr",
-    }
+from .allowlist import (
+    FILE_ARGUMENTS,
+    KNOWN_CLASSES,
+    MODULE_PACKAGES,
+    PURE_OPERATOR,
+    SAFE_BUILTINS,
+    TENSOR_DUNDERS,
 )
-
-PURE_OPERATOR = frozenset(
-    {
-        "add",
-        "sub",
-        "mul",
-        "truediv",
-        "floordiv",
-        "mod",
-        "pow",
-        "neg",
-        "pos",
-        "abs",
-        "invert",
-        "matmul",
-        "eq",
-        "ne",
-        "lt",
-        "le",
-        "gt",
-        "ge",
-        "and_",
-        "or_",
-        "xor",
-        "not_",
-        "truth",
-        "getitem",
-        "contains",
-        "index",
-        "lshift",
-        "rshift",
-        "concat",
-        "is_",
-        "is_not",
-        "iadd",
-        "isub",
-        "imul",
-        "itruediv",
-        "ifloordiv",
-        "imod",
-        "ipow",
-        "imatmul",
-        "iand",
-        "ior",
-        "ixor",
-        "setitem",
-    }
-)
-
-TENSOR_DUNDERS = frozenset(
-    {
-        "__add__",
-        "__radd__",
-        "__iadd__",
-        "__sub__",
-        "__rsub__",
-        "__isub__",
-        "__mul__",
-        "__rmul__",
-        "__imul__",
-        "__truediv__",
-        "__rtruediv__",
-        "__itruediv__",
-        "__floordiv__",
-        "__rfloordiv__",
-        "__mod__",
-        "__rmod__",
-        "__pow__",
-        "__rpow__",
-        "__matmul__",
-        "__rmatmul__",
-        "__neg__",
-        "__pos__",
-        "__abs__",
-        "__invert__",
-        "__and__",
-        "__rand__",
-        "__or__",
-        "__ror__",
-        "__xor__",
-        "__rxor__",
-        "__eq__",
-        "__ne__",
-        "__lt__",
-        "__le__",
-        "__gt__",
-        "__ge__",
-        "__getitem__",
-        "__setitem__",
-        "__len__",
-    }
-)
-
-KNOWN_CLASSES = {  # module classes outside MODULE_PACKAGES that graphs contain: forward is empty
-    "torch.export._unlift.GuardsFn": lambda: (
-        __import__("torch.export._unlift", fromlist=["GuardsFn"]).GuardsFn
-    ),
-}
-
-FILE_ARGUMENTS = frozenset({"filename", "file", "path", "f"})
 
 _TORCH_NAMESPACES = frozenset(
     {  # where public torch functions are looked up by name
@@ -183,6 +63,7 @@ _PART = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def how_to_trust(name: str) -> str:
+    """The hint appended to a refusal: how to trust ``name`` from Python and from the CLI."""
     return (
         f"if you trust the file's source, pass trusted=({name!r},) to fxgrow.load "
         f"(command line: --trust {name})"
@@ -311,7 +192,7 @@ def _import_public(name: str, packages: tuple[str, ...]) -> Any:
         ):
             continue
         try:
-            obj = importlib.import_module(module_name)
+            obj: Any = importlib.import_module(module_name)
         except ImportError:
             continue
         for p in parts[k:]:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .placement import placed_student
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -31,6 +33,7 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
+        """True when the memory needed is available (or the available memory is unknown)."""
         return self.available_bytes is None or self.needed_bytes <= self.available_bytes
 
     def __str__(self) -> str:
@@ -43,10 +46,12 @@ class Estimate:
         )
 
     def to_dict(self) -> dict:
+        """The estimate as a JSON-ready dict, ``fits`` included."""
         return {**asdict(self), "fits": self.fits}
 
 
 def human(n: float) -> str:
+    """A byte count in decimal units, e.g. ``1.5 MB`` (whole bytes below 1 kB)."""
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if abs(n) < 1000 or unit == "PB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -94,8 +99,13 @@ def planned_sizes(analysis: Any, plan: Any) -> dict[str, tuple[int, int]]:
             if m.kind in ("parameter", "buffer") and m.axis is not None:
                 key = (m.target, m.axis)
                 growth[key] = growth.get(key, Fraction(0)) + m.positions * (r - 1)
+    placed = placed_student(analysis, getattr(plan, "placements", ()))
+    tensors = _tensors(analysis.gm)
+    for (target, axis), e in (placed.axes if placed is not None else {}).items():
+        old = analysis.state.tensors[target].shape[axis]
+        growth[(target, axis)] = growth.get((target, axis), 0) + len(e.index) - old
     out = {}
-    for name, t in _tensors(analysis.gm).items():
+    for name, t in tensors.items():
         shape = [math.ceil(n + growth.get((name, axis), 0)) for axis, n in enumerate(t.shape)]
         out[name] = (math.prod(shape), t.element_size())
     return out

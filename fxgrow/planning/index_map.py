@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
@@ -10,7 +10,8 @@ from ..analysis.layout import Atom, Fixed, Layout, Prod, SpaceTable, Zip
 from ..errors import WidthError
 
 
-class Expansion(NamedTuple):
+@dataclass(frozen=True)
+class Expansion:
     """Per new position of an axis: the old position it copies (``index``), the share of the
     old unit it carries (``fraction``: 1/c(g(j)) for an equal split, or a random split; the
     shares of one unit's copies sum to 1), and how many copies that unit has (``count``)."""

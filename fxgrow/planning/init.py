@@ -17,7 +17,9 @@ keep channel j apart.  Three things see the values themselves and make it inexac
 * groups normalised together with channels that cannot grow (``plan._stuck_roots``).
 
 Such groups take ``"replicate"`` instead (exact with whole-multiple widths); the plan records
-the initialisation each group actually got (``GroupChange.init``).
+the initialisation each group actually got (``GroupChange.init``).  A channel-shuffle chain
+that no replication grows, named in ``widths=``, takes ``"zero"`` units placed through its
+shuffles instead of appended (``placement.py``; ``WidenPlan.placements``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ INITS = ("replicate", "zero", "gradmax")
 
 
 def check_init(init: str) -> str:
+    """``init`` itself if it is one of INITS; an InputError naming the choices otherwise."""
     if init not in INITS:
         raise InputError(f"init must be one of {', '.join(repr(i) for i in INITS)}, got {init!r}")
     return init

@@ -45,6 +45,8 @@ class ReplicationMap:
     def random(
         cls, old: int, new: int, generator: torch.Generator, split: str = "equal"
     ) -> ReplicationMap:
+        """The old units in place, each extra unit a copy of a uniformly drawn old one; shares
+        as ``split`` says ("equal", or "random" positive weights)."""
         extra = torch.randint(0, old, (new - old,), generator=generator).tolist()
         source = tuple(range(old)) + tuple(extra)
         return cls(old, new, source, _fractions(source, old, split, generator))
@@ -77,6 +79,7 @@ class ReplicationMap:
         return tuple(c)
 
     def source_tensor(self) -> torch.Tensor:
+        """``source`` as a long tensor (cached)."""
         return self._source_tensor
 
     @cached_property
@@ -84,6 +87,7 @@ class ReplicationMap:
         return torch.tensor(self.source, dtype=torch.long)
 
     def count_tensor(self) -> torch.Tensor:
+        """``counts`` as a long tensor (cached)."""
         return self._count_tensor
 
     @cached_property

@@ -6,7 +6,7 @@ import json
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..analysis.group import ChannelGroup
 from ..errors import BlockedGroupError, InputError, WidthError
 from .checks import check_plan, root_maps  # noqa: F401
 from .maps import ReplicationMap, _fractions  # noqa: F401
+from .placement import Placement, interleave_only, place
 from .ties import _check_ties, _growth_coefficients, _nullspace, _settle_growth  # noqa: F401
 from .widths import _check_width, _inner_factors, _stuck_roots, _uniform_roots
 
@@ -42,8 +43,13 @@ class WidenPlan:
     noise: float = 0.0
     approximate: bool = False  # normalised groups may grow by non-whole factors (not exact)
     init: str = "replicate"  # what was asked for; each change records what it got
+    placements: tuple[Placement, ...] = ()  # fresh units placed through shuffle chains
+    # the Analysis it was made from (fxgrow.plan), so that widen(plan) need not analyse again;
+    # not part of the plan's value: not compared, not serialised
+    analysis: Analysis | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
+        """The plan as a JSON-ready dict; ``from_dict`` reads it back to an equal plan."""
         return {
             "seed": self.seed,
             "split": self.split,
@@ -65,10 +71,16 @@ class WidenPlan:
                 }
                 for c in self.changes
             ],
+            "placements": [
+                {"node": p.node, "old": p.old, "new": p.new, "source": list(p.source)}
+                for p in self.placements
+            ],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WidenPlan:
+        """The plan ``to_dict`` wrote (older dicts: missing options take their defaults)."""
+
         def rmap(m):
             fr = m.get("fractions")
             return ReplicationMap(
@@ -91,25 +103,32 @@ class WidenPlan:
             d.get("noise", 0.0),
             d.get("approximate", False),
             d.get("init", "replicate"),
+            tuple(
+                Placement(p["node"], p["old"], p["new"], tuple(p["source"]))
+                for p in d.get("placements", ())
+            ),
         )
 
     def to_json(self) -> str:
+        """The plan as a JSON string (see ``to_dict``)."""
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, s: str) -> WidenPlan:
+        """The plan ``to_json`` wrote."""
         return cls.from_dict(json.loads(s))
 
     def __str__(self) -> str:
-        if not self.changes:
+        if not self.changes and not self.placements:
             return "WidenPlan: no group changes"
-        w = max(len(c.group) for c in self.changes)
+        w = max(len(c.group) for c in self.changes) if self.changes else 0
         lines = [f"WidenPlan (seed {self.seed}): {len(self.changes)} groups"]
         lines += [
             f"  {c.group:<{w}}  {c.old_width:>6} -> {c.new_width}"
             + ("" if c.init == "replicate" else f"  ({c.init})")
             for c in self.changes
         ]
+        lines += [f"  {p.node}  {p.old:>6} -> {p.new}  (zero, placed)" for p in self.placements]
         return "\n".join(lines)
 
 
@@ -167,8 +186,15 @@ def make_plan(
                 unit = math.ceil(g.unit * factor - 1e-9)
             if unit > g.unit:
                 targets[g.root] = (g, unit)
+    placed: dict[frozenset, tuple[ChannelGroup, int]] = {}  # chain -> (group, growth)
     for name, new in (widths or {}).items():
         g = analysis.group(name)
+        chain = interleave_only(analysis, g.root) if init == "zero" and not g.widenable else None
+        if chain:  # held by its shuffles alone: fresh units may be placed through them
+            new = _check_width(g, new, False)
+            _, before = placed.get(chain, (g, 0))
+            placed[chain] = (g, max(before, new - g.width))
+            continue
         if not g.widenable:
             reasons = "; ".join(str(b) for b in g.blockers)
             others = [o.name for o in analysis.widenable if set(o.modules) & set(g.modules)]
@@ -180,9 +206,11 @@ def make_plan(
             )
             if init != "replicate" and "channel shuffle" in reasons:
                 hint += (
-                    f"; init={init!r} does not lift this yet: such chains have exact "
-                    f"students with fresh units only at some widths, and fxgrow cannot "
-                    f"place their new units (docs/design.md, channel spaces)"
+                    "; init='zero' places fresh units through a channel shuffle chain "
+                    "only when nothing but its interleaves holds it"
+                    if init == "zero"
+                    else f"; init={init!r} does not lift this: only init='zero' places "
+                    f"fresh units through channel shuffle chains (docs/design.md)"
                 )
             raise BlockedGroupError(f"group {g.name!r} cannot be widened exactly: {reasons}{hint}")
         if g.root in stuck and new != g.width:
@@ -216,7 +244,31 @@ def make_plan(
         changes.append(
             GroupChange(g.name, g.width, unit * g.multiplicity, m, init if fresh else "replicate")
         )
-    plan = WidenPlan(tuple(changes), seed, split, float(noise), bool(approximate), init)
+    placements = _placements(analysis, placed, {t[0].root for t in targets.values()}, no_fresh)
+    plan = WidenPlan(tuple(changes), seed, split, float(noise), bool(approximate), init, placements)
     if not approximate:
         check_plan(analysis, plan)
     return plan
+
+
+def _placements(
+    analysis: Analysis,
+    placed: dict[frozenset, tuple[ChannelGroup, int]],
+    grown: set[int],
+    no_fresh: dict[int, str],
+) -> tuple[Placement, ...]:
+    """Fresh units placed through each named shuffle chain (``planning/placement.py``)."""
+    out: list[Placement] = []
+    for chain, (g, growth) in placed.items():
+        if growth <= 0:
+            continue
+        clash = chain & grown
+        why = next((no_fresh[r] for r in chain if r in no_fresh), None)
+        if clash or why:
+            raise WidthError(
+                f"group {g.name!r} is in a channel shuffle chain that init='zero' grows as "
+                f"a whole, by placing fresh units: "
+                + (why or "another change of this plan widens part of it; name only the chain")
+            )
+        out.extend(place(analysis, g.root, growth))
+    return tuple(out)

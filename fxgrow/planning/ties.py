@@ -33,10 +33,10 @@ def _settle_growth(
     for layouts, _ in sp.ties:
         coefs = [_growth_coefficients(sp, lay, by_root, held) for lay in layouts]
         for c in coefs[1:]:
-            row = dict(coefs[0])
+            diff = dict(coefs[0])
             for r, v in c.items():
-                row[r] = row.get(r, 0) - v
-            row = {r: Fraction(v) for r, v in row.items() if v}
+                diff[r] = diff.get(r, 0) - v
+            row = {r: Fraction(v) for r, v in diff.items() if v}
             if row:
                 rows.append(row)
     import networkx as nx
@@ -113,7 +113,7 @@ def _growth_coefficients(sp, layout, by_root: dict, held: set[int]) -> dict[int,
     return out
 
 
-def _nullspace(rows: list[dict[int, Fraction]], roots: list[int]) -> list[dict[int, Fraction]]:
+def _nullspace(rows: list[dict[int, Fraction]], roots: list[int]) -> list[dict[int, int]]:
     """A basis of {d : row . d = 0 for every row}, by exact Gauss-Jordan elimination; each
     vector is scaled to coprime integers."""
     col = {r: j for j, r in enumerate(roots)}
@@ -137,12 +137,12 @@ def _nullspace(rows: list[dict[int, Fraction]], roots: list[int]) -> list[dict[i
         i += 1
     basis = []
     for j in (j for j in range(len(roots)) if j not in pivots):
-        v = [Fraction(0)] * len(roots)
-        v[j] = Fraction(1)
+        vec = [Fraction(0)] * len(roots)
+        vec[j] = Fraction(1)
         for q, pj in enumerate(pivots):
-            v[pj] = -m[q][j]
-        scale = math.lcm(*(x.denominator for x in v))
-        ints = [int(x * scale) for x in v]
+            vec[pj] = -m[q][j]
+        scale = math.lcm(*(x.denominator for x in vec))
+        ints = [int(x * scale) for x in vec]
         g = math.gcd(*ints) or 1
         basis.append({r: ints[col[r]] // g for r in roots})
     return basis

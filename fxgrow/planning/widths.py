@@ -12,7 +12,7 @@ from typing import Any
 from ..analysis import Analysis
 from ..analysis.context import PRODUCE
 from ..analysis.group import ChannelGroup
-from ..analysis.layout import Prod
+from ..analysis.layout import Prod, iter_segments
 from ..errors import WidthError
 from .index_map import expand
 from .maps import ReplicationMap
@@ -54,17 +54,12 @@ def _inner_factors(analysis: Analysis) -> set[int]:
     widenable = {g.root for g in analysis.widenable}
     inner: set[int] = set()
 
-    def walk(layout) -> None:
-        for seg in sp.resolve(layout):
-            if isinstance(seg, Prod):
-                if any(r in widenable for r in sp.roots(seg.outer)):
-                    inner.update(r for r in sp.roots(seg.inner) if r in widenable)
-                walk(seg.outer)
-                walk(seg.inner)
-
     for pa in analysis.state.params.values():
-        if PRODUCE in pa.roles:
-            walk(pa.layout)
+        if PRODUCE not in pa.roles:
+            continue
+        for seg in iter_segments(sp.resolve(pa.layout)):
+            if isinstance(seg, Prod) and any(r in widenable for r in sp.roots(seg.outer)):
+                inner.update(r for r in sp.roots(seg.inner) if r in widenable)
     return inner
 
 

@@ -16,13 +16,14 @@ import torch
 import torch.nn as nn
 
 from ..analysis.rules.registry import has_trait, module_for
+from ..fxnode import target_name
 
 
 def activation_module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
     """A fresh module computing the activation ``node`` applies, or None if it is not one
     (its rule has the trait "activation")."""
     if node.op == "call_module":
-        m = gm.get_submodule(node.target)
+        m = gm.get_submodule(target_name(node))
         return copy.deepcopy(m) if has_trait(m, "activation") else None
     if node.op in ("call_function", "call_method") and has_trait(node.target, "activation"):
         return _FunctionActivation(
@@ -74,9 +75,9 @@ def is_idempotent(
         xs = [probe] + ([seen.detach().reshape(-1).to(dtype)] if seen is not None else [])
         for x in xs:
             if isinstance(act, nn.PReLU):
-                x = x.reshape(1, -1) if act.num_parameters == 1 else None
-                if x is None:
+                if act.num_parameters != 1:
                     return False
+                x = x.reshape(1, -1)
             y = act(x)
             if not torch.equal(act(y), y):
                 return False

@@ -34,6 +34,9 @@ from ..analysis.arguments import argument
 from ..analysis.blocks import Block, Stage, aliases, is_add, next_names, residual_add, stream_users
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError
+from ..fxnode import node_arg, target_name
+from ..growth import layers_inserted
+from ..unique import unique_name
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
 
@@ -65,7 +68,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
     n = branch
     while n in inside:
         if n.op == "call_module":
-            m = gm.get_submodule(n.target)
+            m = gm.get_submodule(target_name(n))
             if isinstance(getattr(m, "weight", None), torch.Tensor):
                 return [
                     f"{n.target}.{p}"
@@ -73,16 +76,16 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
                     if isinstance(getattr(m, p, None), torch.Tensor)
                 ]
             if has_trait(m, "keeps_zero"):
-                n = n.args[0]
+                n = node_arg(n, 0)
                 continue
         elif (
             n.op == "call_function"
             and n.target is operator.getitem
-            and n.args[0].op == "call_module"
-            and isinstance(gm.get_submodule(n.args[0].target), nn.MultiheadAttention)
+            and (source := node_arg(n, 0)).op == "call_module"
+            and isinstance(gm.get_submodule(target_name(source)), nn.MultiheadAttention)
             and n.args[1] == 0
         ):
-            out = f"{n.args[0].target}.out_proj"
+            out = f"{source.target}.out_proj"
             m = gm.get_submodule(out)
             return [
                 f"{out}.{p}"
@@ -93,16 +96,17 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             refs = [argument(n, 1, "weight", None), argument(n, 2, "bias", None)]
             refs = [a for a in refs if isinstance(a, torch.fx.Node)]
             if refs and all(r.op == "get_attr" for r in refs):
-                return [r.target for r in refs]
+                return [target_name(r) for r in refs]
         elif _calls(n, "bias_plus_product"):  # bias + x @ w: zero the bias and w
-            refs = [n.args[0], n.args[2]]
-            if all(isinstance(r, torch.fx.Node) and r.op == "get_attr" for r in refs):
-                return [r.target for r in refs]
+            operands = [n.args[0], n.args[2]]
+            attrs = [r for r in operands if isinstance(r, torch.fx.Node) and r.op == "get_attr"]
+            if len(attrs) == len(operands):
+                return [target_name(r) for r in attrs]
         elif is_add(n):  # a sum of branches (parallel residual) or a bias: zero every term
             found: list[str] = []
             for a in n.args[:2]:
                 if isinstance(a, torch.fx.Node) and a.op == "get_attr":
-                    found.append(a.target)
+                    found.append(target_name(a))
                 elif isinstance(a, torch.fx.Node):
                     found += branch_zero_targets(gm, a, inside)
                 elif not (isinstance(a, Number) and a == 0):
@@ -110,7 +114,7 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
             else:
                 return found
         elif _calls(n, "keeps_zero"):
-            n = n.args[0]
+            n = node_arg(n, 0)
             continue
         elif _calls(n, "mul"):
             # zero * finite = 0: silence a factor that carries data; parameter-only factors
@@ -182,6 +186,7 @@ def _rename(path: str, old: str, new: str) -> str:
 
 
 def _zero(gm: torch.fx.GraphModule, target: str) -> None:
+    t: torch.Tensor
     try:
         t = gm.get_parameter(target)
     except AttributeError:
@@ -197,6 +202,7 @@ def insert_copies(
     output of ``after``, named ``parent.name``; returns their module paths.  Only what leads
     to the block's stream output is copied (side outputs such as T5's position bias stay the
     original's)."""
+    layers_inserted(gm)
     zero = residual_stream(gm, block)
     nodes = {n.name: n for n in gm.graph.nodes}
     inside = {nodes[name] for name in block.nodes}
@@ -235,7 +241,7 @@ def insert_copies(
             with gm.graph.inserting_after(anchor):
                 new = gm.graph.node_copy(n, lambda a: env.get(a, a))  # noqa: B023  (called at once)
             if new.op in ("call_module", "get_attr"):
-                new.target = _rename(new.target, block.path, new_path)
+                new.target = _rename(target_name(new), block.path, new_path)
             stack = n.meta.get("nn_module_stack")
             if stack:
                 new.meta["nn_module_stack"] = {
@@ -286,8 +292,6 @@ def insert_blocks_after(gm: torch.fx.GraphModule, blocks: list[Block]) -> list[s
         existing = {
             name for name, _ in (gm.get_submodule(parent) if parent else gm).named_children()
         }
-        j = 0
-        while f"{leaf}_deepen{j}" in existing:
-            j += 1
-        paths[k] = insert_copies(gm, block, block, [f"{leaf}_deepen{j}"], parent)[0]
+        fresh = unique_name(f"{leaf}_deepen", existing)
+        paths[k] = insert_copies(gm, block, block, [fresh], parent)[0]
     return paths

@@ -13,6 +13,7 @@ import torch
 import torch.fx
 
 from ..planning.index_map import expand
+from ..unique import unique_name
 
 PREFIX = "fxgrow_contract_scale"
 
@@ -28,10 +29,8 @@ def insert_scale(
     """Register ``scale`` as the buffer ``{prefix}{n}`` (the first free ``n >= start``: a
     student widened again has some) and make ``user`` read ``operand * scale`` in place of
     ``operand``; returns ``n``."""
-    n = start
-    while hasattr(student, f"{prefix}{n}"):
-        n += 1
-    name = f"{prefix}{n}"
+    name = unique_name(prefix, lambda s: hasattr(student, s), start=start)
+    n = int(name[len(prefix) :])
     student.register_buffer(name, scale)
     with student.graph.inserting_before(user):
         factor = student.graph.get_attr(name)

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.nn.modules.conv import _ConvNd
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import DeepenError, InputError
+from ..fxnode import target_name
+from ..growth import layers_inserted
 from ..modes import preserved, set_training
+from ..unique import unique_name
 from .activation import _as_module, activation_module, is_idempotent
-
-
-class DeepenError(UnsupportedModelError):
-    """An insertion that would not preserve the function (e.g. a non-idempotent activation)."""
 
 
 def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -> dict:
@@ -48,14 +48,13 @@ def node_values(gm: torch.fx.GraphModule, inputs: tuple, names: Iterable[str]) -
 
 
 def _unique(gm: torch.fx.GraphModule, base: str) -> str:
-    names = {n for n, _ in gm.named_modules()}
-    k = 0
-    while f"{base}{k}" in names:
-        k += 1
-    return f"{base}{k}"
+    return unique_name(base, {n for n, _ in gm.named_modules()})
 
 
-def _channel_layer(kind: str, c: int, ndim: int, kernel_size: int, like: torch.Tensor) -> nn.Module:
+def _channel_layer(
+    kind: str, c: int, ndim: int, kernel_size: int, like: torch.Tensor
+) -> nn.Linear | _ConvNd:
+    layer: nn.Linear | _ConvNd
     if kind == "linear":
         layer = nn.Linear(c, c)
         with torch.no_grad():
@@ -68,6 +67,7 @@ def _channel_layer(kind: str, c: int, ndim: int, kernel_size: int, like: torch.T
             layer.weight.zero_()
             centre = (slice(None), slice(None)) + (kernel_size // 2,) * (ndim - 2)
             layer.weight[centre] = torch.eye(c)
+            assert layer.bias is not None  # built with a bias
             layer.bias.zero_()
     return layer.to(dtype=like.dtype, device=like.device)
 
@@ -100,12 +100,13 @@ def insert_after(
 ) -> torch.fx.Node:
     """Insert ``modules`` (name, module) as a chain after ``node``; with ``residual``, the chain
     is added back to ``node``.  Every former user of ``node`` reads the new result."""
+    layers_inserted(gm)
     users = list(node.users)
     anchor = node
     inserted = []
     training = (
         node.op == "call_module"
-        and gm.get_submodule(node.target).training
+        and gm.get_submodule(target_name(node)).training
         or any(m.training for m in gm.modules())
     )
     stack = node.meta.get("nn_module_stack")
@@ -130,7 +131,7 @@ def insert_after(
 def deepen_node(
     gm: torch.fx.GraphModule,
     node: torch.fx.Node,
-    value: torch.Tensor,
+    value: object,
     channel_axis: int | None,
     *,
     kind: str,
@@ -139,7 +140,8 @@ def deepen_node(
     layer: str | None,
     seed: int,
 ) -> list[str]:
-    """Insert an identity layer or a zero residual block after ``node``; returns new module
+    """Insert an identity layer or a zero residual block after ``node`` (``value``: what it
+    computes on the example inputs, checked to be a floating-point tensor); returns new module
     names."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise InputError(f"node {node.name!r} does not produce a floating-point tensor")
@@ -187,6 +189,7 @@ def deepen_node(
         last = _channel_layer(lk, c, value.dim(), kernel_size, value)
         with torch.no_grad():
             last.weight.zero_()
+            assert last.bias is not None  # _channel_layer builds its layers with a bias
             last.bias.zero_()
         modules = [
             (f"{prefix}.layer1", first),
@@ -209,6 +212,7 @@ def _identity_batchnorm(value: torch.Tensor) -> nn.Module:
     bn = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[value.dim()](c)
     bn = bn.to(dtype=value.dtype, device=value.device)
     dims = [d for d in range(value.dim()) if d != 1]
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats
     with torch.no_grad():
         mean = value.mean(dims)
         var = value.var(dims, unbiased=False) if value.numel() > c else torch.ones(c)

@@ -177,7 +177,7 @@ def deeper_state_dict(
                 raise InputError(
                     f"insert_after must hold layer indices 0..{n - 1} of {prefix!r}, got {i!r}"
                 )
-        first_only = _FIRST_LAYER_ONLY.get(getattr(config, "model_type", None), ())
+        first_only = _FIRST_LAYER_ONLY.get(getattr(config, "model_type", ""), ())
         common = {
             rest
             for rest in set.intersection(*(set(layers[prefix][i]) for i in range(n)))

@@ -27,7 +27,9 @@ import torch
 from ..analysis import Analysis
 from ..analysis.context import CONSUME, PRODUCE
 from ..errors import InputError
+from ..growth import update_growth_record
 from ..planning.index_map import expand
+from ..planning.placement import placed_student
 from ..planning.plan import WidenPlan, root_maps
 
 
@@ -76,6 +78,11 @@ def new_unit_axes(
         mask = expand(sp, pa.layout, shares).fraction == 0
         if bool(mask.any()):
             out.append(AxisMask(pa.target, pa.axis, mask))
+    placed = placed_student(analysis, plan.placements)  # chains of fresh units (all "zero")
+    if placed is not None and roots & placed.roots:
+        for (target, axis), mask in placed.fresh.items():
+            if role in analysis.state.params[(target, axis)].roles and bool(mask.any()):
+                out.append(AxisMask(target, axis, mask))
     return out
 
 
@@ -111,6 +118,9 @@ def initialise(
     for c in plan.changes:
         check_init(c.init)
     fresh = {by_name[c.group].root for c in plan.changes if c.init != "replicate"}
+    placed = placed_student(analysis, plan.placements)
+    if placed is not None:  # units placed through shuffle chains are fresh ("zero")
+        fresh |= placed.roots
     if not fresh:
         return
     blockers = fresh_init_blockers(analysis)
@@ -121,6 +131,9 @@ def initialise(
                 f"group {c.group!r} cannot take init={c.init!r} exactly: {why}; "
                 f"give it init='replicate' in the plan"
             )
+    why = next((blockers[r] for r in (placed.roots if placed else ()) if r in blockers), None)
+    if why:
+        raise WidthError(f"fresh units cannot be placed through this channel shuffle chain: {why}")
     gen = torch.Generator().manual_seed(plan.seed * 7 + 104729)
     fan_in = new_unit_axes(analysis, plan, fresh, PRODUCE)
     for am in fan_in:
@@ -135,7 +148,7 @@ def initialise(
     if grad_roots:
         if loss_fn is None or batch is None:
             raise InputError('init="gradmax" needs loss_fn=(model, batch) -> loss and a batch')
-        student.meta["fxgrow_gradmax"] = gradmax(
+        objective = gradmax(
             student,
             [
                 am
@@ -147,6 +160,7 @@ def initialise(
             batch,
             iterations,
         )
+        update_growth_record(student, gradmax=objective)
 
 
 def _random_rows(

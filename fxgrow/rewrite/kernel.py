@@ -14,17 +14,13 @@ output grid), shrinking, and modules that are not ``nn.Conv*d`` / ``nn.ConvTrans
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import torch.nn as nn
 
-from ..errors import InputError
-
-
-class KernelError(InputError):
-    """A kernel size that cannot be grown to exactly, or a module that is no convolution."""
+from ..errors import KernelError
+from ..suggest import did_you_mean
 
 
 def _sizes(name: str, conv: nn.modules.conv._ConvNd, size: Any) -> tuple[int, ...]:
@@ -101,13 +97,8 @@ def grow_kernel(
     for name, size in sizes.items():
         conv = modules.get(name)
         if conv is None:
-            close = difflib.get_close_matches(
-                name, [n for n, m in modules.items() if isinstance(m, nn.modules.conv._ConvNd)], n=3
-            )
-            raise KernelError(
-                f"no module named {name!r}"
-                + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
-            )
+            convs = [n for n, m in modules.items() if isinstance(m, nn.modules.conv._ConvNd)]
+            raise KernelError(f"no module named {name!r}{did_you_mean(name, convs)}")
         if not isinstance(conv, nn.modules.conv._ConvNd):
             raise KernelError(
                 f"{name!r} is a {type(conv).__name__}, not a convolution "

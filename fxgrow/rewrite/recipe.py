@@ -15,17 +15,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from ..analysis import Analysis
 from ..analysis.context import CONSUME
+from ..growth import AxisExpansion
 from ..planning.index_map import Expansion, expand
+from ..planning.placement import placed_student
 from ..planning.plan import WidenPlan, root_maps
 
 
-class Gather(NamedTuple):
+@dataclass(frozen=True)
+class Gather:
     """One grown axis: ``index_select(axis, index)``, then (consumed axes) ``* fraction``."""
 
     axis: int
@@ -38,14 +40,14 @@ class Gather(NamedTuple):
 class TensorRecipe:
     """How one teacher tensor becomes the student's: ``steps`` in the order they run.
 
-    ``record`` lists every axis along a channel space, grown or not, as (axis, index,
-    fraction, consumed): what optimizer-state transfer reads (``fxgrow_expansions``)."""
+    ``record`` lists every axis along a channel space, grown or not: what optimizer-state
+    transfer reads (the growth record's ``expansions``)."""
 
     target: str
     old_shape: tuple[int, ...]
     new_shape: tuple[int, ...]
     steps: tuple[Gather, ...]
-    record: tuple[tuple, ...]
+    record: tuple[AxisExpansion, ...]
 
 
 def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecipe]:
@@ -55,9 +57,11 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
     sp = state.spaces
     maps = root_maps(analysis, plan)
     widths = {r: m.new for r, m in maps.items()}
+    placed = placed_student(analysis, plan.placements)
+    placed_axes = placed.axes if placed is not None else {}
     by_tensor: dict[str, list] = {}
     for pa in state.params.values():
-        if any(r in maps for r in sp.roots(pa.layout)):
+        if (pa.target, pa.axis) in placed_axes or any(r in maps for r in sp.roots(pa.layout)):
             by_tensor.setdefault(pa.target, []).append(pa)
     recipes: dict[str, TensorRecipe] = {}
     for target, axes in by_tensor.items():
@@ -69,9 +73,9 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
         for pa in sorted(
             axes, key=lambda p: sp.new_size(p.layout, widths) / max(1, sp.size(p.layout))
         ):
-            e = expand(sp, pa.layout, maps)
+            e = placed_axes.get((pa.target, pa.axis)) or expand(sp, pa.layout, maps)
             consume = CONSUME in pa.roles
-            record.append((pa.axis, e.index, e.fraction, consume))
+            record.append(AxisExpansion(pa.axis, e.index, e.fraction, consume))
             new_shape[pa.axis] = e.index.numel()
             if e.index.numel() == old_shape[pa.axis] and bool(
                 (e.index == torch.arange(e.index.numel())).all()
@@ -88,7 +92,7 @@ def tensor_recipes(analysis: Analysis, plan: WidenPlan) -> dict[str, TensorRecip
             old_shape,
             tuple(new_shape),
             tuple(steps),
-            tuple(sorted(record, key=lambda r: r[0])),
+            tuple(sorted(record, key=lambda r: r.axis)),
         )
     return recipes
 
@@ -152,6 +156,8 @@ class Scratch:
         self.buffers = {key: torch.empty(n, dtype=key[0], device=key[1]) for key, n in need.items()}
 
     def get(self, like: torch.Tensor, axis: int, index: torch.Tensor, k: int) -> torch.Tensor:
+        """A view of buffer ``k % 2`` (for ``like``'s dtype and device) shaped as ``like`` with
+        ``axis`` resized to ``index``'s length: the output of gather step ``k``."""
         dims = list(like.shape)
         dims[axis] = index.numel()
         return self.buffers[(like.dtype, like.device, k % 2)][: math.prod(dims)].view(dims)

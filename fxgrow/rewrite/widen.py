@@ -5,8 +5,8 @@ are multiplied by the share frac[j] of the copied unit (1 / c(g(j)) for an equal
 student is what ``copy.deepcopy`` of the graph module gives with the widened tensors swapped in
 through its memo; the submodules are copied by ``_copy`` (the same result, without deepcopy's
 generic machinery).  Every student tensor is a new tensor: the teacher's are only read, and
-never shared.  ``student.meta["fxgrow_expansions"]`` records, per changed tensor, its axes'
-index maps and copy/consume roles: what optimizer-state transfer needs."""
+never shared.  The student's growth record (``fxgrow.growth``) holds, per changed tensor, its
+axes' index maps and copy/consume roles: what optimizer-state transfer needs."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import torch
 import torch.fx
 
 from ..analysis import Analysis
+from ..growth import update_growth_record
 from ..planning.index_map import expand
+from ..planning.placement import placed_student
 from ..planning.plan import WidenPlan, root_maps
 from .contraction import insert_scale, insert_scales
 from .dead_code import eliminate_dead_code, unused_nodes
@@ -34,9 +36,19 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     sp = state.spaces
     maps = root_maps(analysis, plan)
     widths = {r: m.new for r, m in maps.items()}
+    placed = placed_student(analysis, plan.placements)
 
     def size(layout) -> int:
+        if placed is not None and placed.touches(sp, layout):
+            return placed.size(sp, layout)
         return sp.new_size(layout, widths)
+
+    def grows(layouts) -> bool:
+        return any(
+            r in maps or (placed is not None and r in placed.roots)
+            for lay in layouts
+            for r in sp.roots(lay)
+        )
 
     recipes = tensor_recipes(analysis, plan)
     jobs = [(state.tensors[target], recipe) for target, recipe in recipes.items()]
@@ -59,29 +71,34 @@ def apply(analysis: Analysis, plan: WidenPlan, untie: bool = False) -> torch.fx.
     student = copy.deepcopy(analysis.gm, memo)
     ran_for_effect = unused_nodes(student.graph)
 
-    _compensate_ties(student, analysis, maps, memo, untie)
+    _compensate_tied(student, analysis, maps, memo, untie)
     scaled = insert_scales(student, analysis, maps)
     for rule in state.attrs:
-        if any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
+        if grows(rule.layouts):
             setattr(student.get_submodule(rule.module), rule.attr, rule.compute(size))
     touched = False
     for node in student.graph.nodes:
-        rule = state.args.get(node.name)
-        if rule is not None and any(r in maps for lay in rule.layouts for r in sp.roots(lay)):
-            node.args, node.kwargs = rule.compute(size, node.args, dict(node.kwargs))
+        arg_rule = state.args.get(node.name)
+        if arg_rule is not None and grows(arg_rule.layouts):
+            node.args, node.kwargs = arg_rule.compute(size, node.args, dict(node.kwargs))
             touched = True
-    if touched or state.ties or scaled:
+    if touched or state.tied_contractions or scaled:
         eliminate_dead_code(student.graph, keep=ran_for_effect)
         student.recompile()  # deepcopy compiled the copied graph; recompile only if it changed
-    student.meta["fxgrow_expansions"] = {
-        name: list(recipes[target].record)
-        for name, target in state.canonical.items()
-        if target in recipes
-    }
-    if state.grow_outputs:
-        student.meta["fxgrow_output_positions"] = [
-            [_first_positions(sp, lay, maps) for lay in info.layouts] for info in state.outputs
-        ]
+    update_growth_record(
+        student,
+        expansions={
+            name: recipes[target].record
+            for name, target in state.canonical.items()
+            if target in recipes
+        },
+        output_positions=tuple(
+            tuple(_first_positions(sp, lay, maps) for lay in info.layouts) for info in state.outputs
+        )
+        if state.grow_outputs
+        else None,
+        group_widths={g.name: maps[g.root].new for g in analysis.groups if g.root in maps},
+    )
     return student
 
 
@@ -127,7 +144,8 @@ def _copy(x: Any, memo: dict) -> Any:
     if y is not memo:
         return y
     if isinstance(x, torch.nn.Module) and _plain_reduce(x):
-        y = cls.__new__(cls)
+        module_cls = type(x)  # ``cls`` as a Module class: its ``__new__`` is object's (or its own)
+        y = module_cls.__new__(module_cls)
         memo[id(x)] = y
         _keep_alive(x, memo)
         state = x.__getstate__()
@@ -164,10 +182,10 @@ def _keep_alive(x: Any, memo: dict) -> None:
         keep.append(x)
 
 
-def _compensate_ties(student, analysis, maps, memo, untie: bool) -> None:
+def _compensate_tied(student, analysis, maps, memo, untie: bool) -> None:
     state, sp = analysis.state, analysis.state.spaces
     nodes = {n.name: n for n in student.graph.nodes}
-    for k, (pa, (user, link, act, act_axis)) in enumerate(state.ties):
+    for k, (pa, (user, link, act, act_axis)) in enumerate(state.tied_contractions):
         if not any(r in maps for r in sp.roots(pa.layout)):
             continue
         frac = expand(sp, pa.layout, maps).fraction

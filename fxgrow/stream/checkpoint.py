@@ -10,6 +10,7 @@ axis reads every old position), so whole-tensor reads are all the growth needs."
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -54,10 +55,12 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """The tensor's size in the file, in bytes."""
         return self.end - self.start
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of the safetensors dtype code."""
         return DTYPES[self.dtype]
 
 
@@ -152,9 +155,9 @@ class Checkpoint:
                     f"the index names {len(missing)} tensors its shards do "
                     f"not hold, first {missing[0]!r} (in {weight_map[missing[0]]})"
                 )
-        self._handles: dict[Path, BinaryIO] = {}
+        self._handles: dict[Path, io.BufferedReader] = {}
 
-    def _handle(self, file: Path) -> BinaryIO:
+    def _handle(self, file: Path) -> io.BufferedReader:
         h = self._handles.get(file)
         if h is None:
             h = self._handles[file] = open(file, "rb")  # noqa: SIM115  (held open; closed by close())
@@ -169,7 +172,7 @@ class Checkpoint:
         out = torch.empty(b - a, dtype=torch.uint8)
         h = self._handle(info.file)
         h.seek(a)
-        got = h.readinto(memoryview(out.numpy()))
+        got = h.readinto(out.numpy().data)
         if got != b - a:
             raise CheckpointError(
                 f"{info.file} ended while reading {info.name!r} (the file shrank while fxgrow ran?)"
@@ -192,6 +195,7 @@ class Checkpoint:
             left -= n
 
     def close(self) -> None:
+        """Close every shard file opened so far (reading again reopens them)."""
         for h in self._handles.values():
             h.close()
         self._handles.clear()

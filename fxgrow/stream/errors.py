@@ -1,19 +1,8 @@
-"""Errors of streamed growth: every one says which file or tensor and what to do."""
+"""Errors of streamed growth: every one says which file or tensor and what to do (defined in
+:mod:`fxgrow.errors`, importable from here)."""
 
 from __future__ import annotations
 
-from ..errors import FxgrowError, InputError
+from ..errors import CheckpointError, GrowthInterrupted, WriteError
 
-
-class CheckpointError(InputError):
-    """A teacher checkpoint is unusable: a missing or truncated shard, a bad header, a tensor
-    whose dtype or shape disagrees with the model's config."""
-
-
-class WriteError(FxgrowError):
-    """The student checkpoint could not be written (disk full, permissions); nothing that looks
-    like a finished folder is left behind."""
-
-
-class GrowthInterrupted(FxgrowError):
-    """The run was interrupted (Ctrl-C); the partial output was removed."""
+__all__ = ["CheckpointError", "GrowthInterrupted", "WriteError"]

@@ -178,7 +178,8 @@ def plan_checkpoint(
     model = meta_model(config)
     ids = example_ids(config, tokens)
     analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
-    wplan, fields = None, {}
+    wplan = None
+    fields: dict[str, Any] = {}
     if to_config is not None:
         from .target import config_target
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,8 +26,11 @@ from ..errors import InputError, UnsupportedModelError
 from .errors import CheckpointError
 from .plan import StreamPlan
 
+if TYPE_CHECKING:  # transformers is imported when a checkpoint is streamed
+    from transformers import PreTrainedModel
 
-def meta_model(config: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+
+def meta_model(config: Any, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The model ``config`` describes (its first ``architectures`` entry, else a causal LM),
     with parameters on the meta device in ``dtype``, in eval mode.  float32 by default whatever
     the checkpoint's dtype: a graph captured in bfloat16 would round teacher and student
@@ -94,14 +97,14 @@ def check_dtypes(config: Any, stored: Mapping[str, torch.dtype]) -> None:
             )
 
 
-def grown_config(config: Any, model: torch.nn.Module, plan: StreamPlan) -> Any:
+def grown_config(config: Any, model: PreTrainedModel, plan: StreamPlan) -> Any:
     """The config whose model has exactly the plan's tensors (``grown_model``'s first half)."""
     return grown_model(config, model, plan)[0]
 
 
 def grown_model(
-    config: Any, model: torch.nn.Module, plan: StreamPlan
-) -> tuple[Any, torch.nn.Module]:
+    config: Any, model: PreTrainedModel, plan: StreamPlan
+) -> tuple[Any, PreTrainedModel]:
     """The config whose model has exactly the plan's tensors, or ``UnsupportedModelError``.
 
     Sizes are read off the student's tensors (input embedding -> hidden_size, the first

@@ -11,13 +11,20 @@ verification of Hugging Face folders (``grow_checkpoint``), where the model clas
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import PreservationError
 from .checkpoint import Checkpoint
+
+
+def _streamed(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module._parameters`` as the hooks use it: the streamed leaves are tensors, plain
+    ones (no Parameter) while the call runs."""
+    # torch types the table for Parameters (or None); only its non-None leaves are streamed
+    return cast(dict[str, torch.Tensor], module._parameters)
 
 
 class ModuleStream:
@@ -48,6 +55,7 @@ class ModuleStream:
     def _pre(self, names: dict[str, str]):
         def hook(module: torch.nn.Module, args: Any) -> None:
             saved = {}
+            params = _streamed(module)
             for leaf, full in names.items():
                 stored = self.aliases.get(full, full)
                 if stored not in self.ckpt.tensors:
@@ -55,8 +63,8 @@ class ModuleStream:
                 t = self.ckpt.read(stored)
                 if t.is_floating_point():
                     t = t.to(self.dtype)
-                saved[leaf] = module._parameters[leaf]
-                module._parameters[leaf] = t  # a plain tensor: no autograd, no copy
+                saved[leaf] = params[leaf]
+                params[leaf] = t  # a plain tensor: no autograd, no copy
                 self.live += t.numel() * t.element_size()
                 self.loaded.append(stored)
             self.peak_param_bytes = max(self.peak_param_bytes, self.live)
@@ -67,10 +75,11 @@ class ModuleStream:
 
     def _post(self, names: dict[str, str]):
         def hook(module: torch.nn.Module, args: Any, out: Any) -> None:
+            params = _streamed(module)
             for leaf, p in module.__dict__["_fxgrow_saved"].pop().items():
-                t = module._parameters[leaf]
+                t = params[leaf]
                 self.live -= t.numel() * t.element_size()
-                module._parameters[leaf] = p
+                params[leaf] = p
 
         return hook
 

@@ -40,6 +40,8 @@ class TensorSource:
 
     @property
     def unchanged(self) -> bool:
+        """True when the student tensor is the teacher's bytes as they are (no recipe, fold or
+        zeros)."""
         return self.recipe is None and not self.folds and not self.zero
 
 
@@ -66,6 +68,7 @@ class StreamPlan:
     zeroed: tuple[int, ...] = ()
 
     def sources(self) -> dict[str, TensorSource]:
+        """Student tensor name -> its TensorSource."""
         return {t.name: t for t in self.tensors}
 
 
@@ -146,7 +149,7 @@ def tie_folds(
     state, sp = analysis.state, analysis.state.spaces
     maps = root_maps(analysis, widen)
     student = apply(analysis, widen)
-    for k, (pa, _) in enumerate(state.ties):
+    for k, (pa, _) in enumerate(state.tied_contractions):
         name = f"fxgrow_tie_scale{k}"
         if any(r in maps for r in sp.roots(pa.layout)) and hasattr(student, name):
             shape = getattr(student, name).shape
@@ -186,9 +189,15 @@ def make_stream_plan(
     recipes: dict[str, TensorRecipe] = {}
     folds: dict[str, tuple[tuple[torch.Tensor, float], ...]] = {}
     if widen is not None:
+        if widen.placements:
+            raise UnsupportedModelError(
+                "the plan places fresh units through a channel shuffle chain "
+                "(init='zero'); streaming does not carry placements: grow the model in "
+                "memory with fxgrow.widen"
+            )
         maps = root_maps(analysis, widen)
         sp = state.spaces
-        if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.ties):
+        if any(any(r in maps for r in sp.roots(pa.layout)) for pa, _ in state.tied_contractions):
             folds = tie_folds(analysis, widen, dtype)
         for rec in state.scales:
             if any(r in maps for r in sp.roots(rec.layout)):
@@ -243,7 +252,8 @@ def make_stream_plan(
     layout = depth_layout(len(paths), blocks, placement)
     zero = {b: set(residual_stream(analysis.gm, st.blocks[b])) for b in {t for t, z in layout if z}}
     block_of = re.compile(rf"^{re.escape(prefix)}(\d+)\.(.*)$")
-    outside, inside = [], {b: [] for b in range(len(paths))}
+    outside: list[TensorSource] = []
+    inside: dict[int, list[tuple[str, str]]] = {b: [] for b in range(len(paths))}
     for name in teacher:
         m = block_of.match(name)
         if m and first <= int(m.group(1)) < first + len(paths):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -53,8 +53,12 @@ class StreamedRun(torch.fx.Interpreter):
         self.peak_param_bytes = 0
         self.loaded: list[str] = []
 
-    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
-        name = self.aliases.get(target, target)
+    def get_attr(self, target: torch.fx.node.Target, args: Any, kwargs: Any) -> Any:
+        """A parameter read from the checkpoint (floats cast to ``dtype``), counted as live
+        until freed; a buffer the model computes comes from the module; one found nowhere is a
+        PreservationError."""
+        path = cast(str, target)  # a get_attr node's target: the tensor's qualified name
+        name = self.aliases.get(path, path)
         if name not in self.ckpt.tensors:
             value = super().get_attr(target, args, kwargs)  # a buffer the model computes
             if isinstance(value, torch.Tensor) and value.is_meta:
@@ -87,12 +91,15 @@ class StreamedRun(torch.fx.Interpreter):
         return torch.func.functional_call(module, state, _off_meta(args), _off_meta(kwargs))
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        """Run the call on CPU (meta devices in its arguments replaced); metadata checks are
+        skipped."""
         if has_trait(target, "metadata_check"):  # metadata asserts of a graph captured on meta
             return None
         args, kwargs = _off_meta(args), _off_meta(kwargs)
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
+        """Run the method on CPU (meta devices in its arguments replaced)."""
         return super().call_method(target, _off_meta(args), _off_meta(kwargs))
 
     def _free(self, n: int) -> None:
@@ -161,6 +168,8 @@ def _leaves(out: Any) -> list[torch.Tensor]:
 
 
 def compare_outputs(teacher_out: Any, student_out: Any) -> tuple[float, float]:
+    """(max absolute difference, the same relative to the teacher's largest magnitude) over the
+    outputs' tensors; a PreservationError if their shapes differ."""
     max_abs, scale = 0.0, 0.0
     for t, s in zip(_leaves(teacher_out), _leaves(student_out), strict=True):
         if t.shape != s.shape:

@@ -34,21 +34,28 @@ from .errors import GrowthInterrupted, WriteError
 
 @dataclass(frozen=True)
 class OutTensor:
+    """One student tensor to write: its name, safetensors dtype code and shape."""
+
     name: str
     dtype: str  # safetensors code: the dtype is kept
     shape: tuple[int, ...]
 
     @property
     def nbytes(self) -> int:
+        """The tensor's size in bytes."""
         return math.prod(self.shape) * DTYPES[self.dtype].itemsize
 
 
 @dataclass(frozen=True)
 class Shard:
+    """One safetensors file of the student and the tensors it holds, in write order."""
+
     file: str
     tensors: tuple[OutTensor, ...]
 
     def header(self) -> bytes:
+        """The file's header as safetensors lays it out: its length (8 bytes, little-endian),
+        then the JSON, padded with spaces to 8 bytes; tensors lie contiguous, in order."""
         h: dict = {"__metadata__": {"format": "pt"}}
         off = 0
         for t in self.tensors:
@@ -64,6 +71,7 @@ class Shard:
 
     @property
     def nbytes(self) -> int:
+        """The tensor data's size in bytes (the header not counted)."""
         return sum(t.nbytes for t in self.tensors)
 
 
@@ -88,6 +96,7 @@ def shard(tensors: list[OutTensor], max_shard_size: int) -> list[Shard]:
 
 
 def write_index(folder: Path, shards: list[Shard]) -> None:
+    """Write the index (tensor name -> shard file) when there is more than one shard."""
     if len(shards) == 1:
         return
     index = {
@@ -106,10 +115,11 @@ def write_tensor(out: BinaryIO, t: torch.Tensor, spec: OutTensor) -> None:
         )
     t = t.contiguous().reshape(-1)
     if t.numel():
-        out.write(memoryview(t.view(torch.uint8).numpy()))
+        out.write(t.view(torch.uint8).numpy().data)
 
 
 def write_zeros(out: BinaryIO, nbytes: int, chunk: int = 16 << 20) -> None:
+    """Write ``nbytes`` zero bytes to ``out`` in chunks of at most ``chunk`` bytes."""
     zero = bytes(min(chunk, nbytes))
     while nbytes:
         n = min(nbytes, len(zero))
@@ -118,6 +128,7 @@ def write_zeros(out: BinaryIO, nbytes: int, chunk: int = 16 << 20) -> None:
 
 
 def check_free_space(folder: Path, need: int) -> None:
+    """A WriteError if ``folder``'s disk has less than ``need`` bytes free."""
     free = shutil.disk_usage(folder).free
     if free < need:
         raise WriteError(

@@ -12,12 +12,13 @@ Invariant: a frozen parameter or position keeps its value at growth for as long 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError
+from ..growth import AxisExpansion, expansions
 
 POLICIES = ("all", "new_blocks", "new_units")
 
@@ -48,7 +49,9 @@ class Freeze:
         return inner.register_step_post_hook(restore)
 
 
-def _new_positions(record: list, shape: torch.Size, teacher_shape: torch.Size) -> torch.Tensor:
+def _new_positions(
+    record: Sequence[AxisExpansion], shape: torch.Size, teacher_shape: torch.Size
+) -> torch.Tensor:
     mask = torch.zeros(shape, dtype=torch.bool)
     for axis, _index, _fraction, _consumed in record:
         view = [1] * len(shape)
@@ -67,7 +70,7 @@ def freeze(teacher: torch.nn.Module, student: torch.nn.Module, policy: str = "al
             p.requires_grad_(old[name].requires_grad)
     if policy == "all":
         return Freeze(policy, lambda name, p: p.requires_grad)
-    record = getattr(student, "meta", {}).get("fxgrow_expansions", {})
+    record = expansions(student)
     masks, fixed, keep = {}, {}, set()
     for name, p in student.named_parameters():
         if name not in old:

@@ -7,11 +7,12 @@ optimizer holds exactly the parameters the freezing policy trains, with mapped s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import InputError
+from ..growth import update_growth_record
 from ..modes import set_training
 from .freeze import freeze
 from .optimizer import transfer_optimizer
@@ -26,6 +27,7 @@ def _has_dropout(model: torch.nn.Module) -> bool:
 
 
 def is_pretrained(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (never imports transformers)."""
     import sys
 
     transformers = sys.modules.get("transformers")  # a model of it has imported it
@@ -76,9 +78,11 @@ def grow_during_training(
     training = model.training
     if dropout not in ("tied", "independent"):
         raise InputError(f"dropout must be 'tied' or 'independent', got {dropout!r}")
-    source, previous = model, {}
+    source: torch.nn.Module = model
+    previous: dict[str, list] = {}
     if any(isinstance(m, (TiedDropout, TiedAttention)) for m in model.modules()):
-        source, previous = untie(model)  # grown before: the plain graph, the tied axes
+        # grown before (tied modules live only in fxgrow's graphs): the plain graph, the axes
+        source, previous = untie(cast(torch.fx.GraphModule, model))
     student = grow(source, example_inputs, **grow_options)
     set_training(student, training)
     if (
@@ -101,7 +105,7 @@ def grow_during_training(
     policy = freeze(model, student, trainable)
     new_opt = transfer_optimizer(optimizer, model, student, trainable=policy.trainable)
     policy.attach(new_opt, student)
-    student.meta["fxgrow_freeze"] = policy
+    update_growth_record(student, trainable=policy.policy)
     if scheduler is None:
         return student, new_opt
     return (

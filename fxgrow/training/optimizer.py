@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..growth import expansions
 
 _FIRST = ("exp_avg", "momentum_buffer", "grad_avg", "prev", "exp_inf")  # like gradients
 _SECOND = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta")  # like squares
@@ -44,7 +45,7 @@ def map_tensor(
     the replicas unscaled)."""
     if kind not in ("grad", "square", "param", "copy"):
         raise InputError(f"kind must be 'grad', 'square', 'param' or 'copy', got {kind!r}")
-    record = getattr(student, "meta", {}).get("fxgrow_expansions", {}).get(name)
+    record = expansions(student).get(name)
     out = tensor
     for axis, index, fraction, consumed in record or ():
         out = out.index_select(axis, index.to(out.device))
@@ -187,7 +188,7 @@ def transfer_groups(
 
 def _map_state(student, name: str, param: torch.Tensor, old: Mapping[str, Any]) -> dict:
     mapped = {}
-    grown = bool(getattr(student, "meta", {}).get("fxgrow_expansions", {}).get(name))
+    grown = bool(expansions(student).get(name))
     for key, value in old.items():
         if not isinstance(value, torch.Tensor) or value.dim() == 0 or not grown:
             mapped[key] = value.clone() if isinstance(value, torch.Tensor) else value

@@ -29,13 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis.arguments import argument
+from ..fxnode import target_name
 
 
 class _Tied(nn.Module):
     def __init__(self, p: float, axes: Sequence[Sequence[Any]]) -> None:
         super().__init__()
         self.p = float(p)
-        self.axes = [[int(a), int(old), [int(i) for i in index]] for a, old, index in axes]
+        # [axis, the teacher's size along it, the teacher position of each student position]
+        self.axes: list[list[Any]] = [
+            [int(a), int(old), [int(i) for i in index]] for a, old, index in axes
+        ]
         for a, _, index in self.axes:
             self.register_buffer(
                 f"index{a}", torch.tensor(index, dtype=torch.long), persistent=False
@@ -60,6 +64,7 @@ class TiedDropout(_Tied):
     (``[axis, teacher size, index]``: student position j copies teacher position index[j])."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times the tied mask in training (identity in eval mode or with ``p == 0``)."""
         if not self.training or self.p == 0.0:
             return x
         return x * self.mask(x)
@@ -76,6 +81,8 @@ class TiedAttention(_Tied):
     def forward(
         self, q, k, v, attn_mask=None, dropout_p=None, is_causal=False, scale=None, enable_gqa=False
     ):
+        """Scaled dot-product attention whose attention-weight dropout uses the tied mask; in eval
+        mode or with ``p == 0``, plain attention without dropout (``dropout_p`` is ignored)."""
         if not self.training or self.p == 0.0:
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa
@@ -198,25 +205,28 @@ def tie_dropout(
         twin = nodes.get(node.name)
         if twin is None or twin.op != node.op or twin.target != node.target:
             continue
-        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Dropout:
-            p = gm.get_submodule(node.target).p
+        if (
+            node.op == "call_module"
+            and type(dropout := gm.get_submodule(target_name(node))) is nn.Dropout
+        ):
+            p = dropout.p
             axes = _tied_axes(values.get(node.args[0]), sp, maps) if p > 0 else []
             if node.name in previous and p > 0:
                 axes = _compose(previous[node.name], axes)
             if axes:
                 module = TiedDropout(p, axes)
-                module.training = student.get_submodule(node.target).training
-                student.add_submodule(node.target, module)
+                module.training = student.get_submodule(target_name(node)).training
+                student.add_submodule(target_name(node), module)
                 tied += 1
         elif node.op == "call_function" and node.target in _SDPA:
             rate = argument(node, 4, "dropout_p", None)
             if not (
                 isinstance(rate, torch.fx.Node)
                 and rate.op == "call_module"
-                and isinstance(gm.get_submodule(rate.target), TrainingOnly)
+                and isinstance(only := gm.get_submodule(target_name(rate)), TrainingOnly)
             ):
                 continue
-            p = gm.get_submodule(rate.target).p
+            p = only.p
             out, key = values.get(node), values.get(node.args[1])
             if out is None or key is None:
                 continue
@@ -228,12 +238,12 @@ def tie_dropout(
             if node.name in previous:
                 axes = _compose(previous[node.name], axes)
             if axes:
-                module = TiedAttention(
+                attention = TiedAttention(
                     p, axes, aten=node.target is not F.scaled_dot_product_attention
                 )
-                module.training = student.training
+                attention.training = student.training
                 path = _free_path(student, twin, "tied_attention")
-                student.add_submodule(path, module)
+                student.add_submodule(path, attention)
                 with student.graph.inserting_before(twin):
                     call = student.graph.call_module(path, twin.args, dict(twin.kwargs))
                 call.meta = dict(twin.meta)

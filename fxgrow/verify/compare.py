@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch.utils import _pytree as pytree
 
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError, PreservationError
+from ..growth import output_positions
 from ..modes import preserved, set_training, untouched
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -79,6 +80,8 @@ def _mode(model: torch.nn.Module, mode: str) -> Iterator[None]:
 
 
 def outputs(model: torch.nn.Module, example_inputs: tuple, mode: str = "eval") -> Any:
+    """``model(*example_inputs)`` without gradients in ``mode`` ("eval", or "train" with dropout
+    off); the model's modes and buffers are restored after."""
     with _mode(model, mode), torch.no_grad():
         return model(*example_inputs)
 
@@ -145,7 +148,7 @@ def _run_both(
         from .runs import student_failure
 
         raise student_failure(student, inputs, e) from e
-    positions = getattr(student, "meta", {}).get("fxgrow_output_positions")
+    positions = output_positions(student)
     if positions is not None and len(positions) == len(s_out):
         s_out = [_teacher_positions(s, p) for s, p in zip(s_out, positions)]
     if len(t_out) != len(s_out):
@@ -180,7 +183,7 @@ def _difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, fl
     return max_abs, scale
 
 
-def _teacher_positions(out: torch.Tensor, per_axis: list) -> torch.Tensor:
+def _teacher_positions(out: torch.Tensor, per_axis: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """A widened output read at the positions that copy the teacher's (see outputs="grow")."""
     for axis, pos in enumerate(per_axis):
         if pos is not None:
@@ -282,7 +285,7 @@ def _reference_run(
         s_ref = _tensors(outputs(s_copy, cast, mode))
     except Exception:  # a model that only runs in its own dtype: no reference
         return None
-    positions = getattr(student, "meta", {}).get("fxgrow_output_positions")
+    positions = output_positions(student)
     if positions is not None and len(positions) == len(s_ref):
         s_ref = [_teacher_positions(s, p) for s, p in zip(s_ref, positions)]
     if len(t_ref) != len(s_ref) or any(t.shape != s.shape for t, s in zip(t_ref, s_ref)):

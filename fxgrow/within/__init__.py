@@ -12,16 +12,17 @@ teacher's class, holds the teacher's other modules' values, and computes the tea
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import InputError, UnknownGroupError, UnsupportedModelError
+from ..growth import update_growth_record
 from ..modes import set_training, untouched
+from ..suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,10 @@ def submodule(model: torch.nn.Module, path: Any) -> torch.nn.Module:
         )
     modules = dict(model.named_modules())
     if path not in modules:
-        close = difflib.get_close_matches(path, [n for n in modules if n], n=3)
-        hint = (
-            f"; did you mean {', '.join(repr(c) for c in close)}?"
-            if close
-            else f"; its children: {', '.join(n for n, _ in model.named_children()) or 'none'}"
+        hint = did_you_mean(
+            path,
+            modules,
+            otherwise=f"; its children: {', '.join(n for n, _ in model.named_children()) or 'none'}",
         )
         raise UnknownGroupError(
             f"within={path!r}: {type(model).__name__} has no submodule {path!r}{hint}"
@@ -192,8 +192,8 @@ def grow_within(
 ) -> torch.nn.Module:
     """``grow(submodule, its_inputs, as_graph=True, verify=verify, **options)`` (fxgrow's
     widen, grow or deepen), put into a copy of ``model``.  With ``verify``, the whole model's
-    outputs are checked too; the figures are in ``student.get_submodule(path).meta``
-    (``fxgrow_error``: the submodule's, ``fxgrow_whole``: the whole model's)."""
+    outputs are checked too; the figures are in the growth record of
+    ``student.get_submodule(path)`` (``error``: the submodule's, ``whole``: the whole model's)."""
     from .detections import verify_whole
 
     if options.pop("as_graph", False):
@@ -202,10 +202,14 @@ def grow_within(
             "teacher's class with the grown submodule (a GraphModule) inside"
         )
     call = record_call(model, path, example_inputs)
-    grown = grow(call.module, call.inputs, as_graph=True, verify=verify, **options)
+    # as_graph=True: grow returns the graph itself
+    grown = cast(
+        torch.fx.GraphModule,
+        grow(call.module, call.inputs, as_graph=True, verify=verify, **options),
+    )
     student = rebuild(model, call, grown)
     if verify:
-        grown.meta["fxgrow_whole"] = verify_whole(model, student, example_inputs)
+        update_growth_record(grown, whole=verify_whole(model, student, example_inputs))
     return student
 
 

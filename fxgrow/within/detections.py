@@ -208,8 +208,7 @@ def verify_whole(
     if not is_detections(t_out):
         from ..verify.compare import verify
 
-        result = verify(teacher, student, inputs)
-        return WholeComparison(result.max_rel)
+        return WholeComparison(verify(teacher, student, inputs).max_rel)
     try:
         s_out = _run(student, inputs)
     except Exception as e:

@@ -204,8 +204,8 @@ def prelu(cx: RuleContext):
     """PReLU: with one slope per channel (axis 1) the slopes are per-channel parameters."""
     x = cx.tensor(cx.arg(0))
     if cx.module is not None:
-        if cx.module.num_parameters > 1:
-            cx.unify(x.layouts[1], cx.module_param("weight", 0, "scale"))
+        if cx.module_as(nn.PReLU).num_parameters > 1:
+            cx.unify(x.layouts[1], cx.module_param_required("weight", 0, "scale"))
             cx.size_attr("num_parameters", x.layouts[1])
         return cx.out(x.layouts)
     w = cx.value(cx.arg(1, "weight"))
@@ -219,7 +219,7 @@ def glu(cx: RuleContext):
     """GLU: a * sigmoid(b) for the two halves along ``dim``; the halves are multiplied unit by
     unit, so they share one map (the split point moves with the width)."""
     x = cx.tensor(cx.arg(0))
-    d = cx.module.dim if cx.module is not None else cx.concrete(cx.arg(1, "dim", -1))
+    d = cx.module_as(nn.GLU).dim if cx.module is not None else cx.concrete(cx.arg(1, "dim", -1))
     d = x.dim(d)
     a, b = cx.spaces.cut(x.layouts[d], [x.shape[d] // 2], cx.blocker("GLU halves"))
     cx.unify(a, b, "GLU halves must grow together")

@@ -92,7 +92,7 @@ def sdpa(cx: RuleContext):
 @rule(nn.MultiheadAttention)
 def multihead_attention(cx: RuleContext):
     """nn.MultiheadAttention: see the module docstring."""
-    m = cx.module
+    m = cx.module_as(nn.MultiheadAttention)
     if not m._qkv_same_embed_dim:
         raise RuleError("MultiheadAttention with kdim/vdim different from embed_dim")
     q, k, v = (cx.tensor(cx.arg(i, n)) for i, n in ((0, "query"), (1, "key"), (2, "value")))
@@ -101,22 +101,21 @@ def multihead_attention(cx: RuleContext):
     cx.unify(k.layouts[seq], v.layouts[seq], "key/value positions")
     cx.block(k.layouts[seq], "softmax over key positions", "structure")
     E = m.embed_dim
-    rows = cx.module_param("in_proj_weight", 0, PRODUCE)
+    rows = cx.module_param_required("in_proj_weight", 0, PRODUCE)
     pieces = cx.spaces.cut(rows, [E, 2 * E], cx.blocker("q/k/v rows"))
     for p in pieces[1:]:
         cx.unify(pieces[0], p, "query, key and value heads correspond")
     heads, head_dim = cx.spaces.split(pieces[0], m.head_dim, cx.blocker("heads"))
     cx.block(head_dim, "head dim of nn.MultiheadAttention (fixes the softmax scale)", "structure")
     inner = cx.spaces.merge(heads, head_dim)
-    cols = cx.module_param("in_proj_weight", 1, CONSUME)
+    cols = cx.module_param_required("in_proj_weight", 1, CONSUME)
     for t in (q, k, v):
         cx.unify(t.layouts[-1], cols, "embedding of nn.MultiheadAttention")
-    bias = cx.module_param("in_proj_bias", 0, PRODUCE) if m.in_proj_bias is not None else None
-    if bias is not None:
-        cx.unify(bias, rows)
+    if m.in_proj_bias is not None:
+        cx.unify(cx.module_param_required("in_proj_bias", 0, PRODUCE), rows)
     for name in ("bias_k", "bias_v"):
         if getattr(m, name, None) is not None:
-            cx.unify(cx.module_param(name, 2, PRODUCE), inner)
+            cx.unify(cx.module_param_required(name, 2, PRODUCE), inner)
     out_cols = cx.param(f"{cx.node.target}.out_proj.weight", 1, CONSUME)
     cx.unify(out_cols, inner, "output projection reads whole heads")
     out = cx.param(f"{cx.node.target}.out_proj.weight", 0, PRODUCE)

@@ -48,6 +48,7 @@ def broadcast(cx: RuleContext, operands: Iterable[Any]) -> TensorInfo:
 
 
 def dim_arg(cx: RuleContext, i: int, name: str = "dim", default: Any = None) -> Any:
+    """The concrete value of the dim argument at position ``i`` or keyword ``name``."""
     d = cx.arg(i, name, default)
     return cx.concrete(d)
 
@@ -68,6 +69,7 @@ def size_of(cx: RuleContext, v: Any) -> Any:
 
 
 def sizes_in(cx: RuleContext, a: Any) -> list[SizeInfo]:
+    """The SizeInfo values (ints read from shapes) anywhere inside argument ``a``."""
     from torch.utils import _pytree as pytree
 
     return [v for v in pytree.tree_leaves(cx.value(a)) if isinstance(v, SizeInfo)]

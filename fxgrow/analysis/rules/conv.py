@@ -55,14 +55,22 @@ class _Weights:
                 self.cx.param(src[0], src[1], SCALE)
         return info.layouts[axis]
 
+    def weight_axis(self, axis: int, role: str) -> Layout:
+        """``axis("weight", ...)``: every convolution has a weight."""
+        lay = self.axis("weight", axis, role)
+        if lay is None:
+            raise RuleError("convolution without a weight")
+        return lay
+
 
 def _blocks(cx: RuleContext, layout: Layout, groups: int, what: str) -> Layout:
     """Cut a channel layout into ``groups`` equal blocks that share one map; return block 0."""
-    n = cx.spaces.size(layout)
-    step = n // groups
-    pieces = cx.spaces.cut(layout, range(step, n, step), cx.blocker(f"{what} blocks"))
-    for p in pieces[1:]:
-        cx.unify(pieces[0], p, f"{what}: every group of a grouped conv must grow alike")
+    pieces = cx.spaces.equal_blocks(
+        layout,
+        groups,
+        cx.blocker(f"{what} blocks"),
+        cx.blocker(f"{what}: every group of a grouped conv must grow alike"),
+    )
     return pieces[0]
 
 
@@ -71,16 +79,16 @@ def conv_channels(
 ) -> Layout:
     """Couple the input channel layout ``x`` to the weights; return the output channel layout."""
     if groups == 1:
-        cx.unify(x, w.axis("weight", 1, CONSUME), "input channels of a conv")
-        out = w.axis("weight", 0, PRODUCE)
+        cx.unify(x, w.weight_axis(1, CONSUME), "input channels of a conv")
+        out = w.weight_axis(0, PRODUCE)
     elif groups == cin:
         mult = cout // cin
         out = cx.spaces.merge(x, cx.fixed(mult, "depthwise channel multiplier")) if mult > 1 else x
-        cx.unify(out, w.axis("weight", 0, SCALE), "depthwise conv")
+        cx.unify(out, w.weight_axis(0, SCALE), "depthwise conv")
     else:
         local = _blocks(cx, x, groups, "input channel")
-        cx.unify(local, w.axis("weight", 1, CONSUME), "input channels of a grouped conv")
-        out = w.axis("weight", 0, PRODUCE)
+        cx.unify(local, w.weight_axis(1, CONSUME), "input channels of a grouped conv")
+        out = w.weight_axis(0, PRODUCE)
         _blocks(cx, out, groups, "output channel")
     b = w.axis("bias", 0, SCALE if groups == cin and groups > 1 else PRODUCE)
     if b is not None:
@@ -91,11 +99,13 @@ def conv_channels(
 def conv_transpose_channels(
     cx: RuleContext, x: Layout, w: _Weights, groups: int, cin: int, cout: int
 ) -> Layout:
+    """Couple the input channel layout ``x`` to a transposed conv's weights (``[cin, cout/g,
+    ...]``); return the output channel layout.  Only dense and depthwise ones are handled."""
     if groups == 1:
-        cx.unify(x, w.axis("weight", 0, CONSUME), "input channels of a transposed conv")
-        out = w.axis("weight", 1, PRODUCE)
+        cx.unify(x, w.weight_axis(0, CONSUME), "input channels of a transposed conv")
+        out = w.weight_axis(1, PRODUCE)
     elif groups == cin == cout:
-        cx.unify(x, w.axis("weight", 0, SCALE), "depthwise transposed conv")
+        cx.unify(x, w.weight_axis(0, SCALE), "depthwise transposed conv")
         out = x
     else:
         raise RuleError(
@@ -132,7 +142,7 @@ def _pointwise(m) -> bool:
 
 
 def _conv_module(cx: RuleContext, channels) -> TensorInfo:
-    m = cx.module
+    m = cx.module_as(nn.modules.conv._ConvNd)
     x = cx.tensor(cx.arg(0))
     unbatched = x.ndim == m.weight.dim() - 1
     ch = 0 if unbatched else 1

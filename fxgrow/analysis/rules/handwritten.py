@@ -52,12 +52,11 @@ def unbound_by_hand(cx: RuleContext, axis: int, n: int) -> bool:
     integer index, which is ``unbind`` written out (the "3" of a fused qkv): that axis is a
     structure, not a channel space that an op refuses."""
     here = _int_position(cx, cx.node)
-    if here is None or here[0] != axis:
+    src = cx.node.args[0]
+    if here is None or here[0] != axis or not isinstance(src, torch.fx.Node):
         return False
     taken = {
-        p[1] % n
-        for u in cx.node.args[0].users
-        if (p := _int_position(cx, u)) is not None and p[0] == axis
+        p[1] % n for u in src.users if (p := _int_position(cx, u)) is not None and p[0] == axis
     }
     return taken == set(range(n))
 
@@ -71,9 +70,10 @@ def strided(cx: RuleContext, lay: Layout, axis: int, step: int) -> Layout:
     unchanged slice needs.  Taking every offset by such slices is a view written out
     (structure); one offset alone fixes the inner factor as an integer index does."""
     outer, inner = cx.spaces.split(lay, step, cx.blocker("strided slice"))
+    src = cx.node.args[0]
     offsets = {
         p[1]
-        for u in cx.node.args[0].users
+        for u in (src.users if isinstance(src, torch.fx.Node) else ())
         if (p := _stride_of(cx, u)) is not None and p[0] == axis and p[2] == step
     }
     if offsets == set(range(step)):

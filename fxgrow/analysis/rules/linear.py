@@ -67,7 +67,7 @@ def linear_module(cx: RuleContext):
         cx.module_consume("weight", 1, (cx.arg(0), x.ndim - 1)),
         "input features of a Linear",
     )
-    out = cx.module_param("weight", 0, PRODUCE)
+    out = cx.module_param_required("weight", 0, PRODUCE)
     b = cx.module_param("bias", 0, PRODUCE)
     if b is not None:
         cx.unify(out, b)
@@ -242,11 +242,13 @@ def einsum(cx: RuleContext):
 @rule(nn.Embedding)
 def embedding_module(cx: RuleContext):
     """nn.Embedding: W[ids]; W's columns produce the output space."""
-    if cx.module.max_norm is not None:
+    if cx.module_as(nn.Embedding).max_norm is not None:
         raise RuleError("max_norm renormalises over the embedding dimension")
     ids = cx.tensor(cx.arg(0))
-    cx.block(cx.module_param("weight", 0, None), "vocabulary axis, indexed by ids", "structure")
-    out = cx.module_param("weight", 1, PRODUCE)
+    cx.block(
+        cx.module_param_required("weight", 0, None), "vocabulary axis, indexed by ids", "structure"
+    )
+    out = cx.module_param_required("weight", 1, PRODUCE)
     cx.size_attr("embedding_dim", out)
     return cx.out(ids.layouts + (out,))
 

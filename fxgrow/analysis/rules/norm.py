@@ -38,7 +38,7 @@ _BATCHNORM = (
 def batchnorm_module(cx: RuleContext):
     """BatchNorm/InstanceNorm: per-channel statistics and affine parameters on axis 1."""
     x = cx.tensor(cx.arg(0))
-    m = cx.module
+    m = cx.module_as(nn.modules.batchnorm._NormBase)
     ch = 1 if x.ndim > 1 else 0
     if (
         isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
@@ -119,7 +119,12 @@ def _aten_norm(cx: RuleContext, own: bool, over: str, running: bool = True):
     The native forms also return the saved per-channel statistics (or empty tensors)."""
     x = cx.tensor(cx.arg(0, "input"))
     c = x.layouts[1]
-    names = ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
+    names: tuple[tuple[int, str], ...] = (
+        (1, "weight"),
+        (2, "bias"),
+        (3, "running_mean"),
+        (4, "running_var"),
+    )
     for i, name in names if running else names[:2]:
         ref = cx.arg(i, name, None)
         if isinstance(ref, torch.fx.Node):
@@ -200,6 +205,8 @@ def _normalized(cx: RuleContext, x: TensorInfo, k: int):
 def layernorm_module(cx: RuleContext):
     """LayerNorm/RMSNorm over the trailing axes: uniform replication; affine per channel."""
     m = cx.module
+    if not isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        raise RuleError(f"expected a LayerNorm or RMSNorm module, got {type(m).__name__}")
     x = cx.tensor(cx.arg(0))
     k = len(m.normalized_shape)
     axes = x.layouts[x.ndim - k :]
@@ -269,7 +276,7 @@ def _with_stats(cx: RuleContext, x: TensorInfo, lead: int):
 @rule(nn.GroupNorm)
 def groupnorm_module(cx: RuleContext):
     """GroupNorm(G, C): blocks of C/G channels share one map, each replicated uniformly."""
-    m = cx.module
+    m = cx.module_as(nn.GroupNorm)
     x = cx.tensor(cx.arg(0))
     c = x.layouts[1]
     for name in ("weight", "bias"):
@@ -278,10 +285,12 @@ def groupnorm_module(cx: RuleContext):
             cx.unify(c, p, "affine parameter of a norm")
     G, C = m.num_groups, m.num_channels
     if G != C:
-        step = C // G
-        pieces = cx.spaces.cut(c, range(step, C, step), cx.blocker("GroupNorm groups"))
-        for p in pieces[1:]:
-            cx.unify(pieces[0], p, "GroupNorm: every group must grow alike")
+        pieces = cx.spaces.equal_blocks(
+            c,
+            G,
+            cx.blocker("GroupNorm groups"),
+            cx.blocker("GroupNorm: every group must grow alike"),
+        )
         cx.uniform(pieces[0], "normalised within a GroupNorm group")
     else:  # one channel per group: per channel, and the group count follows the width
         cx.size_attr("num_groups", c)
@@ -327,10 +336,12 @@ def _group_norm(
     if G == C:
         follow.append(groups)
     else:
-        step = C // G
-        pieces = cx.spaces.cut(c, range(step, C, step), cx.blocker("GroupNorm groups"))
-        for p in pieces[1:]:
-            cx.unify(pieces[0], p, "GroupNorm: every group must grow alike")
+        pieces = cx.spaces.equal_blocks(
+            c,
+            G,
+            cx.blocker("GroupNorm groups"),
+            cx.blocker("GroupNorm: every group must grow alike"),
+        )
         cx.uniform(pieces[0], "normalised within a GroupNorm group")
     if follow and cx.spaces.roots(c):
         cx.sizes_handled(*(cx.value(cx.arg(i, name)) for i, name in follow))

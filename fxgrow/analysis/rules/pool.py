@@ -257,4 +257,6 @@ def pad_module(cx: RuleContext):
     """nn.ZeroPadNd / ConstantPadNd / ReflectionPadNd / ReplicationPadNd / CircularPadNd:
     ``F.pad`` with the module's ``padding``; see ``_pad``."""
     m = cx.module
+    if not isinstance(m, _PAD_MODULES):
+        raise RuleError(f"expected a padding module, got {type(m).__name__}")
     return _pad(cx, tuple(m.padding), isinstance(m, _CONSTANT_PADS))

@@ -39,7 +39,7 @@ def _gate_rows(cx: RuleContext, layout: Layout, gates: int, hidden: Layout) -> N
 @rule(nn.RNN, nn.GRU, nn.LSTM)
 def recurrent(cx: RuleContext):
     """nn.RNN / GRU / LSTM: see the module docstring."""
-    m = cx.module
+    m = cx.module_as(nn.RNNBase)
     if getattr(m, "proj_size", 0):
         raise RuleError("an LSTM with proj_size: the projection is not supported")
     if cx.arg(1, "hx", None) is not None:
@@ -62,20 +62,20 @@ def recurrent(cx: RuleContext):
             else:
                 cx.unify(hidden_first, hidden, "one hidden_size for every layer and direction")
             name = f"l{layer}{sfx}"
-            w_ih = cx.module_param(f"weight_ih_{name}", 0, PRODUCE)
+            w_ih = cx.module_param_required(f"weight_ih_{name}", 0, PRODUCE)
             _gate_rows(cx, w_ih, gates, hidden)
             cols = (
                 cx.module_consume(f"weight_ih_{name}", 1, (cx.arg(0), x.ndim - 1))
                 if layer == 0
-                else cx.module_param(f"weight_ih_{name}", 1, CONSUME)
+                else cx.module_param_required(f"weight_ih_{name}", 1, CONSUME)
             )
             cx.unify(layer_in, cols, "input features of a recurrent layer")
-            w_hh = cx.module_param(f"weight_hh_{name}", 0, PRODUCE)
+            w_hh = cx.module_param_required(f"weight_hh_{name}", 0, PRODUCE)
             _gate_rows(cx, w_hh, gates, hidden)
             # h_{t-1} is not a graph node: the divided columns need no activation to compensate
             cx.unify(
                 hidden,
-                cx.module_param(f"weight_hh_{name}", 1, CONSUME),
+                cx.module_param_required(f"weight_hh_{name}", 1, CONSUME),
                 "recurrent input of a recurrent layer",
             )
             for b in ("bias_ih", "bias_hh"):
@@ -84,6 +84,7 @@ def recurrent(cx: RuleContext):
                     _gate_rows(cx, lay, gates, hidden)
             outs.append(hidden)
         layer_in = tuple(seg for h in outs for seg in h)
+    assert hidden_first is not None  # nn.RNNBase has num_layers >= 1
     cx.size_attr("input_size", x.layouts[-1])
     cx.size_attr("hidden_size", hidden_first)
     out, state = cx.example()

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..context import RuleContext
+from ..context import RuleContext, RuleError
 from ..values import TensorInfo
 from . import attention_pattern
 from .binary import binary
@@ -151,12 +151,12 @@ def _reduce_one_dim(cx: RuleContext):
     d = x.dim(d)
     cx.block(x.layouts[d], "reduced over by max/min")
     keep = bool(cx.concrete(cx.arg(2, "keepdim", False)))
-    lay = list(x.layouts)
+    layouts = list(x.layouts)
     if keep:
-        lay[d] = cx.fixed(1, "reduced axis")
+        layouts[d] = cx.fixed(1, "reduced axis")
     else:
-        del lay[d]
-    return tuple(TensorInfo(tuple(t.shape), tuple(lay)) for t in cx.example())
+        del layouts[d]
+    return tuple(TensorInfo(tuple(t.shape), tuple(layouts)) for t in cx.example())
 
 
 @rule(
@@ -256,7 +256,10 @@ def local_response_norm(cx: RuleContext):
 @rule(nn.Softmax, traits=("softmax",))
 def along_axis_module(cx: RuleContext):
     """nn.Softmax & co: as the functional forms, with the module's dim."""
-    return _along(cx, cx.module.dim, type(cx.module).__name__)
+    m = cx.module
+    if not isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+        raise RuleError(f"expected a softmax module, got {type(m).__name__}")
+    return _along(cx, m.dim, type(m).__name__)
 
 
 @rule(nn.Softmax2d)

@@ -25,10 +25,12 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
+
+from ...errors import RegistrationError
 
 TRAITS = {
     "pointwise": "computes each output element from the same element of its operand(s)",
@@ -72,6 +74,8 @@ TRAITS = {
 
 @dataclass(frozen=True)
 class RuleEntry:
+    """A registered rule: its function, what it matches (``kind`` and ``target``) and its traits."""
+
     fn: Callable
     kind: str  # "module" | "function" | "method"
     target: Any
@@ -81,16 +85,13 @@ class RuleEntry:
 
     @property
     def doc(self) -> str:
+        """The rule function's docstring, stripped ("" if none)."""
         return (self.fn.__doc__ or "").strip()
 
 
 MODULES: dict[type, RuleEntry] = {}
 FUNCTIONS: dict[Any, RuleEntry] = {}
 METHODS: dict[str, RuleEntry] = {}
-
-
-class RegistrationError(ValueError):
-    """A rule registered twice for one target, or for an ATen overload this torch lacks."""
 
 
 def aten_op(qualified: str) -> torch._ops.OpOverload:
@@ -214,6 +215,8 @@ def load_deferred(everything: bool = False) -> None:
 
 
 def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
+    """The rule for a call node, or None.  A module subclass inherits its base's rule only if it
+    keeps the base's ``forward``."""
     if len(_loaded) < len(DEFERRED):
         load_deferred()
     if node.op == "call_function":
@@ -222,7 +225,7 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
         except TypeError:  # unhashable target
             return None
     if node.op == "call_method":
-        return METHODS.get(node.target)
+        return METHODS.get(cast(str, node.target))  # a call_method's target is the name
     if node.op == "call_module":
         cls = type(module)
         entry = MODULES.get(cls)
@@ -231,7 +234,9 @@ def lookup(node: torch.fx.Node, module: Any = None) -> RuleEntry | None:
         for base in cls.__mro__[1:]:
             entry = MODULES.get(base)
             if entry is not None:
-                return entry if cls.forward is base.forward else None
+                # a base with a module rule is an nn.Module class (rules are for modules)
+                forward = cast(type[torch.nn.Module], base).forward
+                return entry if cls.forward is forward else None
         return None
     return None
 
@@ -264,7 +269,8 @@ def node_has_trait(node: torch.fx.Node, trait: str, gm: torch.nn.Module | None =
     if node.op in ("call_function", "call_method"):
         return has_trait(node.target, trait)
     if node.op == "call_module" and gm is not None:
-        return has_trait(gm.get_submodule(node.target), trait)
+        # a call_module node's target is its module's path (a str)
+        return has_trait(gm.get_submodule(cast(str, node.target)), trait)
     return False
 
 

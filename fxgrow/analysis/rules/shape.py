@@ -226,7 +226,8 @@ def flatten(cx: RuleContext):
 @rule(nn.Flatten)
 def flatten_module(cx: RuleContext):
     """nn.Flatten: as torch.flatten with the module's start_dim/end_dim."""
-    return _flatten(cx, cx.tensor(cx.arg(0)), cx.module.start_dim, cx.module.end_dim)
+    m = cx.module_as(nn.Flatten)
+    return _flatten(cx, cx.tensor(cx.arg(0)), m.start_dim, m.end_dim)
 
 
 @rule(torch.unflatten, "unflatten", nn.Unflatten, aten=("unflatten.int",))
@@ -237,11 +238,12 @@ def unflatten(cx: RuleContext):
     shape = cx.out_shape()
     layouts = reshape_layouts(cx, x, shape)
     if cx.module is not None:
-        d = x.dim(cx.module.dim)
-        k = len(cx.module.unflattened_size)
+        m = cx.module_as(nn.Unflatten)
+        d = x.dim(m.dim)
+        k = len(m.unflattened_size)
         new = layouts[d : d + k]
         if any(cx.spaces.roots(lay) for lay in new):
-            old = tuple(cx.module.unflattened_size)
+            old = tuple(m.unflattened_size)
             cx.set_attr(
                 "unflattened_size",
                 lambda size: tuple(-1 if o == -1 else size(lay) for o, lay in zip(old, new)),

@@ -18,7 +18,10 @@ def pixel_shuffle(cx: RuleContext):
     """pixel_shuffle(r): [C r^2] -> C with the r^2 factor moved to space; channels must come
     in whole blocks of r^2 (the factor is fixed)."""
     x = cx.tensor(cx.arg(0))
-    r = cx.module.upscale_factor if cx.module is not None else cx.concrete(cx.arg(1))
+    if cx.module is not None:
+        r = cx.module_as(nn.PixelShuffle).upscale_factor
+    else:
+        r = cx.concrete(cx.arg(1))
     c, inner = cx.spaces.split(x.layouts[-3], r * r, cx.blocker("pixel_shuffle"))
     cx.block(inner, "moved into the spatial axes by pixel_shuffle")
     shape = cx.out_shape()
@@ -34,7 +37,10 @@ def pixel_shuffle(cx: RuleContext):
 def pixel_unshuffle(cx: RuleContext):
     """pixel_unshuffle(r): C -> [C r^2], each channel followed by its r^2 spatial offsets."""
     x = cx.tensor(cx.arg(0))
-    r = cx.module.downscale_factor if cx.module is not None else cx.concrete(cx.arg(1))
+    if cx.module is not None:
+        r = cx.module_as(nn.PixelUnshuffle).downscale_factor
+    else:
+        r = cx.concrete(cx.arg(1))
     c = cx.spaces.merge(x.layouts[-3], cx.fixed(r * r, "spatial offsets of pixel_unshuffle"))
     shape = cx.out_shape()
     return cx.out(
@@ -49,7 +55,10 @@ def channel_shuffle(cx: RuleContext):
     its map (a product).  Several spaces (e.g. two branches concatenated, as in ShuffleNet):
     the G rows keep their own maps and interleave (a Zip); they must grow alike."""
     x = cx.tensor(cx.arg(0))
-    G = cx.module.groups if cx.module is not None else cx.concrete(cx.arg(1, "groups"))
+    if cx.module is not None:
+        G = cx.module_as(nn.ChannelShuffle).groups
+    else:
+        G = cx.concrete(cx.arg(1, "groups"))
     c = x.layouts[1]
     n = x.shape[1]
     if _several_spaces(cx, c):  # the rows keep their own maps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from ..context import RuleContext, RuleError
 from . import elementwise
@@ -10,14 +11,16 @@ from .common import broadcast
 from .norm import per_channel
 from .registry import lookup, rule
 
+_norm_act: ModuleType | None
 try:
-    from timm.layers import norm_act as _norm_act
+    _norm_act = importlib.import_module("timm.layers.norm_act")
 except Exception:  # timm absent
     _norm_act = None
 
 
+_activations: ModuleType | None
 try:
-    from timm.layers import activations as _activations
+    _activations = importlib.import_module("timm.layers.activations")
 except Exception:  # timm absent
     _activations = None
 
@@ -75,6 +78,9 @@ if _norm_act is not None:
 
 # -- timm's no-trace functions and modules that fx cannot trace through ---------------------
 # (the others are traced through by the front end: their ops get the ordinary rules)
+_attention: ModuleType | None
+_conv2d_same: ModuleType | None
+_pool2d_same: ModuleType | None
 try:  # (timm.layers re-exports functions under the names of these modules)
     _attention = importlib.import_module("timm.layers.attention")
     _conv2d_same = importlib.import_module("timm.layers.conv2d_same")
@@ -82,7 +88,7 @@ try:  # (timm.layers re-exports functions under the names of these modules)
 except Exception:  # timm absent, or an older one
     _attention = _conv2d_same = _pool2d_same = None
 
-if _conv2d_same is not None:
+if _conv2d_same is not None and _pool2d_same is not None:  # (imported together)
     from . import conv as _conv
     from . import pool as _pool
 
@@ -124,6 +130,7 @@ if _attention is not None and hasattr(_attention, "maybe_add_mask"):
         return cx.info_for(cx.example(), "attention mask over token positions")
 
 
+_nest: ModuleType | None
 try:
     _nest = importlib.import_module("timm.models.nest")
 except Exception:  # timm absent, or an older one
@@ -146,6 +153,8 @@ if _nest is not None and hasattr(_nest, "deblockify"):
 
 
 # -- relative-position logits (BoTNet, HaloNet), kept whole by the front end -----------------
+_bottleneck: ModuleType | None
+_halo: ModuleType | None
 try:
     _bottleneck = importlib.import_module("timm.layers.bottleneck_attn")
     _halo = importlib.import_module("timm.layers.halo_attn")

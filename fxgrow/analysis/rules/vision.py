@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.fx
 
@@ -91,22 +93,12 @@ if _swin is not None:
         cx.rewrite_args(new_args, heads)
         for ref in (qkv_w, proj_w):
             if isinstance(ref, torch.fx.Node) and ref.op == "get_attr":
-                module = ref.target.rpartition(".")[0]
+                module = cast(str, ref.target).rpartition(".")[0]  # get_attr: a path
                 lin = cx.state.modules.get(module)
                 if isinstance(lin, torch.nn.Linear):
                     w = cx.tensor(ref)
-                    cx.set_attr(
-                        "in_features",
-                        lambda size, lay=w.layouts[1]: size(lay),
-                        w.layouts[1],
-                        module=module,
-                    )
-                    cx.set_attr(
-                        "out_features",
-                        lambda size, lay=w.layouts[0]: size(lay),
-                        w.layouts[0],
-                        module=module,
-                    )
+                    cx.size_attr("in_features", w.layouts[1], module=module)
+                    cx.size_attr("out_features", w.layouts[0], module=module)
         owner = cx.state.modules.get(
             cx.node.meta.get("nn_module_stack", {})
             and list(cx.node.meta["nn_module_stack"].values())[-1][0]

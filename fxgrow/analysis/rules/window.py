@@ -45,8 +45,9 @@ def tensor_unfold(cx: RuleContext):
 def im2col(cx: RuleContext):
     """nn.Unfold / F.unfold (im2col): see the module docstring."""
     x = cx.tensor(cx.arg(0, "input"))
+    kernel: int | tuple[int, ...]
     if cx.module is not None:
-        kernel = cx.module.kernel_size
+        kernel = cx.module_as(nn.Unfold).kernel_size
     else:
         kernel = cx.concrete(cx.arg(1, "kernel_size"))
     if x.ndim not in (3, 4):
@@ -69,8 +70,9 @@ def im2col(cx: RuleContext):
 def col2im(cx: RuleContext):
     """nn.Fold / F.fold (col2im): see the module docstring."""
     x = cx.tensor(cx.arg(0, "input"))
+    kernel: int | tuple[int, ...]
     if cx.module is not None:
-        kernel = cx.module.kernel_size
+        kernel = cx.module_as(nn.Fold).kernel_size
     else:
         kernel = cx.concrete(cx.arg(2, "kernel_size"))
     if x.ndim not in (2, 3):
