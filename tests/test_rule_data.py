@@ -301,3 +301,28 @@ def test_numel_reads_every_axis_and_dim_none():
     assert [(b.node, b.reason) for b in _group_of_a(m, x).blockers] == [
         ("truediv", "uses a size read from a channel axis; it would change with the width")
     ]
+
+
+def test_containers_are_torch_classes_not_names():
+    """A block path is a container only for torch's own Sequential/ModuleList/ModuleDict,
+    recorded as the class (fx) or its qualified name (export); a class of the same name
+    elsewhere, or a subclass, is a block like any other module."""
+    from fxgrow.analysis.blocks import _is_container
+
+    class Sequential(nn.Module):  # a user's class that happens to share the name
+        pass
+
+    class Stack(nn.Sequential):
+        pass
+
+    def node(kind) -> torch.fx.Node:
+        n = torch.fx.Graph().placeholder("x")
+        n.meta["nn_module_stack"] = {"k": ("layer", kind)}
+        return n
+
+    assert _is_container([node(nn.Sequential)], "layer")
+    assert _is_container([node("torch.nn.modules.container.ModuleList")], "layer")
+    assert not _is_container([node(Sequential)], "layer")
+    assert not _is_container([node(f"{__name__}.Sequential")], "layer")
+    assert not _is_container([node(Stack)], "layer")
+    assert not _is_container([node(nn.Sequential)], "other")
