@@ -55,6 +55,11 @@ aten = torch.ops.aten
         (aten.dropout.default, "dropout", True),
         (torch.dropout, "dropout", True),
         (aten.native_dropout.default, "dropout", False),
+        ("size", "reads_metadata", True),
+        ("numel", "reads_metadata", True),
+        ("get_device", "reads_metadata", True),
+        ("sum", "reads_metadata", False),
+        (torch.numel, "reads_metadata", False),
     ],
 )
 def test_trait_of_op(target, trait, expected):

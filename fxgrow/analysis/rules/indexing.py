@@ -146,7 +146,7 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     return cx.out(out)
 
 
-@rule("size", traits=("size_read",))
+@rule("size", traits=("size_read", "reads_metadata"))
 def size(cx: RuleContext):
     """x.size() / x.size(d): sizes read at run time, tracked by the axes they come from."""
     x = cx.tensor(cx.arg(0))
@@ -157,14 +157,22 @@ def size(cx: RuleContext):
 
 
 @rule("dim", traits=("size_read",))
-@rule("dim", "ndimension", "is_contiguous", "element_size", "is_floating_point", "get_device")
+@rule(
+    "dim",
+    "ndimension",
+    "is_contiguous",
+    "element_size",
+    "is_floating_point",
+    "get_device",
+    traits=("reads_metadata",),
+)
 def metadata(cx: RuleContext):
     """Facts about a tensor that do not depend on channel widths (rank, dtype ...)."""
     cx.tensor(cx.arg(0))
     return cx.example()
 
 
-@rule("numel", "nelement")
+@rule("numel", "nelement", traits=("reads_metadata",))
 def numel(cx: RuleContext):
     """The number of elements depends on every axis's width: tracked like a size."""
     return SizeInfo(cx.tensor(cx.arg(0)).layouts)

@@ -44,6 +44,8 @@ TRAITS = {
     "reshape": "rearranges the positions of its operand without changing a value (view, "
     "reshape, flatten, unflatten)",
     "size_read": "reads sizes (size, dim, getattr), never a value",
+    "reads_metadata": "a method reading its tensor's metadata (sizes, rank, dtype, device), "
+    "never its values: a parameter it reads is neither copied nor divided there",
     "swap_axes": "swaps the two axes its arguments 1 and 2 name (transpose)",
     "matrix_transpose": "swaps axes 0 and 1 of an at most 2-d tensor (t)",
     "extremum": "the max or min over its dims (amax, amin): exact over replicated units",
