@@ -153,7 +153,8 @@ def _aten_norm(cx: RuleContext, own: bool, over: str, running: bool = True):
 )
 def aten_batch_norm(cx: RuleContext):
     """aten.batch_norm(x, weight, bias, running_mean, running_var, training, ...) and its
-    native forms: per channel on axis 1; in training, statistics over batch and space."""
+    native forms: per channel on axis 1; in training, statistics over batch and space.  The
+    native forms also return the saved per-channel statistics (or empty tensors)."""
     return _aten_norm(cx, bool(cx.concrete(cx.arg(5, "training", False))), "batch and space")
 
 
