@@ -331,3 +331,21 @@ def test_containers_are_torch_classes_not_names():
     assert not _is_container([node(f"{__name__}.Sequential")], "layer")
     assert not _is_container([node(Stack)], "layer")
     assert not _is_container([node(nn.Sequential)], "other")
+
+
+def test_aten_slice_window_is_rewritten_where_it_was_written():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(8, 5, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h[:, 2:6]) + self.c(h)
+
+    m, x = M().double(), torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        s = fxgrow.widen(m, x, factor=2, frontend="export", verify=False)
+    assert fxgrow.compare(m, s, x).max_rel <= 1e-10
+    (node,) = [n for n in s.graph.nodes if n.target is aten.slice.Tensor and n.args[1] == 1]
+    assert node.args[2:] == (4, 12) and not node.kwargs

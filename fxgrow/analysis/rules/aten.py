@@ -8,6 +8,7 @@ assertions) and the creation ops (fixed results)."""
 
 from __future__ import annotations
 
+from ..arguments import with_argument
 from ..context import RuleContext
 from ..values import SizeInfo
 from . import join, linear, shape
@@ -39,10 +40,8 @@ def aten_slice(cx: RuleContext):
 
         def new_args(size, args, kwargs):
             s0 = size(before)
-            a = list(args) + [None] * (4 - len(args))
-            a[1] = d
-            a[2], a[3] = s0, s0 + size(piece)
-            return tuple(a), {k: v for k, v in kwargs.items() if k not in ("start", "end", "dim")}
+            args, kwargs = with_argument(args, kwargs, 2, "start", s0)
+            return with_argument(args, kwargs, 3, "end", s0 + size(piece))
 
         cx.rewrite_args(new_args, before, piece)
     return cx.out(lay)
