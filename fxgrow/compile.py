@@ -19,6 +19,7 @@ compilation always proceeds."""
 
 from __future__ import annotations
 
+import operator
 import re
 import sys
 from collections.abc import Callable
@@ -125,10 +126,7 @@ def lift_parameters(
 
 
 def _fetch(module: torch.nn.Module, path: str) -> Any:
-    obj: Any = module
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return operator.attrgetter(path)(module)
 
 
 def _place(root: torch.nn.Module, path: str, value: Any) -> None:

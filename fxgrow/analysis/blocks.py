@@ -129,15 +129,17 @@ def _members(gm: torch.fx.GraphModule) -> dict[str, list[torch.fx.Node]]:
     return members
 
 
-_CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+_CONTAINER_NAMES = frozenset(f"{c.__module__}.{c.__qualname__}" for c in _CONTAINERS)
 
 
 def _is_container(nodes: list[torch.fx.Node], path: str) -> bool:
+    """The module at ``path`` is one of torch's containers (exactly, not a subclass), as the
+    nodes' ``nn_module_stack`` records it: the class (fx) or its qualified name (export)."""
     for n in nodes:
         for v in (n.meta.get("nn_module_stack") or {}).values():
             if isinstance(v, tuple) and v[0] == path:
-                cls = v[1] if isinstance(v[1], str) else getattr(v[1], "__name__", "")
-                return cls.rpartition(".")[2] in _CONTAINERS
+                return v[1] in _CONTAINER_NAMES if isinstance(v[1], str) else v[1] in _CONTAINERS
     return False
 
 

@@ -11,6 +11,7 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from ..errors import RuleError
+from .arguments import MISSING, MissingArgument, argument, bound_arguments
 from .layout import Blocker, Fixed, Layout, SpaceTable
 from .values import SizeInfo, TensorInfo, Value
 
@@ -170,17 +171,24 @@ class RuleContext:
         self.module = (
             state.modules.get(cast(str, node.target)) if node.op == "call_module" else None
         )
+        self._bound: Any = MISSING  # the node's arguments by name, bound once on first use
 
     # -- reading -------------------------------------------------------------------------------
-    def arg(self, i: int, name: str | None = None, default: Any = RuleError) -> Any:
-        """The raw argument at position ``i`` or keyword ``name``."""
-        if i is not None and i < len(self.node.args):
-            return self.node.args[i]
-        if name is not None and name in self.node.kwargs:
-            return self.node.kwargs[name]
-        if default is RuleError:
-            raise RuleError(f"missing argument {name or i}")
-        return default
+    def arg(self, i: int | None, name: str | None = None, default: Any = RuleError) -> Any:
+        """The raw argument ``name`` as the target's signature binds it (``arguments``), else
+        the one at position ``i`` or keyword ``name`` as written."""
+        if name is not None and self._bound is MISSING:
+            self._bound = bound_arguments(self.node, self.state.gm)
+        try:
+            return argument(
+                self.node,
+                i,
+                name,
+                MISSING if default is RuleError else default,
+                bound=None if self._bound is MISSING else self._bound,
+            )
+        except MissingArgument:
+            raise RuleError(f"missing argument {name or i}") from None
 
     def value(self, a: Any) -> Any:
         """The analysis value of an argument (nodes looked up, containers mapped)."""
@@ -363,7 +371,9 @@ class RuleContext:
             if has_trait(a.target, "matrix_transpose"):
                 axis = 1 - axis
             elif has_trait(a.target, "swap_axes"):
-                d0, d1 = a.args[1], a.args[2]
+                d0, d1 = argument(a, 1, "dim0", None), argument(a, 2, "dim1", None)
+                if not (isinstance(d0, int) and isinstance(d1, int)):
+                    return None  # swapaxes(axis0=, axis1=): not followed
                 nd = self.example(a).dim()
                 d0, d1 = d0 % nd, d1 % nd
                 axis = d1 if axis == d0 else d0 if axis == d1 else axis

@@ -21,7 +21,7 @@ from .context import (
     TiedContraction,
 )
 from .layout import Blocker, Fixed
-from .rules.registry import lookup
+from .rules.registry import has_trait, lookup
 from .values import SizeInfo, TensorInfo
 
 
@@ -180,18 +180,6 @@ _METADATA_ATTRS = frozenset(
         "is_meta",
     )
 )
-_METADATA_METHODS = frozenset(
-    (
-        "size",
-        "dim",
-        "ndimension",
-        "numel",
-        "nelement",
-        "element_size",
-        "is_contiguous",
-        "get_device",
-    )
-)
 
 
 def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
@@ -200,7 +188,11 @@ def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:
     checked like any other size)."""
     if user.op == "call_function" and user.target is getattr and user.args[0] is node:
         return user.args[1] in _METADATA_ATTRS
-    return user.op == "call_method" and user.target in _METADATA_METHODS and user.args[0] is node
+    return (
+        user.op == "call_method"
+        and has_trait(user.target, "reads_metadata")
+        and user.args[0] is node
+    )
 
 
 def _finish_params(state: AnalysisState) -> None:

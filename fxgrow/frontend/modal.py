@@ -31,25 +31,12 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from ..analysis.arguments import argument, bound_arguments, with_argument
+from ..analysis.rules.registry import has_trait, module_for
 from ..growth import update_growth_record
 from ..unique import unique_name
 
-_ATEN = torch.ops.aten
-_DROPOUT = {
-    _ATEN.dropout.default: nn.Dropout,
-    _ATEN.feature_dropout.default: nn.Dropout2d,
-    _ATEN.alpha_dropout.default: nn.AlphaDropout,
-    torch.dropout: nn.Dropout,
-}
-_FUNCTIONAL = {
-    F.dropout: nn.Dropout,
-    F.dropout1d: nn.Dropout1d,
-    F.dropout2d: nn.Dropout2d,
-    F.dropout3d: nn.Dropout3d,
-    F.alpha_dropout: nn.AlphaDropout,
-    F.feature_alpha_dropout: nn.FeatureAlphaDropout,
-}
-_SDPA = (_ATEN.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
+_SDPA = (torch.ops.aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
 
 
 class TrainingOnly(nn.Module):
@@ -112,19 +99,20 @@ def _taken(gm: torch.fx.GraphModule, path: str) -> bool:
 
 
 def _dropout_kind(node: torch.fx.Node) -> tuple[type, float] | None:
-    """(module class, p) of a dropout call whose rate and mode are constants, else None."""
-    if node.target in _DROPOUT:
-        p, train = (list(node.args[1:3]) + [0.5, True][len(node.args) - 1 :])[:2]
-        cls = _DROPOUT[node.target]
-    elif node.target in _FUNCTIONAL:
-        args = list(node.args[1:3])
-        p = args[0] if args else node.kwargs.get("p", 0.5)
-        train = args[1] if len(args) > 1 else node.kwargs.get("training", True)
-        cls = _FUNCTIONAL[node.target]
-        if node.kwargs.get("inplace") or len(node.args) > 3 and node.args[3]:
-            return None  # an in-place dropout's input is reused: leave it as captured
-    else:
+    """(module class, p) of a dropout call whose rate and mode are constants, else None: the
+    class its rule names (``as_module``); ``torch.dropout`` and the ATen overloads call the
+    mode ``train``, the functions ``training``."""
+    if not has_trait(node.target, "dropout"):
         return None
+    cls = module_for(node.target)
+    if cls is None:
+        return None
+    bound = bound_arguments(node)
+    p = argument(node, 1, "p", 0.5, bound=bound)
+    train = argument(node, 2, "training", None, bound=bound)
+    train = argument(node, 2, "train", True, bound=bound) if train is None else train
+    if argument(node, 3, "inplace", False, bound=bound):
+        return None  # an in-place dropout's input is reused: leave it as captured
     if not isinstance(p, (int, float)) or not isinstance(train, bool):
         return None
     return cls, float(p)
@@ -140,7 +128,7 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
             continue
         kind = _dropout_kind(node)
         if kind is not None:
-            x, p = node.args[0] if node.args else node.kwargs["input"], kind[1]
+            x, p = argument(node, 0, "input"), kind[1]
             path = _free_path(gm, node, "dropout")
             new_modules.append(kind[0](p))
             gm.add_submodule(path, new_modules[-1])
@@ -151,8 +139,7 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
             gm.graph.erase_node(node)
             changed = True
         elif node.target is _stochastic_depth() and node.target is not None:
-            args = list(node.args) + [None] * (4 - len(node.args))
-            train = args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+            train = argument(node, 3, "training", True)
             if isinstance(train, bool):
                 path = _free_path(gm, node, "training_flag")
                 new_modules.append(TrainingFlag())
@@ -161,13 +148,10 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
                     flag = gm.graph.call_module(path, ())
                 flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
                 flag.meta["val"] = train
-                if len(node.args) > 3:
-                    node.args = node.args[:3] + (flag,) + node.args[4:]
-                else:
-                    node.kwargs = {**node.kwargs, "training": flag}
+                node.args, node.kwargs = with_argument(node.args, node.kwargs, 3, "training", flag)
                 changed = True
         elif node.target in _SDPA:
-            p = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
+            p = argument(node, 4, "dropout_p", 0.0)
             if isinstance(p, (int, float)) and p > 0:
                 path = _free_path(gm, node, "attention_dropout")
                 new_modules.append(TrainingOnly(p))
@@ -176,10 +160,7 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
                     rate = gm.graph.call_module(path, ())
                 rate.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
                 rate.meta["val"] = float(p)
-                if len(node.args) > 4:
-                    node.args = node.args[:4] + (rate,) + node.args[5:]
-                else:
-                    node.kwargs = {**node.kwargs, "dropout_p": rate}
+                node.args, node.kwargs = with_argument(node.args, node.kwargs, 4, "dropout_p", rate)
                 changed = True
     if changed:
         gm.graph.lint()

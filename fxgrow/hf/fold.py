@@ -16,36 +16,27 @@ import operator
 import torch
 import torch.fx
 
+from ..analysis.arguments import argument, bound_arguments
+from ..analysis.rules.registry import has_trait
 from ..errors import UnsupportedModelError
 from ..fxnode import node_arg, owner, target_name
 
-_PASS = {
-    "alias",
-    "to",
-    "_to_copy",
-    "clone",
-    "contiguous",
-    "type_as",
-    "detach",
-    "_assert_tensor_metadata",
-}
 
-
-def _name(target) -> str:
+def _shown(target) -> str:
+    """The op's name, for messages."""
     if isinstance(target, torch._ops.OpOverload):
         return target._schema.name.split("::")[-1]
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return target._qualified_op_name.split("::")[-1]
     return getattr(target, "__name__", str(target))
 
 
-_VIEWS = {"view", "reshape", "_unsafe_view"}
-_LINEAR_MODULES: tuple[type[torch.nn.Module], ...] = (
-    torch.nn.Dropout,
-    torch.nn.Dropout1d,
-    torch.nn.Dropout2d,
-    torch.nn.Dropout3d,
-)
+def _calls(node: torch.fx.Node, trait: str) -> bool:
+    """``node`` calls a function whose rule has ``trait``."""
+    return node.op == "call_function" and has_trait(node.target, trait)
+
+
+def _passes(node: torch.fx.Node) -> bool:
+    """A cast, alias or metadata check: the same values."""
+    return _calls(node, "alias") or _calls(node, "metadata_check")
 
 
 def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
@@ -54,18 +45,18 @@ def _through(node: torch.fx.Node, last: int | None = None) -> torch.fx.Node:
     with a scale) are passed too."""
     while node.args and isinstance(node.args[0], torch.fx.Node):
         if node.op == "call_module":
-            if type(owner(node).get_submodule(target_name(node))) not in _LINEAR_MODULES:
+            m = owner(node).get_submodule(target_name(node))
+            if not has_trait(m, "commutes_with_scale", exact=True):
                 break
             node = node_arg(node, 0)
             continue
         if node.op != "call_function":
             break
-        name = _name(node.target)
-        if name in _VIEWS and last is not None:
-            shape = node.args[1] if len(node.args) > 1 else None
+        if _calls(node, "reshape") and last is not None:
+            shape = argument(node, 1, None, None)
             if not (isinstance(shape, (list, tuple)) and shape and shape[-1] == last):
                 break
-        elif name not in _PASS:
+        elif not _passes(node):
             break
         node = node_arg(node, 0)
     return node
@@ -91,7 +82,7 @@ def _readers(gm: torch.fx.GraphModule, target: str) -> list[torch.fx.Node]:
 def _users_through(node: torch.fx.Node) -> list[torch.fx.Node]:
     out = []
     for u in node.users:
-        if u.op == "call_function" and _name(u.target) in _PASS:
+        if _passes(u):
             out.extend(_users_through(u))
         else:
             out.append(u)
@@ -99,8 +90,7 @@ def _users_through(node: torch.fx.Node) -> list[torch.fx.Node]:
 
 
 def _get(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
-    mod, _, leaf = target.rpartition(".")
-    return getattr(gm.get_submodule(mod) if mod else gm, leaf)
+    return operator.attrgetter(target)(gm)
 
 
 _RECORDS: list[list] = []
@@ -139,12 +129,13 @@ def fold_scale(
     of the last axis) by changing a parameter; raises UnsupportedModelError where no affine
     parameter makes ``node``."""
     made = _through(node, scale.numel() if scale.dim() else -1)
-    kind = _name(made.target) if made.op == "call_function" else made.op
+    kind = _shown(made.target) if made.op == "call_function" else made.op
     if made in seen:
         raise UnsupportedModelError(f"cannot fold a scale into {node.name}: a cycle of ties")
-    if kind == "layer_norm":
-        w = made.args[2] if len(made.args) > 2 else made.kwargs.get("weight")
-        b = made.args[3] if len(made.args) > 3 else made.kwargs.get("bias")
+    if _calls(made, "scaled_norm"):
+        bound = bound_arguments(made)
+        w = argument(made, 2, "weight", None, bound=bound)
+        b = argument(made, 3, "bias", None, bound=bound)
         for p in (w, b):
             target = _attr(gm, p)
             if p is not None and target is None:
@@ -154,18 +145,14 @@ def fold_scale(
                 _scale_param(gm, target, scale)
         else:
             return
-    elif kind == "mul" and len(made.args) == 2:
+    elif _calls(made, "mul") and len(made.args) == 2:
         for k in (0, 1):
             arg = made.args[k]
             target = _attr(gm, arg)
             shift, reader = 0.0, made
             if target is None and isinstance(arg, torch.fx.Node):
                 inner = _through(arg)
-                if (
-                    inner.op == "call_function"
-                    and _name(inner.target) == "add"
-                    and len(inner.args) == 2
-                ):
+                if _calls(inner, "add") and len(inner.args) == 2:
                     a, c = inner.args
                     if isinstance(c, torch.fx.Node):
                         a, c = c, a
@@ -182,19 +169,15 @@ def fold_scale(
             # x * c (T5's d_model ** -0.5 on the decoder output): (x s) c = (x c) s
             fold_scale(gm, nodes[0], scale, seen | {made})
             return
-    elif kind in ("embedding",):
-        target = _attr(gm, made.args[0])
+    elif _calls(made, "table_lookup"):
+        target = _attr(gm, argument(made, 0, "weight", None))
         if target is not None:
             _scale_param(gm, target, scale if scale.dim() == 0 else scale.view(1, -1))
             for r in _readers(gm, target):  # a tied table: its other readers undo the scale
                 if r is made:
                     continue
-                if (
-                    r.op == "call_function"
-                    and _name(r.target) == "linear"
-                    and _attr(gm, r.args[1]) is not None
-                ):
-                    fold_scale(gm, node_arg(r, 0), 1.0 / scale, seen | {made})
+                if _calls(r, "affine") and _attr(gm, argument(r, 1, "weight", None)) is not None:
+                    fold_scale(gm, argument(r, 0, "input"), 1.0 / scale, seen | {made})
                 else:
                     raise UnsupportedModelError(
                         f"cannot fold a scale into {target}: {r.name} also reads it"
@@ -221,7 +204,7 @@ def fold_tie_scales(gm: torch.fx.GraphModule) -> list[str]:
             continue
         scale = _get(gm, node.target)
         for mul in list(node.users):
-            if mul.target not in (operator.mul, torch.mul) or mul.args[1] is not node:
+            if not _calls(mul, "mul") or mul.args[1] is not node:
                 raise UnsupportedModelError(f"unexpected use of {node.target} by {mul.name}")
             act = mul.args[0]
             if scale.dim() != 1:
@@ -250,7 +233,7 @@ def rescale_width_constant(gm: torch.fx.GraphModule, old: int, new: int) -> int:
     c_old, c_new = old**-0.5, new**-0.5
     done = 0
     for n in list(gm.graph.nodes):
-        if n.op != "call_function" or _name(n.target) != "mul" or len(n.args) != 2:
+        if not _calls(n, "mul") or len(n.args) != 2:
             continue
         k = next(
             (
@@ -284,7 +267,7 @@ def scale_constant(gm: torch.fx.GraphModule, target: str, new: torch.Tensor) -> 
         for u in _users_through(n)
     ]
     for u in uses:
-        if not (u.op == "call_function" and _name(u.target) == "mul"):
+        if not _calls(u, "mul"):
             raise UnsupportedModelError(
                 f"{target} changes with the config and is used by {u.name} ({u.target}), not "
                 f"a multiplication: fxgrow cannot compensate it"

@@ -35,7 +35,6 @@ import torch
 import torch.fx
 
 from ..errors import ConfigError
-from ..fxnode import node_arg
 
 
 def _norm_kind(module: torch.nn.Module, weight: str) -> tuple[str, float]:
@@ -201,20 +200,18 @@ def _untie_scale(gm: torch.fx.GraphModule, tied: list[str], grow: float) -> None
     """Every linear reading an embedding table of the stream (a tied output head) computes
     what it did before the table was scaled by ``grow``: ``1 / grow`` folded into its
     input."""
-    from .fold import _attr, _get, _name, _readers, fold_scale
+    from ..analysis.arguments import argument
+    from .fold import _attr, _calls, _get, _readers, fold_scale
 
     for target in tied:
         readers = _readers(gm, target)
-        if not any(r.op == "call_function" and _name(r.target) == "embedding" for r in readers):
+        if not any(_calls(r, "table_lookup") for r in readers):
             continue
         for r in readers:
-            head = (
-                _attr(gm, r.args[1])
-                if r.op == "call_function" and _name(r.target) == "linear"
-                else None
-            )
+            head = _attr(gm, argument(r, 1, "weight", None)) if _calls(r, "affine") else None
             if head is not None and _get(gm, head) is _get(gm, target):
-                fold_scale(gm, node_arg(r, 0), torch.tensor(1.0 / grow, dtype=torch.float64))
+                scale = torch.tensor(1.0 / grow, dtype=torch.float64)
+                fold_scale(gm, argument(r, 0, "input"), scale)
 
 
 def _set(gm: torch.nn.Module, name: str, value: torch.nn.Parameter) -> None:

@@ -19,6 +19,7 @@ file and the module declare; see docs/guide.md, "Threat model".
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,7 @@ def _describe(gm: torch.fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
                 add(prefix + k, b, "buffer", persistent=k not in m._non_persistent_buffers_set)
     for n in gm.graph.nodes:
         if n.op == "get_attr" and n.target not in records:
-            obj = gm
-            for part in str(n.target).split("."):
-                obj = getattr(obj, part)
+            obj = operator.attrgetter(str(n.target))(gm)
             if isinstance(obj, torch.Tensor):
                 add(str(n.target), obj, "constant")
             elif not isinstance(obj, torch.nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -47,14 +47,7 @@ class Estimate:
 
     def to_dict(self) -> dict:
         """The estimate as a JSON-ready dict, ``fits`` included."""
-        return {
-            "teacher_params": self.teacher_params,
-            "student_params": self.student_params,
-            "student_bytes": self.student_bytes,
-            "needed_bytes": self.needed_bytes,
-            "available_bytes": self.available_bytes,
-            "fits": self.fits,
-        }
+        return {**asdict(self), "fits": self.fits}
 
 
 def human(n: float) -> str:

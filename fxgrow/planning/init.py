@@ -25,6 +25,7 @@ shuffles instead of appended (``placement.py``; ``WidenPlan.placements``).
 from __future__ import annotations
 
 from ..analysis import Analysis
+from ..analysis.arguments import argument
 from ..analysis.rules.registry import has_trait
 from ..analysis.values import TensorInfo
 from ..errors import InputError
@@ -56,10 +57,10 @@ def fresh_init_blockers(analysis: Analysis) -> dict[int, str]:
             node.target, "extremum"
         ):
             continue
-        x = state.values.get(node.args[0]) if node.args else None
+        x = state.values.get(argument(node, 0, None, None))
         if not isinstance(x, TensorInfo):
             continue
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        dims = argument(node, 1, "dim", None)
         if dims is None or dims == () or dims == []:
             dims = list(range(x.ndim))
         elif isinstance(dims, int):

@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..analysis.rules.registry import has_trait
+from ..analysis.rules.registry import has_trait, module_for
 from ..fxnode import target_name
 
 
@@ -48,34 +47,15 @@ class _FunctionActivation(nn.Module):
 
 
 def _as_module(act: nn.Module) -> nn.Module:
-    """Real torch.nn module for a functional activation, so later analysis knows it."""
+    """Real torch.nn module for a functional activation, so later analysis knows it: the
+    class its rule names (``as_module``), given the call's keyword arguments."""
     if isinstance(act, _FunctionActivation) and not act.args:
-        table = {
-            F.relu: nn.ReLU,
-            torch.relu: nn.ReLU,
-            "relu": nn.ReLU,
-            F.gelu: nn.GELU,
-            F.silu: nn.SiLU,
-            F.relu6: nn.ReLU6,
-            torch.sigmoid: nn.Sigmoid,
-            F.sigmoid: nn.Sigmoid,
-            "sigmoid": nn.Sigmoid,
-            torch.tanh: nn.Tanh,
-            F.tanh: nn.Tanh,
-            "tanh": nn.Tanh,
-            F.hardswish: nn.Hardswish,
-            F.hardsigmoid: nn.Hardsigmoid,
-            F.mish: nn.Mish,
-        }
-        cls = table.get(act.fn)
+        cls = module_for(act.fn)
         if cls is not None:
-            return cls(
-                **(
-                    {"approximate": act.kwargs["approximate"]}
-                    if "approximate" in act.kwargs
-                    else {}
-                )
-            )
+            try:
+                return cls(**{k: v for k, v in act.kwargs.items() if k != "inplace"})
+            except TypeError:  # a keyword the module does not take: keep the function
+                pass
     return act
 
 

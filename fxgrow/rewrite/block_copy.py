@@ -30,6 +30,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from ..analysis.arguments import argument
 from ..analysis.blocks import Block, Stage, aliases, is_add, next_names, residual_add, stream_users
 from ..analysis.rules.registry import has_trait
 from ..errors import InputError
@@ -38,16 +39,6 @@ from ..growth import layers_inserted
 from ..unique import unique_name
 from .activation import activation_module, is_idempotent
 from .deepen import DeepenError
-
-_LINEAR_FUNCTIONS = (
-    torch.nn.functional.linear,
-    torch.ops.aten.linear.default,
-    torch.nn.functional.conv1d,
-    torch.nn.functional.conv2d,
-    torch.nn.functional.conv3d,
-    torch.ops.aten.conv2d.default,
-    torch.ops.aten.conv1d.default,
-)
 
 
 def _calls(n: torch.fx.Node, trait: str) -> bool:
@@ -101,11 +92,12 @@ def branch_zero_targets(gm: torch.fx.GraphModule, branch: torch.fx.Node, inside:
                 for p in ("weight", "bias")
                 if isinstance(getattr(m, p, None), torch.Tensor)
             ]
-        elif n.op == "call_function" and n.target in _LINEAR_FUNCTIONS:
-            refs = [a for a in n.args[1:3] if isinstance(a, torch.fx.Node)]
+        elif _calls(n, "affine"):  # op(x, weight, bias): zero both
+            refs = [argument(n, 1, "weight", None), argument(n, 2, "bias", None)]
+            refs = [a for a in refs if isinstance(a, torch.fx.Node)]
             if refs and all(r.op == "get_attr" for r in refs):
                 return [target_name(r) for r in refs]
-        elif n.op == "call_function" and n.target in (torch.addmm, torch.ops.aten.addmm.default):
+        elif _calls(n, "bias_plus_product"):  # bias + x @ w: zero the bias and w
             operands = [n.args[0], n.args[2]]
             attrs = [r for r in operands if isinstance(r, torch.fx.Node) and r.op == "get_attr"]
             if len(attrs) == len(operands):

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 import torch
 import torch.fx
 
+from ..analysis.arguments import argument
+
 _MUTATING_OPERATORS = {
     operator.setitem,
     operator.delitem,
@@ -60,7 +62,7 @@ def has_side_effect(node: torch.fx.Node) -> bool:
         return True
     if node.op == "get_attr":
         return False
-    if "out" in node.kwargs or node.kwargs.get("inplace", False) is True:
+    if "out" in node.kwargs or argument(node, None, "inplace", False) is True:
         return True
     if node.op == "call_method":
         return _in_place_name(str(node.target)) or node.target in (

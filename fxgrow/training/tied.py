@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..analysis.arguments import argument
 from ..fxnode import target_name
 
 
@@ -218,7 +219,7 @@ def tie_dropout(
                 student.add_submodule(target_name(node), module)
                 tied += 1
         elif node.op == "call_function" and node.target in _SDPA:
-            rate = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p")
+            rate = argument(node, 4, "dropout_p", None)
             if not (
                 isinstance(rate, torch.fx.Node)
                 and rate.op == "call_module"

@@ -3,12 +3,16 @@ and torchvision's own layers and functions once those libraries are imported: se
 ``registry.DEFERRED``)."""
 
 from . import (  # noqa: F401
+    activations,
     assign,
     aten,
     attention,
     axes,
+    binary,
     blockers,
+    comparisons,
     conv,
+    dropout,
     elementwise,
     gather,
     guard,

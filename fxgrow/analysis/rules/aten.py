@@ -8,6 +8,7 @@ assertions) and the creation ops (fixed results)."""
 
 from __future__ import annotations
 
+from ..arguments import with_argument
 from ..context import RuleContext
 from ..values import SizeInfo
 from . import join, linear, shape
@@ -39,10 +40,8 @@ def aten_slice(cx: RuleContext):
 
         def new_args(size, args, kwargs):
             s0 = size(before)
-            a = list(args) + [None] * (4 - len(args))
-            a[1] = d
-            a[2], a[3] = s0, s0 + size(piece)
-            return tuple(a), {k: v for k, v in kwargs.items() if k not in ("start", "end", "dim")}
+            args, kwargs = with_argument(args, kwargs, 2, "start", s0)
+            return with_argument(args, kwargs, 3, "end", s0 + size(piece))
 
         cx.rewrite_args(new_args, before, piece)
     return cx.out(lay)
@@ -63,7 +62,7 @@ def aten_select(cx: RuleContext):
     return cx.out(x.layouts[:d] + x.layouts[d + 1 :])
 
 
-@rule(aten=("embedding.default",))
+@rule(aten=("embedding.default",), traits=("table_lookup",))
 def aten_embedding(cx: RuleContext):
     """aten.embedding(weight, ids): W's columns produce the output space."""
     wref = cx.arg(0)
@@ -80,7 +79,7 @@ def constant_creation(cx: RuleContext):
     bias, ``[1, heads, q, k]``): a replica of a constant is that constant, so every axis is
     a space of its own that may join a channel space and grow with it (its size entry is
     rewritten).  Sizes read from tensors: every axis fixed, as ``creation``."""
-    size = cx.node.args[0] if cx.node.args else cx.node.kwargs.get("size")
+    size = cx.arg(0, "size", None)
     if not isinstance(size, (list, tuple)) or not all(
         isinstance(n, int) and not isinstance(n, bool) for n in size
     ):

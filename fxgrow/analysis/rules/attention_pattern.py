@@ -12,112 +12,41 @@ student wrong."""
 
 from __future__ import annotations
 
-import operator
-
-import torch
 import torch.fx
-import torch.nn as nn
-import torch.nn.functional as F
 
-_SOFTMAX_FN = (F.softmax, torch.softmax)
-_SOFTMAX_MOD = (nn.Softmax,)
-# ops between the scores and the softmax, or the softmax and attn @ v, that keep positions
-_PASS_FN = {
-    operator.mul,
-    operator.truediv,
-    operator.add,
-    operator.sub,
-    torch.mul,
-    torch.div,
-    torch.add,
-    torch.sub,
-    torch.masked_fill,
-    F.dropout,
-}
-_PASS_METHOD = {
-    "mul",
-    "div",
-    "add",
-    "sub",
-    "mul_",
-    "div_",
-    "add_",
-    "sub_",
-    "masked_fill",
-    "masked_fill_",
-    "float",
-    "to",
-    "type_as",
-    "half",
-    "bfloat16",
-    "contiguous",
-}
-_PASS_MOD = (nn.Dropout, nn.Identity)
-# views that regroup the leading axes (Swin's mask per window: [B nW, H, N, N] <-> [B, nW, H,
-# N, N]); past one, only a softmax over dim=-1 is known to be over the keys
-_VIEW_METHOD = {"view", "reshape"}
+from ..arguments import argument
+from .registry import has_trait, node_has_trait
+
 _MAX_STEPS = 6
-# the same ops in exported (ATen) graphs, by overload name
-_ATEN_SOFTMAX = {"softmax", "_softmax"}
-_ATEN_PASS = {
-    "mul",
-    "div",
-    "add",
-    "sub",
-    "masked_fill",
-    "dropout",
-    "native_dropout",
-    "to",
-    "_to_copy",
-    "clone",
-    "contiguous",
-    "type_as",
-    "alias",
-}
-_ATEN_VIEW = {"view", "reshape", "_unsafe_view"}
-_ATEN_MATMUL = {"matmul", "bmm", "einsum"}
-
-
-def _aten(node: torch.fx.Node) -> str | None:
-    """``softmax`` for ``aten.softmax.int`` (None for anything but an ATen overload)."""
-    t = node.target
-    if node.op == "call_function" and isinstance(t, torch._ops.OpOverload):
-        return t._schema.name.split("::")[-1]
-    return None
 
 
 def _is_view(node: torch.fx.Node) -> bool:
-    return (
-        (node.op == "call_method" and node.target in _VIEW_METHOD)
-        or (node.op == "call_function" and node.target is torch.reshape)
-        or _aten(node) in _ATEN_VIEW
-    )
+    """A view regrouping axes (Swin's mask per window: [B nW, H, N, N] <-> [B, nW, H, N, N]);
+    past one, only a softmax over dim=-1 is known to be over the keys."""
+    return node.op in ("call_function", "call_method") and has_trait(node.target, "reshape")
 
 
 def _passes(node: torch.fx.Node, modules: dict) -> bool:
-    if _is_view(node) or _aten(node) in _ATEN_PASS:
-        return True
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return node.target in _PASS_FN or name == "maybe_add_mask"
-    if node.op == "call_method":
-        return node.target in _PASS_METHOD
+    """Scaling, masking, casts, dropout and views between the scores and the softmax, or the
+    softmax and ``attn @ v``: they keep the positions."""
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), _PASS_MOD)
-    return False
+        m = modules.get(node.target)
+        return m is not None and has_trait(m, "keeps_positions")
+    return node.op in ("call_function", "call_method") and (
+        has_trait(node.target, "keeps_positions") or _is_view(node)
+    )
 
 
 def _softmax_last(node: torch.fx.Node, modules: dict, ndim: int, viewed: bool = False) -> bool:
     """A softmax over the last axis of a ``ndim``-d tensor (``viewed``: of a view of it, so
     only ``dim=-1`` says so)."""
-    if node.op == "call_module" and isinstance(modules.get(node.target), _SOFTMAX_MOD):
-        d = modules[node.target].dim
-    elif (
-        (node.op == "call_function" and node.target in _SOFTMAX_FN)
-        or (node.op == "call_method" and node.target == "softmax")
-        or _aten(node) in _ATEN_SOFTMAX
-    ):
-        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if m is None or not has_trait(m, "softmax"):
+            return False
+        d = m.dim
+    elif node_has_trait(node, "softmax"):
+        d = argument(node, 1, "dim", None)
     else:
         return False
     if viewed:
@@ -164,14 +93,7 @@ def from_scores(node, modules: dict, ndim: int) -> bool:
     for _ in range(_MAX_STEPS):
         if not isinstance(node, torch.fx.Node):
             return False
-        if (
-            (
-                node.op == "call_function"
-                and node.target in (operator.matmul, torch.matmul, torch.einsum)
-            )
-            or (node.op == "call_method" and node.target == "matmul")
-            or _aten(node) in _ATEN_MATMUL
-        ):
+        if node_has_trait(node, "matmul"):
             return True
         if not _passes(node, modules) or not node.args:
             return False

@@ -39,6 +39,14 @@ def permute(cx: RuleContext):
     "swapdims",
     aten=("transpose.int", "swapaxes.default"),
 )
+@rule(
+    torch.swapaxes,
+    "swapaxes",
+    torch.swapdims,
+    "swapdims",
+    aten=("swapaxes.default",),
+    traits=("swap_axes",),
+)
 def transpose(cx: RuleContext):
     """transpose(d0, d1): two axes swap."""
     x = cx.tensor(cx.arg(0))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..arguments import with_argument
 from ..context import CONSUME, PRODUCE, SCALE, RuleContext, RuleError
 from ..layout import Layout
 from ..values import SizeInfo, TensorInfo
@@ -182,14 +183,19 @@ def _depthwise_groups(cx: RuleContext, x: Layout, groups, groups_at: int) -> Non
         return
 
     def new_args(size, args, kwargs):
-        if "groups" in kwargs or len(args) <= groups_at:
-            return args, {**kwargs, "groups": size(x)}
-        return (*args[:groups_at], size(x), *args[groups_at + 1 :]), kwargs
+        return with_argument(args, kwargs, groups_at, "groups", size(x))
 
     cx.rewrite_args(new_args, x)
 
 
 @rule(F.conv1d, F.conv2d, F.conv3d, aten=("conv1d.default", "conv2d.default", "conv3d.default"))
+@rule(
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    aten=("conv1d.default", "conv2d.default", "conv3d.default"),
+    traits=("affine",),
+)
 def conv_function(cx: RuleContext):
     """F.convNd(x, weight, bias, stride, padding, dilation, groups).  Depthwise (groups =
     C_in > 1, a blur filter ``[C, 1, k, k]`` or a ``[1, 1, k, k]`` one expanded to C rows):

@@ -146,7 +146,7 @@ def _index_tensor(cx: RuleContext, x: TensorInfo):
     return cx.out(out)
 
 
-@rule("size", traits=("size_read",))
+@rule("size", traits=("size_read", "reads_metadata"))
 def size(cx: RuleContext):
     """x.size() / x.size(d): sizes read at run time, tracked by the axes they come from."""
     x = cx.tensor(cx.arg(0))
@@ -160,20 +160,22 @@ def size(cx: RuleContext):
 @rule(
     "dim",
     "ndimension",
-    "numel",
-    "nelement",
     "is_contiguous",
     "element_size",
     "is_floating_point",
     "get_device",
+    traits=("reads_metadata",),
 )
 def metadata(cx: RuleContext):
-    """Facts about a tensor that do not depend on channel widths (rank, dtype ...); numel
-    does, so it is tracked like a size."""
-    x = cx.tensor(cx.arg(0))
-    if cx.node.target in ("numel", "nelement"):
-        return SizeInfo(x.layouts)
+    """Facts about a tensor that do not depend on channel widths (rank, dtype ...)."""
+    cx.tensor(cx.arg(0))
     return cx.example()
+
+
+@rule("numel", "nelement", traits=("reads_metadata",))
+def numel(cx: RuleContext):
+    """The number of elements depends on every axis's width: tracked like a size."""
+    return SizeInfo(cx.tensor(cx.arg(0)).layouts)
 
 
 @rule(builtins.getattr, traits=("size_read",))

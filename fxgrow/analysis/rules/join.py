@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from ..arguments import with_argument
 from ..context import RuleContext, RuleError
 from ..layout import Layout, Zip
 from ..values import TensorInfo
@@ -101,7 +102,7 @@ def split(cx: RuleContext):
             cx.sizes_handled(cx.value(cx.arg(1, "split_size_or_sections", None)))
 
             def new_args(size, args, kwargs):
-                return _replace_arg(
+                return with_argument(
                     args, kwargs, 1, ("split_size_or_sections", "split_size"), size(first)
                 )
 
@@ -116,7 +117,7 @@ def split(cx: RuleContext):
         cx.sizes_handled(cx.value(cx.arg(1, "split_size_or_sections", None)))
 
         def new_args(size, args, kwargs):
-            return _replace_arg(
+            return with_argument(
                 args,
                 kwargs,
                 1,
@@ -146,15 +147,6 @@ def window(cx: RuleContext, lay: Layout, start: int, stop: int, what: str):
     before = pieces.pop(0) if start > 0 else ()
     piece = pieces.pop(0) if stop > start else ()
     return before, piece
-
-
-def _replace_arg(args, kwargs, i, names, value):
-    if len(args) > i:
-        return (*args[:i], value, *args[i + 1 :]), kwargs
-    for name in names:
-        if name in kwargs:
-            return args, {**kwargs, name: value}
-    raise RuleError("argument to rewrite not found")
 
 
 @rule(torch.tensor_split, "tensor_split", aten=("tensor_split.indices", "tensor_split.sections"))
@@ -197,7 +189,7 @@ def tensor_split(cx: RuleContext):
             for p in pieces[:-1]:
                 acc += size(p)
                 cuts.append(acc)
-            return _replace_arg(args, kwargs, 1, ("indices_or_sections", "indices"), cuts)
+            return with_argument(args, kwargs, 1, ("indices_or_sections", "indices"), cuts)
 
         cx.rewrite_args(new_args, *pieces)
     return _pieces_value(cx, x, d, pieces)
@@ -250,7 +242,8 @@ def narrow(cx: RuleContext):
         cx.sizes_handled(cx.value(cx.arg(2, "start")), cx.value(cx.arg(3, "length")))
 
         def new_args(size, args, kwargs, before=before, piece=piece):
-            return (args[0], args[1], size(before), size(piece), *args[4:]), kwargs
+            args, kwargs = with_argument(args, kwargs, 2, "start", size(before))
+            return with_argument(args, kwargs, 3, "length", size(piece))
 
         cx.rewrite_args(new_args, before, piece)
     lay = list(x.layouts)

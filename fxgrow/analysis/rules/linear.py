@@ -77,6 +77,7 @@ def linear_module(cx: RuleContext):
 
 
 @rule(F.linear, aten=("linear.default",))
+@rule(F.linear, aten=("linear.default",), traits=("affine",))
 def linear_function(cx: RuleContext):
     """F.linear(x, W, b): as nn.Linear, with W and b read from the graph."""
     x = cx.tensor(cx.arg(0, "input"))
@@ -120,6 +121,9 @@ def _broadcast_batch(cx: RuleContext, a: tuple, b: tuple, shape: tuple) -> tuple
     "mm",
     "__matmul__",
     aten=("matmul.default", "mm.default", "bmm.default"),
+)
+@rule(
+    torch.matmul, operator.matmul, "matmul", aten=("matmul.default", "bmm.default"), traits="matmul"
 )
 def matmul(cx: RuleContext):
     """a @ b: a's last axis and b's second-to-last are contracted; batch axes broadcast."""
@@ -171,6 +175,7 @@ def _attention_role(
 
 
 @rule(torch.addmm, "addmm", aten=("addmm.default",))
+@rule(torch.addmm, aten=("addmm.default",), traits=("bias_plus_product",))
 def addmm(cx: RuleContext):
     """addmm(bias, a, b) = bias + a @ b (2-D); the bias broadcasts over rows."""
     biasref, aref, bref = cx.arg(0), cx.arg(1), cx.arg(2)
@@ -194,7 +199,7 @@ def addmm(cx: RuleContext):
 _EINSUM = re.compile(r"^[a-zA-Z,]*->[a-zA-Z]*$")
 
 
-@rule(torch.einsum, aten=("einsum.default",))
+@rule(torch.einsum, aten=("einsum.default",), traits=("matmul",))
 def einsum(cx: RuleContext):
     """einsum: an index letter names one space in every operand it appears in; letters absent
     from the output are contracted (one parameter operand takes the division)."""
@@ -248,7 +253,7 @@ def embedding_module(cx: RuleContext):
     return cx.out(ids.layouts + (out,))
 
 
-@rule(F.embedding)
+@rule(F.embedding, traits=("table_lookup",))
 def embedding_function(cx: RuleContext):
     """F.embedding(ids, W): as nn.Embedding."""
     if cx.arg(3, "max_norm", None) is not None:

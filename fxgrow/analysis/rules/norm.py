@@ -17,6 +17,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..arguments import with_argument
 from ..context import SCALE, RuleContext, RuleError
 from ..values import TensorInfo
 from .registry import rule
@@ -77,44 +78,45 @@ def per_channel(cx: RuleContext, c) -> None:
     cx.size_attr("num_features", c)
 
 
-@rule(F.batch_norm, F.instance_norm)
-def batchnorm_function(cx: RuleContext):
-    """F.batch_norm(x, running_mean, running_var, weight, bias, training, ...): per channel on
-    axis 1.  Statistics computed from the input (``training=True``; instance norm's
-    ``use_input_stats``) are a mean and a population variance over the other axes: exact only
-    under uniform replication of those axes -- a weight standardisation (timm's
-    ``StdConv2d``/``ScaledStdConv2d``: ``batch_norm(W.reshape(1, out, -1), training=True)``)
-    normalises over the fan-in, which grows with the input channels."""
+def _functional_norm(cx: RuleContext, own_at: int, own_name: str, default: bool, over: str):
+    """F.batch_norm / F.instance_norm: per channel on axis 1, their running statistics,
+    weight and bias (arguments 1 to 4) per channel; with statistics computed from the input
+    (argument ``own_name``) see :func:`input_statistics` over the other axes (``over``:
+    "batch and space" or "space")."""
     x = cx.tensor(cx.arg(0, "input"))
     c = x.layouts[1]
     for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
         ref = cx.arg(i, name, None)
         if ref is not None:
             cx.unify(c, cx.tensor(ref).layouts[0], "per-channel parameter of a norm")
-    if cx.node.target is F.instance_norm:
-        own, over = bool(cx.concrete(cx.arg(5, "use_input_stats", True))), x.layouts[2:]
-    else:
-        own, over = bool(cx.concrete(cx.arg(5, "training", False))), x.layouts[:1] + x.layouts[2:]
-    if own:
-        input_statistics(cx, over)
+    if bool(cx.concrete(cx.arg(own_at, own_name, default))):
+        input_statistics(cx, x.layouts[2:] if over == "space" else x.layouts[:1] + x.layouts[2:])
     return cx.out(x.layouts)
 
 
-@rule(
-    aten=(
-        "batch_norm.default",
-        "native_batch_norm.default",
-        "instance_norm.default",
-        "_native_batch_norm_legit_no_training.default",
-        "_native_batch_norm_legit.default",
-        "_native_batch_norm_legit.no_stats",
-        "cudnn_batch_norm.default",
-    )
-)
-def aten_batch_norm(cx: RuleContext):
-    """aten.batch_norm(x, weight, bias, running_mean, running_var, ...) and its native forms
-    (also instance_norm): per channel on axis 1.  The native forms also return the saved
-    per-channel statistics (or empty tensors)."""
+@rule(F.batch_norm)
+def batchnorm_function(cx: RuleContext):
+    """F.batch_norm(x, running_mean, running_var, weight, bias, training, ...): per channel on
+    axis 1.  Statistics computed from the input (``training=True``) are a mean and a
+    population variance over the other axes: exact only under uniform replication of those
+    axes -- a weight standardisation (timm's ``StdConv2d``/``ScaledStdConv2d``:
+    ``batch_norm(W.reshape(1, out, -1), training=True)``) normalises over the fan-in, which
+    grows with the input channels."""
+    return _functional_norm(cx, 5, "training", False, "batch and space")
+
+
+@rule(F.instance_norm)
+def instancenorm_function(cx: RuleContext):
+    """F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, ...): as
+    F.batch_norm, with statistics over the spatial axes of each sample."""
+    return _functional_norm(cx, 5, "use_input_stats", True, "space")
+
+
+def _aten_norm(cx: RuleContext, own: bool, over: str, running: bool = True):
+    """aten.batch_norm(x, weight, bias, running_mean, running_var, ...) and its native forms:
+    per channel on axis 1 (``running``: arguments 3 and 4 are running statistics); with
+    statistics computed from the input (``own``) see :func:`input_statistics` over ``over``.
+    The native forms also return the saved per-channel statistics (or empty tensors)."""
     x = cx.tensor(cx.arg(0, "input"))
     c = x.layouts[1]
     names: tuple[tuple[int, str], ...] = (
@@ -123,26 +125,12 @@ def aten_batch_norm(cx: RuleContext):
         (3, "running_mean"),
         (4, "running_var"),
     )
-    if cx.node.target is torch.ops.aten._native_batch_norm_legit.no_stats:
-        names = names[:2]
-    for i, name in names:
+    for i, name in names if running else names[:2]:
         ref = cx.arg(i, name, None)
         if isinstance(ref, torch.fx.Node):
             cx.unify(c, cx.tensor(ref).layouts[0], "per-channel parameter of a norm")
-    target = cx.node.target
-    if target is torch.ops.aten._native_batch_norm_legit.no_stats:
-        own = True
-    elif target is torch.ops.aten._native_batch_norm_legit_no_training.default:
-        own = False
-    else:
-        own = bool(cx.concrete(cx.arg(5, "training", False)))
     if own:
-        input_statistics(
-            cx,
-            x.layouts[2:]
-            if target is torch.ops.aten.instance_norm.default
-            else x.layouts[:1] + x.layouts[2:],
-        )
+        input_statistics(cx, x.layouts[2:] if over == "space" else x.layouts[:1] + x.layouts[2:])
     example = cx.example()
     if not isinstance(example, (tuple, list)):
         return cx.out(x.layouts)
@@ -153,6 +141,41 @@ def aten_batch_norm(cx: RuleContext):
         for t in example[1:]
     )
     return (TensorInfo(x.shape, x.layouts), *stats)
+
+
+@rule(
+    aten=(
+        "batch_norm.default",
+        "native_batch_norm.default",
+        "_native_batch_norm_legit.default",
+        "cudnn_batch_norm.default",
+    )
+)
+def aten_batch_norm(cx: RuleContext):
+    """aten.batch_norm(x, weight, bias, running_mean, running_var, training, ...) and its
+    native forms: per channel on axis 1; in training, statistics over batch and space.  The
+    native forms also return the saved per-channel statistics (or empty tensors)."""
+    return _aten_norm(cx, bool(cx.concrete(cx.arg(5, "training", False))), "batch and space")
+
+
+@rule(aten=("_native_batch_norm_legit_no_training.default",))
+def aten_batch_norm_eval(cx: RuleContext):
+    """aten._native_batch_norm_legit_no_training: batch norm with running statistics."""
+    return _aten_norm(cx, False, "batch and space")
+
+
+@rule(aten=("_native_batch_norm_legit.no_stats",))
+def aten_batch_norm_no_stats(cx: RuleContext):
+    """aten._native_batch_norm_legit.no_stats(x, weight, bias, training, ...): batch norm
+    without running statistics, always over the input's own."""
+    return _aten_norm(cx, True, "batch and space", running=False)
+
+
+@rule(aten=("instance_norm.default",))
+def aten_instance_norm(cx: RuleContext):
+    """aten.instance_norm(x, weight, bias, running_mean, running_var, use_input_stats, ...):
+    as batch norm, with statistics over the spatial axes of each sample."""
+    return _aten_norm(cx, bool(cx.concrete(cx.arg(5, "use_input_stats", False))), "space")
 
 
 @rule(torch._weight_norm, aten=("_weight_norm.default",))
@@ -203,6 +226,7 @@ def layernorm_module(cx: RuleContext):
     F.rms_norm,
     aten=("layer_norm.default", "rms_norm.default", "native_layer_norm.default"),
 )
+@rule(F.layer_norm, aten=("layer_norm.default",), traits=("scaled_norm",))
 def layernorm_function(cx: RuleContext):
     """F.layer_norm(x, normalized_shape, weight, bias, eps) (also F.rms_norm)."""
     x = cx.tensor(cx.arg(0, "input"))
@@ -223,12 +247,7 @@ def layernorm_function(cx: RuleContext):
             cx.sizes_handled(cx.value(v))
 
         def new_args(size, args, kwargs, axes=axes):
-            shape = [size(lay) for lay in axes]
-            if "normalized_shape" in kwargs:
-                kwargs = {**kwargs, "normalized_shape": shape}
-            else:
-                args = (args[0], shape, *args[2:])
-            return args, kwargs
+            return with_argument(args, kwargs, 1, "normalized_shape", [size(lay) for lay in axes])
 
         cx.rewrite_args(new_args, *axes)
     return _with_stats(cx, x, x.ndim - k)
@@ -284,20 +303,28 @@ def groupnorm_module(cx: RuleContext):
 def groupnorm_function(cx: RuleContext):
     """F.group_norm(x, num_groups, weight, bias, eps): num_groups stays, or follows the width
     when every channel is its own group."""
-    return _group_norm(cx, 1, None)
+    return _group_norm(cx, (1, "num_groups"), ((2, "weight"), (3, "bias")), None)
 
 
 @rule(aten=("native_group_norm.default",))
 def aten_native_group_norm(cx: RuleContext):
     """aten.native_group_norm(x, weight, bias, N, C, HxW, group, eps) -> (out, mean, rstd):
     C follows the width (and group, when every channel is its own group)."""
-    return _group_norm(cx, 6, 4)
+    return _group_norm(cx, (6, "group"), ((1, "weight"), (2, "bias")), (4, "C"))
 
 
-def _group_norm(cx: RuleContext, groups_at: int, channels_at: int | None):
+def _group_norm(
+    cx: RuleContext,
+    groups: tuple[int, str],
+    params: tuple[tuple[int, str], ...],
+    channels: tuple[int, str] | None,
+):
+    """A group norm whose group count is argument ``groups`` (position, name), affine
+    parameters ``params`` and, where it takes one, channel count ``channels``: the channel
+    count follows the width, and so does the group count when every channel is its own
+    group."""
     x = cx.tensor(cx.arg(0, "input"))
-    G = cx.concrete(cx.arg(groups_at, "num_groups" if channels_at is None else "group"))
-    params = ((2, "weight"), (3, "bias")) if channels_at is None else ((1, "weight"), (2, "bias"))
+    G = cx.concrete(cx.arg(*groups))
     c = x.layouts[1]
     C = x.shape[1]
     for i, name in params:
@@ -306,9 +333,9 @@ def _group_norm(cx: RuleContext, groups_at: int, channels_at: int | None):
             cx.unify(c, cx.tensor(ref).layouts[0], "affine parameter of a norm")
     if not isinstance(G, int):
         raise RuleError("num_groups is not a constant")
-    follow = [channels_at] if channels_at is not None else []
+    follow = [channels] if channels is not None else []
     if G == C:
-        follow.append(groups_at)
+        follow.append(groups)
     else:
         pieces = cx.spaces.equal_blocks(
             c,
@@ -318,17 +345,12 @@ def _group_norm(cx: RuleContext, groups_at: int, channels_at: int | None):
         )
         cx.uniform(pieces[0], "normalised within a GroupNorm group")
     if follow and cx.spaces.roots(c):
-        cx.sizes_handled(*(cx.value(cx.arg(i)) for i in follow))
+        cx.sizes_handled(*(cx.value(cx.arg(i, name)) for i, name in follow))
 
         def new_args(size, args, kwargs):
-            args = list(args)
-            kwargs = dict(kwargs)
-            for i in follow:
-                if i < len(args):
-                    args[i] = size(c)
-                else:  # F.group_norm(x, num_groups=...)
-                    kwargs["num_groups"] = size(c)
-            return tuple(args), kwargs
+            for i, name in follow:
+                args, kwargs = with_argument(args, kwargs, i, name, size(c))
+            return args, kwargs
 
         cx.rewrite_args(new_args, c)
     example = cx.example()

@@ -8,60 +8,65 @@ circular pad of a channel axis copies units by position: it blocks.
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..context import RuleContext, RuleError
 from ..values import TensorInfo
-from .registry import aten_op, rule
+from .registry import rule
 
-_SPATIAL = {
-    nn.MaxPool1d: 1,
-    nn.MaxPool2d: 2,
-    nn.MaxPool3d: 3,
-    nn.AvgPool1d: 1,
-    nn.AvgPool2d: 2,
-    nn.AvgPool3d: 3,
-    nn.AdaptiveAvgPool1d: 1,
-    nn.AdaptiveAvgPool2d: 2,
-    nn.AdaptiveAvgPool3d: 3,
-    nn.AdaptiveMaxPool1d: 1,
-    nn.AdaptiveMaxPool2d: 2,
-    nn.AdaptiveMaxPool3d: 3,
-    nn.LPPool1d: 1,
-    nn.LPPool2d: 2,
-    nn.LPPool3d: 3,
-    F.max_pool1d: 1,
-    F.max_pool2d: 2,
-    F.max_pool3d: 3,
-    F.avg_pool1d: 1,
-    F.avg_pool2d: 2,
-    F.avg_pool3d: 3,
-    F.adaptive_avg_pool1d: 1,
-    F.adaptive_avg_pool2d: 2,
-    F.adaptive_avg_pool3d: 3,
-    F.adaptive_max_pool1d: 1,
-    F.adaptive_max_pool2d: 2,
-    F.adaptive_max_pool3d: 3,
-    F.lp_pool1d: 1,
-    F.lp_pool2d: 2,
-    F.lp_pool3d: 3,
-    F.max_pool1d_with_indices: 1,
-    F.max_pool2d_with_indices: 2,
-    F.max_pool3d_with_indices: 3,
-    F.adaptive_max_pool1d_with_indices: 1,
-    F.adaptive_max_pool2d_with_indices: 2,
-    F.adaptive_max_pool3d_with_indices: 3,
-    torch.max_pool1d: 1,
-    torch.max_pool2d: 2,
-    torch.max_pool3d: 3,
-    torch.avg_pool1d: 1,
-    torch.adaptive_avg_pool1d: 1,
-    torch.adaptive_max_pool1d: 1,
+_POOLS = {
+    1: (
+        nn.MaxPool1d,
+        nn.AvgPool1d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveMaxPool1d,
+        nn.LPPool1d,
+        F.max_pool1d,
+        F.avg_pool1d,
+        F.adaptive_avg_pool1d,
+        F.adaptive_max_pool1d,
+        F.lp_pool1d,
+        F.max_pool1d_with_indices,
+        F.adaptive_max_pool1d_with_indices,
+        torch.max_pool1d,
+        torch.avg_pool1d,
+        torch.adaptive_avg_pool1d,
+        torch.adaptive_max_pool1d,
+    ),
+    2: (
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.LPPool2d,
+        F.max_pool2d,
+        F.avg_pool2d,
+        F.adaptive_avg_pool2d,
+        F.adaptive_max_pool2d,
+        F.lp_pool2d,
+        F.max_pool2d_with_indices,
+        F.adaptive_max_pool2d_with_indices,
+        torch.max_pool2d,
+    ),
+    3: (
+        nn.MaxPool3d,
+        nn.AvgPool3d,
+        nn.AdaptiveAvgPool3d,
+        nn.AdaptiveMaxPool3d,
+        nn.LPPool3d,
+        F.max_pool3d,
+        F.avg_pool3d,
+        F.adaptive_avg_pool3d,
+        F.adaptive_max_pool3d,
+        F.lp_pool3d,
+        F.max_pool3d_with_indices,
+        F.adaptive_max_pool3d_with_indices,
+        torch.max_pool3d,
+    ),
 }
+"""Pooling modules and functions by their number of spatial axes."""
 
 
 def _spatial_op(cx: RuleContext, k: int):
@@ -82,36 +87,50 @@ def _spatial_op(cx: RuleContext, k: int):
     return info(example)
 
 
-_SPATIAL_ATEN = {
-    "max_pool1d.default": 1,
-    "max_pool2d.default": 2,
-    "max_pool3d.default": 3,
-    "max_pool2d_with_indices.default": 2,
-    "max_pool3d_with_indices.default": 3,
-    "max_pool1d_with_indices.default": 1,
-    "avg_pool1d.default": 1,
-    "avg_pool2d.default": 2,
-    "avg_pool3d.default": 3,
-    "adaptive_avg_pool1d.default": 1,
-    "adaptive_avg_pool2d.default": 2,
-    "adaptive_avg_pool3d.default": 3,
-    "_adaptive_avg_pool2d.default": 2,
-    "_adaptive_avg_pool3d.default": 3,
-    "adaptive_max_pool1d.default": 1,
-    "adaptive_max_pool2d.default": 2,
-    "adaptive_max_pool3d.default": 3,
+_POOLS_ATEN = {
+    1: (
+        "max_pool1d.default",
+        "max_pool1d_with_indices.default",
+        "avg_pool1d.default",
+        "adaptive_avg_pool1d.default",
+        "adaptive_max_pool1d.default",
+    ),
+    2: (
+        "max_pool2d.default",
+        "max_pool2d_with_indices.default",
+        "avg_pool2d.default",
+        "adaptive_avg_pool2d.default",
+        "_adaptive_avg_pool2d.default",
+        "adaptive_max_pool2d.default",
+    ),
+    3: (
+        "max_pool3d.default",
+        "max_pool3d_with_indices.default",
+        "avg_pool3d.default",
+        "adaptive_avg_pool3d.default",
+        "_adaptive_avg_pool3d.default",
+        "adaptive_max_pool3d.default",
+    ),
 }
-"""ATen pooling overloads and their number of spatial axes."""
-_SPATIAL_ATEN_OPS = {aten_op(name): k for name, k in _SPATIAL_ATEN.items()}
+"""The same ops as ATen overloads (``torch.export`` graphs)."""
 
 
-@rule(*_SPATIAL, aten=tuple(_SPATIAL_ATEN))
-def pool(cx: RuleContext):
-    """Pooling over the trailing spatial axes: per channel, so channels pass through."""
-    target = type(cx.module) if cx.module is not None else cx.node.target
-    # not a pooling module class or function: one of the ATen overloads
-    k = _SPATIAL.get(target) or _SPATIAL_ATEN_OPS[cast(torch._ops.OpOverload, target)]
-    return _spatial_op(cx, k)
+@rule(*_POOLS[1], aten=_POOLS_ATEN[1])
+def pool1d(cx: RuleContext):
+    """Pooling over the last axis: per channel, so channels pass through."""
+    return _spatial_op(cx, 1)
+
+
+@rule(*_POOLS[2], aten=_POOLS_ATEN[2])
+def pool2d(cx: RuleContext):
+    """Pooling over the two trailing spatial axes: per channel, so channels pass through."""
+    return _spatial_op(cx, 2)
+
+
+@rule(*_POOLS[3], aten=_POOLS_ATEN[3])
+def pool3d(cx: RuleContext):
+    """Pooling over the three trailing spatial axes: per channel, so channels pass through."""
+    return _spatial_op(cx, 3)
 
 
 @rule(
@@ -198,20 +217,24 @@ def grid_sample(cx: RuleContext):
     return cx.out(x.layouts[:2] + tuple(cx.fixed(n, "spatial axis") for n in shape[2:]))
 
 
-_CONSTANT_PAD_FUNCTIONS = (torch.constant_pad_nd, aten_op("constant_pad_nd.default"))
-
-
-@rule(F.pad, torch.constant_pad_nd, aten=("pad.default", "constant_pad_nd.default"))
-def pad(cx: RuleContext):
-    """F.pad / constant_pad_nd (``aten.pad(x, pad, mode, value)``, ``aten.constant_pad_nd(x,
-    pad, value)``): see ``_pad``."""
+def _pad_widths(cx: RuleContext) -> tuple:
     widths = cx.concrete(cx.arg(1, "pad"))
     if not all(isinstance(w, int) for w in widths):
         raise RuleError("pad widths that are not constants")
-    if cx.node.target in _CONSTANT_PAD_FUNCTIONS:
-        return _pad(cx, widths, True)
-    mode = cx.concrete(cx.arg(2, "mode", "constant"))
-    return _pad(cx, widths, mode == "constant")
+    return widths
+
+
+@rule(F.pad, aten=("pad.default",))
+def pad(cx: RuleContext):
+    """F.pad (``aten.pad(x, pad, mode, value)``): see ``_pad``."""
+    widths = _pad_widths(cx)
+    return _pad(cx, widths, cx.concrete(cx.arg(2, "mode", "constant")) == "constant")
+
+
+@rule(torch.constant_pad_nd, aten=("constant_pad_nd.default",))
+def constant_pad(cx: RuleContext):
+    """constant_pad_nd(x, pad, value): ``F.pad`` in mode "constant"; see ``_pad``."""
+    return _pad(cx, _pad_widths(cx), True)
 
 
 @rule(

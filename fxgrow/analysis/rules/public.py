@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .elementwise import binary, unary
+from .binary import binary
+from .elementwise import unary
 from .registry import RegistrationError, leaf, rule
 
 BUILTIN: dict[str, Callable] = {

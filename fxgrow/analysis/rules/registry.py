@@ -14,7 +14,9 @@ Anything without a rule blocks every channel group it touches (see ``dependency.
 
 An entry also carries *traits*: facts about the op that passes other than the channel analysis
 rely on (``@rule(nn.Dropout, traits=("pointwise", "dropout"))``), so the registry is the one op
-table: see :data:`TRAITS` for each trait's meaning and :func:`has_trait` to ask.
+table: see :data:`TRAITS` for each trait's meaning and :func:`has_trait` to ask.  A function
+may also name the ``torch.nn`` module class computing it (``@rule(F.gelu, as_module=nn.GELU)``:
+:func:`module_for`), so a functional call can become a module call.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ TRAITS = {
     "reshape": "rearranges the positions of its operand without changing a value (view, "
     "reshape, flatten, unflatten)",
     "size_read": "reads sizes (size, dim, getattr), never a value",
+    "reads_metadata": "a method reading its tensor's metadata (sizes, rank, dtype, device), "
+    "never its values: a parameter it reads is neither copied nor divided there",
     "swap_axes": "swaps the two axes its arguments 1 and 2 name (transpose)",
     "matrix_transpose": "swaps axes 0 and 1 of an at most 2-d tensor (t)",
     "extremum": "the max or min over its dims (amax, amin): exact over replicated units",
@@ -52,6 +56,20 @@ TRAITS = {
     "tensors and when walking a residual stream)",
     "same_shape": "its output has the shape and dtype of its first (tensor) argument",
     "same_shape_operands": "with operands of one shape and dtype, its output has them",
+    "softmax": "the softmax along its ``dim`` (hand-written attention is recognised by it)",
+    "keeps_positions": "a scaling, mask, cast or dropout of its first operand: every output "
+    "element comes from the element at the same position (attention scores and weights pass "
+    "through it, ``attention_pattern``)",
+    "matmul": "a matrix product of its operands (``@``, matmul, bmm, einsum)",
+    "affine": "``op(input, weight, bias, ...)``: linear in ``weight`` plus ``bias``, so zero "
+    "when both are (linear, conv)",
+    "bias_plus_product": "``bias + mat1 @ mat2`` (addmm): zero when ``bias`` and ``mat2`` are",
+    "scaled_norm": "``normalise(input) * weight + bias`` (layer_norm): scaling ``weight`` and "
+    "``bias`` scales its output",
+    "table_lookup": "rows of its table ``weight`` picked by index (embedding): scaling the "
+    "table scales its output",
+    "commutes_with_scale": "``f(x * s) == f(x) * s`` for a scale ``s`` per unit, in every mode "
+    "(dropout masks and rescales units)",
 }
 """Trait -> what an op having it guarantees.  Only the ops listed with a trait have it."""
 
@@ -64,6 +82,8 @@ class RuleEntry:
     kind: str  # "module" | "function" | "method"
     target: Any
     traits: frozenset[str] = frozenset()
+    as_module: type | None = None
+    """The ``torch.nn`` class computing this function: ``as_module(**keyword arguments)``."""
 
     @property
     def doc(self) -> str:
@@ -108,11 +128,15 @@ def _table(target: Any) -> tuple[dict, str]:
 
 
 def rule(
-    *targets: Any, aten: Iterable[str] = (), traits: Iterable[str] = ()
+    *targets: Any,
+    aten: Iterable[str] = (),
+    traits: Iterable[str] = (),
+    as_module: type | None = None,
 ) -> Callable[[Callable], Callable]:
     """Register ``fn`` for module classes, functions, method names (strings) and the ATen
     overloads ``aten`` names (``"relu.default"``: what ``torch.export`` graphs call), giving
-    those targets ``traits`` (keys of :data:`TRAITS`).
+    those targets ``traits`` (keys of :data:`TRAITS`) and ``as_module``, the ``torch.nn``
+    class computing them when called with the same keyword arguments (:func:`module_for`).
 
     Every target has one rule: registering a target twice, or naming an overload this torch
     does not have, raises :class:`RegistrationError` (at import, where the rule is).  One
@@ -123,6 +147,10 @@ def rule(
     unknown = sorted(traits - TRAITS.keys())
     if unknown:
         raise RegistrationError(f"unknown traits {unknown}; known: {sorted(TRAITS)}")
+    if as_module is not None and not (
+        isinstance(as_module, type) and issubclass(as_module, torch.nn.Module)
+    ):
+        raise RegistrationError(f"as_module must be a torch.nn.Module class, not {as_module!r}")
 
     def register(fn: Callable) -> Callable:
         for t in (*targets, *overloads):
@@ -133,7 +161,19 @@ def rule(
                     f"{_name(t)} already has the rule {old.fn.__module__}.{old.fn.__qualname__};"
                     f" {fn.__module__}.{fn.__qualname__} would replace it"
                 )
-            table[t] = RuleEntry(fn, kind, t, traits | (old.traits if old else frozenset()))
+            old_module = old.as_module if old else None
+            if as_module is not None and old_module not in (None, as_module):
+                raise RegistrationError(
+                    f"{_name(t)} is already computed by {old_module.__qualname__}, "
+                    f"not {as_module.__qualname__}"
+                )
+            table[t] = RuleEntry(
+                fn,
+                kind,
+                t,
+                traits | (old.traits if old else frozenset()),
+                as_module or old_module,
+            )
         return fn
 
     return register
@@ -234,6 +274,18 @@ def node_has_trait(node: torch.fx.Node, trait: str, gm: torch.nn.Module | None =
         # a call_module node's target is its module's path (a str)
         return has_trait(gm.get_submodule(cast(str, node.target)), trait)
     return False
+
+
+def module_for(target: Any) -> type | None:
+    """The ``torch.nn`` class its rule says computes the function, ATen overload or method
+    ``target`` (``nn.GELU`` for ``F.gelu``), or None."""
+    if len(_loaded) < len(DEFERRED):
+        load_deferred()
+    try:
+        entry = (METHODS if isinstance(target, str) else FUNCTIONS).get(target)
+    except TypeError:  # unhashable target
+        return None
+    return entry.as_module if entry is not None else None
 
 
 def with_trait(trait: str) -> tuple:

@@ -14,12 +14,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from ..arguments import argument, with_argument
 from ..context import RuleContext, RuleError
 from ..layout import Layout, Zip
 from ..values import SizeInfo, TensorInfo
 from .handwritten import run_time_entries
 from .join import _tensor_list, grow_alike, window  # noqa: F401  (their old home)
-from .registry import aten_op, rule
+from .registry import node_has_trait, rule
 
 
 # -- reshape ---------------------------------------------------------------------------------
@@ -118,15 +119,6 @@ def _rewrite_sizes(cx: RuleContext, layouts: tuple, first: int, keep: str) -> No
     cx.rewrite_args(new_args, *layouts)
 
 
-_aten = torch.ops.aten
-
-
-def _is(node: torch.fx.Node, methods: tuple, functions: tuple) -> bool:
-    return (node.op == "call_method" and node.target in methods) or (
-        node.op == "call_function" and node.target in functions
-    )
-
-
 def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
@@ -149,38 +141,15 @@ def _shuffle_axis(cx: RuleContext, x: TensorInfo, shape: tuple) -> int | None:
     ):
         return None
     t = _only_user(cx.node)
-    if t is None or not _is(
-        t,
-        ("transpose", "swapaxes", "swapdims"),
-        (
-            torch.transpose,
-            torch.swapaxes,
-            torch.swapdims,
-            _aten.transpose.int,
-            _aten.swapaxes.default,
-        ),
-    ):
+    if t is None or not node_has_trait(t, "swap_axes"):
         return None
-    dims = cx.concrete(
-        [t.args[i] if i < len(t.args) else t.kwargs.get(k) for i, k in ((1, "dim0"), (2, "dim1"))]
-    )
+    dims = cx.concrete([argument(t, i, k, None) for i, k in ((1, "dim0"), (2, "dim1"))])
     if sorted(k % len(shape) for k in dims if isinstance(k, int)) != [d, d + 1]:
         return None
     m = _only_user(t)
-    if m is not None and _is(m, ("contiguous",), (_aten.contiguous.default, _aten.clone.default)):
+    if m is not None and node_has_trait(m, "alias"):  # .contiguous()
         m = _only_user(m)
-    if m is None or not _is(
-        m,
-        ("view", "reshape", "flatten"),
-        (
-            torch.reshape,
-            torch.flatten,
-            _aten.view.default,
-            _aten.reshape.default,
-            _aten._unsafe_view.default,
-            _aten.flatten.using_ints,
-        ),
-    ):
+    if m is None or not node_has_trait(m, "reshape"):
         return None
     out = cx.example(m)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ins):
@@ -194,9 +163,6 @@ def _several_spaces(cx: RuleContext, layout: Layout) -> bool:
     return len(segs) > 1 or isinstance(segs[0], Zip)
 
 
-_AS_OTHER = ("view_as", "reshape_as", aten_op("view_as.default"), aten_op("reshape_as.default"))
-
-
 @rule(
     "view",
     "reshape",
@@ -208,33 +174,15 @@ _AS_OTHER = ("view_as", "reshape_as", aten_op("view_as.default"), aten_op("resha
     "view",
     "reshape",
     torch.reshape,
-    "view_as",
-    "reshape_as",
-    aten=(
-        "view.default",
-        "reshape.default",
-        "_unsafe_view.default",
-        "view_as.default",
-        "reshape_as.default",
-    ),
+    aten=("view.default", "reshape.default", "_unsafe_view.default"),
 )
 def reshape(cx: RuleContext):
     """view/reshape: see the module docstring.  The first reshape of a channel shuffle keeps
     its rows apart (see ``_shuffle_axis``)."""
     x = cx.tensor(cx.arg(0))
     shape = cx.out_shape()
-    if cx.node.target in _AS_OTHER:
-        other = cx.tensor(cx.arg(1))
-        layouts = reshape_layouts(cx, x, shape)
-        for a, b in zip(layouts, other.layouts):
-            cx.unify(a, b, "view_as/reshape_as target")
-        return cx.out(layouts)
-    if (
-        cx.node.target == "view"
-        and len(cx.node.args) == 2
-        and isinstance(cx.concrete(cx.node.args[1]), torch.dtype)
-    ):
-        raise RuleError("view as another dtype")
+    if len(cx.node.args) == 2 and isinstance(cx.concrete(cx.node.args[1]), torch.dtype):
+        raise RuleError("view as another dtype")  # x.view(torch.float16)
     d = _shuffle_axis(cx, x, shape)
     if d is not None and _several_spaces(cx, x.layouts[d]):
         g = shape[d]
@@ -243,6 +191,16 @@ def reshape(cx: RuleContext):
     else:
         layouts = reshape_layouts(cx, x, shape)
     _rewrite_sizes(cx, layouts, 1, "minus-one")
+    return cx.out(layouts)
+
+
+@rule("view_as", "reshape_as", aten=("view_as.default", "reshape_as.default"))
+def reshape_as(cx: RuleContext):
+    """view_as/reshape_as(other): a reshape to ``other``'s shape, whose axes it shares."""
+    x, other = cx.tensor(cx.arg(0)), cx.tensor(cx.arg(1))
+    layouts = reshape_layouts(cx, x, cx.out_shape())
+    for a, b in zip(layouts, other.layouts):
+        cx.unify(a, b, "view_as/reshape_as target")
     return cx.out(layouts)
 
 
@@ -302,9 +260,7 @@ def unflatten(cx: RuleContext):
 
         def new_args(size, args, kwargs):
             vals = tuple(-1 if s == -1 else size(lay) for s, lay in zip(sizes, new))
-            if len(args) > 2:
-                return (*args[:2], vals, *args[3:]), kwargs
-            return args, {**kwargs, "sizes": vals}
+            return with_argument(args, kwargs, 2, "sizes", vals)
 
         cx.rewrite_args(new_args, *new)
     return cx.out(layouts)

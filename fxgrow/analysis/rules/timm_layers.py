@@ -7,6 +7,7 @@ from types import ModuleType
 
 from ..context import RuleContext, RuleError
 from . import elementwise
+from .common import broadcast
 from .norm import per_channel
 from .registry import lookup, rule
 
@@ -106,13 +107,13 @@ if _conv2d_same is not None and _pool2d_same is not None:  # (imported together)
 if _attention is not None and hasattr(_attention, "maybe_add_mask"):
     from ..values import TensorInfo
 
-    @rule(_attention.maybe_add_mask)
+    @rule(_attention.maybe_add_mask, traits=("keeps_positions",))
     def maybe_add_mask(cx: RuleContext):
         """timm maybe_add_mask(scores, attn_mask): ``scores + attn_mask``, or ``scores`` when
         there is no mask (the mask broadcasts as in an add)."""
         if cx.example(cx.arg(1, "attn_mask", None)) is None:
             return cx.out(cx.tensor(cx.arg(0, "scores")).layouts)
-        return elementwise.broadcast(cx, [cx.arg(0, "scores"), cx.arg(1, "attn_mask")])
+        return broadcast(cx, [cx.arg(0, "scores"), cx.arg(1, "attn_mask")])
 
     @rule(_attention.resolve_self_attn_mask)
     def resolve_self_attn_mask(cx: RuleContext):

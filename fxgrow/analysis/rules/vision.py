@@ -7,6 +7,7 @@ from typing import cast
 import torch
 import torch.fx
 
+from ..arguments import with_argument
 from ..context import RuleContext
 from ..values import TensorInfo
 from .common import broadcast, same_layouts
@@ -87,9 +88,7 @@ if _swin is not None:
         cx.sizes_handled(cx.value(cx.arg(5, "num_heads")))
 
         def new_args(size, args, kwargs):
-            if len(args) > 5:
-                return (*args[:5], size(heads), *args[6:]), kwargs
-            return args, {**kwargs, "num_heads": size(heads)}
+            return with_argument(args, kwargs, 5, "num_heads", size(heads))
 
         cx.rewrite_args(new_args, heads)
         for ref in (qkv_w, proj_w):
