@@ -16,15 +16,11 @@ widths it lists where the student, built from the same graph, has them."""
 
 from __future__ import annotations
 
-import builtins
-import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import torch.fx
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ..analysis import Analysis
 from ..analysis.layout import Atom, Fixed, Layout, Prod, SpaceTable, Stack, Zip
@@ -36,21 +32,9 @@ from ..fxnode import target_function, target_name
 FRESH = -1.0  # the label of a position that carries no teacher unit
 _SPAN = 2**20  # units per producer in a label code
 
-_MOVE_FUNCTIONS = {
-    torch.cat,
-    torch.concat,
-    torch.chunk,
-    torch.split,
-    torch.narrow,
-    torch.channel_shuffle,
-    F.channel_shuffle,
-    F.native_channel_shuffle,
-    operator.getitem,
-    builtins.getattr,
-}
-_MOVE_METHODS = {"contiguous", "chunk", "split", "narrow", "size", "dim"}
-_MOVE_MODULES = (nn.ChannelShuffle, nn.Flatten, nn.Unflatten, nn.Identity)
-_MOVE_TRAITS = ("reshape", "swap_axes", "permute_axes", "size_read")
+# what the label run executes on labels: ops that only move, select, join or reshape positions,
+# and size reads
+_MOVE_TRAITS = ("moves_positions", "reshape", "swap_axes", "permute_axes", "size_read")
 
 
 class LabelRun(NamedTuple):
@@ -207,10 +191,8 @@ def _tensor_node(
 
 def _movable(analysis: Analysis, node: torch.fx.Node) -> bool:
     if node.op == "call_module":
-        return isinstance(analysis.state.gm.get_submodule(target_name(node)), _MOVE_MODULES)
-    if node.op == "call_method":
-        return node.target in _MOVE_METHODS or has_any_trait(node.target)
-    return node.target in _MOVE_FUNCTIONS or has_any_trait(node.target)
+        return has_any_trait(analysis.state.gm.get_submodule(target_name(node)))
+    return has_any_trait(node.target)
 
 
 def has_any_trait(target: object) -> bool:

@@ -204,7 +204,8 @@ def make_plan(
                 if others
                 else ""
             )
-            if init != "replicate" and "channel shuffle" in reasons:
+            tied = any(b in analysis.state.spaces.tie_causes for b in g.blockers)
+            if init != "replicate" and tied:  # held by equal-growth ties (shuffle chains)
                 hint += (
                     "; init='zero' places fresh units through a channel shuffle chain "
                     "only when nothing but its interleaves holds it"

@@ -160,7 +160,7 @@ rule(
     "tanh",
     traits=("activation",),
 )(unary)
-rule(nn.Identity, traits=("keeps_zero", "keeps_positions"))(unary)
+rule(nn.Identity, traits=("keeps_zero", "keeps_positions", "moves_positions"))(unary)
 rule(
     nn.ReLU,
     nn.ReLU6,

@@ -160,6 +160,7 @@ _CAST_ATEN = (
 
 
 @rule(*_MATH_FUNCTIONS, *_MATH_METHODS, aten=_MATH_ATEN, traits=("pointwise",))
+@rule("contiguous", traits=("moves_positions",))
 @rule(*_CAST_FUNCTIONS, *_CAST_METHODS, aten=_CAST_ATEN, traits=("pointwise",))
 @rule(
     "to",

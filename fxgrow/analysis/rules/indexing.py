@@ -24,7 +24,7 @@ from .join import window
 from .registry import rule
 
 
-@rule(operator.getitem)
+@rule(operator.getitem, traits=("moves_positions",))
 def getitem(cx: RuleContext):
     """x[i]: element of a tuple (split outputs, sizes) or tensor indexing."""
     container = cx.value(cx.arg(0))

@@ -27,7 +27,13 @@ def _tensor_list(cx: RuleContext, a: Any) -> list[TensorInfo]:
     return [t for t in v]
 
 
-@rule(torch.cat, torch.concat, torch.concatenate, aten=("cat.default", "concat.default"))
+@rule(
+    torch.cat,
+    torch.concat,
+    torch.concatenate,
+    aten=("cat.default", "concat.default"),
+    traits=("moves_positions",),
+)
 def cat(cx: RuleContext):
     """cat(tensors, dim): input k occupies [off_k, off_k + C_k) of the result; the other axes
     of all inputs share spaces."""
@@ -74,6 +80,7 @@ def _pieces_value(cx: RuleContext, x: TensorInfo, d: int, pieces: list[Layout]):
     torch.split_with_sizes,
     "split_with_sizes",
     aten=("split.Tensor", "split_with_sizes.default"),
+    traits=("moves_positions",),
 )
 def split(cx: RuleContext):
     """split(sizes | size, dim): pieces [off_k, off_k + s_k).  Explicit sizes are rewritten;
@@ -195,7 +202,7 @@ def tensor_split(cx: RuleContext):
     return _pieces_value(cx, x, d, pieces)
 
 
-@rule(torch.chunk, "chunk", aten=("chunk.default",))
+@rule(torch.chunk, "chunk", aten=("chunk.default",), traits=("moves_positions",))
 def chunk(cx: RuleContext):
     """chunk(n, dim): n equal pieces that must stay equal, so they share one map (a fused qkv,
     GLU halves)."""
@@ -230,7 +237,7 @@ def unbind(cx: RuleContext):
     return tuple(TensorInfo(tuple(o.shape), rest) for o in outs)
 
 
-@rule(torch.narrow, "narrow", aten=("narrow.default",))
+@rule(torch.narrow, "narrow", aten=("narrow.default",), traits=("moves_positions",))
 def narrow(cx: RuleContext):
     """narrow(dim, start, length): the piece [start, start + length); both are rewritten."""
     x = cx.tensor(cx.arg(0))

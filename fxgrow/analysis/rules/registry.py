@@ -43,6 +43,9 @@ TRAITS = {
     "mul": "the product of its operands",
     "reshape": "rearranges the positions of its operand without changing a value (view, "
     "reshape, flatten, unflatten)",
+    "moves_positions": "every output element is an element of its operands, moved, selected "
+    "or joined, never computed (cat, split, chunk, narrow, getitem, channel shuffle, contiguous, "
+    "flatten, identity): fresh units can be followed through it by their labels",
     "size_read": "reads sizes (size, dim, getattr), never a value",
     "reads_metadata": "a method reading its tensor's metadata (sizes, rank, dtype, device), "
     "never its values: a parameter it reads is neither copied nor divided there",

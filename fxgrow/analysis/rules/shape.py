@@ -223,14 +223,15 @@ def flatten(cx: RuleContext):
     )
 
 
-@rule(nn.Flatten)
+@rule(nn.Flatten, traits=("moves_positions",))
 def flatten_module(cx: RuleContext):
     """nn.Flatten: as torch.flatten with the module's start_dim/end_dim."""
     m = cx.module_as(nn.Flatten)
     return _flatten(cx, cx.tensor(cx.arg(0)), m.start_dim, m.end_dim)
 
 
-@rule(torch.unflatten, "unflatten", nn.Unflatten, aten=("unflatten.int",))
+@rule(torch.unflatten, "unflatten", aten=("unflatten.int",))
+@rule(nn.Unflatten, traits=("moves_positions",))
 @rule(torch.unflatten, "unflatten", aten=("unflatten.int",), traits=("reshape",))
 def unflatten(cx: RuleContext):
     """unflatten(dim, sizes): one axis factored into several (row-major)."""

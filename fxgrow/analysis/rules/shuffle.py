@@ -49,7 +49,13 @@ def pixel_unshuffle(cx: RuleContext):
     )
 
 
-@rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle, F.native_channel_shuffle)
+@rule(
+    nn.ChannelShuffle,
+    F.channel_shuffle,
+    torch.channel_shuffle,
+    F.native_channel_shuffle,
+    traits=("moves_positions",),
+)
 def channel_shuffle(cx: RuleContext):
     """channel_shuffle(G): [G, C/G] transposed to [C/G, G].  One space: the G groups share
     its map (a product).  Several spaces (e.g. two branches concatenated, as in ShuffleNet):
