@@ -276,3 +276,29 @@ def test_torchvision_stochastic_depth_follows_the_mode():
             m.p = 0.0
     with torch.no_grad():
         assert not torch.equal(student(X[:2]), student(X[:2]))
+
+
+def test_exported_batchnorm_follows_the_mode():
+    """torch.export bakes batch norm's ``training`` (a constant of ``aten.batch_norm``): a
+    torchvision ResNet captured by export in training mode reads the student's flag instead,
+    so it is verified exactly in eval mode (a PreservationError of 0.93 before) and uses batch
+    statistics in training mode, where it equals the teacher too."""
+    torchvision = pytest.importorskip("torchvision")
+    from fxgrow.frontend.modal import TrainingFlag
+
+    torch.manual_seed(0)
+    teacher = torchvision.models.resnet18(num_classes=10).train()
+    student = fxgrow.widen(teacher, X, factor=1.5, frontend="export")  # verify=True
+    flags = [m for m in student.modules() if isinstance(m, TrainingFlag)]
+    assert len(flags) == 20 and all(f.training for f in flags)  # one per BatchNorm2d
+    assert fxgrow.growth_record(student).error.max_rel < 1e-5
+    reference, grown = copy.deepcopy(teacher), copy.deepcopy(student)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(X), reference(X), rtol=1e-4, atol=1e-5)  # batch stats
+    student.eval()
+    teacher.eval()
+    assert not any(f.training for f in flags)
+    with torch.no_grad():
+        torch.testing.assert_close(student(X), teacher(X), rtol=1e-4, atol=1e-5)
+        student.train()
+        assert not torch.allclose(student(X), student.eval()(X), atol=1e-3)

@@ -17,12 +17,16 @@ Hugging Face transformers:
   :class:`TrainingOnly` module (``p`` in training mode, ``0.0`` in eval mode);
 * torchvision's ``stochastic_depth(x, p, mode, training)`` (fx bakes ``training`` too) reads
   ``training`` from a :class:`TrainingFlag` module;
+* ``aten.batch_norm`` with running statistics (an exported ``nn.BatchNorm*``) reads its
+  ``training`` from a :class:`TrainingFlag` too: batch statistics (and running-statistics
+  updates) in training mode, the running statistics in eval mode.  The count of batches seen
+  (``num_batches_tracked += 1``) stays as captured: it matters only to ``momentum=None``;
 * ``.train()`` / ``.eval()`` work again and set those modules' flags.
 
 Invariant: in eval mode the graph computes the teacher's eval function whatever mode it was
-captured in; in training mode dropout is active and resampled on every call.  Other
-``self.training`` branches of the model's code (batch norm in training mode, router noise) stay
-as captured; the growth record's ``captured_training`` is the mode of the capture."""
+captured in; in training mode dropout is active and resampled on every call, batch norm uses
+batch statistics.  Other ``self.training`` branches of the model's code (router noise, a batch
+count) stay as captured; the growth record's ``captured_training`` is the mode of the capture."""
 
 from __future__ import annotations
 
@@ -149,6 +153,21 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
                 flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
                 flag.meta["val"] = train
                 node.args, node.kwargs = with_argument(node.args, node.kwargs, 3, "training", flag)
+                changed = True
+        elif node.target is torch.ops.aten.batch_norm.default and isinstance(
+            argument(node, 3, "running_mean", None), torch.fx.Node
+        ):
+            # nn.BatchNorm with running statistics: batch statistics exactly when training
+            train = argument(node, 5, "training", False)
+            if isinstance(train, bool):
+                path = _free_path(gm, node, "training_flag")
+                new_modules.append(TrainingFlag())
+                gm.add_submodule(path, new_modules[-1])
+                with gm.graph.inserting_before(node):
+                    flag = gm.graph.call_module(path, ())
+                flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
+                flag.meta["val"] = train
+                node.args, node.kwargs = with_argument(node.args, node.kwargs, 5, "training", flag)
                 changed = True
         elif node.target in _SDPA:
             p = argument(node, 4, "dropout_p", 0.0)
