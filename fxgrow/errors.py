@@ -136,3 +136,8 @@ class NotStatic(Exception):
 
 class RegistrationError(ValueError):
     """A rule registered twice for one target, or for an ATen overload this torch lacks."""
+
+
+class MissingArgument(LookupError):
+    """A call has no such argument and its reader gave no default (internal to the rules:
+    ``analysis.arguments``)."""

@@ -14,14 +14,12 @@ from typing import Any, cast
 import torch
 import torch.fx
 
+from ..errors import MissingArgument
+
 MISSING: Any = object()
 """No default: a missing argument raises :class:`MissingArgument`."""
 
 _UNBOUND: Any = object()
-
-
-class MissingArgument(LookupError):
-    """The call has no such argument and the reader gave no default."""
 
 
 def bound_arguments(node: torch.fx.Node, root: torch.nn.Module | None = None) -> dict | None:

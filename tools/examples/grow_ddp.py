@@ -17,6 +17,7 @@ after growth, parameter counts."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 
@@ -177,6 +178,11 @@ def main() -> None:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(result, f)
+    # DDP's reducer and ZeRO/FSDP state hold the process group: free them, wait for every
+    # rank, then destroy the group (torn down in another order, gloo may abort a rank at exit)
+    del model, optimizer
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
