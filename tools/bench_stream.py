@@ -96,7 +96,8 @@ sys.exit(main({argv!r}))
 def measured(code: str) -> dict:
     """Run ``code`` in a fresh interpreter under ``/usr/bin/time -v``: wall seconds, peak RSS
     (MB; measured by time's own wait4 on a child it forks, so none of this process's memory is
-    counted), and the JSON the code prints last."""
+    counted), CPU seconds (user + system), the 1-minute load average at the end, and the
+    JSON the code prints last."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     start = time.perf_counter()
     p = subprocess.run(
@@ -108,10 +109,21 @@ def measured(code: str) -> dict:
             f"subprocess failed ({p.returncode}):\n{code}\n{p.stdout}\n{p.stderr[-3000:]}"
         )
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    cpu = sum(
+        float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr).group(1))
+        for k in ("User", "System")
+    )
     out = p.stdout.strip()
     last = out.splitlines()[-1] if out else ""
     result = json.loads(last) if last.startswith("{") else {"printed": last} if last else {}
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss / 1024), **result}
+    load = Path("/proc/loadavg").read_text().split()[0]
+    return {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "load": float(load),
+        "peak_rss_mb": round(rss / 1024),
+        **result,
+    }
 
 
 COPY = """

@@ -160,13 +160,21 @@ class Checkpoint:
             h = self._handles[file] = open(file, "rb")  # noqa: SIM115  (held open; closed by close())
         return h
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor ``name`` in its stored dtype, in fresh memory."""
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor ``name`` in its stored dtype: in fresh memory, or in the first bytes of
+        ``out`` (a contiguous uint8 tensor at least that large, reused by the caller)."""
         info = self.tensors[name]
-        return self._read(info, info.start, info.end).view(info.shape)
+        return self._read(info, info.start, info.end, out).view(info.shape)
 
-    def _read(self, info: TensorInfo, a: int, b: int) -> torch.Tensor:
-        out = torch.empty(b - a, dtype=torch.uint8)
+    def _read(
+        self, info: TensorInfo, a: int, b: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(b - a, dtype=torch.uint8)
+        else:
+            if out.dtype != torch.uint8 or not out.is_contiguous() or out.numel() < b - a:
+                raise ValueError(f"internal: no room for {info.name!r} in the buffer given")
+            out = out.reshape(-1)[: b - a]
         h = self._handle(info.file)
         h.seek(a)
         got = h.readinto(memoryview(out.numpy()))

@@ -329,6 +329,7 @@ def verify_streamed(
     their users).  ``models``: the two meta models, when already built."""
     from .hf import example_ids, meta_model
     from .modules import run_modules
+    from .threads import streamed_threads
     from .verify import judge, verify_checkpoints
 
     ids = example_ids(config, tokens)
@@ -339,8 +340,9 @@ def verify_streamed(
     )
     t_alias, s_alias = _aliases(t_model, teacher), _aliases(s_model, student)
     try:
-        t_out, t_peak = run_modules(t_model, teacher, ids, aliases=t_alias)
-        s_out, s_peak = run_modules(s_model, student, ids, aliases=s_alias)
+        with streamed_threads():  # one count for both runs
+            t_out, t_peak = run_modules(t_model, teacher, ids, aliases=t_alias)
+            s_out, s_peak = run_modules(s_model, student, ids, aliases=s_alias)
     except (PreservationError, RuntimeError, NotImplementedError):
         t_graph = teacher_graph if teacher_graph is not None else _capture(t_model, ids)
         return verify_checkpoints(
