@@ -10,6 +10,7 @@ axis reads every old position), so whole-tensor reads are all the growth needs."
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -39,6 +40,17 @@ DTYPES: dict[str, torch.dtype] = {
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+
+
+# copy_file_range refused: not between these files / file systems, or not here
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _fileno(out: BinaryIO) -> int | None:
+    try:
+        return out.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 @dataclass(frozen=True)
@@ -153,6 +165,7 @@ class Checkpoint:
                     f"not hold, first {missing[0]!r} (in {weight_map[missing[0]]})"
                 )
         self._handles: dict[Path, BinaryIO] = {}
+        self._buffer = bytearray(0)  # copy_to's, reused
 
     def _handle(self, file: Path) -> BinaryIO:
         h = self._handles.get(file)
@@ -185,15 +198,33 @@ class Checkpoint:
         return out.view(info.torch_dtype)
 
     def copy_to(self, name: str, out: BinaryIO, chunk: int = 8 << 20) -> None:
-        """Copy the stored bytes of ``name`` to ``out`` in 8 MB chunks: no tensor is made."""
+        """Append the stored bytes of ``name`` to ``out``: no tensor is made.  Between files
+        the kernel copies them itself (``os.copy_file_range``: no pass through this
+        process's memory; a reflink where the file system shares blocks); else, or where the
+        kernel refuses, they go through one reused buffer in 8 MB chunks."""
         info = self.tensors[name]
         h = self._handle(info.file)
-        h.seek(info.start)
-        left = info.nbytes
-        buf = bytearray(min(chunk, max(left, 1)))
-        view = memoryview(buf)
+        offset, left = info.start, info.nbytes
+        dst = _fileno(out) if left and hasattr(os, "copy_file_range") else None
+        if dst is not None:
+            out.flush()  # the kernel appends at the file's position
+            try:
+                while left:
+                    n = os.copy_file_range(h.fileno(), dst, left, offset)
+                    if not n:
+                        raise CheckpointError(f"{info.file} ended while copying {name!r}")
+                    offset, left = offset + n, left - n
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_COPY:
+                    raise
+        if not left:
+            return
+        if len(self._buffer) < min(chunk, left):
+            self._buffer = bytearray(min(chunk, left))
+        view = memoryview(self._buffer)
+        h.seek(offset)
         while left:
-            n = h.readinto(view[: min(left, len(buf))])
+            n = h.readinto(view[: min(left, len(view))])
             if not n:
                 raise CheckpointError(f"{info.file} ended while copying {name!r}")
             out.write(view[:n])

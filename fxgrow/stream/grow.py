@@ -121,13 +121,14 @@ class GrowthReport:
 class CheckpointPlan:
     """What ``plan_checkpoint`` decided, before any weight is read: the teacher's and the
     student's configs, the per-tensor plan, and the teacher's graph (captured on the meta
-    device on ``tokens`` tokens, reused by the verification)."""
+    device on ``tokens`` tokens, reused by the verification; None when the plan came from a
+    two-block capture, ``reduced``)."""
 
     src: Path
     config: Any
     new_config: Any
     plan: StreamPlan
-    teacher_graph: torch.fx.GraphModule
+    teacher_graph: torch.fx.GraphModule | None
     tokens: int
     teacher_model: torch.nn.Module | None = None  # both on the meta device, for the
     student_model: torch.nn.Module | None = None  # layer-streamed verification
@@ -177,6 +178,15 @@ def plan_checkpoint(
     dtype = next((d for d in stored.values() if d.is_floating_point), torch.float32)
     model = meta_model(config)
     ids = example_ids(config, tokens)
+    if blocks is not None and widths is None and factor is None and to_config is None:
+        from .reduced import reduced_depth_plan  # all blocks alike: capture two of them
+
+        plan = reduced_depth_plan(
+            config, model, shapes, ids, blocks=blocks, stage=stage, placement=placement
+        )
+        if plan is not None:
+            new_config, student = grown_model(config, model, plan)
+            return CheckpointPlan(src, config, new_config, plan, None, tokens, model, student)
     analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
     wplan, fields = None, {}
     if to_config is not None:
