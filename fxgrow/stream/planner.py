@@ -1,7 +1,7 @@
 """Planning the growth of a Hugging Face folder from its config and its shards' headers alone:
-the model is built on the meta device and captured there (no parameter memory); a depth-only
-growth of a stage whose blocks are all alike is planned on a two-block capture
-(``reduced``)."""
+the model is built on the meta device and captured there (no parameter memory); a growth of
+the depth and / or of widths inside the blocks of a stage whose blocks are all alike is
+planned on a two-block capture (``reduced``)."""
 
 from __future__ import annotations
 
@@ -79,17 +79,25 @@ def plan_checkpoint(
     dtype = next((d for d in stored.values() if d.is_floating_point), torch.float32)
     model = meta_model(config)
     ids = example_ids(config, tokens)
-    if blocks is not None and widths is None and factor is None and to_config is None:
-        from .reduced import reduced_depth_plan  # all blocks alike: capture two of them
+    if factor is None and to_config is None and (widths is None or split == "equal"):
+        from .reduced import reduced_plan  # all blocks alike: capture two of them
 
-        plan = reduced_depth_plan(
-            config, model, shapes, ids, blocks=blocks, stage=stage, placement=placement
+        plan = reduced_plan(
+            config,
+            model,
+            shapes,
+            ids,
+            blocks=blocks,
+            stage=stage,
+            placement=placement,
+            widths=widths,
+            seed=seed,
         )
         if plan is not None:
             new_config, student = grown_model(config, model, plan)
             return CheckpointPlan(src, config, new_config, plan, None, tokens, model, student)
     analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
-    wplan, fields = None, {}
+    wplan, fields = None, dict[str, Any]()
     if to_config is not None:
         from .target import config_target
 

@@ -1,4 +1,4 @@
-"""A depth growth planned on a model of two blocks.
+"""Depth (and width inside the blocks) planned on a model of two blocks.
 
 Growing depth only renames tensors and zeroes, in each inserted copy, the last layer of every
 residual branch: the plan needs the stage's block paths and, per block, which tensors those
@@ -13,21 +13,26 @@ every block.  "Alike" is checked, not assumed:
   parameters), reading the same shared inputs (rotary tables, masks), and the tensors to zero
   are block 0's renamed.
 
-Otherwise (or when anything fails) ``reduced_depth_plan`` returns None and the caller
-analyses the full model.  Invariant: when it answers, the plan is the one the full model's
+Widening groups that each lie inside one block is planned on the same capture
+(``reduced_width``).  Otherwise (or when anything fails) ``reduced_plan`` returns None and the
+caller analyses the full model.  Invariant: when it answers, the plan is the one the full model's
 analysis gives (``make_stream_plan``), tensor for tensor."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx
 
-from ..analysis.blocks import Block
+from ..analysis import Analysis
+from ..analysis.blocks import Block, Stage
+from ..planning.plan import WidenPlan
 from ..rewrite.block_copy import residual_stream
+from ..rewrite.recipe import TensorRecipe
 from .plan import (
     StreamPlan,
     TensorSource,
@@ -77,7 +82,7 @@ def _same_block(gm: torch.fx.GraphModule, a: Block, b: Block) -> bool:
             if x is start:
                 return ("input",)
             if x.op == "get_attr":
-                return ("attr", _rename(x.target, block.path, "@"))
+                return ("attr", _rename(str(x.target), block.path, "@"))
             return ("shared", x.name)
 
         return key
@@ -95,18 +100,37 @@ def _same_block(gm: torch.fx.GraphModule, a: Block, b: Block) -> bool:
     return True
 
 
-def reduced_depth_plan(
+@dataclass(frozen=True)
+class TwoBlocks:
+    """A two-block model shown to stand for the full one (see the module's docstring):
+    ``analysis`` of the two-block model, its ``stage``, the full model's block count ``n``,
+    ``canonical`` names of the full model's tensors, and ``zero``: block 1's tensors that a
+    zero copy zeroes."""
+
+    analysis: Analysis
+    stage: Stage
+    n: int
+    canonical: dict[str, str]
+    zero: tuple[str, ...]
+
+    def block(self, k: int) -> str:
+        return f"{self.stage.parent}.{k}"
+
+    def to_block(self, name: str, k: int) -> str:
+        """Block 1's ``name`` in block ``k``."""
+        return _rename(name, self.block(1), self.block(k))
+
+
+def two_blocks(
     config: Any,
     model: torch.nn.Module,
     teacher: Mapping[str, tuple[int, ...]],
     inputs: tuple,
-    *,
-    blocks: int,
     stage: str | None = None,
-    placement: str = "interleave",
-) -> StreamPlan | None:
-    """The depth plan from a two-block capture of ``config``'s model (``model``: the full
-    one, on the meta device), or None where the blocks are not shown to be alike."""
+) -> TwoBlocks | None:
+    """The analysis of ``config``'s model with two blocks, when it is shown to stand for the
+    full ``model`` (on the meta device), whose tensors are checked against ``teacher``'s
+    shapes; else None."""
     import fxgrow
 
     from .hf import meta_model
@@ -177,14 +201,62 @@ def reduced_depth_plan(
             if name in state.canonical and t.__class__.__name__ == "Parameter":
                 params.add(canonical[x])
     check_checkpoint(teacher, shapes, canonical, params)
-    layout = depth_layout(n, blocks, placement)
-    zero = {
-        b: {_rename(z, paths[1], f"{st.parent}.{b}") for z in zero1}
-        for b in {t for t, z in layout if z}
-    }
+    return TwoBlocks(analysis, st, n, canonical, tuple(zero1))
+
+
+def reduced_plan(
+    config: Any,
+    model: torch.nn.Module,
+    teacher: Mapping[str, tuple[int, ...]],
+    inputs: tuple,
+    *,
+    blocks: int | None = None,
+    stage: str | None = None,
+    placement: str = "interleave",
+    widths: Mapping[str, int] | None = None,
+    seed: int = 0,
+) -> StreamPlan | None:
+    """The plan for ``blocks`` and/or ``widths`` (balanced equal-split maps, as
+    ``plan_checkpoint`` makes them) from a two-block capture of ``config``'s model
+    (``model``: the full one, on the meta device), or None where the blocks are not shown to
+    be alike or the widths are not each inside one block (``reduced_width``)."""
+    tb = two_blocks(config, model, teacher, inputs, stage)
+    if tb is None or (blocks is None and widths is None):
+        return None
+    widen: WidenPlan | None = None
+    recipes: dict[str, TensorRecipe] = {}
+    if widths is not None:
+        from .reduced_width import block_widths
+
+        got = block_widths(tb, widths, seed)
+        if got is None:
+            return None
+        widen, recipes = got
 
     def source(name: str, new_name: str, zero: bool = False) -> TensorSource:
-        return TensorSource(new_name, name, tuple(teacher[name]), None, zero)
+        recipe = recipes.get(tb.canonical.get(name, name))
+        shape = recipe.new_shape if recipe else tuple(teacher[name])
+        return TensorSource(new_name, name, shape, recipe, zero)
 
-    full_paths = [f"{st.parent}.{k}" for k in range(n)]
-    return renumbered(teacher, source, st, full_paths, layout, zero, canonical)
+    if blocks is None:
+        return StreamPlan(tuple(source(x, x) for x in teacher), widen)
+    layout = depth_layout(tb.n, blocks, placement)
+    zero = {b: {tb.to_block(z, b) for z in tb.zero} for b in {t for t, z in layout if z}}
+    full_paths = [tb.block(k) for k in range(tb.n)]
+    return renumbered(teacher, source, tb.stage, full_paths, layout, zero, tb.canonical, widen)
+
+
+def reduced_depth_plan(
+    config: Any,
+    model: torch.nn.Module,
+    teacher: Mapping[str, tuple[int, ...]],
+    inputs: tuple,
+    *,
+    blocks: int,
+    stage: str | None = None,
+    placement: str = "interleave",
+) -> StreamPlan | None:
+    """``reduced_plan`` for depth alone."""
+    return reduced_plan(
+        config, model, teacher, inputs, blocks=blocks, stage=stage, placement=placement
+    )
