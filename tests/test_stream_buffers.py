@@ -85,3 +85,31 @@ def test_alone_sees_views_and_references():
     assert not alone(t) and alone(t, refs=2)
     del held
     assert alone(t)
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(6, 10)
+        self.down = torch.nn.Linear(10, 6)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.down(torch.relu(self.up(x)))))
+
+
+def test_recipes_written_into_reused_memory_are_the_fresh_ones():
+    import fxgrow
+    from fxgrow.rewrite.recipe import apply_recipe, tensor_recipes
+
+    model = Mlp()
+    analysis = fxgrow.analyze(model, (torch.randn(2, 6),))
+    plan = fxgrow.plan(analysis, factor=1.5, seed=1)
+    recipes = tensor_recipes(analysis, plan)
+    assert {r.steps[0].fraction is not None for r in recipes.values()} == {True, False}
+    for name, recipe in recipes.items():
+        old = model.get_parameter(name).detach().to(torch.bfloat16)
+        out = torch.full(recipe.new_shape, float("nan"), dtype=torch.bfloat16)
+        got = apply_recipe(recipe, old, out=out)
+        assert got is out and torch.equal(got, apply_recipe(recipe, old))
+    assert max(len(r.steps) for r in recipes.values()) == 2  # down: both of its axes grow

@@ -3,9 +3,10 @@ dict and a ``StreamPlan``; ``grow_checkpoint`` for a Hugging Face folder (config
 config, shards, tokenizer and a short model card out), planned by ``planner.plan_checkpoint``
 and verified layer by layer (``check.verify_streamed``).
 
-Memory: one teacher tensor and the student tensor made from it (unchanged tensors are copied
-as bytes in 8 MB chunks, zero copies written from a zero buffer): a few of the largest
-tensors, whatever the model's size."""
+Memory: one teacher tensor and the student tensor made from it, each in memory reused from
+tensor to tensor (unchanged tensors are copied as bytes by the kernel or in 8 MB chunks, zero
+copies written from a zero buffer): a few of the largest tensors, whatever the model's
+size."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .buffers import Buffers
 from .check import verify_folders, verify_streamed
 from .checkpoint import INDEX, Checkpoint
 from .errors import WriteError
@@ -82,6 +84,7 @@ def write_student(
     shards = shard(specs, parse_size(max_shard_size))
     check_free_space(folder, sum(s.nbytes for s in shards) + (64 << 20))
     sources = plan.sources()
+    memory = Buffers()  # teacher tensors and recipe outputs: the same shapes recur
     with _progress(sum(s.nbytes for s in shards), progress) as bar:
         for s in shards:
             with open(folder / s.file, "wb") as out:
@@ -93,10 +96,16 @@ def write_student(
                     elif src.unchanged:
                         teacher.copy_to(src.source, out)
                     else:
-                        new = make_tensor(src, teacher.read(src.source))
+                        info = teacher.tensors[src.source]
+                        old = teacher.read(src.source, out=memory.staging(info.nbytes))
+                        dst = memory.take(old.dtype, spec.shape) if src.recipe is not None else None
+                        new = make_tensor(src, old, out=dst)
                         write_tensor(out, new, spec)
-                        del new
+                        if dst is not None and new is dst:
+                            memory.give(dst)
+                        del new, old
                     bar.update(spec.nbytes)
+    memory.clear()
     write_index(folder, shards)
     return [s.file for s in shards]
 

@@ -43,11 +43,14 @@ class TensorSource:
         return self.recipe is None and not self.folds and not self.zero
 
 
-def make_tensor(src: TensorSource, old: torch.Tensor) -> torch.Tensor:
-    """Student tensor ``src`` from its teacher tensor ``old``: the recipe, then each fold
-    ``((t + shift) * scale - shift)`` in float64, rounded to the dtype (``hf.fold``'s
-    arithmetic, so a fold made on a graph in memory and one made here agree bit for bit)."""
-    new = apply_recipe(src.recipe, old) if src.recipe is not None else old
+def make_tensor(
+    src: TensorSource, old: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Student tensor ``src`` from its teacher tensor ``old``: the recipe (into ``out`` when
+    given: ``apply_recipe``), then each fold ``((t + shift) * scale - shift)`` in float64,
+    rounded to the dtype (``hf.fold``'s arithmetic, so a fold made on a graph in memory and
+    one made here agree bit for bit)."""
+    new = apply_recipe(src.recipe, old, out=out) if src.recipe is not None else old
     for scale, shift in src.folds:
         new = ((new.double() + shift) * scale - shift).to(new.dtype)
     return new
