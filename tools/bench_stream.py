@@ -5,11 +5,14 @@ Writes a checkpoint with random weights in the shapes of TinyLlama-1.1B (or Llam
 in the same run:
 
 * the I/O bound: a plain read + write of the same shards (64 MB chunks), in a subprocess;
+  with ``--repeat N`` the bound and the growths run in turn N times and each is reported by
+  its median wall time, with every round's (a shared machine's I/O varies from run to run);
 * growth by depth (LLaMA-Pro, +25 % blocks, interleaved) and by MLP width (x1.5), each with
   ``fxgrow.stream.grow_checkpoint`` (or, with ``--cli``, ``fxgrow grow SRC -o OUT --stream``)
   in a subprocess, layer-streamed verification on; each output is removed once measured
   (unless ``--keep`` or ``--exact``), so the disk holds the teacher and one output at a time;
-* peak RSS of each subprocess (``ru_maxrss`` from ``wait4``) and its wall time;
+* peak RSS of each subprocess (``ru_maxrss`` from ``wait4``) and its wall time; each run
+  starts after ``sync`` (no dirty pages of the run before waiting to be written);
 * exactness (``--exact``): teacher and grown student loaded with ``from_pretrained`` in float32,
   one after the other, logits on a few tokens compared.
 
@@ -169,6 +172,9 @@ def main() -> None:
     ap.add_argument("--exact", action="store_true", help="from_pretrained float32 check")
     ap.add_argument("--keep", action="store_true", help="keep the folders")
     ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds of bound, depth, width (medians reported)"
+    )
+    ap.add_argument(
         "--cli",
         action="store_true",
         help="grow with `fxgrow grow SRC -o OUT --stream ...` instead of the API",
@@ -220,19 +226,28 @@ def main() -> None:
                 src=str(teacher), dst=str(root / "width"), kw={"widths": {up: width}}
             ),
         }
+    bound = "read+write (I/O bound)"
     runs = {
-        ("copy", "read+write (I/O bound)"): COPY.format(src=str(teacher), dst=str(root / "copy")),
+        ("copy", bound): COPY.format(src=str(teacher), dst=str(root / "copy")),
         ("depth", f"depth {n}->{depth} (LLaMA-Pro)"): grow["depth"],
         ("width", f"MLP width {mlp}->{width}"): grow["width"],
     }
     keep = args.keep or args.exact  # else each output is removed once measured (disk)
-    results = {}
-    for (d, name), code in runs.items():
-        shutil.rmtree(root / d, ignore_errors=True)
-        results[name] = measured(code)
-        if not keep:
+    rounds: dict[str, list[dict]] = {name: [] for _, name in runs}
+    for r in range(args.repeat):  # the bound and the growths in turn: the machine's I/O varies
+        for (d, name), code in runs.items():
             shutil.rmtree(root / d, ignore_errors=True)
-        print(name, json.dumps(results[name]), flush=True)
+            os.sync()  # each run starts with no dirty pages of the one before to write
+            rounds[name].append(measured(code))
+            if not keep:
+                shutil.rmtree(root / d, ignore_errors=True)
+            print(f"round {r + 1}", name, json.dumps(rounds[name][-1]), flush=True)
+    results = {}
+    for name, got in rounds.items():  # the run of median wall time, with every round's walls
+        walls = [x["wall_s"] for x in got]
+        results[name] = {**sorted(got, key=lambda x: x["wall_s"])[len(got) // 2], "walls": walls}
+    for name in results:
+        results[name]["x_bound"] = round(results[name]["wall_s"] / results[bound]["wall_s"], 2)
     if args.exact:
         for d in ("depth", "width"):
             results[f"exact {d}"] = measured(EXACT.format(src=str(teacher), dst=str(root / d)))
