@@ -4,7 +4,7 @@ Writes a checkpoint with random weights in the shapes of TinyLlama-1.1B (or Llam
 ``--model 7b``), bfloat16, in 1 GB shards, tensor by tensor (the model is never built), then
 in the same run:
 
-* the I/O bound: a plain read + write of the same shards (64 MB chunks), in a subprocess;
+* the I/O bound: a plain read + write of the same shards (8 MB chunks), in a subprocess;
   with ``--repeat N`` the bound and the growths run in turn N times and each is reported by
   its median wall time, with every round's (a shared machine's I/O varies from run to run);
 * growth by depth (LLaMA-Pro, +25 % blocks, interleaved) and by MLP width (x1.5), each with
@@ -133,7 +133,7 @@ COPY = """
 import json, pathlib
 src, dst = pathlib.Path({src!r}), pathlib.Path({dst!r})
 dst.mkdir()
-buf = bytearray(64 << 20); view = memoryview(buf); total = 0
+buf = bytearray(8 << 20); view = memoryview(buf); total = 0
 for f in sorted(src.glob("*.safetensors")):
     with open(f, "rb") as i, open(dst / f.name, "wb") as o:
         while n := i.readinto(view):
