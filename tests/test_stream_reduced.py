@@ -78,6 +78,26 @@ def test_layers_that_differ_are_analysed_in_full(mixed):
     assert (reduced is None) == mixed
 
 
+@pytest.mark.parametrize("change", ["module", "shape"])
+def test_a_block_unlike_block_1_is_analysed_in_full(change):
+    config = _config()
+    model = meta_model(config)
+    shapes = _shapes(model)
+    ids = example_ids(config, 8)
+    assert reduced_plan(config, model, shapes, ids, blocks=7) is not None  # before the change
+    mlp = model.model.layers[3].mlp
+    if change == "module":  # another activation module in one block
+        mlp.act_fn = torch.nn.GELU()
+    else:  # a bias in one block's projection (a tensor the two-block model lacks)
+        with torch.device("meta"):
+            mlp.down_proj = torch.nn.Linear(48, 32, bias=True)
+        shapes = _shapes(model)
+    assert reduced_plan(config, model, shapes, ids, blocks=7) is None
+    assert (
+        reduced_plan(config, model, shapes, ids, widths={"model.layers.*.mlp.up_proj": 64}) is None
+    )
+
+
 def _same(a, b):
     """Two stream plans are equal (recipes compared by their index and share tensors)."""
     assert a.widen == b.widen
