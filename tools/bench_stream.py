@@ -9,8 +9,9 @@ in the same run:
   its median wall time, with every round's (a shared machine's I/O varies from run to run);
 * growth by depth (LLaMA-Pro, +25 % blocks, interleaved) and by MLP width (x1.5), each with
   ``fxgrow.stream.grow_checkpoint`` (or, with ``--cli``, ``fxgrow grow SRC -o OUT --stream``)
-  in a subprocess, layer-streamed verification on; each output is removed once measured
-  (unless ``--keep`` or ``--exact``), so the disk holds the teacher and one output at a time;
+  in a subprocess, layer-streamed verification on (off with ``--no-verify``); each output is
+  removed once measured (unless ``--keep`` or ``--exact``), so the disk holds the teacher and
+  one output at a time;
 * peak RSS of each subprocess (``ru_maxrss`` from ``wait4``) and its wall time; each run
   starts after ``sync`` (no dirty pages of the run before waiting to be written);
 * exactness (``--exact``): teacher and grown student loaded with ``from_pretrained`` in float32,
@@ -147,9 +148,10 @@ from fxgrow.stream import grow_checkpoint
 r = grow_checkpoint({src!r}, {dst!r}, progress=False, max_shard_size="1GB", **{kw!r})
 print(json.dumps({{"bytes": r.bytes_written, "plan_s": round(r.plan_seconds, 1),
                   "write_s": round(r.write_seconds, 1), "verify_s": round(r.verify_seconds, 1),
-                  "max_abs_err": r.check.max_abs, "max_rel_err": r.check.max_rel,
-                  "verify_peak_weights_mb": round(max(r.check.teacher_peak_bytes,
-                                                      r.check.student_peak_bytes) / 1e6)}}))
+                  **({{"max_abs_err": r.check.max_abs, "max_rel_err": r.check.max_rel,
+                     "verify_peak_weights_mb": round(max(r.check.teacher_peak_bytes,
+                                                         r.check.student_peak_bytes) / 1e6)}}
+                     if r.check else {{"verified": False}})}}))
 """
 
 EXACT = """
@@ -172,6 +174,9 @@ def main() -> None:
     ap.add_argument("--exact", action="store_true", help="from_pretrained float32 check")
     ap.add_argument("--keep", action="store_true", help="keep the folders")
     ap.add_argument(
+        "--no-verify", action="store_true", help="grow without the layer-streamed verification"
+    )
+    ap.add_argument(
         "--repeat", type=int, default=1, help="rounds of bound, depth, width (medians reported)"
     )
     ap.add_argument(
@@ -190,6 +195,8 @@ def main() -> None:
     mlp = SHAPES[args.model]["intermediate_size"]
     depth, width = -(-n * 5 // 4), mlp * 3 // 2
     up = "model.layers.*.mlp.up_proj"
+    no_verify = ["--no-verify"] if args.no_verify else []
+    off = {"verify": False} if args.no_verify else {}
     if args.cli:
         grow = {
             "depth": CLI.format(
@@ -203,6 +210,7 @@ def main() -> None:
                     f"model.layers={depth}",
                     "--max-shard-size",
                     "1GB",
+                    *no_verify,
                 ]
             ),
             "width": CLI.format(
@@ -216,14 +224,17 @@ def main() -> None:
                     f"{up}={width}",
                     "--max-shard-size",
                     "1GB",
+                    *no_verify,
                 ]
             ),
         }
     else:
         grow = {
-            "depth": GROW.format(src=str(teacher), dst=str(root / "depth"), kw={"blocks": depth}),
+            "depth": GROW.format(
+                src=str(teacher), dst=str(root / "depth"), kw={"blocks": depth, **off}
+            ),
             "width": GROW.format(
-                src=str(teacher), dst=str(root / "width"), kw={"widths": {up: width}}
+                src=str(teacher), dst=str(root / "width"), kw={"widths": {up: width}, **off}
             ),
         }
     bound = "read+write (I/O bound)"
