@@ -4,12 +4,16 @@ Writes a checkpoint with random weights in the shapes of TinyLlama-1.1B (or Llam
 ``--model 7b``), bfloat16, in 1 GB shards, tensor by tensor (the model is never built), then
 in the same run:
 
-* the I/O bound: a plain read + write of the same shards (64 MB chunks), in a subprocess;
+* the I/O bound: a plain read + write of the same shards (8 MB chunks), in a subprocess;
+  with ``--repeat N`` the bound and the growths run in turn N times and each is reported by
+  its median wall time, with every round's (a shared machine's I/O varies from run to run);
 * growth by depth (LLaMA-Pro, +25 % blocks, interleaved) and by MLP width (x1.5), each with
   ``fxgrow.stream.grow_checkpoint`` (or, with ``--cli``, ``fxgrow grow SRC -o OUT --stream``)
-  in a subprocess, layer-streamed verification on; each output is removed once measured
-  (unless ``--keep`` or ``--exact``), so the disk holds the teacher and one output at a time;
-* peak RSS of each subprocess (``ru_maxrss`` from ``wait4``) and its wall time;
+  in a subprocess, layer-streamed verification on (off with ``--no-verify``); each output is
+  removed once measured (unless ``--keep`` or ``--exact``), so the disk holds the teacher and
+  one output at a time;
+* peak RSS of each subprocess (``ru_maxrss`` from ``wait4``) and its wall time; each run
+  starts after ``sync`` (no dirty pages of the run before waiting to be written);
 * exactness (``--exact``): teacher and grown student loaded with ``from_pretrained`` in float32,
   one after the other, logits on a few tokens compared.
 
@@ -96,7 +100,8 @@ sys.exit(main({argv!r}))
 def measured(code: str) -> dict:
     """Run ``code`` in a fresh interpreter under ``/usr/bin/time -v``: wall seconds, peak RSS
     (MB; measured by time's own wait4 on a child it forks, so none of this process's memory is
-    counted), and the JSON the code prints last."""
+    counted), CPU seconds (user + system), the 1-minute load average at the end, and the
+    JSON the code prints last."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     start = time.perf_counter()
     p = subprocess.run(
@@ -108,17 +113,28 @@ def measured(code: str) -> dict:
             f"subprocess failed ({p.returncode}):\n{code}\n{p.stdout}\n{p.stderr[-3000:]}"
         )
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    cpu = sum(
+        float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr).group(1))
+        for k in ("User", "System")
+    )
     out = p.stdout.strip()
     last = out.splitlines()[-1] if out else ""
     result = json.loads(last) if last.startswith("{") else {"printed": last} if last else {}
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss / 1024), **result}
+    load = Path("/proc/loadavg").read_text().split()[0]
+    return {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "load": float(load),
+        "peak_rss_mb": round(rss / 1024),
+        **result,
+    }
 
 
 COPY = """
 import json, pathlib
 src, dst = pathlib.Path({src!r}), pathlib.Path({dst!r})
 dst.mkdir()
-buf = bytearray(64 << 20); view = memoryview(buf); total = 0
+buf = bytearray(8 << 20); view = memoryview(buf); total = 0
 for f in sorted(src.glob("*.safetensors")):
     with open(f, "rb") as i, open(dst / f.name, "wb") as o:
         while n := i.readinto(view):
@@ -132,9 +148,10 @@ from fxgrow.stream import grow_checkpoint
 r = grow_checkpoint({src!r}, {dst!r}, progress=False, max_shard_size="1GB", **{kw!r})
 print(json.dumps({{"bytes": r.bytes_written, "plan_s": round(r.plan_seconds, 1),
                   "write_s": round(r.write_seconds, 1), "verify_s": round(r.verify_seconds, 1),
-                  "max_abs_err": r.check.max_abs, "max_rel_err": r.check.max_rel,
-                  "verify_peak_weights_mb": round(max(r.check.teacher_peak_bytes,
-                                                      r.check.student_peak_bytes) / 1e6)}}))
+                  **({{"max_abs_err": r.check.max_abs, "max_rel_err": r.check.max_rel,
+                     "verify_peak_weights_mb": round(max(r.check.teacher_peak_bytes,
+                                                         r.check.student_peak_bytes) / 1e6)}}
+                     if r.check else {{"verified": False}})}}))
 """
 
 EXACT = """
@@ -157,6 +174,12 @@ def main() -> None:
     ap.add_argument("--exact", action="store_true", help="from_pretrained float32 check")
     ap.add_argument("--keep", action="store_true", help="keep the folders")
     ap.add_argument(
+        "--no-verify", action="store_true", help="grow without the layer-streamed verification"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds of bound, depth, width (medians reported)"
+    )
+    ap.add_argument(
         "--cli",
         action="store_true",
         help="grow with `fxgrow grow SRC -o OUT --stream ...` instead of the API",
@@ -172,6 +195,8 @@ def main() -> None:
     mlp = SHAPES[args.model]["intermediate_size"]
     depth, width = -(-n * 5 // 4), mlp * 3 // 2
     up = "model.layers.*.mlp.up_proj"
+    no_verify = ["--no-verify"] if args.no_verify else []
+    off = {"verify": False} if args.no_verify else {}
     if args.cli:
         grow = {
             "depth": CLI.format(
@@ -185,6 +210,7 @@ def main() -> None:
                     f"model.layers={depth}",
                     "--max-shard-size",
                     "1GB",
+                    *no_verify,
                 ]
             ),
             "width": CLI.format(
@@ -198,29 +224,41 @@ def main() -> None:
                     f"{up}={width}",
                     "--max-shard-size",
                     "1GB",
+                    *no_verify,
                 ]
             ),
         }
     else:
         grow = {
-            "depth": GROW.format(src=str(teacher), dst=str(root / "depth"), kw={"blocks": depth}),
+            "depth": GROW.format(
+                src=str(teacher), dst=str(root / "depth"), kw={"blocks": depth, **off}
+            ),
             "width": GROW.format(
-                src=str(teacher), dst=str(root / "width"), kw={"widths": {up: width}}
+                src=str(teacher), dst=str(root / "width"), kw={"widths": {up: width}, **off}
             ),
         }
+    bound = "read+write (I/O bound)"
     runs = {
-        ("copy", "read+write (I/O bound)"): COPY.format(src=str(teacher), dst=str(root / "copy")),
+        ("copy", bound): COPY.format(src=str(teacher), dst=str(root / "copy")),
         ("depth", f"depth {n}->{depth} (LLaMA-Pro)"): grow["depth"],
         ("width", f"MLP width {mlp}->{width}"): grow["width"],
     }
     keep = args.keep or args.exact  # else each output is removed once measured (disk)
-    results = {}
-    for (d, name), code in runs.items():
-        shutil.rmtree(root / d, ignore_errors=True)
-        results[name] = measured(code)
-        if not keep:
+    rounds: dict[str, list[dict]] = {name: [] for _, name in runs}
+    for r in range(args.repeat):  # the bound and the growths in turn: the machine's I/O varies
+        for (d, name), code in runs.items():
             shutil.rmtree(root / d, ignore_errors=True)
-        print(name, json.dumps(results[name]), flush=True)
+            os.sync()  # each run starts with no dirty pages of the one before to write
+            rounds[name].append(measured(code))
+            if not keep:
+                shutil.rmtree(root / d, ignore_errors=True)
+            print(f"round {r + 1}", name, json.dumps(rounds[name][-1]), flush=True)
+    results = {}
+    for name, got in rounds.items():  # the run of median wall time, with every round's walls
+        walls = [x["wall_s"] for x in got]
+        results[name] = {**sorted(got, key=lambda x: x["wall_s"])[len(got) // 2], "walls": walls}
+    for name in results:
+        results[name]["x_bound"] = round(results[name]["wall_s"] / results[bound]["wall_s"], 2)
     if args.exact:
         for d in ("depth", "width"):
             results[f"exact {d}"] = measured(EXACT.format(src=str(teacher), dst=str(root / d)))

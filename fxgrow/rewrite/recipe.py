@@ -106,10 +106,12 @@ def apply_recipe(
     *,
     scratch: Scratch | None = None,
     noise: NoiseFn | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The student's tensor for ``recipe`` from the teacher's ``old`` (only read).  Always new
-    memory; intermediates of multi-axis gathers go into ``scratch`` when given.  ``noise``
-    (Net2Net's symmetry breaking, in-memory only) is added on copied axes."""
+    memory, or ``out`` when given (contiguous, of the new shape and ``old``'s dtype: memory the
+    caller reuses); intermediates of multi-axis gathers go into ``scratch`` when given.
+    ``noise`` (Net2Net's symmetry breaking, in-memory only) is added on copied axes."""
     if tuple(old.shape) != recipe.old_shape:
         from ..errors import InputError
 
@@ -122,11 +124,14 @@ def apply_recipe(
         steps = recipe.steps
         for k, step in enumerate(steps):
             index = step.index.to(old.device)
-            if k + 1 < len(steps) and scratch is not None:  # an intermediate: reused memory
+            last = k + 1 == len(steps)
+            if not last and scratch is not None:  # an intermediate: reused memory
                 new = torch.index_select(
                     new, step.axis, index, out=scratch.get(new, step.axis, index, k)
                 )
-            else:  # the student's tensor: new memory
+            elif last and out is not None:  # the student's tensor, in the caller's memory
+                new = torch.index_select(new, step.axis, index, out=out)
+            else:  # the student's tensor (or an intermediate): new memory
                 new = new.index_select(step.axis, index)
             shape = [1] * new.dim()
             shape[step.axis] = -1
@@ -135,7 +140,7 @@ def apply_recipe(
             elif noise is not None and new.is_floating_point():
                 new.add_(noise(new, step))
         if new.data_ptr() == old.data_ptr():
-            new = new.clone()
+            new = new.clone() if out is None else out.copy_(new)
     return new
 
 

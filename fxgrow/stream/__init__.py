@@ -6,22 +6,15 @@ is the entry point for Hugging Face folders, ``widen_safetensors(meta_model, inp
 any model whose state dict is a safetensors file; ``make_stream_plan`` / ``write_student`` / ``verify_checkpoints``
 are the parts, usable for any model whose state dict is in safetensors."""
 
+from .check import verify_folders, verify_streamed
 from .checkpoint import Checkpoint, TensorInfo, read_header
 from .errors import CheckpointError, GrowthInterrupted, WriteError
 from .generic import widen_safetensors
-from .grow import (
-    CheckpointPlan,
-    GrowthReport,
-    grow_checkpoint,
-    parse_size,
-    plan_checkpoint,
-    verify_folders,
-    verify_streamed,
-    write_student,
-)
+from .grow import GrowthReport, grow_checkpoint, parse_size, write_student
 from .hf import example_ids, grown_config, meta_model
 from .modules import ModuleStream, run_modules
 from .plan import StreamPlan, TensorSource, depth_layout, make_stream_plan
+from .planner import CheckpointPlan, plan_checkpoint
 from .verify import StreamedCheck, StreamedRun, run_streamed, verify_checkpoints
 
 __all__ = [

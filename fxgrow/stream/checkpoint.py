@@ -10,6 +10,7 @@ axis reads every old position), so whole-tensor reads are all the growth needs."
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -40,6 +41,17 @@ DTYPES: dict[str, torch.dtype] = {
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+
+
+# copy_file_range refused: not between these files / file systems, or not here
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _fileno(out: BinaryIO) -> int | None:
+    try:
+        return out.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,7 @@ class Checkpoint:
                     f"not hold, first {missing[0]!r} (in {weight_map[missing[0]]})"
                 )
         self._handles: dict[Path, io.BufferedReader] = {}
+        self._buffer = bytearray(0)  # copy_to's, reused
 
     def _handle(self, file: Path) -> io.BufferedReader:
         h = self._handles.get(file)
@@ -163,13 +176,21 @@ class Checkpoint:
             h = self._handles[file] = open(file, "rb")  # noqa: SIM115  (held open; closed by close())
         return h
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor ``name`` in its stored dtype, in fresh memory."""
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor ``name`` in its stored dtype: in fresh memory, or in the first bytes of
+        ``out`` (a contiguous uint8 tensor at least that large, reused by the caller)."""
         info = self.tensors[name]
-        return self._read(info, info.start, info.end).view(info.shape)
+        return self._read(info, info.start, info.end, out).view(info.shape)
 
-    def _read(self, info: TensorInfo, a: int, b: int) -> torch.Tensor:
-        out = torch.empty(b - a, dtype=torch.uint8)
+    def _read(
+        self, info: TensorInfo, a: int, b: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(b - a, dtype=torch.uint8)
+        else:
+            if out.dtype != torch.uint8 or not out.is_contiguous() or out.numel() < b - a:
+                raise ValueError(f"internal: no room for {info.name!r} in the buffer given")
+            out = out.reshape(-1)[: b - a]
         h = self._handle(info.file)
         h.seek(a)
         got = h.readinto(out.numpy().data)
@@ -180,15 +201,33 @@ class Checkpoint:
         return out.view(info.torch_dtype)
 
     def copy_to(self, name: str, out: BinaryIO, chunk: int = 8 << 20) -> None:
-        """Copy the stored bytes of ``name`` to ``out`` in 8 MB chunks: no tensor is made."""
+        """Append the stored bytes of ``name`` to ``out``: no tensor is made.  Between files
+        the kernel copies them itself (``os.copy_file_range``: no pass through this
+        process's memory; a reflink where the file system shares blocks); else, or where the
+        kernel refuses, they go through one reused buffer in 8 MB chunks."""
         info = self.tensors[name]
         h = self._handle(info.file)
-        h.seek(info.start)
-        left = info.nbytes
-        buf = bytearray(min(chunk, max(left, 1)))
-        view = memoryview(buf)
+        offset, left = info.start, info.nbytes
+        dst = _fileno(out) if left and hasattr(os, "copy_file_range") else None
+        if dst is not None:
+            out.flush()  # the kernel appends at the file's position
+            try:
+                while left:
+                    n = os.copy_file_range(h.fileno(), dst, left, offset)
+                    if not n:
+                        raise CheckpointError(f"{info.file} ended while copying {name!r}")
+                    offset, left = offset + n, left - n
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_COPY:
+                    raise
+        if not left:
+            return
+        if len(self._buffer) < min(chunk, left):
+            self._buffer = bytearray(min(chunk, left))
+        view = memoryview(self._buffer)
+        h.seek(offset)
         while left:
-            n = h.readinto(view[: min(left, len(buf))])
+            n = h.readinto(view[: min(left, len(view))])
             if not n:
                 raise CheckpointError(f"{info.file} ended while copying {name!r}")
             out.write(view[:n])

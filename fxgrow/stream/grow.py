@@ -1,10 +1,12 @@
 """Grow a checkpoint on disk, tensor by tensor: ``write_student`` for any safetensors state
 dict and a ``StreamPlan``; ``grow_checkpoint`` for a Hugging Face folder (config in, grown
-config, shards, tokenizer and a short model card out), verified layer by layer.
+config, shards, tokenizer and a short model card out), planned by ``planner.plan_checkpoint``
+and verified layer by layer (``check.verify_streamed``).
 
-Memory: one teacher tensor and the student tensor made from it (unchanged tensors are copied
-as bytes in 8 MB chunks, zero copies written from a zero buffer): a few of the largest
-tensors, whatever the model's size."""
+Memory: one teacher tensor and the student tensor made from it, each in memory reused from
+tensor to tensor (unchanged tensors are copied as bytes by the kernel or in 8 MB chunks, zero
+copies written from a zero buffer): a few of the largest tensors, whatever the model's
+size."""
 
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..errors import InputError, PreservationError
-from ..planning.plan import check_plan
+from ..errors import InputError
+from .buffers import Buffers
+from .check import verify_folders, verify_streamed
 from .checkpoint import INDEX, Checkpoint
 from .errors import WriteError
-from .plan import StreamPlan, balanced, make_stream_plan, make_tensor
+from .plan import StreamPlan, make_tensor
+from .planner import CheckpointPlan, plan_checkpoint
 from .verify import StreamedCheck
 from .writer import (
     OutTensor,
@@ -82,6 +84,7 @@ def write_student(
     shards = shard(specs, parse_size(max_shard_size))
     check_free_space(folder, sum(s.nbytes for s in shards) + (64 << 20))
     sources = plan.sources()
+    memory = Buffers()  # teacher tensors and recipe outputs: the same shapes recur
     with _progress(sum(s.nbytes for s in shards), progress) as bar:
         for s in shards:
             with open(folder / s.file, "wb") as out:
@@ -93,10 +96,16 @@ def write_student(
                     elif src.unchanged:
                         teacher.copy_to(src.source, out)
                     else:
-                        new = make_tensor(src, teacher.read(src.source))
+                        info = teacher.tensors[src.source]
+                        old = teacher.read(src.source, out=memory.staging(info.nbytes))
+                        dst = memory.take(old.dtype, spec.shape) if src.recipe is not None else None
+                        new = make_tensor(src, old, out=dst)
                         write_tensor(out, new, spec)
-                        del new
+                        if dst is not None and new is dst:
+                            memory.give(dst)
+                        del new, old
                     bar.update(spec.nbytes)
+    memory.clear()
     write_index(folder, shards)
     return [s.file for s in shards]
 
@@ -115,105 +124,6 @@ class GrowthReport:
     plan_seconds: float = 0.0  # config, meta model, capture, analysis, plan
     write_seconds: float = 0.0  # the shards
     verify_seconds: float = 0.0  # layer-streamed teacher and student runs
-
-
-@dataclass(frozen=True)
-class CheckpointPlan:
-    """What ``plan_checkpoint`` decided, before any weight is read: the teacher's and the
-    student's configs, the per-tensor plan, and the teacher's graph (captured on the meta
-    device on ``tokens`` tokens, reused by the verification)."""
-
-    src: Path
-    config: Any
-    new_config: Any
-    plan: StreamPlan
-    teacher_graph: torch.fx.GraphModule
-    tokens: int
-    teacher_model: torch.nn.Module | None = None  # both on the meta device, for the
-    student_model: torch.nn.Module | None = None  # layer-streamed verification
-
-
-def plan_checkpoint(
-    src_dir: str | Path,
-    *,
-    blocks: int | None = None,
-    stage: str | None = None,
-    placement: str = "interleave",
-    widths: Mapping[str, int] | None = None,
-    factor: float | None = None,
-    seed: int = 0,
-    split: str = "equal",
-    tokens: int = 8,
-    to_config: Any = None,
-) -> CheckpointPlan:
-    """Plan the growth of the Hugging Face folder ``src_dir`` from its config and its shards'
-    headers alone: the model is built on the meta device, captured and analysed there (no
-    parameter memory), and every tensor checked against the config.  ``to_config`` (a
-    config, a dict or a config.json path) names the target instead of blocks / widths /
-    factor: the widths and blocks the in-memory ``grow(to_config=)`` finds, with its maps
-    (not balanced) and its appended blocks, so both write the same tensors."""
-    import transformers
-
-    import fxgrow
-
-    from .hf import check_dtypes, example_ids, expand_widths, grown_model, meta_model
-
-    src = Path(src_dir)
-    if not (src / "config.json").is_file():
-        raise InputError(
-            f"{src} has no config.json; grow_checkpoint takes a Hugging Face model folder"
-        )
-    if to_config is not None and (blocks is not None or widths is not None or factor is not None):
-        raise InputError(
-            "to_config sets the widths and blocks itself: drop blocks=, widths= and factor="
-        )
-    if blocks is None and widths is None and factor is None and to_config is None:
-        raise InputError("nothing to grow: give blocks=, widths=, factor= or to_config=")
-    config = transformers.AutoConfig.from_pretrained(src)
-    with Checkpoint(src) as teacher:
-        stored = {n: i.torch_dtype for n, i in teacher.tensors.items()}
-        check_dtypes(config, stored)
-        shapes = {n: i.shape for n, i in teacher.tensors.items()}
-    dtype = next((d for d in stored.values() if d.is_floating_point), torch.float32)
-    model = meta_model(config)
-    ids = example_ids(config, tokens)
-    analysis = fxgrow.analyze(model, tuple(x.to("meta") for x in ids))
-    wplan = None
-    fields: dict[str, Any] = {}
-    if to_config is not None:
-        from .target import config_target
-
-        widths_, blocks, stage, fields = config_target(analysis, model, config, to_config)
-        placement = "append"  # grow(to_config=) appends copies of the last block
-        if widths_:
-            wplan = fxgrow.plan(analysis, widths=widths_, seed=seed, split=split)
-    elif widths is not None or factor is not None:
-        names = [g.name for g in analysis.groups] + list(analysis.state.modules)
-        wplan = balanced(
-            fxgrow.plan(
-                analysis, widths=expand_widths(widths, names), factor=factor, seed=seed, split=split
-            ),
-            seed,
-        )
-    if wplan is not None:
-        check_plan(analysis, wplan)
-    plan = make_stream_plan(
-        analysis, shapes, widen=wplan, blocks=blocks, stage=stage, placement=placement, dtype=dtype
-    )
-    new_config, student = grown_model(config, model, plan)
-    off = {
-        f: (getattr(new_config, f, None), v)
-        for f, v in fields.items()
-        if getattr(new_config, f, None) != v
-    }
-    if off:
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            "the grown checkpoint's config differs from the target: "
-            + ", ".join(f"{f}={g!r} (target {v!r})" for f, (g, v) in off.items())
-        )
-    return CheckpointPlan(src, config, new_config, plan, analysis.gm, tokens, model, student)
 
 
 def grow_checkpoint(
@@ -305,123 +215,6 @@ def grow_checkpoint(
         written_at - planned_at,
         verified - written_at,
     )
-
-
-def verify_streamed(
-    config: Any,
-    new_config: Any,
-    teacher: Checkpoint,
-    student: Checkpoint,
-    *,
-    plan: StreamPlan | None = None,
-    tokens: int = 8,
-    check: bool = True,
-    teacher_graph: torch.fx.GraphModule | None = None,
-    models: tuple[Any, Any] | None = None,
-) -> StreamedCheck:
-    """Teacher (``config``, ``teacher``'s tensors) against student (``new_config``,
-    ``student``'s) on random tokens, each run layer-streamed in float32; raises
-    ``PreservationError`` naming the tensors that differ from ``plan`` when they disagree.
-
-    Each model runs its own code on the meta device with every module's parameters read for
-    its call (``modules.run_modules``: no capture).  A model that reads a parameter outside
-    its module's call is run as a graph captured on ``tokens`` meta tokens instead
-    (``teacher_graph``: the teacher's, already captured; it is modified: reads move next to
-    their users).  ``models``: the two meta models, when already built."""
-    from .hf import example_ids, meta_model
-    from .modules import run_modules
-    from .verify import judge, verify_checkpoints
-
-    ids = example_ids(config, tokens)
-    t_model, s_model = (
-        models
-        if models is not None and None not in models
-        else (meta_model(config), meta_model(new_config))
-    )
-    t_alias, s_alias = _aliases(t_model, teacher), _aliases(s_model, student)
-    try:
-        t_out, t_peak = run_modules(t_model, teacher, ids, aliases=t_alias)
-        s_out, s_peak = run_modules(s_model, student, ids, aliases=s_alias)
-    except (PreservationError, RuntimeError, NotImplementedError):
-        t_graph = teacher_graph if teacher_graph is not None else _capture(t_model, ids)
-        return verify_checkpoints(
-            t_graph,
-            _capture(s_model, ids),
-            teacher,
-            student,
-            ids,
-            plan=plan,
-            teacher_aliases=t_alias,
-            student_aliases=s_alias,
-            check=check,
-        )
-    return judge(
-        t_out,
-        s_out,
-        t_peak,
-        s_peak,
-        teacher,
-        student,
-        plan=plan,
-        check=check,
-        dtype=_tolerance_dtype(plan, student),
-    )
-
-
-def _tolerance_dtype(plan: StreamPlan | None, student: Checkpoint) -> torch.dtype:
-    """float32's tolerance, or the stored dtype's where the plan splits a unit into shares
-    that are no power of two (1/3 is not a bfloat16 number: the stored student rounds)."""
-    stored = {i.torch_dtype for i in student.tensors.values() if i.torch_dtype.is_floating_point}
-    low = [d for d in stored if d.itemsize < 4]
-    if plan is None or plan.widen is None or not low:
-        return torch.float32
-    for c in plan.widen.changes:
-        counts = c.map.counts if c.map.fractions is None else None
-        if counts is None or any(int(n) & (int(n) - 1) for n in counts):
-            return max(low, key=lambda d: torch.finfo(d).eps)
-    return torch.float32
-
-
-def verify_folders(
-    teacher_dir: str | Path,
-    student_dir: str | Path,
-    *,
-    plan: StreamPlan | None = None,
-    tokens: int = 8,
-    check: bool = True,
-) -> StreamedCheck:
-    """``verify_streamed`` on two Hugging Face folders (the configs read from them)."""
-    import transformers
-
-    with Checkpoint(teacher_dir) as t, Checkpoint(student_dir) as s:
-        return verify_streamed(
-            transformers.AutoConfig.from_pretrained(teacher_dir),
-            transformers.AutoConfig.from_pretrained(student_dir),
-            t,
-            s,
-            plan=plan,
-            tokens=tokens,
-            check=check,
-        )
-
-
-def _capture(model: torch.nn.Module, ids: tuple) -> torch.fx.GraphModule:
-    import fxgrow
-
-    return fxgrow.api.capture(model, tuple(x.to("meta") for x in ids))
-
-
-def _aliases(model: torch.nn.Module, ckpt: Checkpoint) -> dict[str, str]:
-    """Graph attribute -> checkpoint name, for parameters stored under another (tied) name."""
-    by_id: dict[int, list[str]] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(n)
-    out = {}
-    for names in by_id.values():
-        stored = [n for n in names if n in ckpt.tensors]
-        if stored:
-            out.update({n: stored[0] for n in names if n not in ckpt.tensors})
-    return out
 
 
 def _model_card(

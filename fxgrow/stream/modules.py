@@ -17,6 +17,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import PreservationError
+from .buffers import Buffers, alone
 from .checkpoint import Checkpoint
 
 
@@ -29,8 +30,9 @@ def _streamed(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 class ModuleStream:
     """Hooks on every module that owns parameters: ``forward`` sees them read from ``ckpt`` (in
-    ``dtype`` when floating) and the meta ones are put back when it returns.  ``aliases`` maps
-    a parameter's name to the checkpoint name holding it (tied weights stored once)."""
+    ``dtype`` when floating, in memory that earlier calls released: ``buffers``) and the meta
+    ones are put back when it returns.  ``aliases`` maps a parameter's name to the checkpoint
+    name holding it (tied weights stored once)."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class ModuleStream:
         self.loaded: list[str] = []
         self._hooks: list[Any] = []
         self._touched: list[torch.nn.Module] = []
+        self._buffers = Buffers()  # the weights' memory, reused from call to call
         for prefix, module in model.named_modules():
             own = [n for n, p in module._parameters.items() if p is not None]
             if own:
@@ -60,9 +63,7 @@ class ModuleStream:
                 stored = self.aliases.get(full, full)
                 if stored not in self.ckpt.tensors:
                     raise PreservationError(f"{full!r} is not in the checkpoint {self.ckpt.path}")
-                t = self.ckpt.read(stored)
-                if t.is_floating_point():
-                    t = t.to(self.dtype)
+                t = self._read(stored)
                 saved[leaf] = params[leaf]
                 params[leaf] = t  # a plain tensor: no autograd, no copy
                 self.live += t.numel() * t.element_size()
@@ -78,10 +79,24 @@ class ModuleStream:
             params = _streamed(module)
             for leaf, p in module.__dict__["_fxgrow_saved"].pop().items():
                 t = params[leaf]
-                self.live -= t.numel() * t.element_size()
                 params[leaf] = p
+                self.live -= t.numel() * t.element_size()
+                if t.dtype == self.dtype and alone(t):
+                    self._buffers.give(t)
 
         return hook
+
+    def _read(self, name: str) -> torch.Tensor:
+        """Stored tensor ``name``; floating ones in ``dtype``, in reused memory."""
+        info = self.ckpt.tensors[name]
+        if not info.torch_dtype.is_floating_point:
+            return self.ckpt.read(name)
+        t = self._buffers.take(self.dtype, info.shape)
+        if info.torch_dtype == self.dtype:
+            self.ckpt.read(name, out=t.reshape(-1).view(torch.uint8))
+        else:
+            t.copy_(self.ckpt.read(name, out=self._buffers.staging(info.nbytes)))
+        return t
 
     def close(self) -> None:
         """Remove the hooks; a call that raised gets its meta parameters back too."""
@@ -92,6 +107,7 @@ class ModuleStream:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        self._buffers.clear()
 
     def __enter__(self) -> ModuleStream:
         return self

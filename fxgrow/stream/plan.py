@@ -45,11 +45,14 @@ class TensorSource:
         return self.recipe is None and not self.folds and not self.zero
 
 
-def make_tensor(src: TensorSource, old: torch.Tensor) -> torch.Tensor:
-    """Student tensor ``src`` from its teacher tensor ``old``: the recipe, then each fold
-    ``((t + shift) * scale - shift)`` in float64, rounded to the dtype (``hf.fold``'s
-    arithmetic, so a fold made on a graph in memory and one made here agree bit for bit)."""
-    new = apply_recipe(src.recipe, old) if src.recipe is not None else old
+def make_tensor(
+    src: TensorSource, old: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Student tensor ``src`` from its teacher tensor ``old``: the recipe (into ``out`` when
+    given: ``apply_recipe``), then each fold ``((t + shift) * scale - shift)`` in float64,
+    rounded to the dtype (``hf.fold``'s arithmetic, so a fold made on a graph in memory and
+    one made here agree bit for bit)."""
+    new = apply_recipe(src.recipe, old, out=out) if src.recipe is not None else old
     for scale, shift in src.folds:
         new = ((new.double() + shift) * scale - shift).to(new.dtype)
     return new
@@ -171,6 +174,31 @@ def tie_folds(
     return {k: tuple(v) for k, v in out.items()}
 
 
+def check_checkpoint(
+    teacher: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, tuple[int, ...]],
+    canonical: Mapping[str, str],
+    params: set[str],
+) -> None:
+    """Every checkpoint tensor has the model's shape (``shapes``) and every parameter of the
+    model (canonical names) is in the checkpoint."""
+    for name, shape in teacher.items():
+        if name in shapes and shapes[name] != tuple(shape):
+            raise CheckpointError(
+                f"tensor {name!r} has shape {list(shape)} in the checkpoint "
+                f"but {list(shapes[name])} in the model its config builds; "
+                f"the checkpoint does not belong to this config"
+            )
+    present = {canonical.get(n, n) for n in teacher}
+    missing = sorted(params - present)
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint lacks {len(missing)} parameters of the model, "
+            f"first {missing[0]!r}; a shard is missing or belongs to "
+            f"another model"
+        )
+
+
 def make_stream_plan(
     analysis: Analysis,
     teacher: Mapping[str, tuple[int, ...]],
@@ -208,27 +236,16 @@ def make_stream_plan(
                     f"group alone, or grow the model in memory with fxgrow.widen"
                 )
         recipes = tensor_recipes(analysis, widen)
-    shapes = {name: tuple(t.shape) for name, t in state.tensors.items()}
-    for name, shape in teacher.items():
-        if name in shapes and shapes[name] != tuple(shape):
-            raise CheckpointError(
-                f"tensor {name!r} has shape {list(shape)} in the checkpoint "
-                f"but {list(shapes[name])} in the model its config builds; "
-                f"the checkpoint does not belong to this config"
-            )
-    present = {state.canonical.get(n, n) for n in teacher}
-    params = {
-        state.canonical[n]
-        for n, t in state.tensors.items()
-        if n in state.canonical and t.__class__.__name__ == "Parameter"
-    }
-    missing = sorted(params - present)
-    if missing:
-        raise CheckpointError(
-            f"the checkpoint lacks {len(missing)} parameters of the model, "
-            f"first {missing[0]!r}; a shard is missing or belongs to "
-            f"another model"
-        )
+    check_checkpoint(
+        teacher,
+        {name: tuple(t.shape) for name, t in state.tensors.items()},
+        state.canonical,
+        {
+            state.canonical[n]
+            for n, t in state.tensors.items()
+            if n in state.canonical and t.__class__.__name__ == "Parameter"
+        },
+    )
 
     def source(name: str, new_name: str, zero: bool = False) -> TensorSource:
         canonical = state.canonical.get(name, name)
@@ -239,18 +256,35 @@ def make_stream_plan(
     if blocks is None:
         return StreamPlan(tuple(source(n, n) for n in teacher), widen)
     st = _stage(analysis, stage)
-    paths = [b.path for b in st.blocks]
+    layout = depth_layout(len(st.blocks), blocks, placement)
+    zero = {b: set(residual_stream(analysis.gm, st.blocks[b])) for b in {t for t, z in layout if z}}
+    return renumbered(
+        teacher, source, st, [b.path for b in st.blocks], layout, zero, state.canonical, widen
+    )
+
+
+def renumbered(
+    teacher: Mapping[str, tuple[int, ...]],
+    source,
+    stage: Stage,
+    paths: list[str],
+    layout: list[tuple[int, bool]],
+    zero: Mapping[int, set[str]],
+    canonical: Mapping[str, str],
+    widen: WidenPlan | None = None,
+) -> StreamPlan:
+    """The plan that renumbers the blocks ``paths`` of ``stage`` by ``layout``: student block
+    j reads teacher block ``layout[j][0]``, with the tensors ``zero[b]`` (canonical names)
+    zeroed in a zero copy of block b.  ``source(name, new_name, zero)`` makes each entry."""
     leaves = [p.rpartition(".")[2] for p in paths]
     if not all(leaf.isdigit() for leaf in leaves) or [int(v) for v in leaves] != list(
         range(int(leaves[0]), int(leaves[0]) + len(leaves))
     ):
         raise UnsupportedModelError(
-            f"stage {st.name!r} has blocks {', '.join(paths[:4])}...; "
+            f"stage {stage.name!r} has blocks {', '.join(paths[:4])}...; "
             f"streamed depth growth renumbers blocks numbered 0, 1, ..."
         )
-    prefix, first = st.parent + "." if st.parent else "", int(leaves[0])
-    layout = depth_layout(len(paths), blocks, placement)
-    zero = {b: set(residual_stream(analysis.gm, st.blocks[b])) for b in {t for t, z in layout if z}}
+    prefix, first = stage.parent + "." if stage.parent else "", int(leaves[0])
     block_of = re.compile(rf"^{re.escape(prefix)}(\d+)\.(.*)$")
     outside: list[TensorSource] = []
     inside: dict[int, list[tuple[str, str]]] = {b: [] for b in range(len(paths))}
@@ -267,13 +301,13 @@ def make_stream_plan(
                 source(
                     name,
                     f"{prefix}{first + j}.{rest}",
-                    is_copy and state.canonical.get(name, name) in zero[b],
+                    is_copy and canonical.get(name, name) in zero[b],
                 )
             )
     return StreamPlan(
         tuple(out),
         widen,
-        st.name,
+        stage.name,
         tuple(b for b, _ in layout),
         tuple(j for j, (_, z) in enumerate(layout) if z),
     )

@@ -27,6 +27,7 @@ from ..errors import PreservationError
 from ..verify.compare import TOLERANCE
 from .checkpoint import Checkpoint
 from .plan import StreamPlan, make_tensor
+from .threads import streamed_threads
 
 
 class StreamedRun(torch.fx.Interpreter):
@@ -217,8 +218,13 @@ def verify_checkpoints(
     """Run both layer-streamed on ``inputs`` and compare.  With ``check``, raise
     ``PreservationError`` above the tolerance of ``dtype``, naming the tensors that differ
     from the plan (when ``plan`` is given)."""
-    t_out, t_peak = run_streamed(teacher_gm, teacher, inputs, dtype=dtype, aliases=teacher_aliases)
-    s_out, s_peak = run_streamed(student_gm, student, inputs, dtype=dtype, aliases=student_aliases)
+    with streamed_threads():  # one count for both runs
+        t_out, t_peak = run_streamed(
+            teacher_gm, teacher, inputs, dtype=dtype, aliases=teacher_aliases
+        )
+        s_out, s_peak = run_streamed(
+            student_gm, student, inputs, dtype=dtype, aliases=student_aliases
+        )
     return judge(
         t_out, s_out, t_peak, s_peak, teacher, student, plan=plan, dtype=dtype, check=check
     )

@@ -106,8 +106,10 @@ def write_index(folder: Path, shards: list[Shard]) -> None:
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_tensor(out: BinaryIO, t: torch.Tensor, spec: OutTensor) -> None:
-    """The bytes of ``t`` (which must have ``spec``'s dtype and shape)."""
+def write_tensor(out: BinaryIO, t: torch.Tensor, spec: OutTensor, chunk: int = 8 << 20) -> None:
+    """The bytes of ``t`` (which must have ``spec``'s dtype and shape), in ``chunk``-byte
+    writes (a 35 MB tensor written in one call was measured 1.5-3x slower than in 8 MB
+    calls, on the shared test machine's ext4)."""
     if CODES.get(t.dtype) != spec.dtype or tuple(t.shape) != spec.shape:
         raise WriteError(
             f"internal: {spec.name!r} came out as {t.dtype} {list(t.shape)}, "
@@ -115,7 +117,9 @@ def write_tensor(out: BinaryIO, t: torch.Tensor, spec: OutTensor) -> None:
         )
     t = t.contiguous().reshape(-1)
     if t.numel():
-        out.write(t.view(torch.uint8).numpy().data)
+        view = t.view(torch.uint8).numpy().data
+        for start in range(0, len(view), chunk):
+            out.write(view[start : start + chunk])
 
 
 def write_zeros(out: BinaryIO, nbytes: int, chunk: int = 16 << 20) -> None:
