@@ -22,7 +22,7 @@ from .context import (
 )
 from .layout import Blocker, Fixed
 from .rules.registry import has_trait, lookup
-from .values import SizeInfo, TensorInfo
+from .values import TENSOR_METADATA, SizeInfo, TensorInfo
 
 
 def describe(node: torch.fx.Node, module: Any = None) -> str:
@@ -166,20 +166,7 @@ def _check_sizes(cx: RuleContext) -> None:
                 )
 
 
-_METADATA_ATTRS = frozenset(
-    (
-        "shape",
-        "dtype",
-        "device",
-        "ndim",
-        "is_cuda",
-        "requires_grad",
-        "layout",
-        "is_sparse",
-        "is_quantized",
-        "is_meta",
-    )
-)
+_METADATA_ATTRS = TENSOR_METADATA | {"shape"}
 
 
 def _reads_metadata(user: torch.fx.Node, node: torch.fx.Node) -> bool:

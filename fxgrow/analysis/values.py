@@ -46,3 +46,19 @@ class ParamRef:
 
 
 Value = Any  # TensorInfo | SizeInfo | tuple/list of values | python constant | None
+
+
+TENSOR_METADATA = frozenset(
+    (
+        "dtype",
+        "device",
+        "ndim",
+        "is_cuda",
+        "requires_grad",
+        "layout",
+        "is_sparse",
+        "is_quantized",
+        "is_meta",
+    )
+)
+"""Tensor attributes that describe it without its values or sizes (``x.shape`` aside)."""

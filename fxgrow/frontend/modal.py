@@ -122,6 +122,29 @@ def _dropout_kind(node: torch.fx.Node) -> tuple[type, float] | None:
     return cls, float(p)
 
 
+def _reads_flag(
+    gm: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    index: int,
+    captured: object,
+    new_modules: list[nn.Module],
+) -> bool:
+    """Make ``node``'s ``training`` argument (position ``index``) read a new
+    :class:`TrainingFlag` instead of the constant ``captured``; False (nothing done) when the
+    argument is not a captured constant."""
+    if not isinstance(captured, bool):
+        return False
+    path = _free_path(gm, node, "training_flag")
+    new_modules.append(TrainingFlag())
+    gm.add_submodule(path, new_modules[-1])
+    with gm.graph.inserting_before(node):
+        flag = gm.graph.call_module(path, ())
+    flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
+    flag.meta["val"] = captured
+    node.args, node.kwargs = with_argument(node.args, node.kwargs, index, "training", flag)
+    return True
+
+
 def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule:
     """Make ``gm`` (``ExportedProgram.module()``) follow ``.train()`` / ``.eval()`` for dropout;
     it is left in mode ``training``.  Returns ``gm``, changed in place."""
@@ -143,31 +166,13 @@ def make_modal(gm: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModule
             gm.graph.erase_node(node)
             changed = True
         elif node.target is _stochastic_depth() and node.target is not None:
-            train = argument(node, 3, "training", True)
-            if isinstance(train, bool):
-                path = _free_path(gm, node, "training_flag")
-                new_modules.append(TrainingFlag())
-                gm.add_submodule(path, new_modules[-1])
-                with gm.graph.inserting_before(node):
-                    flag = gm.graph.call_module(path, ())
-                flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
-                flag.meta["val"] = train
-                node.args, node.kwargs = with_argument(node.args, node.kwargs, 3, "training", flag)
+            if _reads_flag(gm, node, 3, argument(node, 3, "training", True), new_modules):
                 changed = True
         elif node.target is torch.ops.aten.batch_norm.default and isinstance(
             argument(node, 3, "running_mean", None), torch.fx.Node
         ):
             # nn.BatchNorm with running statistics: batch statistics exactly when training
-            train = argument(node, 5, "training", False)
-            if isinstance(train, bool):
-                path = _free_path(gm, node, "training_flag")
-                new_modules.append(TrainingFlag())
-                gm.add_submodule(path, new_modules[-1])
-                with gm.graph.inserting_before(node):
-                    flag = gm.graph.call_module(path, ())
-                flag.meta = {k: v for k, v in node.meta.items() if k == "nn_module_stack"}
-                flag.meta["val"] = train
-                node.args, node.kwargs = with_argument(node.args, node.kwargs, 5, "training", flag)
+            if _reads_flag(gm, node, 5, argument(node, 5, "training", False), new_modules):
                 changed = True
         elif node.target in _SDPA:
             p = argument(node, 4, "dropout_p", 0.0)

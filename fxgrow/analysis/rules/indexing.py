@@ -17,7 +17,7 @@ import torch.fx
 
 from ..context import RuleContext, RuleError
 from ..layout import Layout
-from ..values import SizeInfo, TensorInfo
+from ..values import TENSOR_METADATA, SizeInfo, TensorInfo
 from . import gather
 from .handwritten import strided, unbound_by_hand
 from .join import window
@@ -195,17 +195,7 @@ def get_attribute(cx: RuleContext):
             return cx.out(lay)
         if name in ("data",):
             return cx.out(obj.layouts)
-        if name in (
-            "dtype",
-            "device",
-            "ndim",
-            "is_cuda",
-            "requires_grad",
-            "layout",
-            "is_sparse",
-            "is_quantized",
-            "is_meta",
-        ):
+        if name in TENSOR_METADATA:
             return cx.example()
         raise RuleError(f"tensor attribute {name!r}")
     if isinstance(obj, (tuple, list)):  # torch.return_types: max(x, d).values, sort(..).indices
