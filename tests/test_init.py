@@ -294,10 +294,11 @@ def test_cli_inspect_rank(capsys):
 
 
 @pytest.mark.slow
-def test_shufflenet_zero_init_exact_and_stage3_trunk_still_fixed():
-    """init="zero" widens every widenable group of shufflenet_v2_x0_5 exactly.  Stage3's trunk
-    (the channel-shuffled pieces) stays at its width: a piece whose interleave partner is
-    empty has no atom to grow, and fresh units there would need one (not implemented)."""
+def test_shufflenet_zero_init_exact_and_factor_leaves_the_stage3_trunk():
+    """init="zero" widens every widenable group of shufflenet_v2_x0_5 exactly.  ``factor=``
+    leaves stage3's trunk (the channel-shuffled pieces) at its width: it is no group of its own
+    but a chain that grows by placing fresh units, when named in ``widths=``
+    (tests/test_shuffle_fresh.py grows it to 57-64 channels a half)."""
     torch.manual_seed(0)
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).double().eval()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
