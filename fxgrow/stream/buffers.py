@@ -53,5 +53,6 @@ class Buffers:
         self._free.setdefault((t.dtype, tuple(t.shape)), []).append(t)
 
     def clear(self) -> None:
+        """Drop every kept tensor and the staging buffer (their memory goes back)."""
         self._free.clear()
         self._staging = torch.empty(0, dtype=torch.uint8)

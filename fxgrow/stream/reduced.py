@@ -115,6 +115,7 @@ class TwoBlocks:
     zero: tuple[str, ...]
 
     def block(self, k: int) -> str:
+        """The path of block ``k`` of the stage."""
         return f"{self.stage.parent}.{k}"
 
     def to_block(self, name: str, k: int) -> str:
