@@ -335,8 +335,13 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
                         if w != teacher.get(k, getattr(config, k, None))
                     }
                     break
-            else:  # or the head size said explicitly
-                changed[f] = values[f]
+            else:  # more heads of the teacher's size, said explicitly (attention narrower
+                n = values.get(heads, getattr(config, heads)) * values[f]  # than the stream)
+                kept = {heads: n // v, f: v}
+                if n % v == 0 and score({**values, **changed, **kept}) == 0:
+                    changed = dict(changed, **kept)
+                else:  # or the head size said explicitly
+                    changed[f] = values[f]
     got = shapes_for(cls, with_fields(config, changed))
     bad = unfit.mismatches(got, want)
     if bad:
