@@ -565,10 +565,10 @@ def test_bfloat16_folder_stays_bfloat16(tmp_path):
     assert float((t - s).abs().max() / t.abs().max()) <= 2e-2
 
 
-def test_widths_no_config_holds_refused_clearly():
-    """ViT ties heads x head size to hidden_size: x1.5 grows the heads (6 x 8) while the
-    LayerNorm stream doubles; no ViTConfig holds that, so the class student is a ConfigError
-    naming the shapes (not a raw load_state_dict error), and the graph is still available."""
+def test_vit_x1_5_heads_of_the_kept_size_with_explicit_head_dim(tmp_path):
+    """ViT x1.5 grows the heads (4 -> 6 of 8) while the LayerNorm stream doubles (32 -> 64):
+    64 is no multiple of 6, so the config says head_dim=8 explicitly (ViT reads it); the
+    class student equals the teacher on fresh images, also after save/from_pretrained."""
     torch.manual_seed(0)
     m = T.ViTForImageClassification(
         T.ViTConfig(
@@ -581,13 +581,18 @@ def test_widths_no_config_holds_refused_clearly():
             num_labels=10,
         )
     ).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with pytest.raises(
-        fxgrow.ConfigError,
-        match=r"no config of ViTForImageClassification "
-        r"gives the student's shapes.*q_proj.weight "
-        r"is \[48, 64\].*as_graph=True",
-    ):
-        fxgrow.widen(m, x, factor=1.5)
-    graph = fxgrow.widen(m, x, factor=1.5, as_graph=True)
-    assert fxgrow.growth_record(graph).error.max_rel <= TOL
+    student = fxgrow.widen(m, torch.randn(2, 3, 32, 32), factor=1.5)
+    assert type(student) is T.ViTForImageClassification
+    assert fxgrow.growth_record(student).config_fields == {
+        "head_dim": 8,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_attention_heads": 6,
+    }
+    student.save_pretrained(tmp_path / "vit")
+    again = T.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = m(pixel_values=x).logits
+        for s in (student, again):
+            assert float((t - s(pixel_values=x).logits).abs().max() / t.abs().max()) <= TOL

@@ -2,7 +2,9 @@
 
 Invariant: ``infer_config(teacher, shapes)`` returns a config of the teacher's class whose
 model has exactly ``shapes`` (every parameter and every buffer, persistent or not), or raises
-:class:`ConfigError` naming the tensors no config can give.
+:class:`ConfigError` naming the tensors no config can give and why (``unfit.py``: the config
+class's own validation refuses the fields that give them, layers of one kind differ, or an
+axis follows only fields that other tensors fix).
 
 How: every integer field of the teacher's config is *probed* -- a model of the class is built
 on the meta device with that field doubled (or, for a field left at ``None``, set to a marker
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ConfigError
+from . import unfit
 
 if TYPE_CHECKING:  # transformers is imported when a Hugging Face model is grown
     from transformers import PreTrainedModel
@@ -235,21 +238,10 @@ def _same_keys(cls, config, base: Shapes, a: str, b: str) -> bool:
         return False
 
 
-def _mismatches(got: Shapes, want: Shapes) -> list[str]:
-    out = []
-    for n in sorted(set(got) | set(want)):
-        if n not in got:
-            out.append(f"{n} has no counterpart in the config's model")
-        elif n not in want:
-            out.append(f"the config's model has {n}, the student does not")
-        elif got[n] != want[n]:
-            out.append(f"{n} is {list(want[n])}, the config gives {list(got[n])}")
-    return out
-
-
 def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
     """The integer fields that make every (non-structural) tensor of ``cls`` the size in
-    ``want``; raises ConfigError with the tensors that cannot be matched."""
+    ``want``; raises ConfigError with the tensors that cannot be matched and the cause
+    (the validator's reason where the config class refuses the least-squares fields)."""
     p = probe(cls, config)
     teacher = {
         f: (v if v is not None else p.implicit[f])
@@ -284,6 +276,7 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
         b = torch.tensor(rhs, dtype=torch.float64).unsqueeze(1)
         x = torch.linalg.lstsq(A, b, driver="gelsd").solution.squeeze(1).tolist()
         values = {f: max(1, round(teacher[f] * 2**xi)) for f, xi in zip(fields, x)}
+    exact = dict(values)  # the least-squares fields, before refinement skips refused configs
 
     def score(vals: dict[str, int]) -> int:
         try:
@@ -342,24 +335,30 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
                         if w != teacher.get(k, getattr(config, k, None))
                     }
                     break
-            else:  # or the head size said explicitly
-                changed[f] = values[f]
+            else:  # more heads of the teacher's size, said explicitly (attention narrower
+                n = values.get(heads, getattr(config, heads)) * values[f]  # than the stream)
+                kept = {heads: n // v, f: v}
+                if n % v == 0 and score({**values, **changed, **kept}) == 0:
+                    changed = dict(changed, **kept)
+                else:  # or the head size said explicitly
+                    changed[f] = values[f]
     got = shapes_for(cls, with_fields(config, changed))
-    bad = [
-        m
-        for m in _mismatches(got, want)
-        if not m.startswith(("the config's model has",)) and "no counterpart" not in m
-    ]
+    bad = unfit.mismatches(got, want)
     if bad:
-        fields_txt = ", ".join(f"{f}={v}" for f, v in changed.items()) or "the teacher's"
-        raise ConfigError(
-            f"no config of {cls.__name__} gives the student's shapes (nearest: {fields_txt}): "
-            + "; ".join(bad[:4])
-            + (f"; and {len(bad) - 4} more" if len(bad) > 4 else "")
-            + ". A config holds one size per kind of layer: widen every layer's group alike "
-            "(e.g. --width 'model.layers.*.mlp.up_proj=N'), or keep the graph "
-            "(as_graph=True)"
+        exact = {f: v for f, v in exact.items() if v != teacher[f]}
+        reason = unfit.refusal(cls, config, exact, want)
+        if reason is not None:
+            raise unfit.refused(cls, exact, reason, changed)
+        n, a = next(
+            (n, a)
+            for n in sorted(want)
+            if n in got and len(got[n]) == len(want[n])
+            for a in range(len(want[n]))
+            if got[n][a] != want[n][a]
         )
+        final = dict(teacher, **changed)
+        deps = [(f, final[f]) for f in fields if (n, a) in p.exponents[f] and f in final]
+        raise unfit.mismatch(cls, changed, bad, want, (n, a, deps))
     return changed
 
 

@@ -319,8 +319,12 @@ def fresh_inputs(
     config, batch: int = 3, length: int = 11, seed: int = 123, pad: int = 3
 ) -> dict[str, torch.Tensor]:
     """Token ids and a left-padding attention mask (row 0 padded by ``pad``) of a shape the
-    graph was not captured at; decoder ids for encoder-decoders."""
+    graph was not captured at; decoder ids for encoder-decoders; for an image model (a config
+    with ``image_size`` and ``num_channels`` and no vocabulary), ``batch`` random images."""
     g = torch.Generator().manual_seed(seed)
+    side, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+    if getattr(config, "vocab_size", None) is None and isinstance(side, int) and channels:
+        return {"pixel_values": torch.randn(batch, channels, side, side, generator=g)}
     vocab = getattr(config, "vocab_size", 100) or 100
     ids = torch.randint(0, vocab, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
@@ -352,15 +356,16 @@ def _fresh_deviation(teacher, student) -> tuple[float, list]:
         kw = fresh_inputs(teacher.config, batch, length)
         device = next(teacher.parameters()).device
         kw = {k: v.to(device) for k, v in kw.items()}
+        text = {"use_cache": False} if "input_ids" in kw else {}
         with torch.no_grad():
-            t = main_output(teacher(**kw, use_cache=False)).double()
-            s = main_output(student(**kw, use_cache=False)).double()
+            t = main_output(teacher(**kw, **text)).double()
+            s = main_output(student(**kw, **text)).double()
         if t.shape != s.shape:
             raise PreservationError(
                 f"the grown {type(student).__name__} returns "
                 f"{tuple(s.shape)}, the teacher {tuple(t.shape)}"
             )
-        keep = kw["attention_mask"].bool()
+        keep = kw.get("attention_mask", torch.ones(0)).bool()
         if t.dim() >= 2 and t.shape[:2] == keep.shape:
             t, s = t[keep], s[keep]
         scale = float(t.abs().max()) or 1.0
