@@ -172,3 +172,16 @@ def test_files_without_the_record_and_malformed_records(trained, tmp_path):
         decode(broken, "bad.safetensors")
     with pytest.raises(fxgrow.LoadError, match="unknown Comparison fields"):
         decode(dict(encoded, error={"max_abs": 0.0, "max_rel": 0.0, "code": "x"}), "f")
+    # values of the wrong type: a LoadError, never a record that fails later
+    for wrong, match in (
+        (dict(encoded, error={"max_abs": "a", "max_rel": 0.0}), "Comparison.max_abs is 'a'"),
+        (dict(encoded, error={"max_abs": 0.0, "max_rel": True}), "Comparison.max_rel is True"),
+        (dict(encoded, error={"max_abs": 0.0, "max_rel": 0.0, "mode": 1}), "Comparison.mode"),
+        (dict(encoded, renumbered=None), "renumbered is None, not true or false"),
+        (
+            dict(encoded, expansions={name: [[axes[0][0], [0], [[1.0]], "float32", True]]}),
+            "malformed expansion",
+        ),
+    ):
+        with pytest.raises(fxgrow.LoadError, match=match):
+            decode(wrong, "f")

@@ -6,6 +6,7 @@ widens: tests/test_rules.py)."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 from dataclasses import replace
 
@@ -249,7 +250,7 @@ def test_shuffle_chain_placement_matches_the_closed_form(form, c, blocks, growth
     assert [s.get_submodule(f"br.{k}").out_channels for k in range(blocks)] == [
         admitted[0]
     ] * blocks
-    if admitted[0] > 2 * c:  # none up to 2x: refused at that limit
+    if admitted[0] > 2 * c + growth:  # none in growth .. growth + c: refused at that limit
         with pytest.raises(WidthError, match="keeps every teacher unit on its path"):
             place(a, g.root, growth, limit=2)
 
@@ -285,3 +286,52 @@ def test_placement_refuses_what_it_cannot_follow():
     wrong = replace(plan, placements=(replace(first, node="relu"), *plan.placements[1:]))
     with pytest.raises(WidthError, match="does not place the 3 units of 'a'"):
         fxgrow.widen(m, x, plan=wrong)
+
+
+class _HeadlessShuffleChain(ShuffleChain):
+    """ShuffleChain returning the shuffled tensor itself: the chain reaches the output."""
+
+    def forward(self, x):
+        t = self.shuffle(torch.cat([self.a(x), self.b(x)], 1))
+        for br in self.br:
+            x1, x2 = t.chunk(2, dim=1)
+            t = self.shuffle(torch.cat([x1, torch.relu(br(x2))], 1))
+        return t
+
+
+def _chain_group(a):
+    return next(
+        g
+        for g in a.all_groups
+        if any(mb.module == "a" and mb.role == "produce" for mb in g.members)
+    )
+
+
+def test_placement_far_past_the_teachers_width():
+    """The search starts at the growth asked for: 10 more units on a 3-unit chain (more than
+    the 3x the search spans) is placed, and exact."""
+    m, x = f64(ShuffleChain(3, 3)), rand(2, 2, 2, 2)
+    g = _chain_group(fxgrow.analyze(m, x))
+    s = fxgrow.widen(m, x, widths={g.name: g.width + 10}, init="zero")
+    assert s.a.out_channels >= 13
+    assert fxgrow.growth_record(s).error.max_rel <= 1e-10
+
+
+def test_placement_refusals_name_the_group_and_bad_plans_are_input_errors():
+    """A chain reaching an output that outputs='grow' lets widen is refused at plan time, the
+    message naming the group; a plan dict with a malformed placement is an InputError."""
+    m, x = f64(_HeadlessShuffleChain(3, 3)), rand(2, 2, 2, 2)
+    a = fxgrow.analyze(m, x, outputs="grow")
+    g = _chain_group(a)
+    with pytest.raises(WidthError, match=re.escape(f"group '{g.name}': this channel shuffle")):
+        fxgrow.plan(a, widths={g.name: g.width + 1}, init="zero")
+    m, x = f64(ShuffleChain(3, 3)), rand(2, 2, 2, 2)
+    d = fxgrow.plan(m, x, widths={g.name: g.width + 1}, init="zero").to_dict()
+    for broken in (
+        dict(d, placements=[dict(d["placements"][0], source=["x", 0, 1, 2])]),
+        dict(d, placements=[{k: v for k, v in d["placements"][0].items() if k != "source"}]),
+        dict(d, placements="abc"),
+        dict(d, changes=[{"group": "a"}]),
+    ):
+        with pytest.raises(InputError):
+            fxgrow.planning.WidenPlan.from_dict(broken)

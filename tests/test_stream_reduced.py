@@ -161,6 +161,8 @@ def test_two_block_width_plan_is_the_full_plan(tie, widths, blocks):
         {"model.layers.*.self_attn.q_proj": 50},  # not whole heads: the full error
         {"model.layers.9.mlp.up_proj": 64},  # no such block
         {"model.layers.1": 64},  # a whole block
+        {"model.layers.1.input_layernorm": 64},  # a block's module on the residual stream
+        {"model.layers.*.input_layernorm": 64},
     ],
 )
 def test_widths_that_span_the_blocks_or_fail_are_analysed_in_full(widths):

@@ -255,3 +255,30 @@ def test_cli_refuses_a_wrong_student_unless_no_verify(monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["preservation"]["ok"] is False and report["preservation"]["max_rel"] > 1e-2
     assert report["preservation"]["tolerance"] == 1e-5
+
+
+class _TwoInputs(torch.nn.Module):
+    """A forward taking a list of tensors (one positional input holding two)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return self.b(torch.relu(self.a(xs[0] + xs[1])))
+
+
+def test_inputs_holding_tensors_compared_leaf_by_leaf():
+    """widen(plan, inputs) compares nested example inputs tensor by tensor: equal copies are
+    the same inputs, other values a clear refusal (a raw RuntimeError before)."""
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    xs = [torch.randn(2, 4), torch.randn(2, 4)]
+    plan = fxgrow.plan(model, (xs,), factor=2)
+    student = fxgrow.widen(model, ([t.clone() for t in xs],), plan=plan)
+    assert student.get_submodule("a").out_features == 12
+    with torch.no_grad():
+        torch.testing.assert_close(student(xs), model(xs))
+    with pytest.raises(fxgrow.InputError):
+        fxgrow.widen(fxgrow.analyze(model, (xs,)), ([xs[0] + 1, xs[1]],), factor=2)
+

@@ -349,13 +349,19 @@ def solve_widths(cls: type, config: Any, want: Shapes) -> dict[str, int]:
         reason = unfit.refusal(cls, config, exact, want)
         if reason is not None:
             raise unfit.refused(cls, exact, reason, changed)
-        n, a = next(
-            (n, a)
-            for n in sorted(want)
-            if n in got and len(got[n]) == len(want[n])
-            for a in range(len(want[n]))
-            if got[n][a] != want[n][a]
+        axis = next(
+            (
+                (n, a)
+                for n in sorted(want)
+                if n in got and len(got[n]) == len(want[n])
+                for a in range(len(want[n]))
+                if got[n][a] != want[n][a]
+            ),
+            None,
         )
+        if axis is None:  # only ranks differ: no axis to name the fields of
+            raise unfit.mismatch(cls, changed, bad, want, None)
+        n, a = axis
         final = dict(teacher, **changed)
         deps = [(f, final[f]) for f in fields if (n, a) in p.exponents[f] and f in final]
         raise unfit.mismatch(cls, changed, bad, want, (n, a, deps))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from typing import Any
 
 import torch
@@ -60,6 +61,7 @@ def decode_expansions(data: Any) -> dict[str, tuple[AxisExpansion, ...]]:
                 or not _int(axis)
                 or not all(_int(i) for i in index)
                 or len(fraction) != len(index)
+                or not all(_number(f) for f in fraction)
                 or not isinstance(consumed, bool)
             ):
                 raise ValueError(f"malformed expansion of {name!r} (dtype {dtype!r:.20})")
@@ -141,8 +143,8 @@ def _decode(data: dict) -> GrowthRecord:
             for per in positions
         ),
         layer_sources=None if sources is None else tuple(_ints(sources, "layer_sources")),
-        renumbered=_optional(data.get("renumbered", False), bool, "renumbered"),
-        inexact=_optional(data.get("inexact", False), bool, "inexact"),
+        renumbered=_flag(data.get("renumbered", False), "renumbered"),
+        inexact=_flag(data.get("inexact", False), "inexact"),
         error=_from_dict(Comparison, data.get("error")),
         whole=_from_dict(WholeComparison, data.get("whole")),
         fresh_error=None if fresh is None else float(_optional(fresh, (int, float), "fresh")),
@@ -168,10 +170,27 @@ def _from_dict(cls: type, d: Any) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     if not set(d) <= names:
         raise ValueError(f"unknown {cls.__name__} fields {sorted(set(d) - names)}")
+    hints = typing.get_type_hints(cls)
     for k, v in d.items():
-        if v is not None and not isinstance(v, (int, float, str)):
+        kinds = set(typing.get_args(hints[k])) or {hints[k]}  # X | None -> {X, NoneType}
+        if v is None and type(None) in kinds:
+            continue
+        want: tuple[type, ...] = (
+            (str,) if str in kinds else (int,) if int in kinds else (int, float)
+        )
+        if not isinstance(v, want) or isinstance(v, bool):
             raise ValueError(f"{cls.__name__}.{k} is {v!r:.40}")
     return cls(**d)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flag(v: Any, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{what} is {v!r:.40}, not true or false")
+    return v
 
 
 def _dict(v: Any, what: str) -> dict:

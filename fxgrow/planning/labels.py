@@ -24,7 +24,7 @@ import torch.fx
 
 from ..analysis import Analysis
 from ..analysis.layout import Atom, Fixed, Layout, Prod, SpaceTable, Stack, Zip
-from ..analysis.rules.registry import has_trait
+from ..analysis.rules.registry import node_has_trait
 from ..analysis.values import TensorInfo
 from ..errors import WidthError
 from ..fxnode import target_function, target_name
@@ -190,18 +190,8 @@ def _tensor_node(
 
 
 def _movable(analysis: Analysis, node: torch.fx.Node) -> bool:
-    if node.op == "call_module":
-        return has_any_trait(analysis.state.gm.get_submodule(target_name(node)))
-    return has_any_trait(node.target)
-
-
-def has_any_trait(target: object) -> bool:
-    """Whether the registry gives ``target`` one of the data-movement traits the label run
-    executes (False for a target the registry cannot look up)."""
-    try:
-        return any(has_trait(target, t) for t in _MOVE_TRAITS)
-    except (KeyError, TypeError):
-        return False
+    """Whether the label run executes ``node``: an op that only moves positions or reads sizes."""
+    return any(node_has_trait(node, t, analysis.state.gm) for t in _MOVE_TRAITS)
 
 
 def _execute(analysis: Analysis, node: torch.fx.Node, lab: dict):

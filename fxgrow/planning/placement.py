@@ -33,6 +33,10 @@ from .index_map import Expansion
 from .labels import FRESH, LabelRun, code, component, run, signature, unit_of
 
 
+def _integer(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class Placement:
     """One producer of the chain (fx node ``node``, ``old`` units) in the student: ``source[j]``
@@ -44,6 +48,8 @@ class Placement:
     source: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        if not all(_integer(v) for v in (self.old, self.new, *self.source)):
+            raise InputError(f"the placement of {self.node!r} holds a value that is not an integer")
         kept = sorted(s for s in self.source if s >= 0)
         if len(self.source) != self.new or kept != list(range(self.old)):
             raise InputError(
@@ -92,19 +98,30 @@ def interleave_only(analysis: Analysis, root: int) -> frozenset[int]:
 def place(analysis: Analysis, root: int, growth: int, limit: int = 4) -> tuple[Placement, ...]:
     """The narrowest student of ``root``'s chain in which every producer grows by the same
     number of units, at least ``growth``, with every teacher unit kept and the rest fresh.
-    Widths up to ``limit`` times the widest producer are tried."""
+    Growths from ``growth`` to ``growth`` plus ``limit - 1`` times the widest producer are
+    tried.  A chain that reaches a model output the analysis lets grow is refused: the
+    student's output positions are recorded for replicated units only."""
     comp = interleave_only(analysis, root)
+    state = analysis.state
+    if state.grow_outputs and any(
+        r in comp for info in state.outputs for lay in info.layouts for r in state.spaces.roots(lay)
+    ):
+        raise WidthError(
+            "this channel shuffle chain reaches a model output, and fresh units placed through "
+            "it would move the teacher's outputs: keep the outputs fixed (outputs='fixed')"
+        )
     try:
         teacher = run(analysis, comp, lambda name, k, w: code(k, torch.arange(w)))
     except RuntimeError as e:  # e.g. a view with constant spatial sizes
         raise WidthError(
             f"fxgrow cannot follow this channel shuffle chain's data movement to place "
-            f"fresh units in it ({e}); it keeps its width"
+            f"fresh units in it ({e})"
         ) from e
     if not teacher.producers:
         raise WidthError("this channel shuffle chain has no producer to place fresh units in")
     top = max(teacher.producers.values())
-    for delta in range(max(1, growth), limit * top - top + 1):
+    first, last = max(1, growth), max(1, growth) + (limit - 1) * top
+    for delta in range(first, last + 1):
         try:
             student = run(analysis, comp, functools.partial(_wider_labels, delta))
         except (WidthError, RuntimeError):  # these widths do not fit the chain's ops
@@ -114,9 +131,8 @@ def place(analysis: Analysis, root: int, growth: int, limit: int = 4) -> tuple[P
             placed_student(analysis, placements)  # the rewrite's checks, at plan time
             return placements
     raise WidthError(
-        f"no student of this channel shuffle chain up to {limit}x its width keeps every "
-        f"teacher unit on its path (the shuffles send fresh positions elsewhere); "
-        f"it keeps its width"
+        f"no student of this channel shuffle chain {first} to {last} units wider per producer "
+        f"keeps every teacher unit on its path (the shuffles send fresh positions elsewhere)"
     )
 
 

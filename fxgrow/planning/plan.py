@@ -79,7 +79,18 @@ class WidenPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WidenPlan:
-        """The plan ``to_dict`` wrote (older dicts: missing options take their defaults)."""
+        """The plan ``to_dict`` wrote (older dicts: missing options take their defaults); a
+        dict of another form is an :class:`InputError`."""
+        try:
+            return cls._from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(
+                f"malformed plan ({type(e).__name__}: {e}); give the dict or JSON that "
+                f"WidenPlan.to_dict / to_json wrote"
+            ) from e
+
+    @classmethod
+    def _from_dict(cls, d: Mapping[str, Any]) -> WidenPlan:
 
         def rmap(m):
             fr = m.get("fractions")
@@ -271,5 +282,8 @@ def _placements(
                 f"a whole, by placing fresh units: "
                 + (why or "another change of this plan widens part of it; name only the chain")
             )
-        out.extend(place(analysis, g.root, growth))
+        try:
+            out.extend(place(analysis, g.root, growth))
+        except WidthError as e:
+            raise WidthError(f"group {g.name!r}: {e}") from e
     return tuple(out)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from ..analysis import Analysis, as_tuple
 from ..errors import InputError
@@ -50,9 +51,11 @@ def options_of(**options: Any) -> dict[str, Any]:
 def same_inputs(a: tuple, b: tuple) -> bool:
     """The same example inputs: the same objects, or tensors equal in shape, dtype, device and
     values (and equal other values)."""
-    if len(a) != len(b):
+    leaves_a, spec_a = pytree.tree_flatten(a)
+    leaves_b, spec_b = pytree.tree_flatten(b)
+    if spec_a != spec_b:
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(leaves_a, leaves_b):
         if x is y:
             continue
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):

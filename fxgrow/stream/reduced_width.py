@@ -49,9 +49,11 @@ def _block_of(tb: TwoBlocks, name: str) -> int | None:
     return int(head) if head.isdigit() and int(head) < tb.n else None
 
 
-def _block_changes(tb: TwoBlocks, request: Mapping[str, int], seed: int) -> list[GroupChange]:
-    """Block 1's changes for ``request`` (names in block 1), or ValueError where the request
-    is not block 1's alone or block 0 would not change alike."""
+def _block_changes(
+    tb: TwoBlocks, request: Mapping[str, int], seed: int
+) -> list[GroupChange] | None:
+    """Block 1's changes for ``request`` (names in block 1), or None where the request is not
+    block 1's alone or block 0 would not change alike (the full analysis plans it)."""
     import fxgrow
 
     a, p0, p1 = tb.analysis, tb.block(0), tb.block(1)
@@ -60,15 +62,15 @@ def _block_changes(tb: TwoBlocks, request: Mapping[str, int], seed: int) -> list
     c0 = [c for c in plan.changes if _inside(c.group, p0)]
     c1 = [c for c in plan.changes if _inside(c.group, p1)]
     if len(c0) + len(c1) != len(plan.changes):
-        raise ValueError("a group outside the blocks grows too")
+        return None  # a group outside the blocks grows too
     if [(_rename(c.group, p0, p1), c.old_width, c.new_width) for c in c0] != [
         (c.group, c.old_width, c.new_width) for c in c1
     ]:
-        raise ValueError("block 0 grows otherwise")
+        return None  # block 0 grows otherwise
     if any(
         c.map.fractions is not None or c.map.new == c.map.old or c.init != "replicate" for c in c1
     ):
-        raise ValueError("a map that balanced() keeps")
+        return None  # a map that balanced() keeps
     return c1
 
 
@@ -97,14 +99,17 @@ def block_widths(
         if k is None or key == tb.block(k):
             return None  # outside the blocks, or a whole block: groups that span them
         per_block.setdefault(k, {})[_rename(key, tb.block(k), p1)] = w
-    cache: dict[frozenset, list[GroupChange]] = {}
+    cache: dict[frozenset, list[GroupChange] | None] = {}
     changes: list[GroupChange] = []
     try:
         for k in sorted(per_block):
             req = frozenset(per_block[k].items())
             if req not in cache:
                 cache[req] = _block_changes(tb, per_block[k], seed)
-            changes += [dataclasses.replace(c, group=tb.to_block(c.group, k)) for c in cache[req]]
+            block = cache[req]
+            if block is None:
+                return None
+            changes += [dataclasses.replace(c, group=tb.to_block(c.group, k)) for c in block]
     except FxgrowError:  # not planned here: the full analysis decides
         return None
     plan = balanced(WidenPlan(tuple(changes), seed, "equal"), seed)
