@@ -12,7 +12,6 @@ weights.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch.fx
 
 from ..errors import ConfigError, PreservationError
 from ..growth import GrowthRecord, growth_record, set_growth_record, update_growth_record
+from ..optional import instance_of
 from . import config as cfg
 from .fold import fold_tie_scales, rescale_width_constant, scale_constant
 
@@ -28,13 +28,7 @@ from .fold import fold_tie_scales, rescale_width_constant, scale_constant
 def is_pretrained(model: Any) -> bool:
     """Whether ``model`` is a ``transformers.PreTrainedModel`` (never imports transformers: a
     model of its classes has imported it already)."""
-    if "transformers" not in sys.modules:
-        return False
-    try:
-        from transformers import PreTrainedModel
-    except Exception:
-        return False
-    return isinstance(model, PreTrainedModel)
+    return instance_of(model, "transformers", "PreTrainedModel")
 
 
 def is_encoder_decoder(model: Any) -> bool:

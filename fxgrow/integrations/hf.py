@@ -33,8 +33,8 @@ except ImportError as e:  # pragma: no cover - transformers is a dependency of t
     raise ImportError("fxgrow.integrations.hf needs transformers (pip install transformers)") from e
 
 from ..errors import InputError
+from ..hf.student import is_pretrained
 from ..training import grow_during_training
-from ..training.grow import is_pretrained
 from .common import GrowthEvent, Trigger, as_inputs, become, count, measure
 
 

@@ -65,6 +65,7 @@ def verify_streamed(
             teacher_aliases=t_alias,
             student_aliases=s_alias,
             check=check,
+            tolerance=_tolerance_dtype(plan, student),
         )
     return judge(
         t_out,

@@ -214,10 +214,12 @@ def verify_checkpoints(
     teacher_aliases: dict[str, str] | None = None,
     student_aliases: dict[str, str] | None = None,
     check: bool = True,
+    tolerance: torch.dtype | None = None,
 ) -> StreamedCheck:
-    """Run both layer-streamed on ``inputs`` and compare.  With ``check``, raise
-    ``PreservationError`` above the tolerance of ``dtype``, naming the tensors that differ
-    from the plan (when ``plan`` is given)."""
+    """Run both layer-streamed on ``inputs`` in ``dtype`` and compare.  With ``check``, raise
+    ``PreservationError`` above the tolerance of ``tolerance`` (default ``dtype``: the stored
+    dtype where the student's shares round in it), naming the tensors that differ from the
+    plan (when ``plan`` is given)."""
     with streamed_threads():  # one count for both runs
         t_out, t_peak = run_streamed(
             teacher_gm, teacher, inputs, dtype=dtype, aliases=teacher_aliases
@@ -226,7 +228,15 @@ def verify_checkpoints(
             student_gm, student, inputs, dtype=dtype, aliases=student_aliases
         )
     return judge(
-        t_out, s_out, t_peak, s_peak, teacher, student, plan=plan, dtype=dtype, check=check
+        t_out,
+        s_out,
+        t_peak,
+        s_peak,
+        teacher,
+        student,
+        plan=plan,
+        dtype=tolerance or dtype,
+        check=check,
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from ..errors import InputError
 from ..growth import update_growth_record
 from ..modes import set_training
+from ..optional import instance_of
 from .freeze import freeze
 from .optimizer import transfer_optimizer
 from .schedule import transfer_scheduler
@@ -24,14 +25,6 @@ def _has_dropout(model: torch.nn.Module) -> bool:
     from ..frontend.modal import TrainingOnly
 
     return any(isinstance(m, (torch.nn.Dropout, TrainingOnly)) and m.p > 0 for m in model.modules())
-
-
-def is_pretrained(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a ``transformers.PreTrainedModel`` (never imports transformers)."""
-    import sys
-
-    transformers = sys.modules.get("transformers")  # a model of it has imported it
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 
 
 def grow_during_training(
@@ -65,9 +58,9 @@ def grow_during_training(
     # the graph by default: its dropout can be tied to the teacher's masks (same-seed losses
     # equal in training mode) and its names match the teacher's optimizer state.
     # as_graph=False gives a Hugging Face model in width as its own class (the Trainer's
-    # callback asks for it), carrying the expansion record in ``student.meta``
+    # callback asks for it), carrying its growth record
     if grow_options.get("as_graph") is False and (
-        grow_options.get("blocks") or not is_pretrained(model)
+        grow_options.get("blocks") or not instance_of(model, "transformers", "PreTrainedModel")
     ):
         raise InputError(
             "as_graph=False is for growing a Hugging Face model in width: "
