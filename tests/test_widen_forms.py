@@ -281,4 +281,3 @@ def test_inputs_holding_tensors_compared_leaf_by_leaf():
         torch.testing.assert_close(student(xs), model(xs))
     with pytest.raises(fxgrow.InputError):
         fxgrow.widen(fxgrow.analyze(model, (xs,)), ([xs[0] + 1, xs[1]],), factor=2)
-
